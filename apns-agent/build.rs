@@ -1,0 +1,19 @@
+//! Builds the eBPF crate (apns-ebpf) for bpfel-unknown-none with the nightly toolchain and
+//! leaves the object in OUT_DIR, where `src/datapath.rs` embeds it.
+
+fn main() -> anyhow::Result<()> {
+    // aya-build's own failure when bpf-linker is missing is a page of cargo output; say the fix
+    // in one line instead.
+    if which::which("bpf-linker").is_err() {
+        println!("cargo::error=bpf-linker not found on PATH: run `cargo xtask setup` (it installs the nightly-matched build)");
+        return Ok(());
+    }
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "apns-ebpf",
+            root_dir: "../apns-ebpf",
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Nightly,
+    )
+}

@@ -1,0 +1,254 @@
+//! Typed access to the datapath's policy maps, and the one way policy gets into them:
+//! write the whole policy into the inactive generation, then flip `APNS_ACTIVE`.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Context as _};
+use apns_common::{
+    maps::{ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PORTS, PORTS_PER_GENERATION, PROVIDERS_V4, PROVIDERS_V6},
+    policy::{
+        port_index, PolicyConfig, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS, MAX_PORTS,
+        PORT_LIST_DIRTY,
+    },
+};
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData},
+    Pod,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::policy::{Mode, Policy};
+
+/// Handles to the policy maps of one datapath (loaded by us, or opened from pins).
+pub struct PolicyMaps {
+    active: Array<MapData, u32>,
+    config: Array<MapData, PolicyConfig>,
+    ports: Array<MapData, u8>,
+    allow_v4: LpmTrie<MapData, PrefixV4, u8>,
+    allow_v6: LpmTrie<MapData, PrefixV6, u8>,
+    providers_v4: LpmTrie<MapData, PrefixV4, u8>,
+    providers_v6: LpmTrie<MapData, PrefixV6, u8>,
+}
+
+/// Value stored in the LPM tries: only presence matters.
+const PRESENT: u8 = 1;
+
+impl PolicyMaps {
+    /// Builds the handles from a source of maps by name: `Ebpf::take_map` for a freshly loaded
+    /// object, or opening pins.
+    pub fn open(mut map: impl FnMut(&'static str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+        fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+            name: &'static str,
+            map: anyhow::Result<Map>,
+        ) -> anyhow::Result<T> {
+            T::try_from(map?).with_context(|| format!("map {name} has an unexpected type or layout"))
+        }
+        Ok(Self {
+            active: typed(ACTIVE, map(ACTIVE))?,
+            config: typed(POLICY, map(POLICY))?,
+            ports: typed(PORTS, map(PORTS))?,
+            allow_v4: typed(ALLOW_V4, map(ALLOW_V4))?,
+            allow_v6: typed(ALLOW_V6, map(ALLOW_V6))?,
+            providers_v4: typed(PROVIDERS_V4, map(PROVIDERS_V4))?,
+            providers_v6: typed(PROVIDERS_V6, map(PROVIDERS_V6))?,
+        })
+    }
+
+    /// The generation the datapath judges packets by.
+    pub fn active_generation(&self) -> anyhow::Result<u32> {
+        let generation = self
+            .active
+            .get(&0, 0)
+            .with_context(|| format!("reading map {ACTIVE}"))?;
+        Ok(generation & 1)
+    }
+
+    /// Makes `policy` the datapath's policy atomically: every packet is judged either by the
+    /// previous policy or by this one. Validates first, so bad input changes nothing.
+    pub fn apply(&mut self, policy: &Policy) -> anyhow::Result<()> {
+        policy.validate()?;
+        let target = self.active_generation()? ^ 1;
+        let previous = self
+            .config
+            .get(&target, 0)
+            .with_context(|| format!("reading generation {target} of map {POLICY}"))?;
+
+        // Mark the generation as being rewritten before touching its tables, so that an agent
+        // that dies half-way leaves a generation the next apply knows to scan in full.
+        let dirty = PolicyConfig {
+            port_count: PORT_LIST_DIRTY,
+            ..PolicyConfig::default()
+        };
+        self.set_config(target, &dirty)?;
+        self.write_ports(target, &previous, policy)?;
+        sync_trie(ALLOW_V4, &mut self.allow_v4, target, policy.allow_v4().map(|n| v4_key(target, n)).collect())?;
+        sync_trie(ALLOW_V6, &mut self.allow_v6, target, policy.allow_v6().map(|n| v6_key(target, n)).collect())?;
+        sync_trie(PROVIDERS_V4, &mut self.providers_v4, target, policy.providers_v4().map(|n| v4_key(target, n)).collect())?;
+        sync_trie(PROVIDERS_V6, &mut self.providers_v6, target, policy.providers_v6().map(|n| v6_key(target, n)).collect())?;
+
+        let mut config = PolicyConfig {
+            mode: policy.mode.code(),
+            provider_prefixes: policy.providers.len() as u32,
+            port_count: policy.ports.len() as u32,
+            ..PolicyConfig::default()
+        };
+        for (slot, &port) in config.ports.iter_mut().zip(policy.ports.keys()) {
+            *slot = port;
+        }
+        self.set_config(target, &config)?;
+        // The switch: one aligned 4-byte store, seen whole by every CPU.
+        self.active
+            .set(0, target, 0)
+            .with_context(|| format!("switching map {ACTIVE} to generation {target}"))
+    }
+
+    /// The policy of the active generation.
+    pub fn read_active(&self) -> anyhow::Result<Policy> {
+        let generation = self.active_generation()?;
+        let config = self
+            .config
+            .get(&generation, 0)
+            .with_context(|| format!("reading generation {generation} of map {POLICY}"))?;
+        if config.port_count as usize > MAX_PORTS {
+            bail!("map {POLICY}: the active generation {generation} is incomplete or corrupt (port count {})", config.port_count);
+        }
+        let mut ports = std::collections::BTreeMap::new();
+        for &port in &config.ports[..config.port_count as usize] {
+            ports.insert(port, self.port_roles(generation, port)?);
+        }
+        let mut allow: BTreeSet<IpNet> = BTreeSet::new();
+        allow.extend(read_trie(ALLOW_V4, &self.allow_v4, generation)?.into_iter().map(v4_net));
+        allow.extend(read_trie(ALLOW_V6, &self.allow_v6, generation)?.into_iter().map(v6_net));
+        let mut providers: BTreeSet<IpNet> = BTreeSet::new();
+        providers.extend(read_trie(PROVIDERS_V4, &self.providers_v4, generation)?.into_iter().map(v4_net));
+        providers.extend(read_trie(PROVIDERS_V6, &self.providers_v6, generation)?.into_iter().map(v6_net));
+        Ok(Policy {
+            mode: Mode::from_code(config.mode).with_context(|| format!("reading map {POLICY}"))?,
+            ports,
+            allow,
+            providers,
+        })
+    }
+
+    fn set_config(&mut self, generation: u32, config: &PolicyConfig) -> anyhow::Result<()> {
+        self.config
+            .set(generation, config, 0)
+            .with_context(|| format!("writing generation {generation} of map {POLICY}"))
+    }
+
+    fn port_roles(&self, generation: u32, port: u16) -> anyhow::Result<u8> {
+        self.ports
+            .get(&port_index(generation, port), 0)
+            .with_context(|| format!("reading port {port} of generation {generation} in map {PORTS}"))
+    }
+
+    /// Rewrites the port table of `generation`: clears the ports `previous` listed (or every
+    /// non-zero slot, if `previous` was left dirty), then writes `policy`'s.
+    fn write_ports(&mut self, generation: u32, previous: &PolicyConfig, policy: &Policy) -> anyhow::Result<()> {
+        let stale: Vec<u16> = if previous.port_count as usize <= MAX_PORTS {
+            previous.ports[..previous.port_count as usize].to_vec()
+        } else {
+            let mut set = Vec::new();
+            for port in 0..PORTS_PER_GENERATION as u16 {
+                if self.port_roles(generation, port)? != 0 {
+                    set.push(port);
+                }
+            }
+            set
+        };
+        for port in stale.into_iter().filter(|port| !policy.ports.contains_key(port)) {
+            self.set_port(generation, port, 0)?;
+        }
+        for (&port, &roles) in &policy.ports {
+            self.set_port(generation, port, roles)?;
+        }
+        Ok(())
+    }
+
+    fn set_port(&mut self, generation: u32, port: u16, roles: u8) -> anyhow::Result<()> {
+        self.ports
+            .set(port_index(generation, port), roles, 0)
+            .with_context(|| format!("writing port {port} of generation {generation} in map {PORTS}"))
+    }
+}
+
+/// Key data of an LPM trie that starts with the generation byte.
+trait GenerationKey: Pod + Ord {
+    fn generation(&self) -> u8;
+}
+impl GenerationKey for PrefixV4 {
+    fn generation(&self) -> u8 {
+        self.generation
+    }
+}
+impl GenerationKey for PrefixV6 {
+    fn generation(&self) -> u8 {
+        self.generation
+    }
+}
+
+/// (prefix length including the generation byte, key data): an LPM key in an orderable form.
+type TrieEntry<K> = (u32, K);
+
+fn v4_key(generation: u32, net: Ipv4Net) -> TrieEntry<PrefixV4> {
+    let data = PrefixV4 {
+        generation: generation as u8,
+        addr: net.network().octets(),
+    };
+    (GENERATION_PREFIX_BITS + u32::from(net.prefix_len()), data)
+}
+
+fn v6_key(generation: u32, net: Ipv6Net) -> TrieEntry<PrefixV6> {
+    let data = PrefixV6 {
+        generation: generation as u8,
+        addr: net.network().octets(),
+    };
+    (GENERATION_PREFIX_BITS + u32::from(net.prefix_len()), data)
+}
+
+fn v4_net((bits, data): TrieEntry<PrefixV4>) -> IpNet {
+    let len = (bits - GENERATION_PREFIX_BITS) as u8;
+    IpNet::V4(Ipv4Net::new(data.addr.into(), len).expect("prefix length read from a valid key"))
+}
+
+fn v6_net((bits, data): TrieEntry<PrefixV6>) -> IpNet {
+    let len = (bits - GENERATION_PREFIX_BITS) as u8;
+    IpNet::V6(Ipv6Net::new(data.addr.into(), len).expect("prefix length read from a valid key"))
+}
+
+/// The entries of `generation` in an LPM trie.
+fn read_trie<K: GenerationKey>(
+    name: &str,
+    trie: &LpmTrie<MapData, K, u8>,
+    generation: u32,
+) -> anyhow::Result<BTreeSet<TrieEntry<K>>> {
+    let mut entries = BTreeSet::new();
+    for key in trie.keys() {
+        let key = key.with_context(|| format!("listing map {name}"))?;
+        let data = key.data();
+        if u32::from(data.generation()) == generation {
+            entries.insert((key.prefix_len(), data));
+        }
+    }
+    Ok(entries)
+}
+
+/// Makes the `generation` part of an LPM trie hold exactly `desired`, touching only the
+/// entries that differ.
+fn sync_trie<K: GenerationKey>(
+    name: &str,
+    trie: &mut LpmTrie<MapData, K, u8>,
+    generation: u32,
+    desired: BTreeSet<TrieEntry<K>>,
+) -> anyhow::Result<()> {
+    let present = read_trie(name, trie, generation)?;
+    for &(bits, data) in present.difference(&desired) {
+        trie.remove(&Key::new(bits, data))
+            .with_context(|| format!("removing a prefix from map {name}"))?;
+    }
+    for &(bits, data) in desired.difference(&present) {
+        trie.insert(&Key::new(bits, data), PRESENT, 0)
+            .with_context(|| format!("adding a prefix to map {name}"))?;
+    }
+    Ok(())
+}

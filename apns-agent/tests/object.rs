@@ -1,0 +1,39 @@
+//! The embedded object agrees with apns-common (no kernel needed), and the kernel's verifier
+//! accepts it.
+
+use apns_agent::datapath::{self, OBJECT, XDP_PROGRAM};
+
+#[test]
+fn object_maps_match_the_shared_layout() {
+    let object = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+    for expected in apns_common::maps::ALL {
+        let map = object
+            .maps
+            .get(expected.name)
+            .unwrap_or_else(|| panic!("map {} missing from the object", expected.name));
+        assert_eq!(
+            (map.key_size(), map.value_size(), map.max_entries()),
+            (expected.key_size, expected.value_size, expected.max_entries),
+            "map {}: (key size, value size, max entries)",
+            expected.name
+        );
+    }
+    assert_eq!(
+        object.maps.len(),
+        apns_common::maps::ALL.len(),
+        "the object has maps apns-common does not describe: {:?}",
+        object.maps.keys().collect::<Vec<_>>()
+    );
+    assert!(object.programs.contains_key(XDP_PROGRAM));
+}
+
+#[test]
+fn verifier_accepts_the_program() {
+    let mut ebpf = datapath::load_unpinned().unwrap_or_else(|err| panic!("{err:?}"));
+    let info = datapath::xdp_program(&mut ebpf).unwrap().info().unwrap();
+    eprintln!(
+        "{XDP_PROGRAM}: tag {:016x}, {} translated bytes",
+        info.tag(),
+        info.size_translated().unwrap_or_default()
+    );
+}

@@ -1,0 +1,20 @@
+//! What the kernel programs (apns-ebpf) and user space (apns-agent) share: map names and
+//! sizes, the key and value layouts of every map, and the numeric codes stored in them.
+//!
+//! Rules for everything in this crate:
+//! - `#[repr(C)]`, fixed-width integers, explicit padding, no `bool`; every struct's size is
+//!   asserted at compile time so a change shows up here and not as a verifier or
+//!   `EINVAL` surprise.
+//! - Codes (outcomes, directions, modes, role bits) are never renumbered; retired ones stay
+//!   reserved. User space derives label strings from the same enums (`as_str`).
+//! - Any change to a key or value layout, a map's type or its size bumps [`LAYOUT_VERSION`],
+//!   so an agent never silently reuses pinned maps of another layout.
+#![no_std]
+
+pub mod counters;
+pub mod maps;
+pub mod policy;
+
+/// Version of the map layout described by this crate. The agent stores it in the
+/// [`maps::META`] map when it creates the maps and checks it before adopting pinned ones.
+pub const LAYOUT_VERSION: u32 = 1;

@@ -1,0 +1,108 @@
+//! Names and sizes of every map of the datapath, and who writes and reads each.
+//!
+//! The kernel statics in `apns-ebpf/src/maps.rs` carry exactly these names (the `#[map]`
+//! macro needs a literal there); a user-space test parses the built object and checks that
+//! each name below exists with the key and value size given here.
+
+/// `Array<u32>`, 1 entry: the policy generation (0 or 1) the datapath judges packets by.
+/// Written by the agent as its last step of a policy change (one aligned 4-byte store, so a
+/// packet sees either the old or the new generation); read by the XDP program per packet.
+pub const ACTIVE: &str = "APNS_ACTIVE";
+
+/// `Array<PolicyConfig>`, [`GENERATIONS`] entries, indexed by generation. Written by the
+/// agent into the inactive generation only; read by the XDP program.
+pub const POLICY: &str = "APNS_POLICY";
+pub const POLICY_MAX_ENTRIES: u32 = crate::policy::GENERATIONS;
+
+/// `Array<u8>` of port role bits ([`crate::policy::role`]), indexed by
+/// `generation * PORTS_PER_GENERATION + port` (port in host byte order). Written by the agent
+/// (inactive generation only); read by the XDP program.
+pub const PORTS: &str = "APNS_PORTS";
+pub const PORTS_PER_GENERATION: u32 = 1 << 16;
+pub const PORTS_MAX_ENTRIES: u32 = crate::policy::GENERATIONS * PORTS_PER_GENERATION;
+
+/// `LpmTrie<PrefixV4, u8>` / `LpmTrie<PrefixV6, u8>`: Apple's prefixes (the allow-list). The
+/// value is unused (always 1). Written by the agent (inactive generation only); read by the
+/// XDP program.
+pub const ALLOW_V4: &str = "APNS_ALLOW_V4";
+pub const ALLOW_V6: &str = "APNS_ALLOW_V6";
+/// Prefixes per generation and family the allow-list maps can hold.
+pub const ALLOW_PREFIXES_PER_GENERATION: u32 = 131_072;
+pub const ALLOW_MAX_ENTRIES: u32 = crate::policy::GENERATIONS * ALLOW_PREFIXES_PER_GENERATION;
+
+/// `LpmTrie<PrefixV4, u8>` / `LpmTrie<PrefixV6, u8>`: the MDM provider source prefixes.
+/// Same writer, reader and value as the allow-list.
+pub const PROVIDERS_V4: &str = "APNS_PROV_V4";
+pub const PROVIDERS_V6: &str = "APNS_PROV_V6";
+pub const PROVIDER_PREFIXES_PER_GENERATION: u32 = 4_096;
+pub const PROVIDERS_MAX_ENTRIES: u32 =
+    crate::policy::GENERATIONS * PROVIDER_PREFIXES_PER_GENERATION;
+
+/// `PerCpuHashMap<CounterKey, CounterValue>`: every packet the XDP program sees is counted
+/// in exactly one entry. Written (inserted and incremented) only by the XDP program's
+/// counters module; read by the agent, which sums the per-CPU values. The agent never
+/// deletes entries of a live datapath, so counters are monotonic across agent restarts.
+pub const COUNTERS: &str = "APNS_COUNTERS";
+/// Bounds the memory of [`COUNTERS`]: an interface needs at most
+/// `ports x 2 directions x 2 verdicts + ports (pinhole drops) + 4 other classes` entries.
+pub const COUNTERS_MAX_ENTRIES: u32 = 16_384;
+
+/// `PerCpuArray<u64>`, 1 entry: packets whose counter could not be recorded because
+/// [`COUNTERS`] was full. Written by the XDP program; read by the agent. Should stay 0.
+pub const COUNTERS_LOST: &str = "APNS_CNT_LOST";
+
+/// `Array<Meta>`, 1 entry: written once by the agent when it creates the maps, read by the
+/// agent before it adopts pinned maps. The XDP program never touches it.
+pub const META: &str = "APNS_META";
+
+/// Every map above with its key and value size, for layout checks in user space.
+pub const ALL: [MapLayout; 10] = [
+    MapLayout::new(ACTIVE, 4, 4, 1),
+    MapLayout::new(POLICY, 4, size_of::<crate::policy::PolicyConfig>(), POLICY_MAX_ENTRIES),
+    MapLayout::new(PORTS, 4, 1, PORTS_MAX_ENTRIES),
+    MapLayout::new(ALLOW_V4, 4 + size_of::<crate::policy::PrefixV4>(), 1, ALLOW_MAX_ENTRIES),
+    MapLayout::new(ALLOW_V6, 4 + size_of::<crate::policy::PrefixV6>(), 1, ALLOW_MAX_ENTRIES),
+    MapLayout::new(PROVIDERS_V4, 4 + size_of::<crate::policy::PrefixV4>(), 1, PROVIDERS_MAX_ENTRIES),
+    MapLayout::new(PROVIDERS_V6, 4 + size_of::<crate::policy::PrefixV6>(), 1, PROVIDERS_MAX_ENTRIES),
+    MapLayout::new(
+        COUNTERS,
+        size_of::<crate::counters::CounterKey>(),
+        size_of::<crate::counters::CounterValue>(),
+        COUNTERS_MAX_ENTRIES,
+    ),
+    MapLayout::new(COUNTERS_LOST, 4, 8, 1),
+    MapLayout::new(META, 4, size_of::<Meta>(), 1),
+];
+
+/// The shape of one map, as the kernel reports it (`bpf_map_info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+impl MapLayout {
+    const fn new(name: &'static str, key_size: usize, value_size: usize, max_entries: u32) -> Self {
+        Self {
+            name,
+            key_size: key_size as u32,
+            value_size: value_size as u32,
+            max_entries,
+        }
+    }
+}
+
+/// The single value of [`META`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// [`crate::LAYOUT_VERSION`] of the agent that created the maps.
+    pub layout_version: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Meta>() == 8);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Meta {}

@@ -1,0 +1,105 @@
+//! Policy as the datapath sees it: two generations of (mode, ports, allow-list, providers)
+//! and one switch, [`crate::maps::ACTIVE`], that selects the generation in force.
+//!
+//! The agent writes a whole new policy into the inactive generation, then flips the switch,
+//! so every packet is judged by one complete policy, never a half-written one.
+
+/// Number of policy generations kept side by side.
+pub const GENERATIONS: u32 = 2;
+
+/// [`PolicyConfig::mode`] values. Never renumber.
+pub mod mode {
+    /// Classify and count; every packet passes.
+    pub const MONITOR: u32 = 0;
+    /// Drop pinhole and provider violations.
+    pub const ENFORCE: u32 = 1;
+}
+
+/// Role bits stored in [`crate::maps::PORTS`]. A port with no bit set is not in the table.
+/// Never renumber.
+pub mod role {
+    /// Traffic to or from Apple on this port is counted as APNs.
+    pub const APNS: u8 = 1 << 0;
+    /// The port exists for APNs only: in enforce mode, TCP to this port toward an address
+    /// outside the allow-list is dropped.
+    pub const PINHOLE: u8 = 1 << 1;
+    /// Provider (MDM server) port: in enforce mode, once the provider list is non-empty,
+    /// traffic to Apple on this port from a source outside that list is dropped.
+    pub const PROVIDER: u8 = 1 << 2;
+    /// All bits defined so far; anything else in a pinned map is corruption.
+    pub const ALL: u8 = APNS | PINHOLE | PROVIDER;
+}
+
+/// Most ports one policy generation can hold in its port table.
+pub const MAX_PORTS: usize = 64;
+
+/// [`PolicyConfig::port_count`] of a generation the agent is rewriting.
+pub const PORT_LIST_DIRTY: u32 = u32::MAX;
+
+/// One generation's settings (value of [`crate::maps::POLICY`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// A [`mode`] value.
+    pub mode: u32,
+    /// Number of provider prefixes (both families) in this generation. Zero means "no
+    /// provider list", which disables the provider rule.
+    pub provider_prefixes: u32,
+    /// How many entries of `ports` are used, or [`PORT_LIST_DIRTY`] while the agent rewrites
+    /// this generation (an agent that finds it so after a crash scans the whole table).
+    pub port_count: u32,
+    pub _pad: u32,
+    /// The ports (host byte order) whose [`crate::maps::PORTS`] entry is non-zero in this
+    /// generation. The XDP program never reads it: it lets the agent list and clear a
+    /// generation's port table without scanning all 65,536 slots.
+    pub ports: [u16; MAX_PORTS],
+}
+const _: () = assert!(size_of::<PolicyConfig>() == 16 + 2 * MAX_PORTS);
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            mode: mode::MONITOR,
+            provider_prefixes: 0,
+            port_count: 0,
+            _pad: 0,
+            ports: [0; MAX_PORTS],
+        }
+    }
+}
+
+/// Bits of an LPM key spent on the generation byte that prefixes every address.
+pub const GENERATION_PREFIX_BITS: u32 = 8;
+
+/// LPM-trie key data for IPv4 (`aya::maps::lpm_trie::Key<PrefixV4>`): the generation, then
+/// the address in network byte order. The key's prefix length is
+/// `GENERATION_PREFIX_BITS + prefix length of the address`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PrefixV4 {
+    pub generation: u8,
+    pub addr: [u8; 4],
+}
+const _: () = assert!(size_of::<PrefixV4>() == 5);
+
+/// LPM-trie key data for IPv6, laid out like [`PrefixV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PrefixV6 {
+    pub generation: u8,
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<PrefixV6>() == 17);
+
+/// Index of `port` of `generation` in [`crate::maps::PORTS`].
+#[inline(always)]
+pub const fn port_index(generation: u32, port: u16) -> u32 {
+    (generation & 1) * crate::maps::PORTS_PER_GENERATION + port as u32
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::PolicyConfig {}
+    unsafe impl aya::Pod for super::PrefixV4 {}
+    unsafe impl aya::Pod for super::PrefixV6 {}
+}

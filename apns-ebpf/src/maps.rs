@@ -1,0 +1,50 @@
+//! The map statics. Names, sizes and who writes/reads each map are documented once, in
+//! `apns_common::maps`; the static names here must match those constants (a user-space test
+//! checks the built object).
+
+use apns_common::{
+    counters::{CounterKey, CounterValue},
+    maps::{
+        ALLOW_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, PORTS_MAX_ENTRIES, POLICY_MAX_ENTRIES,
+        PROVIDERS_MAX_ENTRIES,
+    },
+    policy::{PolicyConfig, PrefixV4, PrefixV6},
+};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap},
+};
+
+#[map]
+pub static APNS_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static APNS_POLICY: Array<PolicyConfig> = Array::with_max_entries(POLICY_MAX_ENTRIES, 0);
+
+#[map]
+pub static APNS_PORTS: Array<u8> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
+
+#[map]
+pub static APNS_ALLOW_V4: LpmTrie<PrefixV4, u8> = LpmTrie::with_max_entries(ALLOW_MAX_ENTRIES, 0);
+
+#[map]
+pub static APNS_ALLOW_V6: LpmTrie<PrefixV6, u8> = LpmTrie::with_max_entries(ALLOW_MAX_ENTRIES, 0);
+
+#[map]
+pub static APNS_PROV_V4: LpmTrie<PrefixV4, u8> =
+    LpmTrie::with_max_entries(PROVIDERS_MAX_ENTRIES, 0);
+
+#[map]
+pub static APNS_PROV_V6: LpmTrie<PrefixV6, u8> =
+    LpmTrie::with_max_entries(PROVIDERS_MAX_ENTRIES, 0);
+
+#[map]
+pub static APNS_COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
+    PerCpuHashMap::with_max_entries(COUNTERS_MAX_ENTRIES, 0);
+
+#[map]
+pub static APNS_CNT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Never read here; declared so the object carries the map the agent stamps its layout into.
+#[map]
+pub static APNS_META: Array<apns_common::maps::Meta> = Array::with_max_entries(1, 0);

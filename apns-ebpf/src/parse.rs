@@ -1,0 +1,260 @@
+//! Bounded header parsing: Ethernet with up to two VLAN tags, IPv4 with options, IPv6 with up
+//! to six extension headers, then TCP or UDP (docs/classification.md, sections 1 to 4).
+//!
+//! Convention: every function returns `Ok` with what the next step needs, or `Err(outcome)`
+//! when parsing alone settles the packet (`not_ip`, `not_apns`, `fragment`, `malformed`). Every
+//! read goes through [`Cursor::bytes`] / [`Cursor::bytes_within`], which check the frame end
+//! and, inside IP, the end of the IP payload. Multi-byte fields are big-endian on the wire and
+//! converted with `u16::from_be_bytes`; addresses stay in network byte order.
+
+use apns_common::counters::Outcome;
+use aya_ebpf::programs::XdpContext;
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+/// 802.1Q and 802.1ad tags parsed before the ethertype must name IP.
+const MAX_VLAN_TAGS: usize = 2;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+
+const IPV4_MIN_HLEN: usize = 20;
+const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
+const IPV6_HLEN: usize = 40;
+/// Extension headers walked before the packet is judged too deep (`malformed`).
+const MAX_IPV6_EXT_HEADERS: usize = 6;
+const IPV6_FRAG_HLEN: usize = 8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+const TCP_MIN_HLEN: usize = 20;
+const UDP_HLEN: usize = 8;
+
+/// The linear packet buffer of one XDP frame, as absolute addresses.
+pub struct Cursor {
+    start: usize,
+    end: usize,
+    /// `end - start`, but read separately from the context (see [`Cursor::new`]).
+    len: usize,
+}
+
+impl Cursor {
+    #[inline(always)]
+    pub fn new(ctx: &XdpContext) -> Self {
+        // The IP-length checks compare offsets with the frame length. If that length were
+        // `end - start`, LLVM could prove some of the pointer checks below redundant and drop
+        // them, and the verifier, which only trusts explicit `ptr > data_end` tests, would then
+        // reject the reads. Volatile loads of the context give a length LLVM cannot relate to
+        // `start` and `end`.
+        // SAFETY: `ctx.ctx` points to the xdp_md the kernel passed to the program.
+        let (data, data_end) = unsafe {
+            (
+                core::ptr::read_volatile(&(*ctx.ctx).data),
+                core::ptr::read_volatile(&(*ctx.ctx).data_end),
+            )
+        };
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+            len: data_end.wrapping_sub(data) as usize,
+        }
+    }
+
+    /// Frame length, Ethernet header included.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The `N` bytes at `offset`, or `malformed` if the frame ends first.
+    #[inline(always)]
+    fn bytes<const N: usize>(&self, offset: usize) -> Result<&[u8; N], Outcome> {
+        if self.start + offset + N > self.end {
+            return Err(Outcome::Malformed);
+        }
+        // SAFETY: the N bytes at start + offset lie inside the frame (checked above, in the
+        // form the verifier understands), and u8 arrays have no alignment requirement.
+        Ok(unsafe { &*((self.start + offset) as *const [u8; N]) })
+    }
+
+    /// Like [`Cursor::bytes`], but the bytes must also end before `limit` (the end of the IP
+    /// payload, as an offset into the frame).
+    #[inline(always)]
+    fn bytes_within<const N: usize>(&self, offset: usize, limit: usize) -> Result<&[u8; N], Outcome> {
+        if offset + N > limit {
+            return Err(Outcome::Malformed);
+        }
+        self.bytes(offset)
+    }
+}
+
+/// Source and destination addresses, network byte order.
+pub enum Addrs {
+    V4 { src: [u8; 4], dst: [u8; 4] },
+    V6 { src: [u8; 16], dst: [u8; 16] },
+}
+
+/// A well-formed TCP segment (first fragment or unfragmented): what the policy needs.
+pub struct TcpPacket {
+    pub addrs: Addrs,
+    /// Host byte order.
+    pub sport: u16,
+    /// Host byte order.
+    pub dport: u16,
+    /// Byte 13 of the TCP header (CWR ECE URG ACK PSH RST SYN FIN).
+    pub flags: u8,
+}
+
+/// The IP payload as offsets into the frame: `[start, end)`.
+struct Payload {
+    start: usize,
+    end: usize,
+}
+
+#[inline(always)]
+pub fn parse(cursor: &Cursor) -> Result<TcpPacket, Outcome> {
+    let (ethertype, l3) = parse_ethernet(cursor)?;
+    match ethertype {
+        ETH_P_IP => parse_ipv4(cursor, l3),
+        ETH_P_IPV6 => parse_ipv6(cursor, l3),
+        _ => Err(Outcome::NotIp),
+    }
+}
+
+/// Returns the ethertype after at most [`MAX_VLAN_TAGS`] tags and the offset of the L3 header.
+#[inline(always)]
+fn parse_ethernet(cursor: &Cursor) -> Result<(u16, usize), Outcome> {
+    let eth = cursor.bytes::<ETH_HLEN>(0)?;
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut offset = ETH_HLEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let tag = cursor.bytes::<VLAN_HLEN>(offset)?;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        offset += VLAN_HLEN;
+    }
+    Ok((ethertype, offset))
+}
+
+#[inline(always)]
+fn parse_ipv4(cursor: &Cursor, l3: usize) -> Result<TcpPacket, Outcome> {
+    let ip = cursor.bytes::<IPV4_MIN_HLEN>(l3)?;
+    if ip[0] >> 4 != 4 {
+        return Err(Outcome::Malformed);
+    }
+    let header_len = (ip[0] & 0x0f) as usize * 4;
+    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    if header_len < IPV4_MIN_HLEN || total_len < header_len || l3 + total_len > cursor.len() {
+        return Err(Outcome::Malformed);
+    }
+    if u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAG_OFFSET_MASK != 0 {
+        return Err(Outcome::Fragment);
+    }
+    let addrs = Addrs::V4 {
+        src: [ip[12], ip[13], ip[14], ip[15]],
+        dst: [ip[16], ip[17], ip[18], ip[19]],
+    };
+    let payload = Payload {
+        start: l3 + header_len,
+        end: l3 + total_len,
+    };
+    parse_l4(cursor, ip[9], &payload, addrs)
+}
+
+#[inline(always)]
+fn parse_ipv6(cursor: &Cursor, l3: usize) -> Result<TcpPacket, Outcome> {
+    let ip = cursor.bytes::<IPV6_HLEN>(l3)?;
+    if ip[0] >> 4 != 6 {
+        return Err(Outcome::Malformed);
+    }
+    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    let end = l3 + IPV6_HLEN + payload_len;
+    if end > cursor.len() {
+        return Err(Outcome::Malformed);
+    }
+    let mut next_header = ip[6];
+    let mut offset = l3 + IPV6_HLEN;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        if !is_ipv6_extension(next_header) {
+            break;
+        }
+        let ext = cursor.bytes_within::<2>(offset, end)?;
+        let ext_len = match next_header {
+            IPPROTO_FRAGMENT => {
+                let frag = cursor.bytes_within::<IPV6_FRAG_HLEN>(offset, end)?;
+                if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
+                    return Err(Outcome::Fragment);
+                }
+                IPV6_FRAG_HLEN
+            }
+            IPPROTO_AH => {
+                if ext[1] == 0 {
+                    return Err(Outcome::Malformed);
+                }
+                (ext[1] as usize + 2) * 4
+            }
+            _ => (ext[1] as usize + 1) * 8,
+        };
+        if offset + ext_len > end {
+            return Err(Outcome::Malformed);
+        }
+        next_header = ext[0];
+        offset += ext_len;
+    }
+    if is_ipv6_extension(next_header) {
+        return Err(Outcome::Malformed);
+    }
+    let addrs = Addrs::V6 {
+        src: array16(ip, 8),
+        dst: array16(ip, 24),
+    };
+    parse_l4(cursor, next_header, &Payload { start: offset, end }, addrs)
+}
+
+#[inline(always)]
+fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(
+        next_header,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT | IPPROTO_AH
+    )
+}
+
+#[inline(always)]
+fn array16(bytes: &[u8; IPV6_HLEN], at: usize) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&bytes[at..at + 16]);
+    out
+}
+
+#[inline(always)]
+fn parse_l4(cursor: &Cursor, protocol: u8, payload: &Payload, addrs: Addrs) -> Result<TcpPacket, Outcome> {
+    match protocol {
+        IPPROTO_TCP => {
+            let tcp = cursor.bytes_within::<TCP_MIN_HLEN>(payload.start, payload.end)?;
+            let header_len = (tcp[12] >> 4) as usize * 4;
+            if header_len < TCP_MIN_HLEN || payload.start + header_len > payload.end {
+                return Err(Outcome::Malformed);
+            }
+            Ok(TcpPacket {
+                addrs,
+                sport: u16::from_be_bytes([tcp[0], tcp[1]]),
+                dport: u16::from_be_bytes([tcp[2], tcp[3]]),
+                flags: tcp[13],
+            })
+        }
+        IPPROTO_UDP => {
+            cursor.bytes_within::<UDP_HLEN>(payload.start, payload.end)?;
+            Err(Outcome::NotApns)
+        }
+        _ => Err(Outcome::NotApns),
+    }
+}
