@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 
 use anyhow::{bail, Context as _};
 use apns_common::{
-    maps::{ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PORTS, PORTS_PER_GENERATION, PROVIDERS_V4, PROVIDERS_V6},
+    maps::{
+        ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PORTS, PORTS_PER_GENERATION, PROVIDERS_V4, PROVIDERS_V6,
+    },
     policy::{
         port_index, PolicyConfig, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS, MAX_PORTS,
         PORT_LIST_DIRTY,
@@ -41,7 +43,8 @@ impl PolicyMaps {
             name: &'static str,
             map: anyhow::Result<Map>,
         ) -> anyhow::Result<T> {
-            T::try_from(map?).with_context(|| format!("map {name} has an unexpected type or layout"))
+            T::try_from(map?)
+                .with_context(|| format!("map {name} has an unexpected type or layout"))
         }
         Ok(Self {
             active: typed(ACTIVE, map(ACTIVE))?,
@@ -81,10 +84,30 @@ impl PolicyMaps {
         };
         self.set_config(target, &dirty)?;
         self.write_ports(target, &previous, policy)?;
-        sync_trie(ALLOW_V4, &mut self.allow_v4, target, policy.allow_v4().map(|n| v4_key(target, n)).collect())?;
-        sync_trie(ALLOW_V6, &mut self.allow_v6, target, policy.allow_v6().map(|n| v6_key(target, n)).collect())?;
-        sync_trie(PROVIDERS_V4, &mut self.providers_v4, target, policy.providers_v4().map(|n| v4_key(target, n)).collect())?;
-        sync_trie(PROVIDERS_V6, &mut self.providers_v6, target, policy.providers_v6().map(|n| v6_key(target, n)).collect())?;
+        sync_trie(
+            ALLOW_V4,
+            &mut self.allow_v4,
+            target,
+            policy.allow_v4().map(|n| v4_key(target, n)).collect(),
+        )?;
+        sync_trie(
+            ALLOW_V6,
+            &mut self.allow_v6,
+            target,
+            policy.allow_v6().map(|n| v6_key(target, n)).collect(),
+        )?;
+        sync_trie(
+            PROVIDERS_V4,
+            &mut self.providers_v4,
+            target,
+            policy.providers_v4().map(|n| v4_key(target, n)).collect(),
+        )?;
+        sync_trie(
+            PROVIDERS_V6,
+            &mut self.providers_v6,
+            target,
+            policy.providers_v6().map(|n| v6_key(target, n)).collect(),
+        )?;
 
         let mut config = PolicyConfig {
             mode: policy.mode.code(),
@@ -117,11 +140,27 @@ impl PolicyMaps {
             ports.insert(port, self.port_roles(generation, port)?);
         }
         let mut allow: BTreeSet<IpNet> = BTreeSet::new();
-        allow.extend(read_trie(ALLOW_V4, &self.allow_v4, generation)?.into_iter().map(v4_net));
-        allow.extend(read_trie(ALLOW_V6, &self.allow_v6, generation)?.into_iter().map(v6_net));
+        allow.extend(
+            read_trie(ALLOW_V4, &self.allow_v4, generation)?
+                .into_iter()
+                .map(v4_net),
+        );
+        allow.extend(
+            read_trie(ALLOW_V6, &self.allow_v6, generation)?
+                .into_iter()
+                .map(v6_net),
+        );
         let mut providers: BTreeSet<IpNet> = BTreeSet::new();
-        providers.extend(read_trie(PROVIDERS_V4, &self.providers_v4, generation)?.into_iter().map(v4_net));
-        providers.extend(read_trie(PROVIDERS_V6, &self.providers_v6, generation)?.into_iter().map(v6_net));
+        providers.extend(
+            read_trie(PROVIDERS_V4, &self.providers_v4, generation)?
+                .into_iter()
+                .map(v4_net),
+        );
+        providers.extend(
+            read_trie(PROVIDERS_V6, &self.providers_v6, generation)?
+                .into_iter()
+                .map(v6_net),
+        );
         Ok(Policy {
             mode: Mode::from_code(config.mode).with_context(|| format!("reading map {POLICY}"))?,
             ports,
@@ -139,12 +178,19 @@ impl PolicyMaps {
     fn port_roles(&self, generation: u32, port: u16) -> anyhow::Result<u8> {
         self.ports
             .get(&port_index(generation, port), 0)
-            .with_context(|| format!("reading port {port} of generation {generation} in map {PORTS}"))
+            .with_context(|| {
+                format!("reading port {port} of generation {generation} in map {PORTS}")
+            })
     }
 
     /// Rewrites the port table of `generation`: clears the ports `previous` listed (or every
     /// non-zero slot, if `previous` was left dirty), then writes `policy`'s.
-    fn write_ports(&mut self, generation: u32, previous: &PolicyConfig, policy: &Policy) -> anyhow::Result<()> {
+    fn write_ports(
+        &mut self,
+        generation: u32,
+        previous: &PolicyConfig,
+        policy: &Policy,
+    ) -> anyhow::Result<()> {
         let stale: Vec<u16> = if previous.port_count as usize <= MAX_PORTS {
             previous.ports[..previous.port_count as usize].to_vec()
         } else {
@@ -156,7 +202,10 @@ impl PolicyMaps {
             }
             set
         };
-        for port in stale.into_iter().filter(|port| !policy.ports.contains_key(port)) {
+        for port in stale
+            .into_iter()
+            .filter(|port| !policy.ports.contains_key(port))
+        {
             self.set_port(generation, port, 0)?;
         }
         for (&port, &roles) in &policy.ports {
@@ -168,7 +217,9 @@ impl PolicyMaps {
     fn set_port(&mut self, generation: u32, port: u16, roles: u8) -> anyhow::Result<()> {
         self.ports
             .set(port_index(generation, port), roles, 0)
-            .with_context(|| format!("writing port {port} of generation {generation} in map {PORTS}"))
+            .with_context(|| {
+                format!("writing port {port} of generation {generation} in map {PORTS}")
+            })
     }
 }
 

@@ -114,7 +114,10 @@ impl Policy {
     /// Checks everything the maps cannot hold, so that applying cannot fail half-way on input.
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.ports.len() > MAX_PORTS {
-            bail!("{} ports in the port table; at most {MAX_PORTS} are supported", self.ports.len());
+            bail!(
+                "{} ports in the port table; at most {MAX_PORTS} are supported",
+                self.ports.len()
+            );
         }
         for (&port, &roles) in &self.ports {
             if port == 0 {
@@ -125,10 +128,17 @@ impl Policy {
             }
         }
         check_capacity("allow-list", &self.allow, ALLOW_PREFIXES_PER_GENERATION)?;
-        check_capacity("provider list", &self.providers, PROVIDER_PREFIXES_PER_GENERATION)?;
+        check_capacity(
+            "provider list",
+            &self.providers,
+            PROVIDER_PREFIXES_PER_GENERATION,
+        )?;
         for net in self.allow.iter().chain(&self.providers) {
             if net.trunc() != *net {
-                bail!("prefix {net} has host bits set (did you mean {}?)", net.trunc());
+                bail!(
+                    "prefix {net} has host bits set (did you mean {}?)",
+                    net.trunc()
+                );
             }
         }
         Ok(())
@@ -187,7 +197,10 @@ pub fn parse_prefix(text: &str) -> anyhow::Result<IpNet> {
         bail!("{text:?} is not an IPv4 or IPv6 prefix (e.g. 17.0.0.0/8)");
     };
     if net.trunc() != net {
-        bail!("prefix {text} has host bits set (did you mean {}?)", net.trunc());
+        bail!(
+            "prefix {text} has host bits set (did you mean {}?)",
+            net.trunc()
+        );
     }
     Ok(net)
 }
@@ -207,16 +220,29 @@ mod tests {
     #[test]
     fn prefix_with_host_bits_is_refused() {
         let err = parse_prefix("17.1.2.3/8").unwrap_err().to_string();
-        assert!(err.contains("host bits") && err.contains("17.0.0.0/8"), "{err}");
+        assert!(
+            err.contains("host bits") && err.contains("17.0.0.0/8"),
+            "{err}"
+        );
         assert!(parse_prefix("2620:149:a44::1/48").is_err());
     }
 
     #[test]
     fn prefixes_parse() {
-        assert_eq!(parse_prefix("17.0.0.0/8").unwrap().to_string(), "17.0.0.0/8");
+        assert_eq!(
+            parse_prefix("17.0.0.0/8").unwrap().to_string(),
+            "17.0.0.0/8"
+        );
         assert_eq!(parse_prefix("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
         assert_eq!(parse_prefix("2620:149:a44::/48").unwrap().prefix_len(), 48);
-        for bad in ["", "17.0.0.0/33", "17.0.0/8", "apple", "::/129", "17.0.0.0/-1"] {
+        for bad in [
+            "",
+            "17.0.0.0/33",
+            "17.0.0/8",
+            "apple",
+            "::/129",
+            "17.0.0.0/-1",
+        ] {
             assert!(parse_prefix(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -233,7 +259,9 @@ mod tests {
         policy.ports.insert(80, 0x80);
         assert!(policy.validate().is_err());
         let mut policy = Policy::apple_defaults();
-        policy.ports = (1..=MAX_PORTS as u16 + 1).map(|p| (p, role::APNS)).collect();
+        policy.ports = (1..=MAX_PORTS as u16 + 1)
+            .map(|p| (p, role::APNS))
+            .collect();
         assert!(policy.validate().is_err());
     }
 }

@@ -12,9 +12,19 @@ fn object_maps_match_the_shared_layout() {
             .get(expected.name)
             .unwrap_or_else(|| panic!("map {} missing from the object", expected.name));
         assert_eq!(
-            (map.key_size(), map.value_size(), map.max_entries()),
-            (expected.key_size, expected.value_size, expected.max_entries),
-            "map {}: (key size, value size, max entries)",
+            (
+                map.map_type(),
+                map.key_size(),
+                map.value_size(),
+                map.max_entries()
+            ),
+            (
+                expected.map_type,
+                expected.key_size,
+                expected.value_size,
+                expected.max_entries
+            ),
+            "map {}: (type, key size, value size, max entries)",
             expected.name
         );
     }

@@ -55,38 +55,94 @@ pub const COUNTERS_LOST: &str = "APNS_CNT_LOST";
 /// agent before it adopts pinned maps. The XDP program never touches it.
 pub const META: &str = "APNS_META";
 
-/// Every map above with its key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 10] = [
-    MapLayout::new(ACTIVE, 4, 4, 1),
-    MapLayout::new(POLICY, 4, size_of::<crate::policy::PolicyConfig>(), POLICY_MAX_ENTRIES),
-    MapLayout::new(PORTS, 4, 1, PORTS_MAX_ENTRIES),
-    MapLayout::new(ALLOW_V4, 4 + size_of::<crate::policy::PrefixV4>(), 1, ALLOW_MAX_ENTRIES),
-    MapLayout::new(ALLOW_V6, 4 + size_of::<crate::policy::PrefixV6>(), 1, ALLOW_MAX_ENTRIES),
-    MapLayout::new(PROVIDERS_V4, 4 + size_of::<crate::policy::PrefixV4>(), 1, PROVIDERS_MAX_ENTRIES),
-    MapLayout::new(PROVIDERS_V6, 4 + size_of::<crate::policy::PrefixV6>(), 1, PROVIDERS_MAX_ENTRIES),
-    MapLayout::new(
-        COUNTERS,
-        size_of::<crate::counters::CounterKey>(),
-        size_of::<crate::counters::CounterValue>(),
-        COUNTERS_MAX_ENTRIES,
-    ),
-    MapLayout::new(COUNTERS_LOST, 4, 8, 1),
-    MapLayout::new(META, 4, size_of::<Meta>(), 1),
-];
+/// Kernel map type numbers (`enum bpf_map_type`, stable UAPI) of the maps above.
+pub mod map_type {
+    pub const PERCPU_HASH: u32 = 5;
+    pub const ARRAY: u32 = 2;
+    pub const PERCPU_ARRAY: u32 = 6;
+    pub const LPM_TRIE: u32 = 11;
+}
+
+/// Every map above with its type, key and value size, for layout checks in user space.
+pub const ALL: [MapLayout; 10] = {
+    use crate::{
+        counters::{CounterKey, CounterValue},
+        policy::{PolicyConfig, PrefixV4, PrefixV6},
+    };
+    use map_type::*;
+    /// LPM keys are the 4-byte prefix length followed by the key data.
+    const LPM_PREFIX_LEN: usize = 4;
+    [
+        MapLayout::new(ACTIVE, ARRAY, 4, 4, 1),
+        MapLayout::new(
+            POLICY,
+            ARRAY,
+            4,
+            size_of::<PolicyConfig>(),
+            POLICY_MAX_ENTRIES,
+        ),
+        MapLayout::new(PORTS, ARRAY, 4, 1, PORTS_MAX_ENTRIES),
+        MapLayout::new(
+            ALLOW_V4,
+            LPM_TRIE,
+            LPM_PREFIX_LEN + size_of::<PrefixV4>(),
+            1,
+            ALLOW_MAX_ENTRIES,
+        ),
+        MapLayout::new(
+            ALLOW_V6,
+            LPM_TRIE,
+            LPM_PREFIX_LEN + size_of::<PrefixV6>(),
+            1,
+            ALLOW_MAX_ENTRIES,
+        ),
+        MapLayout::new(
+            PROVIDERS_V4,
+            LPM_TRIE,
+            LPM_PREFIX_LEN + size_of::<PrefixV4>(),
+            1,
+            PROVIDERS_MAX_ENTRIES,
+        ),
+        MapLayout::new(
+            PROVIDERS_V6,
+            LPM_TRIE,
+            LPM_PREFIX_LEN + size_of::<PrefixV6>(),
+            1,
+            PROVIDERS_MAX_ENTRIES,
+        ),
+        MapLayout::new(
+            COUNTERS,
+            PERCPU_HASH,
+            size_of::<CounterKey>(),
+            size_of::<CounterValue>(),
+            COUNTERS_MAX_ENTRIES,
+        ),
+        MapLayout::new(COUNTERS_LOST, PERCPU_ARRAY, 4, 8, 1),
+        MapLayout::new(META, ARRAY, 4, size_of::<Meta>(), 1),
+    ]
+};
 
 /// The shape of one map, as the kernel reports it (`bpf_map_info`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapLayout {
     pub name: &'static str,
+    pub map_type: u32,
     pub key_size: u32,
     pub value_size: u32,
     pub max_entries: u32,
 }
 
 impl MapLayout {
-    const fn new(name: &'static str, key_size: usize, value_size: usize, max_entries: u32) -> Self {
+    const fn new(
+        name: &'static str,
+        map_type: u32,
+        key_size: usize,
+        value_size: usize,
+        max_entries: u32,
+    ) -> Self {
         Self {
             name,
+            map_type,
             key_size: key_size as u32,
             value_size: value_size as u32,
             max_entries,

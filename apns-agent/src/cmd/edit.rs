@@ -1,0 +1,162 @@
+//! `allow`, `providers`, `ports` and `mode`: read the live policy, change it, apply it as a
+//! whole (one generation switch). Every argument is checked before anything is written.
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+
+use crate::{
+    cli::{PortAction, PrefixAction},
+    config::{parse_port, parse_roles, role_names},
+    pinned::Datapath,
+    pins::PinDir,
+    policy::{parse_prefix, Mode, Policy},
+    privileges,
+};
+
+#[derive(Clone, Copy)]
+pub enum PrefixList {
+    Allow,
+    Providers,
+}
+
+impl PrefixList {
+    fn name(self) -> &'static str {
+        match self {
+            PrefixList::Allow => "allow-list",
+            PrefixList::Providers => "provider list",
+        }
+    }
+
+    fn of(self, policy: &mut Policy) -> &mut BTreeSet<IpNet> {
+        match self {
+            PrefixList::Allow => &mut policy.allow,
+            PrefixList::Providers => &mut policy.providers,
+        }
+    }
+}
+
+pub fn prefixes(pins: &PinDir, list: PrefixList, action: &PrefixAction) -> anyhow::Result<()> {
+    match action {
+        PrefixAction::List => {
+            privileges::require(privileges::READ, "listing the policy")?;
+            let mut policy = Datapath::open(pins)?.policy.read_active()?;
+            for net in list.of(&mut policy).iter() {
+                println!("{net}");
+            }
+            Ok(())
+        }
+        PrefixAction::Add { prefixes } | PrefixAction::Del { prefixes } => {
+            let adding = matches!(action, PrefixAction::Add { .. });
+            let nets = parse_unique(prefixes)?;
+            change(pins, |policy| {
+                let set = list.of(policy);
+                for net in &nets {
+                    match (adding, set.contains(net)) {
+                        (true, true) => anyhow::bail!("{net} is already in the {}", list.name()),
+                        (false, false) => anyhow::bail!("{net} is not in the {}", list.name()),
+                        (true, false) => set.insert(*net),
+                        (false, true) => set.remove(net),
+                    };
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Parses every argument; duplicates within one command are an error.
+fn parse_unique(texts: &[String]) -> anyhow::Result<Vec<IpNet>> {
+    let mut seen = BTreeSet::new();
+    let mut nets = Vec::new();
+    for text in texts {
+        let net = parse_prefix(text)?;
+        anyhow::ensure!(seen.insert(net), "{net} is given twice");
+        nets.push(net);
+    }
+    Ok(nets)
+}
+
+pub fn ports(pins: &PinDir, action: &PortAction) -> anyhow::Result<()> {
+    match action {
+        PortAction::List => {
+            privileges::require(privileges::READ, "listing the policy")?;
+            let policy = Datapath::open(pins)?.policy.read_active()?;
+            for (port, roles) in &policy.ports {
+                println!("{port} {}", role_names(*roles).join(","));
+            }
+            Ok(())
+        }
+        PortAction::Add { ports } => {
+            let mut parsed = Vec::new();
+            let mut seen = BTreeSet::new();
+            for text in ports {
+                let (port, roles) = match text.split_once('=') {
+                    Some((port, roles)) => (
+                        parse_port(port)?,
+                        parse_roles(&roles.split(',').collect::<Vec<_>>())?,
+                    ),
+                    None => (parse_port(text)?, parse_roles(&[])?),
+                };
+                anyhow::ensure!(seen.insert(port), "port {port} is given twice");
+                parsed.push((port, roles));
+            }
+            change(pins, |policy| {
+                for &(port, roles) in &parsed {
+                    anyhow::ensure!(
+                        policy.ports.get(&port) != Some(&roles),
+                        "port {port} is already in the port table with roles {}",
+                        role_names(roles).join(",")
+                    );
+                    policy.ports.insert(port, roles);
+                }
+                Ok(())
+            })
+        }
+        PortAction::Del { ports } => {
+            let mut parsed = BTreeSet::new();
+            for text in ports {
+                let port = parse_port(text)?;
+                anyhow::ensure!(parsed.insert(port), "port {port} is given twice");
+            }
+            change(pins, |policy| {
+                for port in &parsed {
+                    anyhow::ensure!(
+                        policy.ports.remove(port).is_some(),
+                        "port {port} is not in the port table"
+                    );
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+pub fn mode(pins: &PinDir, mode: Mode) -> anyhow::Result<()> {
+    change(pins, |policy| {
+        policy.mode = mode;
+        Ok(())
+    })
+}
+
+/// Reads the live policy under the pin lock, lets `edit` change a copy, and applies the copy
+/// as a whole. An `edit` error or an invalid result writes nothing.
+fn change(
+    pins: &PinDir,
+    edit: impl FnOnce(&mut Policy) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    privileges::require(privileges::CHANGE, "changing the policy")?;
+    let _lock = super::lock_loaded(pins)?;
+    let mut datapath = Datapath::open(pins)?;
+    let mut policy = datapath.policy.read_active()?;
+    edit(&mut policy)?;
+    datapath.policy.apply(&policy)?;
+    println!(
+        "applied: mode {}, {} allow-list prefixes, {} provider prefixes, {} ports",
+        policy.mode,
+        policy.allow.len(),
+        policy.providers.len(),
+        policy.ports.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! `apns-agent run`: install, attach, apply, then wait for signals.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{
+    cli::RunArgs,
+    config::{Config, DEFAULT_CONFIG},
+    pinned::{self, Datapath},
+    pins::PinDir,
+    privileges,
+};
+
+pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
+    privileges::require(privileges::CHANGE, "apns-agent run")?;
+    let config_path = match &args.config {
+        Some(path) => Some(path.clone()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.exists()),
+    };
+    let config = effective_config(args, config_path.as_deref())?;
+    anyhow::ensure!(
+        !config.interfaces.is_empty(),
+        "no interface to attach to: give --iface IFACE or set `interfaces` in the config"
+    );
+    let pins = PinDir::new(
+        pin_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&config.pin_dir)),
+    );
+    for interface in &config.interfaces {
+        pinned::ifindex(interface)?;
+    }
+
+    pins.prepare()?;
+    {
+        let _lock = pins.lock()?;
+        let installed = pinned::install(&pins)?;
+        tracing::info!(?installed, pin_dir = %pins.root().display(), "datapath installed");
+        for interface in &config.interfaces {
+            let mode = pinned::attach(&pins, interface, config.xdp_mode)?;
+            tracing::info!(interface, mode = mode.as_str(), "attached");
+        }
+        Datapath::open(&pins)?.policy.apply(&config.policy)?;
+        tracing::info!(mode = %config.policy.mode, prefixes = config.policy.allow.len(), "policy applied");
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let attached = runtime.block_on(wait_for_signals(
+        args,
+        config_path.as_deref(),
+        &pins,
+        config,
+    ))?;
+
+    if args.detach_on_exit {
+        let _lock = pins.lock()?;
+        for interface in &attached {
+            pinned::detach(&pins, interface)?;
+            tracing::info!(interface, "detached (--detach-on-exit)");
+        }
+    } else {
+        tracing::info!("exiting; the datapath stays attached and enforcing (fail-static)");
+    }
+    Ok(())
+}
+
+/// The config file (or the defaults) with the command line's overrides.
+fn effective_config(args: &RunArgs, path: Option<&Path>) -> anyhow::Result<Config> {
+    let mut config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !args.interfaces.is_empty() {
+        config.interfaces = args.interfaces.clone();
+    }
+    if let Some(mode) = args.mode {
+        config.policy.mode = mode.into();
+    }
+    if let Some(xdp_mode) = args.xdp_mode {
+        config.xdp_mode = xdp_mode.into();
+    }
+    Ok(config)
+}
+
+/// Serves SIGHUP (reload) until SIGTERM or SIGINT; returns the interfaces attached by the
+/// config in force at exit.
+async fn wait_for_signals(
+    args: &RunArgs,
+    config_path: Option<&Path>,
+    pins: &PinDir,
+    mut config: Config,
+) -> anyhow::Result<Vec<String>> {
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tracing::info!("running; SIGHUP reloads the config, SIGTERM/SIGINT exits");
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match reload(args, config_path, pins, &config) {
+                Ok(new_config) => config = new_config,
+                // A bad file leaves the running policy exactly as it was.
+                Err(err) => tracing::error!("reload refused, policy unchanged: {err:#}"),
+            },
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    Ok(config.interfaces)
+}
+
+/// Re-reads the config and applies it: new interfaces are attached, interfaces dropped from
+/// the config are detached, the policy is swapped as a whole.
+fn reload(
+    args: &RunArgs,
+    path: Option<&Path>,
+    pins: &PinDir,
+    old: &Config,
+) -> anyhow::Result<Config> {
+    let Some(path) = path else {
+        anyhow::bail!("SIGHUP: no config file to re-read (started without one)");
+    };
+    let config = effective_config(args, Some(path))?;
+    for interface in &config.interfaces {
+        pinned::ifindex(interface)?;
+    }
+    let _lock = pins.lock()?;
+    for interface in config
+        .interfaces
+        .iter()
+        .filter(|i| !old.interfaces.contains(i))
+    {
+        pinned::attach(pins, interface, config.xdp_mode)?;
+        tracing::info!(interface, "attached (reload)");
+    }
+    Datapath::open(pins)?.policy.apply(&config.policy)?;
+    for interface in old
+        .interfaces
+        .iter()
+        .filter(|i| !config.interfaces.contains(i))
+    {
+        pinned::detach(pins, interface)?;
+        tracing::info!(interface, "detached (reload)");
+    }
+    tracing::info!(mode = %config.policy.mode, "config reloaded from {}", path.display());
+    Ok(config)
+}

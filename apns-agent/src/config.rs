@@ -1,0 +1,314 @@
+//! The TOML config file (`/etc/apns-agent/config.toml` by default; `packaging/config.toml`
+//! documents every key). Every value is checked while parsing, so an error names the line
+//! and key, and nothing touches the kernel before the whole file is valid.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::Context as _;
+use apns_common::policy::role;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::{
+    pinned::XdpModeChoice,
+    pins::DEFAULT_PIN_DIR,
+    policy::{parse_prefix, Mode, Policy, DEFAULT_PORTS},
+};
+
+pub const DEFAULT_CONFIG: &str = "/etc/apns-agent/config.toml";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpModeChoice,
+    pub pin_dir: String,
+    pub policy: Policy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interfaces: Vec::new(),
+            xdp_mode: XdpModeChoice::Auto,
+            pin_dir: DEFAULT_PIN_DIR.to_owned(),
+            policy: Policy::apple_defaults(),
+        }
+    }
+}
+
+/// The file as written. Missing keys take the defaults of [`Config::default`].
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    interfaces: Vec<String>,
+    /// monitor | enforce; default monitor.
+    #[serde(default)]
+    mode: Option<ModeValue>,
+    /// auto | native | skb; default auto.
+    #[serde(default)]
+    xdp_mode: Option<XdpModeValue>,
+    /// Default /sys/fs/bpf/apns-agent.
+    #[serde(default)]
+    pin_dir: Option<String>,
+    /// Apple's prefixes; default 17.0.0.0/8 and Apple's four IPv6 /48s.
+    #[serde(default)]
+    allow: Option<Vec<Prefix>>,
+    /// MDM server source prefixes; default none (provider rule off).
+    #[serde(default)]
+    providers: Vec<Prefix>,
+    /// Port number to roles; default 5223, 443, 2197, 2195, 2196 (see policy::DEFAULT_PORTS).
+    #[serde(default)]
+    ports: Option<BTreeMap<PortNumber, Vec<Role>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(try_from = "String")]
+struct Prefix(IpNet);
+
+impl TryFrom<String> for Prefix {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        parse_prefix(&text)
+            .map(Prefix)
+            .map_err(|err| format!("{err:#}"))
+    }
+}
+
+#[derive(Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(try_from = "String")]
+struct PortNumber(u16);
+
+impl TryFrom<String> for PortNumber {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        parse_port(&text)
+            .map(PortNumber)
+            .map_err(|err| format!("{err:#}"))
+    }
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Role {
+    Apns,
+    Pinhole,
+    Provider,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ModeValue {
+    Monitor,
+    Enforce,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum XdpModeValue {
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Parses a TCP port for the port table: 1 to 65535.
+pub fn parse_port(text: &str) -> anyhow::Result<u16> {
+    match text.trim().parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(port as u16),
+        Ok(port) => anyhow::bail!("port {port} is out of range (1 to 65535)"),
+        Err(_) => anyhow::bail!("{text:?} is not a port number (1 to 65535)"),
+    }
+}
+
+/// Parses role names (`apns`, `pinhole`, `provider`) into role bits. `apns` is implied: a
+/// port in the table is always counted as APNs.
+pub fn parse_roles(names: &[&str]) -> anyhow::Result<u8> {
+    let mut bits = role::APNS;
+    for name in names {
+        bits |= match *name {
+            "apns" => role::APNS,
+            "pinhole" => role::PINHOLE,
+            "provider" => role::PROVIDER,
+            other => {
+                anyhow::bail!("unknown port role {other:?}: expected apns, pinhole or provider")
+            }
+        };
+    }
+    Ok(bits)
+}
+
+/// Role names of `bits`, for listings.
+pub fn role_names(bits: u8) -> Vec<&'static str> {
+    [
+        (role::APNS, "apns"),
+        (role::PINHOLE, "pinhole"),
+        (role::PROVIDER, "provider"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| bits & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let file: File = toml::from_str(text)
+            .map_err(|err| anyhow::anyhow!("{}", err.to_string().trim_end()))?;
+        let defaults = Config::default();
+        let ports = match file.ports {
+            Some(ports) => ports
+                .into_iter()
+                .map(|(port, roles)| {
+                    let bits = roles.iter().fold(role::APNS, |bits, role| {
+                        bits | match role {
+                            Role::Apns => role::APNS,
+                            Role::Pinhole => role::PINHOLE,
+                            Role::Provider => role::PROVIDER,
+                        }
+                    });
+                    (port.0, bits)
+                })
+                .collect(),
+            None => DEFAULT_PORTS.into_iter().collect(),
+        };
+        let allow = match file.allow {
+            Some(allow) => allow.into_iter().map(|p| p.0).collect(),
+            None => defaults.policy.allow.clone(),
+        };
+        let policy = Policy {
+            mode: match file.mode {
+                Some(ModeValue::Enforce) => Mode::Enforce,
+                Some(ModeValue::Monitor) | None => Mode::Monitor,
+            },
+            ports,
+            allow,
+            providers: file.providers.into_iter().map(|p| p.0).collect(),
+        };
+        policy.validate()?;
+        for interface in &file.interfaces {
+            check_interface_name(interface)?;
+        }
+        Ok(Config {
+            interfaces: file.interfaces,
+            xdp_mode: match file.xdp_mode {
+                Some(XdpModeValue::Auto) | None => XdpModeChoice::Auto,
+                Some(XdpModeValue::Native) => XdpModeChoice::Native,
+                Some(XdpModeValue::Skb) => XdpModeChoice::Skb,
+            },
+            pin_dir: file.pin_dir.unwrap_or(defaults.pin_dir),
+            policy,
+        })
+    }
+}
+
+/// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace.
+pub fn check_interface_name(name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    anyhow::ensure!(valid, "{name:?} is not a valid interface name");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn shipped_example_parses() {
+        let text = include_str!("../../packaging/config.toml");
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.interfaces, ["eth1", "eth2"]);
+        assert_eq!(config.policy.mode, Mode::Enforce);
+        assert_eq!(config.policy.ports, DEFAULT_PORTS.into_iter().collect());
+        assert_eq!(config.policy.allow, Policy::apple_defaults().allow);
+        assert_eq!(config.policy.providers.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let cases = [
+            (
+                "mode = \"enforce\"\nallow = [\"17.1.0.0/8\"]\n",
+                &["line 2", "allow", "host bits"][..],
+            ),
+            (
+                "providers = [\"10.0.0.0/33\"]\n",
+                &["line 1", "providers"][..],
+            ),
+            ("mode = \"block\"\n", &["line 1", "mode", "monitor"][..]),
+            (
+                "[ports]\n\"70000\" = [\"apns\"]\n",
+                &["line 2", "out of range"][..],
+            ),
+            (
+                "[ports]\n\"0\" = [\"apns\"]\n",
+                &["line 2", "out of range"][..],
+            ),
+            (
+                "[ports]\n\"5223\" = [\"tunnel\"]\n",
+                &["line 2", "tunnel"][..],
+            ),
+            (
+                "interfaces = [\"eth0\"]\ncolour = \"red\"\n",
+                &["line 2", "colour"][..],
+            ),
+            ("interfaces = \"eth0\"\n", &["line 1", "interfaces"][..]),
+            ("xdp_mode = \"hw\"\n", &["line 1", "xdp_mode"][..]),
+            ("allow = [\"17.0.0.0/8\"\n", &["line"][..]),
+        ];
+        for (text, needles) in cases {
+            let err = format!("{:#}", Config::parse(text).unwrap_err());
+            for needle in needles {
+                assert!(
+                    err.contains(needle),
+                    "error for {text:?} lacks {needle:?}: {err}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_interface_names_are_refused() {
+        for text in [
+            "interfaces = [\"\"]",
+            "interfaces = [\"a/b\"]",
+            "interfaces = [\"averyveryverylongname\"]",
+        ] {
+            assert!(Config::parse(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn ports_and_roles_parse() {
+        assert_eq!(parse_port("5223").unwrap(), 5223);
+        for bad in ["0", "65536", "70000", "-1", "x", ""] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_roles(&["pinhole"]).unwrap(),
+            role::APNS | role::PINHOLE
+        );
+        assert!(parse_roles(&["bogus"]).is_err());
+        assert_eq!(
+            role_names(role::APNS | role::PROVIDER),
+            ["apns", "provider"]
+        );
+    }
+}

@@ -1,0 +1,357 @@
+//! The pinned datapath's lifecycle: load or adopt, attach, detach, unload, and what status
+//! reports. Everything lives in bpffs (see `pins`), so it outlives the agent process: a
+//! killed agent leaves the datapath classifying and enforcing, and the next one adopts it.
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+use apns_common::{
+    maps::{MapLayout, Meta, META},
+    LAYOUT_VERSION,
+};
+use aya::{
+    maps::{Array, Map, MapData, MapInfo},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramInfo, Xdp, XdpMode,
+    },
+    EbpfLoader,
+};
+use aya_obj::programs::XdpAttachType;
+
+use crate::{
+    counters::CounterMaps,
+    datapath::{xdp_program, OBJECT},
+    maps::PolicyMaps,
+    pins::{restrict, AttachMode, LinkPin, PinDir},
+    policy::Policy,
+};
+
+/// How to attach XDP to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpModeChoice {
+    /// Native (driver) mode, falling back to generic (skb) mode where the driver has none.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Handles to the maps of a pinned datapath.
+pub struct Datapath {
+    pub policy: PolicyMaps,
+    pub counters: CounterMaps,
+}
+
+impl Datapath {
+    /// Opens the maps of the datapath pinned in `pins`, after checking their layout. Refuses
+    /// when nothing is loaded there.
+    pub fn open(pins: &PinDir) -> anyhow::Result<Datapath> {
+        if !pins.is_loaded() {
+            bail!(
+                "no apns-agent datapath is loaded (nothing pinned at {}): start one with `apns-agent run` or `apns-agent attach IFACE`",
+                pins.root().display()
+            );
+        }
+        check_pinned_layout(pins)?;
+        let open = |name: &'static str| open_pinned_map(pins, name);
+        Ok(Datapath {
+            policy: PolicyMaps::open(open)?,
+            counters: CounterMaps::open(open)?,
+        })
+    }
+}
+
+fn open_pinned_map(pins: &PinDir, name: &str) -> anyhow::Result<Map> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Map::from_map_data(data)
+        .with_context(|| format!("pinned map {} has an unknown type", path.display()))
+}
+
+/// Checks every pinned map against the layout this agent was built with. A datapath pinned
+/// by an agent of another layout is refused, never silently reused.
+fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
+    let fix = "run `apns-agent unload` to remove it (its counters are lost), then start again";
+    for expected in apns_common::maps::ALL {
+        let path = pins.map(expected.name);
+        let info = MapInfo::from_pin(&path).with_context(|| {
+            format!(
+                "pinned map {} is missing or unreadable; the pin directory is incomplete: {fix}",
+                path.display()
+            )
+        })?;
+        let found = MapLayout {
+            name: expected.name,
+            map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+        };
+        if found != expected {
+            bail!(
+                "pinned map {} has another layout (type {}, key {} B, value {} B, {} entries; this agent needs type {}, key {} B, value {} B, {} entries): {fix}",
+                path.display(),
+                found.map_type, found.key_size, found.value_size, found.max_entries,
+                expected.map_type, expected.key_size, expected.value_size, expected.max_entries
+            );
+        }
+    }
+    let meta: Array<MapData, Meta> =
+        Array::try_from(open_pinned_map(pins, META)?).with_context(|| format!("map {META}"))?;
+    let version = meta
+        .get(&0, 0)
+        .with_context(|| format!("reading map {META}"))?
+        .layout_version;
+    if version != LAYOUT_VERSION {
+        bail!(
+            "the datapath pinned at {} has map layout version {version}; this agent uses version {LAYOUT_VERSION}: {fix}",
+            pins.root().display()
+        );
+    }
+    Ok(())
+}
+
+/// What [`install`] did with the program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Installed {
+    /// Nothing was pinned: maps, program and pins were created.
+    Fresh,
+    /// The pinned program is this agent's program: adopted as it is.
+    Adopted,
+    /// The pinned program differed: every link now runs this agent's program (swapped
+    /// atomically with bpf_link_update), maps and counters kept.
+    Upgraded,
+}
+
+/// Makes the pinned datapath run this agent's program: creates it when nothing is pinned,
+/// adopts it when the pinned program is the same, swaps the program behind every pinned link
+/// when it differs. Maps are reused (after a layout check), so counters carry on.
+pub fn install(pins: &PinDir) -> anyhow::Result<Installed> {
+    pins.prepare()?;
+    if pins.is_loaded() {
+        check_pinned_layout(pins)?;
+        return install_program(pins, false);
+    }
+    // Nothing was pinned: a failure half-way must not leave maps without a program behind.
+    let installed = install_program(pins, true).and_then(|installed| {
+        // A datapath is never left without a policy: Apple's defaults until told otherwise.
+        Datapath::open(pins)?
+            .policy
+            .apply(&Policy::apple_defaults())?;
+        Ok(installed)
+    });
+    if installed.is_err() {
+        if let Err(err) = pins.remove_all() {
+            tracing::warn!("cleaning up the half-made pin directory: {err:#}");
+        }
+    }
+    installed
+}
+
+fn install_program(pins: &PinDir, fresh: bool) -> anyhow::Result<Installed> {
+    let mut loader = EbpfLoader::new();
+    let paths: Vec<(&str, std::path::PathBuf)> = apns_common::maps::ALL
+        .iter()
+        .map(|layout| (layout.name, pins.map(layout.name)))
+        .collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT).with_context(|| {
+        format!(
+            "loading the datapath with its maps pinned in {}",
+            pins.maps_dir().display()
+        )
+    })?;
+    for (_, path) in &paths {
+        restrict(path)?;
+    }
+    if fresh {
+        let mut meta: Array<_, Meta> =
+            Array::try_from(ebpf.map_mut(META).context("the object has no META map")?)?;
+        meta.set(
+            0,
+            Meta {
+                layout_version: LAYOUT_VERSION,
+                _pad: 0,
+            },
+            0,
+        )
+        .with_context(|| format!("writing map {META}"))?;
+    }
+    let program = xdp_program(&mut ebpf)?;
+    program
+        .load()
+        .context("loading the XDP program (the verifier log follows)")?;
+    let new_tag = program.info()?.tag();
+
+    let program_pin = pins.program();
+    let pinned_tag = if program_pin.exists() {
+        Some(
+            ProgramInfo::from_pin(&program_pin)
+                .with_context(|| format!("reading pinned program {}", program_pin.display()))?
+                .tag(),
+        )
+    } else {
+        None
+    };
+    if pinned_tag == Some(new_tag) {
+        return Ok(Installed::Adopted);
+    }
+    for link in pins.links()? {
+        let pinned = PinnedLink::from_pin(&link.path)
+            .with_context(|| format!("opening link pin {}", link.path.display()))?;
+        let xdp_link = XdpLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("{} is not an XDP link", link.path.display()))?;
+        let id = program.attach_to_link(xdp_link).with_context(|| {
+            format!(
+                "replacing the program behind {} (bpf_link_update)",
+                link.path.display()
+            )
+        })?;
+        // Keep the link alive after `program` is dropped: it stays pinned.
+        let _kept: FdLink = program.take_link(id)?.try_into()?;
+    }
+    if pinned_tag.is_some() {
+        std::fs::remove_file(&program_pin)
+            .with_context(|| format!("removing the old program pin {}", program_pin.display()))?;
+    }
+    program
+        .pin(&program_pin)
+        .with_context(|| format!("pinning the XDP program at {}", program_pin.display()))?;
+    restrict(&program_pin)?;
+    Ok(if pinned_tag.is_none() {
+        Installed::Fresh
+    } else {
+        Installed::Upgraded
+    })
+}
+
+/// Attaches the pinned program to `interface` and pins the link. Already attached: nothing
+/// changes, and the mode it was attached with is returned.
+pub fn attach(pins: &PinDir, interface: &str, choice: XdpModeChoice) -> anyhow::Result<AttachMode> {
+    if let Some(link) = pins.link_of(interface)? {
+        return Ok(link.mode);
+    }
+    let ifindex = ifindex(interface)?;
+    let mut program = Xdp::from_pin(pins.program(), XdpAttachType::Interface)
+        .with_context(|| format!("opening the pinned program {}", pins.program().display()))?;
+    let attempts: &[AttachMode] = match choice {
+        XdpModeChoice::Auto => &[AttachMode::Native, AttachMode::Skb],
+        XdpModeChoice::Native => &[AttachMode::Native],
+        XdpModeChoice::Skb => &[AttachMode::Skb],
+    };
+    let mut last_error = None;
+    for &mode in attempts {
+        let flags = match mode {
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        };
+        match program.attach_to_if_index(ifindex, flags) {
+            Ok(id) => {
+                let link: FdLink = program
+                    .take_link(id)?
+                    .try_into()
+                    .with_context(|| format!("{interface}: the kernel gave a netlink attachment, not a bpf_link (kernel older than 5.9?)"))?;
+                let path = pins.link(interface, mode);
+                link.pin(&path).with_context(|| {
+                    format!("pinning the link of {interface} at {}", path.display())
+                })?;
+                restrict(&path)?;
+                return Ok(mode);
+            }
+            Err(err) => {
+                tracing::debug!(interface, mode = mode.as_str(), error = %err, "attach attempt failed");
+                last_error = Some((mode, err));
+            }
+        }
+    }
+    let (mode, err) = last_error.expect("at least one attach attempt");
+    Err(anyhow::Error::new(err)).with_context(|| {
+        format!(
+            "attaching XDP to {interface} in {} mode (is another XDP program attached? `ip link show {interface}` shows it; detach it first, or try --xdp-mode skb)",
+            mode.as_str()
+        )
+    })
+}
+
+/// Detaches `interface` (removing its link pin). Not attached: an error naming it.
+pub fn detach(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
+    let Some(link) = pins.link_of(interface)? else {
+        bail!(
+            "{interface} is not attached (no link pin in {})",
+            pins.links_dir().display()
+        );
+    };
+    remove_link(&link)
+}
+
+fn remove_link(link: &LinkPin) -> anyhow::Result<()> {
+    let pinned = PinnedLink::from_pin(&link.path)
+        .with_context(|| format!("opening link pin {}", link.path.display()))?;
+    // Unpinning drops the last reference but this fd; closing it detaches the program.
+    let fd_link = pinned
+        .unpin()
+        .with_context(|| format!("removing link pin {}", link.path.display()))?;
+    drop(fd_link);
+    Ok(())
+}
+
+/// Detaches every interface and removes every pin (program and maps unload with them).
+pub fn unload(pins: &PinDir) -> anyhow::Result<()> {
+    for link in pins.links()? {
+        remove_link(&link)?;
+    }
+    pins.remove_all()
+}
+
+/// Index of `interface` in the caller's network namespace.
+pub fn ifindex(interface: &str) -> anyhow::Result<u32> {
+    nix::net::if_::if_nametoindex(interface)
+        .with_context(|| format!("unknown interface {interface:?} (see `ip link`)"))
+}
+
+/// One interface as `status` reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct InterfaceStatus {
+    pub interface: String,
+    /// Whether the link still exists in the kernel and its interface is present.
+    pub attached: bool,
+    pub xdp_mode: &'static str,
+    pub program_id: Option<u32>,
+    pub link_id: Option<u32>,
+    pub link_pin: String,
+}
+
+pub fn interface_status(pins: &PinDir) -> anyhow::Result<Vec<InterfaceStatus>> {
+    let mut out = Vec::new();
+    for link in pins.links()? {
+        let info = PinnedLink::from_pin(&link.path)
+            .ok()
+            .map(FdLink::from)
+            .and_then(|fd| fd.info().ok());
+        out.push(InterfaceStatus {
+            attached: info.is_some() && ifindex(&link.interface).is_ok(),
+            xdp_mode: link.mode.as_str(),
+            program_id: info.as_ref().map(|i| i.program_id()),
+            link_id: info.as_ref().map(|i| i.id()),
+            link_pin: link.path.display().to_string(),
+            interface: link.interface,
+        });
+    }
+    Ok(out)
+}
+
+/// Id and tag of the pinned program.
+pub fn program_info(pins: &PinDir) -> anyhow::Result<Option<(u32, u64)>> {
+    let path = pins.program();
+    if !Path::new(&path).exists() {
+        return Ok(None);
+    }
+    let info = ProgramInfo::from_pin(&path)
+        .with_context(|| format!("reading pinned program {}", path.display()))?;
+    Ok(Some((info.id(), info.tag())))
+}
