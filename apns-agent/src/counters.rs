@@ -7,7 +7,7 @@ use apns_common::{
     counters::{CounterKey, CounterValue},
     maps::{COUNTERS, COUNTERS_LOST},
 };
-use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 
 /// Handles to the counter maps of one datapath.
 pub struct CounterMaps {
@@ -45,16 +45,21 @@ impl CounterMaps {
         Ok(Self { counters, lost })
     }
 
+    /// The value under one key, summed over CPUs; zero if the datapath never created it.
+    pub fn get(&self, key: &CounterKey) -> anyhow::Result<CounterValue> {
+        match self.counters.get(key, 0) {
+            Ok(per_cpu) => Ok(sum(&per_cpu)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(CounterValue::default()),
+            Err(err) => Err(err).with_context(|| format!("reading map {COUNTERS}")),
+        }
+    }
+
     /// Reads every counter. Costs one syscall per entry; never blocks the datapath.
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
         let mut entries = BTreeMap::new();
         for entry in self.counters.iter() {
             let (key, per_cpu) = entry.with_context(|| format!("reading map {COUNTERS}"))?;
-            let mut total = CounterValue::default();
-            for value in per_cpu.iter() {
-                total.add(value);
-            }
-            entries.insert(key, total);
+            entries.insert(key, sum(&per_cpu));
         }
         let lost = self
             .lost
@@ -64,4 +69,13 @@ impl CounterMaps {
             .sum();
         Ok(Snapshot { entries, lost })
     }
+}
+
+fn sum(per_cpu: &PerCpuValues<CounterValue>) -> CounterValue {
+    per_cpu
+        .iter()
+        .fold(CounterValue::default(), |mut total, value| {
+            total.add(value);
+            total
+        })
 }

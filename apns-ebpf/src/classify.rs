@@ -139,7 +139,8 @@ fn in_v4(trie: &LpmTrie<PrefixV4, u8>, generation: u32, addr: [u8; 4]) -> bool {
         generation: generation as u8,
         addr,
     };
-    trie.get(Key::new(GENERATION_PREFIX_BITS + 32, data)).is_some()
+    trie.get(Key::new(GENERATION_PREFIX_BITS + 32, data))
+        .is_some()
 }
 
 #[inline(always)]
@@ -148,5 +149,6 @@ fn in_v6(trie: &LpmTrie<PrefixV6, u8>, generation: u32, addr: [u8; 16]) -> bool 
         generation: generation as u8,
         addr,
     };
-    trie.get(Key::new(GENERATION_PREFIX_BITS + 128, data)).is_some()
+    trie.get(Key::new(GENERATION_PREFIX_BITS + 128, data))
+        .is_some()
 }

@@ -5,7 +5,7 @@
 use apns_common::{
     counters::{CounterKey, CounterValue},
     maps::{
-        ALLOW_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, PORTS_MAX_ENTRIES, POLICY_MAX_ENTRIES,
+        ALLOW_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, POLICY_MAX_ENTRIES, PORTS_MAX_ENTRIES,
         PROVIDERS_MAX_ENTRIES,
     },
     policy::{PolicyConfig, PrefixV4, PrefixV6},

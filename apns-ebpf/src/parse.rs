@@ -87,7 +87,11 @@ impl Cursor {
     /// Like [`Cursor::bytes`], but the bytes must also end before `limit` (the end of the IP
     /// payload, as an offset into the frame).
     #[inline(always)]
-    fn bytes_within<const N: usize>(&self, offset: usize, limit: usize) -> Result<&[u8; N], Outcome> {
+    fn bytes_within<const N: usize>(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<&[u8; N], Outcome> {
         if offset + N > limit {
             return Err(Outcome::Malformed);
         }
@@ -236,7 +240,12 @@ fn array16(bytes: &[u8; IPV6_HLEN], at: usize) -> [u8; 16] {
 }
 
 #[inline(always)]
-fn parse_l4(cursor: &Cursor, protocol: u8, payload: &Payload, addrs: Addrs) -> Result<TcpPacket, Outcome> {
+fn parse_l4(
+    cursor: &Cursor,
+    protocol: u8,
+    payload: &Payload,
+    addrs: Addrs,
+) -> Result<TcpPacket, Outcome> {
     match protocol {
         IPPROTO_TCP => {
             let tcp = cursor.bytes_within::<TCP_MIN_HLEN>(payload.start, payload.end)?;

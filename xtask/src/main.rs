@@ -1,0 +1,58 @@
+//! `cargo xtask`: the project's driver for setting up a machine, building and testing.
+//!
+//! `main` only parses the command line and dispatches; each subcommand lives in its own module
+//! (`setup.rs`, `build.rs`, `test.rs`) with an `Args` struct (if it takes any) and a `run`
+//! function. Shared helpers (progress lines, running commands, PATH) are in `util.rs`.
+//!
+//! Adding a subcommand (`demo.rs` and `bench.rs` come next): write `src/<name>.rs` with
+//! `pub struct Args` (derive `clap::Args`) and `pub fn run(args: &Args) -> anyhow::Result<()>`,
+//! add `mod <name>;` below and a variant to `Command`, and call `setup::run()` first if it
+//! needs the installed tools.
+
+mod build;
+mod setup;
+mod test;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set up, build and test apns-agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the build and the tests need: rust-src for nightly, bpf-linker 0.13.0
+    /// built against nightly's LLVM, and the Debian packages. Idempotent.
+    Setup,
+    /// Run setup, then build the agent in release mode (`cargo build --release -p apns-agent`).
+    Build,
+    /// Run setup, then every test (`cargo test --workspace --exclude apns-ebpf`). Needs root.
+    Test(test::Args),
+    // Demo(demo::Args) and Bench(bench::Args): added with demo.rs and bench.rs.
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => build::run(),
+        Command::Test(args) => test::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
