@@ -6,6 +6,12 @@ use aya::{programs::Xdp, Ebpf, EbpfLoader};
 /// The eBPF object, embedded at build time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apns"));
 
+/// The same classifier with other instructions (another program tag) and identical maps and
+/// behaviour: lets tests exercise an upgrade through the pinned links.
+#[cfg(feature = "upgrade-probe")]
+pub static UPGRADE_PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apns-probe"));
+
 /// Name of the XDP entry point in [`OBJECT`].
 pub const XDP_PROGRAM: &str = "apns_xdp";
 

@@ -12,3 +12,4 @@ pub mod pinned;
 pub mod pins;
 pub mod policy;
 pub mod privileges;
+pub mod telemetry;

@@ -130,13 +130,18 @@ pub enum Installed {
 /// adopts it when the pinned program is the same, swaps the program behind every pinned link
 /// when it differs. Maps are reused (after a layout check), so counters carry on.
 pub fn install(pins: &PinDir) -> anyhow::Result<Installed> {
+    install_object(pins, OBJECT)
+}
+
+/// [`install`] with another build of the datapath object (upgrade tests).
+pub fn install_object(pins: &PinDir, object: &[u8]) -> anyhow::Result<Installed> {
     pins.prepare()?;
     if pins.is_loaded() {
         check_pinned_layout(pins)?;
-        return install_program(pins, false);
+        return install_program(pins, object, false);
     }
     // Nothing was pinned: a failure half-way must not leave maps without a program behind.
-    let installed = install_program(pins, true).and_then(|installed| {
+    let installed = install_program(pins, object, true).and_then(|installed| {
         // A datapath is never left without a policy: Apple's defaults until told otherwise.
         Datapath::open(pins)?
             .policy
@@ -151,7 +156,7 @@ pub fn install(pins: &PinDir) -> anyhow::Result<Installed> {
     installed
 }
 
-fn install_program(pins: &PinDir, fresh: bool) -> anyhow::Result<Installed> {
+fn install_program(pins: &PinDir, object: &[u8], fresh: bool) -> anyhow::Result<Installed> {
     let mut loader = EbpfLoader::new();
     let paths: Vec<(&str, std::path::PathBuf)> = apns_common::maps::ALL
         .iter()
@@ -160,7 +165,7 @@ fn install_program(pins: &PinDir, fresh: bool) -> anyhow::Result<Installed> {
     for (name, path) in &paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader.load(OBJECT).with_context(|| {
+    let mut ebpf = loader.load(object).with_context(|| {
         format!(
             "loading the datapath with its maps pinned in {}",
             pins.maps_dir().display()

@@ -6,6 +6,8 @@
 //! The seed is fixed so CI is reproducible; `APNS_DIFF_SEED=<n>` explores others and
 //! `APNS_DIFF_FRAMES=<n>` changes the count.
 
+use std::io::Write as _;
+
 use apns_common::counters::{CounterKey, CounterValue};
 use apns_tests::{
     packets::Generator,
@@ -99,7 +101,8 @@ fn kernel_and_reference_agree_on_generated_frames() {
     };
     let mismatches = compare(&enforcing, seed, frames) + compare(&monitoring, seed ^ 1, frames / 5);
     let total = frames + frames / 5;
-    println!("differential: {total} frames (seed {seed:#x}: {frames} enforcing, {} monitoring with seed {:#x}), {mismatches} mismatches", frames / 5, seed ^ 1);
+    // Written to stderr directly, past libtest's capture: CI logs must show the count and seed.
+    writeln!(std::io::stderr(), "differential: {total} frames (seed {seed:#x}: {frames} enforcing, {} monitoring with seed {:#x}), {mismatches} mismatches", frames / 5, seed ^ 1);
     assert_eq!(
         mismatches, 0,
         "kernel and reference disagree (seed {seed:#x})"

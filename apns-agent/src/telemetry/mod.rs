@@ -1,0 +1,1 @@
+//! Telemetry: counters for ops tooling (Prometheus, JSON, terminal).

@@ -1,0 +1,45 @@
+//! apns-agent's XDP classifier: parse, judge, count, return the verdict.
+//!
+//! The contract is docs/classification.md; the code is split by concern: `parse` reads
+//! headers, `classify` applies the policy maps, `counters` is the only writer of the counter
+//! maps, `maps` holds the map statics. The entry points live in the binaries (`main.rs`, and
+//! `probe.rs` for upgrade tests) so that both share every line of this crate.
+#![cfg_attr(target_arch = "bpf", no_std)]
+
+mod classify;
+mod counters;
+mod maps;
+mod parse;
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+
+use crate::{classify::Judgement, parse::Cursor};
+
+/// Classifies, counts and returns the XDP action for one frame. Every packet leaves through
+/// the single counter update below, so what is counted and what is returned cannot disagree.
+#[inline(always)]
+pub fn handle(ctx: &XdpContext) -> u32 {
+    let cursor = Cursor::new(ctx);
+    let (judgement, tcp_flags) = match parse::parse(&cursor) {
+        Ok(tcp) => (classify::judge(&tcp), Some(tcp.flags)),
+        Err(class) => (Judgement::class(class), None),
+    };
+    counters::record(
+        ctx.ingress_ifindex() as u32,
+        &judgement,
+        cursor.len() as u64,
+        tcp_flags,
+    );
+    if judgement.outcome.is_drop() {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; nothing in this crate panics.
+    loop {}
+}
