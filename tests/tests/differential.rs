@@ -102,7 +102,8 @@ fn kernel_and_reference_agree_on_generated_frames() {
     let mismatches = compare(&enforcing, seed, frames) + compare(&monitoring, seed ^ 1, frames / 5);
     let total = frames + frames / 5;
     // Written to stderr directly, past libtest's capture: CI logs must show the count and seed.
-    writeln!(std::io::stderr(), "differential: {total} frames (seed {seed:#x}: {frames} enforcing, {} monitoring with seed {:#x}), {mismatches} mismatches", frames / 5, seed ^ 1);
+    writeln!(std::io::stderr(), "differential: {total} frames (seed {seed:#x}: {frames} enforcing, {} monitoring with seed {:#x}), {mismatches} mismatches", frames / 5, seed ^ 1)
+        .expect("stderr is writable");
     assert_eq!(
         mismatches, 0,
         "kernel and reference disagree (seed {seed:#x})"
