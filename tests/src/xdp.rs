@@ -9,7 +9,7 @@ use apns_agent::{
     policy::Policy,
 };
 use aya::{
-    programs::{TestRun, TestRunOptions},
+    programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 
@@ -46,18 +46,46 @@ impl Classifier {
     }
 
     /// Runs the program once on `frame` and returns its XDP action.
-    pub fn run(&mut self, frame: &[u8]) -> anyhow::Result<u32> {
-        self.run_repeated(frame, 1).map(|(action, _)| action)
+    pub fn run(&self, frame: &[u8]) -> anyhow::Result<u32> {
+        self.runner()
+            .run_repeated(frame, 1)
+            .map(|(action, _)| action)
     }
 
+    pub fn runner(&self) -> Runner<'_> {
+        Runner { ebpf: &self.ebpf }
+    }
+
+    /// The program runner and the policy maps at once, for tests that change the policy on
+    /// one thread while packets run on another.
+    pub fn split(&mut self) -> (Runner<'_>, &mut PolicyMaps) {
+        (Runner { ebpf: &self.ebpf }, &mut self.policy)
+    }
+
+    pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        self.counters.snapshot()
+    }
+}
+
+/// Runs the loaded program through BPF_PROG_TEST_RUN.
+pub struct Runner<'a> {
+    ebpf: &'a Ebpf,
+}
+
+impl Runner<'_> {
     /// Runs the program `repeat` times on `frame`: the XDP action and the kernel's mean time
     /// per run.
     pub fn run_repeated(
-        &mut self,
+        &self,
         frame: &[u8],
         repeat: u32,
     ) -> anyhow::Result<(u32, std::time::Duration)> {
-        let program = datapath::xdp_program(&mut self.ebpf)?;
+        let program: &Xdp = self
+            .ebpf
+            .program(datapath::XDP_PROGRAM)
+            .context("the object has no XDP program")?
+            .try_into()
+            .context("not an XDP program")?;
         let mut options = TestRunOptions::new();
         options.data_in = Some(frame);
         options.repeat = repeat;
@@ -65,10 +93,6 @@ impl Classifier {
             .test_run(options)
             .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
         Ok((result.return_value, result.duration))
-    }
-
-    pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        self.counters.snapshot()
     }
 }
 

@@ -81,7 +81,7 @@ const NO_FLAGS: (u64, u64, u64, u64) = (0, 0, 0, 0);
 
 /// Runs `frame` once and checks the verdict and that exactly one counter entry changed, by
 /// exactly this packet.
-fn check(classifier: &mut Classifier, name: &str, frame: &[u8], expect: &Expect) {
+fn check(classifier: &Classifier, name: &str, frame: &[u8], expect: &Expect) {
     let before = classifier.snapshot().unwrap();
     let action = classifier.run(frame).unwrap();
     let after = classifier.snapshot().unwrap();
