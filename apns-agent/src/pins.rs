@@ -144,6 +144,19 @@ impl PinDir {
     /// creates the pin directory tree with mode 0700.
     pub fn prepare(&self) -> anyhow::Result<()> {
         ensure_bpffs()?;
+        // Check before creating anything: a pin directory elsewhere would leave folders behind.
+        let existing = self
+            .root
+            .ancestors()
+            .find(|dir| dir.exists())
+            .unwrap_or(Path::new("/"));
+        if !is_bpffs(existing) {
+            bail!(
+                "pin directory {} is not on a bpffs mount ({} is not bpffs): use a directory under {BPFFS_ROOT}",
+                self.root.display(),
+                existing.display()
+            );
+        }
         for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
             fs::DirBuilder::new()
                 .recursive(true)

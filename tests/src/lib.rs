@@ -1,6 +1,7 @@
 //! Test support for apns-agent: frames to feed the datapath and an independent user-space
 //! reference of what the datapath must make of them (`docs/classification.md`).
 
+pub mod agent;
 pub mod lab;
 pub mod packets;
 pub mod reference;

@@ -29,7 +29,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 /// Runs `frames` generated frames under `policy`; returns the number of mismatches.
 fn compare(policy: &Policy, seed: u64, frames: usize) -> usize {
-    let mut classifier = Classifier::load(&agent_policy(policy)).unwrap();
+    let classifier = Classifier::load(&agent_policy(policy)).unwrap();
     let mut generator = Generator::new(seed);
     let mut mismatches = 0;
     let mut total_bytes = 0;

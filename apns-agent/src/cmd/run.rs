@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
     cli::RunArgs,
@@ -33,6 +33,14 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
         pinned::ifindex(interface)?;
     }
 
+    // Signal handlers first: a SIGTERM that arrives while we set up is then served once the
+    // setup is done, instead of killing the process half-way.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let signals = runtime.block_on(async { Signals::install() })?;
+
     pins.prepare()?;
     {
         let _lock = pins.lock()?;
@@ -46,11 +54,8 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!(mode = %config.policy.mode, prefixes = config.policy.allow.len(), "policy applied");
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let attached = runtime.block_on(wait_for_signals(
+        signals,
         args,
         config_path.as_deref(),
         &pins,
@@ -87,18 +92,37 @@ fn effective_config(args: &RunArgs, path: Option<&Path>) -> anyhow::Result<Confi
     Ok(config)
 }
 
+/// The signals `run` serves.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+}
+
 /// Serves SIGHUP (reload) until SIGTERM or SIGINT; returns the interfaces attached by the
 /// config in force at exit.
 async fn wait_for_signals(
+    signals: Signals,
     args: &RunArgs,
     config_path: Option<&Path>,
     pins: &PinDir,
     mut config: Config,
 ) -> anyhow::Result<Vec<String>> {
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let Signals {
+        mut hangup,
+        mut terminate,
+        mut interrupt,
+    } = signals;
     tracing::info!("running; SIGHUP reloads the config, SIGTERM/SIGINT exits");
     loop {
         tokio::select! {

@@ -1,0 +1,288 @@
+//! The lab: a gateway topology in uniquely named network namespaces, for end-to-end tests,
+//! `cargo xtask demo` and benchmarks. `Lab::new` builds it (sweeping labs that crashed runs left
+//! behind), starts echo servers on the two WAN hosts, and dropping the `Lab` stops them and
+//! deletes every namespace it made (and with them every veth). The topology, with its addresses,
+//! interface names and MACs, is in `topology.rs` (re-exported here).
+//!
+//! Everything runs inside the lab's namespaces through setns(CLONE_NEWNET) on one thread or in
+//! a child before exec, never through `ip netns exec`: that one also moves into a new mount
+//! namespace with a fresh /sys, where /sys/fs/bpf (and the agent's pins) are not visible.
+//! Nothing is added to the root namespace: no address, route or interface.
+//!
+//! Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN), /dev/net/tun, `ip` and, for NAT, `nft`.
+
+mod child;
+mod link;
+mod netns;
+mod servers;
+mod topology;
+mod vlan;
+
+use std::{
+    ffi::OsStr,
+    io::{self, Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpStream},
+    os::fd::BorrowedFd,
+    path::PathBuf,
+    process::{self, Command},
+    sync::atomic::{AtomicU64, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub use child::LabChild;
+pub use link::LinkStats;
+pub use netns::{run, run_with_input, NETNS_DIR, NETNS_PREFIX};
+pub use servers::Accepted;
+pub use topology::*;
+
+use netns::Namespace;
+use servers::EchoServer;
+use vlan::VlanRelay;
+
+/// Makes lab names unique within this process; the pid makes them unique across processes.
+static NEXT_LAB: AtomicU64 = AtomicU64::new(0);
+
+/// How the lab is built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LabOptions {
+    /// Masquerade (IPv4 and IPv6) on the gateway's WAN interface with nftables; the ISP then
+    /// has no route back to the LAN prefixes and the servers see `GW_WAN` as the source.
+    pub nat: bool,
+}
+
+/// A running lab; see the module documentation.
+pub struct Lab {
+    id: String,
+    options: LabOptions,
+    // Fields drop in declaration order: servers and relays first (their sockets live in the
+    // namespaces), namespaces last.
+    servers: Vec<(Role, EchoServer)>,
+    relays: Vec<VlanRelay>,
+    /// In `Role::ALL` order, one per role.
+    namespaces: Vec<Namespace>,
+}
+
+impl Lab {
+    /// Builds a lab. Namespaces of earlier runs whose process is gone are deleted first.
+    pub fn new(options: LabOptions) -> Result<Lab> {
+        netns::sweep_stale();
+        let id = format!(
+            "{NETNS_PREFIX}{}-{}",
+            process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut lab = Lab {
+            id,
+            options,
+            servers: Vec::new(),
+            relays: Vec::new(),
+            namespaces: Vec::with_capacity(Role::ALL.len()),
+        };
+        // On any error below, dropping `lab` deletes what was made so far.
+        for role in Role::ALL {
+            let name = format!("{}-{role}", lab.id);
+            lab.namespaces.push(Namespace::create(role, name)?);
+        }
+        lab.relays = topology::build(&lab).with_context(|| format!("building lab {}", lab.id))?;
+        for role in [Role::Apple, Role::Other] {
+            let addrs = role
+                .host_addrs()
+                .with_context(|| format!("{role} has no host addresses"))?;
+            let server = EchoServer::start(lab.ns(role), addrs, &APNS_PORTS)?;
+            lab.servers.push((role, server));
+        }
+        Ok(lab)
+    }
+
+    /// `apnslab-<pid>-<seq>`: unique among live labs, e.g. for a per-test bpffs pin folder.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn options(&self) -> LabOptions {
+        self.options
+    }
+
+    fn ns(&self, role: Role) -> &Namespace {
+        // `namespaces` holds every role in `Role::ALL` order from `new` on.
+        &self.namespaces[role as usize]
+    }
+
+    /// The name of `role`'s namespace (for `ip -n NAME …`).
+    pub fn ns_name(&self, role: Role) -> &str {
+        self.ns(role).name()
+    }
+
+    /// The path of `role`'s namespace under /run/netns.
+    pub fn ns_path(&self, role: Role) -> PathBuf {
+        netns::path_of(self.ns_name(role))
+    }
+
+    /// An fd of `role`'s namespace, for setns.
+    pub fn ns_fd(&self, role: Role) -> BorrowedFd<'_> {
+        self.ns(role).fd()
+    }
+
+    /// The names of all the lab's namespaces; none of them exists any more after drop.
+    pub fn namespaces(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .map(|ns| ns.name().to_owned())
+            .collect()
+    }
+
+    /// Runs `f` on a fresh thread inside `role`'s network namespace (the mount namespace stays
+    /// the caller's) and returns what it returns. Sockets it opens stay in the namespace.
+    pub fn in_ns<T: Send>(&self, role: Role, f: impl FnOnce() -> T + Send) -> Result<T> {
+        self.ns(role)
+            .run_on_thread(f)
+            .with_context(|| format!("running in namespace {}", self.ns_name(role)))
+    }
+
+    /// A command whose child runs in `role`'s network namespace but keeps the root mount
+    /// namespace, so it sees /sys/fs/bpf and its pins.
+    pub fn command(&self, role: Role, program: impl AsRef<OsStr>) -> Command {
+        self.ns(role).command(program.as_ref())
+    }
+
+    /// Spawns `cmd` (made with `command`) and guards it: the child is stopped when the guard
+    /// drops, which the borrow checker puts before the lab's own drop.
+    pub fn spawn(&self, cmd: &mut Command) -> Result<LabChild<'_>> {
+        let line = netns::command_line(cmd);
+        let child = cmd.spawn().with_context(|| format!("starting `{line}`"))?;
+        Ok(LabChild::new(child, line))
+    }
+
+    /// A TCP connection made from inside `from`'s namespace; it works from any thread.
+    pub fn connect(
+        &self,
+        from: Role,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        self.ns(from)
+            .run_on_thread(|| TcpStream::connect_timeout(&addr, timeout))
+            .flatten()
+            .map_err(|e| io::Error::new(e.kind(), format!("connecting from {from} to {addr}: {e}")))
+    }
+
+    /// Connects from `from` to `addr`, sends `bytes`, half-closes and reads the echo until the
+    /// server closes; the whole exchange is bounded by `timeout`.
+    pub fn echo(
+        &self,
+        from: Role,
+        addr: SocketAddr,
+        bytes: &[u8],
+        timeout: Duration,
+    ) -> io::Result<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        let context =
+            |e: io::Error| io::Error::new(e.kind(), format!("echo from {from} to {addr}: {e}"));
+        let stream = self.connect(from, addr, timeout)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut writer = stream.try_clone().map_err(context)?;
+        // Write and read at once: a payload larger than the socket buffers would otherwise
+        // block both ends.
+        thread::scope(|scope| {
+            let sent = scope.spawn(move || -> io::Result<()> {
+                writer.set_write_timeout(Some(left.max(Duration::from_millis(1))))?;
+                writer.write_all(bytes)?;
+                writer.shutdown(Shutdown::Write)
+            });
+            let echoed = read_until_closed(&stream, deadline);
+            sent.join()
+                .unwrap_or_else(|payload| std::panic::resume_unwind(payload))?;
+            echoed
+        })
+        .map_err(context)
+    }
+
+    /// Sends crafted Ethernet frames (header included) out of `ifname` in `role`'s namespace.
+    pub fn send_frames<F: AsRef<[u8]> + Sync>(
+        &self,
+        role: Role,
+        ifname: &str,
+        frames: &[F],
+    ) -> Result<()> {
+        self.in_ns(role, || link::send_frames(ifname, frames))?
+            .with_context(|| format!("in namespace {}", self.ns_name(role)))
+    }
+
+    /// The MAC address of `ifname` in `role`'s namespace, as the kernel has it.
+    pub fn mac(&self, role: Role, ifname: &str) -> Result<[u8; 6]> {
+        self.in_ns(role, || link::mac(ifname))?
+            .with_context(|| format!("in namespace {}", self.ns_name(role)))
+    }
+
+    /// The packet counters of `ifname` in `role`'s namespace.
+    pub fn link_stats(&self, role: Role, ifname: &str) -> Result<LinkStats> {
+        self.in_ns(role, || link::stats(ifname))?
+            .with_context(|| format!("in namespace {}", self.ns_name(role)))
+    }
+
+    /// Waits until the counters of `ifname` have not moved for `quiet` (e.g. the last MLD
+    /// report after setup) and returns them: a baseline for exact packet counts. Fails after
+    /// `timeout`.
+    pub fn wait_quiet(
+        &self,
+        role: Role,
+        ifname: &str,
+        quiet: Duration,
+        timeout: Duration,
+    ) -> Result<LinkStats> {
+        self.in_ns(role, || -> Result<LinkStats> {
+            let deadline = Instant::now() + timeout;
+            let mut last = link::stats(ifname)?;
+            let mut since = Instant::now();
+            loop {
+                if since.elapsed() >= quiet {
+                    return Ok(last);
+                }
+                if Instant::now() >= deadline {
+                    bail!("{ifname} still busy after {timeout:?}: {last:?}");
+                }
+                thread::sleep(Duration::from_millis(10));
+                let now = link::stats(ifname)?;
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                }
+            }
+        })?
+        .with_context(|| format!("in namespace {}", self.ns_name(role)))
+    }
+
+    /// The connections the echo server on `role` (Apple or Other) accepted so far, oldest
+    /// first; empty for roles without a server.
+    pub fn accepted(&self, role: Role) -> Vec<Accepted> {
+        self.servers
+            .iter()
+            .filter(|(r, _)| *r == role)
+            .flat_map(|(_, server)| server.accepted())
+            .collect()
+    }
+}
+
+/// Reads until EOF or `deadline`.
+fn read_until_closed(mut stream: &TcpStream, deadline: Instant) -> io::Result<Vec<u8>> {
+    let mut echoed = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {} echoed bytes", echoed.len()),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(echoed),
+            Ok(n) => echoed.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
