@@ -159,8 +159,7 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let file: File = toml::from_str(text)
-            .map_err(|err| anyhow::anyhow!("{}", err.to_string().trim_end()))?;
+        let file: File = toml::from_str(text).map_err(|err| one_line(&err, text))?;
         let defaults = Config::default();
         let ports = match file.ports {
             Some(ports) => ports
@@ -205,6 +204,28 @@ impl Config {
             pin_dir: file.pin_dir.unwrap_or(defaults.pin_dir),
             policy,
         })
+    }
+}
+
+/// toml's own message quotes the file over several lines; an operator's terminal and a log
+/// line want one: "line L, column C, key K: message".
+fn one_line(err: &toml::de::Error, text: &str) -> anyhow::Error {
+    let message = err.message().trim().replace('\n', " ");
+    let Some(span) = err.span() else {
+        return anyhow::anyhow!("{message}");
+    };
+    let start = span.start.min(text.len());
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_number = text[..start].matches('\n').count() + 1;
+    let column = start - line_start + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(key, _)| key.trim().trim_matches('"'))
+        .filter(|key| !key.is_empty() && !key.starts_with('['));
+    match key {
+        Some(key) => anyhow::anyhow!("line {line_number}, column {column}, key {key}: {message}"),
+        None => anyhow::anyhow!("line {line_number}, column {column}: {message}"),
     }
 }
 

@@ -127,13 +127,20 @@ impl PolicyMaps {
 
     /// The policy of the active generation.
     pub fn read_active(&self) -> anyhow::Result<Policy> {
-        let generation = self.active_generation()?;
+        self.read_generation(self.active_generation()?)
+    }
+
+    /// The policy held by `generation` (0 or 1), whether in force or not.
+    pub fn read_generation(&self, generation: u32) -> anyhow::Result<Policy> {
         let config = self
             .config
             .get(&generation, 0)
             .with_context(|| format!("reading generation {generation} of map {POLICY}"))?;
         if config.port_count as usize > MAX_PORTS {
-            bail!("map {POLICY}: the active generation {generation} is incomplete or corrupt (port count {})", config.port_count);
+            bail!(
+                "map {POLICY}: generation {generation} is incomplete or corrupt (port count {})",
+                config.port_count
+            );
         }
         let mut ports = std::collections::BTreeMap::new();
         for &port in &config.ports[..config.port_count as usize] {
