@@ -1,6 +1,6 @@
 //! Command-line definitions (clap). Subcommand names are the contract; flags may grow.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -71,6 +71,17 @@ pub enum Command {
     },
     /// Validate a config file without touching the kernel.
     CheckConfig { file: PathBuf },
+    /// Print the counters: a table, JSON (--json), or a live view of rates (--watch).
+    Stats {
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Only this interface.
+        #[arg(long, value_name = "IFACE")]
+        interface: Option<String>,
+        /// Redraw rates every SECS seconds (default 2) until q or Ctrl-C.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2", value_parser = clap::value_parser!(u64).range(1..))]
+        watch: Option<u64>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -91,6 +102,18 @@ pub struct RunArgs {
     /// On SIGTERM/SIGINT, detach from the interfaces this run attached.
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Where to serve Prometheus metrics (GET /metrics).
+    #[arg(long, value_name = "ADDR", default_value = crate::telemetry::DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+    /// Also write the metrics to this file (atomically) for node_exporter's textfile
+    /// collector, every --textfile-interval seconds.
+    #[arg(long, value_name = "PATH")]
+    pub textfile: Option<PathBuf>,
+    #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub textfile_interval: u64,
+    /// Sliding window of apns_reachability_ratio (SYN-ACKs seen / SYNs sent).
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reachability_window: u64,
 }
 
 #[derive(Subcommand, Debug)]

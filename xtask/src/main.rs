@@ -4,12 +4,13 @@
 //! (`setup.rs`, `build.rs`, `test.rs`) with an `Args` struct (if it takes any) and a `run`
 //! function. Shared helpers (progress lines, running commands, PATH) are in `util.rs`.
 //!
-//! Adding a subcommand (`demo.rs` and `bench.rs` come next): write `src/<name>.rs` with
+//! Adding a subcommand (`bench.rs` comes next): write `src/<name>.rs` with
 //! `pub struct Args` (derive `clap::Args`) and `pub fn run(args: &Args) -> anyhow::Result<()>`,
 //! add `mod <name>;` below and a variant to `Command`, and call `setup::run()` first if it
 //! needs the installed tools.
 
 mod build;
+mod demo;
 mod setup;
 mod test;
 mod util;
@@ -38,7 +39,9 @@ enum Command {
     Build,
     /// Run setup, then every test (`cargo test --workspace --exclude apns-ebpf`). Needs root.
     Test(test::Args),
-    // Demo(demo::Args) and Bench(bench::Args): added with demo.rs and bench.rs.
+    /// Run setup, then the demo: a gateway in network namespaces with apns-agent enforcing,
+    /// some APNs and other traffic, the counters and /metrics. Needs root.
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Setup => setup::run(),
         Command::Build => build::run(),
         Command::Test(args) => test::run(args),
+        Command::Demo => demo::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

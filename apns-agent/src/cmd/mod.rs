@@ -2,6 +2,7 @@
 
 mod edit;
 mod run;
+mod stats;
 mod status;
 
 use std::path::PathBuf;
@@ -84,6 +85,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ports { ref action } => edit::ports(&pins(None), action),
         Command::Mode { mode } => edit::mode(&pins(None), mode.into()),
+        Command::Stats {
+            json,
+            ref interface,
+            watch,
+        } => stats::stats(&pins(None), json, interface.as_deref(), watch),
         Command::CheckConfig { ref file } => {
             let config = Config::load(file)?;
             println!(

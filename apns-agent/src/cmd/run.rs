@@ -1,9 +1,16 @@
 //! `apns-agent run`: install, attach, apply, then wait for signals.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    sync::oneshot,
+};
 
 use crate::{
     cli::RunArgs,
@@ -11,6 +18,7 @@ use crate::{
     pinned::{self, Datapath},
     pins::PinDir,
     privileges,
+    telemetry::{server, textfile, Exporter},
 };
 
 pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
@@ -40,6 +48,8 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let signals = runtime.block_on(async { Signals::install() })?;
+    // A taken metrics port fails here, before the kernel is touched.
+    let listener = runtime.block_on(server::bind(args.metrics_addr))?;
 
     pins.prepare()?;
     {
@@ -54,13 +64,35 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!(mode = %config.policy.mode, prefixes = config.policy.allow.len(), "policy applied");
     }
 
-    let attached = runtime.block_on(wait_for_signals(
-        signals,
-        args,
-        config_path.as_deref(),
+    let exporter = Arc::new(Exporter::open(
         &pins,
-        config,
-    ))?;
+        Duration::from_secs(args.reachability_window),
+    )?);
+    tracing::info!(addr = %args.metrics_addr, "serving /metrics");
+    let attached = runtime.block_on(async {
+        let (stop, stopped) = oneshot::channel::<()>();
+        let render = {
+            let exporter = exporter.clone();
+            move || exporter.render()
+        };
+        let server = tokio::spawn(server::serve(listener, render, async move {
+            let _ = stopped.await;
+        }));
+        let attached = wait_for_signals(
+            signals,
+            args,
+            config_path.as_deref(),
+            &pins,
+            &exporter,
+            config,
+        )
+        .await;
+        let _ = stop.send(());
+        if let Err(err) = server.await {
+            tracing::warn!("the metrics server ended badly: {err}");
+        }
+        attached
+    })?;
 
     if args.detach_on_exit {
         let _lock = pins.lock()?;
@@ -116,6 +148,7 @@ async fn wait_for_signals(
     args: &RunArgs,
     config_path: Option<&Path>,
     pins: &PinDir,
+    exporter: &Exporter,
     mut config: Config,
 ) -> anyhow::Result<Vec<String>> {
     let Signals {
@@ -123,9 +156,21 @@ async fn wait_for_signals(
         mut terminate,
         mut interrupt,
     } = signals;
+    // The textfile writes also feed the reachability window when nobody scrapes.
+    let mut textfile_tick = tokio::time::interval(Duration::from_secs(args.textfile_interval));
     tracing::info!("running; SIGHUP reloads the config, SIGTERM/SIGINT exits");
     loop {
         tokio::select! {
+            _ = textfile_tick.tick(), if args.textfile.is_some() => {
+                if let Some(path) = &args.textfile {
+                    let written = exporter
+                        .render()
+                        .and_then(|text| textfile::write_atomically(path, text.as_bytes()));
+                    if let Err(err) = written {
+                        tracing::warn!("textfile not written: {err:#}");
+                    }
+                }
+            }
             _ = hangup.recv() => match reload(args, config_path, pins, &config) {
                 Ok(new_config) => config = new_config,
                 // A bad file leaves the running policy exactly as it was.

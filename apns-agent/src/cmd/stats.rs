@@ -1,0 +1,56 @@
+//! `apns-agent stats [--json] [--interface IF] [--watch [SECS]]`: the counters without a
+//! server, from the pinned maps.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    pinned::{self, Datapath},
+    pins::PinDir,
+    privileges,
+    telemetry::{
+        model::{self, Model},
+        reachability::Reachability,
+        stats, watch,
+    },
+};
+
+/// Ratios need two samples; a one-shot `stats` has one, so it shows none. `--watch` gets them
+/// from its second redraw on, over this window.
+const WATCH_REACHABILITY_WINDOW: Duration = Duration::from_secs(300);
+
+pub fn stats(
+    pins: &PinDir,
+    json: bool,
+    interface: Option<&str>,
+    watch_secs: Option<u64>,
+) -> anyhow::Result<()> {
+    privileges::require(privileges::READ, "apns-agent stats")?;
+    let counters = Datapath::open(pins)?.counters;
+    if let Some(interface) = interface {
+        let known = pinned::ifindex(interface).is_ok() || pins.link_of(interface)?.is_some();
+        anyhow::ensure!(
+            known,
+            "unknown interface {interface:?}: not present here and not attached"
+        );
+    }
+    let mut reachability = Reachability::new(WATCH_REACHABILITY_WINDOW);
+    let mut sample = || -> anyhow::Result<Model> {
+        let snapshot = counters.snapshot()?;
+        reachability.observe(Instant::now(), &snapshot);
+        let mut model = Model::build(&snapshot, model::interface_name, &reachability);
+        if let Some(interface) = interface {
+            model.select_interface(interface);
+        }
+        Ok(model)
+    };
+    if let Some(secs) = watch_secs {
+        return watch::watch(Duration::from_secs(secs), sample);
+    }
+    let model = sample()?;
+    if json {
+        println!("{}", stats::render_json(&model)?.trim_end());
+    } else {
+        print!("{}", stats::render_table(&model));
+    }
+    Ok(())
+}

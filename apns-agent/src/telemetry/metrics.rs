@@ -1,0 +1,424 @@
+//! Prometheus exposition of a [`Model`] (text format 0.0.4, what `/metrics` serves and the
+//! node_exporter textfile collector reads).
+//!
+//! The metric names and labels are a contract with dashboards and alerts:
+//!
+//! | metric | labels | meaning |
+//! |---|---|---|
+//! | `apns_packets_total`, `apns_bytes_total` | interface, direction (outbound, inbound), port, verdict (pass, drop, fastpath) | APNs traffic; bytes are frame bytes from the Ethernet header on |
+//! | `apns_tcp_events_total` | interface, direction, port, event (syn, synack, rst, fin) | TCP flags on APNs traffic, over all verdicts |
+//! | `apns_policy_drops_total` | interface, reason (pinhole, provider) | packets the policy dropped |
+//! | `apns_other_packets_total` | interface, class (not_ip, not_apns, fragment, malformed) | packets that are not APNs traffic |
+//! | `apns_uncounted_packets_total` | — | packets not counted because the counter map was full: non-zero means every other counter is an undercount |
+//! | `apns_reachability_ratio` | interface (always `all`), port | SYN-ACKs in / SYNs out over the reachability window, for the whole gateway; absent when no SYN was sent in it |
+//! | `apns_allowlist_prefixes` | family (ipv4, ipv6) | prefixes in the active allow-list |
+//! | `apns_datapath_attached` | interface, xdp_mode | 1 if the interface's link is live, 0 if its pin is stale |
+//! | `apns_agent_info` | version, program_tag | always 1 |
+//!
+//! `apns_reachability_ratio` is gateway-wide: a SYN and its SYN-ACK enter the gateway on
+//! different interfaces (see [`crate::telemetry::reachability`]), so its `interface` label
+//! is [`ALL_INTERFACES`].
+//!
+//! `apns_uncounted_packets_total` was specified as `apns_counter_updates_lost_total`, but
+//! promtool's lint refuses a metric name containing its own type ("counter").
+//!
+//! The counters are the kernel's own totals since the datapath was loaded. The datapath is
+//! pinned and outlives the agent, so the totals survive agent restarts; they are exported
+//! as they are (a counter whose value is the absolute total), never as deltas kept by the
+//! agent. They reset only when the datapath is unloaded, which Prometheus' `rate()` handles
+//! as any counter reset.
+//!
+//! Built with prometheus-client's [`Collector`] and `Const*` metrics — the crate's way for
+//! values read from elsewhere at scrape time — into a fresh registry per render: a render
+//! costs O(counter map size) and keeps no state, and the output follows the model's sorted
+//! order, so it is stable from one scrape (or textfile write) to the next.
+
+use std::borrow::Cow;
+
+use anyhow::Context as _;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{prometheus_text, DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info as InfoMetric, MetricType},
+    registry::Registry,
+};
+
+use crate::{pinned::InterfaceStatus, policy::Policy, telemetry::model::Model};
+
+/// `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// The `interface` label of `apns_reachability_ratio`, which is computed over every interface.
+///
+/// XDP sees packets only where they enter the gateway: a device's SYN is counted on a LAN
+/// interface and Apple's SYN-ACK on the WAN interface, and without connection tracking the
+/// SYN-ACK cannot be attributed to a LAN interface, so the ratio exists only for the gateway
+/// as a whole. The label is kept, since it is part of the metric contract (dashboards and
+/// alerts select and group on it), with a value no real interface can have: Linux refuses
+/// "all" as an interface name (the `net.*.conf.all` sysctls own it).
+pub const ALL_INTERFACES: &str = "all";
+
+/// What the exposition says about the agent rather than the traffic.
+#[derive(Clone, Debug)]
+pub struct Info {
+    /// Agent version.
+    pub version: String,
+    /// Tag of the loaded XDP program, 16 hex digits as `status` shows it.
+    pub program_tag: String,
+    /// IPv4 prefixes in the active allow-list.
+    pub allow_ipv4: usize,
+    /// IPv6 prefixes in the active allow-list.
+    pub allow_ipv6: usize,
+    /// Interfaces with a link pin.
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+impl Info {
+    /// This agent's version, the pinned program's tag (from `pinned::program_info`), the
+    /// active policy (`PolicyMaps::read_active`) and `pinned::interface_status`.
+    pub fn new(program_tag: u64, policy: &Policy, interfaces: Vec<InterfaceStatus>) -> Info {
+        Info {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            program_tag: format!("{program_tag:016x}"),
+            allow_ipv4: policy.allow_v4().count(),
+            allow_ipv6: policy.allow_v6().count(),
+            interfaces,
+        }
+    }
+}
+
+/// Renders `model` and `info` in the Prometheus text format.
+pub fn render(model: &Model, info: &Info) -> anyhow::Result<String> {
+    let mut registry = Registry::default();
+    // The registry wants an owned, 'static collector; a clone costs no more than the
+    // rendering itself.
+    registry.register_collector(Box::new(Exposition {
+        model: model.clone(),
+        info: info.clone(),
+    }));
+    let mut text = String::new();
+    prometheus_text::encode(&mut text, &registry).context("encoding the Prometheus metrics")?;
+    Ok(text)
+}
+
+#[derive(Debug)]
+struct Exposition {
+    model: Model,
+    info: Info,
+}
+
+/// Label pairs of one sample, in exposition order.
+type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
+
+/// Writes one metric family: HELP and TYPE, then one sample per label set. Counter names go
+/// without `_total`: the encoder appends it to counters.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    samples: Vec<(Labels, M)>,
+) -> std::fmt::Result {
+    let mut metric_encoder = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in samples {
+        metric.encode(metric_encoder.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let (model, info) = (&self.model, &self.info);
+        let (mut packets, mut bytes, mut tcp) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut drops, mut other) = (Vec::new(), Vec::new());
+        for (name, interface) in &model.interfaces {
+            let name = Cow::from(name.as_str());
+            for (key, flow) in &interface.flows {
+                let labels = |last: &'static str, value: &'static str| -> Labels {
+                    vec![
+                        ("interface", name.clone()),
+                        ("direction", key.direction.as_str().into()),
+                        ("port", key.port.to_string().into()),
+                        (last, value.into()),
+                    ]
+                };
+                for (verdict, volume) in &flow.volume {
+                    let verdict = verdict.as_str();
+                    packets.push((
+                        labels("verdict", verdict),
+                        ConstCounter::new(volume.packets),
+                    ));
+                    bytes.push((labels("verdict", verdict), ConstCounter::new(volume.bytes)));
+                }
+                for (event, count) in &flow.tcp {
+                    tcp.push((labels("event", event.as_str()), ConstCounter::new(*count)));
+                }
+            }
+            for (reason, count) in &interface.policy_drops {
+                let labels = vec![
+                    ("interface", name.clone()),
+                    ("reason", reason.as_str().into()),
+                ];
+                drops.push((labels, ConstCounter::new(*count)));
+            }
+            for (class, count) in &interface.other {
+                let labels = vec![
+                    ("interface", name.clone()),
+                    ("class", class.as_str().into()),
+                ];
+                other.push((labels, ConstCounter::new(*count)));
+            }
+        }
+        let reachability = model
+            .reachability
+            .iter()
+            .map(|(port, ratio)| {
+                let labels = vec![
+                    ("interface", ALL_INTERFACES.into()),
+                    ("port", port.to_string().into()),
+                ];
+                (labels, ConstGauge::new(*ratio))
+            })
+            .collect();
+        let allowlist = [("ipv4", info.allow_ipv4), ("ipv6", info.allow_ipv6)]
+            .map(|(family, count)| (vec![("family", family.into())], ConstGauge::new(count)));
+        let attached = info
+            .interfaces
+            .iter()
+            .map(|interface| {
+                let labels = vec![
+                    ("interface", interface.interface.as_str().into()),
+                    ("xdp_mode", interface.xdp_mode.into()),
+                ];
+                (labels, ConstGauge::new(u32::from(interface.attached)))
+            })
+            .collect();
+
+        family(
+            &mut encoder,
+            "apns_packets",
+            "APNs packets by interface, direction (outbound: toward Apple), APNs port and verdict, since the datapath was loaded",
+            Counter,
+            packets,
+        )?;
+        family(
+            &mut encoder,
+            "apns_bytes",
+            "APNs frame bytes (Ethernet header included) by interface, direction, APNs port and verdict, since the datapath was loaded",
+            Counter,
+            bytes,
+        )?;
+        family(
+            &mut encoder,
+            "apns_tcp_events",
+            "TCP segments of APNs traffic by flag: syn (SYN without ACK, a connection attempt), synack (answered attempt), rst, fin; over all verdicts",
+            Counter,
+            tcp,
+        )?;
+        family(
+            &mut encoder,
+            "apns_policy_drops",
+            "Packets dropped by the enforce-mode policy: pinhole (TCP to a pinhole port of an address outside the allow-list), provider (to a provider port from outside the provider list)",
+            Counter,
+            drops,
+        )?;
+        family(
+            &mut encoder,
+            "apns_other_packets",
+            "Packets that are not APNs traffic: not_ip, not_apns (IP touching no rule), fragment (non-first IP fragment), malformed",
+            Counter,
+            other,
+        )?;
+        family(
+            &mut encoder,
+            "apns_uncounted_packets",
+            "Packets not counted because the counter map was full; when non-zero every other counter is an undercount (more interfaces or ports than the map was sized for)",
+            Counter,
+            vec![(Labels::new(), ConstCounter::new(model.lost))],
+        )?;
+        family(
+            &mut encoder,
+            "apns_reachability_ratio",
+            "SYN-ACKs from Apple / SYNs toward Apple (not counting policy-dropped SYNs) on an APNs port over the reachability window, summed over every interface (interface=\"all\": SYNs enter on LAN interfaces, SYN-ACKs on the WAN one); absent when no SYN was sent in the window",
+            Gauge,
+            reachability,
+        )?;
+        family(
+            &mut encoder,
+            "apns_allowlist_prefixes",
+            "Prefixes in the active allow-list (Apple's addresses) by address family",
+            Gauge,
+            allowlist.into(),
+        )?;
+        family(
+            &mut encoder,
+            "apns_datapath_attached",
+            "1 if the datapath is attached to the interface (its link is live), 0 if only a stale link pin is left",
+            Gauge,
+            attached,
+        )?;
+        // Named "apns_agent": the info type appends `_info`.
+        let agent = InfoMetric::new(vec![
+            ("version", info.version.as_str()),
+            ("program_tag", info.program_tag.as_str()),
+        ]);
+        let metric = encoder.encode_descriptor(
+            "apns_agent",
+            "Agent version and the tag of the loaded XDP program; always 1",
+            None,
+            agent.metric_type(),
+        )?;
+        agent.encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write as _,
+        process::{Command, Stdio},
+    };
+
+    use super::*;
+    use crate::telemetry::model::tests::sample_model;
+
+    fn sample_info() -> Info {
+        let status = |interface: &str, attached, xdp_mode| InterfaceStatus {
+            interface: interface.to_owned(),
+            attached,
+            xdp_mode,
+            program_id: None,
+            link_id: None,
+            link_pin: String::new(),
+        };
+        Info::new(
+            0x00ab_cdef_0123_4567,
+            &Policy::apple_defaults(),
+            vec![status("eth1", true, "native"), status("eth2", false, "skb")],
+        )
+    }
+
+    fn rendered() -> String {
+        render(&sample_model(), &sample_info()).unwrap()
+    }
+
+    #[test]
+    fn exact_samples() {
+        let text = rendered();
+        let lines: Vec<&str> = text.lines().collect();
+        let version = env!("CARGO_PKG_VERSION");
+        for expected in [
+            r#"apns_packets_total{interface="eth1",direction="outbound",port="5223",verdict="pass"} 7"#,
+            r#"apns_packets_total{interface="eth1",direction="outbound",port="5223",verdict="drop"} 0"#,
+            r#"apns_packets_total{interface="eth1",direction="outbound",port="2197",verdict="drop"} 4"#,
+            r#"apns_packets_total{interface="eth1",direction="inbound",port="443",verdict="pass"} 12"#,
+            r#"apns_packets_total{interface="eth2",direction="inbound",port="5223",verdict="pass"} 1"#,
+            r#"apns_bytes_total{interface="eth1",direction="outbound",port="2197",verdict="pass"} 300"#,
+            r#"apns_bytes_total{interface="eth1",direction="inbound",port="443",verdict="fastpath"} 0"#,
+            r#"apns_tcp_events_total{interface="eth1",direction="outbound",port="2197",event="syn"} 5"#,
+            r#"apns_tcp_events_total{interface="eth1",direction="inbound",port="5223",event="synack"} 3"#,
+            r#"apns_tcp_events_total{interface="eth1",direction="outbound",port="5223",event="fin"} 2"#,
+            r#"apns_policy_drops_total{interface="eth1",reason="pinhole"} 6"#,
+            r#"apns_policy_drops_total{interface="eth1",reason="provider"} 4"#,
+            r#"apns_policy_drops_total{interface="eth2",reason="provider"} 0"#,
+            r#"apns_other_packets_total{interface="eth1",class="not_apns"} 100"#,
+            r#"apns_other_packets_total{interface="eth2",class="fragment"} 8"#,
+            r#"apns_uncounted_packets_total 11"#,
+            r#"apns_reachability_ratio{interface="all",port="5223"} 0.5"#,
+            r#"apns_allowlist_prefixes{family="ipv4"} 1"#,
+            r#"apns_allowlist_prefixes{family="ipv6"} 4"#,
+            r#"apns_datapath_attached{interface="eth1",xdp_mode="native"} 1"#,
+            r#"apns_datapath_attached{interface="eth2",xdp_mode="skb"} 0"#,
+            "# TYPE apns_packets_total counter",
+            "# TYPE apns_reachability_ratio gauge",
+            "# TYPE apns_agent_info gauge",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "missing {expected:?} in:\n{text}"
+            );
+        }
+        let info =
+            format!(r#"apns_agent_info{{version="{version}",program_tag="00abcdef01234567"}} 1"#);
+        assert!(
+            lines.contains(&info.as_str()),
+            "missing {info:?} in:\n{text}"
+        );
+        // 7 flows (5 on eth1, 2 on eth2) x 3 verdicts, x 4 events.
+        let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("apns_packets_total{"), 21);
+        assert_eq!(count("apns_tcp_events_total{"), 28);
+        // One gateway-wide ratio per port; ports without a SYN in the window have no ratio
+        // at all, never NaN.
+        assert_eq!(count("apns_reachability_ratio{"), 1);
+        assert!(!text.contains("NaN"));
+        assert!(lines.iter().all(|l| !l.contains("_total_total")));
+    }
+
+    #[test]
+    fn every_metric_has_help() {
+        let text = rendered();
+        for name in [
+            "apns_packets_total",
+            "apns_bytes_total",
+            "apns_tcp_events_total",
+            "apns_policy_drops_total",
+            "apns_other_packets_total",
+            "apns_uncounted_packets_total",
+            "apns_reachability_ratio",
+            "apns_allowlist_prefixes",
+            "apns_datapath_attached",
+            "apns_agent_info",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "no help for {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_model_renders_the_same_text() {
+        assert_eq!(rendered(), rendered());
+    }
+
+    #[test]
+    fn an_empty_model_renders() {
+        let text = render(&Model::default(), &sample_info()).unwrap();
+        assert!(text.contains("apns_uncounted_packets_total 0\n"));
+        assert!(!text.contains("apns_packets_total{"));
+        promtool(&text);
+    }
+
+    /// `promtool check metrics` accepts the exposition, lint included. promtool is installed
+    /// wherever tests run (`cargo xtask setup`), so a missing one fails the test.
+    fn promtool(text: &str) {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool runs (installed by `cargo xtask setup`)");
+        child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(text.as_bytes())
+            .expect("feeding promtool");
+        let output = child.wait_with_output().expect("promtool finishes");
+        assert!(
+            output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+            "promtool check metrics: {}\n{}{}\non:\n{text}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    #[test]
+    fn promtool_accepts_it() {
+        promtool(&rendered());
+    }
+}

@@ -1,0 +1,586 @@
+//! One aggregation of a counters [`Snapshot`] into what every output shows.
+//!
+//! The datapath counts each packet once under `(ifindex, port, direction, outcome)`
+//! (docs/classification.md). Operators read something else: per interface, APNs packets and
+//! bytes per direction, port and verdict; TCP handshake events; policy drops by reason; and
+//! the rest by class; and, for the whole gateway, the reachability ratio per APNs port. [`Model::build`] is the only place that translation happens, and the
+//! label words come from [`Outcome::as_str`], [`Direction::as_str`] and the three small enums
+//! here, so Prometheus, JSON and the terminal views cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use apns_common::counters::{CounterKey, CounterValue, Direction, Outcome};
+
+use crate::{counters::Snapshot, telemetry::reachability::Reachability};
+
+/// What happened to APNs traffic (the `verdict` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Pass,
+    Drop,
+    Fastpath,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 3] = [Verdict::Pass, Verdict::Drop, Verdict::Fastpath];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            // The datapath's own words where they are the verdict's.
+            Verdict::Pass => Outcome::Pass.as_str(),
+            Verdict::Fastpath => Outcome::Fastpath.as_str(),
+            // The only APNs drop is the provider rule; its reason is a separate label, so
+            // the verdict says just "drop" (see `classify`).
+            Verdict::Drop => "drop",
+        }
+    }
+}
+
+/// Why the policy dropped a packet (the `reason` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// TCP to a pinhole port of an address outside the allow-list (`drop_pinhole`).
+    Pinhole,
+    /// APNs traffic to a provider port from outside the provider list (`drop_provider`).
+    Provider,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::Pinhole, DropReason::Provider];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Pinhole => "pinhole",
+            DropReason::Provider => "provider",
+        }
+    }
+}
+
+/// TCP flags the datapath counts on APNs traffic (the `event` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TcpEvent {
+    /// SYN without ACK: a connection attempt.
+    Syn,
+    /// SYN with ACK: an answered attempt.
+    Synack,
+    Rst,
+    Fin,
+}
+
+impl TcpEvent {
+    pub const ALL: [TcpEvent; 4] = [
+        TcpEvent::Syn,
+        TcpEvent::Synack,
+        TcpEvent::Rst,
+        TcpEvent::Fin,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TcpEvent::Syn => "syn",
+            TcpEvent::Synack => "synack",
+            TcpEvent::Rst => "rst",
+            TcpEvent::Fin => "fin",
+        }
+    }
+
+    /// This event's count in a counter value.
+    pub const fn of(self, value: &CounterValue) -> u64 {
+        match self {
+            TcpEvent::Syn => value.syn,
+            TcpEvent::Synack => value.synack,
+            TcpEvent::Rst => value.rst,
+            TcpEvent::Fin => value.fin,
+        }
+    }
+}
+
+/// Outcomes that are neither APNs traffic nor a policy drop (the `class` label is their
+/// [`Outcome::as_str`]).
+pub const OTHER_CLASSES: [Outcome; 4] = [
+    Outcome::NotIp,
+    Outcome::NotApns,
+    Outcome::Fragment,
+    Outcome::Malformed,
+];
+
+/// What a counter entry is, for reporting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// APNs traffic: `direction` is outbound or inbound.
+    Apns {
+        direction: Direction,
+        port: u16,
+        verdict: Verdict,
+    },
+    /// Dropped by the pinhole rule (no direction: the peer is not Apple).
+    PinholeDrop,
+    /// One of [`OTHER_CLASSES`].
+    Other(Outcome),
+}
+
+/// The one place an [`Outcome`] becomes a verdict, a drop reason or an other-class.
+///
+/// Mapped explicitly, without a wildcard, so a new outcome in apns-common fails to compile
+/// here instead of being reported under the wrong label. `None` for codes this agent does not
+/// know or combinations the datapath never writes (APNs outcomes without a direction): those
+/// are skipped rather than guessed at.
+pub fn classify(key: &CounterKey) -> Option<Class> {
+    let outcome = Outcome::from_u8(key.outcome)?;
+    let direction = Direction::from_u8(key.direction)?;
+    let apns = |verdict| match direction {
+        Direction::Outbound | Direction::Inbound => Some(Class::Apns {
+            direction,
+            port: key.port,
+            verdict,
+        }),
+        Direction::None => None,
+    };
+    match outcome {
+        Outcome::Pass => apns(Verdict::Pass),
+        // Verdict "drop"; the reason ("provider") is counted by `Model::build`.
+        Outcome::DropProvider => apns(Verdict::Drop),
+        Outcome::Fastpath => apns(Verdict::Fastpath),
+        Outcome::DropPinhole => Some(Class::PinholeDrop),
+        Outcome::NotIp | Outcome::NotApns | Outcome::Fragment | Outcome::Malformed => {
+            Some(Class::Other(outcome))
+        }
+    }
+}
+
+/// Packets and bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Volume {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// APNs traffic of one interface in one direction on one port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// Every [`Verdict`] is present (zero if never counted): a series that exists from the
+    /// start lets Prometheus' `rate()` see its first increment.
+    pub volume: BTreeMap<Verdict, Volume>,
+    /// Every [`TcpEvent`] is present, summed over verdicts.
+    pub tcp: BTreeMap<TcpEvent, u64>,
+}
+
+impl Default for Flow {
+    fn default() -> Flow {
+        Flow {
+            volume: Verdict::ALL.map(|v| (v, Volume::default())).into(),
+            tcp: TcpEvent::ALL.map(|e| (e, 0)).into(),
+        }
+    }
+}
+
+impl Flow {
+    /// Packets and bytes over all verdicts.
+    pub fn total(&self) -> Volume {
+        self.volume
+            .values()
+            .fold(Volume::default(), |sum, v| Volume {
+                packets: sum.packets + v.packets,
+                bytes: sum.bytes + v.bytes,
+            })
+    }
+
+    /// The volume under `verdict`.
+    pub fn get(&self, verdict: Verdict) -> Volume {
+        self.volume.get(&verdict).copied().unwrap_or_default()
+    }
+
+    /// The count of `event`.
+    pub fn event(&self, event: TcpEvent) -> u64 {
+        self.tcp.get(&event).copied().unwrap_or_default()
+    }
+}
+
+/// Key of [`InterfaceModel::flows`]: outbound before inbound, then by port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowKey {
+    /// Outbound or inbound.
+    pub direction: Direction,
+    pub port: u16,
+}
+
+/// Everything counted on one interface.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InterfaceModel {
+    pub flows: BTreeMap<FlowKey, Flow>,
+    /// Packets per reason; every reason present.
+    pub policy_drops: BTreeMap<DropReason, u64>,
+    /// Packets per [`OTHER_CLASSES`] outcome; every class present.
+    pub other: BTreeMap<Outcome, u64>,
+}
+
+impl Default for InterfaceModel {
+    fn default() -> InterfaceModel {
+        InterfaceModel {
+            flows: BTreeMap::new(),
+            policy_drops: DropReason::ALL.map(|r| (r, 0)).into(),
+            other: OTHER_CLASSES.map(|c| (c, 0)).into(),
+        }
+    }
+}
+
+/// The counters of a datapath at one moment, as every output shows them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Model {
+    /// By interface name.
+    pub interfaces: BTreeMap<String, InterfaceModel>,
+    /// SYN-ACKs in / SYNs out per APNs port over the reachability window, for the whole
+    /// gateway: a SYN and its SYN-ACK enter on different interfaces (see
+    /// [`crate::telemetry::reachability`]). Only ports that sent a SYN in the window.
+    pub reachability: BTreeMap<u16, f64>,
+    /// Packets not counted because the counter map was full.
+    pub lost: u64,
+}
+
+impl Model {
+    /// Aggregates `snapshot`. `interface_name` turns an ifindex into a name (see
+    /// [`interface_name`]); it is called once per ifindex. Ratios come from `reachability`,
+    /// which the caller has fed this snapshot (or an earlier one) with
+    /// [`Reachability::observe`].
+    pub fn build(
+        snapshot: &Snapshot,
+        interface_name: impl Fn(u32) -> String,
+        reachability: &Reachability,
+    ) -> Model {
+        let mut names: BTreeMap<u32, String> = BTreeMap::new();
+        let mut interfaces: BTreeMap<String, InterfaceModel> = BTreeMap::new();
+        for (key, value) in &snapshot.entries {
+            let Some(class) = classify(key) else {
+                // Only a datapath of another layout writes these, and layouts are checked
+                // when the maps are opened; a debug line is enough.
+                tracing::debug!(?key, "counter entry with an unknown code, not reported");
+                continue;
+            };
+            let name = names
+                .entry(key.ifindex)
+                .or_insert_with(|| interface_name(key.ifindex));
+            let interface = interfaces.entry(name.clone()).or_default();
+            match class {
+                Class::Apns {
+                    direction,
+                    port,
+                    verdict,
+                } => {
+                    let flow = interface
+                        .flows
+                        .entry(FlowKey { direction, port })
+                        .or_default();
+                    let volume = flow.volume.entry(verdict).or_default();
+                    volume.packets += value.packets;
+                    volume.bytes += value.bytes;
+                    for event in TcpEvent::ALL {
+                        *flow.tcp.entry(event).or_default() += event.of(value);
+                    }
+                    if verdict == Verdict::Drop {
+                        *interface
+                            .policy_drops
+                            .entry(DropReason::Provider)
+                            .or_default() += value.packets;
+                    }
+                }
+                Class::PinholeDrop => {
+                    *interface
+                        .policy_drops
+                        .entry(DropReason::Pinhole)
+                        .or_default() += value.packets;
+                }
+                Class::Other(outcome) => {
+                    *interface.other.entry(outcome).or_default() += value.packets;
+                }
+            }
+        }
+        // Only APNs ports can have a ratio, and every one of them has a flow somewhere.
+        let ports: std::collections::BTreeSet<u16> = interfaces
+            .values()
+            .flat_map(|interface| interface.flows.keys().map(|key| key.port))
+            .collect();
+        let reachability = ports
+            .into_iter()
+            .filter_map(|port| Some((port, reachability.ratio(port)?)))
+            .collect();
+        Model {
+            interfaces,
+            reachability,
+            lost: snapshot.lost,
+        }
+    }
+
+    /// Keeps only `interface` (for `stats --interface`). An interface without counters yet
+    /// is kept as all zeros, so the output says "nothing counted" instead of nothing.
+    /// [`Model::reachability`] is kept as it is: it is the gateway's, not any interface's.
+    pub fn select_interface(&mut self, interface: &str) {
+        let selected = self.interfaces.remove(interface).unwrap_or_default();
+        self.interfaces = BTreeMap::from([(interface.to_owned(), selected)]);
+    }
+}
+
+/// The name of interface `ifindex` in the caller's network namespace, or the number itself
+/// when it has none (the interface was removed: its counters stay in the map).
+pub fn interface_name(ifindex: u32) -> String {
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .map(|name| name.to_string_lossy().into_owned())
+        // nix 0.30 answers an unknown index with an empty name rather than an error.
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| ifindex.to_string())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// One counter entry.
+    pub(crate) fn entry(
+        ifindex: u32,
+        port: u16,
+        direction: Direction,
+        outcome: Outcome,
+        value: [u64; 6],
+    ) -> (CounterKey, CounterValue) {
+        let [packets, bytes, syn, synack, rst, fin] = value;
+        (
+            CounterKey {
+                ifindex,
+                port,
+                direction: direction as u8,
+                outcome: outcome as u8,
+            },
+            CounterValue {
+                packets,
+                bytes,
+                syn,
+                synack,
+                rst,
+                fin,
+            },
+        )
+    }
+
+    /// Two interfaces (2 = eth1, 3 = eth2), both directions, several ports, both drop
+    /// reasons and the other classes. Values: [packets, bytes, syn, synack, rst, fin].
+    pub(crate) fn sample_snapshot() -> Snapshot {
+        use Direction::{Inbound, None as NoDir, Outbound};
+        let entries = [
+            entry(2, 5223, Outbound, Outcome::Pass, [7, 700, 4, 0, 1, 2]),
+            entry(2, 5223, Inbound, Outcome::Pass, [5, 900, 0, 3, 0, 1]),
+            entry(2, 443, Outbound, Outcome::Pass, [10, 1500, 2, 0, 0, 0]),
+            entry(2, 443, Inbound, Outcome::Pass, [12, 6000, 0, 2, 1, 0]),
+            entry(2, 2197, Outbound, Outcome::Pass, [3, 300, 1, 0, 0, 0]),
+            entry(
+                2,
+                2197,
+                Outbound,
+                Outcome::DropProvider,
+                [4, 240, 4, 0, 0, 0],
+            ),
+            entry(2, 5223, NoDir, Outcome::DropPinhole, [6, 360, 6, 0, 0, 0]),
+            entry(2, 0, NoDir, Outcome::NotIp, [9, 540, 0, 0, 0, 0]),
+            entry(2, 0, NoDir, Outcome::NotApns, [100, 64000, 0, 0, 0, 0]),
+            entry(2, 0, NoDir, Outcome::Malformed, [1, 20, 0, 0, 0, 0]),
+            entry(3, 5223, Outbound, Outcome::Pass, [2, 140, 2, 0, 0, 0]),
+            entry(3, 5223, Inbound, Outcome::Pass, [1, 74, 0, 1, 0, 0]),
+            entry(3, 0, NoDir, Outcome::Fragment, [8, 12000, 0, 0, 0, 0]),
+        ];
+        Snapshot {
+            entries: entries.into_iter().collect(),
+            lost: 11,
+        }
+    }
+
+    pub(crate) fn names(ifindex: u32) -> String {
+        match ifindex {
+            2 => "eth1".to_owned(),
+            3 => "eth2".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The sample snapshot with a reachability window that saw it grow from `earlier`.
+    pub(crate) fn sample_model() -> Model {
+        let mut earlier = sample_snapshot();
+        // 60 s earlier, no SYN had been sent on 5223 (eth1 or eth2) and only eth2 had seen
+        // a SYN-ACK, its one.
+        for (ifindex, direction) in [
+            (2, Direction::Outbound),
+            (2, Direction::Inbound),
+            (3, Direction::Outbound),
+        ] {
+            let (key, value) = entry(ifindex, 5223, direction, Outcome::Pass, [0; 6]);
+            earlier.entries.insert(key, value);
+        }
+        let start = Instant::now();
+        let mut reachability = Reachability::new(Duration::from_secs(300));
+        reachability.observe(start, &earlier);
+        let now = sample_snapshot();
+        reachability.observe(start + Duration::from_secs(60), &now);
+        Model::build(&now, names, &reachability)
+    }
+
+    #[test]
+    fn aggregates_by_interface_direction_port_and_verdict() {
+        let model = sample_model();
+        assert_eq!(model.lost, 11);
+        assert_eq!(
+            model.interfaces.keys().collect::<Vec<_>>(),
+            ["eth1", "eth2"]
+        );
+        let eth1 = &model.interfaces["eth1"];
+        let key = |direction, port| FlowKey { direction, port };
+        assert_eq!(
+            eth1.flows.keys().copied().collect::<Vec<_>>(),
+            [
+                key(Direction::Outbound, 443),
+                key(Direction::Outbound, 2197),
+                key(Direction::Outbound, 5223),
+                key(Direction::Inbound, 443),
+                key(Direction::Inbound, 5223),
+            ]
+        );
+        let provider = &eth1.flows[&key(Direction::Outbound, 2197)];
+        assert_eq!(
+            provider.get(Verdict::Pass),
+            Volume {
+                packets: 3,
+                bytes: 300
+            }
+        );
+        assert_eq!(
+            provider.get(Verdict::Drop),
+            Volume {
+                packets: 4,
+                bytes: 240
+            }
+        );
+        assert_eq!(provider.get(Verdict::Fastpath), Volume::default());
+        assert_eq!(
+            provider.total(),
+            Volume {
+                packets: 7,
+                bytes: 540
+            }
+        );
+        // SYNs are summed over verdicts: 1 passed + 4 dropped.
+        assert_eq!(provider.event(TcpEvent::Syn), 5);
+        let inbound = &eth1.flows[&key(Direction::Inbound, 5223)];
+        assert_eq!(inbound.event(TcpEvent::Synack), 3);
+        assert_eq!(inbound.event(TcpEvent::Fin), 1);
+        assert_eq!(
+            eth1.policy_drops,
+            BTreeMap::from([(DropReason::Pinhole, 6), (DropReason::Provider, 4)])
+        );
+        assert_eq!(
+            eth1.other,
+            BTreeMap::from([
+                (Outcome::NotIp, 9),
+                (Outcome::NotApns, 100),
+                (Outcome::Fragment, 0),
+                (Outcome::Malformed, 1),
+            ])
+        );
+        let eth2 = &model.interfaces["eth2"];
+        assert_eq!(eth2.other[&Outcome::Fragment], 8);
+        assert_eq!(eth2.policy_drops[&DropReason::Provider], 0);
+        // Gateway-wide: 5223 sent 4 SYNs on eth1 and 2 on eth2 since the baseline, and saw
+        // 3 SYN-ACKs on eth1 and none more on eth2: 3 / 6. 443 and 2197 sent no SYN in the
+        // window (same totals at both ends), so they have no ratio at all.
+        assert_eq!(model.reachability, BTreeMap::from([(5223, 0.5)]));
+    }
+
+    #[test]
+    fn reachability_pairs_a_syn_and_a_synack_on_different_interfaces() {
+        // A device's SYN enters on eth1 (outbound), Apple's SYN-ACK on eth2 (inbound).
+        let snapshot = |handshakes: u64| Snapshot {
+            entries: [
+                entry(
+                    2,
+                    5223,
+                    Direction::Outbound,
+                    Outcome::Pass,
+                    [handshakes, 60 * handshakes, handshakes, 0, 0, 0],
+                ),
+                entry(
+                    3,
+                    5223,
+                    Direction::Inbound,
+                    Outcome::Pass,
+                    [handshakes, 60 * handshakes, 0, handshakes, 0, 0],
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            lost: 0,
+        };
+        let start = Instant::now();
+        let mut reachability = Reachability::new(Duration::from_secs(300));
+        reachability.observe(start, &snapshot(2));
+        reachability.observe(start + Duration::from_secs(60), &snapshot(3));
+        let model = Model::build(&snapshot(3), names, &reachability);
+        assert_eq!(model.reachability, BTreeMap::from([(5223, 1.0)]));
+        // Each interface still reports its own half of the handshakes.
+        assert_eq!(
+            model.interfaces.keys().collect::<Vec<_>>(),
+            ["eth1", "eth2"]
+        );
+    }
+
+    #[test]
+    fn unknown_interfaces_and_codes() {
+        let mut snapshot = Snapshot::default();
+        let (key, value) = entry(42, 0, Direction::None, Outcome::NotIp, [1, 60, 0, 0, 0, 0]);
+        snapshot.entries.insert(key, value);
+        // An APNs outcome without a direction and an unknown outcome code are skipped.
+        let (key, value) = entry(42, 5223, Direction::None, Outcome::Pass, [5; 6]);
+        snapshot.entries.insert(key, value);
+        let mut bad = key;
+        bad.outcome = 200;
+        snapshot.entries.insert(bad, value);
+        let model = Model::build(
+            &snapshot,
+            names,
+            &Reachability::new(Duration::from_secs(60)),
+        );
+        let unknown = &model.interfaces["42"];
+        assert!(unknown.flows.is_empty());
+        assert!(model.reachability.is_empty());
+        assert_eq!(unknown.other[&Outcome::NotIp], 1);
+    }
+
+    #[test]
+    fn selecting_an_interface() {
+        let mut model = sample_model();
+        model.select_interface("eth2");
+        assert_eq!(model.interfaces.keys().collect::<Vec<_>>(), ["eth2"]);
+        // The gateway-wide ratio stays: it belongs to no single interface.
+        assert_eq!(model.reachability, BTreeMap::from([(5223, 0.5)]));
+        assert_eq!(model.lost, 11);
+        model.select_interface("eth9");
+        assert_eq!(
+            model.interfaces,
+            BTreeMap::from([("eth9".to_owned(), InterfaceModel::default())])
+        );
+        assert_eq!(model.reachability, BTreeMap::from([(5223, 0.5)]));
+    }
+
+    #[test]
+    fn loopback_resolves() {
+        assert_eq!(interface_name(1), "lo");
+        assert_eq!(interface_name(u32::MAX), u32::MAX.to_string());
+    }
+
+    #[test]
+    fn labels_come_from_the_datapath_words() {
+        assert_eq!(Verdict::Pass.as_str(), "pass");
+        assert_eq!(Verdict::Fastpath.as_str(), "fastpath");
+        assert_eq!(
+            OTHER_CLASSES.map(Outcome::as_str),
+            ["not_ip", "not_apns", "fragment", "malformed"]
+        );
+    }
+}

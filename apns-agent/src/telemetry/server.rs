@@ -1,0 +1,255 @@
+//! The `/metrics` endpoint `run` serves to Prometheus.
+//!
+//! hyper 1 with hyper-util's tokio glue rather than axum: one route needs no router, and
+//! axum would add tower, its middleware layers and a router to the agent for a `match` on
+//! the path. It runs on `run`'s current-thread runtime next to the signal handling.
+//!
+//! GET (and HEAD) `/metrics` answer 200 with the exposition, any other method there 405,
+//! any other path 404. A failed render answers 500 with the error text and logs it.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, pin::pin, time::Duration};
+
+use anyhow::Context as _;
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{self, HeaderValue},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+};
+use tokio::net::TcpListener;
+
+use crate::telemetry::metrics::CONTENT_TYPE;
+
+/// A client that has not sent its request headers by then is dropped, so idle or slow
+/// connections cannot pile up in the agent.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for scrapes in flight before it drops them: the agent's exit
+/// must not hang on a stuck client.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Pause after a failed accept (out of file descriptors, typically), instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Binds the metrics endpoint; the error names the address.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("listening for /metrics on {addr} (is the port taken? choose another with --metrics-addr)")
+    })
+}
+
+/// Serves `/metrics` on `listener` until `shutdown` completes, then lets requests in flight
+/// finish for up to 5 s.
+///
+/// `render` produces the exposition (typically: snapshot the counters, build the model,
+/// `metrics::render`). It runs on tokio's blocking pool, since it reads the kernel's maps,
+/// so a large map never stalls the runtime's one thread (and with it signal handling).
+pub async fn serve<R>(listener: TcpListener, render: R, shutdown: impl Future<Output = ()>)
+where
+    R: Fn() -> anyhow::Result<String> + Clone + Send + 'static,
+{
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving /metrics");
+    }
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!("accepting a /metrics connection: {err}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let render = render.clone();
+        let service = service_fn(move |request: Request<Incoming>| {
+            let render = render.clone();
+            async move { Ok::<_, Infallible>(respond(&request, render).await) }
+        });
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, "/metrics connection: {err}");
+            }
+        });
+    }
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+            tracing::debug!("/metrics connections still open at exit, dropped");
+        }
+    }
+}
+
+async fn respond<B, R>(request: &Request<B>, render: R) -> Response<Full<Bytes>>
+where
+    R: Fn() -> anyhow::Result<String> + Send + 'static,
+{
+    if request.uri().path() != "/metrics" {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /metrics\n",
+        );
+    }
+    // HEAD too: it is GET without the body (hyper leaves the body out).
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    let rendered = tokio::task::spawn_blocking(render)
+        .await
+        .context("the metrics renderer panicked")
+        .and_then(|result| result);
+    match rendered {
+        Ok(body) => {
+            let mut response = Response::new(Full::from(body));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+            response
+        }
+        Err(err) => {
+            tracing::error!("rendering /metrics: {err:#}");
+            text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}\n"))
+        }
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::from(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read as _, Write as _},
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+    };
+
+    use super::*;
+
+    /// Sends `request` with a plain blocking socket and returns the whole response.
+    async fn fetch(addr: SocketAddr, request: &'static str) -> String {
+        tokio::task::spawn_blocking(move || {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        })
+        .await
+        .unwrap()
+    }
+
+    fn get(path: &str) -> &'static str {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        Box::leak(request.into_boxed_str())
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_and_nothing_else() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let failing = Arc::new(AtomicBool::new(false));
+        let render = {
+            let failing = failing.clone();
+            move || {
+                anyhow::ensure!(!failing.load(Ordering::SeqCst), "reading map APNS_COUNTERS");
+                Ok("apns_uncounted_packets_total 0\n".to_owned())
+            }
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, render, async {
+            let _ = stopped.await;
+        }));
+
+        let ok = fetch(addr, get("/metrics")).await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.contains("\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"),
+            "{ok}"
+        );
+        assert!(
+            ok.ends_with("\r\n\r\napns_uncounted_packets_total 0\n"),
+            "{ok}"
+        );
+
+        let query = fetch(addr, get("/metrics?name[]=x")).await;
+        assert!(query.starts_with("HTTP/1.1 200 OK\r\n"), "{query}");
+
+        let head = fetch(
+            addr,
+            "HEAD /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+
+        for path in ["/", "/metricsx", "/metrics/"] {
+            let missing = fetch(addr, get(path)).await;
+            assert!(
+                missing.starts_with("HTTP/1.1 404 Not Found\r\n"),
+                "{missing}"
+            );
+        }
+
+        let post = fetch(
+            addr,
+            "POST /metrics HTTP/1.1\r\nHost: test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(
+            post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{post}"
+        );
+        assert!(post.contains("\r\nallow: GET, HEAD\r\n"), "{post}");
+
+        failing.store(true, Ordering::SeqCst);
+        let error = fetch(addr, get("/metrics")).await;
+        assert!(
+            error.starts_with("HTTP/1.1 500 Internal Server Error\r\n"),
+            "{error}"
+        );
+        assert!(
+            error.ends_with("\r\n\r\nreading map APNS_COUNTERS\n"),
+            "{error}"
+        );
+
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        // The listener is closed once serve returns.
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_named() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let err = format!("{:#}", bind(addr).await.unwrap_err());
+        assert!(err.contains(&addr.to_string()), "{err}");
+    }
+}

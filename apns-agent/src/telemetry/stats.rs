@@ -1,0 +1,429 @@
+//! What `apns-agent stats` prints: JSON for scripts, a table for a person, and rates for
+//! `stats --watch`. All three are built from a [`Model`], like the Prometheus metrics.
+//!
+//! # JSON (`stats --json`), schema 1
+//!
+//! Stable: within a schema version fields are only ever added; a change in meaning bumps
+//! `schema`. Every verdict, event, reason and class key is always present (zero if nothing
+//! was counted), so scripts can index without checks. Counters are totals since the datapath
+//! was loaded.
+//!
+//! ```json
+//! {
+//!   "schema": 1,
+//!   "lost": 0,
+//!   "reachability": [ { "port": 5223, "ratio": 0.75 } ],
+//!   "interfaces": [
+//!     {
+//!       "interface": "eth1",
+//!       "traffic": [
+//!         {
+//!           "direction": "outbound",
+//!           "port": 5223,
+//!           "packets": { "drop": 0, "fastpath": 0, "pass": 7 },
+//!           "bytes": { "drop": 0, "fastpath": 0, "pass": 700 },
+//!           "tcp": { "fin": 2, "rst": 1, "syn": 4, "synack": 0 }
+//!         }
+//!       ],
+//!       "policy_drops": { "pinhole": 6, "provider": 4 },
+//!       "other": { "fragment": 0, "malformed": 1, "not_apns": 100, "not_ip": 9 }
+//!     }
+//!   ]
+//! }
+//! ```
+//!
+//! - `lost`: packets not counted because the counter map was full (every other number is
+//!   then an undercount).
+//! - `reachability`: SYN-ACKs in / SYNs out per APNs port over the agent's reachability
+//!   window, for the whole gateway (a device's SYN enters on a LAN interface and Apple's
+//!   SYN-ACK on the WAN one, so no single interface has both halves; see
+//!   [`crate::telemetry::reachability`]); only ports that sent a SYN in the window, and
+//!   empty when the process had no window (a one-shot `stats` has seen a single snapshot).
+//!   Not filtered by `stats --interface`.
+//! - `traffic`: APNs traffic per direction (`outbound` toward Apple, `inbound` from Apple)
+//!   and APNs port; `bytes` are frame bytes, Ethernet header included; `tcp` counts segments
+//!   by flag over all verdicts (`syn` is SYN without ACK).
+//! - `policy_drops`: packets dropped by the enforce-mode policy, by reason.
+//! - `other`: packets that are not APNs traffic, by class.
+
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::telemetry::model::{DropReason, FlowKey, Model, TcpEvent, Verdict, Volume};
+
+/// Version of the JSON shape below.
+pub const SCHEMA: u32 = 1;
+
+/// The document `stats --json` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    pub schema: u32,
+    pub lost: u64,
+    /// Gateway-wide, per APNs port.
+    pub reachability: Vec<PortRatio>,
+    pub interfaces: Vec<InterfaceStats>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InterfaceStats {
+    pub interface: String,
+    pub traffic: Vec<TrafficStats>,
+    pub policy_drops: BTreeMap<&'static str, u64>,
+    pub other: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TrafficStats {
+    pub direction: &'static str,
+    pub port: u16,
+    pub packets: BTreeMap<&'static str, u64>,
+    pub bytes: BTreeMap<&'static str, u64>,
+    pub tcp: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PortRatio {
+    pub port: u16,
+    pub ratio: f64,
+}
+
+impl Stats {
+    pub fn from_model(model: &Model) -> Stats {
+        let interfaces = model
+            .interfaces
+            .iter()
+            .map(|(name, interface)| InterfaceStats {
+                interface: name.clone(),
+                traffic: interface
+                    .flows
+                    .iter()
+                    .map(|(key, flow)| {
+                        let by_verdict = |field: fn(&Volume) -> u64| {
+                            flow.volume
+                                .iter()
+                                .map(|(verdict, volume)| (verdict.as_str(), field(volume)))
+                                .collect()
+                        };
+                        TrafficStats {
+                            direction: key.direction.as_str(),
+                            port: key.port,
+                            packets: by_verdict(|v| v.packets),
+                            bytes: by_verdict(|v| v.bytes),
+                            tcp: flow
+                                .tcp
+                                .iter()
+                                .map(|(event, count)| (event.as_str(), *count))
+                                .collect(),
+                        }
+                    })
+                    .collect(),
+                policy_drops: interface
+                    .policy_drops
+                    .iter()
+                    .map(|(reason, packets)| (reason.as_str(), *packets))
+                    .collect(),
+                other: interface
+                    .other
+                    .iter()
+                    .map(|(class, packets)| (class.as_str(), *packets))
+                    .collect(),
+            })
+            .collect();
+        Stats {
+            schema: SCHEMA,
+            lost: model.lost,
+            reachability: model
+                .reachability
+                .iter()
+                .map(|(&port, &ratio)| PortRatio { port, ratio })
+                .collect(),
+            interfaces,
+        }
+    }
+}
+
+/// `stats --json`: [`Stats`] as pretty JSON, with a final newline.
+pub fn render_json(model: &Model) -> anyhow::Result<String> {
+    let mut json =
+        serde_json::to_string_pretty(&Stats::from_model(model)).context("encoding the stats")?;
+    json.push('\n');
+    Ok(json)
+}
+
+/// Right-aligned columns after left-aligned ones, padded to the widest cell.
+struct Table {
+    left: usize,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(left: usize, header: &[&str]) -> Table {
+        Table {
+            left,
+            rows: vec![header.iter().map(|cell| cell.to_string()).collect()],
+        }
+    }
+
+    fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn write(&self, out: &mut String) {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|row| row.get(c).map(String::len))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, (cell, width)) in row.iter().zip(&widths).enumerate() {
+                if c > 0 {
+                    line.push_str("  ");
+                }
+                if c < self.left {
+                    line.push_str(&format!("{cell:<width$}"));
+                } else {
+                    line.push_str(&format!("{cell:>width$}"));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+    }
+}
+
+/// `stats` without `--json`: one line per interface, direction and port with packets,
+/// bytes (all verdicts), the TCP events and the provider drops among them; then, per
+/// interface, policy drops by reason and the other classes; then the lost count if any.
+pub fn render_table(model: &Model) -> String {
+    let mut out = String::new();
+    if model.interfaces.is_empty() {
+        out.push_str("no counters yet (nothing attached, or no traffic)\n");
+    }
+    let mut header = vec!["interface", "direction", "port", "packets", "bytes"];
+    header.extend(TcpEvent::ALL.map(TcpEvent::as_str));
+    header.push("drops");
+    let mut traffic = Table::new(2, &header);
+    for (name, interface) in &model.interfaces {
+        for (key, flow) in &interface.flows {
+            let total = flow.total();
+            let mut row = vec![
+                name.clone(),
+                key.direction.as_str().to_owned(),
+                key.port.to_string(),
+                total.packets.to_string(),
+                total.bytes.to_string(),
+            ];
+            row.extend(TcpEvent::ALL.map(|event| flow.event(event).to_string()));
+            row.push(flow.get(Verdict::Drop).packets.to_string());
+            traffic.row(row);
+        }
+    }
+    if model.interfaces.values().any(|i| !i.flows.is_empty()) {
+        traffic.write(&mut out);
+        out.push('\n');
+    }
+
+    let mut header = vec!["interface".to_owned()];
+    header.extend(DropReason::ALL.map(|reason| format!("{}_drops", reason.as_str())));
+    header.extend(crate::telemetry::model::OTHER_CLASSES.map(|c| c.as_str().to_owned()));
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut other = Table::new(1, &header);
+    for (name, interface) in &model.interfaces {
+        let mut row = vec![name.clone()];
+        row.extend(interface.policy_drops.values().map(u64::to_string));
+        row.extend(interface.other.values().map(u64::to_string));
+        other.row(row);
+    }
+    if !model.interfaces.is_empty() {
+        other.write(&mut out);
+    }
+    if model.lost > 0 {
+        let _ = writeln!(
+            out,
+            "\n{} packets not counted: the counter map is full (all counts above are low)",
+            model.lost
+        );
+    }
+    out
+}
+
+/// `stats --watch`: packets/s and bytes/s per interface, direction and port between two
+/// models taken `elapsed` apart. A total that went down (the datapath was reloaded in
+/// between) counts from zero, as Prometheus' `rate()` does.
+pub fn render_rates(before: &Model, after: &Model, elapsed: Duration) -> String {
+    let mut out = String::new();
+    let seconds = elapsed.as_secs_f64();
+    let _ = writeln!(out, "rates over the last {seconds:.1} s");
+    if seconds <= 0.0 {
+        return out;
+    }
+    let mut table = Table::new(
+        2,
+        &["interface", "direction", "port", "packets/s", "bytes/s"],
+    );
+    for (name, interface) in &after.interfaces {
+        for (key, flow) in &interface.flows {
+            let now = flow.total();
+            let then = before
+                .interfaces
+                .get(name)
+                .and_then(|i| i.flows.get(key))
+                .map(|flow| flow.total())
+                .unwrap_or_default();
+            let rate = |now: u64, then: u64| {
+                let delta = now.checked_sub(then).unwrap_or(now);
+                format!("{:.1}", delta as f64 / seconds)
+            };
+            let FlowKey { direction, port } = key;
+            table.row(vec![
+                name.clone(),
+                direction.as_str().to_owned(),
+                port.to_string(),
+                rate(now.packets, then.packets),
+                rate(now.bytes, then.bytes),
+            ]);
+        }
+    }
+    if table.rows.len() > 1 {
+        table.write(&mut out);
+    } else {
+        out.push_str("no APNs traffic counted yet\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::model::tests::sample_model;
+
+    #[test]
+    fn json_fields() {
+        let json: serde_json::Value =
+            serde_json::from_str(&render_json(&sample_model()).unwrap()).unwrap();
+        assert_eq!(json["schema"], 1);
+        assert_eq!(json["lost"], 11);
+        let eth1 = &json["interfaces"][0];
+        assert_eq!(eth1["interface"], "eth1");
+        // Outbound first, then by port.
+        let first = &eth1["traffic"][0];
+        assert_eq!(first["direction"], "outbound");
+        assert_eq!(first["port"], 443);
+        let provider = &eth1["traffic"][1];
+        assert_eq!(provider["port"], 2197);
+        assert_eq!(
+            provider["packets"],
+            serde_json::json!({"pass": 3, "drop": 4, "fastpath": 0})
+        );
+        assert_eq!(
+            provider["bytes"],
+            serde_json::json!({"pass": 300, "drop": 240, "fastpath": 0})
+        );
+        assert_eq!(
+            eth1["traffic"][4]["tcp"],
+            serde_json::json!({"syn": 0, "synack": 3, "rst": 0, "fin": 1})
+        );
+        assert_eq!(eth1["traffic"][4]["direction"], "inbound");
+        // Gateway-wide, at the top level only.
+        assert_eq!(
+            json["reachability"],
+            serde_json::json!([{"port": 5223, "ratio": 0.5}])
+        );
+        assert_eq!(eth1.get("reachability"), None);
+        assert_eq!(
+            eth1["policy_drops"],
+            serde_json::json!({"pinhole": 6, "provider": 4})
+        );
+        assert_eq!(
+            eth1["other"],
+            serde_json::json!({"not_ip": 9, "not_apns": 100, "fragment": 0, "malformed": 1})
+        );
+        let eth2 = &json["interfaces"][1];
+        assert_eq!(eth2["interface"], "eth2");
+        assert_eq!(eth2.get("reachability"), None);
+        assert_eq!(eth2["traffic"].as_array().unwrap().len(), 2);
+        assert_eq!(json["interfaces"].as_array().unwrap().len(), 2);
+        // Top-level fields in this order.
+        assert_eq!(
+            serde_json::to_string(&Stats::from_model(&Model::default())).unwrap(),
+            r#"{"schema":1,"lost":0,"reachability":[],"interfaces":[]}"#
+        );
+    }
+
+    #[test]
+    fn table() {
+        let expected = "\
+interface  direction  port  packets  bytes  syn  synack  rst  fin  drops
+eth1       outbound    443       10   1500    2       0    0    0      0
+eth1       outbound   2197        7    540    5       0    0    0      4
+eth1       outbound   5223        7    700    4       0    1    2      0
+eth1       inbound     443       12   6000    0       2    1    0      0
+eth1       inbound    5223        5    900    0       3    0    1      0
+eth2       outbound   5223        2    140    2       0    0    0      0
+eth2       inbound    5223        1     74    0       1    0    0      0
+
+interface  pinhole_drops  provider_drops  not_ip  not_apns  fragment  malformed
+eth1                   6               4       9       100         0          1
+eth2                   0               0       0         0         8          0
+
+11 packets not counted: the counter map is full (all counts above are low)
+";
+        assert_eq!(render_table(&sample_model()), expected);
+        assert_eq!(
+            render_table(&Model::default()),
+            "no counters yet (nothing attached, or no traffic)\n"
+        );
+    }
+
+    #[test]
+    fn rates() {
+        let before = sample_model();
+        let mut after = sample_model();
+        let eth1 = after.interfaces.get_mut("eth1").unwrap();
+        let key = FlowKey {
+            direction: apns_common::counters::Direction::Outbound,
+            port: 5223,
+        };
+        let pass = eth1
+            .flows
+            .get_mut(&key)
+            .unwrap()
+            .volume
+            .get_mut(&Verdict::Pass)
+            .unwrap();
+        pass.packets += 20;
+        pass.bytes += 3000;
+        // A reset: eth2's inbound total went down from 1 to 0 packets.
+        let eth2 = after.interfaces.get_mut("eth2").unwrap();
+        let inbound = FlowKey {
+            direction: apns_common::counters::Direction::Inbound,
+            port: 5223,
+        };
+        *eth2.flows.get_mut(&inbound).unwrap() = Default::default();
+        let text = render_rates(&before, &after, Duration::from_secs(4));
+        let expected = "\
+rates over the last 4.0 s
+interface  direction  port  packets/s  bytes/s
+eth1       outbound    443        0.0      0.0
+eth1       outbound   2197        0.0      0.0
+eth1       outbound   5223        5.0    750.0
+eth1       inbound     443        0.0      0.0
+eth1       inbound    5223        0.0      0.0
+eth2       outbound   5223        0.0      0.0
+eth2       inbound    5223        0.0      0.0
+";
+        assert_eq!(text, expected);
+        assert_eq!(
+            render_rates(&Model::default(), &Model::default(), Duration::from_secs(1)),
+            "rates over the last 1.0 s\nno APNs traffic counted yet\n"
+        );
+    }
+}
