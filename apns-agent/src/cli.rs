@@ -71,6 +71,16 @@ pub enum Command {
     },
     /// Validate a config file without touching the kernel.
     CheckConfig { file: PathBuf },
+    /// Stream policy drop events (time, interface, reason, addresses, ports, protocol) as
+    /// the datapath reports them: sampled and rate-limited (see run --events-per-second).
+    Events {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Exit after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Print the counters: a table, JSON (--json), or a live view of rates (--watch).
     Stats {
         #[arg(long, conflicts_with = "watch")]
@@ -111,6 +121,13 @@ pub struct RunArgs {
     pub textfile: Option<PathBuf>,
     #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub textfile_interval: u64,
+    /// Drop events each CPU may report per second (0 turns them off); a flood of
+    /// violations costs at most this many ring-buffer writes per CPU and second.
+    #[arg(long, value_name = "N", default_value_t = apns_common::events::EventConfig::default().per_cpu_per_second)]
+    pub events_per_second: u32,
+    /// Consider only every Nth policy drop for an event.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub events_sample_every: u32,
     /// Sliding window of apns_reachability_ratio (SYN-ACKs seen / SYNs sent).
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub reachability_window: u64,

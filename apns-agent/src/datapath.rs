@@ -8,9 +8,15 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 
 /// The same classifier with other instructions (another program tag) and identical maps and
 /// behaviour: lets tests exercise an upgrade through the pinned links.
-#[cfg(feature = "upgrade-probe")]
+#[cfg(feature = "test-objects")]
 pub static UPGRADE_PROBE_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apns-probe"));
+
+/// The benchmarks' floor: an XDP program (`floor_xdp`) that bumps one per-CPU counter
+/// (`FLOOR_PACKETS`) and passes.
+#[cfg(feature = "test-objects")]
+pub static BENCH_FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-floor"));
 
 /// Name of the XDP entry point in [`OBJECT`].
 pub const XDP_PROGRAM: &str = "apns_xdp";

@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod config;
 pub mod counters;
 pub mod datapath;
+pub mod events;
 pub mod maps;
 pub mod pinned;
 pub mod pins;

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use apns_common::{
+    events::EventConfig,
     maps::{MapLayout, Meta, META},
     LAYOUT_VERSION,
 };
@@ -23,6 +24,7 @@ use aya_obj::programs::XdpAttachType;
 use crate::{
     counters::CounterMaps,
     datapath::{xdp_program, OBJECT},
+    events::EventMaps,
     maps::PolicyMaps,
     pins::{restrict, AttachMode, LinkPin, PinDir},
     policy::Policy,
@@ -61,6 +63,13 @@ impl Datapath {
             counters: CounterMaps::open(open)?,
         })
     }
+}
+
+/// The drop-event maps of the datapath pinned in `pins` (layout checked as by
+/// [`Datapath::open`]).
+pub fn event_maps(pins: &PinDir) -> anyhow::Result<EventMaps> {
+    Datapath::open(pins)?;
+    EventMaps::open(|name| open_pinned_map(pins, name))
 }
 
 fn open_pinned_map(pins: &PinDir, name: &str) -> anyhow::Result<Map> {
@@ -146,6 +155,7 @@ pub fn install_object(pins: &PinDir, object: &[u8]) -> anyhow::Result<Installed>
         Datapath::open(pins)?
             .policy
             .apply(&Policy::apple_defaults())?;
+        event_maps(pins)?.set_config(EventConfig::default())?;
         Ok(installed)
     });
     if installed.is_err() {

@@ -12,9 +12,10 @@
 #![no_std]
 
 pub mod counters;
+pub mod events;
 pub mod maps;
 pub mod policy;
 
 /// Version of the map layout described by this crate. The agent stores it in the
 /// [`maps::META`] map when it creates the maps and checks it before adopting pinned ones.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;

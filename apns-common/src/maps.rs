@@ -51,6 +51,21 @@ pub const COUNTERS_MAX_ENTRIES: u32 = 16_384;
 /// [`COUNTERS`] was full. Written by the XDP program; read by the agent. Should stay 0.
 pub const COUNTERS_LOST: &str = "APNS_CNT_LOST";
 
+/// `RingBuf` of [`crate::events::DropEvent`]s: written by the XDP program when it drops a
+/// packet by policy (sampled and rate-limited per `APNS_EVENT_CFG`); read by
+/// `apns-agent events`, its only consumer.
+pub const EVENTS: &str = "APNS_EVENTS";
+/// Ring size in bytes (a power of two): about 4,600 events of 56 bytes plus headers.
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+
+/// `Array<EventConfig>`, 1 entry: the drop events' rate limit and sampling. Written by the
+/// agent; read by the XDP program.
+pub const EVENT_CONFIG: &str = "APNS_EVENT_CFG";
+
+/// `PerCpuArray<EventState>`, 1 entry: the rate limiter's state. Only the XDP program reads
+/// and writes it.
+pub const EVENT_STATE: &str = "APNS_EVENT_ST";
+
 /// `Array<Meta>`, 1 entry: written once by the agent when it creates the maps, read by the
 /// agent before it adopts pinned maps. The XDP program never touches it.
 pub const META: &str = "APNS_META";
@@ -61,12 +76,14 @@ pub mod map_type {
     pub const ARRAY: u32 = 2;
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LPM_TRIE: u32 = 11;
+    pub const RINGBUF: u32 = 27;
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 10] = {
+pub const ALL: [MapLayout; 13] = {
     use crate::{
         counters::{CounterKey, CounterValue},
+        events::{EventConfig, EventState},
         policy::{PolicyConfig, PrefixV4, PrefixV6},
     };
     use map_type::*;
@@ -118,6 +135,9 @@ pub const ALL: [MapLayout; 10] = {
             COUNTERS_MAX_ENTRIES,
         ),
         MapLayout::new(COUNTERS_LOST, PERCPU_ARRAY, 4, 8, 1),
+        MapLayout::new(EVENTS, RINGBUF, 0, 0, EVENTS_RING_BYTES),
+        MapLayout::new(EVENT_CONFIG, ARRAY, 4, size_of::<EventConfig>(), 1),
+        MapLayout::new(EVENT_STATE, PERCPU_ARRAY, 4, size_of::<EventState>(), 1),
         MapLayout::new(META, ARRAY, 4, size_of::<Meta>(), 1),
     ]
 };

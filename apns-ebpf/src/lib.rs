@@ -8,6 +8,7 @@
 
 mod classify;
 mod counters;
+mod events;
 mod maps;
 mod parse;
 
@@ -20,16 +21,18 @@ use crate::{classify::Judgement, parse::Cursor};
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
     let cursor = Cursor::new(ctx);
+    let ifindex = ctx.ingress_ifindex() as u32;
     let (judgement, tcp_flags) = match parse::parse(&cursor) {
-        Ok(tcp) => (classify::judge(&tcp), Some(tcp.flags)),
+        Ok(tcp) => {
+            let judgement = classify::judge(&tcp);
+            if judgement.outcome.is_drop() {
+                events::report_drop(ifindex, &judgement, &tcp);
+            }
+            (judgement, Some(tcp.flags))
+        }
         Err(class) => (Judgement::class(class), None),
     };
-    counters::record(
-        ctx.ingress_ifindex() as u32,
-        &judgement,
-        cursor.len() as u64,
-        tcp_flags,
-    );
+    counters::record(ifindex, &judgement, cursor.len() as u64, tcp_flags);
     if judgement.outcome.is_drop() {
         xdp_action::XDP_DROP
     } else {

@@ -4,15 +4,16 @@
 
 use apns_common::{
     counters::{CounterKey, CounterValue},
+    events::{EventConfig, EventState},
     maps::{
-        ALLOW_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, POLICY_MAX_ENTRIES, PORTS_MAX_ENTRIES,
-        PROVIDERS_MAX_ENTRIES,
+        ALLOW_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, EVENTS_RING_BYTES, POLICY_MAX_ENTRIES,
+        PORTS_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES,
     },
     policy::{PolicyConfig, PrefixV4, PrefixV6},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 #[map]
@@ -44,6 +45,15 @@ pub static APNS_COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
 
 #[map]
 pub static APNS_CNT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static APNS_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+#[map]
+pub static APNS_EVENT_CFG: Array<EventConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static APNS_EVENT_ST: PerCpuArray<EventState> = PerCpuArray::with_max_entries(1, 0);
 
 /// Never read here; declared so the object carries the map the agent stamps its layout into.
 #[map]

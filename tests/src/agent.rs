@@ -1,11 +1,18 @@
 //! Drives the `apns-agent` binary in end-to-end tests: where the binary is, a unique pin
-//! directory per test that is unloaded on drop (and swept after crashed runs), and helpers to
-//! run a subcommand and read its outcome.
+//! directory per test that is unloaded on drop (and swept after crashed runs), helpers to
+//! run a subcommand and read its outcome, to run `apns-agent run` in a lab's gateway, and to
+//! name the counters a test expects.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Output},
-    sync::atomic::{AtomicU64, Ordering},
+    process::{Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -14,27 +21,32 @@ use apns_agent::{
     pinned::{self, Datapath},
     pins::{PinDir, BPFFS_ROOT},
 };
+use apns_common::counters::{CounterKey, Direction, Outcome};
+
+use crate::lab::{Lab, LabChild, Role};
+
+/// How long `spawn_run` waits for the agent to report that it runs.
+const RUN_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Pin directories made by tests: `/sys/fs/bpf/apns-test-<pid>-<seq>`.
 const PIN_PREFIX: &str = "apns-test-";
 static NEXT_PIN_DIR: AtomicU64 = AtomicU64::new(0);
 
-/// The apns-agent binary cargo built next to this test executable (`cargo test --workspace`
-/// builds it; `cargo xtask test` runs exactly that).
+/// The apns-agent binary cargo built next to this executable: tests live in
+/// target/<profile>/deps, binaries such as the demo in target/<profile>, the agent in
+/// target/<profile> (`cargo test --workspace` and `cargo xtask demo` build it).
 pub fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/apns-agent
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("apns-agent"))
-        .expect("the test executable lives in target/<profile>/deps");
-    assert!(
-        path.exists(),
-        "{} is missing: build it with `cargo build -p apns-agent` (cargo test --workspace does)",
-        path.display()
-    );
-    path
+    let exe = std::env::current_exe().expect("this executable has a path");
+    let dir = exe.parent().expect("this executable lives in a folder");
+    [dir.join("apns-agent"), dir.join("../apns-agent")]
+        .into_iter()
+        .find(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no apns-agent binary next to {}: build it with `cargo build -p apns-agent` (cargo test --workspace does)",
+                exe.display()
+            )
+        })
 }
 
 /// A pin directory that belongs to one test. Dropping it unloads whatever is pinned there
@@ -134,4 +146,58 @@ pub fn fail(cmd: &mut Command) -> Result<Output> {
         );
     }
     Ok(output)
+}
+
+/// `apns-agent --pin-dir DIR ARGS...` as a command that runs in the lab's gateway namespace
+/// (and the root mount namespace, so it sees the pins).
+pub fn gw_command(lab: &Lab, pins: &TestPins, args: &[&str]) -> Command {
+    let mut cmd = lab.command(Role::Gw, binary());
+    command(&mut cmd, pins, args);
+    cmd
+}
+
+/// The ifindex of the gateway's interface `name`, as counter keys hold it.
+pub fn gw_ifindex(lab: &Lab, name: &str) -> Result<u32> {
+    lab.in_ns(Role::Gw, || pinned::ifindex(name))?
+        .with_context(|| format!("ifindex of {name} in {}", lab.ns_name(Role::Gw)))
+}
+
+/// The counter key of packets that arrived on `ifindex` for `port`, in `direction`, with
+/// `outcome`.
+pub fn counter_key(ifindex: u32, direction: Direction, port: u16, outcome: Outcome) -> CounterKey {
+    CounterKey {
+        ifindex,
+        port,
+        direction: direction as u8,
+        outcome: outcome as u8,
+    }
+}
+
+/// Spawns `apns-agent run ARGS...` in the lab's gateway and returns once it serves signals:
+/// its log says "running" (after the datapath is installed, attached and its policy applied;
+/// an agent that adopts a datapath may have had it ready long before). The log is passed on
+/// to this process's stderr, line by line, prefixed with "agent: ".
+pub fn spawn_run<'lab>(lab: &'lab Lab, pins: &TestPins, args: &[&str]) -> Result<LabChild<'lab>> {
+    let mut cmd = gw_command(lab, pins, args);
+    cmd.stderr(Stdio::piped());
+    let mut child = lab.spawn(&mut cmd)?;
+    let stderr = child
+        .child_mut()
+        .stderr
+        .take()
+        .context("the agent's stderr is not piped")?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    // Keeps draining the log so the agent never blocks on a full pipe; ends at the agent's exit.
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("agent: {line}");
+            if line.contains("running;") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    ready_rx.recv_timeout(RUN_READY_TIMEOUT).with_context(|| {
+        format!("the agent did not report running within {RUN_READY_TIMEOUT:?}")
+    })?;
+    Ok(child)
 }

@@ -5,9 +5,11 @@ use anyhow::Context as _;
 use apns_agent::{
     counters::{CounterMaps, Snapshot},
     datapath,
+    events::EventMaps,
     maps::PolicyMaps,
     policy::Policy,
 };
+use apns_common::events::EventConfig;
 use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
@@ -25,6 +27,7 @@ pub struct Classifier {
     ebpf: Ebpf,
     pub policy: PolicyMaps,
     pub counters: CounterMaps,
+    pub events: EventMaps,
 }
 
 impl Classifier {
@@ -37,11 +40,14 @@ impl Classifier {
         };
         let mut policy_maps = PolicyMaps::open(&mut take)?;
         let counters = CounterMaps::open(&mut take)?;
+        let mut events = EventMaps::open(&mut take)?;
         policy_maps.apply(policy)?;
+        events.set_config(EventConfig::default())?;
         Ok(Self {
             ebpf,
             policy: policy_maps,
             counters,
+            events,
         })
     }
 

@@ -2,7 +2,7 @@
 //! upgrade under a flow, live policy edits, bad input, unload. Needs root.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::SocketAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -13,39 +13,20 @@ use apns_agent::{
     pinned::{self, Datapath, Installed},
     policy::Mode,
 };
-use apns_common::counters::{CounterKey, Direction, Outcome};
+use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
     agent::{self, TestPins},
-    lab::{Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
+    lab::{Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// Short enough that a dropped SYN is not retransmitted (the first retransmission is after 1 s).
 const REFUSED: Duration = Duration::from_millis(600);
 
-fn agent_in_gw(lab: &Lab, pins: &TestPins, args: &[&str]) -> Command {
-    let mut cmd = lab.command(Role::Gw, agent::binary());
-    agent::command(&mut cmd, pins, args);
-    cmd
-}
-
 fn agent_here(pins: &TestPins, args: &[&str]) -> Command {
     let mut cmd = Command::new(agent::binary());
     agent::command(&mut cmd, pins, args);
     cmd
-}
-
-fn gw_ifindex(lab: &Lab, name: &'static str) -> u32 {
-    lab.in_ns(Role::Gw, || pinned::ifindex(name)).unwrap().unwrap()
-}
-
-fn apns_key(ifindex: u32, direction: Direction, port: u16, outcome: Outcome) -> CounterKey {
-    CounterKey {
-        ifindex,
-        port,
-        direction: direction as u8,
-        outcome: outcome as u8,
-    }
 }
 
 /// Polls `ready` until it holds or `timeout` passes.
@@ -59,36 +40,17 @@ fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
 
 /// Waits until `pins` holds a datapath attached to lan0 and wan0 with `mode` in force.
 fn wait_attached(pins: &TestPins, mode: Mode) {
-    wait_for("the agent to attach and apply its policy", Duration::from_secs(30), || {
-        pins.dir().links().map(|l| l.len() == 2).unwrap_or(false)
-            && Datapath::open(pins.dir())
-                .and_then(|d| d.policy.read_active())
-                .map(|p| p.mode == mode)
-                .unwrap_or(false)
-    });
-}
-
-/// Spawns `apns-agent run ...` in the gateway and returns once it serves signals: its log says
-/// "running" (the state in bpffs may have been ready long before, when it adopts).
-fn spawn_run<'lab>(lab: &'lab Lab, pins: &TestPins, args: &[&str]) -> LabChild<'lab> {
-    let mut cmd = agent_in_gw(lab, pins, args);
-    cmd.stderr(Stdio::piped());
-    let mut child = lab.spawn(&mut cmd).unwrap();
-    let stderr = child.child_mut().stderr.take().expect("piped stderr");
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    // Keeps draining the log (passing it on) so the agent never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("agent: {line}");
-            if line.contains("running;") {
-                let _ = ready_tx.send(());
-            }
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the agent did not report running within 30 s");
-    child
+    wait_for(
+        "the agent to attach and apply its policy",
+        Duration::from_secs(30),
+        || {
+            pins.dir().links().map(|l| l.len() == 2).unwrap_or(false)
+                && Datapath::open(pins.dir())
+                    .and_then(|d| d.policy.read_active())
+                    .map(|p| p.mode == mode)
+                    .unwrap_or(false)
+        },
+    );
 }
 
 fn echo_ok(lab: &Lab, to: SocketAddr) {
@@ -107,23 +69,66 @@ fn refused(lab: &Lab, to: SocketAddr) {
 fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    let lan = gw_ifindex(&lab, GW_IF_CLIENT.name);
-    let wan = gw_ifindex(&lab, GW_IF_WAN.name);
-    let run_args = ["run", "--iface", GW_IF_CLIENT.name, "--iface", GW_IF_WAN.name, "--mode", "enforce"];
+    let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
+    let wan = agent::gw_ifindex(&lab, GW_IF_WAN.name).unwrap();
+    let run_args = [
+        "run",
+        "--iface",
+        GW_IF_CLIENT.name,
+        "--iface",
+        GW_IF_WAN.name,
+        "--mode",
+        "enforce",
+    ];
     let apple = APPLE.socket(false, 5223);
     let other = OTHER.socket(false, 5223);
-    let syns = |pins: &TestPins| pins.snapshot().unwrap().get(&apns_key(lan, Direction::Outbound, 5223, Outcome::Pass)).syn;
-    let synacks = |pins: &TestPins| pins.snapshot().unwrap().get(&apns_key(wan, Direction::Inbound, 5223, Outcome::Pass)).synack;
-    let pinhole_drops = |pins: &TestPins| pins.snapshot().unwrap().get(&apns_key(lan, Direction::None, 5223, Outcome::DropPinhole)).packets;
+    let syns = |pins: &TestPins| {
+        pins.snapshot()
+            .unwrap()
+            .get(&agent::counter_key(
+                lan,
+                Direction::Outbound,
+                5223,
+                Outcome::Pass,
+            ))
+            .syn
+    };
+    let synacks = |pins: &TestPins| {
+        pins.snapshot()
+            .unwrap()
+            .get(&agent::counter_key(
+                wan,
+                Direction::Inbound,
+                5223,
+                Outcome::Pass,
+            ))
+            .synack
+    };
+    let pinhole_drops = |pins: &TestPins| {
+        pins.snapshot()
+            .unwrap()
+            .get(&agent::counter_key(
+                lan,
+                Direction::None,
+                5223,
+                Outcome::DropPinhole,
+            ))
+            .packets
+    };
 
-    let mut first = spawn_run(&lab, &pins, &run_args);
+    let mut first = agent::spawn_run(&lab, &pins, &run_args).unwrap();
     wait_attached(&pins, Mode::Enforce);
-    let program = pinned::program_info(pins.dir()).unwrap().expect("a pinned program");
+    let program = pinned::program_info(pins.dir())
+        .unwrap()
+        .expect("a pinned program");
     for _ in 0..5 {
         echo_ok(&lab, apple);
     }
     refused(&lab, other);
-    assert_eq!((syns(&pins), synacks(&pins), pinhole_drops(&pins)), (5, 5, 1));
+    assert_eq!(
+        (syns(&pins), synacks(&pins), pinhole_drops(&pins)),
+        (5, 5, 1)
+    );
 
     // kill -9: nothing runs in user space any more, the datapath goes on.
     first.child_mut().kill().unwrap();
@@ -133,19 +138,32 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
         echo_ok(&lab, apple);
     }
     refused(&lab, other);
-    assert_eq!((syns(&pins), synacks(&pins), pinhole_drops(&pins)), (8, 8, 2));
+    assert_eq!(
+        (syns(&pins), synacks(&pins), pinhole_drops(&pins)),
+        (8, 8, 2)
+    );
 
     // A new agent adopts the running datapath: same program, counters intact.
-    let mut second = spawn_run(&lab, &pins, &run_args);
+    let mut second = agent::spawn_run(&lab, &pins, &run_args).unwrap();
     wait_attached(&pins, Mode::Enforce);
-    assert_eq!(pinned::program_info(pins.dir()).unwrap(), Some(program), "the program was adopted, not reloaded");
-    assert_eq!((syns(&pins), synacks(&pins), pinhole_drops(&pins)), (8, 8, 2));
+    assert_eq!(
+        pinned::program_info(pins.dir()).unwrap(),
+        Some(program),
+        "the program was adopted, not reloaded"
+    );
+    assert_eq!(
+        (syns(&pins), synacks(&pins), pinhole_drops(&pins)),
+        (8, 8, 2)
+    );
     echo_ok(&lab, apple);
     assert_eq!(syns(&pins), 9);
 
     // SIGTERM: the agent exits cleanly and leaves the datapath attached (fail-static).
     let status = second.stop(TIMEOUT).unwrap();
-    assert!(status.success(), "agent exit status after SIGTERM: {status}");
+    assert!(
+        status.success(),
+        "agent exit status after SIGTERM: {status}"
+    );
     assert_eq!(pins.dir().links().unwrap().len(), 2);
     refused(&lab, other);
     assert_eq!(pinhole_drops(&pins), 3);
@@ -155,14 +173,25 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
 fn detach_on_exit_detaches_what_run_attached() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    let mut agent = spawn_run(
+    let mut agent = agent::spawn_run(
         &lab,
         &pins,
-        &["run", "--iface", GW_IF_CLIENT.name, "--iface", GW_IF_WAN.name, "--detach-on-exit"],
-    );
+        &[
+            "run",
+            "--iface",
+            GW_IF_CLIENT.name,
+            "--iface",
+            GW_IF_WAN.name,
+            "--detach-on-exit",
+        ],
+    )
+    .unwrap();
     wait_attached(&pins, Mode::Monitor);
     assert!(agent.stop(TIMEOUT).unwrap().success());
-    assert!(pins.dir().links().unwrap().is_empty(), "links left after --detach-on-exit");
+    assert!(
+        pins.dir().links().unwrap().is_empty(),
+        "links left after --detach-on-exit"
+    );
 }
 
 #[test]
@@ -171,16 +200,25 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
     let pins = TestPins::new();
     assert_eq!(pinned::install(pins.dir()).unwrap(), Installed::Fresh);
     for iface in [GW_IF_CLIENT.name, GW_IF_WAN.name] {
-        lab.in_ns(Role::Gw, || pinned::attach(pins.dir(), iface, Default::default()))
-            .unwrap()
-            .unwrap();
+        lab.in_ns(Role::Gw, || {
+            pinned::attach(pins.dir(), iface, Default::default())
+        })
+        .unwrap()
+        .unwrap();
     }
-    let tag = || pinned::program_info(pins.dir()).unwrap().expect("a pinned program").1;
+    let tag = || {
+        pinned::program_info(pins.dir())
+            .unwrap()
+            .expect("a pinned program")
+            .1
+    };
     let original_tag = tag();
 
     // One long-lived connection; each message must come back whole while programs swap.
     const MESSAGES: usize = 400;
-    let mut stream = lab.connect(Role::Client, APPLE.socket(false, 5223), TIMEOUT).unwrap();
+    let mut stream = lab
+        .connect(Role::Client, APPLE.socket(false, 5223), TIMEOUT)
+        .unwrap();
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     let flow = std::thread::spawn(move || {
         let mut echoed = 0;
@@ -199,26 +237,47 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
     let mut previous = pins.snapshot().unwrap();
     let mut upgrades = 0;
     while !flow.is_finished() {
-        let object = if upgrades % 2 == 0 { UPGRADE_PROBE_OBJECT } else { OBJECT };
-        assert_eq!(pinned::install_object(pins.dir(), object).unwrap(), Installed::Upgraded);
+        let object = if upgrades % 2 == 0 {
+            UPGRADE_PROBE_OBJECT
+        } else {
+            OBJECT
+        };
+        assert_eq!(
+            pinned::install_object(pins.dir(), object).unwrap(),
+            Installed::Upgraded
+        );
         upgrades += 1;
         let now = pins.snapshot().unwrap();
         for (key, old) in &previous.entries {
             let new = now.get(key);
-            assert!(new.packets >= old.packets && new.bytes >= old.bytes, "counter {key:?} went back across an upgrade: {old:?} -> {new:?}");
+            assert!(
+                new.packets >= old.packets && new.bytes >= old.bytes,
+                "counter {key:?} went back across an upgrade: {old:?} -> {new:?}"
+            );
         }
         previous = now;
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(flow.join().unwrap(), MESSAGES, "sent = received");
-    assert!(upgrades >= 4, "only {upgrades} upgrades happened during the flow");
+    assert!(
+        upgrades >= 4,
+        "only {upgrades} upgrades happened during the flow"
+    );
     if upgrades % 2 == 1 {
         pinned::install_object(pins.dir(), OBJECT).unwrap();
     }
     assert_eq!(tag(), original_tag);
-    let lan = gw_ifindex(&lab, GW_IF_CLIENT.name);
-    let outbound = pins.snapshot().unwrap().get(&apns_key(lan, Direction::Outbound, 5223, Outcome::Pass));
-    assert!(outbound.packets >= MESSAGES as u64, "outbound packets counted: {outbound:?}");
+    let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
+    let outbound = pins.snapshot().unwrap().get(&agent::counter_key(
+        lan,
+        Direction::Outbound,
+        5223,
+        Outcome::Pass,
+    ));
+    assert!(
+        outbound.packets >= MESSAGES as u64,
+        "outbound packets counted: {outbound:?}"
+    );
     assert_eq!(outbound.syn, 1, "one connection");
 }
 
@@ -226,24 +285,46 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
 fn allow_list_edits_change_the_next_verdict() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    agent::succeed(&mut agent_in_gw(&lab, &pins, &["attach", GW_IF_CLIENT.name, GW_IF_WAN.name])).unwrap();
+    agent::succeed(&mut agent::gw_command(
+        &lab,
+        &pins,
+        &["attach", GW_IF_CLIENT.name, GW_IF_WAN.name],
+    ))
+    .unwrap();
     agent::succeed(&mut agent_here(&pins, &["mode", "enforce"])).unwrap();
     let other = OTHER.socket(false, 5223);
     refused(&lab, other);
-    agent::succeed(&mut agent_here(&pins, &["allow", "add", "203.0.113.128/25"])).unwrap();
+    agent::succeed(&mut agent_here(
+        &pins,
+        &["allow", "add", "203.0.113.128/25"],
+    ))
+    .unwrap();
     echo_ok(&lab, other);
-    agent::succeed(&mut agent_here(&pins, &["allow", "del", "203.0.113.128/25"])).unwrap();
+    agent::succeed(&mut agent_here(
+        &pins,
+        &["allow", "del", "203.0.113.128/25"],
+    ))
+    .unwrap();
     refused(&lab, other);
     let listed = agent::succeed(&mut agent_here(&pins, &["allow", "list"])).unwrap();
-    assert!(!listed.contains("203.0.113.128/25") && listed.contains("17.0.0.0/8"), "{listed}");
+    assert!(
+        !listed.contains("203.0.113.128/25") && listed.contains("17.0.0.0/8"),
+        "{listed}"
+    );
 }
 
 #[test]
 fn unload_leaves_no_pin_link_or_program() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    agent::succeed(&mut agent_in_gw(&lab, &pins, &["attach", GW_IF_CLIENT.name, GW_IF_WAN.name])).unwrap();
-    let status = agent::succeed(&mut agent_in_gw(&lab, &pins, &["status", "--json"])).unwrap();
+    agent::succeed(&mut agent::gw_command(
+        &lab,
+        &pins,
+        &["attach", GW_IF_CLIENT.name, GW_IF_WAN.name],
+    ))
+    .unwrap();
+    let status =
+        agent::succeed(&mut agent::gw_command(&lab, &pins, &["status", "--json"])).unwrap();
     let status: serde_json::Value = serde_json::from_str(&status).unwrap();
     let program_id = status["program"]["id"].as_u64().unwrap();
     let link_ids: Vec<u64> = status["interfaces"]
@@ -256,11 +337,35 @@ fn unload_leaves_no_pin_link_or_program() {
     agent::succeed(&mut agent_here(&pins, &["unload"])).unwrap();
 
     assert!(!pins.path().exists(), "pin directory left behind");
-    let bpftool = |args: &[&str]| Command::new("bpftool").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
-    assert!(!bpftool(&["prog", "show", "id", &program_id.to_string()]), "program {program_id} still loaded");
+    let bpftool = |args: &[&str]| {
+        Command::new("bpftool")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(
+        !bpftool(&["prog", "show", "id", &program_id.to_string()]),
+        "program {program_id} still loaded"
+    );
     for id in link_ids {
-        assert!(!bpftool(&["link", "show", "id", &id.to_string()]), "link {id} still exists");
+        assert!(
+            !bpftool(&["link", "show", "id", &id.to_string()]),
+            "link {id} still exists"
+        );
     }
-    let links = apns_tests::lab::run(Command::new("ip").args(["-n", lab.ns_name(Role::Gw), "-d", "link", "show"])).unwrap();
-    assert!(!links.contains("prog/xdp"), "an XDP program is still attached in the gateway:\n{links}");
+    let links = apns_tests::lab::run(Command::new("ip").args([
+        "-n",
+        lab.ns_name(Role::Gw),
+        "-d",
+        "link",
+        "show",
+    ]))
+    .unwrap();
+    assert!(
+        !links.contains("prog/xdp"),
+        "an XDP program is still attached in the gateway:\n{links}"
+    );
 }

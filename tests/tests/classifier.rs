@@ -342,7 +342,7 @@ fn six_exts(frame: Frame) -> Frame {
 #[test]
 fn crafted_packets_get_their_verdict_and_counters() {
     let policy = enforcing();
-    let mut classifier = Classifier::load(&agent_policy(&policy)).unwrap();
+    let classifier = Classifier::load(&agent_policy(&policy)).unwrap();
     for (name, frame, expect) in enforcing_cases() {
         let bytes = frame.bytes();
         // The reference must agree with the hand-written expectation too.
@@ -352,21 +352,21 @@ fn crafted_packets_get_their_verdict_and_counters() {
             (expect.outcome, expect.direction, expect.port),
             "{name}: reference classifier"
         );
-        check(&mut classifier, name, &bytes, &expect);
+        check(&classifier, name, &bytes, &expect);
     }
     check(
-        &mut classifier,
+        &classifier,
         "ARP request",
         &arp_request(),
         &class(Outcome::NotIp),
     );
     let lldp = packets::ethernet_frame(&[], 0x88cc, &[0; 32]);
-    check(&mut classifier, "LLDP", &lldp, &class(Outcome::NotIp));
+    check(&classifier, "LLDP", &lldp, &class(Outcome::NotIp));
 }
 
 #[test]
 fn monitor_mode_never_drops() {
-    let mut classifier = Classifier::load(&agent_policy(&monitoring())).unwrap();
+    let classifier = Classifier::load(&agent_policy(&monitoring())).unwrap();
     use Direction::Outbound;
     let cases = [
         (
@@ -386,7 +386,7 @@ fn monitor_mode_never_drops() {
         ),
     ];
     for (name, frame, expect) in cases {
-        check(&mut classifier, name, &frame.bytes(), &expect);
+        check(&classifier, name, &frame.bytes(), &expect);
     }
 }
 
@@ -424,7 +424,7 @@ fn policy_swap_changes_the_next_verdict() {
     let mut classifier = Classifier::load(&agent_policy(&policy)).unwrap();
     let frame = tcp4(CLIENT, OTHER, EPHEMERAL, 5223, SYN).bytes();
     check(
-        &mut classifier,
+        &classifier,
         "before",
         &frame,
         &apns(Direction::None, 5223, Outcome::DropPinhole, SYN_ONLY),
@@ -432,7 +432,7 @@ fn policy_swap_changes_the_next_verdict() {
     policy.allow_v4.push((Ipv4Addr::new(203, 0, 113, 0), 24));
     classifier.policy.apply(&agent_policy(&policy)).unwrap();
     check(
-        &mut classifier,
+        &classifier,
         "after allow",
         &frame,
         &apns(Direction::Outbound, 5223, Outcome::Pass, SYN_ONLY),
@@ -440,7 +440,7 @@ fn policy_swap_changes_the_next_verdict() {
     policy.allow_v4.pop();
     classifier.policy.apply(&agent_policy(&policy)).unwrap();
     check(
-        &mut classifier,
+        &classifier,
         "after del",
         &frame,
         &apns(Direction::None, 5223, Outcome::DropPinhole, SYN_ONLY),

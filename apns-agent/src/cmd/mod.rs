@@ -1,6 +1,7 @@
 //! One function per subcommand; `main` dispatches here.
 
 mod edit;
+mod events;
 mod run;
 mod stats;
 mod status;
@@ -90,6 +91,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             ref interface,
             watch,
         } => stats::stats(&pins(None), json, interface.as_deref(), watch),
+        Command::Events { json, count } => events::events(&pins(None), json, count),
         Command::CheckConfig { ref file } => {
             let config = Config::load(file)?;
             println!(

@@ -1,6 +1,7 @@
 //! `apns-agent run`: install, attach, apply, then wait for signals.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -20,6 +21,7 @@ use crate::{
     privileges,
     telemetry::{server, textfile, Exporter},
 };
+use apns_common::events::EventConfig;
 
 pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent run")?;
@@ -62,6 +64,10 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
         }
         Datapath::open(&pins)?.policy.apply(&config.policy)?;
         tracing::info!(mode = %config.policy.mode, prefixes = config.policy.allow.len(), "policy applied");
+        pinned::event_maps(&pins)?.set_config(EventConfig {
+            per_cpu_per_second: args.events_per_second,
+            sample_every: args.events_sample_every,
+        })?;
     }
 
     let exporter = Arc::new(Exporter::open(
@@ -124,6 +130,30 @@ fn effective_config(args: &RunArgs, path: Option<&Path>) -> anyhow::Result<Confi
     Ok(config)
 }
 
+/// How often `run` may log a summary of policy drops.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Logs one line with the drops counted since `before`, if any.
+fn log_new_drops(
+    before: &BTreeMap<(String, &'static str), u64>,
+    now: &BTreeMap<(String, &'static str), u64>,
+) {
+    let new: Vec<String> = now
+        .iter()
+        .filter_map(|(key, &count)| {
+            let delta = count.saturating_sub(before.get(key).copied().unwrap_or(0));
+            (delta > 0).then(|| format!("{} {} {delta}", key.0, key.1))
+        })
+        .collect();
+    if !new.is_empty() {
+        tracing::warn!(
+            "policy drops in the last {} s: {} (`apns-agent events` shows who)",
+            DROP_LOG_INTERVAL.as_secs(),
+            new.join(", ")
+        );
+    }
+}
+
 /// The signals `run` serves.
 struct Signals {
     hangup: Signal,
@@ -158,9 +188,19 @@ async fn wait_for_signals(
     } = signals;
     // The textfile writes also feed the reachability window when nobody scrapes.
     let mut textfile_tick = tokio::time::interval(Duration::from_secs(args.textfile_interval));
+    // At most one drop summary per interval in the log, however hard the datapath drops.
+    let mut drop_log_tick = tokio::time::interval(DROP_LOG_INTERVAL);
+    let mut drops_logged = exporter.policy_drops().unwrap_or_default();
     tracing::info!("running; SIGHUP reloads the config, SIGTERM/SIGINT exits");
     loop {
         tokio::select! {
+            _ = drop_log_tick.tick() => match exporter.policy_drops() {
+                Ok(drops) => {
+                    log_new_drops(&drops_logged, &drops);
+                    drops_logged = drops;
+                }
+                Err(err) => tracing::warn!("reading the drop counters: {err:#}"),
+            },
             _ = textfile_tick.tick(), if args.textfile.is_some() => {
                 if let Some(path) = &args.textfile {
                     let written = exporter

@@ -54,6 +54,30 @@ impl Exporter {
         })
     }
 
+    /// Policy drops per (interface, reason) since the datapath was loaded, for `run`'s log.
+    pub fn policy_drops(
+        &self,
+    ) -> anyhow::Result<std::collections::BTreeMap<(String, &'static str), u64>> {
+        let snapshot = self.counters.snapshot()?;
+        let model = {
+            let reachability = self
+                .reachability
+                .lock()
+                .map_err(|_| anyhow::anyhow!("the reachability window is poisoned"))?;
+            model::Model::build(&snapshot, model::interface_name, &reachability)
+        };
+        Ok(model
+            .interfaces
+            .into_iter()
+            .flat_map(|(name, interface)| {
+                interface
+                    .policy_drops
+                    .into_iter()
+                    .map(move |(reason, packets)| ((name.clone(), reason.as_str()), packets))
+            })
+            .collect())
+    }
+
     /// The Prometheus exposition of the datapath now. Costs one map read (O(entries)).
     pub fn render(&self) -> anyhow::Result<String> {
         let snapshot = self.counters.snapshot()?;

@@ -1,0 +1,185 @@
+//! Drop events from the datapath's ring buffer: decoding, wall-clock time, and the two ways
+//! `apns-agent events` prints them. The ring has one consumer: `events` (run only reports
+//! drop counts, from the counters).
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd as _,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use apns_common::{
+    counters::Outcome,
+    events::{DropEvent, EventConfig},
+    maps::{EVENTS, EVENT_CONFIG},
+};
+use aya::maps::{Array, Map, MapData, RingBuf};
+use nix::{
+    poll::{poll, PollFd, PollFlags, PollTimeout},
+    time::{clock_gettime, ClockId},
+};
+use serde::Serialize;
+
+/// Handles to the event maps of one datapath.
+pub struct EventMaps {
+    ring: RingBuf<MapData>,
+    config: Array<MapData, EventConfig>,
+}
+
+/// A drop event as operators read it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Drop {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub interface: String,
+    /// `pinhole` or `provider`.
+    pub reason: &'static str,
+    pub protocol: &'static str,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// Drops on the same CPU that produced no event since the previous one (sampling, rate
+    /// limit or a full ring); they are all counted in apns_policy_drops_total.
+    pub suppressed: u32,
+}
+
+impl EventMaps {
+    /// See [`crate::maps::PolicyMaps::open`].
+    pub fn open(mut map: impl FnMut(&'static str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
+        Ok(EventMaps {
+            ring: RingBuf::try_from(map(EVENTS)?)
+                .with_context(|| format!("map {EVENTS} has an unexpected type"))?,
+            config: Array::try_from(map(EVENT_CONFIG)?)
+                .with_context(|| format!("map {EVENT_CONFIG} has an unexpected type or layout"))?,
+        })
+    }
+
+    pub fn set_config(&mut self, config: EventConfig) -> anyhow::Result<()> {
+        self.config
+            .set(0, config, 0)
+            .with_context(|| format!("writing map {EVENT_CONFIG}"))
+    }
+
+    /// Takes every event waiting in the ring.
+    pub fn drain(&mut self) -> Vec<DropEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<DropEvent>() {
+                // SAFETY: the datapath writes whole DropEvents (repr(C), any bit pattern
+                // valid); read_unaligned copes with the ring's 8-byte alignment.
+                events.push(unsafe { item.as_ptr().cast::<DropEvent>().read_unaligned() });
+            }
+        }
+        events
+    }
+
+    /// Waits up to `timeout` for the ring to have data.
+    pub fn wait(&self, timeout: Duration) -> anyhow::Result<()> {
+        let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("waiting for map {EVENTS}")),
+        }
+    }
+}
+
+impl Drop {
+    /// `event` as operators read it; `interface_name` turns an ifindex into a name.
+    pub fn from_event(event: &DropEvent, interface_name: impl Fn(u32) -> String) -> Drop {
+        let addr = |bytes: &[u8; 16]| match event.ip_version {
+            4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+            _ => IpAddr::V6(Ipv6Addr::from(*bytes)),
+        };
+        Drop {
+            time: wall_clock(event.time_ns),
+            interface: interface_name(event.ifindex),
+            reason: match Outcome::from_u8(event.outcome) {
+                Some(Outcome::DropPinhole) => "pinhole",
+                Some(Outcome::DropProvider) => "provider",
+                _ => "unknown",
+            },
+            protocol: if event.protocol == 6 { "tcp" } else { "other" },
+            src: addr(&event.src),
+            sport: event.sport,
+            dst: addr(&event.dst),
+            dport: event.dport,
+            suppressed: event.suppressed,
+        }
+    }
+
+    /// One line for a person: time, interface, reason, flow, and how many were suppressed.
+    pub fn line(&self) -> String {
+        let endpoint = |addr: &IpAddr, port: u16| match addr {
+            IpAddr::V4(addr) => format!("{addr}:{port}"),
+            IpAddr::V6(addr) => format!("[{addr}]:{port}"),
+        };
+        let mut line = format!(
+            "{} {} drop {} {} {} -> {}",
+            self.time,
+            self.interface,
+            self.reason,
+            self.protocol,
+            endpoint(&self.src, self.sport),
+            endpoint(&self.dst, self.dport)
+        );
+        if self.suppressed > 0 {
+            line.push_str(&format!(" (+{} more not reported)", self.suppressed));
+        }
+        line
+    }
+}
+
+/// Converts a `bpf_ktime_get_ns` timestamp (CLOCK_MONOTONIC) to RFC 3339 UTC.
+fn wall_clock(monotonic_ns: u64) -> String {
+    let now_mono = clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
+        .unwrap_or_default();
+    let age = now_mono.saturating_sub(Duration::from_nanos(monotonic_ns));
+    let at = SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_times_are_wall_clock() {
+        let now = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap();
+        let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+        let time = wall_clock(now_ns);
+        let parsed = humantime::parse_rfc3339(&time).unwrap();
+        let skew = SystemTime::now().duration_since(parsed).unwrap_or_default();
+        assert!(skew < Duration::from_secs(2), "{time} is {skew:?} off");
+    }
+
+    #[test]
+    fn events_read_as_lines_and_json() {
+        let mut event = DropEvent {
+            ifindex: 7,
+            outcome: Outcome::DropPinhole as u8,
+            protocol: 6,
+            ip_version: 4,
+            sport: 40000,
+            dport: 5223,
+            suppressed: 3,
+            ..DropEvent::default()
+        };
+        event.src[..4].copy_from_slice(&[192, 0, 2, 10]);
+        event.dst[..4].copy_from_slice(&[203, 0, 113, 130]);
+        let drop = Drop::from_event(&event, |_| "lan0".into());
+        let line = drop.line();
+        assert!(
+            line.ends_with("lan0 drop pinhole tcp 192.0.2.10:40000 -> 203.0.113.130:5223 (+3 more not reported)"),
+            "{line}"
+        );
+        let json = serde_json::to_value(&drop).unwrap();
+        assert_eq!(json["dst"], "203.0.113.130");
+        assert_eq!(json["reason"], "pinhole");
+    }
+}

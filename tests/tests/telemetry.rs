@@ -1,0 +1,322 @@
+//! Counters as ops tooling reads them, from a real agent on the lab gateway: /metrics,
+//! `stats --json` and the node_exporter textfile show exactly the connections the test made,
+//! and all three agree; promtool accepts a real scrape; the reachability ratio falls to 0 for
+//! a port Apple resets while another stays at 1. Needs root (and promtool, which
+//! `cargo xtask setup` installs).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use apns_tests::{
+    agent::{self, TestPins},
+    lab::{self, Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
+};
+
+const METRICS: &str = "127.0.0.1:15223";
+const TIMEOUT: Duration = Duration::from_secs(5);
+const REFUSED: Duration = Duration::from_millis(600);
+
+/// Starts `apns-agent run` in the gateway on lan0 and wan0 and waits until /metrics answers.
+fn start_agent<'lab>(lab: &'lab Lab, pins: &TestPins, extra: &[&str]) -> LabChild<'lab> {
+    let mut args = vec![
+        "run",
+        "--mode",
+        "enforce",
+        "--metrics-addr",
+        METRICS,
+        "--iface",
+        GW_IF_CLIENT.name,
+        "--iface",
+        GW_IF_WAN.name,
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = lab.command(Role::Gw, agent::binary());
+    agent::command(&mut cmd, pins, &args);
+    cmd.stderr(Stdio::piped());
+    let mut child = lab.spawn(&mut cmd).unwrap();
+    let stderr = child.child_mut().stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("agent: {line}");
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(lab).is_err() {
+        assert!(Instant::now() < deadline, "the agent never served /metrics");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+/// GET /metrics from inside the gateway: the body.
+fn scrape(lab: &Lab) -> std::io::Result<String> {
+    let addr: SocketAddr = METRICS.parse().unwrap();
+    let mut stream = lab.connect(Role::Gw, addr, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(head.to_owned()));
+    }
+    Ok(body.to_owned())
+}
+
+/// Sample lines of an exposition: `name{labels}` -> value.
+fn samples(exposition: &str) -> BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a sample line");
+            (series.to_owned(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("no sample {series}"))
+}
+
+fn echo(lab: &Lab, to: SocketAddr, times: usize) {
+    for _ in 0..times {
+        assert_eq!(
+            lab.echo(Role::Client, to, b"ping", TIMEOUT).unwrap(),
+            b"ping"
+        );
+    }
+}
+
+fn stats_json(lab: &Lab, pins: &TestPins) -> serde_json::Value {
+    let mut cmd = lab.command(Role::Gw, agent::binary());
+    agent::command(&mut cmd, pins, &["stats", "--json"]);
+    serde_json::from_str(&agent::succeed(&mut cmd).unwrap()).unwrap()
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[test]
+fn metrics_stats_and_textfile_show_the_same_exact_counts() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let textfile: PathBuf = std::env::temp_dir().join(format!("{}.prom", lab.id()));
+    let textfile_arg = textfile.display().to_string();
+    let _agent = start_agent(
+        &lab,
+        &pins,
+        &["--textfile", &textfile_arg, "--textfile-interval", "1"],
+    );
+
+    echo(&lab, APPLE.socket(false, 5223), 3);
+    echo(&lab, APPLE.socket(false, 443), 2);
+    echo(&lab, APPLE.socket(true, 443), 1);
+    echo(&lab, OTHER.socket(false, 443), 2);
+    assert!(lab
+        .connect(Role::Client, OTHER.socket(false, 5223), REFUSED)
+        .is_err());
+
+    // Read the three views once the counters stopped moving: a scrape, the next textfile
+    // write, and a scrape again must all be the same text.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (scraped, written) = loop {
+        assert!(Instant::now() < deadline, "counters never settled");
+        let before = scrape(&lab).unwrap();
+        let since = modified(&textfile);
+        while modified(&textfile) == since {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let written = std::fs::read_to_string(&textfile).unwrap();
+        if scrape(&lab).unwrap() == before && written == before {
+            break (before, written);
+        }
+    };
+    let json = stats_json(&lab, &pins);
+    assert_eq!(scraped, written);
+
+    let m = samples(&scraped);
+    let tcp = |iface: &str, direction: &str, port: u16, event: &str| {
+        value(&m, &format!("apns_tcp_events_total{{interface=\"{iface}\",direction=\"{direction}\",port=\"{port}\",event=\"{event}\"}}"))
+    };
+    assert_eq!(tcp("lan0", "outbound", 5223, "syn"), 3.0);
+    assert_eq!(tcp("lan0", "outbound", 443, "syn"), 3.0, "2 IPv4 + 1 IPv6");
+    assert_eq!(tcp("wan0", "inbound", 5223, "synack"), 3.0);
+    assert_eq!(tcp("wan0", "inbound", 443, "synack"), 3.0);
+    assert_eq!(
+        value(
+            &m,
+            r#"apns_policy_drops_total{interface="lan0",reason="pinhole"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"apns_policy_drops_total{interface="lan0",reason="provider"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"apns_reachability_ratio{interface="all",port="5223"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            r#"apns_datapath_attached{interface="lan0",xdp_mode="native"}"#
+        ),
+        1.0
+    );
+
+    // Every number of `stats --json` is the same as in the exposition.
+    let mut compared = 0;
+    for iface in json["interfaces"].as_array().unwrap() {
+        let name = iface["interface"].as_str().unwrap();
+        for traffic in iface["traffic"].as_array().unwrap() {
+            let (direction, port) = (
+                traffic["direction"].as_str().unwrap(),
+                traffic["port"].as_u64().unwrap(),
+            );
+            for (field, metric, label) in [
+                ("packets", "apns_packets_total", "verdict"),
+                ("bytes", "apns_bytes_total", "verdict"),
+                ("tcp", "apns_tcp_events_total", "event"),
+            ] {
+                for (key, count) in traffic[field].as_object().unwrap() {
+                    let series = format!("{metric}{{interface=\"{name}\",direction=\"{direction}\",port=\"{port}\",{label}=\"{key}\"}}");
+                    assert_eq!(value(&m, &series), count.as_f64().unwrap(), "{series}");
+                    compared += 1;
+                }
+            }
+        }
+        for (field, metric, label) in [
+            ("policy_drops", "apns_policy_drops_total", "reason"),
+            ("other", "apns_other_packets_total", "class"),
+        ] {
+            for (key, count) in iface[field].as_object().unwrap() {
+                let series = format!("{metric}{{interface=\"{name}\",{label}=\"{key}\"}}");
+                assert_eq!(value(&m, &series), count.as_f64().unwrap(), "{series}");
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 50, "only {compared} numbers compared");
+
+    // promtool's linter has nothing to say about a real scrape.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by cargo xtask setup");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scraped.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success() && output.stdout.is_empty() && output.stderr.is_empty(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::remove_file(&textfile).unwrap();
+}
+
+#[test]
+fn reachability_falls_to_zero_for_a_port_apple_resets() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    // The Apple host answers SYNs on 5223 with a reset from now on.
+    lab::run(Command::new("ip").args([
+        "netns", "exec", lab.ns_name(Role::Apple), "nft",
+        "add table inet apns_test; add chain inet apns_test input { type filter hook input priority 0; }; add rule inet apns_test input tcp dport 5223 reject with tcp reset",
+    ]))
+    .unwrap();
+    let pins = TestPins::new();
+    let _agent = start_agent(&lab, &pins, &[]);
+
+    for _ in 0..4 {
+        assert!(
+            lab.connect(Role::Client, APPLE.socket(false, 5223), TIMEOUT)
+                .is_err(),
+            "5223 should be reset"
+        );
+    }
+    echo(&lab, APPLE.socket(false, 443), 2);
+
+    let m = samples(&scrape(&lab).unwrap());
+    assert_eq!(
+        value(
+            &m,
+            r#"apns_reachability_ratio{interface="all",port="5223"}"#
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&m, r#"apns_reachability_ratio{interface="all",port="443"}"#),
+        1.0
+    );
+    let rst = value(
+        &m,
+        r#"apns_tcp_events_total{interface="wan0",direction="inbound",port="5223",event="rst"}"#,
+    );
+    assert_eq!(rst, 4.0, "one reset per attempt");
+    assert!(
+        !m.keys()
+            .any(|k| k.starts_with("apns_reachability_ratio") && k.contains("port=\"2197\"")),
+        "no ratio without attempts"
+    );
+}
+
+#[test]
+fn events_stream_names_each_refused_flow() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let _agent = start_agent(&lab, &pins, &[]);
+    for _ in 0..3 {
+        assert!(lab
+            .connect(Role::Client, OTHER.socket(false, 5223), REFUSED)
+            .is_err());
+    }
+    assert!(lab
+        .connect(Role::Client, OTHER.socket(true, 2197), REFUSED)
+        .is_err());
+
+    let mut cmd = lab.command(Role::Gw, agent::binary());
+    agent::command(&mut cmd, &pins, &["events", "--json", "--count", "4"]);
+    let output = agent::succeed(&mut cmd).unwrap();
+    let events: Vec<serde_json::Value> = output
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 4, "{output}");
+    for event in &events[..3] {
+        assert_eq!(event["interface"], "lan0");
+        assert_eq!(event["reason"], "pinhole");
+        assert_eq!(event["protocol"], "tcp");
+        assert_eq!(event["src"], lab::CLIENT.v4.to_string());
+        assert_eq!(event["dst"], OTHER.v4.to_string());
+        assert_eq!(event["dport"], 5223);
+        assert!(humantime::parse_rfc3339(event["time"].as_str().unwrap()).is_ok());
+    }
+    assert_eq!(events[3]["dst"], OTHER.v6.to_string());
+    assert_eq!(events[3]["dport"], 2197);
+}
