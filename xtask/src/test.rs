@@ -51,5 +51,37 @@ fn setup_and_test(args: &Args) -> Result<()> {
     if !status.success() {
         bail!("`{}` failed ({status})", describe(&cmd));
     }
+    check_nothing_left_behind()
+}
+
+/// The tests make network namespaces (`apnslab-*`), pin directories (`/sys/fs/bpf/apns-test-*`)
+/// and agent processes; each must remove its own, even when it fails. Whatever is still there
+/// after the whole suite is a leak.
+fn check_nothing_left_behind() -> Result<()> {
+    step("checking that the tests left no namespace, pin or process behind");
+    let mut leftovers = Vec::new();
+    let namespaces = std::fs::read_dir("/run/netns").into_iter().flatten().flatten();
+    leftovers.extend(
+        namespaces
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("apnslab-"))
+            .map(|name| format!("network namespace {name}")),
+    );
+    let pins = std::fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten();
+    leftovers.extend(
+        pins.map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("apns-test-"))
+            .map(|name| format!("pin directory /sys/fs/bpf/{name}")),
+    );
+    let processes = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    leftovers.extend(processes.filter_map(|entry| {
+        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+        let comm = comm.trim();
+        matches!(comm, "apns-agent" | "apns-demo")
+            .then(|| format!("process {comm} (pid {})", entry.file_name().to_string_lossy()))
+    }));
+    if !leftovers.is_empty() {
+        bail!("the tests left these behind: {}", leftovers.join(", "));
+    }
     Ok(())
 }
