@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{pinned::XdpModeChoice, policy::Mode};
+use crate::{interfaces::FastPath, pinned::XdpModeChoice, policy::Mode};
 
 /// apns-agent: keeps Apple Push Notification service traffic flowing and measured on Linux
 /// gateways, with an XDP classifier that counts (and in enforce mode polices) APNs traffic.
@@ -64,6 +64,13 @@ pub enum Command {
         #[command(subcommand)]
         action: PortAction,
     },
+    /// Set an attached interface's fast path: pass (count only) or redirect (forward APNs
+    /// packets from XDP, past netfilter; for routed gateways without NAT on the APNs path).
+    Fastpath {
+        interface: String,
+        #[arg(value_parser = clap::value_parser!(FastPath))]
+        mode: FastPath,
+    },
     /// Switch the live datapath between monitor and enforce.
     Mode {
         #[arg(value_enum)]
@@ -109,6 +116,10 @@ pub struct RunArgs {
     /// Overrides the config's xdp_mode.
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpModeArg>,
+    /// Fast path of an interface: IFACE=pass or IFACE=redirect (repeatable). Adds to the
+    /// config's [fastpath] table.
+    #[arg(long = "fastpath", value_name = "IFACE=MODE", value_parser = parse_fastpath)]
+    pub fastpath: Vec<(String, FastPath)>,
     /// On SIGTERM/SIGINT, detach from the interfaces this run attached.
     #[arg(long)]
     pub detach_on_exit: bool,
@@ -164,6 +175,17 @@ pub enum PortAction {
     },
     /// List the port table.
     List,
+}
+
+fn parse_fastpath(text: &str) -> Result<(String, FastPath), String> {
+    let (interface, mode) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not IFACE=MODE (e.g. lan0=redirect)"))?;
+    crate::config::check_interface_name(interface).map_err(|err| err.to_string())?;
+    Ok((
+        interface.to_owned(),
+        mode.parse().map_err(|err: anyhow::Error| err.to_string())?,
+    ))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

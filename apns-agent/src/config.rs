@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
+    interfaces::FastPath,
     pinned::XdpModeChoice,
     pins::DEFAULT_PIN_DIR,
     policy::{parse_prefix, Mode, Policy, DEFAULT_PORTS},
@@ -20,6 +21,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/apns-agent/config.toml";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub interfaces: Vec<String>,
+    /// Fast path per interface; interfaces not listed use `pass`.
+    pub fastpath: BTreeMap<String, FastPath>,
     pub xdp_mode: XdpModeChoice,
     pub pin_dir: String,
     pub policy: Policy,
@@ -29,6 +32,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             interfaces: Vec::new(),
+            fastpath: BTreeMap::new(),
             xdp_mode: XdpModeChoice::Auto,
             pin_dir: DEFAULT_PIN_DIR.to_owned(),
             policy: Policy::apple_defaults(),
@@ -60,6 +64,16 @@ struct File {
     /// Port number to roles; default 5223, 443, 2197, 2195, 2196 (see policy::DEFAULT_PORTS).
     #[serde(default)]
     ports: Option<BTreeMap<PortNumber, Vec<Role>>>,
+    /// Interface to fast path (pass | redirect); default pass everywhere.
+    #[serde(default)]
+    fastpath: BTreeMap<String, FastPathValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum FastPathValue {
+    Pass,
+    Redirect,
 }
 
 #[derive(Deserialize)]
@@ -191,11 +205,22 @@ impl Config {
             providers: file.providers.into_iter().map(|p| p.0).collect(),
         };
         policy.validate()?;
-        for interface in &file.interfaces {
+        for interface in file.interfaces.iter().chain(file.fastpath.keys()) {
             check_interface_name(interface)?;
         }
         Ok(Config {
             interfaces: file.interfaces,
+            fastpath: file
+                .fastpath
+                .into_iter()
+                .map(|(interface, value)| {
+                    let fastpath = match value {
+                        FastPathValue::Pass => FastPath::Pass,
+                        FastPathValue::Redirect => FastPath::Redirect,
+                    };
+                    (interface, fastpath)
+                })
+                .collect(),
             xdp_mode: match file.xdp_mode {
                 Some(XdpModeValue::Auto) | None => XdpModeChoice::Auto,
                 Some(XdpModeValue::Native) => XdpModeChoice::Native,

@@ -8,6 +8,7 @@ pub mod config;
 pub mod counters;
 pub mod datapath;
 pub mod events;
+pub mod interfaces;
 pub mod maps;
 pub mod pinned;
 pub mod pins;

@@ -25,6 +25,7 @@ use crate::{
     counters::CounterMaps,
     datapath::{xdp_program, OBJECT},
     events::EventMaps,
+    interfaces::{FastPath, InterfaceMaps},
     maps::PolicyMaps,
     pins::{restrict, AttachMode, LinkPin, PinDir},
     policy::Policy,
@@ -63,6 +64,12 @@ impl Datapath {
             counters: CounterMaps::open(open)?,
         })
     }
+}
+
+/// The per-interface maps of the datapath pinned in `pins` (layout checked).
+pub fn interface_maps(pins: &PinDir) -> anyhow::Result<InterfaceMaps> {
+    Datapath::open(pins)?;
+    InterfaceMaps::open(|name| open_pinned_map(pins, name))
 }
 
 /// The drop-event maps of the datapath pinned in `pins` (layout checked as by
@@ -276,6 +283,7 @@ pub fn attach(pins: &PinDir, interface: &str, choice: XdpModeChoice) -> anyhow::
                     format!("pinning the link of {interface} at {}", path.display())
                 })?;
                 restrict(&path)?;
+                register(pins, ifindex)?;
                 return Ok(mode);
             }
             Err(err) => {
@@ -293,6 +301,14 @@ pub fn attach(pins: &PinDir, interface: &str, choice: XdpModeChoice) -> anyhow::
     })
 }
 
+/// Makes a newly attached interface a redirect target, with the `pass` fast path unless it
+/// already has one (a re-attach keeps the operator's choice).
+fn register(pins: &PinDir, ifindex: u32) -> anyhow::Result<()> {
+    let mut maps = interface_maps(pins)?;
+    let fastpath = maps.fastpath(ifindex)?.unwrap_or_default();
+    maps.register(ifindex, fastpath)
+}
+
 /// Detaches `interface` (removing its link pin). Not attached: an error naming it.
 pub fn detach(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
     let Some(link) = pins.link_of(interface)? else {
@@ -301,7 +317,21 @@ pub fn detach(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
             pins.links_dir().display()
         );
     };
-    remove_link(&link)
+    remove_link(&link)?;
+    // An interface that is gone left the devmap by itself; its fast-path entry is harmless.
+    if let Ok(ifindex) = ifindex(interface) {
+        interface_maps(pins)?.unregister(ifindex)?;
+    }
+    Ok(())
+}
+
+/// Sets the fast path of an attached `interface`.
+pub fn set_fastpath(pins: &PinDir, interface: &str, fastpath: FastPath) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        pins.link_of(interface)?.is_some(),
+        "{interface} is not attached (see `apns-agent status`)"
+    );
+    interface_maps(pins)?.set_fastpath(ifindex(interface)?, fastpath)
 }
 
 fn remove_link(link: &LinkPin) -> anyhow::Result<()> {
@@ -336,6 +366,8 @@ pub struct InterfaceStatus {
     /// Whether the link still exists in the kernel and its interface is present.
     pub attached: bool,
     pub xdp_mode: &'static str,
+    /// `pass` or `redirect`; absent when the interface is not present here.
+    pub fastpath: Option<FastPath>,
     pub program_id: Option<u32>,
     pub link_id: Option<u32>,
     pub link_pin: String,
@@ -343,14 +375,20 @@ pub struct InterfaceStatus {
 
 pub fn interface_status(pins: &PinDir) -> anyhow::Result<Vec<InterfaceStatus>> {
     let mut out = Vec::new();
+    let maps = interface_maps(pins)?;
     for link in pins.links()? {
         let info = PinnedLink::from_pin(&link.path)
             .ok()
             .map(FdLink::from)
             .and_then(|fd| fd.info().ok());
+        let index = ifindex(&link.interface).ok();
         out.push(InterfaceStatus {
-            attached: info.is_some() && ifindex(&link.interface).is_ok(),
+            attached: info.is_some() && index.is_some(),
             xdp_mode: link.mode.as_str(),
+            fastpath: match index {
+                Some(index) => maps.fastpath(index)?,
+                None => None,
+            },
             program_id: info.as_ref().map(|i| i.program_id()),
             link_id: info.as_ref().map(|i| i.id()),
             link_pin: link.path.display().to_string(),

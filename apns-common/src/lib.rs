@@ -13,6 +13,7 @@
 
 pub mod counters;
 pub mod events;
+pub mod fastpath;
 pub mod maps;
 pub mod policy;
 

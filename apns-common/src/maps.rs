@@ -66,6 +66,15 @@ pub const EVENT_CONFIG: &str = "APNS_EVENT_CFG";
 /// and writes it.
 pub const EVENT_STATE: &str = "APNS_EVENT_ST";
 
+/// `HashMap<u32 ifindex, IfaceConfig>`: the fast path of every attached interface. Written by
+/// the agent (attach, detach, `fastpath`); read by the XDP program for APNs packets.
+pub const IFACES: &str = "APNS_IFACES";
+/// `DevMapHash` of egress interfaces for the redirect fast path, keyed and valued by ifindex:
+/// every interface the agent attached. Written by the agent; read by the XDP program.
+pub const TX_PORTS: &str = "APNS_TX_PORTS";
+/// Interfaces one datapath can be attached to.
+pub const MAX_INTERFACES: u32 = 256;
+
 /// `Array<Meta>`, 1 entry: written once by the agent when it creates the maps, read by the
 /// agent before it adopts pinned maps. The XDP program never touches it.
 pub const META: &str = "APNS_META";
@@ -77,13 +86,16 @@ pub mod map_type {
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LPM_TRIE: u32 = 11;
     pub const RINGBUF: u32 = 27;
+    pub const HASH: u32 = 1;
+    pub const DEVMAP_HASH: u32 = 25;
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 13] = {
+pub const ALL: [MapLayout; 15] = {
     use crate::{
         counters::{CounterKey, CounterValue},
         events::{EventConfig, EventState},
+        fastpath::IfaceConfig,
         policy::{PolicyConfig, PrefixV4, PrefixV6},
     };
     use map_type::*;
@@ -138,6 +150,9 @@ pub const ALL: [MapLayout; 13] = {
         MapLayout::new(EVENTS, RINGBUF, 0, 0, EVENTS_RING_BYTES),
         MapLayout::new(EVENT_CONFIG, ARRAY, 4, size_of::<EventConfig>(), 1),
         MapLayout::new(EVENT_STATE, PERCPU_ARRAY, 4, size_of::<EventState>(), 1),
+        MapLayout::new(IFACES, HASH, 4, size_of::<IfaceConfig>(), MAX_INTERFACES),
+        // The devmap value is `struct bpf_devmap_val`: ifindex and a program fd/id.
+        MapLayout::new(TX_PORTS, DEVMAP_HASH, 4, 8, MAX_INTERFACES),
         MapLayout::new(META, ARRAY, 4, size_of::<Meta>(), 1),
     ]
 };

@@ -29,7 +29,10 @@ pub fn record(ifindex: u32, judgement: &Judgement, bytes: u64, tcp_flags: Option
     };
     // TCP events are only meaningful for APNs connections and pinhole attempts.
     let flags = match (judgement.outcome, tcp_flags) {
-        (Outcome::Pass | Outcome::DropProvider | Outcome::DropPinhole, Some(flags)) => flags,
+        (
+            Outcome::Pass | Outcome::Fastpath | Outcome::DropProvider | Outcome::DropPinhole,
+            Some(flags),
+        ) => flags,
         _ => 0,
     };
 

@@ -9,9 +9,11 @@
 mod classify;
 mod counters;
 mod events;
+mod fastpath;
 mod maps;
 mod parse;
 
+use apns_common::counters::Outcome;
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{classify::Judgement, parse::Cursor};
@@ -22,22 +24,26 @@ use crate::{classify::Judgement, parse::Cursor};
 pub fn handle(ctx: &XdpContext) -> u32 {
     let cursor = Cursor::new(ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
+    let mut action = xdp_action::XDP_PASS;
     let (judgement, tcp_flags) = match parse::parse(&cursor) {
         Ok(tcp) => {
-            let judgement = classify::judge(&tcp);
+            let mut judgement = classify::judge(&tcp);
             if judgement.outcome.is_drop() {
                 events::report_drop(ifindex, &judgement, &tcp);
+                action = xdp_action::XDP_DROP;
+            } else if judgement.outcome == Outcome::Pass {
+                if let Some(redirected) = fastpath::redirect(ctx, &cursor, ifindex, &tcp) {
+                    judgement.outcome = Outcome::Fastpath;
+                    action = redirected;
+                }
             }
             (judgement, Some(tcp.flags))
         }
         Err(class) => (Judgement::class(class), None),
     };
+    // Frame length as received: the fast path rewrites bytes, never the length.
     counters::record(ifindex, &judgement, cursor.len() as u64, tcp_flags);
-    if judgement.outcome.is_drop() {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    }
+    action
 }
 
 #[cfg(target_arch = "bpf")]

@@ -5,15 +5,16 @@
 use apns_common::{
     counters::{CounterKey, CounterValue},
     events::{EventConfig, EventState},
+    fastpath::IfaceConfig,
     maps::{
-        ALLOW_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, EVENTS_RING_BYTES, POLICY_MAX_ENTRIES,
-        PORTS_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES,
+        ALLOW_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, EVENTS_RING_BYTES, MAX_INTERFACES,
+        POLICY_MAX_ENTRIES, PORTS_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES,
     },
     policy::{PolicyConfig, PrefixV4, PrefixV6},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 #[map]
@@ -54,6 +55,12 @@ pub static APNS_EVENT_CFG: Array<EventConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static APNS_EVENT_ST: PerCpuArray<EventState> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static APNS_IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+
+#[map]
+pub static APNS_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
 
 /// Never read here; declared so the object carries the map the agent stamps its layout into.
 #[map]

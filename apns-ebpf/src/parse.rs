@@ -75,13 +75,23 @@ impl Cursor {
 
     /// The `N` bytes at `offset`, or `malformed` if the frame ends first.
     #[inline(always)]
-    fn bytes<const N: usize>(&self, offset: usize) -> Result<&[u8; N], Outcome> {
+    pub fn bytes<const N: usize>(&self, offset: usize) -> Result<&[u8; N], Outcome> {
         if self.start + offset + N > self.end {
             return Err(Outcome::Malformed);
         }
         // SAFETY: the N bytes at start + offset lie inside the frame (checked above, in the
         // form the verifier understands), and u8 arrays have no alignment requirement.
         Ok(unsafe { &*((self.start + offset) as *const [u8; N]) })
+    }
+
+    /// The `N` bytes at `offset`, writable (the fast path rewrites headers), or `malformed`.
+    #[inline(always)]
+    pub fn bytes_mut<const N: usize>(&self, offset: usize) -> Result<&mut [u8; N], Outcome> {
+        if self.start + offset + N > self.end {
+            return Err(Outcome::Malformed);
+        }
+        // SAFETY: as in `bytes`; XDP may write the frame it is given.
+        Ok(unsafe { &mut *((self.start + offset) as *mut [u8; N]) })
     }
 
     /// Like [`Cursor::bytes`], but the bytes must also end before `limit` (the end of the IP
@@ -105,9 +115,16 @@ pub enum Addrs {
     V6 { src: [u8; 16], dst: [u8; 16] },
 }
 
-/// A well-formed TCP segment (first fragment or unfragmented): what the policy needs.
+/// A well-formed TCP segment (first fragment or unfragmented): what the policy and the fast
+/// path need.
 pub struct TcpPacket {
     pub addrs: Addrs,
+    /// Offset of the IP header in the frame.
+    pub l3: usize,
+    /// Whether the frame carried VLAN tags (the fast path leaves those to the stack).
+    pub tagged: bool,
+    /// IP total length (IPv4) or 40 + payload length (IPv6): what the FIB checks the MTU with.
+    pub ip_len: u16,
     /// Host byte order.
     pub sport: u16,
     /// Host byte order.
@@ -116,18 +133,22 @@ pub struct TcpPacket {
     pub flags: u8,
 }
 
-/// The IP payload as offsets into the frame: `[start, end)`.
+/// What L4 parsing needs from the layers below.
 struct Payload {
+    /// The IP payload as offsets into the frame: `[start, end)`.
     start: usize,
     end: usize,
+    l3: usize,
+    tagged: bool,
 }
 
 #[inline(always)]
 pub fn parse(cursor: &Cursor) -> Result<TcpPacket, Outcome> {
     let (ethertype, l3) = parse_ethernet(cursor)?;
+    let tagged = l3 != ETH_HLEN;
     match ethertype {
-        ETH_P_IP => parse_ipv4(cursor, l3),
-        ETH_P_IPV6 => parse_ipv6(cursor, l3),
+        ETH_P_IP => parse_ipv4(cursor, l3, tagged),
+        ETH_P_IPV6 => parse_ipv6(cursor, l3, tagged),
         _ => Err(Outcome::NotIp),
     }
 }
@@ -150,7 +171,7 @@ fn parse_ethernet(cursor: &Cursor) -> Result<(u16, usize), Outcome> {
 }
 
 #[inline(always)]
-fn parse_ipv4(cursor: &Cursor, l3: usize) -> Result<TcpPacket, Outcome> {
+fn parse_ipv4(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket, Outcome> {
     let ip = cursor.bytes::<IPV4_MIN_HLEN>(l3)?;
     if ip[0] >> 4 != 4 {
         return Err(Outcome::Malformed);
@@ -170,12 +191,14 @@ fn parse_ipv4(cursor: &Cursor, l3: usize) -> Result<TcpPacket, Outcome> {
     let payload = Payload {
         start: l3 + header_len,
         end: l3 + total_len,
+        l3,
+        tagged,
     };
     parse_l4(cursor, ip[9], &payload, addrs)
 }
 
 #[inline(always)]
-fn parse_ipv6(cursor: &Cursor, l3: usize) -> Result<TcpPacket, Outcome> {
+fn parse_ipv6(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket, Outcome> {
     let ip = cursor.bytes::<IPV6_HLEN>(l3)?;
     if ip[0] >> 4 != 6 {
         return Err(Outcome::Malformed);
@@ -221,7 +244,13 @@ fn parse_ipv6(cursor: &Cursor, l3: usize) -> Result<TcpPacket, Outcome> {
         src: array16(ip, 8),
         dst: array16(ip, 24),
     };
-    parse_l4(cursor, next_header, &Payload { start: offset, end }, addrs)
+    let payload = Payload {
+        start: offset,
+        end,
+        l3,
+        tagged,
+    };
+    parse_l4(cursor, next_header, &payload, addrs)
 }
 
 #[inline(always)]
@@ -255,6 +284,9 @@ fn parse_l4(
             }
             Ok(TcpPacket {
                 addrs,
+                l3: payload.l3,
+                tagged: payload.tagged,
+                ip_len: (payload.end - payload.l3) as u16,
                 sport: u16::from_be_bytes([tcp[0], tcp[1]]),
                 dport: u16::from_be_bytes([tcp[2], tcp[3]]),
                 flags: tcp[13],

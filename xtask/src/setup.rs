@@ -40,6 +40,8 @@ const APT_PACKAGES: &[&str] = &[
     "hping3",
     "socat",
     "python3-scapy",
+    // Resolving the gateway's neighbours before the fast-path tests (`ping`).
+    "iputils-ping",
     // `promtool check metrics`: the test that validates the agent's Prometheus output.
     "prometheus",
     // Offload settings (GRO/TSO/checksum) on the veths of the tests and the demo.

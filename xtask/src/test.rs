@@ -60,14 +60,20 @@ fn setup_and_test(args: &Args) -> Result<()> {
 fn check_nothing_left_behind() -> Result<()> {
     step("checking that the tests left no namespace, pin or process behind");
     let mut leftovers = Vec::new();
-    let namespaces = std::fs::read_dir("/run/netns").into_iter().flatten().flatten();
+    let namespaces = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten();
     leftovers.extend(
         namespaces
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .filter(|name| name.starts_with("apnslab-"))
             .map(|name| format!("network namespace {name}")),
     );
-    let pins = std::fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten();
+    let pins = std::fs::read_dir("/sys/fs/bpf")
+        .into_iter()
+        .flatten()
+        .flatten();
     leftovers.extend(
         pins.map(|entry| entry.file_name().to_string_lossy().into_owned())
             .filter(|name| name.starts_with("apns-test-"))
@@ -77,8 +83,12 @@ fn check_nothing_left_behind() -> Result<()> {
     leftovers.extend(processes.filter_map(|entry| {
         let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
         let comm = comm.trim();
-        matches!(comm, "apns-agent" | "apns-demo")
-            .then(|| format!("process {comm} (pid {})", entry.file_name().to_string_lossy()))
+        matches!(comm, "apns-agent" | "apns-demo").then(|| {
+            format!(
+                "process {comm} (pid {})",
+                entry.file_name().to_string_lossy()
+            )
+        })
     }));
     if !leftovers.is_empty() {
         bail!("the tests left these behind: {}", leftovers.join(", "));

@@ -86,6 +86,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ports { ref action } => edit::ports(&pins(None), action),
         Command::Mode { mode } => edit::mode(&pins(None), mode.into()),
+        Command::Fastpath {
+            ref interface,
+            mode,
+        } => {
+            privileges::require(privileges::CHANGE, "apns-agent fastpath")?;
+            let pins = pins(None);
+            let _lock = lock_loaded(&pins)?;
+            pinned::set_fastpath(&pins, interface, mode)?;
+            println!("{interface}: fast path {}", mode.as_str());
+            Ok(())
+        }
         Command::Stats {
             json,
             ref interface,

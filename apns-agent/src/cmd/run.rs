@@ -60,7 +60,14 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
         tracing::info!(?installed, pin_dir = %pins.root().display(), "datapath installed");
         for interface in &config.interfaces {
             let mode = pinned::attach(&pins, interface, config.xdp_mode)?;
-            tracing::info!(interface, mode = mode.as_str(), "attached");
+            let fastpath = config.fastpath.get(interface).copied().unwrap_or_default();
+            pinned::set_fastpath(&pins, interface, fastpath)?;
+            tracing::info!(
+                interface,
+                mode = mode.as_str(),
+                fastpath = fastpath.as_str(),
+                "attached"
+            );
         }
         Datapath::open(&pins)?.policy.apply(&config.policy)?;
         tracing::info!(mode = %config.policy.mode, prefixes = config.policy.allow.len(), "policy applied");
@@ -127,6 +134,7 @@ fn effective_config(args: &RunArgs, path: Option<&Path>) -> anyhow::Result<Confi
     if let Some(xdp_mode) = args.xdp_mode {
         config.xdp_mode = xdp_mode.into();
     }
+    config.fastpath.extend(args.fastpath.iter().cloned());
     Ok(config)
 }
 

@@ -95,7 +95,7 @@ pub fn status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     }
     for iface in &status.interfaces {
         println!(
-            "interface {}: {}, {} mode, program {}, link {} ({})",
+            "interface {}: {}, {} mode, fast path {}, program {}, link {} ({})",
             iface.interface,
             if iface.attached {
                 "attached"
@@ -103,6 +103,7 @@ pub fn status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
                 "NOT attached (stale pin)"
             },
             iface.xdp_mode,
+            iface.fastpath.map_or("-", |fastpath| fastpath.as_str()),
             iface.program_id.map_or("-".to_owned(), |id| id.to_string()),
             iface.link_id.map_or("-".to_owned(), |id| id.to_string()),
             iface.link_pin

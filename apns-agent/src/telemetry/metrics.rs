@@ -288,6 +288,7 @@ mod tests {
             interface: interface.to_owned(),
             attached,
             xdp_mode,
+            fastpath: None,
             program_id: None,
             link_id: None,
             link_pin: String::new(),
