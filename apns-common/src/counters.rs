@@ -149,6 +149,18 @@ impl CounterValue {
         self.rst += other.rst;
         self.fin += other.fin;
     }
+
+    /// What was added since `earlier` (counters only grow; a field that went down reads 0).
+    pub fn since(&self, earlier: &CounterValue) -> CounterValue {
+        CounterValue {
+            packets: self.packets.saturating_sub(earlier.packets),
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            syn: self.syn.saturating_sub(earlier.syn),
+            synack: self.synack.saturating_sub(earlier.synack),
+            rst: self.rst.saturating_sub(earlier.rst),
+            fin: self.fin.saturating_sub(earlier.fin),
+        }
+    }
 }
 
 #[cfg(feature = "user")]

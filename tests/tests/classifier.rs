@@ -111,15 +111,7 @@ fn check(classifier: &Classifier, name: &str, frame: &[u8], expect: &Expect) {
     for (k, v) in &after.entries {
         let old = before.get(k);
         if *v != old {
-            let delta = CounterValue {
-                packets: v.packets - old.packets,
-                bytes: v.bytes - old.bytes,
-                syn: v.syn - old.syn,
-                synack: v.synack - old.synack,
-                rst: v.rst - old.rst,
-                fin: v.fin - old.fin,
-            };
-            changed.push((*k, delta));
+            changed.push((*k, v.since(&old)));
         }
     }
     assert_eq!(changed, vec![(key, want)], "{name}: counter change");

@@ -55,14 +55,7 @@ fn compare(policy: &Policy, seed: u64, frames: usize) -> usize {
             rst: expected.rst,
             fin: expected.fin,
         };
-        let delta = CounterValue {
-            packets: after.packets - before.packets,
-            bytes: after.bytes - before.bytes,
-            syn: after.syn - before.syn,
-            synack: after.synack - before.synack,
-            rst: after.rst - before.rst,
-            fin: after.fin - before.fin,
-        };
+        let delta = after.since(&before);
         if action != want_action || delta != want_delta {
             mismatches += 1;
             if mismatches <= 10 {

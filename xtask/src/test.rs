@@ -1,6 +1,7 @@
 //! `cargo xtask test`: setup, then every test of the workspace (unit, integration and the
 //! kernel tests, which load XDP programs and therefore need root).
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::process::Stdio;
 use std::time::Instant;
@@ -39,6 +40,9 @@ pub fn run(args: &Args) -> Result<()> {
 
 fn setup_and_test(args: &Args) -> Result<()> {
     crate::setup::run().context("setup failed")?;
+    // What exists before is not this run's: a crashed earlier run's leftovers are the tests'
+    // own sweeps to remove, and must not fail this run.
+    let before = test_artifacts();
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "apns-ebpf"])
         .args(&args.cargo_test_args)
@@ -51,47 +55,52 @@ fn setup_and_test(args: &Args) -> Result<()> {
     if !status.success() {
         bail!("`{}` failed ({status})", describe(&cmd));
     }
-    check_nothing_left_behind()
+    check_nothing_left_behind(&before)
 }
 
 /// The tests make network namespaces (`apnslab-*`), pin directories (`/sys/fs/bpf/apns-test-*`)
-/// and agent processes; each must remove its own, even when it fails. Whatever is still there
-/// after the whole suite is a leak.
-fn check_nothing_left_behind() -> Result<()> {
+/// and agent processes; each must remove its own, even when it fails. Whatever this run
+/// added and is still there after the whole suite is a leak.
+fn check_nothing_left_behind(before: &BTreeSet<String>) -> Result<()> {
     step("checking that the tests left no namespace, pin or process behind");
-    let mut leftovers = Vec::new();
-    let namespaces = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten();
-    leftovers.extend(
-        namespaces
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with("apnslab-"))
-            .map(|name| format!("network namespace {name}")),
-    );
-    let pins = std::fs::read_dir("/sys/fs/bpf")
-        .into_iter()
-        .flatten()
-        .flatten();
-    leftovers.extend(
-        pins.map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with("apns-test-"))
-            .map(|name| format!("pin directory /sys/fs/bpf/{name}")),
-    );
-    let processes = std::fs::read_dir("/proc").into_iter().flatten().flatten();
-    leftovers.extend(processes.filter_map(|entry| {
-        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-        let comm = comm.trim();
-        matches!(comm, "apns-agent" | "apns-demo").then(|| {
-            format!(
-                "process {comm} (pid {})",
-                entry.file_name().to_string_lossy()
-            )
-        })
-    }));
+    let leftovers: Vec<String> = test_artifacts().difference(before).cloned().collect();
     if !leftovers.is_empty() {
         bail!("the tests left these behind: {}", leftovers.join(", "));
     }
     Ok(())
+}
+
+/// The namespaces, pin directories and processes that tests make, by description.
+fn test_artifacts() -> BTreeSet<String> {
+    let names = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let mut artifacts = BTreeSet::new();
+    for name in names("/run/netns")
+        .into_iter()
+        .filter(|n| n.starts_with("apnslab-"))
+    {
+        artifacts.insert(format!("network namespace {name}"));
+    }
+    for name in names("/sys/fs/bpf")
+        .into_iter()
+        .filter(|n| n.starts_with("apns-test-"))
+    {
+        artifacts.insert(format!("pin directory /sys/fs/bpf/{name}"));
+    }
+    for pid in names("/proc") {
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+            continue;
+        };
+        let comm = comm.trim();
+        if matches!(comm, "apns-agent" | "apns-demo") {
+            artifacts.insert(format!("process {comm} (pid {pid})"));
+        }
+    }
+    artifacts
 }
