@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
-    interfaces::FastPath,
+    interfaces::{FastPath, MarkBits},
     pinned::XdpModeChoice,
     pins::DEFAULT_PIN_DIR,
     policy::{parse_prefix, Mode, Policy, DEFAULT_PORTS},
@@ -23,6 +23,8 @@ pub struct Config {
     pub interfaces: Vec<String>,
     /// Fast path per interface; interfaces not listed use `pass`.
     pub fastpath: BTreeMap<String, FastPath>,
+    /// The bits the `mark` fast path sets in `skb->mark`.
+    pub mark: MarkBits,
     pub xdp_mode: XdpModeChoice,
     pub pin_dir: String,
     pub policy: Policy,
@@ -33,6 +35,7 @@ impl Default for Config {
         Config {
             interfaces: Vec::new(),
             fastpath: BTreeMap::new(),
+            mark: MarkBits::default(),
             xdp_mode: XdpModeChoice::Auto,
             pin_dir: DEFAULT_PIN_DIR.to_owned(),
             policy: Policy::apple_defaults(),
@@ -64,16 +67,44 @@ struct File {
     /// Port number to roles; default 5223, 443, 2197, 2195, 2196 (see policy::DEFAULT_PORTS).
     #[serde(default)]
     ports: Option<BTreeMap<PortNumber, Vec<Role>>>,
-    /// Interface to fast path (pass | redirect); default pass everywhere.
+    /// Interface to fast path (pass | mark | redirect); default pass everywhere.
     #[serde(default)]
     fastpath: BTreeMap<String, FastPathValue>,
+    /// `skb->mark` bits of the mark fast path; default 0x200000/0x200000.
+    #[serde(default)]
+    mark: Option<MarkFile>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum FastPathValue {
     Pass,
+    Mark,
     Redirect,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, try_from = "MarkFields")]
+struct MarkFile(MarkBits);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MarkFields {
+    value: u32,
+    mask: u32,
+}
+
+impl TryFrom<MarkFields> for MarkFile {
+    type Error = String;
+    fn try_from(fields: MarkFields) -> Result<Self, String> {
+        MarkBits {
+            value: fields.value,
+            mask: fields.mask,
+        }
+        .validate()
+        .map(MarkFile)
+        .map_err(|err| format!("{err:#}"))
+    }
 }
 
 #[derive(Deserialize)]
@@ -216,6 +247,7 @@ impl Config {
                 .map(|(interface, value)| {
                     let fastpath = match value {
                         FastPathValue::Pass => FastPath::Pass,
+                        FastPathValue::Mark => FastPath::Mark,
                         FastPathValue::Redirect => FastPath::Redirect,
                     };
                     (interface, fastpath)
@@ -227,6 +259,7 @@ impl Config {
                 Some(XdpModeValue::Skb) => XdpModeChoice::Skb,
             },
             pin_dir: file.pin_dir.unwrap_or(defaults.pin_dir),
+            mark: file.mark.map_or(defaults.mark, |mark| mark.0),
             policy,
         })
     }

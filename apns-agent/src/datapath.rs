@@ -18,6 +18,9 @@ pub static UPGRADE_PROBE_OBJECT: &[u8] =
 pub static BENCH_FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-floor"));
 
+/// Name of the TC ingress program of the mark fast path in [`OBJECT`].
+pub const TC_MARK_PROGRAM: &str = "apns_tc_mark";
+
 /// Name of the XDP entry point in [`OBJECT`].
 pub const XDP_PROGRAM: &str = "apns_xdp";
 

@@ -4,7 +4,7 @@
 
 use anyhow::Context as _;
 use apns_common::{
-    fastpath::{mode, IfaceConfig},
+    fastpath::{mode, IfaceConfig, DEFAULT_MARK, DEFAULT_MARK_MASK},
     maps::{IFACES, TX_PORTS},
 };
 use aya::maps::{DevMapHash, HashMap, Map, MapData, MapError};
@@ -16,14 +16,47 @@ pub enum FastPath {
     /// Classify and count; the kernel stack forwards.
     #[default]
     Pass,
+    /// Set `skb->mark` on APNs packets (XDP metadata + a TC ingress program), for netfilter
+    /// and policy routing; works with NAT.
+    Mark,
     /// Forward from XDP (routed gateways, no NAT on the APNs path).
     Redirect,
+}
+
+/// The `skb->mark` bits the mark fast path sets: `mark = (mark & !mask) | value`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkBits {
+    pub value: u32,
+    pub mask: u32,
+}
+
+impl Default for MarkBits {
+    fn default() -> Self {
+        MarkBits {
+            value: DEFAULT_MARK,
+            mask: DEFAULT_MARK_MASK,
+        }
+    }
+}
+
+impl MarkBits {
+    pub fn validate(self) -> anyhow::Result<MarkBits> {
+        anyhow::ensure!(self.mask != 0, "mark mask 0 would set no bit");
+        anyhow::ensure!(
+            self.value & !self.mask == 0,
+            "mark value {:#x} has bits outside its mask {:#x}",
+            self.value,
+            self.mask
+        );
+        Ok(self)
+    }
 }
 
 impl FastPath {
     const fn code(self) -> u32 {
         match self {
             FastPath::Pass => mode::PASS,
+            FastPath::Mark => mode::MARK,
             FastPath::Redirect => mode::REDIRECT,
         }
     }
@@ -31,6 +64,7 @@ impl FastPath {
     fn from_code(code: u32) -> Option<FastPath> {
         match code {
             mode::PASS => Some(FastPath::Pass),
+            mode::MARK => Some(FastPath::Mark),
             mode::REDIRECT => Some(FastPath::Redirect),
             _ => None,
         }
@@ -39,8 +73,13 @@ impl FastPath {
     pub const fn as_str(self) -> &'static str {
         match self {
             FastPath::Pass => "pass",
+            FastPath::Mark => "mark",
             FastPath::Redirect => "redirect",
         }
+    }
+
+    pub const fn is_mark(self) -> bool {
+        matches!(self, FastPath::Mark)
     }
 }
 
@@ -49,8 +88,9 @@ impl std::str::FromStr for FastPath {
     fn from_str(text: &str) -> anyhow::Result<FastPath> {
         match text {
             "pass" => Ok(FastPath::Pass),
+            "mark" => Ok(FastPath::Mark),
             "redirect" => Ok(FastPath::Redirect),
-            other => anyhow::bail!("unknown fast path {other:?}: expected pass or redirect"),
+            other => anyhow::bail!("unknown fast path {other:?}: expected pass, mark or redirect"),
         }
     }
 }
@@ -77,7 +117,7 @@ impl InterfaceMaps {
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .with_context(|| format!("adding ifindex {ifindex} to map {TX_PORTS}"))?;
-        self.set_fastpath(ifindex, fastpath)
+        self.set_fastpath(ifindex, fastpath, None)
     }
 
     /// Removes a detached interface; absent entries are fine.
@@ -95,9 +135,29 @@ impl InterfaceMaps {
         Ok(())
     }
 
-    pub fn set_fastpath(&mut self, ifindex: u32, fastpath: FastPath) -> anyhow::Result<()> {
+    /// Sets `ifindex`'s fast path; `mark` None keeps the interface's mark bits (the defaults
+    /// for a new one).
+    pub fn set_fastpath(
+        &mut self,
+        ifindex: u32,
+        fastpath: FastPath,
+        mark: Option<MarkBits>,
+    ) -> anyhow::Result<()> {
+        let mark = match mark {
+            Some(mark) => mark,
+            None => match self.ifaces.get(&ifindex, 0) {
+                Ok(current) if current.mark_mask != 0 => MarkBits {
+                    value: current.mark,
+                    mask: current.mark_mask,
+                },
+                Ok(_) | Err(MapError::KeyNotFound) => MarkBits::default(),
+                Err(err) => return Err(err).with_context(|| format!("reading map {IFACES}")),
+            },
+        };
         let config = IfaceConfig {
             fastpath: fastpath.code(),
+            mark: mark.value,
+            mark_mask: mark.mask,
             _pad: 0,
         };
         self.ifaces

@@ -14,8 +14,9 @@ use aya::{
     maps::{Array, Map, MapData, MapInfo},
     programs::{
         links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachType},
         xdp::XdpLink,
-        ProgramInfo, Xdp, XdpMode,
+        ProgramInfo, SchedClassifier, Xdp, XdpMode,
     },
     EbpfLoader,
 };
@@ -23,9 +24,9 @@ use aya_obj::programs::XdpAttachType;
 
 use crate::{
     counters::CounterMaps,
-    datapath::{xdp_program, OBJECT},
+    datapath::{xdp_program, OBJECT, TC_MARK_PROGRAM},
     events::EventMaps,
-    interfaces::{FastPath, InterfaceMaps},
+    interfaces::{FastPath, InterfaceMaps, MarkBits},
     maps::PolicyMaps,
     pins::{restrict, AttachMode, LinkPin, PinDir},
     policy::Policy,
@@ -223,6 +224,8 @@ fn install_program(pins: &PinDir, object: &[u8], fresh: bool) -> anyhow::Result<
     if pinned_tag == Some(new_tag) {
         return Ok(Installed::Adopted);
     }
+    install_tc_program(&mut ebpf, pins)?;
+    let program = xdp_program(&mut ebpf)?;
     for link in pins.links()? {
         let pinned = PinnedLink::from_pin(&link.path)
             .with_context(|| format!("opening link pin {}", link.path.display()))?;
@@ -250,6 +253,72 @@ fn install_program(pins: &PinDir, object: &[u8], fresh: bool) -> anyhow::Result<
     } else {
         Installed::Upgraded
     })
+}
+
+/// Loads the mark fast path's TC program of the same object, swaps it in behind every pinned
+/// TC link, and pins it (replacing an older one).
+fn install_tc_program(ebpf: &mut aya::Ebpf, pins: &PinDir) -> anyhow::Result<()> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(TC_MARK_PROGRAM)
+        .with_context(|| format!("the object has no program named {TC_MARK_PROGRAM}"))?
+        .try_into()
+        .with_context(|| format!("program {TC_MARK_PROGRAM} is not a TC classifier"))?;
+    program
+        .load()
+        .with_context(|| format!("loading {TC_MARK_PROGRAM} (the verifier log follows)"))?;
+    for (interface, path) in pins.tc_links()? {
+        let pinned = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening link pin {}", path.display()))?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("{} is not a TCX link", path.display()))?;
+        let id = program.attach_to_link(link).with_context(|| {
+            format!("replacing the TC program of {interface} (bpf_link_update)")
+        })?;
+        let _kept: FdLink = program.take_link(id)?.try_into()?;
+    }
+    let pin = pins.tc_program();
+    if pin.exists() {
+        std::fs::remove_file(&pin)
+            .with_context(|| format!("removing the old program pin {}", pin.display()))?;
+    }
+    program
+        .pin(&pin)
+        .with_context(|| format!("pinning {TC_MARK_PROGRAM} at {}", pin.display()))?;
+    restrict(&pin)
+}
+
+/// Attaches the mark fast path's TC ingress program to `interface` (kept when already there).
+fn attach_tc(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
+    let path = pins.tc_link(interface);
+    if path.exists() {
+        return Ok(());
+    }
+    let mut program = SchedClassifier::from_pin(pins.tc_program())
+        .with_context(|| format!("opening the pinned program {}", pins.tc_program().display()))?;
+    let id = program
+        .attach(interface, TcAttachType::Ingress)
+        .with_context(|| format!("attaching {TC_MARK_PROGRAM} to {interface} (TC ingress)"))?;
+    let link: FdLink = program.take_link(id)?.try_into().with_context(|| {
+        format!("{interface}: TC attached without a bpf_link (kernel older than 6.6?)")
+    })?;
+    link.pin(&path)
+        .with_context(|| format!("pinning the TC link of {interface} at {}", path.display()))?;
+    restrict(&path)
+}
+
+/// Removes `interface`'s TC link, if any.
+fn detach_tc(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
+    let path = pins.tc_link(interface);
+    if !path.exists() {
+        return Ok(());
+    }
+    let link = PinnedLink::from_pin(&path)
+        .with_context(|| format!("opening link pin {}", path.display()))?;
+    drop(
+        link.unpin()
+            .with_context(|| format!("removing link pin {}", path.display()))?,
+    );
+    Ok(())
 }
 
 /// Attaches the pinned program to `interface` and pins the link. Already attached: nothing
@@ -318,6 +387,7 @@ pub fn detach(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
         );
     };
     remove_link(&link)?;
+    detach_tc(pins, interface)?;
     // An interface that is gone left the devmap by itself; its fast-path entry is harmless.
     if let Ok(ifindex) = ifindex(interface) {
         interface_maps(pins)?.unregister(ifindex)?;
@@ -325,13 +395,27 @@ pub fn detach(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sets the fast path of an attached `interface`.
-pub fn set_fastpath(pins: &PinDir, interface: &str, fastpath: FastPath) -> anyhow::Result<()> {
+/// Sets the fast path of an attached `interface`; `mark` attaches the TC half on it (and any
+/// other fast path removes it).
+pub fn set_fastpath(
+    pins: &PinDir,
+    interface: &str,
+    fastpath: FastPath,
+    mark: Option<MarkBits>,
+) -> anyhow::Result<()> {
     anyhow::ensure!(
         pins.link_of(interface)?.is_some(),
         "{interface} is not attached (see `apns-agent status`)"
     );
-    interface_maps(pins)?.set_fastpath(ifindex(interface)?, fastpath)
+    let ifindex = ifindex(interface)?;
+    if fastpath.is_mark() {
+        // The TC half first: a marked packet with no one to read the mark is harmless.
+        attach_tc(pins, interface)?;
+        interface_maps(pins)?.set_fastpath(ifindex, fastpath, mark)
+    } else {
+        interface_maps(pins)?.set_fastpath(ifindex, fastpath, mark)?;
+        detach_tc(pins, interface)
+    }
 }
 
 fn remove_link(link: &LinkPin) -> anyhow::Result<()> {
@@ -347,6 +431,9 @@ fn remove_link(link: &LinkPin) -> anyhow::Result<()> {
 
 /// Detaches every interface and removes every pin (program and maps unload with them).
 pub fn unload(pins: &PinDir) -> anyhow::Result<()> {
+    for (interface, _) in pins.tc_links()? {
+        detach_tc(pins, &interface)?;
+    }
     for link in pins.links()? {
         remove_link(&link)?;
     }

@@ -6,6 +6,8 @@
 //! maps/<MAP NAME>       every map of apns_common::maps (pins are 0600)
 //! program               the XDP program the links run (status reads its id and tag)
 //! links/<ifname>:<mode> one bpf_link per interface; mode is native or skb
+//! tc-program            the mark fast path's TC ingress program
+//! tc-links/<ifname>     its TCX link, on interfaces whose fast path is `mark`
 //! ```
 
 use std::{
@@ -90,6 +92,38 @@ impl PinDir {
         self.root.join("links")
     }
 
+    pub fn tc_program(&self) -> PathBuf {
+        self.root.join("tc-program")
+    }
+
+    pub fn tc_links_dir(&self) -> PathBuf {
+        self.root.join("tc-links")
+    }
+
+    pub fn tc_link(&self, interface: &str) -> PathBuf {
+        self.tc_links_dir().join(interface)
+    }
+
+    /// The TC link pins present: (interface, path).
+    pub fn tc_links(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let dir = self.tc_links_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
+        };
+        let mut links = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            links.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                entry.path(),
+            ));
+        }
+        links.sort();
+        Ok(links)
+    }
+
     pub fn link(&self, interface: &str, mode: AttachMode) -> PathBuf {
         self.links_dir()
             .join(format!("{interface}:{}", mode.as_str()))
@@ -157,7 +191,12 @@ impl PinDir {
                 existing.display()
             );
         }
-        for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
+        for dir in [
+            self.root.clone(),
+            self.maps_dir(),
+            self.links_dir(),
+            self.tc_links_dir(),
+        ] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)

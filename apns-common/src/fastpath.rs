@@ -4,7 +4,9 @@
 pub mod mode {
     /// Classify and count only; the kernel stack forwards the packet.
     pub const PASS: u32 = 0;
-    /// Code reserved for marking APNs packets for netfilter and policy routing (not built yet).
+    /// Mark APNs packets for netfilter and policy routing: the XDP program puts a
+    /// [`super::MarkMeta`] in front of the packet (XDP metadata) and the TC ingress program
+    /// `apns_tc_mark` on the same interface copies it into `skb->mark`.
     pub const MARK: u32 = 1;
     /// Forward APNs packets from XDP (FIB lookup, MAC rewrite, TTL/hop limit decrement,
     /// XDP_REDIRECT), past netfilter. Falls back to the stack whenever the FIB cannot settle.
@@ -18,9 +20,32 @@ pub mod mode {
 pub struct IfaceConfig {
     /// A [`mode`] value.
     pub fastpath: u32,
+    /// With [`mode::MARK`]: the bits of `skb->mark` to set, and which bits they replace.
+    pub mark: u32,
+    pub mark_mask: u32,
     pub _pad: u32,
 }
-const _: () = assert!(size_of::<IfaceConfig>() == 8);
+const _: () = assert!(size_of::<IfaceConfig>() == 16);
+
+/// Default [`IfaceConfig::mark`] and [`IfaceConfig::mark_mask`]: one bit (0x00a90000 would
+/// be prettier, but a single bit coexists with other users of the mark: Kubernetes, VPNs and
+/// policy routing set their own low bits). Example rules: packaging/nftables/apns-mark.nft.
+pub const DEFAULT_MARK: u32 = 0x0020_0000;
+pub const DEFAULT_MARK_MASK: u32 = 0x0020_0000;
+
+/// The XDP metadata the mark fast path leaves in front of an APNs packet, read by the TC
+/// ingress program. Native byte order: both ends run on this host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MarkMeta {
+    /// [`MARK_META_MAGIC`]: metadata of another XDP program is never taken for ours.
+    pub magic: u32,
+    pub mark: u32,
+    pub mask: u32,
+}
+const _: () = assert!(size_of::<MarkMeta>() == 12);
+
+pub const MARK_META_MAGIC: u32 = 0xa9e5_4d4b;
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for IfaceConfig {}

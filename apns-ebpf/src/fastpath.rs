@@ -1,4 +1,5 @@
-//! The redirect fast path: APNs packets forwarded by XDP itself, past netfilter.
+//! The fast paths for APNs packets: `redirect` (forwarded by XDP itself, past netfilter) and
+//! `mark` (tagged for netfilter and policy routing through XDP metadata).
 //!
 //! For an interface whose fast path is `redirect`, an untagged APNs packet gets a FIB lookup
 //! (bpf_fib_lookup, the kernel's own routing table and neighbour cache). Only a plain success
@@ -8,10 +9,10 @@
 //! about to expire, an egress interface the agent does not manage — returns `None`, and the
 //! caller passes the packet to the stack, which knows how to answer (ICMP, ARP/ND, ...).
 
-use apns_common::fastpath::mode;
+use apns_common::fastpath::{IfaceConfig, MarkMeta, MARK_META_MAGIC};
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::bpf_fib_lookup as fib_lookup,
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_meta},
     programs::XdpContext,
     EbpfContext as _,
 };
@@ -33,8 +34,38 @@ const IPV6_HOP_LIMIT: usize = 7;
 /// The Ethernet header's destination and source MACs.
 const ETH_ALEN: usize = 6;
 
-/// Forwards `packet` if `ifindex`'s fast path is `redirect` and the FIB settles it; returns
-/// the XDP action (XDP_REDIRECT), or `None` to leave the packet to the stack.
+/// The fast-path settings of `ifindex`, if the agent attached it.
+#[inline(always)]
+pub fn config(ifindex: u32) -> Option<IfaceConfig> {
+    // SAFETY: a plain hash lookup of a u32 key; the value is copied out.
+    unsafe { APNS_IFACES.get(&ifindex) }.copied()
+}
+
+/// Puts a [`MarkMeta`] in front of the packet for the TC ingress program to copy into
+/// `skb->mark`. Must be the last thing done with the frame: moving the metadata boundary
+/// invalidates every packet pointer.
+#[inline(always)]
+pub fn mark(ctx: &XdpContext, config: &IfaceConfig) {
+    // SAFETY: a helper on our own context; a negative delta grows the metadata area.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<MarkMeta>() as i32)) } != 0 {
+        return;
+    }
+    let meta = ctx.metadata();
+    if meta + size_of::<MarkMeta>() > ctx.data() {
+        return;
+    }
+    // SAFETY: the bounds were checked just above, in the form the verifier understands.
+    unsafe {
+        *(meta as *mut MarkMeta) = MarkMeta {
+            magic: MARK_META_MAGIC,
+            mark: config.mark,
+            mask: config.mark_mask,
+        };
+    }
+}
+
+/// Forwards `packet` if the FIB settles it; returns the XDP action (XDP_REDIRECT), or `None`
+/// to leave the packet to the stack.
 #[inline(always)]
 pub fn redirect(
     ctx: &XdpContext,
@@ -43,11 +74,6 @@ pub fn redirect(
     packet: &TcpPacket,
 ) -> Option<u32> {
     if packet.tagged {
-        return None;
-    }
-    // SAFETY: a plain hash lookup of a u32 key.
-    let config = unsafe { APNS_IFACES.get(&ifindex) }?;
-    if config.fastpath != mode::REDIRECT {
         return None;
     }
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };

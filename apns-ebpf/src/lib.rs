@@ -12,8 +12,9 @@ mod events;
 mod fastpath;
 mod maps;
 mod parse;
+pub mod tc_mark;
 
-use apns_common::counters::Outcome;
+use apns_common::{counters::Outcome, fastpath::mode as fastpath_mode};
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{classify::Judgement, parse::Cursor};
@@ -25,6 +26,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     let cursor = Cursor::new(ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
     let mut action = xdp_action::XDP_PASS;
+    let mut mark = None;
     let (judgement, tcp_flags) = match parse::parse(&cursor) {
         Ok(tcp) => {
             let mut judgement = classify::judge(&tcp);
@@ -32,9 +34,16 @@ pub fn handle(ctx: &XdpContext) -> u32 {
                 events::report_drop(ifindex, &judgement, &tcp);
                 action = xdp_action::XDP_DROP;
             } else if judgement.outcome == Outcome::Pass {
-                if let Some(redirected) = fastpath::redirect(ctx, &cursor, ifindex, &tcp) {
-                    judgement.outcome = Outcome::Fastpath;
-                    action = redirected;
+                // Only APNs traffic pays for the per-interface lookup.
+                match fastpath::config(ifindex) {
+                    Some(config) if config.fastpath == fastpath_mode::REDIRECT => {
+                        if let Some(redirected) = fastpath::redirect(ctx, &cursor, ifindex, &tcp) {
+                            judgement.outcome = Outcome::Fastpath;
+                            action = redirected;
+                        }
+                    }
+                    Some(config) if config.fastpath == fastpath_mode::MARK => mark = Some(config),
+                    _ => {}
                 }
             }
             (judgement, Some(tcp.flags))
@@ -43,6 +52,9 @@ pub fn handle(ctx: &XdpContext) -> u32 {
     };
     // Frame length as received: the fast path rewrites bytes, never the length.
     counters::record(ifindex, &judgement, cursor.len() as u64, tcp_flags);
+    if let Some(config) = mark {
+        fastpath::mark(ctx, &config);
+    }
     action
 }
 

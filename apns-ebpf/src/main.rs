@@ -2,11 +2,20 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[xdp]
 pub fn apns_xdp(ctx: XdpContext) -> u32 {
     apns_ebpf::handle(&ctx)
+}
+
+/// TC ingress half of the mark fast path (see `apns_ebpf::tc_mark`).
+#[classifier]
+pub fn apns_tc_mark(ctx: TcContext) -> i32 {
+    apns_ebpf::tc_mark::handle(&ctx)
 }
 
 /// The crate is also compiled for the host by `cargo clippy --workspace`; there it is empty.

@@ -4,12 +4,20 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 
 #[xdp]
 pub fn apns_xdp(ctx: XdpContext) -> u32 {
     // black_box forces a stack round trip of the action: a few extra instructions, no effect.
     core::hint::black_box(apns_ebpf::handle(&ctx))
+}
+
+#[classifier]
+pub fn apns_tc_mark(ctx: TcContext) -> i32 {
+    apns_ebpf::tc_mark::handle(&ctx)
 }
 
 #[cfg(not(target_arch = "bpf"))]

@@ -225,3 +225,114 @@ fn what_the_fib_cannot_settle_is_passed_to_the_stack_and_counted() {
         .count();
     assert_eq!(drops, 0);
 }
+
+/// The shipped example rules for the mark fast path (a transparent proxy on :3128 and a
+/// forward filter, both exempting marked packets).
+const MARK_EXAMPLE: &str = include_str!("../../packaging/nftables/apns-mark.nft");
+const PROXY_PORT: u16 = 3128;
+const PROXY_GREETING: &[u8] = b"PROXY";
+
+/// A stand-in transparent proxy in the gateway: reads each request on :3128, answers
+/// "PROXY" and closes; serves `connections` connections, then stops.
+fn proxy(lab: &Lab, connections: usize) -> std::thread::JoinHandle<()> {
+    let listener = lab
+        .in_ns(Role::Gw, || std::net::TcpListener::bind(("::", PROXY_PORT)))
+        .unwrap()
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut served = 0;
+        while served < connections && std::time::Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    use std::io::{Read as _, Write as _};
+                    // Read the request first: closing with unread data would reset.
+                    let _ = stream.set_nonblocking(false);
+                    let _ = stream.set_read_timeout(Some(TIMEOUT));
+                    let _ = stream.read_to_end(&mut Vec::new());
+                    let _ = stream.write_all(PROXY_GREETING);
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })
+}
+
+/// What the client gets back when it says "ping" to `to`: the echo (it reached the host) or
+/// the proxy's greeting (it was redirected).
+fn reply(lab: &Lab, to: std::net::SocketAddr) -> Vec<u8> {
+    lab.echo(Role::Client, to, b"ping", TIMEOUT).unwrap()
+}
+
+#[test]
+fn mark_with_the_example_rules_exempts_apns_from_a_proxy_behind_nat() {
+    let lab = Lab::new(LabOptions { nat: true }).unwrap();
+    let pins = TestPins::new();
+    lab::run_with_input(
+        Command::new("ip").args(["netns", "exec", lab.ns_name(Role::Gw), "nft", "-f", "-"]),
+        MARK_EXAMPLE.as_bytes(),
+    )
+    .unwrap();
+    let _proxy = proxy(&lab, 4);
+    let _agent = spawn_run(
+        &lab,
+        &pins,
+        &[
+            "run",
+            "--iface",
+            GW_IF_CLIENT.name,
+            "--iface",
+            GW_IF_WAN.name,
+        ],
+    )
+    .unwrap();
+
+    // Control: without the mark, APNs lands on the proxy like everything else.
+    assert_eq!(reply(&lab, APPLE.socket(false, 5223)), PROXY_GREETING);
+
+    succeed(&mut gw_command(
+        &lab,
+        &pins,
+        &["fastpath", GW_IF_CLIENT.name, "mark"],
+    ))
+    .unwrap();
+    let status = succeed(&mut gw_command(&lab, &pins, &["status"])).unwrap();
+    assert!(status.contains("fast path mark"), "{status}");
+    for ipv6 in [false, true] {
+        for port in [5223, 443] {
+            let to = APPLE.socket(ipv6, port);
+            assert_eq!(
+                reply(&lab, to),
+                b"ping",
+                "APNs to {to} goes straight to Apple"
+            );
+        }
+    }
+    assert_eq!(
+        reply(&lab, OTHER.socket(false, 443)),
+        PROXY_GREETING,
+        "other 443 still goes to the proxy"
+    );
+    assert_eq!(reply(&lab, OTHER.socket(true, 443)), PROXY_GREETING);
+    // With NAT on, Apple saw the gateway's WAN address.
+    assert!(lab
+        .accepted(Role::Apple)
+        .iter()
+        .all(|c| c.peer.ip() == lab::GW_WAN.ip(c.peer.is_ipv6())));
+
+    // Back to pass: the TC half is gone and APNs is proxied again.
+    succeed(&mut gw_command(
+        &lab,
+        &pins,
+        &["fastpath", GW_IF_CLIENT.name, "pass"],
+    ))
+    .unwrap();
+    assert!(!pins
+        .path()
+        .join("tc-links")
+        .join(GW_IF_CLIENT.name)
+        .exists());
+    assert_eq!(reply(&lab, APPLE.socket(false, 5223)), PROXY_GREETING);
+}

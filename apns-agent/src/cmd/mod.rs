@@ -93,7 +93,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             privileges::require(privileges::CHANGE, "apns-agent fastpath")?;
             let pins = pins(None);
             let _lock = lock_loaded(&pins)?;
-            pinned::set_fastpath(&pins, interface, mode)?;
+            pinned::set_fastpath(&pins, interface, mode, None)?;
             println!("{interface}: fast path {}", mode.as_str());
             Ok(())
         }

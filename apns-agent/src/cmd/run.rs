@@ -61,7 +61,7 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
         for interface in &config.interfaces {
             let mode = pinned::attach(&pins, interface, config.xdp_mode)?;
             let fastpath = config.fastpath.get(interface).copied().unwrap_or_default();
-            pinned::set_fastpath(&pins, interface, fastpath)?;
+            pinned::set_fastpath(&pins, interface, fastpath, Some(config.mark))?;
             tracing::info!(
                 interface,
                 mode = mode.as_str(),
