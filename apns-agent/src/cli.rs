@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{interfaces::FastPath, pinned::XdpModeChoice, policy::Mode};
+use crate::{datapath::EbpfLog, interfaces::FastPath, pinned::XdpModeChoice, policy::Mode};
 
 /// apns-agent: keeps Apple Push Notification service traffic flowing and measured on Linux
 /// gateways, with an XDP classifier that counts (and in enforce mode polices) APNs traffic.
@@ -139,6 +139,10 @@ pub struct RunArgs {
     /// Consider only every Nth policy drop for an event.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub events_sample_every: u32,
+    /// Turn the datapath's own debug log on (forwarded into this process's log) for
+    /// debugging; reloads the program when the level changes. Off by default, at no cost.
+    #[arg(long, value_enum, default_value = "off")]
+    pub ebpf_log: EbpfLog,
     /// Sliding window of apns_reachability_ratio (SYN-ACKs seen / SYNs sent).
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub reachability_window: u64,

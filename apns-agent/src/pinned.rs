@@ -18,13 +18,12 @@ use aya::{
         xdp::XdpLink,
         ProgramInfo, SchedClassifier, Xdp, XdpMode,
     },
-    EbpfLoader,
 };
 use aya_obj::programs::XdpAttachType;
 
 use crate::{
     counters::CounterMaps,
-    datapath::{xdp_program, OBJECT, TC_MARK_PROGRAM},
+    datapath::{self, xdp_program, EbpfLog, OBJECT, TC_MARK_PROGRAM},
     events::EventMaps,
     interfaces::{FastPath, InterfaceMaps, MarkBits},
     maps::PolicyMaps,
@@ -116,12 +115,7 @@ fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
             );
         }
     }
-    let meta: Array<MapData, Meta> =
-        Array::try_from(open_pinned_map(pins, META)?).with_context(|| format!("map {META}"))?;
-    let version = meta
-        .get(&0, 0)
-        .with_context(|| format!("reading map {META}"))?
-        .layout_version;
+    let version = read_meta(pins)?.layout_version;
     if version != LAYOUT_VERSION {
         bail!(
             "the datapath pinned at {} has map layout version {version}; this agent uses version {LAYOUT_VERSION}: {fix}",
@@ -129,6 +123,18 @@ fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn read_meta(pins: &PinDir) -> anyhow::Result<Meta> {
+    let meta: Array<MapData, Meta> =
+        Array::try_from(open_pinned_map(pins, META)?).with_context(|| format!("map {META}"))?;
+    meta.get(&0, 0)
+        .with_context(|| format!("reading map {META}"))
+}
+
+/// The aya-log level of the pinned program.
+pub fn ebpf_log(pins: &PinDir) -> anyhow::Result<EbpfLog> {
+    Ok(EbpfLog::from_level(read_meta(pins)?.ebpf_log_level))
 }
 
 /// What [`install`] did with the program.
@@ -146,19 +152,26 @@ pub enum Installed {
 /// Makes the pinned datapath run this agent's program: creates it when nothing is pinned,
 /// adopts it when the pinned program is the same, swaps the program behind every pinned link
 /// when it differs. Maps are reused (after a layout check), so counters carry on.
-pub fn install(pins: &PinDir) -> anyhow::Result<Installed> {
-    install_object(pins, OBJECT)
+///
+/// `log` is the aya-log level to load the program with; `None` keeps the pinned program's
+/// (off for a new one). A different level reloads the program like an upgrade.
+pub fn install(pins: &PinDir, log: Option<EbpfLog>) -> anyhow::Result<Installed> {
+    install_object(pins, OBJECT, log)
 }
 
 /// [`install`] with another build of the datapath object (upgrade tests).
-pub fn install_object(pins: &PinDir, object: &[u8]) -> anyhow::Result<Installed> {
+pub fn install_object(
+    pins: &PinDir,
+    object: &[u8],
+    log: Option<EbpfLog>,
+) -> anyhow::Result<Installed> {
     pins.prepare()?;
     if pins.is_loaded() {
         check_pinned_layout(pins)?;
-        return install_program(pins, object, false);
+        return install_program(pins, object, log);
     }
     // Nothing was pinned: a failure half-way must not leave maps without a program behind.
-    let installed = install_program(pins, object, true).and_then(|installed| {
+    let installed = install_program(pins, object, log).and_then(|installed| {
         // A datapath is never left without a policy: Apple's defaults until told otherwise.
         Datapath::open(pins)?
             .policy
@@ -174,8 +187,20 @@ pub fn install_object(pins: &PinDir, object: &[u8]) -> anyhow::Result<Installed>
     installed
 }
 
-fn install_program(pins: &PinDir, object: &[u8], fresh: bool) -> anyhow::Result<Installed> {
-    let mut loader = EbpfLoader::new();
+fn install_program(
+    pins: &PinDir,
+    object: &[u8],
+    log: Option<EbpfLog>,
+) -> anyhow::Result<Installed> {
+    let pinned_meta = if pins.is_loaded() {
+        Some(read_meta(pins)?)
+    } else {
+        None
+    };
+    let pinned_log = pinned_meta.map(|meta| EbpfLog::from_level(meta.ebpf_log_level));
+    let log = log.or(pinned_log).unwrap_or_default();
+    let level = log.level();
+    let mut loader = datapath::loader(&level);
     let paths: Vec<(&str, std::path::PathBuf)> = apns_common::maps::ALL
         .iter()
         .map(|layout| (layout.name, pins.map(layout.name)))
@@ -192,19 +217,19 @@ fn install_program(pins: &PinDir, object: &[u8], fresh: bool) -> anyhow::Result<
     for (_, path) in &paths {
         restrict(path)?;
     }
-    if fresh {
-        let mut meta: Array<_, Meta> =
-            Array::try_from(ebpf.map_mut(META).context("the object has no META map")?)?;
-        meta.set(
-            0,
-            Meta {
-                layout_version: LAYOUT_VERSION,
-                _pad: 0,
-            },
-            0,
-        )
-        .with_context(|| format!("writing map {META}"))?;
-    }
+    // Written before the program is loaded or swapped in: an interrupted install then
+    // re-installs rather than adopts (the level would not match).
+    let mut meta: Array<_, Meta> =
+        Array::try_from(ebpf.map_mut(META).context("the object has no META map")?)?;
+    meta.set(
+        0,
+        Meta {
+            layout_version: LAYOUT_VERSION,
+            ebpf_log_level: u32::from(level),
+        },
+        0,
+    )
+    .with_context(|| format!("writing map {META}"))?;
     let program = xdp_program(&mut ebpf)?;
     program
         .load()
@@ -221,7 +246,7 @@ fn install_program(pins: &PinDir, object: &[u8], fresh: bool) -> anyhow::Result<
     } else {
         None
     };
-    if pinned_tag == Some(new_tag) {
+    if pinned_tag == Some(new_tag) && pinned_log == Some(log) {
         return Ok(Installed::Adopted);
     }
     install_tc_program(&mut ebpf, pins)?;

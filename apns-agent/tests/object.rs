@@ -1,7 +1,7 @@
 //! The embedded object agrees with apns-common (no kernel needed), and the kernel's verifier
 //! accepts it.
 
-use apns_agent::datapath::{self, OBJECT, XDP_PROGRAM};
+use apns_agent::datapath::{self, EbpfLog, OBJECT, XDP_PROGRAM};
 
 #[test]
 fn object_maps_match_the_shared_layout() {
@@ -30,7 +30,7 @@ fn object_maps_match_the_shared_layout() {
     }
     assert_eq!(
         object.maps.len(),
-        apns_common::maps::ALL.len(),
+        apns_common::maps::ALL.len() + apns_common::maps::UNPINNED.len(),
         "the object has maps apns-common does not describe: {:?}",
         object.maps.keys().collect::<Vec<_>>()
     );
@@ -48,5 +48,27 @@ fn verifier_accepts_the_program() {
         info.tag(),
         info.size_translated().unwrap_or_default() / 8,
         info.verified_instruction_count().unwrap_or_default()
+    );
+}
+
+#[test]
+fn disabled_log_calls_cost_no_instruction() {
+    let translated = |log: EbpfLog| {
+        let level = log.level();
+        let mut ebpf = datapath::loader(&level).load(OBJECT).unwrap();
+        let program = datapath::xdp_program(&mut ebpf).unwrap();
+        program.load().unwrap();
+        program
+            .info()
+            .unwrap()
+            .size_translated()
+            .unwrap_or_default()
+            / 8
+    };
+    let (off, debug) = (translated(EbpfLog::Off), translated(EbpfLog::Debug));
+    println!("{XDP_PROGRAM}: {off} translated instructions with logging off, {debug} with debug");
+    assert!(
+        off < debug,
+        "the verifier kept disabled log calls ({off} >= {debug})"
     );
 }

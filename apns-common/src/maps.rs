@@ -75,6 +75,10 @@ pub const TX_PORTS: &str = "APNS_TX_PORTS";
 /// Interfaces one datapath can be attached to.
 pub const MAX_INTERFACES: u32 = 256;
 
+/// Maps of the object that belong to one program load and are never pinned: aya-log's ring
+/// buffer and the constants section (which holds the log level).
+pub const UNPINNED: [&str; 2] = ["AYA_LOGS", ".rodata"];
+
 /// `Array<Meta>`, 1 entry: written once by the agent when it creates the maps, read by the
 /// agent before it adopts pinned maps. The XDP program never touches it.
 pub const META: &str = "APNS_META";
@@ -191,7 +195,9 @@ impl MapLayout {
 pub struct Meta {
     /// [`crate::LAYOUT_VERSION`] of the agent that created the maps.
     pub layout_version: u32,
-    pub _pad: u32,
+    /// The aya-log level the pinned program was loaded with (0 off ... 5 trace): a program's
+    /// log level is a load-time constant that its tag does not show.
+    pub ebpf_log_level: u32,
 }
 const _: () = assert!(size_of::<Meta>() == 8);
 

@@ -3,7 +3,8 @@
 //! ring-buffer writes per CPU and second. Runs only for dropped packets, never on the pass path.
 
 use apns_common::events::DropEvent;
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_log_ebpf::debug;
 
 use crate::{
     classify::Judgement,
@@ -15,7 +16,14 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 const IPPROTO_TCP: u8 = 6;
 
 #[inline(always)]
-pub fn report_drop(ifindex: u32, judgement: &Judgement, packet: &TcpPacket) {
+pub fn report_drop(ctx: &XdpContext, ifindex: u32, judgement: &Judgement, packet: &TcpPacket) {
+    debug!(
+        ctx,
+        "policy drop on ifindex {}: outcome {}, dport {}",
+        ifindex,
+        judgement.outcome as u8,
+        packet.dport
+    );
     let Some(config) = APNS_EVENT_CFG.get(0) else {
         return;
     };

@@ -17,6 +17,8 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 
+use aya_log_ebpf::debug;
+
 use crate::{
     maps::{APNS_IFACES, APNS_TX_PORTS},
     parse::{Addrs, Cursor, TcpPacket},
@@ -112,6 +114,10 @@ pub fn redirect(
         )
     };
     if result != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+        debug!(
+            ctx,
+            "fast path: FIB result {} on ifindex {}, passing to the stack", result, ifindex
+        );
         return None;
     }
     // Only out of interfaces the agent manages (and the devmap holds).

@@ -31,7 +31,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         Ok(tcp) => {
             let mut judgement = classify::judge(&tcp);
             if judgement.outcome.is_drop() {
-                events::report_drop(ifindex, &judgement, &tcp);
+                events::report_drop(ctx, ifindex, &judgement, &tcp);
                 action = xdp_action::XDP_DROP;
             } else if judgement.outcome == Outcome::Pass {
                 // Only APNs traffic pays for the per-interface lookup.

@@ -198,7 +198,7 @@ fn detach_on_exit_detaches_what_run_attached() {
 fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    assert_eq!(pinned::install(pins.dir()).unwrap(), Installed::Fresh);
+    assert_eq!(pinned::install(pins.dir(), None).unwrap(), Installed::Fresh);
     for iface in [GW_IF_CLIENT.name, GW_IF_WAN.name] {
         lab.in_ns(Role::Gw, || {
             pinned::attach(pins.dir(), iface, Default::default())
@@ -243,7 +243,7 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
             OBJECT
         };
         assert_eq!(
-            pinned::install_object(pins.dir(), object).unwrap(),
+            pinned::install_object(pins.dir(), object, None).unwrap(),
             Installed::Upgraded
         );
         upgrades += 1;
@@ -264,7 +264,7 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
         "only {upgrades} upgrades happened during the flow"
     );
     if upgrades % 2 == 1 {
-        pinned::install_object(pins.dir(), OBJECT).unwrap();
+        pinned::install_object(pins.dir(), OBJECT, None).unwrap();
     }
     assert_eq!(tag(), original_tag);
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();

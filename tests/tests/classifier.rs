@@ -384,7 +384,7 @@ fn monitor_mode_never_drops() {
 
 #[test]
 fn every_truncation_at_a_header_boundary_is_malformed() {
-    let mut classifier = Classifier::load(&agent_policy(&enforcing())).unwrap();
+    let classifier = Classifier::load(&agent_policy(&enforcing())).unwrap();
     let mut truncations = 0;
     for (name, frame, expect) in enforcing_cases() {
         if expect.outcome == Outcome::NotIp {
@@ -398,7 +398,7 @@ fn every_truncation_at_a_header_boundary_is_malformed() {
         {
             let cut = &built.bytes[..boundary];
             check(
-                &mut classifier,
+                &classifier,
                 &format!("{name} cut at {boundary}"),
                 cut,
                 &class(Outcome::Malformed),

@@ -320,3 +320,65 @@ fn events_stream_names_each_refused_flow() {
     assert_eq!(events[3]["dst"], OTHER.v6.to_string());
     assert_eq!(events[3]["dport"], 2197);
 }
+
+#[test]
+fn ebpf_log_flag_forwards_the_datapaths_log_and_off_removes_it() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let mut cmd = lab.command(Role::Gw, agent::binary());
+    agent::command(
+        &mut cmd,
+        &pins,
+        &[
+            "run",
+            "--mode",
+            "enforce",
+            "--ebpf-log",
+            "debug",
+            "--iface",
+            GW_IF_CLIENT.name,
+            "--iface",
+            GW_IF_WAN.name,
+        ],
+    );
+    cmd.stderr(Stdio::piped());
+    let mut agent = lab.spawn(&mut cmd).unwrap();
+    let stderr = agent.child_mut().stderr.take().expect("piped stderr");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("agent: {line}");
+            let _ = lines_tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the agent never logged {needle:?}"),
+            }
+        }
+    };
+    wait_for("running;");
+    assert_eq!(
+        apns_agent::pinned::ebpf_log(pins.dir()).unwrap(),
+        apns_agent::datapath::EbpfLog::Debug
+    );
+    assert!(lab
+        .connect(Role::Client, OTHER.socket(false, 5223), REFUSED)
+        .is_err());
+    let line = wait_for("policy drop on ifindex");
+    assert!(line.contains("dport 5223"), "{line}");
+    agent.stop(TIMEOUT).unwrap();
+    drop(agent);
+
+    // A plain run reloads the program with logging off (its level is a load-time constant).
+    let _quiet = start_agent(&lab, &pins, &[]);
+    assert_eq!(
+        apns_agent::pinned::ebpf_log(pins.dir()).unwrap(),
+        apns_agent::datapath::EbpfLog::Off
+    );
+}

@@ -39,7 +39,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             pins.prepare()?;
             let _lock = pins.lock()?;
-            pinned::install(&pins)?;
+            // Keep the pinned program's log level: only `run --ebpf-log` changes it.
+            pinned::install(&pins, None)?;
             for interface in interfaces {
                 let mode = pinned::attach(&pins, interface, xdp_mode.into())?;
                 println!("{interface}: attached ({} mode)", mode.as_str());

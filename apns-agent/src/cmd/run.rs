@@ -2,12 +2,15 @@
 
 use std::{
     collections::BTreeMap,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context as _;
+use apns_common::events::EventConfig;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
     sync::oneshot,
@@ -16,12 +19,12 @@ use tokio::{
 use crate::{
     cli::RunArgs,
     config::{Config, DEFAULT_CONFIG},
+    datapath::EbpfLog,
     pinned::{self, Datapath},
     pins::PinDir,
     privileges,
     telemetry::{server, textfile, Exporter},
 };
-use apns_common::events::EventConfig;
 
 pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent run")?;
@@ -56,7 +59,7 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
     pins.prepare()?;
     {
         let _lock = pins.lock()?;
-        let installed = pinned::install(&pins)?;
+        let installed = pinned::install(&pins, Some(args.ebpf_log))?;
         tracing::info!(?installed, pin_dir = %pins.root().display(), "datapath installed");
         for interface in &config.interfaces {
             let mode = pinned::attach(&pins, interface, config.xdp_mode)?;
@@ -91,6 +94,11 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
         let server = tokio::spawn(server::serve(listener, render, async move {
             let _ = stopped.await;
         }));
+        if args.ebpf_log != EbpfLog::Off {
+            if let Err(err) = forward_ebpf_log(&pins) {
+                tracing::warn!("the datapath's log is not forwarded: {err:#}");
+            }
+        }
         let attached = wait_for_signals(
             signals,
             args,
@@ -136,6 +144,30 @@ fn effective_config(args: &RunArgs, path: Option<&Path>) -> anyhow::Result<Confi
     }
     config.fastpath.extend(args.fastpath.iter().cloned());
     Ok(config)
+}
+
+/// Forwards the datapath's aya-log records into this process's log (through the `log` crate,
+/// which tracing-subscriber picks up) from a thread that waits on the log ring buffer; the
+/// thread ends with the process.
+fn forward_ebpf_log(pins: &PinDir) -> anyhow::Result<()> {
+    let (id, _) = pinned::program_info(pins)?.context("no XDP program is pinned")?;
+    let mut logger = aya_log::EbpfLogger::init_from_id(id)
+        .with_context(|| format!("opening the log ring buffer of program {id}"))?;
+    std::thread::Builder::new()
+        .name("ebpf-log".into())
+        .spawn(move || loop {
+            let mut fds = [PollFd::new(logger.as_fd(), PollFlags::POLLIN)];
+            if let Err(err) = poll(&mut fds, PollTimeout::from(1_000u16)) {
+                if err != nix::errno::Errno::EINTR {
+                    tracing::warn!("waiting for the datapath's log: {err}");
+                    return;
+                }
+            }
+            logger.flush();
+        })
+        .context("starting the datapath log thread")?;
+    tracing::info!("forwarding the datapath's log (--ebpf-log)");
+    Ok(())
 }
 
 /// How often `run` may log a summary of policy drops.
@@ -197,7 +229,10 @@ async fn wait_for_signals(
     // The textfile writes also feed the reachability window when nobody scrapes.
     let mut textfile_tick = tokio::time::interval(Duration::from_secs(args.textfile_interval));
     // At most one drop summary per interval in the log, however hard the datapath drops.
-    let mut drop_log_tick = tokio::time::interval(DROP_LOG_INTERVAL);
+    let mut drop_log_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + DROP_LOG_INTERVAL,
+        DROP_LOG_INTERVAL,
+    );
     let mut drops_logged = exporter.policy_drops().unwrap_or_default();
     tracing::info!("running; SIGHUP reloads the config, SIGTERM/SIGINT exits");
     loop {
