@@ -201,3 +201,23 @@ pub fn spawn_run<'lab>(lab: &'lab Lab, pins: &TestPins, args: &[&str]) -> Result
     })?;
     Ok(child)
 }
+
+/// GET /metrics from the agent serving on `addr` inside the lab's gateway: the body, or an
+/// error when nothing answers there (yet) or the answer is not 200.
+pub fn scrape_metrics(lab: &Lab, addr: std::net::SocketAddr) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_secs(5);
+    let mut stream = lab.connect(Role::Gw, addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET http://{addr}/metrics: no HTTP header"))?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET http://{addr}/metrics: {head}"
+    );
+    Ok(body.to_owned())
+}

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -22,7 +22,7 @@ const METRICS: &str = "127.0.0.1:15223";
 const TIMEOUT: Duration = Duration::from_secs(5);
 const REFUSED: Duration = Duration::from_millis(600);
 
-/// Starts `apns-agent run` in the gateway on lan0 and wan0 and waits until /metrics answers.
+/// Starts `apns-agent run` in the gateway on lan0 and wan0 (enforce) and waits until it runs.
 fn start_agent<'lab>(lab: &'lab Lab, pins: &TestPins, extra: &[&str]) -> LabChild<'lab> {
     let mut args = vec![
         "run",
@@ -36,39 +36,12 @@ fn start_agent<'lab>(lab: &'lab Lab, pins: &TestPins, extra: &[&str]) -> LabChil
         GW_IF_WAN.name,
     ];
     args.extend_from_slice(extra);
-    let mut cmd = lab.command(Role::Gw, agent::binary());
-    agent::command(&mut cmd, pins, &args);
-    cmd.stderr(Stdio::piped());
-    let mut child = lab.spawn(&mut cmd).unwrap();
-    let stderr = child.child_mut().stderr.take().expect("piped stderr");
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("agent: {line}");
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while scrape(lab).is_err() {
-        assert!(Instant::now() < deadline, "the agent never served /metrics");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child
+    agent::spawn_run(lab, pins, &args).unwrap()
 }
 
-/// GET /metrics from inside the gateway: the body.
-fn scrape(lab: &Lab) -> std::io::Result<String> {
-    let addr: SocketAddr = METRICS.parse().unwrap();
-    let mut stream = lab.connect(Role::Gw, addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP header"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(head.to_owned()));
-    }
-    Ok(body.to_owned())
+/// GET /metrics from inside the gateway.
+fn scrape(lab: &Lab) -> anyhow::Result<String> {
+    agent::scrape_metrics(lab, METRICS.parse().unwrap())
 }
 
 /// Sample lines of an exposition: `name{labels}` -> value.

@@ -47,10 +47,15 @@ pub struct Exporter {
 
 impl Exporter {
     pub fn open(pins: &PinDir, reachability_window: Duration) -> anyhow::Result<Exporter> {
+        let counters = Datapath::open(pins)?.counters;
+        // The window's first baseline is the agent's start, not its first scrape: handshakes
+        // between the two count.
+        let mut reachability = reachability::Reachability::new(reachability_window);
+        reachability.observe(Instant::now(), &counters.snapshot()?);
         Ok(Exporter {
             pins: pins.clone(),
-            counters: Datapath::open(pins)?.counters,
-            reachability: Mutex::new(reachability::Reachability::new(reachability_window)),
+            counters,
+            reachability: Mutex::new(reachability),
         })
     }
 

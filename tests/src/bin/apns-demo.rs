@@ -3,8 +3,6 @@
 //! everything it uses and removes it again, in well under a minute. Needs root.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -182,15 +180,7 @@ fn status_command(lab: &Lab, pins: &TestPins) -> std::process::Command {
 
 /// GET /metrics from inside the gateway.
 fn scrape(lab: &Lab) -> Result<String> {
-    let addr: SocketAddr = METRICS.parse()?;
-    let mut stream: TcpStream = lab.connect(Role::Gw, addr, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response.split_once("\r\n\r\n").context("no HTTP header")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
-    Ok(body.to_owned())
+    agent::scrape_metrics(lab, METRICS.parse()?)
 }
 
 /// The agent is ready once it serves /metrics.
