@@ -6,3 +6,4 @@ pub mod lab;
 pub mod packets;
 pub mod reference;
 pub mod xdp;
+pub mod bench;

@@ -9,6 +9,7 @@
 //! add `mod <name>;` below and a variant to `Command`, and call `setup::run()` first if it
 //! needs the installed tools.
 
+mod bench;
 mod build;
 mod demo;
 mod setup;
@@ -42,6 +43,10 @@ enum Command {
     /// Run setup, then the demo: a gateway in network namespaces with apns-agent enforcing,
     /// some APNs and other traffic, the counters and /metrics. Needs root.
     Demo,
+    /// Run setup, then the benchmarks (per-packet cost, allow-list scaling, forwarding, control
+    /// plane) against a floor, xdp-filter and nftables; writes report.md and report.json into
+    /// target/bench/. Needs root.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
         Command::Build => build::run(),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,648 @@
+//! Section 3: packets per second forwarded by the lab gateway (client → gateway lan0 → wan0 →
+//! ISP → Apple host) with no program, with a floor XDP program, with the agent in monitor
+//! (pass) mode, and with an nftables ruleset doing the same matching and counting.
+//!
+//! The sender is the bottleneck on these machines and single runs vary by ±25 %
+//! (PLATFORM.md), so every configuration runs once per round, in an order that rotates from
+//! round to round, and each configuration is compared with "no program" of the same round
+//! (a pair); the report gives medians of the rates and of the pair ratios. Each run sends a
+//! fixed number of UDP datagrams with iperf3; the rate is what left the gateway's wan0
+//! divided by the sender's time. The CPU time per packet is that of the sender process and
+//! of ksoftirqd: veth hands a packet to its peer on the sending CPU, so the whole path
+//! (gateway and ISP forwarding, delivery to the receiver's socket) runs in softirq in the
+//! sender's context or, when deferred, in ksoftirqd. It leaves out the rest of a shared
+//! machine, which the rate cannot; the sender's own cost is the same in every configuration,
+//! so the differences are the gateway's.
+
+use std::{
+    collections::VecDeque,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::Stdio,
+    sync::{mpsc, Arc, Mutex, PoisonError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::programs::{xdp::XdpLinkId, XdpMode};
+
+use super::{
+    report::{Section, Table},
+    stats::{median, num, range, ratio, times},
+    testrun::FloorProgram,
+    Plan,
+};
+use crate::{
+    agent::{self, TestPins},
+    lab::{run, run_with_input, Lab, LabChild, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN},
+};
+
+/// The iperf3 server's port on the Apple host (the APNs ports are taken by the lab's echo
+/// servers, and iperf3 needs TCP on the same port for its control connection).
+const IPERF_PORT: &str = "5201";
+/// How long the agent may take to report that it runs.
+const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// /proc/stat counts in USER_HZ ticks, 100 per second on every Linux architecture's ABI.
+const USER_HZ: f64 = 100.0;
+/// The interfaces every program is attached to: where the client's traffic enters the
+/// gateway and where the replies do.
+const GW_IFACES: [&str; 2] = [GW_IF_CLIENT.name, GW_IF_WAN.name];
+/// Where the agent serves /metrics inside the gateway namespace.
+pub const METRICS_ADDR: &str = "127.0.0.1:15231";
+/// The nftables table of the baseline (in the gateway namespace).
+const NFT_TABLE: &str = "apnsbench";
+
+/// The nftables baseline: the agent's matches (Apple's prefixes as interval sets, the APNs
+/// port set, both directions, both families) with a counter on each rule and on the rest,
+/// in the forward hook where it sees each forwarded packet once. (`fwd` is an nft keyword,
+/// hence `forward_apns`.)
+pub fn nft_ruleset() -> String {
+    format!(
+        "table inet {NFT_TABLE} {{
+\tset apple_v4 {{ type ipv4_addr; flags interval; elements = {{ 17.0.0.0/8 }} }}
+\tset apple_v6 {{ type ipv6_addr; flags interval; elements = {{ 2620:149:a44::/48, 2403:300:a42::/48, 2403:300:a51::/48, 2a01:b740:a42::/48 }} }}
+\tset apns_ports {{ type inet_service; elements = {{ 5223, 443, 2197, 2195, 2196 }} }}
+\tchain forward_apns {{
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tip daddr @apple_v4 tcp dport @apns_ports counter accept
+\t\tip saddr @apple_v4 tcp sport @apns_ports counter accept
+\t\tip6 daddr @apple_v6 tcp dport @apns_ports counter accept
+\t\tip6 saddr @apple_v6 tcp sport @apns_ports counter accept
+\t\tcounter
+\t}}
+}}
+"
+    )
+}
+
+/// What the gateway runs during a forwarding run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Config {
+    None,
+    FloorNative,
+    FloorSkb,
+    AgentPass,
+    /// Not asked for by the issue: shows how much of the agent's cost on veth is the native
+    /// receive path rather than the program.
+    AgentPassSkb,
+    Nftables,
+}
+
+impl Config {
+    pub const ALL: [Config; 6] = [
+        Config::None,
+        Config::FloorNative,
+        Config::FloorSkb,
+        Config::AgentPass,
+        Config::AgentPassSkb,
+        Config::Nftables,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Config::None => "no_program",
+            Config::FloorNative => "floor_native",
+            Config::FloorSkb => "floor_skb",
+            Config::AgentPass => "agent_pass",
+            Config::AgentPassSkb => "agent_pass_skb",
+            Config::Nftables => "nftables",
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Config::None => "no program (kernel forwarding)",
+            Config::FloorNative => "floor XDP, native (lan0 + wan0)",
+            Config::FloorSkb => "floor XDP, generic/skb (lan0 + wan0)",
+            Config::AgentPass => "apns-agent, monitor (pass), native (lan0 + wan0)",
+            Config::AgentPassSkb => "apns-agent, monitor (pass), generic/skb (lan0 + wan0)",
+            Config::Nftables => "nftables forward chain (sets + counters)",
+        }
+    }
+}
+
+/// One forwarding run.
+#[derive(Clone, Copy, Debug)]
+pub struct RunResult {
+    /// Packets that left the gateway's wan0 per second of the sender's time.
+    pub pps: f64,
+    /// CPU time of the sender and of ksoftirqd per forwarded packet (see
+    /// [`forwarding_cpu_ticks`]).
+    pub cpu_ns_per_packet: f64,
+    pub forwarded: u64,
+}
+
+/// Everything section 3 measured: runs[size index][config index][round].
+#[derive(Clone, Debug, Default)]
+pub struct Forwarding {
+    pub sizes: Vec<usize>,
+    pub runs: Vec<Vec<Vec<RunResult>>>,
+}
+
+impl Forwarding {
+    fn pps(&self, size: usize, config: Config) -> Vec<f64> {
+        self.runs[size][config as usize]
+            .iter()
+            .map(|r| r.pps)
+            .collect()
+    }
+
+    /// Round by round `config` / `base` packet rates.
+    pub fn pair_ratios(&self, size: usize, config: Config, base: Config) -> Vec<f64> {
+        self.pps(size, config)
+            .iter()
+            .zip(self.pps(size, base))
+            .map(|(a, b)| ratio(*a, b))
+            .collect()
+    }
+
+    fn cpu(&self, size: usize, config: Config) -> Vec<f64> {
+        self.runs[size][config as usize]
+            .iter()
+            .map(|r| r.cpu_ns_per_packet)
+            .collect()
+    }
+
+    /// Round by round `config` / `base` CPU time per packet.
+    pub fn cpu_pair_ratios(&self, size: usize, config: Config, base: Config) -> Vec<f64> {
+        self.cpu(size, config)
+            .iter()
+            .zip(self.cpu(size, base))
+            .map(|(a, b)| ratio(*a, b))
+            .collect()
+    }
+
+    pub fn median_pps(&self, size: usize, config: Config) -> f64 {
+        median(&self.pps(size, config))
+    }
+}
+
+/// Starts `apns-agent --pin-dir PINS run ARGS` in the gateway and waits until it reports
+/// running (its datapath attached and its policy applied). Its log is kept, not shown: the
+/// last lines go into the error if it does not come up. Stopped by SIGTERM when the returned
+/// guard drops.
+pub fn spawn_agent<'lab>(
+    lab: &'lab Lab,
+    pins: &TestPins,
+    args: &[impl AsRef<str>],
+) -> Result<LabChild<'lab>> {
+    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    let mut cmd = agent::gw_command(lab, pins, &args);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = lab.spawn(&mut cmd)?;
+    let stderr = child
+        .child_mut()
+        .stderr
+        .take()
+        .context("the agent's stderr is not piped")?;
+    let log = Arc::new(Mutex::new(VecDeque::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let sink = Arc::clone(&log);
+    // Drains the log so the agent never blocks on a full pipe; ends when the agent exits.
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("running;") {
+                let _ = ready_tx.send(());
+            }
+            let mut log = sink.lock().unwrap_or_else(PoisonError::into_inner);
+            // The last lines are what explains a failure; keep memory bounded in a soak.
+            if log.len() >= 200 {
+                log.pop_front();
+            }
+            log.push_back(line);
+        }
+    });
+    if ready_rx.recv_timeout(AGENT_READY_TIMEOUT).is_err() {
+        let log = Vec::from(log.lock().unwrap_or_else(PoisonError::into_inner).clone()).join("\n");
+        bail!(
+            "apns-agent did not report running within {AGENT_READY_TIMEOUT:?} in {}; its log:\n{log}",
+            lab.ns_name(Role::Gw)
+        );
+    }
+    Ok(child)
+}
+
+/// An empty agent config: the built-in defaults (Apple's prefixes and ports), whatever
+/// /etc/apns-agent/config.toml says on this machine.
+pub fn write_agent_config(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("agent-config.toml");
+    std::fs::write(
+        &path,
+        "# apns-bench: empty on purpose, the agent's built-in defaults apply.\n",
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The floor attached to the gateway's interfaces; detached on drop.
+struct AttachedFloor<'a> {
+    lab: &'a Lab,
+    floor: &'a mut FloorProgram,
+    links: Vec<XdpLinkId>,
+}
+
+impl<'a> AttachedFloor<'a> {
+    fn attach(lab: &'a Lab, floor: &'a mut FloorProgram, mode: XdpMode) -> Result<Self> {
+        let mut attached = AttachedFloor {
+            lab,
+            floor,
+            links: Vec::new(),
+        };
+        let floor = &mut *attached.floor;
+        let links = &mut attached.links;
+        // The interface names resolve in the calling thread's namespace: attach from inside
+        // the gateway's.
+        lab.in_ns(Role::Gw, || -> Result<()> {
+            let program = floor.xdp_mut()?;
+            for iface in GW_IFACES {
+                links.push(
+                    program
+                        .attach(iface, mode)
+                        .with_context(|| format!("attaching the floor to {iface} ({mode:?})"))?,
+                );
+            }
+            Ok(())
+        })?
+        .with_context(|| format!("in {}", lab.ns_name(Role::Gw)))?;
+        Ok(attached)
+    }
+}
+
+impl Drop for AttachedFloor<'_> {
+    fn drop(&mut self) {
+        let floor = &mut *self.floor;
+        let links = std::mem::take(&mut self.links);
+        let detached = self.lab.in_ns(Role::Gw, || -> Result<()> {
+            let program = floor.xdp_mut()?;
+            for link in links {
+                program.detach(link).context("detaching the floor")?;
+            }
+            Ok(())
+        });
+        if let Err(err) = detached.and_then(|inner| inner) {
+            eprintln!("apns-bench: {err:#}");
+        }
+    }
+}
+
+/// The nftables baseline loaded in the gateway; the table is deleted on drop.
+struct NftTable<'a> {
+    lab: &'a Lab,
+}
+
+impl<'a> NftTable<'a> {
+    fn load(lab: &'a Lab) -> Result<Self> {
+        let mut nft = lab.command(Role::Gw, "nft");
+        nft.args(["-f", "-"]);
+        run_with_input(&mut nft, nft_ruleset().as_bytes()).with_context(|| {
+            format!("loading the nftables baseline in {}", lab.ns_name(Role::Gw))
+        })?;
+        Ok(NftTable { lab })
+    }
+}
+
+impl Drop for NftTable<'_> {
+    fn drop(&mut self) {
+        let mut nft = self.lab.command(Role::Gw, "nft");
+        nft.args(["delete", "table", "inet", NFT_TABLE]);
+        if let Err(err) = run(&mut nft) {
+            eprintln!("apns-bench: {err:#}");
+        }
+    }
+}
+
+/// The utime + stime fields of a /proc/PID/stat text, in USER_HZ ticks (`fields` are 1-based
+/// field numbers, as proc(5) gives them).
+fn stat_ticks(stat: &str, fields: [usize; 2]) -> Option<u64> {
+    // `pid (comm) state ...`: comm may hold anything, so count fields after the last ')'.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    fields
+        .iter()
+        .map(|&field| rest.get(field - 3)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU time, in USER_HZ ticks, of everything that does the forwarding work of a run: the
+/// children this process has reaped (the iperf3 client, reaped at the end of the run, in
+/// whose context the softirqs of its own sends run: veth hands each packet over on the
+/// sending CPU) plus every ksoftirqd thread (softirq work deferred to them). Unlike the
+/// machine's total in /proc/stat, this leaves out whatever else runs on the (shared)
+/// machine.
+fn forwarding_cpu_ticks() -> Result<u64> {
+    let own = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    // cutime and cstime: the CPU time of waited-for children.
+    let mut ticks = stat_ticks(&own, [16, 17]).context("parsing /proc/self/stat")?;
+    for entry in std::fs::read_dir("/proc")
+        .context("listing /proc")?
+        .flatten()
+    {
+        let path = entry.path();
+        let is_ksoftirqd = std::fs::read_to_string(path.join("comm"))
+            .is_ok_and(|comm| comm.starts_with("ksoftirqd/"));
+        if is_ksoftirqd {
+            if let Ok(stat) = std::fs::read_to_string(path.join("stat")) {
+                // utime and stime.
+                ticks += stat_ticks(&stat, [14, 15]).unwrap_or(0);
+            }
+        }
+    }
+    Ok(ticks)
+}
+
+/// CPUs for the iperf3 client and server: apart when there are two or more.
+fn iperf_cpus() -> (usize, usize) {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (0, n.saturating_sub(1))
+}
+
+/// Starts the iperf3 server on the Apple host and waits until it listens.
+fn start_iperf_server(lab: &Lab) -> Result<LabChild<'_>> {
+    let (_, server_cpu) = iperf_cpus();
+    let mut cmd = lab.command(Role::Apple, "iperf3");
+    cmd.args(["-s", "-p", IPERF_PORT, "-A", &server_cpu.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let server = lab.spawn(&mut cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut ss = lab.command(Role::Apple, "ss");
+        ss.args(["-Hltn", &format!("sport = :{IPERF_PORT}")]);
+        if !run(&mut ss)?.trim().is_empty() {
+            return Ok(server);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "iperf3 -s did not listen on port {IPERF_PORT} within 10 s in {}",
+                lab.ns_name(Role::Apple)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The iperf3 client command of one run (for the report as well).
+pub fn iperf_client_args(payload: usize, packets: u64) -> Vec<String> {
+    let (client_cpu, _) = iperf_cpus();
+    [
+        "-c",
+        &APPLE.v4.to_string(),
+        "-p",
+        IPERF_PORT,
+        "-u",
+        "-b",
+        "0",
+        "-l",
+        &payload.to_string(),
+        "-n",
+        &(payload as u64 * packets).to_string(),
+        "-A",
+        &client_cpu.to_string(),
+        "--connect-timeout",
+        "5000",
+        "-J",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Sends `packets` UDP datagrams of `payload` bytes from the client to the Apple host.
+fn one_run(lab: &Lab, payload: usize, packets: u64) -> Result<RunResult> {
+    let before_link = lab.link_stats(Role::Gw, GW_IF_WAN.name)?;
+    let before_cpu = forwarding_cpu_ticks()?;
+    let mut client = lab.command(Role::Client, "iperf3");
+    client.args(iperf_client_args(payload, packets));
+    // Bounded: `run` kills the client after 30 s.
+    let output = run(&mut client)
+        .with_context(|| format!("iperf3 client in {}", lab.ns_name(Role::Client)))?;
+    let after_cpu = forwarding_cpu_ticks()?;
+    let after_link = lab.link_stats(Role::Gw, GW_IF_WAN.name)?;
+    let json: serde_json::Value =
+        serde_json::from_str(&output).context("parsing iperf3's JSON output")?;
+    if let Some(error) = json["error"].as_str() {
+        bail!("iperf3: {error}");
+    }
+    let sum = &json["end"]["sum"];
+    let seconds = sum["seconds"]
+        .as_f64()
+        .filter(|s| *s > 0.0)
+        .with_context(|| format!("iperf3 reported no duration: {sum}"))?;
+    let forwarded = after_link.tx_packets.saturating_sub(before_link.tx_packets);
+    if forwarded == 0 {
+        bail!(
+            "nothing left the gateway's {} during the run",
+            GW_IF_WAN.name
+        );
+    }
+    let cpu_ns = after_cpu.saturating_sub(before_cpu) as f64 * 1e9 / USER_HZ;
+    Ok(RunResult {
+        pps: forwarded as f64 / seconds,
+        cpu_ns_per_packet: cpu_ns / forwarded as f64,
+        forwarded,
+    })
+}
+
+/// Section 3. `lab` is a fresh lab without NAT; `config_file` an agent config (see
+/// [`write_agent_config`]).
+pub fn forwarding(plan: &Plan, lab: &Lab, config_file: &Path) -> Result<(Section, Forwarding)> {
+    let _server = start_iperf_server(lab)?;
+    let mut floor = FloorProgram::load()?;
+    let pins = TestPins::new();
+    let config_arg = config_file.to_string_lossy().into_owned();
+    let agent_args = |xdp_mode: &'static str| {
+        [
+            "run",
+            "--config",
+            &config_arg,
+            "--mode",
+            "monitor",
+            "--xdp-mode",
+            xdp_mode,
+            "--iface",
+            GW_IF_CLIENT.name,
+            "--iface",
+            GW_IF_WAN.name,
+            "--detach-on-exit",
+            "--metrics-addr",
+            METRICS_ADDR,
+        ]
+        .map(str::to_owned)
+    };
+    let sizes: Vec<usize> = plan.forward_packets.iter().map(|(size, _)| *size).collect();
+    let mut result = Forwarding {
+        sizes: sizes.clone(),
+        runs: vec![vec![Vec::new(); Config::ALL.len()]; sizes.len()],
+    };
+    // Warm up (ARP/ND, caches, iperf3's first start) so round 1 is not the odd one out.
+    one_run(lab, 64, plan.forward_packets[0].1 / 4)?;
+    for round in 0..plan.forward_rounds {
+        for turn in 0..Config::ALL.len() {
+            let config = Config::ALL[(turn + round) % Config::ALL.len()];
+            // The guards keep the configuration in place for the runs and undo it after.
+            let _floor_guard;
+            let _nft_guard;
+            let _agent_guard;
+            match config {
+                Config::None => {}
+                Config::FloorNative => {
+                    _floor_guard = AttachedFloor::attach(lab, &mut floor, XdpMode::Driver)?
+                }
+                Config::FloorSkb => {
+                    _floor_guard = AttachedFloor::attach(lab, &mut floor, XdpMode::Skb)?
+                }
+                Config::AgentPass => _agent_guard = spawn_agent(lab, &pins, &agent_args("native"))?,
+                Config::AgentPassSkb => _agent_guard = spawn_agent(lab, &pins, &agent_args("skb"))?,
+                Config::Nftables => _nft_guard = NftTable::load(lab)?,
+            }
+            for (s, &(payload, packets)) in plan.forward_packets.iter().enumerate() {
+                let r = one_run(lab, payload, packets).with_context(|| {
+                    format!(
+                        "{payload}-byte run, round {}, {}",
+                        round + 1,
+                        config.label()
+                    )
+                })?;
+                eprintln!(
+                    "    round {:>2}/{} {:>4} B {:<50} {:>10} pps {:>7} ns CPU/packet",
+                    round + 1,
+                    plan.forward_rounds,
+                    payload,
+                    config.label(),
+                    num(r.pps),
+                    num(r.cpu_ns_per_packet)
+                );
+                result.runs[s][config as usize].push(r);
+            }
+        }
+    }
+    if floor.packets()? == 0 {
+        bail!("the floor program never saw a packet while attached");
+    }
+    drop(pins);
+    Ok((describe(plan, &result), result))
+}
+
+fn describe(plan: &Plan, result: &Forwarding) -> Section {
+    let mut section = Section::new("forwarding", "Forwarding through the lab gateway");
+    let client = |payload: usize, packets: u64| {
+        format!("iperf3 {}", iperf_client_args(payload, packets).join(" "))
+    };
+    section.method = vec![
+        format!(
+            "Client namespace → gateway (lan0 → wan0, IPv4 forwarding) → ISP → Apple host, all \
+             veth. Each run sends a fixed number of UDP datagrams with iperf3 from the client to \
+             `iperf3 -s` on the Apple host ({}). **pps** = packets that left the gateway's wan0 / \
+             the sender's seconds. **CPU ns / packet** = CPU time of the iperf3 client plus every \
+             ksoftirqd thread, per forwarded packet: veth hands each packet over on the sending \
+             CPU, so gateway, ISP and delivery work run in softirq in the sender's context (or \
+             ksoftirqd); the sender's own cost is in every configuration alike, other load on \
+             the shared machine is not in it (it is in the rate). {} rounds; every round runs \
+             each configuration once, in an order rotated from round to round, and each is \
+             paired with the same round's \"no program\"; the ratios are taken pair by pair and \
+             the median reported. The client is pinned to CPU 0 and the server to the last CPU \
+             (`-A`).",
+            plan.forward_packets
+                .iter()
+                .map(|&(payload, packets)| format!("`{}`", client(payload, packets)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            plan.forward_rounds
+        ),
+        format!(
+            "The agent runs as `apns-agent run --config EMPTY --mode monitor --xdp-mode native \
+             --iface lan0 --iface wan0 --detach-on-exit --metrics-addr {METRICS_ADDR}` (built-in \
+             policy), started before and stopped after each configuration's runs; the \
+             generic/skb row (not asked for by the issue) is the same with `--xdp-mode skb`. The datagrams \
+             are UDP to 17.249.1.10:5201: the agent parses them to L4 and counts them as \
+             not_apns; nftables looks the destination up in its Apple set before the rule's TCP \
+             match fails, then counts them in the last rule."
+        ),
+        "Attaching any native XDP program to a veth switches its receive path to NAPI and builds \
+         the skb from an XDP frame: part of any slowdown is that switch, not the program, hence \
+         the floor rows (native, and generic/skb as a second floor)."
+            .to_owned(),
+    ];
+    for (s, &payload) in result.sizes.iter().enumerate() {
+        let mut table = Table::new(
+            format!(
+                "{payload}-byte UDP payloads ({}-byte frames):",
+                payload + 42
+            ),
+            &[
+                "configuration",
+                "median pps",
+                "pps range",
+                "pps / no program (median of pairs)",
+                "pair ratios",
+                "CPU ns / packet (median)",
+                "CPU / no program (median of pairs)",
+            ],
+        );
+        for config in Config::ALL {
+            let pps = result.pps(s, config);
+            let cpu = result.cpu(s, config);
+            let key = |what: &str| format!("forwarding.{payload}B.{}.{what}", config.key());
+            let how = format!(
+                "median of {} runs: {}",
+                pps.len(),
+                client(payload, plan.forward_packets[s].1)
+            );
+            let median_pps = section.figure(key("pps"), median(&pps), "packets/s", &how);
+            let cpu_ns = section.figure(key("cpu_ns_per_packet"), median(&cpu), "ns", &how);
+            let (lo, hi) = range(&pps);
+            let mut row = vec![
+                config.label().to_owned(),
+                num(median_pps),
+                format!("{}–{}", num(lo), num(hi)),
+            ];
+            if config == Config::None {
+                row.extend(["1.00x".into(), "—".into(), num(cpu_ns), "1.00x".into()]);
+            } else {
+                let pairs = result.pair_ratios(s, config, Config::None);
+                let pps_ratio = section.figure(
+                    key("pps_ratio_to_no_program"),
+                    median(&pairs),
+                    "x",
+                    "median of the round-by-round pps ratios to no program",
+                );
+                let cpu_ratio = section.figure(
+                    key("cpu_ratio_to_no_program"),
+                    median(&result.cpu_pair_ratios(s, config, Config::None)),
+                    "x",
+                    "median of the round-by-round CPU-per-packet ratios to no program",
+                );
+                row.extend([
+                    times(pps_ratio),
+                    pairs
+                        .iter()
+                        .map(|r| format!("{r:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    num(cpu_ns),
+                    times(cpu_ratio),
+                ]);
+            }
+            table.row(row);
+        }
+        let mut missing = vec![
+            "apns-agent, redirect (fast path)".to_owned(),
+            "not yet available".to_owned(),
+        ];
+        missing.extend(std::iter::repeat_n("—".to_owned(), 5));
+        table.row(missing);
+        section.tables.push(table);
+    }
+    section.notes.push(format!(
+        "The nftables ruleset (in the gateway namespace):\n\n```\n{}```",
+        nft_ruleset()
+    ));
+    section.notes.push(
+        "`redirect` (the XDP fast path, `run --fastpath IFACE=redirect`) is not measured here \
+         yet: it forwards only APNs TCP flows, and this load is UDP; its row is listed as not \
+         yet available."
+            .to_owned(),
+    );
+    section
+}

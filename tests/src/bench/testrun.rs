@@ -1,0 +1,627 @@
+//! Sections 1 and 2: what one packet costs, measured by the kernel itself through
+//! BPF_PROG_TEST_RUN, for our classifier, the floor program and xdp-filter on the very same
+//! frames; and how the cost of an APNs packet grows with the allow-list.
+//!
+//! The figure is the kernel's own per-run duration (total time / repeat, whole
+//! nanoseconds), never wall time: with repeat > 1 the kernel swaps the XDP dispatcher around
+//! each call, a fixed ~16 ms per call that would swamp a per-packet figure. The calling
+//! thread is pinned to one CPU so the runs of one figure share caches and frequency, and the
+//! programs take turns within each run (rotating who goes first), so drift over the run hits
+//! them alike.
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use apns_agent::{
+    counters::CounterMaps,
+    datapath,
+    maps::PolicyMaps,
+    policy::{Mode, Policy, DEFAULT_PORTS},
+};
+use aya::{
+    maps::{PerCpuArray, PerCpuValues},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use ipnet::{IpNet, Ipv4Net};
+use nix::{
+    sched::{sched_setaffinity, CpuSet},
+    unistd::Pid,
+};
+use rand::{RngExt as _, SeedableRng as _};
+use rand_chacha::ChaCha8Rng;
+
+use super::{
+    report::{Section, Table},
+    scratch::XdpFilter,
+    stats::{median, num, range, ratio, times},
+    Plan,
+};
+use crate::{
+    lab::{APPLE, CLIENT, OTHER},
+    packets::{self, ACK, PSH, SYN, TPID_8021Q},
+    reference,
+    xdp::{XDP_DROP, XDP_PASS},
+};
+
+/// Name of the floor's program and counter in `BENCH_FLOOR_OBJECT`.
+const FLOOR_PROGRAM: &str = "floor_xdp";
+const FLOOR_COUNTER: &str = "FLOOR_PACKETS";
+
+/// Allow-list sizes of section 2.
+pub const ALLOW_LIST_SIZES: [usize; 4] = [1, 100, 10_000, 100_000];
+
+/// The prefix that matches the APNs packets' destination (17.249.1.10) in section 2: a /16
+/// from Apple's narrower list (DOMAIN.md), a typical length.
+const MATCHING_PREFIX: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(17, 249, 0, 0), 16) {
+    Ok(net) => net,
+    Err(_) => panic!("valid prefix"),
+};
+
+/// One kind of packet a gateway sees, as the frame every program gets.
+pub struct PacketClass {
+    pub key: &'static str,
+    pub label: &'static str,
+    /// Classified as APNs (counted as `pass` with a direction and port).
+    pub apns: bool,
+    pub frame: Vec<u8>,
+}
+
+/// The eight classes of the issue. Addresses are the lab's: the device 192.0.2.10, Apple's
+/// 17.249.1.10 (inside 17.0.0.0/8) and a non-Apple host 203.0.113.130.
+pub fn classes() -> Vec<PacketClass> {
+    let syn = packets::tcp_v4(CLIENT.v4, APPLE.v4, 50_000, 5223, SYN);
+    vec![
+        PacketClass {
+            key: "apns_v4_syn",
+            label: "APNs IPv4 SYN (device → Apple :5223)",
+            apns: true,
+            frame: syn.bytes(),
+        },
+        PacketClass {
+            key: "apns_v6_syn",
+            label: "APNs IPv6 SYN (device → Apple :5223)",
+            apns: true,
+            frame: packets::tcp_v6(CLIENT.v6, APPLE.v6, 50_000, 5223, SYN).bytes(),
+        },
+        PacketClass {
+            key: "apns_vlan_syn",
+            label: "VLAN-tagged APNs IPv4 SYN (802.1Q)",
+            apns: true,
+            frame: syn.clone().vlan(TPID_8021Q).bytes(),
+        },
+        PacketClass {
+            key: "apns_v4_data",
+            // A push arriving: the direction the bulk of APNs bytes takes.
+            label: "established APNs data (Apple :5223 → device, ACK+PSH, 100 B)",
+            apns: true,
+            frame: packets::tcp_v4(APPLE.v4, CLIENT.v4, 5223, 50_000, ACK | PSH)
+                .payload(100)
+                .bytes(),
+        },
+        PacketClass {
+            key: "other_tcp",
+            // HTTPS to anyone but Apple: the commonest gateway traffic, and it walks the
+            // port table and both address lookups before being settled.
+            label: "non-APNs TCP (device → non-Apple :443, ACK+PSH, 100 B)",
+            apns: false,
+            frame: packets::tcp_v4(CLIENT.v4, OTHER.v4, 50_000, 443, ACK | PSH)
+                .payload(100)
+                .bytes(),
+        },
+        PacketClass {
+            key: "udp",
+            label: "UDP (device → non-Apple :53, 40 B)",
+            apns: false,
+            frame: packets::udp_v4(CLIENT.v4, OTHER.v4, 50_000, 53)
+                .payload(40)
+                .bytes(),
+        },
+        PacketClass {
+            key: "arp",
+            label: "ARP request",
+            apns: false,
+            frame: packets::arp_request(),
+        },
+        PacketClass {
+            key: "later_fragment",
+            label: "later IPv4 fragment (offset 1480 B, to Apple)",
+            apns: false,
+            frame: syn.payload(64).fragment(185, false).bytes(),
+        },
+    ]
+}
+
+/// Pins the calling thread (only it: pid 0 is the caller) to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> Result<()> {
+    let mut set = CpuSet::new();
+    set.set(cpu)
+        .with_context(|| format!("CPU {cpu} is out of range"))?;
+    sched_setaffinity(Pid::from_raw(0), &set)
+        .with_context(|| format!("sched_setaffinity to CPU {cpu}"))
+}
+
+/// Runs `program` `repeat` times on `frame`: the XDP action and the kernel's mean ns per run.
+pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
+    let mut options = TestRunOptions::new();
+    options.data_in = Some(frame);
+    options.repeat = repeat;
+    let result = program.test_run(options).with_context(|| {
+        format!(
+            "BPF_PROG_TEST_RUN on a {}-byte frame, repeat {repeat}",
+            frame.len()
+        )
+    })?;
+    Ok((result.return_value, result.duration.as_nanos() as f64))
+}
+
+/// Our classifier, loaded fresh and unpinned, with typed handles on its maps.
+pub struct OurProgram {
+    ebpf: Ebpf,
+    pub policy: PolicyMaps,
+    pub counters: CounterMaps,
+}
+
+impl OurProgram {
+    /// Loads the object; the policy maps are empty until [`OurProgram::apply`].
+    pub fn load() -> Result<OurProgram> {
+        let mut ebpf = datapath::load_unpinned()?;
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the object has no map {name}"))
+        };
+        let policy = PolicyMaps::open(&mut take)?;
+        let counters = CounterMaps::open(&mut take)?;
+        Ok(OurProgram {
+            ebpf,
+            policy,
+            counters,
+        })
+    }
+
+    /// Loads the object and applies `policy`.
+    pub fn with_policy(policy: &Policy) -> Result<OurProgram> {
+        let mut program = OurProgram::load()?;
+        program.apply(policy)?;
+        Ok(program)
+    }
+
+    /// Applies `policy` and returns how long `PolicyMaps::apply` took (wall time: it is a
+    /// string of syscalls in this process).
+    pub fn apply(&mut self, policy: &Policy) -> Result<Duration> {
+        let started = Instant::now();
+        self.policy.apply(policy)?;
+        Ok(started.elapsed())
+    }
+
+    pub fn xdp(&self) -> Result<&Xdp> {
+        self.ebpf
+            .program(datapath::XDP_PROGRAM)
+            .context("the object has no XDP program")?
+            .try_into()
+            .context("not an XDP program")
+    }
+
+    /// The ids of the maps the program uses (for bpftool and for second handles).
+    pub fn map_ids(&self) -> Result<Vec<u32>> {
+        let info = self.xdp()?.info().context("reading the program's info")?;
+        Ok(info
+            .map_ids()
+            .context("reading the program's map ids")?
+            .unwrap_or_default())
+    }
+}
+
+/// The floor: `floor_xdp` from `BENCH_FLOOR_OBJECT`, which bumps one per-CPU counter and
+/// passes. What any attached program costs at least.
+pub struct FloorProgram {
+    ebpf: Ebpf,
+}
+
+impl FloorProgram {
+    pub fn load() -> Result<FloorProgram> {
+        let mut ebpf = EbpfLoader::new()
+            .load(datapath::BENCH_FLOOR_OBJECT)
+            .context("loading the bench-floor object")?;
+        let program: &mut Xdp = ebpf
+            .program_mut(FLOOR_PROGRAM)
+            .with_context(|| format!("the floor object has no program {FLOOR_PROGRAM}"))?
+            .try_into()
+            .with_context(|| format!("{FLOOR_PROGRAM} is not an XDP program"))?;
+        program
+            .load()
+            .with_context(|| format!("loading {FLOOR_PROGRAM} (the verifier log follows)"))?;
+        Ok(FloorProgram { ebpf })
+    }
+
+    pub fn xdp(&self) -> Result<&Xdp> {
+        self.ebpf
+            .program(FLOOR_PROGRAM)
+            .with_context(|| format!("no program {FLOOR_PROGRAM}"))?
+            .try_into()
+            .with_context(|| format!("{FLOOR_PROGRAM} is not an XDP program"))
+    }
+
+    pub fn xdp_mut(&mut self) -> Result<&mut Xdp> {
+        self.ebpf
+            .program_mut(FLOOR_PROGRAM)
+            .with_context(|| format!("no program {FLOOR_PROGRAM}"))?
+            .try_into()
+            .with_context(|| format!("{FLOOR_PROGRAM} is not an XDP program"))
+    }
+
+    /// Packets the floor has seen, summed over CPUs: proof that it really ran.
+    pub fn packets(&self) -> Result<u64> {
+        let map = self
+            .ebpf
+            .map(FLOOR_COUNTER)
+            .with_context(|| format!("the floor object has no map {FLOOR_COUNTER}"))?;
+        let counter: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).with_context(|| format!("{FLOOR_COUNTER}'s type"))?;
+        let values: PerCpuValues<u64> = counter
+            .get(&0, 0)
+            .with_context(|| format!("reading {FLOOR_COUNTER}"))?;
+        Ok(values.iter().sum())
+    }
+}
+
+/// Checks that our program classifies each frame as the reference classifier says, so each
+/// figure measures the path its label names.
+fn check_classes(ours: &OurProgram, classes: &[PacketClass]) -> Result<Vec<&'static str>> {
+    let policy = reference::Policy::apple_defaults();
+    let mut outcomes = Vec::new();
+    for class in classes {
+        let expected = reference::classify(&class.frame, &policy);
+        let before = ours.counters.snapshot()?;
+        let (action, _) = test_run(ours.xdp()?, &class.frame, 1)?;
+        let after = ours.counters.snapshot()?;
+        let moved: Vec<u8> = after
+            .entries
+            .iter()
+            .filter(|(key, value)| before.get(key).packets < value.packets)
+            .map(|(key, _)| key.outcome)
+            .collect();
+        ensure!(
+            action == XDP_PASS && moved == [expected.outcome as u8],
+            "{}: the datapath returned action {action} and counted outcomes {moved:?}; the reference says {} (pass)",
+            class.label,
+            expected.outcome.as_str()
+        );
+        ensure!(
+            class.apns == (expected.outcome == apns_common::counters::Outcome::Pass),
+            "{}: the reference classifies it as {}",
+            class.label,
+            expected.outcome.as_str()
+        );
+        outcomes.push(expected.outcome.as_str());
+    }
+    Ok(outcomes)
+}
+
+/// Section 1's numbers that the goals look at.
+#[derive(Clone, Debug, Default)]
+pub struct PerPacket {
+    /// (class key, label, apns, agent ns, floor ns, xdp-filter ns), medians.
+    pub rows: Vec<(&'static str, &'static str, bool, f64, f64, f64)>,
+}
+
+fn xdp_action_name(action: u32) -> &'static str {
+    match action {
+        0 => "aborted",
+        XDP_DROP => "drop",
+        XDP_PASS => "pass",
+        3 => "tx",
+        4 => "redirect",
+        _ => "?",
+    }
+}
+
+/// Section 1: ns per packet for every class, ours against the floor and xdp-filter.
+pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
+    let classes = classes();
+    let ours = OurProgram::with_policy(&Policy::apple_defaults())?;
+    let outcomes = check_classes(&ours, &classes)?;
+    let floor = FloorProgram::load()?;
+    let xdp_filter = XdpFilter::load()?;
+    let floor_before = floor.packets()?;
+
+    const PROGRAMS: [&str; 3] = ["floor", "agent", "xdp-filter"];
+    let programs: [&Xdp; 3] = [floor.xdp()?, ours.xdp()?, xdp_filter.xdp()];
+    // samples[class][program]: one median input per run.
+    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; classes.len()];
+    let mut actions = vec![[0u32; 3]; classes.len()];
+    for run in 0..plan.test_runs {
+        for (c, class) in classes.iter().enumerate() {
+            for turn in 0..PROGRAMS.len() {
+                let p = (turn + run) % PROGRAMS.len();
+                let (action, ns) = test_run(programs[p], &class.frame, plan.repeat)
+                    .with_context(|| format!("{} on {}", PROGRAMS[p], class.label))?;
+                samples[c][p].push(ns);
+                actions[c][p] = action;
+            }
+        }
+    }
+    let floor_runs = floor.packets()? - floor_before;
+    let expected_runs = plan.test_runs as u64 * classes.len() as u64 * u64::from(plan.repeat);
+    if floor_runs < expected_runs {
+        bail!("the floor counted {floor_runs} packets, expected at least {expected_runs}: it did not run every time");
+    }
+
+    let how = format!(
+        "BPF_PROG_TEST_RUN via aya, repeat {}, median of {} runs, thread pinned to CPU {cpu}",
+        plan.repeat, plan.test_runs
+    );
+    let mut section = Section::new("per_packet", "Per-packet cost through BPF_PROG_TEST_RUN");
+    section.method = vec![
+        format!(
+            "Each figure is the kernel's own duration per run (total / repeat, whole nanoseconds) \
+             of one BPF_PROG_TEST_RUN call with repeat {}, the median of {} calls; the thread is \
+             pinned to CPU {cpu}. The three programs run the same frame in turn within each run.",
+            group(plan.repeat),
+            plan.test_runs
+        ),
+        "- **agent**: apns-agent's XDP classifier (the embedded object), Apple's default policy \
+         (17.0.0.0/8, the four IPv6 /48s, ports 5223 443 2197 2195 2196), monitor mode."
+            .to_owned(),
+        format!(
+            "- **floor**: `{FLOOR_PROGRAM}` from the bench-floor object: bumps one per-CPU counter and \
+             returns XDP_PASS (it counted {} packets here, so every run really ran it).",
+            group(floor_runs)
+        ),
+        format!(
+            "- **xdp-filter**: Debian's xdp-tools {} (program `{}`, id {}), loaded in a scratch \
+             network namespace with `{}` and run by its program id. Its closest rules: a port \
+             and one exact address (it has no prefixes), default features (all) and policy \
+             (allow: it drops what matches). It checks the MAC addresses, then the IP addresses, \
+             then the ports, so an APNs packet to 17.249.1.10 walks every lookup before its \
+             port matches.",
+            xdp_tools_version(),
+            xdp_filter.program_name,
+            xdp_filter.program_id,
+            XdpFilter::commands().join("`, `")
+        ),
+    ];
+    let mut table = Table::new(
+        "ns per packet (median) and ratio to the floor:",
+        &[
+            "packet class",
+            "frame",
+            "agent outcome",
+            "floor ns",
+            "agent ns",
+            "agent / floor",
+            "xdp-filter ns",
+            "xdp-filter / floor",
+            "xdp-filter action",
+            "agent ns range",
+        ],
+    );
+    let mut result = PerPacket::default();
+    for (c, class) in classes.iter().enumerate() {
+        let [floor_ns, agent_ns, filter_ns] = [0, 1, 2].map(|p| median(&samples[c][p]));
+        let key = |what: &str| format!("per_packet.{}.{what}", class.key);
+        section.figure(key("floor_ns"), floor_ns, "ns", &how);
+        section.figure(key("agent_ns"), agent_ns, "ns", &how);
+        section.figure(key("xdp_filter_ns"), filter_ns, "ns", &how);
+        let agent_ratio = section.figure(
+            key("agent_per_floor"),
+            ratio(agent_ns, floor_ns),
+            "x",
+            "agent ns / floor ns",
+        );
+        let filter_ratio = section.figure(
+            key("xdp_filter_per_floor"),
+            ratio(filter_ns, floor_ns),
+            "x",
+            "xdp-filter ns / floor ns",
+        );
+        let (lo, hi) = range(&samples[c][1]);
+        table.row(vec![
+            class.label.to_owned(),
+            format!("{} B", class.frame.len()),
+            outcomes[c].to_owned(),
+            num(floor_ns),
+            num(agent_ns),
+            times(agent_ratio),
+            num(filter_ns),
+            times(filter_ratio),
+            xdp_action_name(actions[c][2]).to_owned(),
+            format!("{}–{}", num(lo), num(hi)),
+        ]);
+        result.rows.push((
+            class.key,
+            class.label,
+            class.apns,
+            agent_ns,
+            floor_ns,
+            filter_ns,
+        ));
+    }
+    section.tables.push(table);
+    section.notes.push(
+        "The kernel reports whole nanoseconds per run, so a ratio between two small figures \
+         carries ±1 ns of rounding on each side."
+            .to_owned(),
+    );
+    drop(xdp_filter);
+    Ok((section, result))
+}
+
+/// `n` IPv4 prefixes: [`MATCHING_PREFIX`] and `n - 1` others drawn from a fixed seed, with
+/// lengths spread like a routing table's (mostly /24, down to /16), none inside 17.0.0.0/8,
+/// so the APNs packet is matched by the /16 whatever the size.
+pub fn allow_list(n: usize) -> BTreeSet<IpNet> {
+    let mut set = BTreeSet::from([IpNet::V4(MATCHING_PREFIX)]);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x0a11_0715);
+    // Bounded: each draw adds a prefix unless it collides, and collisions are rare even at
+    // 100,000 prefixes out of millions of possible ones.
+    for _ in 0..n.saturating_mul(4) {
+        if set.len() >= n {
+            break;
+        }
+        let len = match rng.random_range(0..100) {
+            0..60 => 24,
+            60..75 => rng.random_range(22..=23),
+            75..90 => rng.random_range(19..=21),
+            _ => rng.random_range(16..=18),
+        };
+        let addr = Ipv4Addr::from(rng.random::<u32>());
+        let first = addr.octets()[0];
+        if matches!(first, 0 | 17 | 127) || first >= 224 {
+            continue;
+        }
+        let net = Ipv4Net::new(addr, len).expect("length 16..=24").trunc();
+        set.insert(IpNet::V4(net));
+    }
+    assert_eq!(set.len(), n, "could not draw {n} distinct prefixes");
+    set
+}
+
+/// Apple's ports in monitor mode with `allow` as the allow-list.
+pub fn policy_with(allow: BTreeSet<IpNet>) -> Policy {
+    Policy {
+        mode: Mode::Monitor,
+        ports: DEFAULT_PORTS.into_iter().collect(),
+        allow,
+        providers: BTreeSet::new(),
+    }
+}
+
+/// Section 2's numbers the goals and section 4 look at.
+#[derive(Clone, Debug, Default)]
+pub struct Scaling {
+    /// (prefixes, agent ns) medians.
+    pub cost: Vec<(usize, f64)>,
+    /// (prefixes, apply into an empty generation).
+    pub apply: Vec<(usize, Duration)>,
+    /// Map memory (bytes_memlock summed) of the datapath with the most prefixes.
+    pub largest_maps_bytes: u64,
+}
+
+/// Section 2: the APNs IPv4 SYN with 1 to 100,000 IPv4 prefixes in the allow-list.
+pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)> {
+    let frame = classes()
+        .into_iter()
+        .find(|c| c.key == "apns_v4_syn")
+        .context("no APNs IPv4 SYN class")?
+        .frame;
+    let floor = FloorProgram::load()?;
+    let mut loaded = Vec::new();
+    let mut scaling = Scaling::default();
+    for n in ALLOW_LIST_SIZES {
+        let mut program = OurProgram::load()?;
+        let took = program
+            .apply(&policy_with(allow_list(n)))
+            .with_context(|| format!("applying {n} prefixes"))?;
+        scaling.apply.push((n, took));
+        loaded.push(program);
+    }
+    if let Some(largest) = loaded.last() {
+        scaling.largest_maps_bytes = super::control::maps_memlock(&largest.map_ids()?)?;
+    }
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); loaded.len() + 1];
+    for run in 0..plan.test_runs {
+        for turn in 0..samples.len() {
+            let i = (turn + run) % samples.len();
+            let program = match i {
+                0 => floor.xdp()?,
+                _ => loaded[i - 1].xdp()?,
+            };
+            let (action, ns) = test_run(program, &frame, plan.repeat)?;
+            ensure!(
+                action == XDP_PASS,
+                "the APNs SYN was not passed (action {action})"
+            );
+            samples[i].push(ns);
+        }
+    }
+
+    let how = format!(
+        "BPF_PROG_TEST_RUN via aya, APNs IPv4 SYN, repeat {}, median of {} runs, CPU {cpu}",
+        plan.repeat, plan.test_runs
+    );
+    let mut section = Section::new("allow_list", "Allow-list scaling");
+    section.method = vec![format!(
+        "The APNs IPv4 SYN (to 17.249.1.10) through datapaths whose IPv4 allow-list holds 1 to \
+         100,000 distinct prefixes, applied with `PolicyMaps::apply`. The packet is matched by \
+         17.249.0.0/16; the other prefixes are drawn from a fixed seed with lengths /16 to /24 \
+         (60 % /24), none inside 17.0.0.0/8. Same method as section 1 ({} runs of {} repeats, \
+         the floor in the same turns).",
+        plan.test_runs,
+        group(plan.repeat)
+    )];
+    let floor_ns = median(&samples[0]);
+    section.figure("allow_list.floor_ns".into(), floor_ns, "ns", &how);
+    let mut table = Table::new(
+        "ns per APNs IPv4 SYN by allow-list size:",
+        &[
+            "IPv4 prefixes",
+            "agent ns",
+            "vs 1 prefix",
+            "vs floor",
+            "apply time (empty generation)",
+        ],
+    );
+    let base = median(&samples[1]);
+    for (i, n) in ALLOW_LIST_SIZES.into_iter().enumerate() {
+        let ns = median(&samples[i + 1]);
+        scaling.cost.push((n, ns));
+        section.figure(format!("allow_list.{n}.agent_ns"), ns, "ns", &how);
+        let vs_one = section.figure(
+            format!("allow_list.{n}.per_one_prefix"),
+            ratio(ns, base),
+            "x",
+            "agent ns / agent ns with 1 prefix",
+        );
+        let apply = scaling.apply[i].1;
+        section.figure(
+            format!("allow_list.{n}.apply_ms"),
+            apply.as_secs_f64() * 1e3,
+            "ms",
+            "wall time of PolicyMaps::apply into a freshly loaded datapath",
+        );
+        table.row(vec![
+            group(n as u64),
+            num(ns),
+            times(vs_one),
+            times(ratio(ns, floor_ns)),
+            format!("{} ms", num(apply.as_secs_f64() * 1e3)),
+        ]);
+    }
+    section.tables.push(table);
+    section
+        .notes
+        .push(format!("Floor in the same turns: {} ns.", num(floor_ns)));
+    Ok((section, scaling))
+}
+
+/// Median wall time of applying `n` prefixes into freshly loaded datapaths (section 4).
+pub fn apply_time(n: usize, runs: usize) -> Result<Vec<Duration>> {
+    let policy = policy_with(allow_list(n));
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let mut program = OurProgram::load()?;
+        times.push(program.apply(&policy)?);
+    }
+    Ok(times)
+}
+
+/// `1000000` as `1,000,000`.
+fn group(n: impl Into<u64>) -> String {
+    super::stats::group_thousands(i64::try_from(n.into()).unwrap_or(i64::MAX))
+}
+
+/// The installed xdp-tools version (`dpkg-query`), or "(version unknown)".
+fn xdp_tools_version() -> String {
+    std::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "xdp-tools"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_else(|| "(version unknown)".to_owned())
+}
