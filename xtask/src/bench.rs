@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::util::{cargo, describe, elapsed, is_root, step, workspace_root};
+use crate::util::{build_release_with_agent, elapsed, is_root, step, target_dir, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,44 +45,13 @@ impl Args {
     }
 }
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-}
-
 pub fn run(args: &Args) -> Result<()> {
     if !is_root() {
         bail!("cargo xtask bench must run as root (it loads XDP programs and builds network namespaces): try sudo -E env PATH=\"$PATH\" cargo xtask bench");
     }
     let started = Instant::now();
     crate::setup::run().context("setup failed")?;
-    let mut build = cargo();
-    build
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "apns-agent",
-            "-p",
-            "apns-tests",
-            "--bin",
-            "apns-agent",
-            "--bin",
-            "apns-bench",
-        ])
-        .current_dir(workspace_root())
-        .stdin(Stdio::null());
-    step(format!(
-        "{} (the first build takes a few minutes)",
-        describe(&build)
-    ));
-    let status = build
-        .status()
-        .with_context(|| format!("could not start `{}`", describe(&build)))?;
-    if !status.success() {
-        bail!("`{}` failed ({status})", describe(&build));
-    }
+    let bench = build_release_with_agent("apns-bench")?;
 
     // The bench binary runs from the workspace root, so a relative --out is made absolute
     // from where the user typed it.
@@ -98,7 +67,6 @@ pub fn run(args: &Args) -> Result<()> {
     // the report.
     let typed: Vec<String> = std::env::args().skip(1).collect();
     let command_line = format!("cargo xtask {}", typed.join(" "));
-    let bench = target_dir().join("release/apns-bench");
     step(format!("{} {}", bench.display(), bench_args.join(" ")));
     let status = std::process::Command::new(&bench)
         .args(&bench_args)

@@ -38,7 +38,8 @@ enum Command {
     Setup,
     /// Run setup, then build the agent in release mode (`cargo build --release -p apns-agent`).
     Build,
-    /// Run setup, then every test (`cargo test --workspace --exclude apns-ebpf`). Needs root.
+    /// Run setup, then every test (`cargo test --workspace --exclude apns-ebpf`), then the
+    /// benchmark smoke run (`bench --quick`), then check nothing was left behind. Needs root.
     Test(test::Args),
     /// Run setup, then the demo: a gateway in network namespaces with apns-agent enforcing,
     /// some APNs and other traffic, the counters and /metrics. Needs root.

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, describe, elapsed, is_root, step, workspace_root};
+use crate::util::{cargo, describe, elapsed, is_root, step, target_dir, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -55,6 +55,14 @@ fn setup_and_test(args: &Args) -> Result<()> {
     if !status.success() {
         bail!("`{}` failed ({status})", describe(&cmd));
     }
+    // The benchmark's smoke run: checks that every figure is still produced (never how good
+    // the figures are: speed goals are reported, not tested).
+    crate::bench::run(&crate::bench::Args {
+        quick: true,
+        out: Some(target_dir().join("bench-quick")),
+        soak_secs: None,
+    })
+    .context("the benchmark smoke run (cargo xtask bench --quick) failed")?;
     check_nothing_left_behind(&before)
 }
 

@@ -163,3 +163,32 @@ pub fn tilde(path: &Path) -> String {
     }
     path.display().to_string()
 }
+
+/// Cargo's target directory (CARGO_TARGET_DIR or `target/` in the workspace).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds the agent and one binary of the tests crate (`apns-demo`, `apns-bench`) in release
+/// mode and returns the latter's path.
+pub fn build_release_with_agent(binary: &str) -> Result<PathBuf> {
+    let mut build = cargo();
+    build
+        .args(["build", "--release", "-p", "apns-agent", "-p", "apns-tests"])
+        .args(["--bin", "apns-agent", "--bin", binary])
+        .current_dir(workspace_root())
+        .stdin(Stdio::null());
+    step(format!(
+        "{} (the first build takes a few minutes)",
+        describe(&build)
+    ));
+    let status = build
+        .status()
+        .with_context(|| format!("could not start `{}`", describe(&build)))?;
+    if !status.success() {
+        bail!("`{}` failed ({status})", describe(&build));
+    }
+    Ok(target_dir().join("release").join(binary))
+}
