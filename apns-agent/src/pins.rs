@@ -104,24 +104,9 @@ impl PinDir {
         self.tc_links_dir().join(interface)
     }
 
-    /// The TC link pins present: (interface, path).
+    /// The TC link pins present: (interface, path), sorted.
     pub fn tc_links(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
-        let dir = self.tc_links_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
-        };
-        let mut links = Vec::new();
-        for entry in entries {
-            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-            links.push((
-                entry.file_name().to_string_lossy().into_owned(),
-                entry.path(),
-            ));
-        }
-        links.sort();
-        Ok(links)
+        list(&self.tc_links_dir())
     }
 
     pub fn link(&self, interface: &str, mode: AttachMode) -> PathBuf {
@@ -136,30 +121,21 @@ impl PinDir {
 
     /// The link pins present, sorted by interface.
     pub fn links(&self) -> anyhow::Result<Vec<LinkPin>> {
-        let dir = self.links_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
-        };
         let mut links = Vec::new();
-        for entry in entries {
-            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+        for (name, path) in list(&self.links_dir())? {
             let parsed = name
                 .rsplit_once(':')
                 .and_then(|(interface, mode)| Some((interface, AttachMode::parse(mode)?)));
             let Some((interface, mode)) = parsed else {
                 bail!(
                     "{} is not an apns-agent link pin (expected <interface>:native or <interface>:skb); remove it or run `apns-agent unload`",
-                    entry.path().display()
+                    path.display()
                 );
             };
             links.push(LinkPin {
                 interface: interface.to_owned(),
                 mode,
-                path: entry.path(),
+                path,
             });
         }
         links.sort_by(|a, b| a.interface.cmp(&b.interface));
@@ -226,6 +202,25 @@ impl PinDir {
             Err(err) => Err(err).with_context(|| format!("removing {}", self.root.display())),
         }
     }
+}
+
+/// The entries of a pin folder as (name, path), sorted; a folder not made yet is empty.
+fn list(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut listed = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        listed.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
+    }
+    listed.sort();
+    Ok(listed)
 }
 
 /// Restricts a freshly made pin to its owner.

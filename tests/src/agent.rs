@@ -80,6 +80,19 @@ impl TestPins {
     pub fn snapshot(&self) -> Result<Snapshot> {
         Datapath::open(&self.pins)?.counters.snapshot()
     }
+
+    /// One counter of the pinned datapath (zero if never created).
+    pub fn counter(
+        &self,
+        ifindex: u32,
+        direction: Direction,
+        port: u16,
+        outcome: Outcome,
+    ) -> Result<apns_common::counters::CounterValue> {
+        Ok(self
+            .snapshot()?
+            .get(&counter_key(ifindex, direction, port, outcome)))
+    }
 }
 
 impl Default for TestPins {

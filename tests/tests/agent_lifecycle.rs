@@ -83,37 +83,16 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
     let apple = APPLE.socket(false, 5223);
     let other = OTHER.socket(false, 5223);
     let syns = |pins: &TestPins| {
-        pins.snapshot()
-            .unwrap()
-            .get(&agent::counter_key(
-                lan,
-                Direction::Outbound,
-                5223,
-                Outcome::Pass,
-            ))
-            .syn
+        let value = pins.counter(lan, Direction::Outbound, 5223, Outcome::Pass);
+        value.unwrap().syn
     };
     let synacks = |pins: &TestPins| {
-        pins.snapshot()
-            .unwrap()
-            .get(&agent::counter_key(
-                wan,
-                Direction::Inbound,
-                5223,
-                Outcome::Pass,
-            ))
-            .synack
+        let value = pins.counter(wan, Direction::Inbound, 5223, Outcome::Pass);
+        value.unwrap().synack
     };
     let pinhole_drops = |pins: &TestPins| {
-        pins.snapshot()
-            .unwrap()
-            .get(&agent::counter_key(
-                lan,
-                Direction::None,
-                5223,
-                Outcome::DropPinhole,
-            ))
-            .packets
+        let value = pins.counter(lan, Direction::None, 5223, Outcome::DropPinhole);
+        value.unwrap().packets
     };
 
     let mut first = agent::spawn_run(&lab, &pins, &run_args).unwrap();

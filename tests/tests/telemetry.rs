@@ -298,9 +298,8 @@ fn events_stream_names_each_refused_flow() {
 fn ebpf_log_flag_forwards_the_datapaths_log_and_off_removes_it() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    let mut cmd = lab.command(Role::Gw, agent::binary());
-    agent::command(
-        &mut cmd,
+    let mut cmd = agent::gw_command(
+        &lab,
         &pins,
         &[
             "run",

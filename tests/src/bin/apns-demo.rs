@@ -39,9 +39,8 @@ fn demo() -> Result<()> {
     let pins = TestPins::new();
 
     step("starting apns-agent on the gateway (enforce mode, lan0 lan1 lan2 wan0)");
-    let mut cmd = lab.command(Role::Gw, agent::binary());
-    agent::command(
-        &mut cmd,
+    let mut cmd = agent::gw_command(
+        &lab,
         &pins,
         &[
             "run",
