@@ -2,8 +2,8 @@
 //! reference of what the datapath must make of them (`docs/classification.md`).
 
 pub mod agent;
+pub mod bench;
 pub mod lab;
 pub mod packets;
 pub mod reference;
 pub mod xdp;
-pub mod bench;

@@ -129,6 +129,9 @@ pub struct Section {
     pub tables: Vec<Table>,
     pub notes: Vec<String>,
     pub figures: Vec<Figure>,
+    /// Goals this section measured itself: each replaces the report's goal of the same
+    /// wording (see [`Report::effective_goals`]), or is added if there is none.
+    pub goals: Vec<Goal>,
 }
 
 impl Section {
@@ -215,6 +218,29 @@ impl Report {
             .collect()
     }
 
+    /// The report's goals, each replaced by a section's goal of the same wording where a
+    /// section measured it (e.g. the redirect goal, measured by the forwarding section), and
+    /// the sections' other goals after them. What the markdown and the JSON show.
+    pub fn effective_goals(&self) -> Vec<Goal> {
+        let measured: Vec<&Goal> = self.sections.iter().flat_map(|s| &s.goals).collect();
+        let mut goals: Vec<Goal> = self
+            .goals
+            .iter()
+            .map(|goal| {
+                measured
+                    .iter()
+                    .find(|m| m.goal == goal.goal)
+                    .map_or_else(|| goal.clone(), |m| (*m).clone())
+            })
+            .collect();
+        for m in measured {
+            if !self.goals.iter().any(|g| g.goal == m.goal) {
+                goals.push(m.clone());
+            }
+        }
+        goals
+    }
+
     pub fn figure_count(&self) -> usize {
         self.sections.iter().map(|s| s.figures.len()).sum()
     }
@@ -242,7 +268,7 @@ impl Report {
         let _ = writeln!(md, "## Goals\n");
         let _ = writeln!(md, "| goal | measured | verdict |");
         let _ = writeln!(md, "|---|---|---|");
-        for goal in &self.goals {
+        for goal in &self.effective_goals() {
             let _ = writeln!(
                 md,
                 "| {} | {} | **{}** |",
@@ -302,7 +328,7 @@ impl Report {
             "source": self.source,
             "started_unix": self.started_unix,
             "elapsed_secs": self.elapsed.as_secs_f64(),
-            "goals": self.goals.iter().map(|g| json!({
+            "goals": self.effective_goals().iter().map(|g| json!({
                 "goal": g.goal,
                 "measured": g.measured,
                 "verdict": g.verdict.as_str(),
