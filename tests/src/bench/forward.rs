@@ -147,40 +147,41 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    fn pps(&self, size: usize, config: Config) -> Vec<f64> {
+    /// One figure of every run of `config` at `size`, round by round.
+    fn figures(&self, size: usize, config: Config, figure: fn(&RunResult) -> f64) -> Vec<f64> {
         self.runs[size][config as usize]
             .iter()
-            .map(|r| r.pps)
+            .map(figure)
+            .collect()
+    }
+
+    /// Round by round `config` / `base` of one figure.
+    fn ratios(
+        &self,
+        size: usize,
+        config: Config,
+        base: Config,
+        figure: fn(&RunResult) -> f64,
+    ) -> Vec<f64> {
+        self.figures(size, config, figure)
+            .iter()
+            .zip(self.figures(size, base, figure))
+            .map(|(a, b)| ratio(*a, b))
             .collect()
     }
 
     /// Round by round `config` / `base` packet rates.
     pub fn pair_ratios(&self, size: usize, config: Config, base: Config) -> Vec<f64> {
-        self.pps(size, config)
-            .iter()
-            .zip(self.pps(size, base))
-            .map(|(a, b)| ratio(*a, b))
-            .collect()
-    }
-
-    fn cpu(&self, size: usize, config: Config) -> Vec<f64> {
-        self.runs[size][config as usize]
-            .iter()
-            .map(|r| r.cpu_ns_per_packet)
-            .collect()
+        self.ratios(size, config, base, |run| run.pps)
     }
 
     /// Round by round `config` / `base` CPU time per packet.
     pub fn cpu_pair_ratios(&self, size: usize, config: Config, base: Config) -> Vec<f64> {
-        self.cpu(size, config)
-            .iter()
-            .zip(self.cpu(size, base))
-            .map(|(a, b)| ratio(*a, b))
-            .collect()
+        self.ratios(size, config, base, |run| run.cpu_ns_per_packet)
     }
 
     pub fn median_pps(&self, size: usize, config: Config) -> f64 {
-        median(&self.pps(size, config))
+        median(&self.figures(size, config, |run| run.pps))
     }
 }
 
@@ -607,8 +608,8 @@ fn describe(plan: &Plan, result: &Forwarding) -> Section {
             ],
         );
         for config in Config::ALL {
-            let pps = result.pps(s, config);
-            let cpu = result.cpu(s, config);
+            let pps = result.figures(s, config, |run| run.pps);
+            let cpu = result.figures(s, config, |run| run.cpu_ns_per_packet);
             let key = |what: &str| format!("forwarding.{payload}B.{}.{what}", config.key());
             let how = format!(
                 "median of {} runs: {}",

@@ -221,10 +221,15 @@ impl Drop for Unloader<'_> {
     }
 }
 
+/// Where libxdp (under xdp-filter) pins its dispatchers; it leaves the folder itself behind.
+const LIBXDP_PIN_DIR: &str = "/sys/fs/bpf/xdp";
+
 fn unload(ns: &ScratchNs) {
     if let Err(err) = ns.run_in(|| run(Command::new("xdp-filter").args(["unload", IFACE]))) {
         eprintln!("apns-bench: xdp-filter unload {IFACE}: {err:#}");
     }
+    // Only an empty folder goes: another libxdp user's pins stay where they are.
+    let _ = std::fs::remove_dir(LIBXDP_PIN_DIR);
 }
 
 impl Drop for XdpFilter {
