@@ -25,6 +25,9 @@ fn a_flood_of_violations_yields_the_configured_number_of_events() {
         enforce: true,
         ..reference::Policy::apple_defaults()
     };
+    // The rate limiter's state is per CPU: both runs below must land on the same CPU, or the
+    // second one reads another CPU's (empty) state.
+    apns_tests::bench::testrun::pin_current_thread(0).unwrap();
     let mut classifier = Classifier::load(&agent_policy(&policy)).unwrap();
     classifier
         .events
