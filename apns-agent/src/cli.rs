@@ -1,38 +1,59 @@
-//! Command-line definitions (clap). Subcommand names are the contract; flags may grow.
+//! Command-line definitions (clap): the flags, their help, and nothing else. Subcommand names
+//! are the contract; flags may grow. Values of the kernel contract (policy mode, fast path,
+//! XDP mode, log level) parse through their one type ([`crate::label`]).
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use apns_common::{fastpath::FastPath, policy::Mode};
+use clap::{Args, Parser, Subcommand};
 
-use crate::{datapath::EbpfLog, interfaces::FastPath, pinned::XdpModeChoice, policy::Mode};
+use crate::{
+    datapath::{links::check_interface_name, EbpfLog, XdpMode},
+    label,
+};
 
 /// apns-agent: keeps Apple Push Notification service traffic flowing and measured on Linux
 /// gateways, with an XDP classifier that counts (and in enforce mode polices) APNs traffic.
 #[derive(Parser, Debug)]
 #[command(version, propagate_version = true)]
 pub struct Cli {
-    /// Where programs, links and maps are pinned (bpffs). Overrides the config's pin_dir.
+    #[command(flatten)]
+    pub global: Global,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Args, Debug, Default, Clone)]
+pub struct Global {
+    /// Config file. Default: /etc/apns-agent/config.toml when it exists, else the built-in
+    /// defaults (Apple's prefixes and ports, monitor mode). Every subcommand reads it (for
+    /// pin_dir, at least); `run` applies it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where programs, links and maps are pinned (bpffs). Overrides the config's pin_dir
+    /// (default /sys/fs/bpf/apns-agent).
     #[arg(long, global = true, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
 
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load (or adopt) the datapath, attach it, apply the config, and stay in the foreground.
     /// SIGHUP re-reads the config; SIGTERM/SIGINT leave the datapath attached and enforcing
-    /// unless --detach-on-exit.
+    /// unless --detach-on-exit. Live changes made with the other subcommands survive a
+    /// restart until the config's same setting changes (see `status`).
     Run(RunArgs),
     /// Attach the datapath to interfaces (loading it if nothing is pinned yet).
     Attach {
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: XdpModeArg,
+        #[arg(long, value_parser = label::value_parser::<XdpMode>(), default_value = "auto")]
+        xdp_mode: XdpMode,
         #[arg(required = true, value_name = "IFACE")]
         interfaces: Vec<String>,
     },
@@ -41,10 +62,11 @@ pub enum Command {
         #[arg(required = true, value_name = "IFACE")]
         interfaces: Vec<String>,
     },
-    /// Detach from every interface and remove every pin: program, links and maps (counters
-    /// are lost).
+    /// Detach from every interface and remove every pin: programs, links and maps (counters
+    /// are lost), and the record of live changes.
     Unload,
-    /// Show interfaces, XDP mode, program, policy mode and allow-list sizes.
+    /// Show interfaces, XDP mode, programs, policy mode and allow-list sizes, and where each
+    /// part of the live policy came from.
     Status {
         #[arg(long)]
         json: bool,
@@ -64,17 +86,19 @@ pub enum Command {
         #[command(subcommand)]
         action: PortAction,
     },
-    /// Set an attached interface's fast path: pass (count only) or redirect (forward APNs
-    /// packets from XDP, past netfilter; for routed gateways without NAT on the APNs path).
+    /// Set an attached interface's fast path: pass (count only), mark (set skb->mark on
+    /// APNs packets for netfilter and policy routing; works with NAT) or redirect (forward
+    /// APNs packets from XDP, past netfilter; for routed gateways without NAT on the APNs
+    /// path).
     Fastpath {
         interface: String,
-        #[arg(value_parser = clap::value_parser!(FastPath))]
+        #[arg(value_parser = label::value_parser::<FastPath>())]
         mode: FastPath,
     },
     /// Switch the live datapath between monitor and enforce.
     Mode {
-        #[arg(value_enum)]
-        mode: ModeArg,
+        #[arg(value_parser = label::value_parser::<Mode>())]
+        mode: Mode,
     },
     /// Validate a config file without touching the kernel.
     CheckConfig { file: PathBuf },
@@ -101,23 +125,19 @@ pub enum Command {
     },
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Config file. Without it, /etc/apns-agent/config.toml is read if present, else the
-    /// built-in defaults (Apple's prefixes and ports, monitor mode).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
     /// Interface to attach to (repeatable). Replaces the config's interfaces.
     #[arg(long = "iface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
     /// Overrides the config's mode.
-    #[arg(long, value_enum)]
-    pub mode: Option<ModeArg>,
+    #[arg(long, value_parser = label::value_parser::<Mode>())]
+    pub mode: Option<Mode>,
     /// Overrides the config's xdp_mode.
-    #[arg(long, value_enum)]
-    pub xdp_mode: Option<XdpModeArg>,
-    /// Fast path of an interface: IFACE=pass or IFACE=redirect (repeatable). Adds to the
-    /// config's [fastpath] table.
+    #[arg(long, value_parser = label::value_parser::<XdpMode>())]
+    pub xdp_mode: Option<XdpMode>,
+    /// Fast path of an interface: IFACE=pass, IFACE=mark or IFACE=redirect (repeatable).
+    /// Adds to the config's [fastpath] table.
     #[arg(long = "fastpath", value_name = "IFACE=MODE", value_parser = parse_fastpath)]
     pub fastpath: Vec<(String, FastPath)>,
     /// On SIGTERM/SIGINT, detach from the interfaces this run attached.
@@ -134,14 +154,16 @@ pub struct RunArgs {
     pub textfile_interval: u64,
     /// Drop events each CPU may report per second (0 turns them off); a flood of
     /// violations costs at most this many ring-buffer writes per CPU and second.
-    #[arg(long, value_name = "N", default_value_t = apns_common::events::EventConfig::default().per_cpu_per_second)]
-    pub events_per_second: u32,
-    /// Consider only every Nth policy drop for an event.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub events_sample_every: u32,
+    /// Overrides the config's [events] per_cpu_per_second (default 100).
+    #[arg(long, value_name = "N")]
+    pub events_per_second: Option<u32>,
+    /// Consider only every Nth policy drop for an event. Overrides the config's [events]
+    /// sample_every (default 1).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub events_sample_every: Option<u32>,
     /// Turn the datapath's own debug log on (forwarded into this process's log) for
     /// debugging; reloads the program when the level changes. Off by default, at no cost.
-    #[arg(long, value_enum, default_value = "off")]
+    #[arg(long, value_parser = label::value_parser::<EbpfLog>(), default_value = "off")]
     pub ebpf_log: EbpfLog,
     /// Sliding window of apns_reachability_ratio (SYN-ACKs seen / SYNs sent).
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -185,43 +207,8 @@ fn parse_fastpath(text: &str) -> Result<(String, FastPath), String> {
     let (interface, mode) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not IFACE=MODE (e.g. lan0=redirect)"))?;
-    crate::config::check_interface_name(interface).map_err(|err| err.to_string())?;
-    Ok((
-        interface.to_owned(),
-        mode.parse().map_err(|err: anyhow::Error| err.to_string())?,
-    ))
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum ModeArg {
-    Monitor,
-    Enforce,
-}
-
-impl From<ModeArg> for Mode {
-    fn from(mode: ModeArg) -> Mode {
-        match mode {
-            ModeArg::Monitor => Mode::Monitor,
-            ModeArg::Enforce => Mode::Enforce,
-        }
-    }
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum XdpModeArg {
-    Auto,
-    Native,
-    Skb,
-}
-
-impl From<XdpModeArg> for XdpModeChoice {
-    fn from(mode: XdpModeArg) -> XdpModeChoice {
-        match mode {
-            XdpModeArg::Auto => XdpModeChoice::Auto,
-            XdpModeArg::Native => XdpModeChoice::Native,
-            XdpModeArg::Skb => XdpModeChoice::Skb,
-        }
-    }
+    check_interface_name(interface).map_err(|err| err.to_string())?;
+    Ok((interface.to_owned(), label::parse(mode)?))
 }
 
 #[cfg(test)]
@@ -239,6 +226,7 @@ mod tests {
     fn unknown_mode_is_refused() {
         assert!(Cli::try_parse_from(["apns-agent", "mode", "block"]).is_err());
         assert!(Cli::try_parse_from(["apns-agent", "run", "--xdp-mode", "hw"]).is_err());
+        assert!(Cli::try_parse_from(["apns-agent", "run", "--fastpath", "lan0=fast"]).is_err());
     }
 
     #[test]
@@ -248,6 +236,8 @@ mod tests {
             "--pin-dir",
             "/sys/fs/bpf/x",
             "run",
+            "--config",
+            "/etc/x.toml",
             "--iface",
             "eth1",
             "--iface",
@@ -256,6 +246,8 @@ mod tests {
             "enforce",
             "--xdp-mode",
             "skb",
+            "--fastpath",
+            "eth1=mark",
             "--detach-on-exit",
         ])
         .unwrap();
@@ -263,6 +255,10 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(args.interfaces, ["eth1", "eth2"]);
+        assert_eq!(args.mode, Some(Mode::Enforce));
+        assert_eq!(args.xdp_mode, Some(XdpMode::Skb));
+        assert_eq!(args.fastpath, [("eth1".to_owned(), FastPath::Mark)]);
         assert!(args.detach_on_exit);
+        assert_eq!(cli.global.config, Some(PathBuf::from("/etc/x.toml")));
     }
 }

@@ -1,17 +1,22 @@
-//! apns-agent as a library: the embedded datapath object, the policy model, typed access to
-//! the datapath's maps, the pinned lifecycle and the subcommands. The binary (`main.rs`) and
-//! the integration tests both use it.
+//! apns-agent as a library: the binary (`main.rs`) and the integration tests both use it.
+//!
+//! The crate reads top-down; a module only uses the ones below it:
+//!
+//! ```text
+//! main.rs ─ cmd/         one file per subcommand; cmd/mod.rs only dispatches
+//!            ├─ cli      the clap definitions
+//!            ├─ settings flags over config over defaults; the live-state record
+//!            ├─ telemetry counters for Prometheus, JSON and terminals
+//!            ├─ readiness, privileges
+//!            └─ datapath the one door to the pinned programs, maps, links and pins
+//!                 └─ label   (parsing the kernel contract's labels) ─ apns-common
+//! ```
 
 pub mod cli;
 pub mod cmd;
-pub mod config;
-pub mod counters;
 pub mod datapath;
-pub mod events;
-pub mod interfaces;
-pub mod maps;
-pub mod pinned;
-pub mod pins;
-pub mod policy;
+pub mod label;
 pub mod privileges;
+pub mod readiness;
+pub mod settings;
 pub mod telemetry;

@@ -1,9 +1,11 @@
 //! The `apns-agent` binary: parse the command line, dispatch, print the error chain once.
-//! Exit codes: 0 success, 1 failure, 2 usage error (clap).
+//! Exit codes: 0 success, 1 failure, 2 usage error; a command whose reader goes away (a
+//! closed stdout: `stats --json | head`) ends quietly, killed by SIGPIPE as command-line
+//! tools are.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal as _, process::ExitCode};
 
-use clap::Parser as _;
+use clap::{error::ErrorKind, Parser as _};
 use tracing_subscriber::EnvFilter;
 
 use apns_agent::{
@@ -12,8 +14,58 @@ use apns_agent::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let mut filter = match cli.verbose {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    if !matches!(cli.command, Command::Run(_)) {
+        restore_sigpipe();
+    }
+    init_logging(&cli);
+    match cmd::dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("apns-agent: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Help and version go to stdout as clap prints them; a usage error is one line on stderr,
+/// with where to look, and exit code 2.
+fn usage_error(err: clap::Error) -> ExitCode {
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = err.render().to_string();
+    let first = rendered
+        .lines()
+        .next()
+        .unwrap_or("invalid command line")
+        .trim_start_matches("error: ");
+    eprintln!("apns-agent: {first} (see `apns-agent --help`)");
+    ExitCode::from(2)
+}
+
+/// Rust ignores SIGPIPE, so a write to a closed pipe is an error `println!` panics on. A
+/// command that prints for a reader should instead end when its reader goes away, as `ls` or
+/// `cat` do. `run` keeps ignoring it: its sockets and log must never kill the agent.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to its default before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Logs to stderr; colours only on a terminal, and never with NO_COLOR set (no-color.org).
+fn init_logging(cli: &Cli) {
+    let mut filter = match cli.global.verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
@@ -26,17 +78,13 @@ fn main() -> ExitCode {
             filter.push_str(&format!(",apns_ebpf={level}"));
         }
     }
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter)),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
-    match cmd::dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("apns-agent: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
 }

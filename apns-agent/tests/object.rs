@@ -1,7 +1,9 @@
 //! The embedded object agrees with apns-common (no kernel needed), and the kernel's verifier
 //! accepts it.
 
-use apns_agent::datapath::{self, EbpfLog, OBJECT, XDP_PROGRAM};
+use apns_agent::datapath::object::{self, EbpfLog, OBJECT};
+use apns_common::programs::{TC_MARK, XDP as XDP_PROGRAM};
+use aya_obj::ProgramSection;
 
 #[test]
 fn object_maps_match_the_shared_layout() {
@@ -34,13 +36,27 @@ fn object_maps_match_the_shared_layout() {
         "the object has maps apns-common does not describe: {:?}",
         object.maps.keys().collect::<Vec<_>>()
     );
-    assert!(object.programs.contains_key(XDP_PROGRAM));
+    let section = |name: &str| {
+        &object
+            .programs
+            .get(name)
+            .unwrap_or_else(|| panic!("program {name} missing from the object"))
+            .section
+    };
+    assert!(
+        matches!(section(XDP_PROGRAM), ProgramSection::Xdp { .. }),
+        "{XDP_PROGRAM} is not an XDP program"
+    );
+    assert!(
+        matches!(section(TC_MARK), ProgramSection::SchedClassifier),
+        "{TC_MARK} is not a TC classifier"
+    );
 }
 
 #[test]
 fn verifier_accepts_the_program() {
-    let mut ebpf = datapath::load_unpinned().unwrap_or_else(|err| panic!("{err:?}"));
-    let info = datapath::xdp_program(&mut ebpf).unwrap().info().unwrap();
+    let mut ebpf = object::load_unpinned().unwrap_or_else(|err| panic!("{err:?}"));
+    let info = object::xdp_program(&mut ebpf).unwrap().info().unwrap();
     // The baseline the closing notes quote: translated (xlated) instructions are 8 bytes each;
     // verified_insns is the verifier's processed-instruction count.
     println!(
@@ -55,8 +71,8 @@ fn verifier_accepts_the_program() {
 fn disabled_log_calls_cost_no_instruction() {
     let translated = |log: EbpfLog| {
         let level = log.level();
-        let mut ebpf = datapath::loader(&level).load(OBJECT).unwrap();
-        let program = datapath::xdp_program(&mut ebpf).unwrap();
+        let mut ebpf = object::loader(&level).load(OBJECT).unwrap();
+        let program = object::xdp_program(&mut ebpf).unwrap();
         program.load().unwrap();
         program
             .info()

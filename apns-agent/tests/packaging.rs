@@ -22,11 +22,13 @@ use std::{
 
 use apns_agent::{
     cli::{Cli, Command as CliCommand},
-    config::{Config, DEFAULT_CONFIG},
-    pinned::InterfaceStatus,
-    pins::{BPFFS_ROOT, DEFAULT_PIN_DIR},
-    policy::Policy,
+    datapath::{
+        pins::{BPFFS_ROOT, DEFAULT_PIN_DIR},
+        policy::Policy,
+        status::{InterfaceStatus, LinkState},
+    },
     privileges,
+    settings::config::{Config, DEFAULT_CONFIG},
     telemetry::{
         metrics::{self, ALL_INTERFACES},
         model::{Flow, FlowKey, InterfaceModel, Model},
@@ -73,11 +75,14 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
     model.interfaces.insert("eth1".to_owned(), interface);
     model.reachability.insert(5223, 1.0);
     let info = metrics::Info::new(
-        0x0123_4567_89ab_cdef,
+        "0123456789abcdef",
         &Policy::apple_defaults(),
         vec![InterfaceStatus {
             interface: "eth1".to_owned(),
             attached: true,
+            state: LinkState::Attached,
+            ifindex: Some(2),
+            current_name: None,
             xdp_mode: "native",
             fastpath: None,
             program_id: None,
@@ -459,7 +464,10 @@ fn systemd_unit() {
     let CliCommand::Run(run) = cli.command else {
         panic!("{UNIT}: ExecStart does not `run`: {exec_start}")
     };
-    assert_eq!(run.config.as_deref(), Some(Path::new(DEFAULT_CONFIG)));
+    assert_eq!(
+        cli.global.config.as_deref(),
+        Some(Path::new(DEFAULT_CONFIG))
+    );
     assert!(
         !run.detach_on_exit,
         "fail-static: the datapath stays attached on exit"
@@ -469,10 +477,13 @@ fn systemd_unit() {
         run.metrics_addr
     ));
 
+    // Readiness is the notify protocol (apns_agent::readiness), not a guess.
     let type_ = unit.one("Service", "Type");
-    assert!(["exec", "simple"].contains(&type_), "Type={type_}");
+    assert_eq!(type_, "notify", "Type={type_}");
     for (key, expected) in [
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("StateDirectory", "apns-agent"),
+        ("RuntimeDirectory", "apns-agent"),
         ("KillSignal", "SIGTERM"),
         ("Restart", "on-failure"),
         ("NoNewPrivileges", "yes"),

@@ -17,7 +17,7 @@ pub enum Outcome {
     DropProvider = 1,
     /// TCP to a pinhole port of an address outside the allow-list (enforce).
     DropPinhole = 2,
-    /// APNs traffic forwarded by the XDP fast path (reserved for the fast-path work).
+    /// APNs traffic forwarded by the `redirect` fast path (XDP_REDIRECT), past the stack.
     Fastpath = 3,
     /// Not IPv4 or IPv6 (ARP, LLDP, a third VLAN tag, ...).
     NotIp = 4,
@@ -74,6 +74,14 @@ impl Outcome {
     }
 }
 
+impl crate::label::Label for Outcome {
+    const WHAT: &'static str = "outcome";
+    const ALL: &'static [Outcome] = &Outcome::ALL;
+    fn as_str(self) -> &'static str {
+        Outcome::as_str(self)
+    }
+}
+
 /// Direction of APNs traffic. Stored in [`CounterKey::direction`]; never renumber.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,6 +95,8 @@ pub enum Direction {
 }
 
 impl Direction {
+    pub const ALL: [Direction; 3] = [Direction::None, Direction::Outbound, Direction::Inbound];
+
     pub const fn from_u8(code: u8) -> Option<Direction> {
         match code {
             0 => Some(Direction::None),
@@ -102,6 +112,14 @@ impl Direction {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
         }
+    }
+}
+
+impl crate::label::Label for Direction {
+    const WHAT: &'static str = "direction";
+    const ALL: &'static [Direction] = &Direction::ALL;
+    fn as_str(self) -> &'static str {
+        Direction::as_str(self)
     }
 }
 

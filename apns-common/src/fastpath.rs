@@ -13,6 +13,48 @@ pub mod mode {
     pub const REDIRECT: u32 = 2;
 }
 
+/// What the XDP program does with the APNs traffic it passes on an interface: [`mode`]'s
+/// codes as a type.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FastPath {
+    /// Classify and count; the kernel stack forwards.
+    #[default]
+    Pass = mode::PASS,
+    /// Set `skb->mark` on APNs packets (XDP metadata + a TC ingress program), for netfilter
+    /// and policy routing; works with NAT.
+    Mark = mode::MARK,
+    /// Forward from XDP (routed gateways, no NAT on the APNs path).
+    Redirect = mode::REDIRECT,
+}
+
+impl FastPath {
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub const fn from_code(code: u32) -> Option<FastPath> {
+        match code {
+            mode::PASS => Some(FastPath::Pass),
+            mode::MARK => Some(FastPath::Mark),
+            mode::REDIRECT => Some(FastPath::Redirect),
+            _ => None,
+        }
+    }
+}
+
+impl crate::label::Label for FastPath {
+    const WHAT: &'static str = "fast path";
+    const ALL: &'static [FastPath] = &[FastPath::Pass, FastPath::Mark, FastPath::Redirect];
+    fn as_str(self) -> &'static str {
+        match self {
+            FastPath::Pass => "pass",
+            FastPath::Mark => "mark",
+            FastPath::Redirect => "redirect",
+        }
+    }
+}
+
 /// Value of `APNS_IFACES`, keyed by ingress ifindex: written by the agent when it attaches
 /// an interface or changes its fast path; read by the XDP program for APNs packets only.
 #[repr(C)]

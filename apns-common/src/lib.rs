@@ -6,7 +6,8 @@
 //!   asserted at compile time so a change shows up here and not as a verifier or
 //!   `EINVAL` surprise.
 //! - Codes (outcomes, directions, modes, role bits) are never renumbered; retired ones stay
-//!   reserved. User space derives label strings from the same enums (`as_str`).
+//!   reserved. Each concept has one type here with its code and its label
+//!   ([`label::Label`]); user space prints and parses through it, never a mirror type.
 //! - Any change to a key or value layout, a map's type or its size bumps [`LAYOUT_VERSION`],
 //!   so an agent never silently reuses pinned maps of another layout.
 #![no_std]
@@ -14,8 +15,10 @@
 pub mod counters;
 pub mod events;
 pub mod fastpath;
+pub mod label;
 pub mod maps;
 pub mod policy;
+pub mod programs;
 
 /// Version of the map layout described by this crate. The agent stores it in the
 /// [`maps::META`] map when it creates the maps and checks it before adopting pinned ones.

@@ -15,6 +15,42 @@ pub mod mode {
     pub const ENFORCE: u32 = 1;
 }
 
+/// The policy mode of a generation: [`mode`]'s codes as a type.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Mode {
+    /// Classify and count; every packet passes.
+    #[default]
+    Monitor = mode::MONITOR,
+    /// Drop pinhole and provider violations.
+    Enforce = mode::ENFORCE,
+}
+
+impl Mode {
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    pub const fn from_code(code: u32) -> Option<Mode> {
+        match code {
+            mode::MONITOR => Some(Mode::Monitor),
+            mode::ENFORCE => Some(Mode::Enforce),
+            _ => None,
+        }
+    }
+}
+
+impl crate::label::Label for Mode {
+    const WHAT: &'static str = "policy mode";
+    const ALL: &'static [Mode] = &[Mode::Monitor, Mode::Enforce];
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
 /// Role bits stored in [`crate::maps::PORTS`]. A port with no bit set is not in the table.
 /// Never renumber.
 pub mod role {
@@ -28,6 +64,45 @@ pub mod role {
     pub const PROVIDER: u8 = 1 << 2;
     /// All bits defined so far; anything else in a pinned map is corruption.
     pub const ALL: u8 = APNS | PINHOLE | PROVIDER;
+}
+
+/// One port role: [`role`]'s bits as a type (a port's roles are a set of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Apns,
+    Pinhole,
+    Provider,
+}
+
+impl Role {
+    pub const fn bit(self) -> u8 {
+        match self {
+            Role::Apns => role::APNS,
+            Role::Pinhole => role::PINHOLE,
+            Role::Provider => role::PROVIDER,
+        }
+    }
+
+    /// The roles whose bits are set in `bits`, in [`Label::ALL`](crate::label::Label::ALL)
+    /// order.
+    pub fn of(bits: u8) -> impl Iterator<Item = Role> {
+        <Role as crate::label::Label>::ALL
+            .iter()
+            .copied()
+            .filter(move |role| bits & role.bit() != 0)
+    }
+}
+
+impl crate::label::Label for Role {
+    const WHAT: &'static str = "port role";
+    const ALL: &'static [Role] = &[Role::Apns, Role::Pinhole, Role::Provider];
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Apns => "apns",
+            Role::Pinhole => "pinhole",
+            Role::Provider => "provider",
+        }
+    }
 }
 
 /// Most ports one policy generation can hold in its port table.

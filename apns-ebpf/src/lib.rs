@@ -2,8 +2,10 @@
 //!
 //! The contract is docs/classification.md; the code is split by concern: `parse` reads
 //! headers, `classify` applies the policy maps, `counters` is the only writer of the counter
-//! maps, `maps` holds the map statics. The entry points live in the binaries (`main.rs`, and
-//! `probe.rs` for upgrade tests) so that both share every line of this crate.
+//! maps, `events` reports policy drops to the ring buffer, `fastpath` forwards (redirect) or
+//! marks APNs packets, `tc_mark` is the TC half of the mark path, `maps` holds the map
+//! statics. The entry points live in the binaries (`main.rs`, and `probe.rs` for upgrade
+//! tests) so that both share every line of this crate.
 #![cfg_attr(target_arch = "bpf", no_std)]
 
 mod classify;

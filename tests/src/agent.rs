@@ -4,33 +4,38 @@
 //! name the counters a test expects.
 
 use std::{
+    collections::VecDeque,
     io::{BufRead as _, BufReader},
+    ops::{Deref, DerefMut},
+    os::unix::net::UnixDatagram,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc,
+        mpsc, Arc, Mutex, PoisonError,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use apns_agent::{
-    counters::Snapshot,
-    pinned::{self, Datapath},
-    pins::{PinDir, BPFFS_ROOT},
-};
+use apns_agent::datapath::{self, counters::Snapshot, links, pins::BPFFS_ROOT, Datapath, PinDir};
+use apns_agent::settings::state;
 use apns_common::counters::{CounterKey, Direction, Outcome};
+use nix::{sys::signal::Signal, unistd::Pid};
 
 use crate::lab::{Lab, LabChild, Role};
 
-/// How long `spawn_run` waits for the agent to report that it runs.
+/// How long `spawn_run` waits for the agent to report READY=1.
 const RUN_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Log lines of an agent kept for the message when it fails.
+const LOG_TAIL: usize = 200;
 
 /// Pin directories made by tests: `/sys/fs/bpf/apns-test-<pid>-<seq>`.
-const PIN_PREFIX: &str = "apns-test-";
+pub const PIN_PREFIX: &str = "apns-test-";
 static NEXT_PIN_DIR: AtomicU64 = AtomicU64::new(0);
+/// Notify sockets made by tests: `/tmp/apns-notify-<pid>-<seq>.sock`.
+static NEXT_SOCKET: AtomicU64 = AtomicU64::new(0);
 
 /// The apns-agent binary cargo built next to this executable: tests live in
 /// target/<profile>/deps, binaries such as the demo in target/<profile>, the agent in
@@ -81,6 +86,11 @@ impl TestPins {
         Datapath::open(&self.pins)?.counters.snapshot()
     }
 
+    /// The pinned datapath, opened.
+    pub fn open(&self) -> Result<Datapath> {
+        Datapath::open(&self.pins)
+    }
+
     /// One counter of the pinned datapath (zero if never created).
     pub fn counter(
         &self,
@@ -103,10 +113,19 @@ impl Default for TestPins {
 
 impl Drop for TestPins {
     fn drop(&mut self) {
-        if let Err(err) = pinned::unload(&self.pins) {
+        if let Err(err) = remove(&self.pins) {
             eprintln!("cleaning up {}: {err:#}", self.pins.root().display());
         }
     }
+}
+
+/// Unloads the datapath pinned at `pins` (if any) and removes its state file.
+fn remove(pins: &PinDir) -> Result<()> {
+    if pins.root().exists() {
+        let lock = pins.lock()?;
+        datapath::unload(pins, &lock)?;
+    }
+    state::remove(pins)
 }
 
 /// Unloads test pin directories whose process is gone (a crashed or killed test run).
@@ -124,7 +143,7 @@ fn sweep_stale() {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
-            if let Err(err) = pinned::unload(&PinDir::new(entry.path())) {
+            if let Err(err) = remove(&PinDir::new(entry.path())) {
                 eprintln!("sweeping stale {}: {err:#}", entry.path().display());
             }
         }
@@ -171,7 +190,7 @@ pub fn gw_command(lab: &Lab, pins: &TestPins, args: &[&str]) -> Command {
 
 /// The ifindex of the gateway's interface `name`, as counter keys hold it.
 pub fn gw_ifindex(lab: &Lab, name: &str) -> Result<u32> {
-    lab.in_ns(Role::Gw, || pinned::ifindex(name))?
+    lab.in_ns(Role::Gw, || links::ifindex(name))?
         .with_context(|| format!("ifindex of {name} in {}", lab.ns_name(Role::Gw)))
 }
 
@@ -186,33 +205,204 @@ pub fn counter_key(ifindex: u32, direction: Direction, port: u16, outcome: Outco
     }
 }
 
-/// Spawns `apns-agent run ARGS...` in the lab's gateway and returns once it serves signals:
-/// its log says "running" (after the datapath is installed, attached and its policy applied;
-/// an agent that adopts a datapath may have had it ready long before). The log is passed on
-/// to this process's stderr, line by line, prefixed with "agent: ".
-pub fn spawn_run<'lab>(lab: &'lab Lab, pins: &TestPins, args: &[&str]) -> Result<LabChild<'lab>> {
+/// A socket that speaks the service manager's side of systemd's notify protocol: handed to
+/// an agent as NOTIFY_SOCKET, it receives READY=1, RELOADING=1 and STOPPING=1. Removed on
+/// drop.
+pub struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    pub fn new() -> Result<NotifySocket> {
+        let path = std::env::temp_dir().join(format!(
+            "apns-notify-{}-{}.sock",
+            std::process::id(),
+            NEXT_SOCKET.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_file(&path);
+        let socket = UnixDatagram::bind(&path)
+            .with_context(|| format!("binding notify socket {}", path.display()))?;
+        Ok(NotifySocket { socket, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits up to `timeout` for a message that has the line `state` (e.g. "READY=1");
+    /// returns every message received meanwhile. `alive` is asked between waits: an agent
+    /// that exited will never send it.
+    pub fn wait_for(
+        &self,
+        state: &str,
+        timeout: Duration,
+        mut alive: impl FnMut() -> bool,
+    ) -> Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                bail!("no {state} within {timeout:?} (received: {seen:?})");
+            }
+            if !alive() {
+                bail!("the agent exited before it sent {state} (received: {seen:?})");
+            }
+            self.socket
+                .set_read_timeout(Some(left.min(Duration::from_millis(100))))
+                .context("setting the notify socket's timeout")?;
+            match self.socket.recv(&mut buf) {
+                Ok(len) => {
+                    let message = String::from_utf8_lossy(&buf[..len]).into_owned();
+                    let found = message.lines().any(|line| line == state);
+                    seen.push(message);
+                    if found {
+                        return Ok(seen);
+                    }
+                }
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(err) => return Err(err).context("reading the notify socket"),
+            }
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// An `apns-agent run` in a lab's gateway: the child (stopped on drop), its readiness
+/// socket, and its log (passed on to this process's stderr, prefixed "agent: ").
+pub struct Agent<'lab> {
+    child: LabChild<'lab>,
+    notify: NotifySocket,
+    log: Arc<Mutex<VecDeque<String>>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl<'lab> Deref for Agent<'lab> {
+    type Target = LabChild<'lab>;
+    fn deref(&self) -> &LabChild<'lab> {
+        &self.child
+    }
+}
+
+impl DerefMut for Agent<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.child
+    }
+}
+
+impl Agent<'_> {
+    /// Waits for the agent's next message with `state` (READY=1, STOPPING=1, ...).
+    pub fn wait_for(&mut self, state: &str, timeout: Duration) -> Result<Vec<String>> {
+        let Agent {
+            child, notify, log, ..
+        } = self;
+        notify
+            .wait_for(state, timeout, || {
+                child.wait_timeout(Duration::ZERO).ok().flatten().is_none()
+            })
+            .with_context(|| format!("the agent's log ends:\n{}", tail(log)))
+    }
+
+    /// SIGHUP, then waits for the reload to end (RELOADING=1, then READY=1): whatever the
+    /// reload did, it is done when this returns.
+    pub fn reload(&mut self) -> Result<()> {
+        self.signal(Signal::SIGHUP)?;
+        self.wait_for("RELOADING=1", RUN_READY_TIMEOUT)?;
+        self.wait_for("READY=1", RUN_READY_TIMEOUT)?;
+        Ok(())
+    }
+
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal)
+            .with_context(|| format!("sending {signal} to the agent"))
+    }
+
+    /// Waits up to `timeout` for a log line that contains `needle`, and returns it.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!("the agent never logged {needle:?}"),
+            }
+        }
+    }
+
+    /// The last lines the agent logged.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log)
+    }
+}
+
+fn tail(log: &Mutex<VecDeque<String>>) -> String {
+    Vec::from(log.lock().unwrap_or_else(PoisonError::into_inner).clone()).join("\n")
+}
+
+/// Spawns `apns-agent run ARGS...` in the lab's gateway and returns once it reported READY=1
+/// (its datapath installed, attached and its policy applied, /metrics served); see
+/// [`Agent`]. Its log goes to this process's stderr too.
+pub fn spawn_run<'lab>(lab: &'lab Lab, pins: &TestPins, args: &[&str]) -> Result<Agent<'lab>> {
+    spawn_run_with(lab, pins, args, true)
+}
+
+/// [`spawn_run`]; `echo` false keeps the agent's log to [`Agent::log_tail`] (benchmarks).
+pub fn spawn_run_with<'lab>(
+    lab: &'lab Lab,
+    pins: &TestPins,
+    args: &[&str],
+    echo: bool,
+) -> Result<Agent<'lab>> {
+    let notify = NotifySocket::new()?;
     let mut cmd = gw_command(lab, pins, args);
-    cmd.stderr(Stdio::piped());
+    cmd.env("NOTIFY_SOCKET", notify.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = lab.spawn(&mut cmd)?;
     let stderr = child
         .child_mut()
         .stderr
         .take()
         .context("the agent's stderr is not piped")?;
-    let (ready_tx, ready_rx) = mpsc::channel();
+    let log = Arc::new(Mutex::new(VecDeque::new()));
+    let (lines_tx, lines) = mpsc::channel();
+    let sink = Arc::clone(&log);
     // Keeps draining the log so the agent never blocks on a full pipe; ends at the agent's exit.
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("agent: {line}");
-            if line.contains("running;") {
-                let _ = ready_tx.send(());
+            if echo {
+                eprintln!("agent: {line}");
             }
+            let mut log = sink.lock().unwrap_or_else(PoisonError::into_inner);
+            if log.len() >= LOG_TAIL {
+                log.pop_front();
+            }
+            log.push_back(line.clone());
+            let _ = lines_tx.send(line);
         }
     });
-    ready_rx.recv_timeout(RUN_READY_TIMEOUT).with_context(|| {
-        format!("the agent did not report running within {RUN_READY_TIMEOUT:?}")
-    })?;
-    Ok(child)
+    let mut agent = Agent {
+        child,
+        notify,
+        log,
+        lines,
+    };
+    agent
+        .wait_for("READY=1", RUN_READY_TIMEOUT)
+        .context("apns-agent run did not become ready")?;
+    Ok(agent)
 }
 
 /// GET /metrics from the agent serving on `addr` inside the lab's gateway: the body, or an

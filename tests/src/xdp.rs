@@ -2,14 +2,15 @@
 //! unpinned instance per test, so tests in parallel never share maps.
 
 use anyhow::Context as _;
-use apns_agent::{
+use apns_agent::datapath::{
     counters::{CounterMaps, Snapshot},
-    datapath,
     events::EventMaps,
-    maps::PolicyMaps,
-    policy::Policy,
+    object,
+    policy::{Mode, Policy},
+    policy_maps::PolicyMaps,
 };
 use apns_common::events::EventConfig;
+use apns_common::programs;
 use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
@@ -33,7 +34,7 @@ pub struct Classifier {
 impl Classifier {
     /// Loads a fresh instance and applies `policy`.
     pub fn load(policy: &Policy) -> anyhow::Result<Self> {
-        let mut ebpf = datapath::load_unpinned()?;
+        let mut ebpf = object::load_unpinned()?;
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
                 .with_context(|| format!("the object has no map {name}"))
@@ -88,7 +89,7 @@ impl Runner<'_> {
     ) -> anyhow::Result<(u32, std::time::Duration)> {
         let program: &Xdp = self
             .ebpf
-            .program(datapath::XDP_PROGRAM)
+            .program(programs::XDP)
             .context("the object has no XDP program")?
             .try_into()
             .context("not an XDP program")?;
@@ -118,9 +119,9 @@ pub fn agent_policy(reference: &crate::reference::Policy) -> Policy {
     };
     Policy {
         mode: if reference.enforce {
-            apns_agent::policy::Mode::Enforce
+            Mode::Enforce
         } else {
-            apns_agent::policy::Mode::Monitor
+            Mode::Monitor
         },
         ports: reference.ports.clone(),
         allow: v4(&reference.allow_v4)

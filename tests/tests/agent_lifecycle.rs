@@ -8,10 +8,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apns_agent::{
-    datapath::{OBJECT, UPGRADE_PROBE_OBJECT},
-    pinned::{self, Datapath, Installed},
+use apns_agent::datapath::{
+    object::{OBJECT, UPGRADE_PROBE_OBJECT},
     policy::Mode,
+    reconcile::Desired,
+    status, Datapath, Installed, XdpMode,
 };
 use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
@@ -97,7 +98,7 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
 
     let mut first = agent::spawn_run(&lab, &pins, &run_args).unwrap();
     wait_attached(&pins, Mode::Enforce);
-    let program = pinned::program_info(pins.dir())
+    let program = status::program(pins.dir())
         .unwrap()
         .expect("a pinned program");
     for _ in 0..5 {
@@ -126,7 +127,7 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
     let mut second = agent::spawn_run(&lab, &pins, &run_args).unwrap();
     wait_attached(&pins, Mode::Enforce);
     assert_eq!(
-        pinned::program_info(pins.dir()).unwrap(),
+        status::program(pins.dir()).unwrap(),
         Some(program),
         "the program was adopted, not reloaded"
     );
@@ -177,19 +178,25 @@ fn detach_on_exit_detaches_what_run_attached() {
 fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    assert_eq!(pinned::install(pins.dir(), None).unwrap(), Installed::Fresh);
+    pins.dir().prepare().unwrap();
+    let lock = pins.dir().lock().unwrap();
+    let (mut datapath, installed) = Datapath::install(pins.dir(), &lock, None).unwrap();
+    assert_eq!(installed, Installed::Fresh);
+    let mut desired: Desired = datapath.live().unwrap();
+    desired.xdp_mode = XdpMode::Auto;
     for iface in [GW_IF_CLIENT.name, GW_IF_WAN.name] {
-        lab.in_ns(Role::Gw, || {
-            pinned::attach(pins.dir(), iface, Default::default())
-        })
+        desired
+            .interfaces
+            .insert(iface.to_owned(), Default::default());
+    }
+    lab.in_ns(Role::Gw, || datapath.reconcile(&lock, &desired))
         .unwrap()
         .unwrap();
-    }
     let tag = || {
-        pinned::program_info(pins.dir())
+        status::program(pins.dir())
             .unwrap()
             .expect("a pinned program")
-            .1
+            .tag
     };
     let original_tag = tag();
 
@@ -222,7 +229,9 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
             OBJECT
         };
         assert_eq!(
-            pinned::install_object(pins.dir(), object, None).unwrap(),
+            Datapath::install_object(pins.dir(), &lock, object, None)
+                .unwrap()
+                .1,
             Installed::Upgraded
         );
         upgrades += 1;
@@ -243,7 +252,7 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
         "only {upgrades} upgrades happened during the flow"
     );
     if upgrades % 2 == 1 {
-        pinned::install_object(pins.dir(), OBJECT, None).unwrap();
+        Datapath::install_object(pins.dir(), &lock, OBJECT, None).unwrap();
     }
     assert_eq!(tag(), original_tag);
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();

@@ -4,11 +4,8 @@
 
 use std::{os::unix::process::CommandExt as _, process::Command};
 
-use apns_agent::{
-    maps::PolicyMaps,
-    pinned::{self, Datapath},
-    pins::LinkPin,
-    policy::Policy,
+use apns_agent::datapath::{
+    pins::LinkPin, policy::Policy, policy_maps::PolicyMaps, status::Program, Datapath,
 };
 use apns_tests::{
     agent::{self, TestPins},
@@ -20,7 +17,7 @@ use apns_tests::{
 struct State {
     generation: u32,
     policies: [Policy; 2],
-    program: Option<(u32, u64)>,
+    program: Option<Program>,
     links: Vec<LinkPin>,
     link_programs: Vec<(String, Option<u32>, Option<u32>)>,
 }
@@ -29,7 +26,7 @@ fn state(lab: &Lab, pins: &TestPins) -> State {
     let datapath = Datapath::open(pins.dir()).unwrap();
     let policy: &PolicyMaps = &datapath.policy;
     let interfaces = lab
-        .in_ns(Role::Gw, || pinned::interface_status(pins.dir()))
+        .in_ns(Role::Gw, || datapath.interface_status())
         .unwrap()
         .unwrap();
     State {
@@ -38,7 +35,7 @@ fn state(lab: &Lab, pins: &TestPins) -> State {
             policy.read_generation(0).unwrap(),
             policy.read_generation(1).unwrap(),
         ],
-        program: pinned::program_info(pins.dir()).unwrap(),
+        program: apns_agent::datapath::status::program(pins.dir()).unwrap(),
         links: pins.dir().links().unwrap(),
         link_programs: interfaces
             .into_iter()
@@ -129,7 +126,12 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         (
             vec!["allow", "add", "17.0.0.0/33"],
             p,
-            "is not an IPv4 or IPv6 prefix",
+            "prefix length \"33\" is out of range for IPv4 (0 to 32)",
+        ),
+        (
+            vec!["allow", "add", "::ffff:17.0.0.0/104"],
+            p,
+            "never matches: an IPv4-mapped or IPv4-compatible IPv6 prefix; IPv4 traffic is judged as IPv4, so write 17.0.0.0/8",
         ),
         (
             vec!["allow", "add", "apple.com"],
@@ -236,7 +238,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         (
             vec!["check-config", &bad_mode],
             p,
-            "unknown variant `block`",
+            "unknown policy mode \"block\": expected monitor or enforce",
         ),
         (
             vec!["allow", "list"],

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use apns_agent::events::Drop;
+use apns_agent::datapath::events::Drop;
 use apns_common::{
     counters::{CounterKey, Direction, Outcome},
     events::EventConfig,

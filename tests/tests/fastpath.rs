@@ -34,7 +34,7 @@ fn in_ns(lab: &Lab, role: Role, args: &[&str]) {
 }
 
 /// The gateway with the forward-chain filter, redirect on lan0 and wan0, resolved neighbours.
-fn gateway<'lab>(lab: &'lab Lab, pins: &TestPins) -> lab::LabChild<'lab> {
+fn gateway<'lab>(lab: &'lab Lab, pins: &TestPins) -> apns_tests::agent::Agent<'lab> {
     lab::run_with_input(
         Command::new("ip").args(["netns", "exec", lab.ns_name(Role::Gw), "nft", "-f", "-"]),
         FORWARD_DROP.as_bytes(),

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
+    io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -15,7 +15,7 @@ use std::{
 
 use apns_tests::{
     agent::{self, TestPins},
-    lab::{self, Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
+    lab::{self, Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
 };
 
 const METRICS: &str = "127.0.0.1:15223";
@@ -23,7 +23,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const REFUSED: Duration = Duration::from_millis(600);
 
 /// Starts `apns-agent run` in the gateway on lan0 and wan0 (enforce) and waits until it runs.
-fn start_agent<'lab>(lab: &'lab Lab, pins: &TestPins, extra: &[&str]) -> LabChild<'lab> {
+fn start_agent<'lab>(lab: &'lab Lab, pins: &TestPins, extra: &[&str]) -> agent::Agent<'lab> {
     let mut args = vec![
         "run",
         "--mode",
@@ -298,51 +298,17 @@ fn events_stream_names_each_refused_flow() {
 fn ebpf_log_flag_forwards_the_datapaths_log_and_off_removes_it() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    let mut cmd = agent::gw_command(
-        &lab,
-        &pins,
-        &[
-            "run",
-            "--mode",
-            "enforce",
-            "--ebpf-log",
-            "debug",
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-        ],
-    );
-    cmd.stderr(Stdio::piped());
-    let mut agent = lab.spawn(&mut cmd).unwrap();
-    let stderr = agent.child_mut().stderr.take().expect("piped stderr");
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("agent: {line}");
-            let _ = lines_tx.send(line);
-        }
-    });
-    let wait_for = |needle: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("the agent never logged {needle:?}"),
-            }
-        }
-    };
-    wait_for("running;");
+    let mut agent = start_agent(&lab, &pins, &["--ebpf-log", "debug"]);
     assert_eq!(
-        apns_agent::pinned::ebpf_log(pins.dir()).unwrap(),
+        pins.open().unwrap().ebpf_log().unwrap(),
         apns_agent::datapath::EbpfLog::Debug
     );
     assert!(lab
         .connect(Role::Client, OTHER.socket(false, 5223), REFUSED)
         .is_err());
-    let line = wait_for("policy drop on ifindex");
+    let line = agent
+        .wait_for_log("policy drop on ifindex", Duration::from_secs(20))
+        .unwrap();
     assert!(line.contains("dport 5223"), "{line}");
     agent.stop(TIMEOUT).unwrap();
     drop(agent);
@@ -350,7 +316,7 @@ fn ebpf_log_flag_forwards_the_datapaths_log_and_off_removes_it() {
     // A plain run reloads the program with logging off (its level is a load-time constant).
     let _quiet = start_agent(&lab, &pins, &[]);
     assert_eq!(
-        apns_agent::pinned::ebpf_log(pins.dir()).unwrap(),
+        pins.open().unwrap().ebpf_log().unwrap(),
         apns_agent::datapath::EbpfLog::Off
     );
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: installs, idempotently, what the build and the tests need.
 //!
 //! 1. `rust-src` for the installed nightly (the eBPF crate is built with `-Z build-std=core`).
-//! 2. bpf-linker 0.13.0 built against the nightly toolchain's own libLLVM (PLATFORM.md).
+//! 2. bpf-linker 0.13.0 built against the nightly toolchain's own libLLVM (docs/platform.md).
 //! 3. The Debian packages in [`APT_PACKAGES`].
 //!
 //! Each step first checks what is there and says so; a second run takes about a second.

@@ -67,11 +67,14 @@ fn setup_and_test(args: &Args) -> Result<()> {
     check_nothing_left_behind(&before)
 }
 
-/// The tests make network namespaces (`apnslab-*`), pin directories (`/sys/fs/bpf/apns-test-*`)
-/// and agent processes; each must remove its own, even when it fails. Whatever this run
-/// added and is still there after the whole suite is a leak.
+/// The tests make network namespaces (`apnslab-<pid>-*`), pin directories
+/// (`/sys/fs/bpf/apns-test-<pid>-*`) with their state and controller files
+/// (`/var/lib/apns-agent/apns-test-<pid>-*.json`, `/run/apns-agent/apns-test-<pid>-*.pid`),
+/// notify sockets (`/tmp/apns-notify-<pid>-*.sock`) and agent processes; each must remove its
+/// own, even when it fails. Whatever this run added and is still there after the whole suite
+/// is a leak.
 fn check_nothing_left_behind(before: &BTreeSet<String>) -> Result<()> {
-    step("checking that the tests left no namespace, pin or process behind");
+    step("checking that the tests left no namespace, pin, file or process behind");
     let leftovers: Vec<String> = test_artifacts().difference(before).cloned().collect();
     if !leftovers.is_empty() {
         bail!("the tests left these behind: {}", leftovers.join(", "));
@@ -79,7 +82,10 @@ fn check_nothing_left_behind(before: &BTreeSet<String>) -> Result<()> {
     Ok(())
 }
 
-/// The namespaces, pin directories and processes that tests make, by description.
+/// What tests made, by description. Every name carries its maker's pid: one whose maker still
+/// runs (another benchmark or test run on this machine) is not a leak of this run, and
+/// nothing without such a name is the tests' at all (an apns-agent the operator runs on this
+/// gateway, with its own pin directory, is none of our business).
 fn test_artifacts() -> BTreeSet<String> {
     let names = |dir: &str| -> Vec<String> {
         std::fs::read_dir(dir)
@@ -89,32 +95,46 @@ fn test_artifacts() -> BTreeSet<String> {
             .map(|entry| entry.file_name().to_string_lossy().into_owned())
             .collect()
     };
-    // Namespaces and pin directories carry their maker's pid: one whose maker still runs
-    // (another benchmark or test run on this machine) is not a leak of this run.
-    let leaked = |name: &str, prefix: &str| {
-        name.strip_prefix(prefix)
-            .and_then(|rest| rest.split('-').next())
-            .is_some_and(|pid| !Path::new("/proc").join(pid).exists())
-    };
     let mut artifacts = BTreeSet::new();
-    for name in names("/run/netns") {
-        if leaked(&name, "apnslab-") {
-            artifacts.insert(format!("network namespace {name}"));
-        }
-    }
-    for name in names("/sys/fs/bpf") {
-        if leaked(&name, "apns-test-") {
-            artifacts.insert(format!("pin directory /sys/fs/bpf/{name}"));
+    for (dir, prefix, what) in [
+        ("/run/netns", "apnslab-", "network namespace"),
+        ("/sys/fs/bpf", "apns-test-", "pin directory"),
+        ("/var/lib/apns-agent", "apns-test-", "state file"),
+        ("/run/apns-agent", "apns-test-", "controller file"),
+        ("/tmp", "apns-notify-", "notify socket"),
+    ] {
+        for name in names(dir) {
+            if made_by_a_dead_process(&name, prefix) {
+                artifacts.insert(format!("{what} {dir}/{name}"));
+            }
         }
     }
     for pid in names("/proc") {
-        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else {
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        let comm = comm.trim();
-        if matches!(comm, "apns-agent" | "apns-demo") {
-            artifacts.insert(format!("process {comm} (pid {pid})"));
+        let args: Vec<String> = cmdline
+            .split(|&byte| byte == 0)
+            .map(|arg| String::from_utf8_lossy(arg).into_owned())
+            .collect();
+        let is_agent = args
+            .first()
+            .is_some_and(|exe| exe.ends_with("/apns-agent") || exe.ends_with("/apns-demo"));
+        let test_pins = args.iter().any(|arg| {
+            arg.strip_prefix("/sys/fs/bpf/")
+                .is_some_and(|name| made_by_a_dead_process(name, "apns-test-"))
+        });
+        if is_agent && test_pins {
+            artifacts.insert(format!("process {} (pid {pid})", args.join(" ")));
         }
     }
     artifacts
+}
+
+/// Whether `name` is `<prefix><pid>-...` and process `pid` no longer runs.
+fn made_by_a_dead_process(name: &str, prefix: &str) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new("/proc").join(pid.to_string()).exists())
 }

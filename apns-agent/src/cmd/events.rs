@@ -4,14 +4,21 @@ use std::{io::Write as _, time::Duration};
 
 use anyhow::Context as _;
 
-use crate::{events::Drop, pinned, pins::PinDir, privileges, telemetry::model::interface_name};
+use crate::{
+    cli::Global,
+    datapath::{events::Drop, Datapath},
+    privileges,
+    settings::Settings,
+    telemetry::model::interface_name,
+};
 
 /// How long one wait for the ring lasts before looking again (keeps Ctrl-C responsive).
 const POLL: Duration = Duration::from_millis(200);
 
-pub fn events(pins: &PinDir, json: bool, count: Option<u64>) -> anyhow::Result<()> {
+pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent events")?;
-    let mut maps = pinned::event_maps(pins)?;
+    let settings = Settings::resolve(global)?;
+    let mut maps = Datapath::open(&settings.pins)?.events;
     let mut out = std::io::stdout().lock();
     let mut printed = 0u64;
     loop {

@@ -1,15 +1,14 @@
-//! `apns-agent run`: install, attach, apply, then wait for signals.
+//! `apns-agent run`: become the datapath's controller, install, reconcile to the config (with
+//! the live changes still in force), serve /metrics, then serve signals until told to stop.
 
 use std::{
     collections::BTreeMap,
     os::fd::AsFd as _,
-    path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
-use apns_common::events::EventConfig;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
@@ -17,39 +16,43 @@ use tokio::{
 };
 
 use crate::{
-    cli::RunArgs,
-    config::{Config, DEFAULT_CONFIG},
-    datapath::EbpfLog,
-    pinned::{self, Datapath},
-    pins::PinDir,
-    privileges,
+    cli::{Global, RunArgs},
+    datapath::{
+        links, reconcile::Changes, status::LinkState, status::Program, Datapath, EbpfLog, PinDir,
+    },
+    privileges, readiness,
+    settings::Settings,
     telemetry::{server, textfile, Exporter},
 };
 
-pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
+/// How often `run` checks that every attached interface is still the device its pin names
+/// (an interface deleted and re-created, or renamed, under a running agent).
+const INTERFACE_CHECK: Duration = Duration::from_secs(5);
+
+/// Threads tokio may start for blocking work (metric renders): renders take the exporter's
+/// lock one at a time anyway, and every idle thread keeps its memory.
+const MAX_BLOCKING_THREADS: usize = 2;
+
+pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent run")?;
-    let config_path = match &args.config {
-        Some(path) => Some(path.clone()),
-        None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.exists()),
-    };
-    let config = effective_config(args, config_path.as_deref())?;
+    let settings = Settings::resolve(global)?;
+    let config = settings.desired(args);
     anyhow::ensure!(
         !config.interfaces.is_empty(),
         "no interface to attach to: give --iface IFACE or set `interfaces` in the config"
     );
-    let pins = PinDir::new(
-        pin_dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(&config.pin_dir)),
-    );
-    for interface in &config.interfaces {
-        pinned::ifindex(interface)?;
+    for interface in config.interfaces.keys() {
+        links::ifindex(interface)?;
     }
+    let pins = settings.pins.clone();
+    // Before anything is touched: a second `run` on this datapath stops here.
+    let controller = pins.become_controller()?;
 
     // Signal handlers first: a SIGTERM that arrives while we set up is then served once the
     // setup is done, instead of killing the process half-way.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("starting the async runtime")?;
     let signals = runtime.block_on(async { Signals::install() })?;
@@ -57,34 +60,18 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
     let listener = runtime.block_on(server::bind(args.metrics_addr))?;
 
     pins.prepare()?;
-    {
-        let _lock = pins.lock()?;
-        let installed = pinned::install(&pins, Some(args.ebpf_log))?;
+    let mut datapath = {
+        let lock = pins.lock()?;
+        let (mut datapath, installed) = Datapath::install(&pins, &lock, Some(args.ebpf_log))?;
         tracing::info!(?installed, pin_dir = %pins.root().display(), "datapath installed");
-        for interface in &config.interfaces {
-            let mode = pinned::attach(&pins, interface, config.xdp_mode)?;
-            let fastpath = config.fastpath.get(interface).copied().unwrap_or_default();
-            pinned::set_fastpath(&pins, interface, fastpath, Some(config.mark))?;
-            tracing::info!(
-                interface,
-                mode = mode.as_str(),
-                fastpath = fastpath.as_str(),
-                "attached"
-            );
-        }
-        Datapath::open(&pins)?.policy.apply(&config.policy)?;
-        tracing::info!(mode = %config.policy.mode, prefixes = config.policy.allow.len(), "policy applied");
-        pinned::event_maps(&pins)?.set_config(EventConfig {
-            per_cpu_per_second: args.events_per_second,
-            sample_every: args.events_sample_every,
-        })?;
-    }
+        apply(&settings, &mut datapath, &lock, &config)?;
+        datapath
+    };
 
     let exporter = Arc::new(Exporter::open(
         &pins,
         Duration::from_secs(args.reachability_window),
     )?);
-    tracing::info!(addr = %args.metrics_addr, "serving /metrics");
     let attached = runtime.block_on(async {
         let (stop, stopped) = oneshot::channel::<()>();
         let render = {
@@ -99,15 +86,7 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
                 tracing::warn!("the datapath's log is not forwarded: {err:#}");
             }
         }
-        let attached = wait_for_signals(
-            signals,
-            args,
-            config_path.as_deref(),
-            &pins,
-            &exporter,
-            config,
-        )
-        .await;
+        let attached = serve_signals(signals, global, args, &mut datapath, &exporter).await;
         let _ = stop.send(());
         if let Err(err) = server.await {
             tracing::warn!("the metrics server ended badly: {err}");
@@ -116,41 +95,50 @@ pub fn run(args: &RunArgs, pin_dir: &Option<PathBuf>) -> anyhow::Result<()> {
     })?;
 
     if args.detach_on_exit {
-        let _lock = pins.lock()?;
-        for interface in &attached {
-            pinned::detach(&pins, interface)?;
-            tracing::info!(interface, "detached (--detach-on-exit)");
+        let lock = pins.lock()?;
+        let mut desired = datapath.live()?;
+        desired
+            .interfaces
+            .retain(|interface, _| !attached.contains(interface));
+        for change in datapath.reconcile(&lock, &desired)?.0 {
+            tracing::info!("{change} (--detach-on-exit)");
         }
     } else {
         tracing::info!("exiting; the datapath stays attached and enforcing (fail-static)");
     }
+    drop(controller);
     Ok(())
 }
 
-/// The config file (or the defaults) with the command line's overrides.
-fn effective_config(args: &RunArgs, path: Option<&Path>) -> anyhow::Result<Config> {
-    let mut config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if !args.interfaces.is_empty() {
-        config.interfaces = args.interfaces.clone();
+/// Brings the datapath to the config's `desired` state with the live changes still in force
+/// (`settings::state`), and records what was applied. The caller holds `lock`.
+fn apply(
+    settings: &Settings,
+    datapath: &mut Datapath,
+    lock: &crate::datapath::Lock,
+    config: &crate::datapath::reconcile::Desired,
+) -> anyhow::Result<Changes> {
+    let mut state = settings.load_state()?;
+    let (desired, notes) = state.merge(config, settings.config_file(), SystemTime::now())?;
+    for note in notes {
+        tracing::info!("{note}");
     }
-    if let Some(mode) = args.mode {
-        config.policy.mode = mode.into();
+    // `run` runs where its interfaces are: it may move links to re-created interfaces.
+    let mut changes = datapath.move_stale_links(lock)?;
+    changes.0.extend(datapath.reconcile(lock, &desired)?.0);
+    settings.save_state(&state)?;
+    for change in &changes.0 {
+        tracing::info!("{change}");
     }
-    if let Some(xdp_mode) = args.xdp_mode {
-        config.xdp_mode = xdp_mode.into();
-    }
-    config.fastpath.extend(args.fastpath.iter().cloned());
-    Ok(config)
+    Ok(changes)
 }
 
 /// Forwards the datapath's aya-log records into this process's log (through the `log` crate,
 /// which tracing-subscriber picks up) from a thread that waits on the log ring buffer; the
 /// thread ends with the process.
 fn forward_ebpf_log(pins: &PinDir) -> anyhow::Result<()> {
-    let (id, _) = pinned::program_info(pins)?.context("no XDP program is pinned")?;
+    let Program { id, .. } =
+        crate::datapath::status::program(pins)?.context("no XDP program is pinned")?;
     let mut logger = aya_log::EbpfLogger::init_from_id(id)
         .with_context(|| format!("opening the log ring buffer of program {id}"))?;
     std::thread::Builder::new()
@@ -211,15 +199,14 @@ impl Signals {
     }
 }
 
-/// Serves SIGHUP (reload) until SIGTERM or SIGINT; returns the interfaces attached by the
-/// config in force at exit.
-async fn wait_for_signals(
+/// Serves SIGHUP (reload), the textfile, the drop log and the interface check until SIGTERM
+/// or SIGINT; returns the interfaces the config in force at exit wants attached.
+async fn serve_signals(
     signals: Signals,
+    global: &Global,
     args: &RunArgs,
-    config_path: Option<&Path>,
-    pins: &PinDir,
+    datapath: &mut Datapath,
     exporter: &Exporter,
-    mut config: Config,
 ) -> anyhow::Result<Vec<String>> {
     let Signals {
         mut hangup,
@@ -233,7 +220,18 @@ async fn wait_for_signals(
         tokio::time::Instant::now() + DROP_LOG_INTERVAL,
         DROP_LOG_INTERVAL,
     );
+    let mut interface_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + INTERFACE_CHECK,
+        INTERFACE_CHECK,
+    );
+    let mut reported = BTreeMap::new();
     let mut drops_logged = exporter.policy_drops().unwrap_or_default();
+    let mut interfaces: Vec<String> = datapath.live()?.interfaces.into_keys().collect();
+    readiness::ready(&format!(
+        "attached to {}; serving /metrics on {}",
+        interfaces.join(", "),
+        args.metrics_addr
+    ));
     tracing::info!("running; SIGHUP reloads the config, SIGTERM/SIGINT exits");
     loop {
         tokio::select! {
@@ -254,51 +252,80 @@ async fn wait_for_signals(
                     }
                 }
             }
-            _ = hangup.recv() => match reload(args, config_path, pins, &config) {
-                Ok(new_config) => config = new_config,
-                // A bad file leaves the running policy exactly as it was.
-                Err(err) => tracing::error!("reload refused, policy unchanged: {err:#}"),
-            },
+            _ = interface_tick.tick() => {
+                if let Err(err) = check_interfaces(datapath, &mut reported) {
+                    tracing::warn!("checking the attached interfaces: {err:#}");
+                }
+            }
+            _ = hangup.recv() => {
+                readiness::reloading();
+                match reload(global, args, datapath) {
+                    Ok(now) => interfaces = now,
+                    // A bad file leaves the running datapath exactly as it was.
+                    Err(err) => tracing::error!("reload refused, nothing changed: {err:#}"),
+                }
+                readiness::ready(&format!("attached to {}", interfaces.join(", ")));
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
-    Ok(config.interfaces)
+    readiness::stopping();
+    Ok(interfaces)
 }
 
-/// Re-reads the config and applies it: new interfaces are attached, interfaces dropped from
-/// the config are detached, the policy is swapped as a whole.
-fn reload(
-    args: &RunArgs,
-    path: Option<&Path>,
-    pins: &PinDir,
-    old: &Config,
-) -> anyhow::Result<Config> {
-    let Some(path) = path else {
+/// Re-reads the config and reconciles to it (live changes still in force stay). Returns the
+/// interfaces now wanted.
+fn reload(global: &Global, args: &RunArgs, datapath: &mut Datapath) -> anyhow::Result<Vec<String>> {
+    let settings = Settings::resolve(global)?;
+    let Some(file) = settings.config_file() else {
         anyhow::bail!("SIGHUP: no config file to re-read (started without one)");
     };
-    let config = effective_config(args, Some(path))?;
-    for interface in &config.interfaces {
-        pinned::ifindex(interface)?;
+    anyhow::ensure!(
+        settings.pins == *datapath.pins(),
+        "SIGHUP: the config's pin_dir is now {}, but this agent controls {}: restart it to move",
+        settings.pins.root().display(),
+        datapath.pins().root().display()
+    );
+    let config = settings.desired(args);
+    anyhow::ensure!(
+        !config.interfaces.is_empty(),
+        "no interface to attach to: set `interfaces` in the config"
+    );
+    let lock = settings.pins.lock()?;
+    apply(&settings, datapath, &lock, &config)?;
+    tracing::info!("config reloaded from {}", file.display());
+    Ok(datapath.live()?.interfaces.into_keys().collect())
+}
+
+/// Reports interfaces whose link state changed since the last check, and moves the link of
+/// an interface that was re-created (or whose name another device took) to the device that
+/// has the name now.
+fn check_interfaces(
+    datapath: &mut Datapath,
+    reported: &mut BTreeMap<String, LinkState>,
+) -> anyhow::Result<()> {
+    let statuses = datapath.interface_status()?;
+    let mut moved = false;
+    for status in &statuses {
+        if reported.get(&status.interface) != Some(&status.state) {
+            match status.state {
+                LinkState::Attached if reported.contains_key(&status.interface) => {
+                    tracing::info!("{}", status.line())
+                }
+                LinkState::Attached => {}
+                _ => tracing::warn!("{}", status.line()),
+            }
+            reported.insert(status.interface.clone(), status.state);
+        }
+        let named_now = links::ifindex(&status.interface).ok();
+        moved |= named_now.is_some() && named_now != status.ifindex;
     }
-    let _lock = pins.lock()?;
-    for interface in config
-        .interfaces
-        .iter()
-        .filter(|i| !old.interfaces.contains(i))
-    {
-        pinned::attach(pins, interface, config.xdp_mode)?;
-        tracing::info!(interface, "attached (reload)");
+    if moved {
+        let lock = datapath.pins().lock()?;
+        for change in datapath.move_stale_links(&lock)?.0 {
+            tracing::info!("{change}");
+        }
     }
-    Datapath::open(pins)?.policy.apply(&config.policy)?;
-    for interface in old
-        .interfaces
-        .iter()
-        .filter(|i| !config.interfaces.contains(i))
-    {
-        pinned::detach(pins, interface)?;
-        tracing::info!(interface, "detached (reload)");
-    }
-    tracing::info!(mode = %config.policy.mode, "config reloaded from {}", path.display());
-    Ok(config)
+    Ok(())
 }

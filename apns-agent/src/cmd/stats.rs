@@ -4,9 +4,10 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    pinned::{self, Datapath},
-    pins::PinDir,
+    cli::Global,
+    datapath::{links, Datapath},
     privileges,
+    settings::Settings,
     telemetry::{
         model::{self, Model},
         reachability::Reachability,
@@ -19,25 +20,28 @@ use crate::{
 const WATCH_REACHABILITY_WINDOW: Duration = Duration::from_secs(300);
 
 pub fn stats(
-    pins: &PinDir,
+    global: &Global,
     json: bool,
     interface: Option<&str>,
     watch_secs: Option<u64>,
 ) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent stats")?;
-    let counters = Datapath::open(pins)?.counters;
+    let settings = Settings::resolve(global)?;
+    let datapath = Datapath::open(&settings.pins)?;
     if let Some(interface) = interface {
-        let known = pinned::ifindex(interface).is_ok() || pins.link_of(interface)?.is_some();
+        let known =
+            links::ifindex(interface).is_ok() || settings.pins.link_of(interface)?.is_some();
         anyhow::ensure!(
             known,
             "unknown interface {interface:?}: not present here and not attached"
         );
     }
+    let known = model::Known::of(&datapath)?;
     let mut reachability = Reachability::new(WATCH_REACHABILITY_WINDOW);
     let mut sample = || -> anyhow::Result<Model> {
-        let snapshot = counters.snapshot()?;
+        let snapshot = datapath.counters.snapshot()?;
         reachability.observe(Instant::now(), &snapshot);
-        let mut model = Model::build(&snapshot, model::interface_name, &reachability);
+        let mut model = Model::build(&snapshot, &known, model::interface_name, &reachability);
         if let Some(interface) = interface {
             model.select_interface(interface);
         }

@@ -1,81 +1,64 @@
-//! `apns-agent status [--json]`.
+//! `apns-agent status [--json]`: the datapath, and where each part of its live state came
+//! from (the config, or a subcommand since: `settings::state`).
+
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::{
-    pinned::{self, Datapath, InterfaceStatus},
-    pins::PinDir,
+    cli::Global,
+    datapath::{self, status::Status, Datapath},
     privileges,
+    settings::{state::Source, Settings},
 };
 
 /// The JSON shape of `status --json` (stable: fields are only ever added).
 #[derive(Serialize)]
-struct Status {
-    agent_version: &'static str,
-    pin_dir: String,
-    loaded: bool,
-    program: Option<Program>,
-    policy: Option<PolicySummary>,
-    interfaces: Vec<InterfaceStatus>,
+struct Report {
+    #[serde(flatten)]
+    datapath: Status,
+    /// Setting (mode, allow, providers, ports, interfaces, fastpath) to where its live value
+    /// came from.
+    sources: BTreeMap<&'static str, Source>,
+    /// Why `sources` could not be read, if it could not.
+    sources_error: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Program {
-    id: u32,
-    tag: String,
-}
-
-#[derive(Serialize)]
-struct PolicySummary {
-    mode: &'static str,
-    generation: u32,
-    allow_ipv4: usize,
-    allow_ipv6: usize,
-    providers_ipv4: usize,
-    providers_ipv6: usize,
-    ports: usize,
-}
-
-pub fn status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
+pub fn status(global: &Global, json: bool) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent status")?;
-    let loaded = pins.is_loaded();
-    let policy = if loaded {
-        let datapath = Datapath::open(pins)?;
-        let policy = datapath.policy.read_active()?;
-        Some(PolicySummary {
-            mode: policy.mode.as_str(),
-            generation: datapath.policy.active_generation()?,
-            allow_ipv4: policy.allow_v4().count(),
-            allow_ipv6: policy.allow_v6().count(),
-            providers_ipv4: policy.providers_v4().count(),
-            providers_ipv6: policy.providers_v6().count(),
-            ports: policy.ports.len(),
-        })
+    let settings = Settings::resolve(global)?;
+    let pins = &settings.pins;
+    let status = if pins.is_loaded() {
+        Datapath::open(pins)?.status()?
     } else {
-        None
+        datapath::status_unloaded(pins)
     };
-    let status = Status {
-        agent_version: env!("CARGO_PKG_VERSION"),
-        pin_dir: pins.root().display().to_string(),
-        loaded,
-        program: pinned::program_info(pins)?.map(|(id, tag)| Program {
-            id,
-            tag: format!("{tag:016x}"),
-        }),
-        policy,
-        interfaces: pinned::interface_status(pins)?,
+    let (sources, sources_error) = match settings.load_state() {
+        Ok(state) => (state.sources(), None),
+        Err(err) => (BTreeMap::new(), Some(format!("{err:#}"))),
+    };
+    let report = Report {
+        datapath: status,
+        sources,
+        sources_error,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    print(&report);
+    Ok(())
+}
+
+fn print(report: &Report) {
+    let status = &report.datapath;
     println!(
         "apns-agent {}, pins in {}",
         status.agent_version, status.pin_dir
     );
     let Some(policy) = &status.policy else {
         println!("datapath: not loaded");
-        return Ok(());
+        return;
     };
     if let Some(program) = &status.program {
         println!("program: id {}, tag {}", program.id, program.tag);
@@ -93,21 +76,15 @@ pub fn status(pins: &PinDir, json: bool) -> anyhow::Result<()> {
     if status.interfaces.is_empty() {
         println!("interfaces: none attached");
     }
-    for iface in &status.interfaces {
-        println!(
-            "interface {}: {}, {} mode, fast path {}, program {}, link {} ({})",
-            iface.interface,
-            if iface.attached {
-                "attached"
-            } else {
-                "NOT attached (stale pin)"
-            },
-            iface.xdp_mode,
-            iface.fastpath.map_or("-", |fastpath| fastpath.as_str()),
-            iface.program_id.map_or("-".to_owned(), |id| id.to_string()),
-            iface.link_id.map_or("-".to_owned(), |id| id.to_string()),
-            iface.link_pin
-        );
+    for interface in &status.interfaces {
+        println!("{}", interface.line());
     }
-    Ok(())
+    match &report.sources_error {
+        Some(err) => println!("sources: unknown ({err})"),
+        None => {
+            for (section, source) in &report.sources {
+                println!("{section}: {}", source.describe());
+            }
+        }
+    }
 }

@@ -43,7 +43,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{pinned::InterfaceStatus, policy::Policy, telemetry::model::Model};
+use crate::{
+    datapath::{policy::Policy, status::InterfaceStatus},
+    telemetry::model::Model,
+};
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -74,12 +77,12 @@ pub struct Info {
 }
 
 impl Info {
-    /// This agent's version, the pinned program's tag (from `pinned::program_info`), the
-    /// active policy (`PolicyMaps::read_active`) and `pinned::interface_status`.
-    pub fn new(program_tag: u64, policy: &Policy, interfaces: Vec<InterfaceStatus>) -> Info {
+    /// This agent's version, the pinned program's tag (from `Datapath::status`), the active
+    /// policy (`PolicyMaps::read_active`) and `Datapath::interface_status`.
+    pub fn new(program_tag: &str, policy: &Policy, interfaces: Vec<InterfaceStatus>) -> Info {
         Info {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            program_tag: format!("{program_tag:016x}"),
+            program_tag: program_tag.to_owned(),
             allow_ipv4: policy.allow_v4().count(),
             allow_ipv6: policy.allow_v6().count(),
             interfaces,
@@ -281,12 +284,19 @@ mod tests {
     };
 
     use super::*;
-    use crate::telemetry::model::tests::sample_model;
+    use crate::{datapath::status::LinkState, telemetry::model::tests::sample_model};
 
     fn sample_info() -> Info {
         let status = |interface: &str, attached, xdp_mode| InterfaceStatus {
             interface: interface.to_owned(),
             attached,
+            state: if attached {
+                LinkState::Attached
+            } else {
+                LinkState::Unreadable
+            },
+            ifindex: None,
+            current_name: None,
             xdp_mode,
             fastpath: None,
             program_id: None,
@@ -294,7 +304,7 @@ mod tests {
             link_pin: String::new(),
         };
         Info::new(
-            0x00ab_cdef_0123_4567,
+            "00abcdef01234567",
             &Policy::apple_defaults(),
             vec![status("eth1", true, "native"), status("eth2", false, "skb")],
         )

@@ -9,144 +9,15 @@
 
 use std::collections::BTreeMap;
 
-use apns_common::counters::{CounterKey, CounterValue, Direction, Outcome};
+use apns_common::counters::{Direction, Outcome};
 
-use crate::{counters::Snapshot, telemetry::reachability::Reachability};
-
-/// What happened to APNs traffic (the `verdict` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Verdict {
-    Pass,
-    Drop,
-    Fastpath,
-}
-
-impl Verdict {
-    pub const ALL: [Verdict; 3] = [Verdict::Pass, Verdict::Drop, Verdict::Fastpath];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            // The datapath's own words where they are the verdict's.
-            Verdict::Pass => Outcome::Pass.as_str(),
-            Verdict::Fastpath => Outcome::Fastpath.as_str(),
-            // The only APNs drop is the provider rule; its reason is a separate label, so
-            // the verdict says just "drop" (see `classify`).
-            Verdict::Drop => "drop",
-        }
-    }
-}
-
-/// Why the policy dropped a packet (the `reason` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DropReason {
-    /// TCP to a pinhole port of an address outside the allow-list (`drop_pinhole`).
-    Pinhole,
-    /// APNs traffic to a provider port from outside the provider list (`drop_provider`).
-    Provider,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 2] = [DropReason::Pinhole, DropReason::Provider];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Pinhole => "pinhole",
-            DropReason::Provider => "provider",
-        }
-    }
-}
-
-/// TCP flags the datapath counts on APNs traffic (the `event` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum TcpEvent {
-    /// SYN without ACK: a connection attempt.
-    Syn,
-    /// SYN with ACK: an answered attempt.
-    Synack,
-    Rst,
-    Fin,
-}
-
-impl TcpEvent {
-    pub const ALL: [TcpEvent; 4] = [
-        TcpEvent::Syn,
-        TcpEvent::Synack,
-        TcpEvent::Rst,
-        TcpEvent::Fin,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            TcpEvent::Syn => "syn",
-            TcpEvent::Synack => "synack",
-            TcpEvent::Rst => "rst",
-            TcpEvent::Fin => "fin",
-        }
-    }
-
-    /// This event's count in a counter value.
-    pub const fn of(self, value: &CounterValue) -> u64 {
-        match self {
-            TcpEvent::Syn => value.syn,
-            TcpEvent::Synack => value.synack,
-            TcpEvent::Rst => value.rst,
-            TcpEvent::Fin => value.fin,
-        }
-    }
-}
-
-/// Outcomes that are neither APNs traffic nor a policy drop (the `class` label is their
-/// [`Outcome::as_str`]).
-pub const OTHER_CLASSES: [Outcome; 4] = [
-    Outcome::NotIp,
-    Outcome::NotApns,
-    Outcome::Fragment,
-    Outcome::Malformed,
-];
-
-/// What a counter entry is, for reporting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Class {
-    /// APNs traffic: `direction` is outbound or inbound.
-    Apns {
-        direction: Direction,
-        port: u16,
-        verdict: Verdict,
+use crate::{
+    datapath::{counters::Snapshot, Datapath},
+    telemetry::{
+        class::{classify, Class, DropReason, TcpEvent, Verdict, OTHER_CLASSES},
+        reachability::Reachability,
     },
-    /// Dropped by the pinhole rule (no direction: the peer is not Apple).
-    PinholeDrop,
-    /// One of [`OTHER_CLASSES`].
-    Other(Outcome),
-}
-
-/// The one place an [`Outcome`] becomes a verdict, a drop reason or an other-class.
-///
-/// Mapped explicitly, without a wildcard, so a new outcome in apns-common fails to compile
-/// here instead of being reported under the wrong label. `None` for codes this agent does not
-/// know or combinations the datapath never writes (APNs outcomes without a direction): those
-/// are skipped rather than guessed at.
-pub fn classify(key: &CounterKey) -> Option<Class> {
-    let outcome = Outcome::from_u8(key.outcome)?;
-    let direction = Direction::from_u8(key.direction)?;
-    let apns = |verdict| match direction {
-        Direction::Outbound | Direction::Inbound => Some(Class::Apns {
-            direction,
-            port: key.port,
-            verdict,
-        }),
-        Direction::None => None,
-    };
-    match outcome {
-        Outcome::Pass => apns(Verdict::Pass),
-        // Verdict "drop"; the reason ("provider") is counted by `Model::build`.
-        Outcome::DropProvider => apns(Verdict::Drop),
-        Outcome::Fastpath => apns(Verdict::Fastpath),
-        Outcome::DropPinhole => Some(Class::PinholeDrop),
-        Outcome::NotIp | Outcome::NotApns | Outcome::Fragment | Outcome::Malformed => {
-            Some(Class::Other(outcome))
-        }
-    }
-}
+};
 
 /// Packets and bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -237,18 +108,56 @@ pub struct Model {
     pub lost: u64,
 }
 
+/// What the datapath is set up to count: its attached interfaces and its APNs ports. The
+/// model holds every series of these from the start, at zero, so that Prometheus tells "no
+/// traffic" (a series at 0) from "not measured" (no series) and `rate()` sees the first
+/// increment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Known {
+    /// Interface names, as [`interface_name`] gives them.
+    pub interfaces: Vec<String>,
+    pub ports: Vec<u16>,
+}
+
+impl Known {
+    /// The attached interfaces and the active policy's ports of `datapath`.
+    pub fn of(datapath: &Datapath) -> anyhow::Result<Known> {
+        let interfaces = datapath
+            .interface_status()?
+            .into_iter()
+            .filter(|interface| interface.attached)
+            .filter_map(|interface| interface.ifindex)
+            .map(interface_name)
+            .collect();
+        let ports = datapath.policy.read_active()?.ports.into_keys().collect();
+        Ok(Known { interfaces, ports })
+    }
+}
+
 impl Model {
-    /// Aggregates `snapshot`. `interface_name` turns an ifindex into a name (see
-    /// [`interface_name`]); it is called once per ifindex. Ratios come from `reachability`,
-    /// which the caller has fed this snapshot (or an earlier one) with
-    /// [`Reachability::observe`].
+    /// Aggregates `snapshot`, with every series of `known` present. `interface_name` turns
+    /// an ifindex into a name (see [`interface_name`]); it is called once per ifindex.
+    /// Ratios come from `reachability`, which the caller has fed this snapshot (or an
+    /// earlier one) with [`Reachability::observe`].
     pub fn build(
         snapshot: &Snapshot,
+        known: &Known,
         interface_name: impl Fn(u32) -> String,
         reachability: &Reachability,
     ) -> Model {
         let mut names: BTreeMap<u32, String> = BTreeMap::new();
         let mut interfaces: BTreeMap<String, InterfaceModel> = BTreeMap::new();
+        for name in &known.interfaces {
+            let interface = interfaces.entry(name.clone()).or_default();
+            for &port in &known.ports {
+                for direction in [Direction::Outbound, Direction::Inbound] {
+                    interface
+                        .flows
+                        .entry(FlowKey { direction, port })
+                        .or_default();
+                }
+            }
+        }
         for (key, value) in &snapshot.entries {
             let Some(class) = classify(key) else {
                 // Only a datapath of another layout writes these, and layouts are checked
@@ -333,6 +242,8 @@ pub fn interface_name(ifindex: u32) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::{Duration, Instant};
+
+    use apns_common::counters::{CounterKey, CounterValue};
 
     use super::*;
 
@@ -420,7 +331,7 @@ pub(crate) mod tests {
         reachability.observe(start, &earlier);
         let now = sample_snapshot();
         reachability.observe(start + Duration::from_secs(60), &now);
-        Model::build(&now, names, &reachability)
+        Model::build(&now, &Known::default(), names, &reachability)
     }
 
     #[test]
@@ -521,7 +432,7 @@ pub(crate) mod tests {
         let mut reachability = Reachability::new(Duration::from_secs(300));
         reachability.observe(start, &snapshot(2));
         reachability.observe(start + Duration::from_secs(60), &snapshot(3));
-        let model = Model::build(&snapshot(3), names, &reachability);
+        let model = Model::build(&snapshot(3), &Known::default(), names, &reachability);
         assert_eq!(model.reachability, BTreeMap::from([(5223, 1.0)]));
         // Each interface still reports its own half of the handshakes.
         assert_eq!(
@@ -543,6 +454,7 @@ pub(crate) mod tests {
         snapshot.entries.insert(bad, value);
         let model = Model::build(
             &snapshot,
+            &Known::default(),
             names,
             &Reachability::new(Duration::from_secs(60)),
         );
@@ -550,6 +462,38 @@ pub(crate) mod tests {
         assert!(unknown.flows.is_empty());
         assert!(model.reachability.is_empty());
         assert_eq!(unknown.other[&Outcome::NotIp], 1);
+    }
+
+    #[test]
+    fn known_interfaces_and_ports_are_there_from_the_start() {
+        let known = Known {
+            interfaces: vec!["lan0".into(), "eth1".into()],
+            ports: vec![5223, 2197],
+        };
+        let model = Model::build(
+            &sample_snapshot(),
+            &known,
+            names,
+            &Reachability::new(Duration::from_secs(60)),
+        );
+        let quiet = &model.interfaces["lan0"];
+        assert_eq!(quiet.flows.len(), 4, "2 ports x 2 directions");
+        for flow in quiet.flows.values() {
+            assert_eq!(flow.total(), Volume::default());
+            assert_eq!(flow.volume.len(), Verdict::ALL.len());
+        }
+        assert_eq!(quiet.policy_drops.len(), DropReason::ALL.len());
+        // Known series never hide counted ones.
+        let busy = &model.interfaces["eth1"];
+        let key = FlowKey {
+            direction: Direction::Outbound,
+            port: 5223,
+        };
+        assert_eq!(busy.flows[&key].get(Verdict::Pass).packets, 7);
+        assert!(busy.flows.contains_key(&FlowKey {
+            direction: Direction::Inbound,
+            port: 2197
+        }));
     }
 
     #[test]

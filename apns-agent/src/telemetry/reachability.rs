@@ -35,8 +35,8 @@ use std::{
 use apns_common::counters::Direction;
 
 use crate::{
-    counters::Snapshot,
-    telemetry::model::{classify, Class, Verdict},
+    datapath::counters::Snapshot,
+    telemetry::class::{classify, Class, Verdict},
 };
 
 /// Cumulative handshake totals of one port, over every interface, at one moment.

@@ -51,7 +51,10 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::telemetry::model::{DropReason, FlowKey, Model, TcpEvent, Verdict, Volume};
+use crate::telemetry::{
+    class::{DropReason, TcpEvent, Verdict, OTHER_CLASSES},
+    model::{FlowKey, Model, Volume},
+};
 
 /// Version of the JSON shape below.
 pub const SCHEMA: u32 = 1;
@@ -233,7 +236,7 @@ pub fn render_table(model: &Model) -> String {
 
     let mut header = vec!["interface".to_owned()];
     header.extend(DropReason::ALL.map(|reason| format!("{}_drops", reason.as_str())));
-    header.extend(crate::telemetry::model::OTHER_CLASSES.map(|c| c.as_str().to_owned()));
+    header.extend(OTHER_CLASSES.map(|c| c.as_str().to_owned()));
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut other = Table::new(1, &header);
     for (name, interface) in &model.interfaces {

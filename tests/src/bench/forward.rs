@@ -3,7 +3,7 @@
 //! (pass) mode, and with an nftables ruleset doing the same matching and counting.
 //!
 //! The sender is the bottleneck on these machines and single runs vary by ±25 %
-//! (PLATFORM.md), so every configuration runs once per round, in an order that rotates from
+//! (docs/platform.md), so every configuration runs once per round, in an order that rotates from
 //! round to round, and each configuration is compared with "no program" of the same round
 //! (a pair); the report gives medians of the rates and of the pair ratios. Each run sends a
 //! fixed number of UDP datagrams with iperf3; the rate is what left the gateway's wan0
@@ -15,11 +15,8 @@
 //! so the differences are the gateway's.
 
 use std::{
-    collections::VecDeque,
-    io::{BufRead as _, BufReader},
     path::Path,
     process::Stdio,
-    sync::{mpsc, Arc, Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -46,7 +43,6 @@ use crate::{
 /// servers, and iperf3 needs TCP on the same port for its control connection).
 const IPERF_PORT: &str = "5201";
 /// How long the agent may take to report that it runs.
-const AGENT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// /proc/stat counts in USER_HZ ticks, 100 per second on every Linux architecture's ABI.
 const USER_HZ: f64 = 100.0;
 /// The interfaces every program is attached to: where the client's traffic enters the
@@ -185,49 +181,18 @@ impl Forwarding {
     }
 }
 
-/// Starts `apns-agent --pin-dir PINS run ARGS` in the gateway and waits until it reports
-/// running (its datapath attached and its policy applied). Its log is kept, not shown: the
+/// Starts `apns-agent --pin-dir PINS run ARGS` in the gateway and waits until it is ready
+/// (READY=1: its datapath attached and its policy applied). Its log is kept, not shown: the
 /// last lines go into the error if it does not come up. Stopped by SIGTERM when the returned
 /// guard drops.
 pub fn spawn_agent<'lab>(
     lab: &'lab Lab,
     pins: &TestPins,
     args: &[impl AsRef<str>],
-) -> Result<LabChild<'lab>> {
+) -> Result<agent::Agent<'lab>> {
     let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let mut cmd = agent::gw_command(lab, pins, &args);
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = lab.spawn(&mut cmd)?;
-    let stderr = child
-        .child_mut()
-        .stderr
-        .take()
-        .context("the agent's stderr is not piped")?;
-    let log = Arc::new(Mutex::new(VecDeque::new()));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let sink = Arc::clone(&log);
-    // Drains the log so the agent never blocks on a full pipe; ends when the agent exits.
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("running;") {
-                let _ = ready_tx.send(());
-            }
-            let mut log = sink.lock().unwrap_or_else(PoisonError::into_inner);
-            // The last lines are what explains a failure; keep memory bounded in a soak.
-            if log.len() >= 200 {
-                log.pop_front();
-            }
-            log.push_back(line);
-        }
-    });
-    if ready_rx.recv_timeout(AGENT_READY_TIMEOUT).is_err() {
-        let log = Vec::from(log.lock().unwrap_or_else(PoisonError::into_inner).clone()).join("\n");
-        bail!(
-            "apns-agent did not report running within {AGENT_READY_TIMEOUT:?} in {}; its log:\n{log}",
-            lab.ns_name(Role::Gw)
-        );
-    }
-    Ok(child)
+    agent::spawn_run_with(lab, pins, &args, false)
+        .with_context(|| format!("apns-agent run in {}", lab.ns_name(Role::Gw)))
 }
 
 /// An empty agent config: the built-in defaults (Apple's prefixes and ports), whatever

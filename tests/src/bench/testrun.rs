@@ -16,12 +16,13 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
-use apns_agent::{
+use apns_agent::datapath::{
     counters::CounterMaps,
-    datapath,
-    maps::PolicyMaps,
+    object,
     policy::{Mode, Policy, DEFAULT_PORTS},
+    policy_maps::PolicyMaps,
 };
+use apns_common::programs;
 use aya::{
     maps::{PerCpuArray, PerCpuValues},
     programs::{TestRun as _, TestRunOptions, Xdp},
@@ -56,7 +57,7 @@ const FLOOR_COUNTER: &str = "FLOOR_PACKETS";
 pub const ALLOW_LIST_SIZES: [usize; 4] = [1, 100, 10_000, 100_000];
 
 /// The prefix that matches the APNs packets' destination (17.249.1.10) in section 2: a /16
-/// from Apple's narrower list (DOMAIN.md), a typical length.
+/// from Apple's narrower list (docs/apns.md), a typical length.
 const MATCHING_PREFIX: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(17, 249, 0, 0), 16) {
     Ok(net) => net,
     Err(_) => panic!("valid prefix"),
@@ -169,7 +170,7 @@ pub struct OurProgram {
 impl OurProgram {
     /// Loads the object; the policy maps are empty until [`OurProgram::apply`].
     pub fn load() -> Result<OurProgram> {
-        let mut ebpf = datapath::load_unpinned()?;
+        let mut ebpf = object::load_unpinned()?;
         let mut take = |name: &'static str| {
             ebpf.take_map(name)
                 .with_context(|| format!("the object has no map {name}"))
@@ -200,7 +201,7 @@ impl OurProgram {
 
     pub fn xdp(&self) -> Result<&Xdp> {
         self.ebpf
-            .program(datapath::XDP_PROGRAM)
+            .program(programs::XDP)
             .context("the object has no XDP program")?
             .try_into()
             .context("not an XDP program")
@@ -225,7 +226,7 @@ pub struct FloorProgram {
 impl FloorProgram {
     pub fn load() -> Result<FloorProgram> {
         let mut ebpf = EbpfLoader::new()
-            .load(datapath::BENCH_FLOOR_OBJECT)
+            .load(object::BENCH_FLOOR_OBJECT)
             .context("loading the bench-floor object")?;
         let program: &mut Xdp = ebpf
             .program_mut(FLOOR_PROGRAM)

@@ -2,10 +2,7 @@
 //! short mix of APNs and other traffic, then the counters and an excerpt of /metrics. Builds
 //! everything it uses and removes it again, in well under a minute. Needs root.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use apns_tests::{
@@ -39,7 +36,8 @@ fn demo() -> Result<()> {
     let pins = TestPins::new();
 
     step("starting apns-agent on the gateway (enforce mode, lan0 lan1 lan2 wan0)");
-    let mut cmd = agent::gw_command(
+    // Ready when it says so (systemd's notify protocol: READY=1), as under systemd.
+    let mut agent_process = agent::spawn_run_with(
         &lab,
         &pins,
         &[
@@ -57,10 +55,8 @@ fn demo() -> Result<()> {
             "--iface",
             GW_IF_WAN.name,
         ],
-    );
-    cmd.stderr(Stdio::null());
-    let mut agent_process = lab.spawn(&mut cmd)?;
-    wait_for_metrics(&lab)?;
+        false,
+    )?;
     print!("{}", agent::succeed(&mut status_command(&lab, &pins))?);
 
     step("driving traffic");
@@ -146,7 +142,9 @@ fn demo() -> Result<()> {
     step("an excerpt of /metrics (non-zero APNs series)");
     let metrics = scrape(&lab)?;
     for line in metrics.lines().filter(|line| {
-        (line.starts_with("apns_tcp_events_total")
+        (line.starts_with("apns_packets_total")
+            || line.starts_with("apns_bytes_total")
+            || line.starts_with("apns_tcp_events_total")
             || line.starts_with("apns_policy_drops_total")
             || line.starts_with("apns_reachability_ratio")
             || line.starts_with("apns_datapath_attached")
@@ -180,18 +178,4 @@ fn status_command(lab: &Lab, pins: &TestPins) -> std::process::Command {
 /// GET /metrics from inside the gateway.
 fn scrape(lab: &Lab) -> Result<String> {
     agent::scrape_metrics(lab, METRICS.parse()?)
-}
-
-/// The agent is ready once it serves /metrics.
-fn wait_for_metrics(lab: &Lab) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match scrape(lab) {
-            Ok(_) => return Ok(()),
-            Err(err) if Instant::now() > deadline => {
-                return Err(err.context("the agent did not come up"))
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
 }

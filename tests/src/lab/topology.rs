@@ -39,7 +39,7 @@ use anyhow::{Context as _, Result};
 
 use super::{netns::run_with_input, vlan::VlanRelay, Lab};
 
-/// The TCP ports APNs uses (see DOMAIN.md): devices 5223 (443 as fallback), providers 443 and
+/// The TCP ports APNs uses (see docs/apns.md): devices 5223 (443 as fallback), providers 443 and
 /// 2197, and 2195/2196. Both WAN servers listen on all of them.
 pub const APNS_PORTS: [u16; 5] = [5223, 443, 2197, 2195, 2196];
 

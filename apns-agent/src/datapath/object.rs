@@ -1,7 +1,11 @@
-//! The XDP object built from apns-ebpf (by build.rs) and how to load it.
+//! The datapath object built from apns-ebpf (by build.rs), and how to load it.
 
 use anyhow::Context as _;
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use apns_common::{label::Label, programs};
+use aya::{
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
 
 /// The eBPF object, embedded at build time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apns"));
@@ -18,15 +22,9 @@ pub static UPGRADE_PROBE_OBJECT: &[u8] =
 pub static BENCH_FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-floor"));
 
-/// Name of the TC ingress program of the mark fast path in [`OBJECT`].
-pub const TC_MARK_PROGRAM: &str = "apns_tc_mark";
-
-/// Name of the XDP entry point in [`OBJECT`].
-pub const XDP_PROGRAM: &str = "apns_xdp";
-
 /// The aya-log level a program is loaded with. Disabled log calls cost nothing: the level is
 /// a load-time constant, and the verifier removes the code it makes unreachable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum EbpfLog {
     #[default]
     Off,
@@ -37,6 +35,28 @@ pub enum EbpfLog {
     Trace,
 }
 
+impl Label for EbpfLog {
+    const WHAT: &'static str = "eBPF log level";
+    const ALL: &'static [EbpfLog] = &[
+        EbpfLog::Off,
+        EbpfLog::Error,
+        EbpfLog::Warn,
+        EbpfLog::Info,
+        EbpfLog::Debug,
+        EbpfLog::Trace,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            EbpfLog::Off => "off",
+            EbpfLog::Error => "error",
+            EbpfLog::Warn => "warn",
+            EbpfLog::Info => "info",
+            EbpfLog::Debug => "debug",
+            EbpfLog::Trace => "trace",
+        }
+    }
+}
+
 impl EbpfLog {
     /// The value of aya-log-ebpf's `AYA_LOG_LEVEL` (aya_log_common::Level, 0 for off).
     pub const fn level(self) -> u8 {
@@ -44,26 +64,15 @@ impl EbpfLog {
     }
 
     /// The tracing level name that shows records of this level; `None` for off.
-    pub const fn filter_directive(self) -> Option<&'static str> {
-        match self {
-            EbpfLog::Off => None,
-            EbpfLog::Error => Some("error"),
-            EbpfLog::Warn => Some("warn"),
-            EbpfLog::Info => Some("info"),
-            EbpfLog::Debug => Some("debug"),
-            EbpfLog::Trace => Some("trace"),
-        }
+    pub fn filter_directive(self) -> Option<&'static str> {
+        (self != EbpfLog::Off).then(|| self.as_str())
     }
 
     pub fn from_level(level: u32) -> EbpfLog {
-        match level {
-            0 => EbpfLog::Off,
-            1 => EbpfLog::Error,
-            2 => EbpfLog::Warn,
-            3 => EbpfLog::Info,
-            4 => EbpfLog::Debug,
-            _ => EbpfLog::Trace,
-        }
+        EbpfLog::ALL
+            .get(level as usize)
+            .copied()
+            .unwrap_or(EbpfLog::Trace)
     }
 }
 
@@ -71,7 +80,7 @@ impl EbpfLog {
 const LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
 
 /// A loader for the datapath object with its log level set.
-pub fn loader<'a>(log: &'a u8) -> EbpfLoader<'a> {
+pub fn loader(log: &u8) -> EbpfLoader<'_> {
     let mut loader = EbpfLoader::new();
     loader.override_global(LOG_LEVEL_GLOBAL, log, true);
     loader
@@ -85,16 +94,27 @@ pub fn load_unpinned() -> anyhow::Result<Ebpf> {
     let mut ebpf = loader(&off)
         .load(OBJECT)
         .context("loading the apns-ebpf object (maps and BTF)")?;
-    xdp_program(&mut ebpf)?
-        .load()
-        .with_context(|| format!("loading XDP program {XDP_PROGRAM} (the verifier log follows)"))?;
+    xdp_program(&mut ebpf)?.load().with_context(|| {
+        format!(
+            "loading XDP program {} (the verifier log follows)",
+            programs::XDP
+        )
+    })?;
     Ok(ebpf)
 }
 
 /// The XDP program of a loaded object.
 pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
-    ebpf.program_mut(XDP_PROGRAM)
-        .with_context(|| format!("the object has no program named {XDP_PROGRAM}"))?
+    ebpf.program_mut(programs::XDP)
+        .with_context(|| format!("the object has no program named {}", programs::XDP))?
         .try_into()
-        .with_context(|| format!("program {XDP_PROGRAM} is not an XDP program"))
+        .with_context(|| format!("program {} is not an XDP program", programs::XDP))
+}
+
+/// The TC program of the mark fast path in a loaded object.
+pub fn tc_mark_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    ebpf.program_mut(programs::TC_MARK)
+        .with_context(|| format!("the object has no program named {}", programs::TC_MARK))?
+        .try_into()
+        .with_context(|| format!("program {} is not a TC classifier", programs::TC_MARK))
 }

@@ -2,68 +2,19 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
-    net::{Ipv4Addr, Ipv6Addr},
-    str::FromStr,
+    net::{IpAddr, Ipv4Addr},
 };
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
+pub use apns_common::policy::Mode;
 use apns_common::{
     maps::{ALLOW_PREFIXES_PER_GENERATION, PROVIDER_PREFIXES_PER_GENERATION},
     policy::{role, MAX_PORTS},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// Monitor classifies and counts; enforce also drops pinhole and provider violations.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    #[default]
-    Monitor,
-    Enforce,
-}
-
-impl Mode {
-    pub const fn code(self) -> u32 {
-        match self {
-            Mode::Monitor => apns_common::policy::mode::MONITOR,
-            Mode::Enforce => apns_common::policy::mode::ENFORCE,
-        }
-    }
-
-    pub fn from_code(code: u32) -> anyhow::Result<Mode> {
-        match code {
-            apns_common::policy::mode::MONITOR => Ok(Mode::Monitor),
-            apns_common::policy::mode::ENFORCE => Ok(Mode::Enforce),
-            other => bail!("unknown policy mode code {other} in the policy map"),
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Mode::Monitor => "monitor",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
-
-impl FromStr for Mode {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> anyhow::Result<Mode> {
-        match s {
-            "monitor" => Ok(Mode::Monitor),
-            "enforce" => Ok(Mode::Enforce),
-            other => bail!("unknown mode {other:?}: expected monitor or enforce"),
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Apple's IPv4 prefix (DOMAIN.md: allow the whole /8, it is load-balanced).
+/// Apple's IPv4 prefix: Apple asks networks to allow the whole of 17.0.0.0/8, since its
+/// servers are load-balanced across it with no static list (docs/classification.md).
 pub const APPLE_V4: &str = "17.0.0.0/8";
 /// Apple's published APNs IPv6 prefixes.
 pub const APPLE_V6: [&str; 4] = [
@@ -97,7 +48,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Apple's prefixes and ports from DOMAIN.md, monitor mode, no provider list.
+    /// Apple's prefixes and ports (docs/classification.md), monitor mode, no provider list.
     pub fn apple_defaults() -> Policy {
         let allow = std::iter::once(APPLE_V4)
             .chain(APPLE_V6)
@@ -183,26 +134,69 @@ fn v6(nets: &BTreeSet<IpNet>) -> impl Iterator<Item = Ipv6Net> + '_ {
     })
 }
 
-/// Parses an IPv4 or IPv6 CIDR prefix; a prefix with host bits set is an error, not a silent
-/// fix (`17.1.2.3/8` is refused, `17.0.0.0/8` accepted). A bare address is a host prefix.
+/// Parses an IPv4 or IPv6 CIDR prefix; a bare address is a host prefix. The error says which
+/// part is wrong (the address, the length, host bits) and refuses prefixes that can never
+/// match a packet the datapath judges: IPv4-mapped and IPv4-compatible IPv6 (the datapath
+/// sees IPv4 traffic as IPv4), multicast and loopback. Host bits are an error, not a silent
+/// fix (`17.1.2.3/8` is refused, `17.0.0.0/8` accepted).
 pub fn parse_prefix(text: &str) -> anyhow::Result<IpNet> {
-    let net = if text.contains('/') {
-        text.parse::<IpNet>()
-            .with_context(|| format!("{text:?} is not an IPv4 or IPv6 prefix (e.g. 17.0.0.0/8)"))?
-    } else if let Ok(addr) = text.parse::<Ipv4Addr>() {
-        IpNet::V4(Ipv4Net::from(addr))
-    } else if let Ok(addr) = text.parse::<Ipv6Addr>() {
-        IpNet::V6(Ipv6Net::from(addr))
-    } else {
-        bail!("{text:?} is not an IPv4 or IPv6 prefix (e.g. 17.0.0.0/8)");
+    let (addr_text, len_text) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (text, None),
     };
+    let Ok(addr) = addr_text.parse::<IpAddr>() else {
+        bail!("{text:?} is not an IPv4 or IPv6 prefix: {addr_text:?} is not an address (e.g. 17.0.0.0/8)");
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len_text {
+        None => max,
+        Some(len) => match len.parse::<u8>() {
+            Ok(len) if len <= max => len,
+            _ => bail!(
+                "{text:?}: prefix length {len:?} is out of range for {} (0 to {max})",
+                if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+            ),
+        },
+    };
+    let net = IpNet::new(addr, len).expect("length checked above");
     if net.trunc() != net {
         bail!(
             "prefix {text} has host bits set (did you mean {}?)",
             net.trunc()
         );
     }
+    if let Some(reason) = never_matches(&net) {
+        bail!("prefix {net} never matches: {reason}");
+    }
     Ok(net)
+}
+
+/// Why `net` can never match a packet the datapath judges, if it cannot.
+fn never_matches(net: &IpNet) -> Option<String> {
+    let within = |outer: &str| {
+        outer
+            .parse::<IpNet>()
+            .is_ok_and(|outer| outer.contains(net))
+    };
+    if let IpNet::V6(v6) = net {
+        if within("::ffff:0:0/96") || (within("::/96") && v6.prefix_len() > 96) {
+            let v4 = Ipv4Net::new(
+                Ipv4Addr::from_bits(v6.network().to_bits() as u32),
+                v6.prefix_len() - 96,
+            )
+            .expect("a /96 or longer leaves a valid IPv4 length");
+            return Some(format!(
+                "an IPv4-mapped or IPv4-compatible IPv6 prefix; IPv4 traffic is judged as IPv4, so write {v4}"
+            ));
+        }
+    }
+    if within("224.0.0.0/4") || within("ff00::/8") {
+        return Some("it is multicast; APNs is unicast TCP".to_owned());
+    }
+    if within("127.0.0.0/8") || within("::1/128") {
+        return Some("it is loopback, which never crosses a gateway".to_owned());
+    }
+    None
 }
 
 #[cfg(test)]
@@ -235,15 +229,28 @@ mod tests {
         );
         assert_eq!(parse_prefix("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
         assert_eq!(parse_prefix("2620:149:a44::/48").unwrap().prefix_len(), 48);
-        for bad in [
-            "",
-            "17.0.0.0/33",
-            "17.0.0/8",
-            "apple",
-            "::/129",
-            "17.0.0.0/-1",
+        for (bad, says) in [
+            ("", "is not an address"),
+            (
+                "17.0.0.0/33",
+                "prefix length \"33\" is out of range for IPv4 (0 to 32)",
+            ),
+            ("17.0.0/8", "\"17.0.0\" is not an address"),
+            ("apple", "is not an address"),
+            ("::/129", "out of range for IPv6 (0 to 128)"),
+            ("17.0.0.0/-1", "prefix length \"-1\" is out of range"),
+            ("::ffff:17.0.0.0/104", "write 17.0.0.0/8"),
+            ("::ffff:11.0.0.1", "write 11.0.0.1/32"),
+            ("224.0.0.0/24", "multicast"),
+            ("ff02::/16", "multicast"),
+            ("127.0.0.1", "loopback"),
         ] {
-            assert!(parse_prefix(bad).is_err(), "{bad:?} accepted");
+            let err = format!("{:#}", parse_prefix(bad).unwrap_err());
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+        // Prefixes that merely contain the special ranges still match ordinary traffic.
+        for good in ["::/0", "0.0.0.0/0", "2000::/3"] {
+            parse_prefix(good).unwrap();
         }
     }
 

@@ -46,7 +46,7 @@ pub struct Drop {
 }
 
 impl EventMaps {
-    /// See [`crate::maps::PolicyMaps::open`].
+    /// See [`super::policy_maps::PolicyMaps::open`].
     pub fn open(mut map: impl FnMut(&'static str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
         Ok(EventMaps {
             ring: RingBuf::try_from(map(EVENTS)?)
@@ -54,6 +54,12 @@ impl EventMaps {
             config: Array::try_from(map(EVENT_CONFIG)?)
                 .with_context(|| format!("map {EVENT_CONFIG} has an unexpected type or layout"))?,
         })
+    }
+
+    pub fn config(&self) -> anyhow::Result<EventConfig> {
+        self.config
+            .get(&0, 0)
+            .with_context(|| format!("reading map {EVENT_CONFIG}"))
     }
 
     pub fn set_config(&mut self, config: EventConfig) -> anyhow::Result<()> {

@@ -3,28 +3,15 @@
 //! interface has an entry in both; detaching removes them.
 
 use anyhow::Context as _;
+pub use apns_common::fastpath::FastPath;
 use apns_common::{
-    fastpath::{mode, IfaceConfig, DEFAULT_MARK, DEFAULT_MARK_MASK},
+    fastpath::{IfaceConfig, DEFAULT_MARK, DEFAULT_MARK_MASK},
     maps::{IFACES, TX_PORTS},
 };
 use aya::maps::{DevMapHash, HashMap, Map, MapData, MapError};
 
-/// What the XDP program does with the APNs traffic it passes on an interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FastPath {
-    /// Classify and count; the kernel stack forwards.
-    #[default]
-    Pass,
-    /// Set `skb->mark` on APNs packets (XDP metadata + a TC ingress program), for netfilter
-    /// and policy routing; works with NAT.
-    Mark,
-    /// Forward from XDP (routed gateways, no NAT on the APNs path).
-    Redirect,
-}
-
 /// The `skb->mark` bits the mark fast path sets: `mark = (mark & !mask) | value`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MarkBits {
     pub value: u32,
     pub mask: u32,
@@ -52,56 +39,13 @@ impl MarkBits {
     }
 }
 
-impl FastPath {
-    const fn code(self) -> u32 {
-        match self {
-            FastPath::Pass => mode::PASS,
-            FastPath::Mark => mode::MARK,
-            FastPath::Redirect => mode::REDIRECT,
-        }
-    }
-
-    fn from_code(code: u32) -> Option<FastPath> {
-        match code {
-            mode::PASS => Some(FastPath::Pass),
-            mode::MARK => Some(FastPath::Mark),
-            mode::REDIRECT => Some(FastPath::Redirect),
-            _ => None,
-        }
-    }
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            FastPath::Pass => "pass",
-            FastPath::Mark => "mark",
-            FastPath::Redirect => "redirect",
-        }
-    }
-
-    pub const fn is_mark(self) -> bool {
-        matches!(self, FastPath::Mark)
-    }
-}
-
-impl std::str::FromStr for FastPath {
-    type Err = anyhow::Error;
-    fn from_str(text: &str) -> anyhow::Result<FastPath> {
-        match text {
-            "pass" => Ok(FastPath::Pass),
-            "mark" => Ok(FastPath::Mark),
-            "redirect" => Ok(FastPath::Redirect),
-            other => anyhow::bail!("unknown fast path {other:?}: expected pass, mark or redirect"),
-        }
-    }
-}
-
 pub struct InterfaceMaps {
     ifaces: HashMap<MapData, u32, IfaceConfig>,
     tx_ports: DevMapHash<MapData>,
 }
 
 impl InterfaceMaps {
-    /// See [`crate::maps::PolicyMaps::open`].
+    /// See [`super::policy_maps::PolicyMaps::open`].
     pub fn open(mut map: impl FnMut(&'static str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
         Ok(InterfaceMaps {
             ifaces: HashMap::try_from(map(IFACES)?)
@@ -165,14 +109,20 @@ impl InterfaceMaps {
             .with_context(|| format!("writing ifindex {ifindex} to map {IFACES}"))
     }
 
-    /// The fast path of `ifindex`; `None` when the interface is not registered.
-    pub fn fastpath(&self, ifindex: u32) -> anyhow::Result<Option<FastPath>> {
+    /// The fast path and mark bits of `ifindex`; `None` when the interface is not
+    /// registered.
+    pub fn fastpath(&self, ifindex: u32) -> anyhow::Result<Option<(FastPath, MarkBits)>> {
         match self.ifaces.get(&ifindex, 0) {
-            Ok(config) => FastPath::from_code(config.fastpath)
-                .map(Some)
-                .with_context(|| {
+            Ok(config) => {
+                let fastpath = FastPath::from_code(config.fastpath).with_context(|| {
                     format!("map {IFACES}: unknown fast path code {}", config.fastpath)
-                }),
+                })?;
+                let mark = MarkBits {
+                    value: config.mark,
+                    mask: config.mark_mask,
+                };
+                Ok(Some((fastpath, mark)))
+            }
             Err(MapError::KeyNotFound) => Ok(None),
             Err(err) => Err(err).with_context(|| format!("reading map {IFACES}")),
         }

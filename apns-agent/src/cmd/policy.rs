@@ -1,17 +1,24 @@
 //! `allow`, `providers`, `ports` and `mode`: read the live policy, change it, apply it as a
-//! whole (one generation switch). Every argument is checked before anything is written.
+//! whole (one generation switch, through `live::change`). Every argument is checked before
+//! anything is written.
 
 use std::collections::BTreeSet;
 
+use apns_common::label::Label as _;
 use ipnet::IpNet;
 
 use crate::{
-    cli::{PortAction, PrefixAction},
-    config::{parse_port, parse_roles, role_names},
-    pinned::Datapath,
-    pins::PinDir,
-    policy::{parse_prefix, Mode, Policy},
+    cli::{Global, PortAction, PrefixAction},
+    cmd::live,
+    datapath::{
+        policy::{parse_prefix, Mode, Policy},
+        Datapath,
+    },
     privileges,
+    settings::{
+        config::{parse_port, parse_roles, role_names},
+        Settings,
+    },
 };
 
 #[derive(Clone, Copy)]
@@ -36,11 +43,11 @@ impl PrefixList {
     }
 }
 
-pub fn prefixes(pins: &PinDir, list: PrefixList, action: &PrefixAction) -> anyhow::Result<()> {
+pub fn prefixes(global: &Global, list: PrefixList, action: &PrefixAction) -> anyhow::Result<()> {
+    let settings = Settings::resolve(global)?;
     match action {
         PrefixAction::List => {
-            privileges::require(privileges::READ, "listing the policy")?;
-            let mut policy = Datapath::open(pins)?.policy.read_active()?;
+            let mut policy = read_policy(&settings)?;
             for net in list.of(&mut policy).iter() {
                 println!("{net}");
             }
@@ -49,7 +56,7 @@ pub fn prefixes(pins: &PinDir, list: PrefixList, action: &PrefixAction) -> anyho
         PrefixAction::Add { prefixes } | PrefixAction::Del { prefixes } => {
             let adding = matches!(action, PrefixAction::Add { .. });
             let nets = parse_unique(prefixes)?;
-            change(pins, |policy| {
+            change(&settings, |policy| {
                 let set = list.of(policy);
                 for net in &nets {
                     match (adding, set.contains(net)) {
@@ -77,11 +84,11 @@ fn parse_unique(texts: &[String]) -> anyhow::Result<Vec<IpNet>> {
     Ok(nets)
 }
 
-pub fn ports(pins: &PinDir, action: &PortAction) -> anyhow::Result<()> {
+pub fn ports(global: &Global, action: &PortAction) -> anyhow::Result<()> {
+    let settings = Settings::resolve(global)?;
     match action {
         PortAction::List => {
-            privileges::require(privileges::READ, "listing the policy")?;
-            let policy = Datapath::open(pins)?.policy.read_active()?;
+            let policy = read_policy(&settings)?;
             for (port, roles) in &policy.ports {
                 println!("{port} {}", role_names(*roles).join(","));
             }
@@ -101,7 +108,7 @@ pub fn ports(pins: &PinDir, action: &PortAction) -> anyhow::Result<()> {
                 anyhow::ensure!(seen.insert(port), "port {port} is given twice");
                 parsed.push((port, roles));
             }
-            change(pins, |policy| {
+            change(&settings, |policy| {
                 for &(port, roles) in &parsed {
                     anyhow::ensure!(
                         policy.ports.get(&port) != Some(&roles),
@@ -119,7 +126,7 @@ pub fn ports(pins: &PinDir, action: &PortAction) -> anyhow::Result<()> {
                 let port = parse_port(text)?;
                 anyhow::ensure!(parsed.insert(port), "port {port} is given twice");
             }
-            change(pins, |policy| {
+            change(&settings, |policy| {
                 for port in &parsed {
                     anyhow::ensure!(
                         policy.ports.remove(port).is_some(),
@@ -132,28 +139,35 @@ pub fn ports(pins: &PinDir, action: &PortAction) -> anyhow::Result<()> {
     }
 }
 
-pub fn mode(pins: &PinDir, mode: Mode) -> anyhow::Result<()> {
-    change(pins, |policy| {
+pub fn mode(global: &Global, mode: Mode) -> anyhow::Result<()> {
+    change(&Settings::resolve(global)?, |policy| {
         policy.mode = mode;
         Ok(())
     })
 }
 
-/// Reads the live policy under the pin lock, lets `edit` change a copy, and applies the copy
-/// as a whole. An `edit` error or an invalid result writes nothing.
+/// The live policy, for the listings.
+fn read_policy(settings: &Settings) -> anyhow::Result<Policy> {
+    privileges::require(privileges::READ, "listing the policy")?;
+    Datapath::open(&settings.pins)?.policy.read_active()
+}
+
+/// Lets `edit` change a copy of the live policy, applies the copy as a whole and records it.
+/// An `edit` error or an invalid result writes nothing.
 fn change(
-    pins: &PinDir,
+    settings: &Settings,
     edit: impl FnOnce(&mut Policy) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    privileges::require(privileges::CHANGE, "changing the policy")?;
-    let _lock = super::lock_loaded(pins)?;
-    let mut datapath = Datapath::open(pins)?;
-    let mut policy = datapath.policy.read_active()?;
-    edit(&mut policy)?;
-    datapath.policy.apply(&policy)?;
+    let mut applied = None;
+    live::change(settings, "changing the policy", |desired| {
+        edit(&mut desired.policy)?;
+        applied = Some(desired.policy.clone());
+        Ok(())
+    })?;
+    let policy = applied.expect("the edit ran");
     println!(
         "applied: mode {}, {} allow-list prefixes, {} provider prefixes, {} ports",
-        policy.mode,
+        policy.mode.as_str(),
         policy.allow.len(),
         policy.providers.len(),
         policy.ports.len()

@@ -19,7 +19,7 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::policy::{Mode, Policy};
+use super::policy::{Mode, Policy};
 
 /// Handles to the policy maps of one datapath (loaded by us, or opened from pins).
 pub struct PolicyMaps {
@@ -169,7 +169,12 @@ impl PolicyMaps {
                 .map(v6_net),
         );
         Ok(Policy {
-            mode: Mode::from_code(config.mode).with_context(|| format!("reading map {POLICY}"))?,
+            mode: Mode::from_code(config.mode).with_context(|| {
+                format!(
+                    "map {POLICY}: generation {generation} has unknown policy mode code {}",
+                    config.mode
+                )
+            })?,
             ports,
             allow,
             providers,

@@ -36,7 +36,7 @@ impl Snapshot {
 }
 
 impl CounterMaps {
-    /// See [`crate::maps::PolicyMaps::open`].
+    /// See [`super::policy_maps::PolicyMaps::open`].
     pub fn open(mut map: impl FnMut(&'static str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
         let counters = PerCpuHashMap::try_from(map(COUNTERS)?)
             .with_context(|| format!("map {COUNTERS} has an unexpected type or layout"))?;

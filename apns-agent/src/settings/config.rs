@@ -5,15 +5,21 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
-use apns_common::policy::role;
+use apns_common::{
+    events::EventConfig,
+    policy::{role, Role},
+};
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
-    interfaces::{FastPath, MarkBits},
-    pinned::XdpModeChoice,
-    pins::DEFAULT_PIN_DIR,
-    policy::{parse_prefix, Mode, Policy, DEFAULT_PORTS},
+    datapath::{
+        interfaces::{FastPath, MarkBits},
+        links::{check_interface_name, XdpMode},
+        pins::DEFAULT_PIN_DIR,
+        policy::{parse_prefix, Mode, Policy, DEFAULT_PORTS},
+    },
+    label::{self, Labeled},
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/apns-agent/config.toml";
@@ -25,9 +31,11 @@ pub struct Config {
     pub fastpath: BTreeMap<String, FastPath>,
     /// The bits the `mark` fast path sets in `skb->mark`.
     pub mark: MarkBits,
-    pub xdp_mode: XdpModeChoice,
+    pub xdp_mode: XdpMode,
     pub pin_dir: String,
     pub policy: Policy,
+    /// The drop events' rate limit and sampling.
+    pub events: EventConfig,
 }
 
 impl Default for Config {
@@ -36,9 +44,10 @@ impl Default for Config {
             interfaces: Vec::new(),
             fastpath: BTreeMap::new(),
             mark: MarkBits::default(),
-            xdp_mode: XdpModeChoice::Auto,
+            xdp_mode: XdpMode::Auto,
             pin_dir: DEFAULT_PIN_DIR.to_owned(),
             policy: Policy::apple_defaults(),
+            events: EventConfig::default(),
         }
     }
 }
@@ -51,10 +60,10 @@ struct File {
     interfaces: Vec<String>,
     /// monitor | enforce; default monitor.
     #[serde(default)]
-    mode: Option<ModeValue>,
+    mode: Option<Labeled<Mode>>,
     /// auto | native | skb; default auto.
     #[serde(default)]
-    xdp_mode: Option<XdpModeValue>,
+    xdp_mode: Option<Labeled<XdpMode>>,
     /// Default /sys/fs/bpf/apns-agent.
     #[serde(default)]
     pin_dir: Option<String>,
@@ -66,21 +75,38 @@ struct File {
     providers: Vec<Prefix>,
     /// Port number to roles; default 5223, 443, 2197, 2195, 2196 (see policy::DEFAULT_PORTS).
     #[serde(default)]
-    ports: Option<BTreeMap<PortNumber, Vec<Role>>>,
+    ports: Option<BTreeMap<PortNumber, Vec<Labeled<Role>>>>,
     /// Interface to fast path (pass | mark | redirect); default pass everywhere.
     #[serde(default)]
-    fastpath: BTreeMap<String, FastPathValue>,
+    fastpath: BTreeMap<String, Labeled<FastPath>>,
     /// `skb->mark` bits of the mark fast path; default 0x200000/0x200000.
     #[serde(default)]
     mark: Option<MarkFile>,
+    /// Drop-event limits; default 100 per CPU and second, every drop considered.
+    #[serde(default)]
+    events: Option<EventsFile>,
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum FastPathValue {
-    Pass,
-    Mark,
-    Redirect,
+#[serde(deny_unknown_fields)]
+struct EventsFile {
+    per_cpu_per_second: Option<u32>,
+    sample_every: Option<SampleEvery>,
+}
+
+/// Every Nth drop: 1 or more.
+#[derive(Deserialize)]
+#[serde(try_from = "u32")]
+struct SampleEvery(u32);
+
+impl TryFrom<u32> for SampleEvery {
+    type Error = String;
+    fn try_from(every: u32) -> Result<Self, String> {
+        if every == 0 {
+            return Err("sample_every must be 1 or more (1 considers every drop)".to_owned());
+        }
+        Ok(SampleEvery(every))
+    }
 }
 
 #[derive(Deserialize)]
@@ -133,29 +159,6 @@ impl TryFrom<String> for PortNumber {
     }
 }
 
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum Role {
-    Apns,
-    Pinhole,
-    Provider,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum ModeValue {
-    Monitor,
-    Enforce,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum XdpModeValue {
-    Auto,
-    Native,
-    Skb,
-}
-
 /// Parses a TCP port for the port table: 1 to 65535.
 pub fn parse_port(text: &str) -> anyhow::Result<u16> {
     match text.trim().parse::<u32>() {
@@ -168,31 +171,16 @@ pub fn parse_port(text: &str) -> anyhow::Result<u16> {
 /// Parses role names (`apns`, `pinhole`, `provider`) into role bits. `apns` is implied: a
 /// port in the table is always counted as APNs.
 pub fn parse_roles(names: &[&str]) -> anyhow::Result<u8> {
-    let mut bits = role::APNS;
-    for name in names {
-        bits |= match *name {
-            "apns" => role::APNS,
-            "pinhole" => role::PINHOLE,
-            "provider" => role::PROVIDER,
-            other => {
-                anyhow::bail!("unknown port role {other:?}: expected apns, pinhole or provider")
-            }
-        };
-    }
-    Ok(bits)
+    names.iter().try_fold(role::APNS, |bits, name| {
+        let role: Role = label::parse(name).map_err(anyhow::Error::msg)?;
+        Ok(bits | role.bit())
+    })
 }
 
 /// Role names of `bits`, for listings.
 pub fn role_names(bits: u8) -> Vec<&'static str> {
-    [
-        (role::APNS, "apns"),
-        (role::PINHOLE, "pinhole"),
-        (role::PROVIDER, "provider"),
-    ]
-    .into_iter()
-    .filter(|(bit, _)| bits & bit != 0)
-    .map(|(_, name)| name)
-    .collect()
+    use apns_common::label::Label as _;
+    Role::of(bits).map(Role::as_str).collect()
 }
 
 impl Config {
@@ -210,13 +198,9 @@ impl Config {
             Some(ports) => ports
                 .into_iter()
                 .map(|(port, roles)| {
-                    let bits = roles.iter().fold(role::APNS, |bits, role| {
-                        bits | match role {
-                            Role::Apns => role::APNS,
-                            Role::Pinhole => role::PINHOLE,
-                            Role::Provider => role::PROVIDER,
-                        }
-                    });
+                    let bits = roles
+                        .iter()
+                        .fold(role::APNS, |bits, role| bits | role.0.bit());
                     (port.0, bits)
                 })
                 .collect(),
@@ -227,10 +211,7 @@ impl Config {
             None => defaults.policy.allow.clone(),
         };
         let policy = Policy {
-            mode: match file.mode {
-                Some(ModeValue::Enforce) => Mode::Enforce,
-                Some(ModeValue::Monitor) | None => Mode::Monitor,
-            },
+            mode: file.mode.map_or(Mode::Monitor, |mode| mode.0),
             ports,
             allow,
             providers: file.providers.into_iter().map(|p| p.0).collect(),
@@ -244,23 +225,23 @@ impl Config {
             fastpath: file
                 .fastpath
                 .into_iter()
-                .map(|(interface, value)| {
-                    let fastpath = match value {
-                        FastPathValue::Pass => FastPath::Pass,
-                        FastPathValue::Mark => FastPath::Mark,
-                        FastPathValue::Redirect => FastPath::Redirect,
-                    };
-                    (interface, fastpath)
-                })
+                .map(|(interface, fastpath)| (interface, fastpath.0))
                 .collect(),
-            xdp_mode: match file.xdp_mode {
-                Some(XdpModeValue::Auto) | None => XdpModeChoice::Auto,
-                Some(XdpModeValue::Native) => XdpModeChoice::Native,
-                Some(XdpModeValue::Skb) => XdpModeChoice::Skb,
-            },
+            xdp_mode: file.xdp_mode.map_or(XdpMode::Auto, |mode| mode.0),
             pin_dir: file.pin_dir.unwrap_or(defaults.pin_dir),
             mark: file.mark.map_or(defaults.mark, |mark| mark.0),
             policy,
+            events: match file.events {
+                Some(events) => EventConfig {
+                    per_cpu_per_second: events
+                        .per_cpu_per_second
+                        .unwrap_or(defaults.events.per_cpu_per_second),
+                    sample_every: events
+                        .sample_every
+                        .map_or(defaults.events.sample_every, |every| every.0),
+                },
+                None => defaults.events,
+            },
         })
     }
 }
@@ -287,19 +268,6 @@ fn one_line(err: &toml::de::Error, text: &str) -> anyhow::Error {
     }
 }
 
-/// Linux interface names: 1 to 15 bytes, no '/', ':' or whitespace.
-pub fn check_interface_name(name: &str) -> anyhow::Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
-    anyhow::ensure!(valid, "{name:?} is not a valid interface name");
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +279,7 @@ mod tests {
 
     #[test]
     fn shipped_example_parses() {
-        let text = include_str!("../../packaging/config.toml");
+        let text = include_str!("../../../packaging/config.toml");
         let config = Config::parse(text).unwrap();
         assert_eq!(config.interfaces, ["eth1", "eth2"]);
         assert_eq!(config.policy.mode, Mode::Enforce);
@@ -331,7 +299,18 @@ mod tests {
                 "providers = [\"10.0.0.0/33\"]\n",
                 &["line 1", "providers"][..],
             ),
-            ("mode = \"block\"\n", &["line 1", "mode", "monitor"][..]),
+            (
+                "mode = \"block\"\n",
+                &["line 1", "mode", "expected monitor or enforce"][..],
+            ),
+            (
+                "[events]\nsample_every = 0\n",
+                &["line 2", "sample_every", "1 or more"][..],
+            ),
+            (
+                "[fastpath]\neth0 = \"fast\"\n",
+                &["line 2", "eth0", "expected pass, mark or redirect"][..],
+            ),
             (
                 "[ports]\n\"70000\" = [\"apns\"]\n",
                 &["line 2", "out of range"][..],

@@ -1,0 +1,48 @@
+//! `apns-agent attach [--xdp-mode M] IFACE...`: attach the datapath (loading it with Apple's
+//! default policy if nothing is pinned yet).
+
+use crate::{
+    cli::Global,
+    cmd::live,
+    datapath::{links, Datapath, XdpMode},
+    privileges,
+    settings::Settings,
+};
+
+pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyhow::Result<()> {
+    privileges::require(privileges::CHANGE, "apns-agent attach")?;
+    let settings = Settings::resolve(global)?;
+    // Every name first: a typo must not leave a half-made datapath behind.
+    for interface in interfaces {
+        links::check_interface_name(interface)?;
+        links::ifindex(interface)?;
+    }
+    let pins = &settings.pins;
+    pins.prepare()?;
+    let lock = pins.lock()?;
+    // Keep the pinned program's log level: only `run --ebpf-log` changes it.
+    let (mut datapath, _) = Datapath::install(pins, &lock, None)?;
+    live::change_open(&settings, &mut datapath, &lock, |desired| {
+        desired.xdp_mode = xdp_mode;
+        for interface in interfaces {
+            let fastpath = settings
+                .config
+                .fastpath
+                .get(interface)
+                .copied()
+                .unwrap_or_default();
+            desired
+                .interfaces
+                .entry(interface.clone())
+                .or_insert(fastpath);
+        }
+        Ok(())
+    })?;
+    for interface in interfaces {
+        let mode = pins
+            .link_of(interface)?
+            .map_or("unknown", |link| link.mode.as_str());
+        println!("{interface}: attached ({mode} mode)");
+    }
+    Ok(())
+}

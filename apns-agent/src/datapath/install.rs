@@ -1,0 +1,182 @@
+//! Putting this agent's programs into the pinned datapath: create it when nothing is pinned,
+//! adopt it when the pinned programs are this agent's, and otherwise swap this agent's
+//! programs in behind every pinned link (`bpf_link_update`), keeping the maps and with them
+//! the counters and the policy. XDP and TC programs are swapped by the same code.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use apns_common::{
+    maps::{Meta, META},
+    programs, LAYOUT_VERSION,
+};
+use aya::{
+    maps::Array,
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+        ProgramInfo, SchedClassifier, Xdp,
+    },
+};
+
+use super::{
+    layout,
+    object::{self, EbpfLog},
+    pins::{restrict, PinDir},
+};
+
+/// What [`install`] did with the programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Installed {
+    /// Nothing was pinned: maps, programs and pins were created.
+    Fresh,
+    /// The pinned programs are this agent's: adopted as they are.
+    Adopted,
+    /// The pinned programs differed: every link now runs this agent's programs (swapped
+    /// atomically with bpf_link_update), maps and counters kept.
+    Upgraded,
+}
+
+/// Makes the datapath pinned in `pins` run `object`'s programs; see the module
+/// documentation. The caller holds the pin directory's lock and has prepared it.
+///
+/// `log` is the aya-log level to load the program with; `None` keeps the pinned program's
+/// (off for a new one). A different level reloads the programs like an upgrade.
+pub fn install(pins: &PinDir, object: &[u8], log: Option<EbpfLog>) -> anyhow::Result<Installed> {
+    let pinned_log = if pins.is_loaded() {
+        layout::check(pins)?;
+        Some(layout::ebpf_log(pins)?)
+    } else {
+        None
+    };
+    let log = log.or(pinned_log).unwrap_or_default();
+    let level = log.level();
+    let mut loader = object::loader(&level);
+    let paths: Vec<(&str, PathBuf)> = apns_common::maps::ALL
+        .iter()
+        .map(|layout| (layout.name, pins.map(layout.name)))
+        .collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(object).with_context(|| {
+        format!(
+            "loading the datapath with its maps pinned in {}",
+            pins.maps_dir().display()
+        )
+    })?;
+    for (_, path) in &paths {
+        restrict(path)?;
+    }
+    // Written before the program is loaded or swapped in: an interrupted install then
+    // re-installs rather than adopts (the level would not match).
+    let mut meta: Array<_, Meta> =
+        Array::try_from(ebpf.map_mut(META).context("the object has no META map")?)?;
+    meta.set(
+        0,
+        Meta {
+            layout_version: LAYOUT_VERSION,
+            ebpf_log_level: u32::from(level),
+        },
+        0,
+    )
+    .with_context(|| format!("writing map {META}"))?;
+
+    let xdp = object::xdp_program(&mut ebpf)?;
+    xdp.load().with_context(|| {
+        format!(
+            "loading XDP program {} (the verifier log follows)",
+            programs::XDP
+        )
+    })?;
+    let pinned_tag = pinned_tag(&pins.program())?;
+    if pinned_tag == Some(xdp.info()?.tag()) && pinned_log == Some(log) {
+        return Ok(Installed::Adopted);
+    }
+    // The TC half first: what it reads (XDP metadata) is written by either XDP version.
+    let tc = object::tc_mark_program(&mut ebpf)?;
+    tc.load().with_context(|| {
+        format!(
+            "loading TC program {} (the verifier log follows)",
+            programs::TC_MARK
+        )
+    })?;
+    let tc_links = pins.tc_links()?.into_iter().map(|(_, path)| path);
+    swap_in(tc, tc_links, &pins.tc_program())?;
+    let xdp = object::xdp_program(&mut ebpf)?;
+    let xdp_links = pins.links()?.into_iter().map(|link| link.path);
+    swap_in(xdp, xdp_links, &pins.program())?;
+    Ok(if pinned_tag.is_none() {
+        Installed::Fresh
+    } else {
+        Installed::Upgraded
+    })
+}
+
+/// The tag of the program pinned at `path`, if one is.
+fn pinned_tag(path: &Path) -> anyhow::Result<Option<u64>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = ProgramInfo::from_pin(path)
+        .with_context(|| format!("reading pinned program {}", path.display()))?;
+    Ok(Some(info.tag()))
+}
+
+/// A loaded program that can take another's place behind a live link.
+trait Swappable {
+    /// Makes the link pinned at `link` run this program (`bpf_link_update`).
+    fn replace_behind(&mut self, link: FdLink) -> anyhow::Result<()>;
+    fn pin_at(&mut self, path: &Path) -> anyhow::Result<()>;
+}
+
+/// One impl per aya program type; they differ only in their link types.
+macro_rules! swappable {
+    ($program:ty, $link:ty, $kind:literal) => {
+        impl Swappable for $program {
+            fn replace_behind(&mut self, link: FdLink) -> anyhow::Result<()> {
+                let link = <$link>::try_from(link)
+                    .with_context(|| concat!("the pinned link is not a ", $kind, " link"))?;
+                let id = self.attach_to_link(link)?;
+                // The link stays pinned; this handle must not detach it when dropped.
+                let _kept: FdLink = self.take_link(id)?.try_into()?;
+                Ok(())
+            }
+            fn pin_at(&mut self, path: &Path) -> anyhow::Result<()> {
+                Ok(self.pin(path)?)
+            }
+        }
+    };
+}
+swappable!(Xdp, XdpLink, "XDP");
+swappable!(SchedClassifier, SchedClassifierLink, "TCX");
+
+/// Swaps `program` in behind every link pinned at `links`, then pins it at `program_pin`
+/// in place of the old one.
+fn swap_in(
+    program: &mut impl Swappable,
+    links: impl Iterator<Item = PathBuf>,
+    program_pin: &Path,
+) -> anyhow::Result<()> {
+    for path in links {
+        let pinned = PinnedLink::from_pin(&path)
+            .with_context(|| format!("opening link pin {}", path.display()))?;
+        program
+            .replace_behind(FdLink::from(pinned))
+            .with_context(|| {
+                format!(
+                    "replacing the program behind {} (bpf_link_update)",
+                    path.display()
+                )
+            })?;
+    }
+    if program_pin.exists() {
+        std::fs::remove_file(program_pin)
+            .with_context(|| format!("removing the old program pin {}", program_pin.display()))?;
+    }
+    program
+        .pin_at(program_pin)
+        .with_context(|| format!("pinning the program at {}", program_pin.display()))?;
+    restrict(program_pin)
+}

@@ -1,0 +1,165 @@
+//! Attaching the pinned programs to interfaces and detaching them: one pinned bpf_link per
+//! interface for XDP, one per `mark` interface for the TC half, and what the kernel says
+//! each link is attached to.
+
+use anyhow::{bail, Context as _};
+use apns_common::{label::Label, programs};
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    tc::TcAttachType,
+    SchedClassifier, Xdp, XdpMode as KernelXdpMode,
+};
+use aya_obj::programs::XdpAttachType;
+
+use super::{
+    pins::{restrict, AttachMode, LinkPin, PinDir},
+    sys::{self, LinkFacts},
+};
+
+/// How to attach XDP to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode where the driver has none.
+    #[default]
+    Auto,
+    Native,
+    Skb,
+}
+
+impl Label for XdpMode {
+    const WHAT: &'static str = "XDP mode";
+    const ALL: &'static [XdpMode] = &[XdpMode::Auto, XdpMode::Native, XdpMode::Skb];
+    fn as_str(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+        }
+    }
+}
+
+/// Index of `interface` in the caller's network namespace.
+pub fn ifindex(interface: &str) -> anyhow::Result<u32> {
+    nix::net::if_::if_nametoindex(interface)
+        .with_context(|| format!("unknown interface {interface:?} (see `ip link`)"))
+}
+
+/// The name of `ifindex` in the caller's network namespace, if it exists.
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if name.is_null() {
+        return None;
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// What the kernel says about a link pin: `None` when the pin cannot be opened or read.
+pub fn facts(link: &LinkPin) -> Option<LinkFacts> {
+    sys::pinned_link(&link.path).ok()
+}
+
+/// Attaches the pinned XDP program to `interface` (index `ifindex`) and pins the link.
+pub fn attach_xdp(
+    pins: &PinDir,
+    interface: &str,
+    ifindex: u32,
+    choice: XdpMode,
+) -> anyhow::Result<AttachMode> {
+    let mut program = Xdp::from_pin(pins.program(), XdpAttachType::Interface)
+        .with_context(|| format!("opening the pinned program {}", pins.program().display()))?;
+    let attempts: &[AttachMode] = match choice {
+        XdpMode::Auto => &[AttachMode::Native, AttachMode::Skb],
+        XdpMode::Native => &[AttachMode::Native],
+        XdpMode::Skb => &[AttachMode::Skb],
+    };
+    let mut last_error = None;
+    for &mode in attempts {
+        let flags = match mode {
+            AttachMode::Native => KernelXdpMode::Driver,
+            AttachMode::Skb => KernelXdpMode::Skb,
+        };
+        match program.attach_to_if_index(ifindex, flags) {
+            Ok(id) => {
+                let link: FdLink = program
+                    .take_link(id)?
+                    .try_into()
+                    .with_context(|| format!("{interface}: the kernel gave a netlink attachment, not a bpf_link (kernel older than 5.9?)"))?;
+                let path = pins.link(interface, ifindex, mode);
+                link.pin(&path).with_context(|| {
+                    format!("pinning the link of {interface} at {}", path.display())
+                })?;
+                restrict(&path)?;
+                return Ok(mode);
+            }
+            Err(err) => {
+                tracing::debug!(interface, mode = mode.as_str(), error = %err, "attach attempt failed");
+                last_error = Some((mode, err));
+            }
+        }
+    }
+    let (mode, err) = last_error.expect("at least one attach attempt");
+    Err(anyhow::Error::new(err)).with_context(|| {
+        format!(
+            "attaching XDP to {interface} in {} mode (is another XDP program attached? `ip link show {interface}` shows it; detach it first, or try --xdp-mode skb)",
+            mode.as_str()
+        )
+    })
+}
+
+/// Removes a link pin, which detaches the link (its pin held the last reference).
+pub fn remove(path: &std::path::Path) -> anyhow::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let pinned = PinnedLink::from_pin(path)
+        .with_context(|| format!("opening link pin {}", path.display()))?;
+    // Unpinning drops the last reference but this fd; closing it detaches the program.
+    drop(
+        pinned
+            .unpin()
+            .with_context(|| format!("removing link pin {}", path.display()))?,
+    );
+    Ok(())
+}
+
+/// Attaches the mark fast path's TC ingress program to `interface` (kept when already there).
+pub fn attach_tc(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
+    let path = pins.tc_link(interface);
+    if path.exists() {
+        return Ok(());
+    }
+    let mut program = SchedClassifier::from_pin(pins.tc_program())
+        .with_context(|| format!("opening the pinned program {}", pins.tc_program().display()))?;
+    let id = program
+        .attach(interface, TcAttachType::Ingress)
+        .with_context(|| {
+            format!(
+                "attaching {} to {interface} (TC ingress)",
+                programs::TC_MARK
+            )
+        })?;
+    let link: FdLink = program.take_link(id)?.try_into().with_context(|| {
+        format!("{interface}: TC attached without a bpf_link (kernel older than 6.6?)")
+    })?;
+    link.pin(&path)
+        .with_context(|| format!("pinning the TC link of {interface} at {}", path.display()))?;
+    restrict(&path)
+}
+
+/// Refuses a link pin name that is not ours before anything is changed.
+pub fn check_interface_name(name: &str) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() < libc::IF_NAMESIZE
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if !valid {
+        bail!("{name:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)");
+    }
+    Ok(())
+}

@@ -1,0 +1,448 @@
+//! The one door to the pinned datapath: whatever opens, checks or changes the programs, maps,
+//! links and pins of a datapath goes through this module.
+//!
+//! Everything lives in bpffs ([`pins`]), so it outlives the agent process: a killed agent
+//! leaves the datapath classifying and enforcing, and the next one adopts it.
+//!
+//! - [`Datapath::open`] checks the pinned maps' layout once and hands out typed handles:
+//!   [`Datapath::policy`], [`Datapath::counters`], [`Datapath::interfaces`],
+//!   [`Datapath::events`]; [`Datapath::status`] reports it.
+//! - [`Datapath::install`] creates, adopts or upgrades it ([`install`]).
+//! - [`Datapath::reconcile`] is the only way its state changes ([`reconcile`]); it and the
+//!   other changing calls take the pin directory's [`Lock`] as proof that the caller holds it.
+//!
+//! Submodules: `object` (the embedded ELF), `pins` (paths and locks), `layout` (the map
+//! layout check), `install`, `links` (attach and detach), `policy` (the policy model),
+//! `policy_maps`, `counters`, `interfaces`, `events` (typed map access), `reconcile`,
+//! `status`, `sys` (two raw bpf calls).
+
+pub mod counters;
+pub mod events;
+mod install;
+pub mod interfaces;
+mod layout;
+pub mod links;
+pub mod object;
+pub mod pins;
+pub mod policy;
+pub mod policy_maps;
+pub mod reconcile;
+pub mod status;
+mod sys;
+
+use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _};
+
+use anyhow::{bail, Context as _};
+use apns_common::{events::EventConfig, maps::ACTIVE};
+
+pub use install::Installed;
+pub use links::XdpMode;
+pub use object::EbpfLog;
+pub use pins::{Lock, PinDir};
+
+use self::{
+    counters::CounterMaps,
+    events::EventMaps,
+    interfaces::{FastPath, InterfaceMaps, MarkBits},
+    pins::LinkPin,
+    policy::Policy,
+    policy_maps::PolicyMaps,
+    reconcile::{policy_summary, Change, Changes, Desired},
+    status::{InterfaceStatus, PolicySummary, Status},
+};
+
+/// An open pinned datapath: typed handles to its maps, its layout checked.
+pub struct Datapath {
+    pins: PinDir,
+    pub policy: PolicyMaps,
+    pub counters: CounterMaps,
+    pub interfaces: InterfaceMaps,
+    pub events: EventMaps,
+    identity: Identity,
+}
+
+/// Which pinned maps a handle holds: the switch map pin's device and inode. bpffs gives
+/// every pin its own inode, so an unload and a new load, or a migration, change it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+}
+
+impl Identity {
+    fn of(pins: &PinDir) -> anyhow::Result<Identity> {
+        let path = pins.map(ACTIVE);
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("reading pinned map {}", path.display()))?;
+        Ok(Identity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+impl Datapath {
+    /// Opens the datapath pinned in `pins`, after checking its maps' layout. Refuses when
+    /// nothing is loaded there.
+    pub fn open(pins: &PinDir) -> anyhow::Result<Datapath> {
+        if !pins.is_loaded() {
+            bail!(
+                "no apns-agent datapath is loaded (nothing pinned at {}): start one with `apns-agent run` or `apns-agent attach IFACE`",
+                pins.root().display()
+            );
+        }
+        let identity = Identity::of(pins)?;
+        layout::check(pins)?;
+        let open = |name: &'static str| layout::open_pinned_map(pins, name);
+        Ok(Datapath {
+            pins: pins.clone(),
+            policy: PolicyMaps::open(open)?,
+            counters: CounterMaps::open(open)?,
+            interfaces: InterfaceMaps::open(open)?,
+            events: EventMaps::open(open)?,
+            identity,
+        })
+    }
+
+    /// Makes the datapath pinned in `pins` run this agent's programs (creating, adopting or
+    /// upgrading it: see [`install`]) and opens it. A new datapath starts with Apple's
+    /// default policy, never with none; a new one that fails half-way is removed again.
+    ///
+    /// `log` is the aya-log level to load the program with; `None` keeps the pinned one's.
+    pub fn install(
+        pins: &PinDir,
+        lock: &Lock,
+        log: Option<EbpfLog>,
+    ) -> anyhow::Result<(Datapath, Installed)> {
+        Datapath::install_object(pins, lock, object::OBJECT, log)
+    }
+
+    /// [`Datapath::install`] with another build of the datapath object (upgrade tests).
+    pub fn install_object(
+        pins: &PinDir,
+        _lock: &Lock,
+        object: &[u8],
+        log: Option<EbpfLog>,
+    ) -> anyhow::Result<(Datapath, Installed)> {
+        pins.prepare()?;
+        let fresh = !pins.is_loaded();
+        let installed = install::install(pins, object, log).and_then(|installed| {
+            let mut datapath = Datapath::open(pins)?;
+            if fresh {
+                datapath.policy.apply(&Policy::apple_defaults())?;
+                datapath.events.set_config(EventConfig::default())?;
+            }
+            Ok((datapath, installed))
+        });
+        if installed.is_err() && fresh {
+            if let Err(err) = pins.remove_all() {
+                tracing::warn!("cleaning up the half-made pin directory: {err:#}");
+            }
+        }
+        installed
+    }
+
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// Whether the pins still hold the maps this handle opened (they change when the
+    /// datapath is unloaded and loaded again, or migrated).
+    pub fn is_current(&self) -> bool {
+        Identity::of(&self.pins).is_ok_and(|identity| identity == self.identity)
+    }
+
+    /// The aya-log level the pinned program was loaded with.
+    pub fn ebpf_log(&self) -> anyhow::Result<EbpfLog> {
+        layout::ebpf_log(&self.pins)
+    }
+
+    /// The datapath as `status` shows it.
+    pub fn status(&self) -> anyhow::Result<Status> {
+        let policy = self.policy.read_active()?;
+        Ok(Status {
+            agent_version: env!("CARGO_PKG_VERSION"),
+            pin_dir: self.pins.root().display().to_string(),
+            loaded: true,
+            program: status::program(&self.pins)?,
+            policy: Some(PolicySummary::new(
+                &policy,
+                self.policy.active_generation()?,
+            )),
+            interfaces: self.interface_status()?,
+        })
+    }
+
+    /// Every interface with a link pin, as the kernel sees it.
+    pub fn interface_status(&self) -> anyhow::Result<Vec<InterfaceStatus>> {
+        self.pins
+            .links()?
+            .iter()
+            .map(|link| {
+                InterfaceStatus::of(link, |ifindex| {
+                    Ok(self
+                        .interfaces
+                        .fastpath(ifindex)?
+                        .map(|(fastpath, _)| fastpath))
+                })
+            })
+            .collect()
+    }
+
+    /// The live state, in the shape [`Datapath::reconcile`] takes: what a CLI verb changes
+    /// one part of.
+    pub fn live(&self) -> anyhow::Result<Desired> {
+        let mut interfaces = BTreeMap::new();
+        let mut mark = None;
+        for link in self.pins.links()? {
+            let current = self.fastpath_of(&link)?;
+            if let Some((_, bits)) = current {
+                mark.get_or_insert(bits);
+            }
+            interfaces.insert(
+                link.interface,
+                current.map_or(FastPath::Pass, |(fastpath, _)| fastpath),
+            );
+        }
+        Ok(Desired {
+            interfaces,
+            xdp_mode: XdpMode::Auto,
+            mark: mark
+                .filter(|bits| bits.validate().is_ok())
+                .unwrap_or_default(),
+            policy: self.policy.read_active()?,
+            events: self.events.config()?,
+        })
+    }
+
+    /// The fast path and mark bits of the device `link` was made for (or, for a
+    /// first-release pin whose device is gone, of the device that has its name now).
+    fn fastpath_of(&self, link: &LinkPin) -> anyhow::Result<Option<(FastPath, MarkBits)>> {
+        let ifindex = running_on(link).or_else(|| links::ifindex(&link.interface).ok());
+        match ifindex {
+            Some(index) => self.interfaces.fastpath(index),
+            None => Ok(None),
+        }
+    }
+
+    /// Brings the datapath to `desired` and says what changed; see [`reconcile`] for the
+    /// order and why. Interfaces are found by name only when they are attached: one that is
+    /// attached already is known by the ifindex its link runs on (so a change of policy or
+    /// fast path works from any network namespace, and never moves a link). An interface of
+    /// `desired` that is not attached and does not exist here is an error.
+    pub fn reconcile(&mut self, _lock: &Lock, desired: &Desired) -> anyhow::Result<Changes> {
+        desired.policy.validate()?;
+        desired.mark.validate()?;
+        let present = self.pins.links()?;
+        let mut new = Vec::new();
+        for (interface, &fastpath) in &desired.interfaces {
+            links::check_interface_name(interface)?;
+            if !present.iter().any(|link| link.interface == *interface) {
+                new.push((interface.as_str(), links::ifindex(interface)?, fastpath));
+            }
+        }
+
+        let mut changes = Changes::default();
+        let mut attached_here = Vec::new();
+        for &(interface, ifindex, fastpath) in &new {
+            let attached =
+                self.attach(interface, ifindex, fastpath, desired.mark, desired.xdp_mode);
+            match attached {
+                Ok((mode, path)) => {
+                    attached_here.push((interface, ifindex, path));
+                    changes.0.push(Change::Attached {
+                        interface: interface.to_owned(),
+                        mode,
+                    });
+                }
+                Err(err) => {
+                    for (interface, ifindex, path) in attached_here {
+                        if let Err(cleanup) = self.drop_interface(interface, ifindex, &path) {
+                            tracing::warn!("undoing the attach of {interface}: {cleanup:#}");
+                        }
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        for link in &present {
+            let Some(&fastpath) = desired.interfaces.get(&link.interface) else {
+                continue;
+            };
+            let Some(ifindex) = running_on(link) else {
+                continue;
+            };
+            let current = self.interfaces.fastpath(ifindex)?;
+            if current == Some((fastpath, desired.mark)) {
+                continue;
+            }
+            self.set_fastpath(&link.interface, ifindex, fastpath, desired.mark)?;
+            let from = current.map_or(FastPath::Pass, |(fastpath, _)| fastpath);
+            if from != fastpath {
+                changes.0.push(Change::FastPath {
+                    interface: link.interface.clone(),
+                    from,
+                    to: fastpath,
+                });
+            }
+        }
+
+        let live = self.policy.read_active()?;
+        if live != desired.policy {
+            self.policy.apply(&desired.policy)?;
+            changes.0.push(Change::Policy {
+                summary: policy_summary(&live, &desired.policy),
+            });
+        }
+        let events = self.events.config()?;
+        if events != desired.events {
+            self.events.set_config(desired.events)?;
+            changes.0.push(Change::Events {
+                from: events,
+                to: desired.events,
+            });
+        }
+        for link in &present {
+            if !desired.interfaces.contains_key(&link.interface) {
+                self.drop_interface(&link.interface, running_on(link).unwrap_or(0), &link.path)?;
+                changes.0.push(Change::Detached {
+                    interface: link.interface.clone(),
+                });
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Moves the link of every interface whose name now belongs to another device (deleted
+    /// and re-created, or renamed and replaced) to that device, with the fast path the old
+    /// one had. Names are looked up in the caller's network namespace, so only `run`, which
+    /// runs where its interfaces are, calls this.
+    pub fn move_stale_links(&mut self, _lock: &Lock) -> anyhow::Result<Changes> {
+        let mut changes = Changes::default();
+        for link in self.pins.links()? {
+            let Ok(ifindex) = links::ifindex(&link.interface) else {
+                continue;
+            };
+            if links::facts(&link).map(|facts| facts.ifindex) == Some(ifindex) {
+                continue;
+            }
+            let (fastpath, mark) = self.fastpath_of(&link)?.unwrap_or_default();
+            self.drop_interface(&link.interface, running_on(&link).unwrap_or(0), &link.path)?;
+            let mark = if mark.validate().is_ok() {
+                mark
+            } else {
+                MarkBits::default()
+            };
+            let (mode, _) = self.attach(&link.interface, ifindex, fastpath, mark, XdpMode::Auto)?;
+            changes.0.push(Change::Reattached {
+                interface: link.interface,
+                mode,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// Attaches `interface` (index `ifindex`) with `fastpath`; returns the mode and the link
+    /// pin. A failure leaves nothing of it behind.
+    fn attach(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        fastpath: FastPath,
+        mark: MarkBits,
+        xdp_mode: XdpMode,
+    ) -> anyhow::Result<(pins::AttachMode, std::path::PathBuf)> {
+        // The fast path before the link: the first packet already takes it.
+        let attached = self
+            .interfaces
+            .register(ifindex, FastPath::Pass)
+            .and_then(|()| self.set_fastpath(interface, ifindex, fastpath, mark))
+            .and_then(|()| links::attach_xdp(&self.pins, interface, ifindex, xdp_mode));
+        match attached {
+            Ok(mode) => Ok((mode, self.pins.link(interface, ifindex, mode))),
+            Err(err) => {
+                if let Err(cleanup) = self.forget_interface(interface, ifindex) {
+                    tracing::warn!(
+                        "cleaning up after the failed attach of {interface}: {cleanup:#}"
+                    );
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Sets the fast path of an attached interface; `mark` attaches the TC half on it, any
+    /// other fast path removes it.
+    fn set_fastpath(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        fastpath: FastPath,
+        mark: MarkBits,
+    ) -> anyhow::Result<()> {
+        if fastpath == FastPath::Mark {
+            // The TC half first: a marked packet with no one to read the mark is harmless.
+            links::attach_tc(&self.pins, interface)?;
+            self.interfaces.set_fastpath(ifindex, fastpath, Some(mark))
+        } else {
+            self.interfaces
+                .set_fastpath(ifindex, fastpath, Some(mark))?;
+            links::remove(&self.pins.tc_link(interface))
+        }
+    }
+
+    /// Detaches `interface`: its XDP link (pinned at `link`), then what
+    /// [`Datapath::forget_interface`] removes.
+    fn drop_interface(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        link: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        links::remove(link)?;
+        self.forget_interface(interface, ifindex)
+    }
+
+    /// Removes `interface`'s TC link and its entries in the interface maps (`ifindex` 0: the
+    /// device is gone, and so are they).
+    fn forget_interface(&mut self, interface: &str, ifindex: u32) -> anyhow::Result<()> {
+        links::remove(&self.pins.tc_link(interface))?;
+        if ifindex != 0 {
+            self.interfaces.unregister(ifindex)?;
+        }
+        Ok(())
+    }
+}
+
+/// The device `link` runs on or was made for: the kernel's word while the device exists,
+/// else the ifindex the pin recorded (its entries in the interface maps outlive it).
+fn running_on(link: &LinkPin) -> Option<u32> {
+    links::facts(link)
+        .map(|facts| facts.ifindex)
+        .filter(|&index| index != 0)
+        .or(link.ifindex)
+}
+
+/// What `status` shows where nothing is loaded.
+pub fn status_unloaded(pins: &PinDir) -> Status {
+    Status {
+        agent_version: env!("CARGO_PKG_VERSION"),
+        pin_dir: pins.root().display().to_string(),
+        loaded: false,
+        program: None,
+        policy: None,
+        interfaces: Vec::new(),
+    }
+}
+
+/// Detaches every interface and removes every pin (programs and maps unload with them).
+/// Works on an incomplete or foreign pin directory too: it needs no layout check.
+pub fn unload(pins: &PinDir, _lock: &Lock) -> anyhow::Result<()> {
+    for (_, path) in pins.tc_links()? {
+        links::remove(&path)?;
+    }
+    for link in pins.links()? {
+        links::remove(&link.path)?;
+    }
+    pins.remove_all()
+}

@@ -1,0 +1,407 @@
+//! Every bpffs path of one datapath, the bpffs mount, and the locks: the short one that
+//! serialises changes, and the long one that makes a `run` the datapath's only controller.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/apns-agent`, mode 0700):
+//!
+//! ```text
+//! maps/<MAP NAME>       every map of apns_common::maps (pins are 0600)
+//! program               the XDP program the links run (status reads its id and tag)
+//! links/<ifname>:<ifindex>:<mode>
+//!                       one bpf_link per interface; mode is native or skb
+//! tc-program            the mark fast path's TC ingress program
+//! tc-links/<ifname>     its TCX link, on interfaces whose fast path is `mark`
+//! ```
+//!
+//! A link pin records the interface it was made for: its name, and its ifindex in the
+//! agent's network namespace. With what the kernel says of the link (the ifindex it runs on,
+//! 0 once that device is deleted), an interface that was deleted, re-created or renamed
+//! since is told apart from the one the pin names. Pins of the first release, named
+//! `<ifname>:<mode>`, are still read (their ifindex is unknown).
+//!
+//! Outside bpffs, [`CONTROLLER_DIR`] holds one pid file per pin directory: the `run` that
+//! holds its lock is the datapath's controller.
+
+use std::{
+    fs,
+    io::{Read as _, Seek as _, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _};
+use nix::{
+    fcntl::{Flock, FlockArg},
+    mount::{mount, MsFlags},
+    sys::statfs::statfs,
+};
+
+/// Where bpffs is mounted on every system we know of.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// Default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/apns-agent";
+/// Where `run` keeps the pid file it locks (systemd's `RuntimeDirectory=apns-agent`).
+pub const CONTROLLER_DIR: &str = "/run/apns-agent";
+/// `statfs` magic of bpffs (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The XDP attach mode a link was made with; part of its pin name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Native,
+    Skb,
+}
+
+impl AttachMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+
+    fn parse(text: &str) -> Option<AttachMode> {
+        match text {
+            "native" => Some(AttachMode::Native),
+            "skb" => Some(AttachMode::Skb),
+            _ => None,
+        }
+    }
+}
+
+/// A link pin found in `links/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkPin {
+    pub interface: String,
+    /// The interface's ifindex when it was attached (unknown for first-release pins).
+    pub ifindex: Option<u32>,
+    pub mode: AttachMode,
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A file name that stands for this pin directory outside bpffs (the controller's pid
+    /// file, the live-policy state file): its path below [`BPFFS_ROOT`] with `%` and `/`
+    /// percent-encoded, so two pin directories never share one.
+    pub fn file_stem(&self) -> String {
+        let relative = self
+            .root
+            .strip_prefix(BPFFS_ROOT)
+            .unwrap_or(&self.root)
+            .to_string_lossy();
+        relative
+            .trim_matches('/')
+            .replace('%', "%25")
+            .replace('/', "%2F")
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn program(&self) -> PathBuf {
+        self.root.join("program")
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn tc_program(&self) -> PathBuf {
+        self.root.join("tc-program")
+    }
+
+    pub fn tc_links_dir(&self) -> PathBuf {
+        self.root.join("tc-links")
+    }
+
+    pub fn tc_link(&self, interface: &str) -> PathBuf {
+        self.tc_links_dir().join(interface)
+    }
+
+    /// The TC link pins present: (interface, path), sorted.
+    pub fn tc_links(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        list(&self.tc_links_dir())
+    }
+
+    pub fn link(&self, interface: &str, ifindex: u32, mode: AttachMode) -> PathBuf {
+        self.links_dir()
+            .join(format!("{interface}:{ifindex}:{}", mode.as_str()))
+    }
+
+    /// Whether a datapath has been pinned here (its maps exist).
+    pub fn is_loaded(&self) -> bool {
+        self.map(apns_common::maps::ACTIVE).exists()
+    }
+
+    /// The link pins present, sorted by interface.
+    pub fn links(&self) -> anyhow::Result<Vec<LinkPin>> {
+        let mut links = Vec::new();
+        for (name, path) in list(&self.links_dir())? {
+            let Some(link) = parse_link_pin(&name, &path) else {
+                bail!(
+                    "{} is not an apns-agent link pin (expected <interface>:<ifindex>:native or ...:skb); remove it or run `apns-agent unload`",
+                    path.display()
+                );
+            };
+            links.push(link);
+        }
+        links.sort_by(|a, b| a.interface.cmp(&b.interface));
+        Ok(links)
+    }
+
+    /// The link pin of `interface`, if it is attached.
+    pub fn link_of(&self, interface: &str) -> anyhow::Result<Option<LinkPin>> {
+        Ok(self
+            .links()?
+            .into_iter()
+            .find(|link| link.interface == interface))
+    }
+
+    /// Makes sure bpffs is mounted at [`BPFFS_ROOT`] (mounting it if the system did not) and
+    /// creates the pin directory tree with mode 0700.
+    pub fn prepare(&self) -> anyhow::Result<()> {
+        ensure_bpffs()?;
+        // Check before creating anything: a pin directory elsewhere would leave folders behind.
+        let existing = self
+            .root
+            .ancestors()
+            .find(|dir| dir.exists())
+            .unwrap_or(Path::new("/"));
+        if !is_bpffs(existing) {
+            bail!(
+                "pin directory {} is not on a bpffs mount ({} is not bpffs): use a directory under {BPFFS_ROOT}",
+                self.root.display(),
+                existing.display()
+            );
+        }
+        for dir in [
+            self.root.clone(),
+            self.maps_dir(),
+            self.links_dir(),
+            self.tc_links_dir(),
+        ] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .with_context(|| format!("creating pin directory {}", dir.display()))?;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("setting mode 0700 on {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Takes the pin directory's lock (blocking): every command that changes the datapath
+    /// holds it, so a CLI `allow add` and a `run` reload never interleave.
+    pub fn lock(&self) -> anyhow::Result<Lock> {
+        let dir = fs::File::open(&self.root)
+            .with_context(|| format!("opening pin directory {}", self.root.display()))?;
+        Flock::lock(dir, FlockArg::LockExclusive)
+            .map(Lock)
+            .map_err(|(_, errno)| errno)
+            .with_context(|| format!("locking pin directory {}", self.root.display()))
+    }
+
+    /// The pid file whose lock a `run` holds while it controls this datapath.
+    pub fn controller_file(&self) -> PathBuf {
+        Path::new(CONTROLLER_DIR).join(format!("{}.pid", self.file_stem()))
+    }
+
+    /// Makes this process the datapath's only controller for as long as the returned guard
+    /// lives; refuses, naming the pid, when another process is. The lock is the kernel's
+    /// (flock), so a controller that dies, even by SIGKILL, releases it.
+    pub fn become_controller(&self) -> anyhow::Result<Controller> {
+        let path = self.controller_file();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(CONTROLLER_DIR)
+            .with_context(|| format!("creating {CONTROLLER_DIR}"))?;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                bail!(
+                    "another apns-agent run (pid {}) already controls the datapath pinned at {}: stop it first, or give this one another --pin-dir",
+                    pid.trim(),
+                    self.root.display()
+                );
+            }
+            Err((_, errno)) => {
+                return Err(errno).with_context(|| format!("locking {}", path.display()))
+            }
+        };
+        lock.set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .with_context(|| format!("writing the pid to {}", path.display()))?;
+        Ok(Controller { _lock: lock, path })
+    }
+
+    /// Removes every pin and the directory tree. Missing pieces are not an error.
+    pub fn remove_all(&self) -> anyhow::Result<()> {
+        match fs::remove_dir_all(&self.root) {
+            Ok(()) => Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(err) => Err(err).with_context(|| format!("removing {}", self.root.display())),
+        }
+    }
+}
+
+/// Reads a link pin's name: `<interface>:<ifindex>:<mode>`, or the first release's
+/// `<interface>:<mode>`.
+fn parse_link_pin(name: &str, path: &Path) -> Option<LinkPin> {
+    let (rest, mode) = name.rsplit_once(':')?;
+    let mode = AttachMode::parse(mode)?;
+    let (interface, ifindex) = match rest.rsplit_once(':') {
+        Some((interface, ifindex)) => (interface, Some(ifindex.parse().ok()?)),
+        None => (rest, None),
+    };
+    Some(LinkPin {
+        interface: interface.to_owned(),
+        ifindex,
+        mode,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Proof that the pin directory's lock is held; the datapath's changing methods take it.
+pub struct Lock(#[expect(dead_code, reason = "held for its Drop, which unlocks")] Flock<fs::File>);
+
+/// The controller lock of a running `run`; dropping it removes the pid file.
+pub struct Controller {
+    _lock: Flock<fs::File>,
+    path: PathBuf,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        // Removed while still locked: a second run waiting for it finds no stale pid.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// The entries of a pin folder as (name, path), sorted; a folder not made yet is empty.
+fn list(dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut listed = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        listed.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.path(),
+        ));
+    }
+    listed.sort();
+    Ok(listed)
+}
+
+/// Restricts a freshly made pin to its owner.
+pub fn restrict(path: &Path) -> anyhow::Result<()> {
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting mode 0600 on {}", path.display()))
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    statfs(path)
+        .map(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+fn ensure_bpffs() -> anyhow::Result<()> {
+    let root = Path::new(BPFFS_ROOT);
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    refuse_private_mount_namespace()?;
+    tracing::info!("bpffs is not mounted at {BPFFS_ROOT}; mounting it");
+    mount(Some("bpf"), root, Some("bpf"), MsFlags::empty(), None::<&str>).with_context(|| {
+        format!("mounting bpffs at {BPFFS_ROOT} (needs CAP_SYS_ADMIN; or run `mount -t bpf bpf {BPFFS_ROOT}`)")
+    })?;
+    Ok(())
+}
+
+/// A bpffs mounted in a mount namespace of its own (what `ip netns exec` makes: it also
+/// remounts /sys, so /sys/fs/bpf is an empty folder there) disappears with the last process
+/// in it, and every pin with it: the datapath would not survive the agent. So before
+/// mounting, the agent checks that its mount namespace is its parent's (and init's, where
+/// it may read it), and refuses otherwise.
+fn refuse_private_mount_namespace() -> anyhow::Result<()> {
+    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let Some(own) = namespace("self") else {
+        return Ok(());
+    };
+    let parent = std::os::unix::process::parent_id().to_string();
+    for other in [parent.as_str(), "1"] {
+        if namespace(other).is_some_and(|theirs| theirs != own) {
+            bail!(
+                "{BPFFS_ROOT} is not bpffs here, and this process runs in a mount namespace of its own (process {other} is in another one), as `ip netns exec` makes: a bpffs mounted here would vanish with this process, and every pin with it. Enter only the network namespace instead (`nsenter --net=/run/netns/NAME apns-agent ...`), or run the agent in the host's mount namespace"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_stems_are_unique_per_pin_directory() {
+        let stem = |path: &str| PinDir::new(path).file_stem();
+        assert_eq!(stem(DEFAULT_PIN_DIR), "apns-agent");
+        assert_eq!(stem("/sys/fs/bpf/a/b"), "a%2Fb");
+        assert_ne!(stem("/sys/fs/bpf/a/b"), stem("/sys/fs/bpf/a%2Fb"));
+        assert_eq!(stem("/sys/fs/bpf/apns-test-1-2/"), "apns-test-1-2");
+    }
+
+    #[test]
+    fn link_pins_record_the_interface() {
+        let pins = PinDir::new("/sys/fs/bpf/x");
+        let path = pins.link("lan0", 7, AttachMode::Native);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, "lan0:7:native");
+        let parsed = parse_link_pin(name, &path).unwrap();
+        assert_eq!(
+            (parsed.interface.as_str(), parsed.ifindex),
+            ("lan0", Some(7))
+        );
+        let old = parse_link_pin("wan0:skb", Path::new("/x")).unwrap();
+        assert_eq!(
+            (old.interface.as_str(), old.ifindex, old.mode),
+            ("wan0", None, AttachMode::Skb)
+        );
+        assert!(parse_link_pin("wan0:x:skb", Path::new("/x")).is_none());
+        assert!(parse_link_pin("wan0", Path::new("/x")).is_none());
+    }
+}

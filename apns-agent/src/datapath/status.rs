@@ -1,0 +1,186 @@
+//! What `status`, `/metrics` and the tests read about a datapath: its programs, its policy in
+//! brief, and each interface as the kernel sees it.
+
+use apns_common::label::Label;
+use aya::programs::ProgramInfo;
+use serde::Serialize;
+
+use super::{
+    interfaces::FastPath,
+    links,
+    pins::{LinkPin, PinDir},
+    policy::Policy,
+};
+
+/// The JSON shape of `status --json` (stable: fields are only ever added).
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub agent_version: &'static str,
+    pub pin_dir: String,
+    pub loaded: bool,
+    pub program: Option<Program>,
+    pub policy: Option<PolicySummary>,
+    pub interfaces: Vec<InterfaceStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Program {
+    pub id: u32,
+    /// 16 hex digits.
+    pub tag: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicySummary {
+    pub mode: &'static str,
+    pub generation: u32,
+    pub allow_ipv4: usize,
+    pub allow_ipv6: usize,
+    pub providers_ipv4: usize,
+    pub providers_ipv6: usize,
+    pub ports: usize,
+}
+
+impl PolicySummary {
+    pub fn new(policy: &Policy, generation: u32) -> PolicySummary {
+        PolicySummary {
+            mode: policy.mode.as_str(),
+            generation,
+            allow_ipv4: policy.allow_v4().count(),
+            allow_ipv6: policy.allow_v6().count(),
+            providers_ipv4: policy.providers_v4().count(),
+            providers_ipv6: policy.providers_v6().count(),
+            ports: policy.ports.len(),
+        }
+    }
+}
+
+/// Where an interface's link stands, as the kernel reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// The link runs on the interface its pin names.
+    Attached,
+    /// The link runs on the device the pin was made for, which has been renamed since
+    /// (`current_name`); the pin's name now belongs to another device or none.
+    Renamed,
+    /// The device the link was made for was deleted: the link is defunct. A device created
+    /// since under the same name is not attached until `run` (or `attach`) moves the link.
+    InterfaceGone,
+    /// The link runs on a device that is not in this network namespace.
+    OtherNamespace,
+    /// The pin exists but its link cannot be read.
+    Unreadable,
+}
+
+impl LinkState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Attached => "attached",
+            LinkState::Renamed => "renamed",
+            LinkState::InterfaceGone => "interface_gone",
+            LinkState::OtherNamespace => "other_namespace",
+            LinkState::Unreadable => "unreadable",
+        }
+    }
+}
+
+/// One interface as `status` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InterfaceStatus {
+    /// The interface the link was made for (its pin's name).
+    pub interface: String,
+    /// Whether the program runs on a live device through this link.
+    pub attached: bool,
+    pub state: LinkState,
+    /// The device the link runs on (0 once it was deleted).
+    pub ifindex: Option<u32>,
+    /// That device's name now, when it differs from `interface`.
+    pub current_name: Option<String>,
+    pub xdp_mode: &'static str,
+    /// The fast path of the device the link runs on; absent when it is gone.
+    #[serde(serialize_with = "crate::label::serialize_option")]
+    pub fastpath: Option<FastPath>,
+    pub program_id: Option<u32>,
+    pub link_id: Option<u32>,
+    pub link_pin: String,
+}
+
+impl InterfaceStatus {
+    /// The state of `link`; `fastpath` reads the fast path of an ifindex.
+    pub fn of(
+        link: &LinkPin,
+        fastpath: impl Fn(u32) -> anyhow::Result<Option<FastPath>>,
+    ) -> anyhow::Result<InterfaceStatus> {
+        let facts = links::facts(link);
+        let ifindex = facts.map(|facts| facts.ifindex);
+        let current_name = ifindex
+            .filter(|&index| index != 0)
+            .and_then(links::interface_name);
+        let state = match (facts, &current_name) {
+            (None, _) => LinkState::Unreadable,
+            (Some(facts), _) if facts.ifindex == 0 => LinkState::InterfaceGone,
+            (Some(_), Some(name)) if *name == link.interface => LinkState::Attached,
+            (Some(_), Some(_)) => LinkState::Renamed,
+            (Some(_), None) => LinkState::OtherNamespace,
+        };
+        let attached = matches!(state, LinkState::Attached | LinkState::Renamed);
+        Ok(InterfaceStatus {
+            interface: link.interface.clone(),
+            attached,
+            state,
+            ifindex,
+            current_name: current_name.filter(|name| *name != link.interface),
+            xdp_mode: link.mode.as_str(),
+            fastpath: match ifindex.filter(|_| attached) {
+                Some(index) => fastpath(index)?,
+                None => None,
+            },
+            program_id: facts.map(|facts| facts.program_id),
+            link_id: facts.map(|facts| facts.link_id),
+            link_pin: link.path.display().to_string(),
+        })
+    }
+
+    /// One line for a person.
+    pub fn line(&self) -> String {
+        let state = match self.state {
+            LinkState::Attached => "attached".to_owned(),
+            LinkState::Renamed => format!(
+                "attached to the device now named {} (renamed)",
+                self.current_name.as_deref().unwrap_or("?")
+            ),
+            LinkState::InterfaceGone => {
+                "NOT attached: the interface was deleted (the link is defunct)".to_owned()
+            }
+            LinkState::OtherNamespace => format!(
+                "attached to ifindex {}, which is not in this network namespace",
+                self.ifindex.unwrap_or(0)
+            ),
+            LinkState::Unreadable => "NOT attached (stale pin)".to_owned(),
+        };
+        format!(
+            "interface {}: {state}, {} mode, fast path {}, program {}, link {} ({})",
+            self.interface,
+            self.xdp_mode,
+            self.fastpath.map_or("-", |fastpath| fastpath.as_str()),
+            self.program_id.map_or("-".to_owned(), |id| id.to_string()),
+            self.link_id.map_or("-".to_owned(), |id| id.to_string()),
+            self.link_pin
+        )
+    }
+}
+
+/// Id and tag of the XDP program pinned in `pins`.
+pub fn program(pins: &PinDir) -> anyhow::Result<Option<Program>> {
+    let path = pins.program();
+    if !path.exists() {
+        return Ok(None);
+    }
+    let info = ProgramInfo::from_pin(&path)
+        .map_err(|err| anyhow::anyhow!("reading pinned program {}: {err}", path.display()))?;
+    Ok(Some(Program {
+        id: info.id(),
+        tag: format!("{:016x}", info.tag()),
+    }))
+}

@@ -1,0 +1,101 @@
+//! The two bpf(2) calls aya 0.14 does not expose for what we need: opening a pinned link
+//! by path and reading its `bpf_link_info`, whose XDP and TCX members carry the ifindex the
+//! link is attached to (aya's `LinkInfo` keeps that field private).
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    },
+    path::Path,
+};
+
+use anyhow::Context as _;
+use aya_obj::generated::bpf_link_info;
+
+/// `enum bpf_cmd` values (stable UAPI).
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+
+/// `union bpf_attr` as BPF_OBJ_GET reads it.
+#[repr(C)]
+struct ObjGet {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `union bpf_attr` as BPF_OBJ_GET_INFO_BY_FD reads it.
+#[repr(C)]
+struct InfoByFd {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// What the kernel says about a pinned link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub link_id: u32,
+    pub program_id: u32,
+    /// The interface an XDP or TCX link is attached to; 0 once that interface was deleted
+    /// (the link is then defunct).
+    pub ifindex: u32,
+}
+
+/// Reads the pinned link at `path`.
+pub fn pinned_link(path: &Path) -> anyhow::Result<LinkFacts> {
+    let fd = obj_get(path).with_context(|| format!("opening link pin {}", path.display()))?;
+    // SAFETY: a plain-data bindgen struct; all zeroes is a valid value.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFd {
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        info_len: size_of::<bpf_link_info>() as u32,
+        info: &mut info as *mut bpf_link_info as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .with_context(|| format!("reading link {} (BPF_OBJ_GET_INFO_BY_FD)", path.display()))?;
+    // SAFETY: XDP and TCX links fill `xdp.ifindex` / `tcx.ifindex`, which share the first
+    // word of the union; for other link types this reads whatever u32 is there, and we only
+    // pin XDP and TCX links.
+    let ifindex = unsafe { info.__bindgen_anon_1.xdp.ifindex };
+    Ok(LinkFacts {
+        link_id: info.id,
+        program_id: info.prog_id,
+        ifindex,
+    })
+}
+
+fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    let mut attr = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, properly laid-out prefix of `union bpf_attr` for `cmd`; the
+    // kernel reads at most size_of::<T>() bytes of it and writes only through the pointers
+    // it holds, which point at live buffers of the advertised sizes.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}

@@ -1,0 +1,140 @@
+//! What a counter entry is, for reporting: the one place an [`Outcome`] becomes a verdict, a
+//! drop reason or an other-class, and the label words of each. The model and the
+//! reachability window both read counters through it.
+
+use apns_common::counters::{CounterKey, CounterValue, Direction, Outcome};
+
+/// What happened to APNs traffic (the `verdict` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    Pass,
+    Drop,
+    Fastpath,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 3] = [Verdict::Pass, Verdict::Drop, Verdict::Fastpath];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            // The datapath's own words where they are the verdict's.
+            Verdict::Pass => Outcome::Pass.as_str(),
+            Verdict::Fastpath => Outcome::Fastpath.as_str(),
+            // The only APNs drop is the provider rule; its reason is a separate label, so
+            // the verdict says just "drop" (see `classify`).
+            Verdict::Drop => "drop",
+        }
+    }
+}
+
+/// Why the policy dropped a packet (the `reason` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// TCP to a pinhole port of an address outside the allow-list (`drop_pinhole`).
+    Pinhole,
+    /// APNs traffic to a provider port from outside the provider list (`drop_provider`).
+    Provider,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::Pinhole, DropReason::Provider];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Pinhole => "pinhole",
+            DropReason::Provider => "provider",
+        }
+    }
+}
+
+/// TCP flags the datapath counts on APNs traffic (the `event` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TcpEvent {
+    /// SYN without ACK: a connection attempt.
+    Syn,
+    /// SYN with ACK: an answered attempt.
+    Synack,
+    Rst,
+    Fin,
+}
+
+impl TcpEvent {
+    pub const ALL: [TcpEvent; 4] = [
+        TcpEvent::Syn,
+        TcpEvent::Synack,
+        TcpEvent::Rst,
+        TcpEvent::Fin,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TcpEvent::Syn => "syn",
+            TcpEvent::Synack => "synack",
+            TcpEvent::Rst => "rst",
+            TcpEvent::Fin => "fin",
+        }
+    }
+
+    /// This event's count in a counter value.
+    pub const fn of(self, value: &CounterValue) -> u64 {
+        match self {
+            TcpEvent::Syn => value.syn,
+            TcpEvent::Synack => value.synack,
+            TcpEvent::Rst => value.rst,
+            TcpEvent::Fin => value.fin,
+        }
+    }
+}
+
+/// Outcomes that are neither APNs traffic nor a policy drop (the `class` label is their
+/// [`Outcome::as_str`]).
+pub const OTHER_CLASSES: [Outcome; 4] = [
+    Outcome::NotIp,
+    Outcome::NotApns,
+    Outcome::Fragment,
+    Outcome::Malformed,
+];
+
+/// What a counter entry is, for reporting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// APNs traffic: `direction` is outbound or inbound.
+    Apns {
+        direction: Direction,
+        port: u16,
+        verdict: Verdict,
+    },
+    /// Dropped by the pinhole rule (no direction: the peer is not Apple).
+    PinholeDrop,
+    /// One of [`OTHER_CLASSES`].
+    Other(Outcome),
+}
+
+/// The one place an [`Outcome`] becomes a verdict, a drop reason or an other-class.
+///
+/// Mapped explicitly, without a wildcard, so a new outcome in apns-common fails to compile
+/// here instead of being reported under the wrong label. `None` for codes this agent does not
+/// know or combinations the datapath never writes (APNs outcomes without a direction): those
+/// are skipped rather than guessed at.
+pub fn classify(key: &CounterKey) -> Option<Class> {
+    let outcome = Outcome::from_u8(key.outcome)?;
+    let direction = Direction::from_u8(key.direction)?;
+    let apns = |verdict| match direction {
+        Direction::Outbound | Direction::Inbound => Some(Class::Apns {
+            direction,
+            port: key.port,
+            verdict,
+        }),
+        Direction::None => None,
+    };
+    match outcome {
+        Outcome::Pass => apns(Verdict::Pass),
+        // Verdict "drop"; the reason ("provider") is counted by `Model::build`.
+        Outcome::DropProvider => apns(Verdict::Drop),
+        Outcome::Fastpath => apns(Verdict::Fastpath),
+        Outcome::DropPinhole => Some(Class::PinholeDrop),
+        Outcome::NotIp | Outcome::NotApns | Outcome::Fragment | Outcome::Malformed => {
+            Some(Class::Other(outcome))
+        }
+    }
+}
