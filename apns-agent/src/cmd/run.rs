@@ -18,7 +18,10 @@ use tokio::{
 use crate::{
     cli::{Global, RunArgs},
     datapath::{
-        links, reconcile::Changes, status::LinkState, status::Program, Datapath, EbpfLog, PinDir,
+        links,
+        reconcile::{Changes, Desired},
+        status::{LinkState, Program},
+        Datapath, EbpfLog, PinDir,
     },
     privileges, readiness,
     settings::Settings,
@@ -86,7 +89,18 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
                 tracing::warn!("the datapath's log is not forwarded: {err:#}");
             }
         }
-        let attached = serve_signals(signals, global, args, &mut datapath, &exporter).await;
+        let attached = serve_signals(
+            signals,
+            global,
+            args,
+            Running {
+                datapath: &mut datapath,
+                settings,
+                config,
+            },
+            &exporter,
+        )
+        .await;
         let _ = stop.send(());
         if let Err(err) = server.await {
             tracing::warn!("the metrics server ended badly: {err}");
@@ -199,13 +213,21 @@ impl Signals {
     }
 }
 
+/// What `run` controls and what it was told: the datapath, and the settings and config
+/// (with `run`'s flags) it last applied.
+struct Running<'a> {
+    datapath: &'a mut Datapath,
+    settings: Settings,
+    config: Desired,
+}
+
 /// Serves SIGHUP (reload), the textfile, the drop log and the interface check until SIGTERM
 /// or SIGINT; returns the interfaces the config in force at exit wants attached.
 async fn serve_signals(
     signals: Signals,
     global: &Global,
     args: &RunArgs,
-    datapath: &mut Datapath,
+    mut running: Running<'_>,
     exporter: &Exporter,
 ) -> anyhow::Result<Vec<String>> {
     let Signals {
@@ -226,7 +248,7 @@ async fn serve_signals(
     );
     let mut reported = BTreeMap::new();
     let mut drops_logged = exporter.policy_drops().unwrap_or_default();
-    let mut interfaces: Vec<String> = datapath.live()?.interfaces.into_keys().collect();
+    let mut interfaces: Vec<String> = running.datapath.live()?.interfaces.into_keys().collect();
     readiness::ready(&format!(
         "attached to {}; serving /metrics on {}",
         interfaces.join(", "),
@@ -253,13 +275,13 @@ async fn serve_signals(
                 }
             }
             _ = interface_tick.tick() => {
-                if let Err(err) = check_interfaces(datapath, &mut reported) {
-                    tracing::warn!("checking the attached interfaces: {err:#}");
+                if let Err(err) = check(&mut running, &mut reported) {
+                    tracing::warn!("checking the datapath: {err:#}");
                 }
             }
             _ = hangup.recv() => {
                 readiness::reloading();
-                match reload(global, args, datapath) {
+                match reload(global, args, &mut running) {
                     Ok(now) => interfaces = now,
                     // A bad file leaves the running datapath exactly as it was.
                     Err(err) => tracing::error!("reload refused, nothing changed: {err:#}"),
@@ -276,11 +298,12 @@ async fn serve_signals(
 
 /// Re-reads the config and reconciles to it (live changes still in force stay). Returns the
 /// interfaces now wanted.
-fn reload(global: &Global, args: &RunArgs, datapath: &mut Datapath) -> anyhow::Result<Vec<String>> {
+fn reload(global: &Global, args: &RunArgs, running: &mut Running) -> anyhow::Result<Vec<String>> {
     let settings = Settings::resolve(global)?;
     let Some(file) = settings.config_file() else {
         anyhow::bail!("SIGHUP: no config file to re-read (started without one)");
     };
+    let datapath = &mut *running.datapath;
     anyhow::ensure!(
         settings.pins == *datapath.pins(),
         "SIGHUP: the config's pin_dir is now {}, but this agent controls {}: restart it to move",
@@ -295,16 +318,27 @@ fn reload(global: &Global, args: &RunArgs, datapath: &mut Datapath) -> anyhow::R
     let lock = settings.pins.lock()?;
     apply(&settings, datapath, &lock, &config)?;
     tracing::info!("config reloaded from {}", file.display());
-    Ok(datapath.live()?.interfaces.into_keys().collect())
+    let interfaces = datapath.live()?.interfaces.into_keys().collect();
+    running.settings = settings;
+    running.config = config;
+    Ok(interfaces)
 }
 
-/// Reports interfaces whose link state changed since the last check, and moves the link of
-/// an interface that was re-created (or whose name another device took) to the device that
-/// has the name now.
-fn check_interfaces(
-    datapath: &mut Datapath,
-    reported: &mut BTreeMap<String, LinkState>,
-) -> anyhow::Result<()> {
+/// What an operator's day does to a running datapath, checked every few seconds:
+/// - pins removed by hand are re-pinned from the open handles (else no other command could
+///   reach the datapath, and no later `run` adopt it);
+/// - an interface whose link state changed is reported (deleted, renamed, back);
+/// - the link of an interface that was re-created (or whose name another device took) moves
+///   to the device that has the name now;
+/// - an interface that should be attached but whose link pin was removed by hand (which
+///   detaches it) is attached again. What "should" means is what `run` applies: the config
+///   with the live changes still in force (`settings::state`), so a `detach` stays detached.
+fn check(running: &mut Running, reported: &mut BTreeMap<String, LinkState>) -> anyhow::Result<()> {
+    let datapath = &mut *running.datapath;
+    let lock = datapath.pins().lock()?;
+    for pin in datapath.repair_pins(&lock)? {
+        tracing::warn!("{pin} was removed by hand; pinned again from the running datapath");
+    }
     let statuses = datapath.interface_status()?;
     let mut moved = false;
     for status in &statuses {
@@ -322,8 +356,30 @@ fn check_interfaces(
         moved |= named_now.is_some() && named_now != status.ifindex;
     }
     if moved {
-        let lock = datapath.pins().lock()?;
         for change in datapath.move_stale_links(&lock)?.0 {
+            tracing::info!("{change}");
+        }
+    }
+    let wanted = running
+        .settings
+        .load_state()?
+        .effective(&running.config)?
+        .interfaces;
+    let mut live = datapath.live()?;
+    let mut lost = Vec::new();
+    for (interface, fastpath) in wanted {
+        if !live.interfaces.contains_key(&interface) && links::ifindex(&interface).is_ok() {
+            lost.push(interface.clone());
+            live.interfaces.insert(interface, fastpath);
+        }
+    }
+    if !lost.is_empty() {
+        tracing::warn!(
+            "the link pin of {} was removed by hand (which detaches it); attaching again",
+            lost.join(", ")
+        );
+        live.xdp_mode = running.config.xdp_mode;
+        for change in datapath.reconcile(&lock, &live)?.0 {
             tracing::info!("{change}");
         }
     }

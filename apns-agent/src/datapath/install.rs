@@ -20,6 +20,8 @@ use aya::{
     },
 };
 
+use aya_obj::programs::XdpAttachType;
+
 use super::{
     layout,
     object::{self, EbpfLog},
@@ -114,6 +116,25 @@ pub fn install(pins: &PinDir, object: &[u8], log: Option<EbpfLog>) -> anyhow::Re
     })
 }
 
+/// Pins the loaded program `id` (the XDP program if `xdp`, else the TC one) at `path`.
+pub fn pin_program_by_id(id: u32, path: &Path, xdp: bool) -> anyhow::Result<()> {
+    let info = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|info| info.id() == id)
+        .with_context(|| format!("program {id} is no longer loaded"))?;
+    let pinned = if xdp {
+        Xdp::from_program_info(info, programs::XDP.into(), XdpAttachType::Interface)
+            .map(|mut program| program.pin(path))
+    } else {
+        SchedClassifier::from_program_info(info, programs::TC_MARK.into())
+            .map(|mut program| program.pin(path))
+    };
+    pinned
+        .with_context(|| format!("opening program {id}"))?
+        .with_context(|| format!("pinning program {id} at {}", path.display()))?;
+    restrict(path)
+}
+
 /// The tag of the program pinned at `path`, if one is.
 fn pinned_tag(path: &Path) -> anyhow::Result<Option<u64>> {
     if !path.exists() {
@@ -159,7 +180,10 @@ fn swap_in(
     links: impl Iterator<Item = PathBuf>,
     program_pin: &Path,
 ) -> anyhow::Result<()> {
-    for path in links {
+    for (index, path) in links.enumerate() {
+        if index == 1 {
+            super::hooks::pause_at(super::hooks::AFTER_FIRST_LINK_SWAP);
+        }
         let pinned = PinnedLink::from_pin(&path)
             .with_context(|| format!("opening link pin {}", path.display()))?;
         program

@@ -22,9 +22,11 @@ pub fn open_pinned_map(pins: &PinDir, name: &str) -> anyhow::Result<Map> {
         .with_context(|| format!("pinned map {} has an unknown type", path.display()))
 }
 
-/// Checks every pinned map against the layout this agent was built with. A datapath pinned
-/// by an agent of another layout is refused, never silently reused.
-pub fn check(pins: &PinDir) -> anyhow::Result<()> {
+/// Checks every pinned map against the layout this agent was built with, and returns each
+/// map's kernel id. A datapath pinned by an agent of another layout is refused, never
+/// silently reused.
+pub fn check(pins: &PinDir) -> anyhow::Result<Vec<(&'static str, u32)>> {
+    let mut ids = Vec::new();
     for expected in apns_common::maps::ALL {
         let path = pins.map(expected.name);
         let info = MapInfo::from_pin(&path).with_context(|| {
@@ -48,6 +50,7 @@ pub fn check(pins: &PinDir) -> anyhow::Result<()> {
                 expected.map_type, expected.key_size, expected.value_size, expected.max_entries
             );
         }
+        ids.push((expected.name, info.id()));
     }
     let version = read_meta(pins)?.layout_version;
     if version != LAYOUT_VERSION {
@@ -56,7 +59,7 @@ pub fn check(pins: &PinDir) -> anyhow::Result<()> {
             pins.root().display()
         );
     }
-    Ok(())
+    Ok(ids)
 }
 
 pub fn read_meta(pins: &PinDir) -> anyhow::Result<Meta> {

@@ -18,6 +18,7 @@
 
 pub mod counters;
 pub mod events;
+pub mod hooks;
 mod install;
 pub mod interfaces;
 mod layout;
@@ -59,6 +60,8 @@ pub struct Datapath {
     pub interfaces: InterfaceMaps,
     pub events: EventMaps,
     identity: Identity,
+    /// Kernel id of every map, by name: what [`Datapath::repair_pins`] re-pins from.
+    map_ids: Vec<(&'static str, u32)>,
 }
 
 /// Which pinned maps a handle holds: the switch map pin's device and inode. bpffs gives
@@ -92,7 +95,7 @@ impl Datapath {
             );
         }
         let identity = Identity::of(pins)?;
-        layout::check(pins)?;
+        let map_ids = layout::check(pins)?;
         let open = |name: &'static str| layout::open_pinned_map(pins, name);
         Ok(Datapath {
             pins: pins.clone(),
@@ -101,6 +104,7 @@ impl Datapath {
             interfaces: InterfaceMaps::open(open)?,
             events: EventMaps::open(open)?,
             identity,
+            map_ids,
         })
     }
 
@@ -146,10 +150,65 @@ impl Datapath {
         &self.pins
     }
 
-    /// Whether the pins still hold the maps this handle opened (they change when the
-    /// datapath is unloaded and loaded again, or migrated).
+    /// Whether the pins still hold the maps this handle opened: false once they hold others
+    /// (the datapath was unloaded and loaded again, or migrated). Pins removed by hand leave
+    /// the maps as they were, and this handle with them: it stays current.
     pub fn is_current(&self) -> bool {
-        Identity::of(&self.pins).is_ok_and(|identity| identity == self.identity)
+        match Identity::of(&self.pins) {
+            Ok(identity) => identity == self.identity,
+            Err(_) => !self.pins.map(ACTIVE).exists(),
+        }
+    }
+
+    /// Re-creates pins removed by hand while this handle is open: the maps (from the ids
+    /// this handle opened them by) and the two programs (from the programs their links
+    /// run). A datapath whose pins are gone keeps running, but no other command can reach
+    /// it and the next `run` could not adopt it. Returns what it re-pinned.
+    pub fn repair_pins(&self, _lock: &Lock) -> anyhow::Result<Vec<String>> {
+        let mut repaired = Vec::new();
+        self.pins.prepare()?;
+        for &(name, id) in &self.map_ids {
+            let path = self.pins.map(name);
+            if path.exists() {
+                continue;
+            }
+            aya::maps::MapData::from_id(id)
+                .with_context(|| format!("opening map {name} (id {id})"))?
+                .pin(&path)
+                .with_context(|| format!("re-pinning map {name} at {}", path.display()))?;
+            pins::restrict(&path)?;
+            repaired.push(format!("map {}", path.display()));
+        }
+        let xdp_links: Vec<_> = self
+            .pins
+            .links()?
+            .into_iter()
+            .map(|link| link.path)
+            .collect();
+        let tc_links: Vec<_> = self
+            .pins
+            .tc_links()?
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect();
+        for (pin, links, xdp) in [
+            (self.pins.program(), xdp_links, true),
+            (self.pins.tc_program(), tc_links, false),
+        ] {
+            if pin.exists() {
+                continue;
+            }
+            let Some(id) = links
+                .iter()
+                .find_map(|link| sys::pinned_link(link).ok())
+                .map(|facts| facts.program_id)
+            else {
+                continue;
+            };
+            install::pin_program_by_id(id, &pin, xdp)?;
+            repaired.push(format!("program {}", pin.display()));
+        }
+        Ok(repaired)
     }
 
     /// The aya-log level the pinned program was loaded with.

@@ -119,6 +119,7 @@ impl PolicyMaps {
             *slot = port;
         }
         self.set_config(target, &config)?;
+        super::hooks::pause_at(super::hooks::BEFORE_POLICY_SWITCH);
         // The switch: one aligned 4-byte store, seen whole by every CPU.
         self.active
             .set(0, target, 0)

@@ -292,6 +292,12 @@ impl State {
         Ok((desired, notes))
     }
 
+    /// What [`State::merge`] would apply for `config`, without changing the record.
+    pub fn effective(&self, config: &Desired) -> anyhow::Result<Desired> {
+        let (desired, _) = self.clone().merge(config, None, SystemTime::now())?;
+        Ok(desired)
+    }
+
     /// Records a live change a subcommand (`command`) made, from `before` to `after`.
     pub fn record(&mut self, before: &Desired, after: &Desired, command: &str, now: SystemTime) {
         for &section in Section::ALL {
