@@ -281,7 +281,7 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
         checked += 1;
     }
 
-    // Usage errors are clap's: exit status 2, the first line names the problem.
+    // Usage errors: exit status 2, one line that names the problem and where to look.
     for (args, needle) in [
         (vec!["mode", "block"], "invalid value 'block'"),
         (vec!["run", "--xdp-mode", "hw"], "invalid value 'hw'"),
@@ -291,8 +291,9 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
     ] {
         let output = agent::fail(&mut agent(&pins, &args)).unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
         assert!(
-            stderr.lines().next().unwrap_or("").contains(needle),
+            stderr.contains(needle) && stderr.contains("--help"),
             "{args:?}: {stderr}"
         );
         assert_eq!(output.status.code(), Some(2), "{args:?}");

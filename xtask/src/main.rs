@@ -11,6 +11,7 @@
 
 mod bench;
 mod build;
+mod bystander;
 mod demo;
 mod setup;
 mod test;
@@ -39,7 +40,8 @@ enum Command {
     /// Run setup, then build the agent in release mode (`cargo build --release -p apns-agent`).
     Build,
     /// Run setup, then every test (`cargo test --workspace --exclude apns-ebpf`), then the
-    /// benchmark smoke run (`bench --quick`), then check nothing was left behind. Needs root.
+    /// benchmark smoke run (`bench --quick`), all beside a bystander agent the tests did not
+    /// start, then check nothing was left behind. Needs root.
     Test(test::Args),
     /// Run setup, then the demo: a gateway in network namespaces with apns-agent enforcing,
     /// some APNs and other traffic, the counters and /metrics. Needs root.

@@ -9,7 +9,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, describe, elapsed, is_root, step, target_dir, workspace_root};
+use crate::{
+    bystander::Bystander,
+    util::{cargo, describe, elapsed, is_root, step, target_dir, workspace_root},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,6 +47,10 @@ fn setup_and_test(args: &Args) -> Result<()> {
     // What exists before is not this run's: a crashed earlier run's leftovers are the tests'
     // own sweeps to remove, and must not fail this run.
     let before = test_artifacts();
+    // The release agent the benchmark runs anyway, started first as a bystander: the suite
+    // must pass beside an agent it did not start, as on a live gateway.
+    crate::util::build_release_with_agent("apns-bench")?;
+    let mut bystander = Bystander::start(&target_dir().join("release").join("apns-agent"))?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "apns-ebpf"])
         .args(&args.cargo_test_args)
@@ -64,6 +71,8 @@ fn setup_and_test(args: &Args) -> Result<()> {
         soak_secs: None,
     })
     .context("the benchmark smoke run (cargo xtask bench --quick) failed")?;
+    bystander.still_running()?;
+    drop(bystander);
     check_nothing_left_behind(&before)
 }
 

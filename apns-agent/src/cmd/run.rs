@@ -32,6 +32,9 @@ use crate::{
 /// (an interface deleted and re-created, or renamed, under a running agent).
 const INTERFACE_CHECK: Duration = Duration::from_secs(5);
 
+/// How long a SIGHUP reload waits for another command to release the pin directory's lock.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Threads tokio may start for blocking work (metric renders): renders take the exporter's
 /// lock one at a time anyway, and every idle thread keeps its memory.
 const MAX_BLOCKING_THREADS: usize = 2;
@@ -315,7 +318,7 @@ fn reload(global: &Global, args: &RunArgs, running: &mut Running) -> anyhow::Res
         !config.interfaces.is_empty(),
         "no interface to attach to: set `interfaces` in the config"
     );
-    let lock = settings.pins.lock()?;
+    let lock = settings.pins.lock_within(LOCK_PATIENCE)?;
     apply(&settings, datapath, &lock, &config)?;
     tracing::info!("config reloaded from {}", file.display());
     let interfaces = datapath.live()?.interfaces.into_keys().collect();
@@ -335,7 +338,14 @@ fn reload(global: &Global, args: &RunArgs, running: &mut Running) -> anyhow::Res
 ///   with the live changes still in force (`settings::state`), so a `detach` stays detached.
 fn check(running: &mut Running, reported: &mut BTreeMap<String, LinkState>) -> anyhow::Result<()> {
     let datapath = &mut *running.datapath;
-    let lock = datapath.pins().lock()?;
+    // The whole pin directory may have been removed: the lock lives on it.
+    datapath.pins().prepare()?;
+    // Another command is changing the datapath: look again at the next tick rather than
+    // stall the agent (and /metrics, on the same thread) behind it.
+    let Some(lock) = datapath.pins().try_lock()? else {
+        tracing::debug!("the pin directory is locked by another command; checking later");
+        return Ok(());
+    };
     for pin in datapath.repair_pins(&lock)? {
         tracing::warn!("{pin} was removed by hand; pinned again from the running datapath");
     }

@@ -69,6 +69,10 @@ impl InterfaceMaps {
         for result in [self.ifaces.remove(&ifindex), self.tx_ports.remove(ifindex)] {
             match result {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
+                // The kernel removes a deleted device from the devmap by itself; aya reports
+                // that key's absence as the syscall's ENOENT.
+                Err(MapError::SyscallError(err))
+                    if err.io_error.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => {
                     return Err(err).with_context(|| {
                         format!("removing ifindex {ifindex} from {IFACES}/{TX_PORTS}")

@@ -163,10 +163,10 @@ impl Datapath {
     /// Re-creates pins removed by hand while this handle is open: the maps (from the ids
     /// this handle opened them by) and the two programs (from the programs their links
     /// run). A datapath whose pins are gone keeps running, but no other command can reach
-    /// it and the next `run` could not adopt it. Returns what it re-pinned.
+    /// it and the next `run` could not adopt it. Returns what it re-pinned. The pin
+    /// directory must exist ([`PinDir::prepare`]): its lock lives on it.
     pub fn repair_pins(&self, _lock: &Lock) -> anyhow::Result<Vec<String>> {
         let mut repaired = Vec::new();
-        self.pins.prepare()?;
         for &(name, id) in &self.map_ids {
             let path = self.pins.map(name);
             if path.exists() {

@@ -219,6 +219,39 @@ impl PinDir {
             .with_context(|| format!("locking pin directory {}", self.root.display()))
     }
 
+    /// Takes the pin directory's lock if nobody holds it; `None` if somebody does.
+    pub fn try_lock(&self) -> anyhow::Result<Option<Lock>> {
+        let dir = fs::File::open(&self.root)
+            .with_context(|| format!("opening pin directory {}", self.root.display()))?;
+        match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(Lock(lock))),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => {
+                Err(errno).with_context(|| format!("locking pin directory {}", self.root.display()))
+            }
+        }
+    }
+
+    /// Takes the pin directory's lock, waiting up to `patience` for another command to
+    /// release it; then refuses, saying so (a command stopped while holding it must not
+    /// stall `run` for ever).
+    pub fn lock_within(&self, patience: std::time::Duration) -> anyhow::Result<Lock> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(lock) = self.try_lock()? {
+                return Ok(lock);
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "pin directory {} is still locked by another apns-agent command after {} s",
+                    self.root.display(),
+                    patience.as_secs()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The pid file whose lock a `run` holds while it controls this datapath.
     pub fn controller_file(&self) -> PathBuf {
         Path::new(CONTROLLER_DIR).join(format!("{}.pid", self.file_stem()))

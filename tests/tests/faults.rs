@@ -1,0 +1,639 @@
+//! An operator's day, as faults a gateway meets: restarts that must not change what is
+//! enforced, a kill -9 exactly between two steps of a change, interfaces and pins that change
+//! under a running agent, a second agent, a read-only textfile directory, a closed stdout,
+//! `ip netns exec`. Each asserts exact counters and the live policy. Needs root.
+
+use std::{
+    io::Read as _,
+    net::SocketAddr,
+    os::unix::process::ExitStatusExt as _,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use apns_agent::datapath::{
+    hooks, object::UPGRADE_PROBE_OBJECT, policy::Mode, policy::Policy, reconcile::Desired, status,
+    Datapath, XdpMode,
+};
+use apns_common::counters::{Direction, Outcome};
+use apns_tests::{
+    agent::{self, spawn_run, TestPins},
+    lab::{
+        self, Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_WAN, MDM,
+        OTHER,
+    },
+};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Short enough that a dropped SYN is not retransmitted (the first retransmission is after 1 s).
+const REFUSED: Duration = Duration::from_millis(600);
+/// How long the agent's periodic check (every 5 s) may take to notice a change.
+const NOTICED: Duration = Duration::from_secs(20);
+
+fn echo_ok(lab: &Lab, from: Role, to: SocketAddr) {
+    let reply = lab.echo(from, to, b"ping", TIMEOUT).unwrap();
+    assert_eq!(reply, b"ping", "echo from {from} to {to}");
+}
+
+fn refused(lab: &Lab, from: Role, to: SocketAddr) {
+    assert!(
+        lab.connect(from, to, REFUSED).is_err(),
+        "the connection from {from} to {to} should have been dropped"
+    );
+}
+
+fn live_policy(pins: &TestPins) -> Policy {
+    pins.open().unwrap().policy.read_active().unwrap()
+}
+
+/// Polls `ready` until it holds, or fails after `timeout` saying `what`.
+fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `status --json` of the test's datapath, run in the gateway.
+fn status_json(lab: &Lab, pins: &TestPins) -> serde_json::Value {
+    let text = agent::succeed(&mut agent::gw_command(lab, pins, &["status", "--json"])).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn interface_status<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|interface| interface["interface"] == name)
+        .unwrap_or_else(|| panic!("{name} is not in status: {status}"))
+}
+
+/// A config file for one test, removed on drop.
+struct ConfigFile(std::path::PathBuf);
+
+impl ConfigFile {
+    fn new(lab: &Lab, name: &str, text: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!("{}-{name}.toml", lab.id()));
+        std::fs::write(&path, text).unwrap();
+        ConfigFile(path)
+    }
+
+    fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether process `pid` is stopped (state T in /proc/PID/stat).
+fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(") ")?.1;
+            after_name.chars().next()
+        })
+        .is_some_and(|state| state == 'T')
+}
+
+/// Starts `apns-agent ARGS` in the gateway with the test hook `point` armed, and waits until
+/// it stopped itself there.
+fn spawn_paused<'lab>(
+    lab: &'lab Lab,
+    pins: &TestPins,
+    args: &[&str],
+    point: &str,
+) -> LabChild<'lab> {
+    let mut cmd = agent::gw_command(lab, pins, args);
+    cmd.env(hooks::PAUSE_AT, point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = lab.spawn(&mut cmd).unwrap();
+    let pid = child.id();
+    wait_until(
+        &format!("{args:?} to stop at {point}"),
+        Duration::from_secs(30),
+        || {
+            assert!(
+                child.wait_timeout(Duration::ZERO).unwrap().is_none(),
+                "{args:?} exited before it reached {point}"
+            );
+            is_stopped(pid)
+        },
+    );
+    child
+}
+
+fn kill_9(child: &mut std::process::Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_restart_keeps_what_the_cli_set_until_the_config_changes_it() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
+    let base = format!(
+        "interfaces = [\"{}\", \"{}\", \"{}\"]\nmode = \"monitor\"\n",
+        GW_IF_CLIENT.name, GW_IF_MDM.name, GW_IF_WAN.name
+    );
+    let config = ConfigFile::new(&lab, "restart", &base);
+    let run = ["run", "--config", &config.arg()];
+    let mut first = spawn_run(&lab, &pins, &run).unwrap();
+
+    // The operator enforces and restricts the provider ports to the MDM server, live.
+    agent::succeed(&mut agent::gw_command(&lab, &pins, &["mode", "enforce"])).unwrap();
+    let mdm = format!("{}/32", MDM.v4);
+    agent::succeed(&mut agent::gw_command(
+        &lab,
+        &pins,
+        &["providers", "add", &mdm],
+    ))
+    .unwrap();
+    let enforced = live_policy(&pins);
+    assert_eq!(enforced.mode, Mode::Enforce);
+    let pinhole_drops = || {
+        pins.counter(lan, Direction::None, 5223, Outcome::DropPinhole)
+            .unwrap()
+            .packets
+    };
+    let provider_drops = || {
+        pins.counter(lan, Direction::Outbound, 2197, Outcome::DropProvider)
+            .unwrap()
+            .packets
+    };
+    refused(&lab, Role::Client, OTHER.socket(false, 5223));
+    refused(&lab, Role::Client, APPLE.socket(false, 2197));
+    echo_ok(&lab, Role::Mdm, APPLE.socket(false, 2197));
+    assert_eq!((pinhole_drops(), provider_drops()), (1, 1));
+
+    // kill -9, and a restart with the unchanged config: still enforcing, same providers.
+    kill_9(first.child_mut());
+    drop(first);
+    let mut second = spawn_run(&lab, &pins, &run).unwrap();
+    assert_eq!(
+        live_policy(&pins),
+        enforced,
+        "a restart changed the live policy"
+    );
+    refused(&lab, Role::Client, OTHER.socket(false, 5223));
+    refused(&lab, Role::Client, APPLE.socket(false, 2197));
+    assert_eq!((pinhole_drops(), provider_drops()), (2, 2));
+    let status = status_json(&lab, &pins);
+    assert_eq!(status["sources"]["mode"]["source"], "command");
+    assert!(
+        status["sources"]["mode"]["command"]
+            .as_str()
+            .unwrap()
+            .ends_with("mode enforce"),
+        "{status}"
+    );
+    assert_eq!(status["sources"]["allow"]["source"], "config");
+
+    // The same across an upgrade: another program is pinned when the agent starts.
+    kill_9(second.child_mut());
+    drop(second);
+    {
+        pins.dir().prepare().unwrap();
+        let lock = pins.dir().lock().unwrap();
+        Datapath::install_object(pins.dir(), &lock, UPGRADE_PROBE_OBJECT, None).unwrap();
+    }
+    let probe_tag = status::program(pins.dir()).unwrap().unwrap().tag;
+    let mut third = spawn_run(&lab, &pins, &run).unwrap();
+    assert_ne!(status::program(pins.dir()).unwrap().unwrap().tag, probe_tag);
+    assert_eq!(
+        live_policy(&pins),
+        enforced,
+        "an upgrade changed the live policy"
+    );
+    refused(&lab, Role::Client, OTHER.socket(false, 5223));
+    assert_eq!(pinhole_drops(), 3);
+
+    // The operator changes the config's mode: the config wins there, the providers stay.
+    std::fs::write(&config.0, base.replace("monitor", "monitor\n# edited")).unwrap();
+    third.reload().unwrap();
+    assert_eq!(live_policy(&pins), enforced, "an unchanged setting moved");
+    std::fs::write(&config.0, base.replace("\"monitor\"", "\"enforce\"")).unwrap();
+    third.reload().unwrap();
+    std::fs::write(&config.0, &base).unwrap();
+    third.reload().unwrap();
+    let now = live_policy(&pins);
+    assert_eq!(
+        now.mode,
+        Mode::Monitor,
+        "the config's new mode did not apply"
+    );
+    assert_eq!(now.providers, enforced.providers);
+    echo_ok(&lab, Role::Client, OTHER.socket(false, 5223));
+    assert_eq!(pinhole_drops(), 3);
+    assert!(
+        !third.log_tail().contains('\u{1b}'),
+        "colour codes in a log that is not a terminal"
+    );
+}
+
+#[test]
+fn kill_9_between_writing_a_policy_and_switching_to_it() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
+    let run = [
+        "run",
+        "--iface",
+        GW_IF_CLIENT.name,
+        "--iface",
+        GW_IF_WAN.name,
+    ];
+    let mut agent = spawn_run(&lab, &pins, &run).unwrap();
+    let before = live_policy(&pins);
+    assert_eq!(before.mode, Mode::Monitor);
+
+    // `mode enforce` stops after writing the inactive generation, before the switch.
+    let mut edit = spawn_paused(
+        &lab,
+        &pins,
+        &["mode", "enforce"],
+        hooks::BEFORE_POLICY_SWITCH,
+    );
+    assert_eq!(
+        live_policy(&pins),
+        before,
+        "the switch moved before it was flipped"
+    );
+    // Every packet is judged by the whole old policy: the pinhole use passes and counts.
+    echo_ok(&lab, Role::Client, OTHER.socket(false, 5223));
+    let not_apns = |pins: &TestPins| {
+        pins.counter(lan, Direction::None, 0, Outcome::NotApns)
+            .unwrap()
+            .packets
+    };
+    let counted = not_apns(&pins);
+    assert!(counted > 0);
+    kill_9(edit.child_mut());
+    drop(edit);
+    assert_eq!(live_policy(&pins), before);
+
+    // The next agent finds a consistent datapath: it starts, and applies a whole policy.
+    kill_9(agent.child_mut());
+    drop(agent);
+    let _agent = spawn_run(&lab, &pins, &[&run[..], &["--mode", "enforce"]].concat()).unwrap();
+    let after = live_policy(&pins);
+    assert_eq!(
+        after,
+        Policy {
+            mode: Mode::Enforce,
+            ..before.clone()
+        }
+    );
+    let datapath = pins.open().unwrap();
+    let inactive = datapath.policy.active_generation().unwrap() ^ 1;
+    assert_eq!(datapath.policy.read_generation(inactive).unwrap(), before);
+    refused(&lab, Role::Client, OTHER.socket(false, 5223));
+    assert_eq!(
+        pins.counter(lan, Direction::None, 5223, Outcome::DropPinhole)
+            .unwrap()
+            .packets,
+        1
+    );
+}
+
+#[test]
+fn kill_9_in_the_middle_of_an_upgrade_of_several_interfaces() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let interfaces = [GW_IF_CLIENT.name, GW_IF_MDM.name, GW_IF_WAN.name];
+    // An older agent's program runs on three interfaces.
+    {
+        pins.dir().prepare().unwrap();
+        let lock = pins.dir().lock().unwrap();
+        let (mut datapath, _) =
+            Datapath::install_object(pins.dir(), &lock, UPGRADE_PROBE_OBJECT, None).unwrap();
+        let mut desired: Desired = datapath.live().unwrap();
+        desired.xdp_mode = XdpMode::Auto;
+        for name in interfaces {
+            desired
+                .interfaces
+                .insert(name.to_owned(), Default::default());
+        }
+        lab.in_ns(Role::Gw, || datapath.reconcile(&lock, &desired))
+            .unwrap()
+            .unwrap();
+    }
+    let old = status::program(pins.dir()).unwrap().unwrap();
+    let link_programs = || -> Vec<u32> {
+        let status = status_json(&lab, &pins);
+        interfaces
+            .iter()
+            .map(|name| {
+                interface_status(&status, name)["program_id"]
+                    .as_u64()
+                    .unwrap() as u32
+            })
+            .collect()
+    };
+    let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
+    let wan = agent::gw_ifindex(&lab, GW_IF_WAN.name).unwrap();
+    let syns = || {
+        pins.counter(lan, Direction::Outbound, 5223, Outcome::Pass)
+            .unwrap()
+            .syn
+    };
+    let synacks = || {
+        pins.counter(wan, Direction::Inbound, 5223, Outcome::Pass)
+            .unwrap()
+            .synack
+    };
+    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    assert_eq!((syns(), synacks()), (1, 1));
+
+    // The new agent stops after its program runs behind the first link only.
+    let mut args = vec!["run"];
+    for name in interfaces {
+        args.extend(["--iface", name]);
+    }
+    let mut half = spawn_paused(&lab, &pins, &args, hooks::AFTER_FIRST_LINK_SWAP);
+    let programs = link_programs();
+    assert_eq!(
+        programs.iter().filter(|&&id| id == old.id).count(),
+        2,
+        "one link swapped, two not: {programs:?}"
+    );
+    // Each packet is judged by one whole program; both count in the same maps.
+    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    assert_eq!((syns(), synacks()), (2, 2));
+    kill_9(half.child_mut());
+    drop(half);
+
+    // The next agent completes the upgrade: every link runs its program, counters go on.
+    let _agent = spawn_run(&lab, &pins, &args).unwrap();
+    let new = status::program(pins.dir()).unwrap().unwrap();
+    assert_ne!(new.tag, old.tag);
+    assert_eq!(link_programs(), vec![new.id; 3]);
+    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    assert_eq!((syns(), synacks()), (3, 3));
+}
+
+#[test]
+fn interfaces_deleted_recreated_and_renamed_under_a_running_agent() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let ip = |args: &[&str]| {
+        lab::run(
+            Command::new("ip")
+                .args(["-n", lab.ns_name(Role::Gw)])
+                .args(args),
+        )
+        .unwrap();
+    };
+    let make_extra = || {
+        ip(&[
+            "link", "add", "apnsx0", "type", "veth", "peer", "name", "apnsx1",
+        ]);
+        ip(&["link", "set", "apnsx0", "up"]);
+        ip(&["link", "set", "apnsx1", "up"]);
+    };
+    make_extra();
+    let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
+    let mut agent = spawn_run(
+        &lab,
+        &pins,
+        &[
+            "run",
+            "--iface",
+            GW_IF_CLIENT.name,
+            "--iface",
+            GW_IF_WAN.name,
+            "--iface",
+            "apnsx0",
+            "--fastpath",
+            "apnsx0=mark",
+        ],
+    )
+    .unwrap();
+    let first = interface_status(&status_json(&lab, &pins), "apnsx0")["ifindex"].clone();
+    let syns = || {
+        pins.counter(lan, Direction::Outbound, 5223, Outcome::Pass)
+            .unwrap()
+            .syn
+    };
+    // While the agent moves a link, the interface is briefly not listed at all.
+    let state_of = |name: &str| {
+        let status = status_json(&lab, &pins);
+        status["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|interface| interface["interface"] == name)
+            .map_or(serde_json::Value::Null, |interface| {
+                interface["state"].clone()
+            })
+    };
+
+    // Deleted: reported, the rest goes on.
+    ip(&["link", "del", "apnsx0"]);
+    assert_eq!(state_of("apnsx0"), "interface_gone");
+    agent
+        .wait_for_log("the interface was deleted", NOTICED)
+        .unwrap();
+    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    assert_eq!(syns(), 1);
+
+    // Re-created under the same name: attached again, with its fast path.
+    make_extra();
+    wait_until("apnsx0 to be attached again", NOTICED, || {
+        state_of("apnsx0") == "attached"
+    });
+    let again = interface_status(&status_json(&lab, &pins), "apnsx0").clone();
+    assert_ne!(again["ifindex"], first, "still the old device");
+    assert_eq!(again["fastpath"], "mark");
+    assert!(pins.dir().tc_link("apnsx0").exists());
+
+    // Renamed: the link stays with the device, and status says where it went.
+    ip(&["link", "set", "apnsx0", "down"]);
+    ip(&["link", "set", "apnsx0", "name", "apnsx9"]);
+    let renamed = interface_status(&status_json(&lab, &pins), "apnsx0").clone();
+    assert_eq!(renamed["state"], "renamed");
+    assert_eq!(renamed["current_name"], "apnsx9");
+    agent.wait_for_log("renamed", NOTICED).unwrap();
+    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    assert_eq!(syns(), 2);
+    assert!(agent.wait_timeout(Duration::ZERO).unwrap().is_none());
+}
+
+#[test]
+fn pins_removed_by_hand_are_pinned_again_and_nothing_is_lost() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
+    let agent = spawn_run(
+        &lab,
+        &pins,
+        &[
+            "run",
+            "--iface",
+            GW_IF_CLIENT.name,
+            "--iface",
+            GW_IF_WAN.name,
+        ],
+    )
+    .unwrap();
+    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    let lan_link = pins.dir().link_of(GW_IF_CLIENT.name).unwrap().unwrap().path;
+    let counters = pins.dir().map(apns_common::maps::COUNTERS);
+    std::fs::remove_file(&counters).unwrap();
+    std::fs::remove_file(pins.dir().program()).unwrap();
+    // Removing a link's only pin detaches it.
+    std::fs::remove_file(&lan_link).unwrap();
+
+    wait_until("the pins to be restored", NOTICED, || {
+        counters.exists()
+            && pins.dir().program().exists()
+            && pins.dir().link_of(GW_IF_CLIENT.name).unwrap().is_some()
+    });
+    agent.wait_for_log("was removed by hand", TIMEOUT).unwrap();
+    // The same map, with the counts made before the removal.
+    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    let value = pins
+        .counter(lan, Direction::Outbound, 5223, Outcome::Pass)
+        .unwrap();
+    assert_eq!(value.syn, 2, "counts were lost: {value:?}");
+    let status = status_json(&lab, &pins);
+    assert_eq!(
+        interface_status(&status, GW_IF_CLIENT.name)["state"],
+        "attached"
+    );
+}
+
+#[test]
+fn a_read_only_textfile_directory_is_reported_and_the_agent_keeps_serving() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let dir = std::env::temp_dir().join(format!("{}-textfile", lab.id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("apns.prom");
+    let metrics: SocketAddr = "127.0.0.1:15223".parse().unwrap();
+    let agent = spawn_run(
+        &lab,
+        &pins,
+        &[
+            "run",
+            "--iface",
+            GW_IF_CLIENT.name,
+            "--textfile",
+            &file.display().to_string(),
+            "--textfile-interval",
+            "1",
+        ],
+    )
+    .unwrap();
+    wait_until("the textfile", NOTICED, || file.exists());
+    std::fs::remove_file(&file).unwrap();
+    // Immutable: not even root may create a file in it.
+    let chattr = |flag: &str| {
+        lab::run(Command::new("chattr").arg(flag).arg(&dir)).unwrap();
+    };
+    chattr("+i");
+    let line = agent.wait_for_log("textfile not written", NOTICED);
+    chattr("-i");
+    let line = line.unwrap();
+    assert!(line.contains(&file.display().to_string()), "{line}");
+    assert!(agent::scrape_metrics(&lab, metrics)
+        .unwrap()
+        .contains("apns_agent_info"));
+    wait_until("the textfile again", NOTICED, || file.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_run_on_the_same_datapath_is_refused() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let run = [
+        "run",
+        "--iface",
+        GW_IF_CLIENT.name,
+        "--metrics-addr",
+        "127.0.0.1:15224",
+    ];
+    let first = spawn_run(&lab, &pins, &run).unwrap();
+    let second = agent::fail(&mut agent::gw_command(&lab, &pins, &run)).unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("another apns-agent run (pid {})", first.id())),
+        "{stderr}"
+    );
+    assert_eq!(second.status.code(), Some(1));
+    // CLI verbs stay allowed beside it.
+    agent::succeed(&mut agent::gw_command(&lab, &pins, &["mode", "enforce"])).unwrap();
+    assert_eq!(live_policy(&pins).mode, Mode::Enforce);
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    agent::succeed(&mut agent::gw_command(
+        &lab,
+        &pins,
+        &["attach", GW_IF_CLIENT.name],
+    ))
+    .unwrap();
+    for (args, keep) in [(["stats", "--json"], 10), (["status", "--json"], 0)] {
+        let mut cmd = agent::gw_command(&lab, &pins, &args);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // `| head -c 10` reads ten bytes and goes away; `| true` reads nothing.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = vec![0u8; keep];
+        stdout.read_exact(&mut first).unwrap();
+        drop(stdout);
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(
+            output.status.success() || output.status.signal() == Some(libc_sigpipe()),
+            "{args:?}: {}",
+            output.status
+        );
+    }
+}
+
+fn libc_sigpipe() -> i32 {
+    nix::sys::signal::Signal::SIGPIPE as i32
+}
+
+#[test]
+fn ip_netns_exec_is_refused_before_it_pins_into_a_private_bpffs() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let output = agent::fail(
+        Command::new("ip")
+            .args(["netns", "exec", lab.ns_name(Role::Gw)])
+            .arg(agent::binary())
+            .arg("--pin-dir")
+            .arg(pins.path())
+            .args(["run", "--iface", GW_IF_CLIENT.name]),
+    )
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("mount namespace of its own") && stderr.contains("nsenter --net="),
+        "{stderr}"
+    );
+    assert!(!pins.path().exists());
+    let links =
+        lab::run(Command::new("ip").args(["-n", lab.ns_name(Role::Gw), "link", "show"])).unwrap();
+    assert!(!links.contains("prog/xdp"), "{links}");
+}
