@@ -8,14 +8,63 @@ use std::{
 use anyhow::bail;
 pub use apns_common::policy::Mode;
 use apns_common::{
+    label::Label,
     maps::{ALLOW_PREFIXES_PER_GENERATION, PROVIDER_PREFIXES_PER_GENERATION},
     policy::{role, MAX_PORTS},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// Apple's IPv4 prefix: Apple asks networks to allow the whole of 17.0.0.0/8, since its
-/// servers are load-balanced across it with no static list (docs/classification.md).
-pub const APPLE_V4: &str = "17.0.0.0/8";
+/// Which of Apple's published prefix lists the allow-list starts from (docs/apns.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ApplePreset {
+    /// The whole of 17.0.0.0/8, as Apple asks (its servers are load-balanced across it with
+    /// no static list), and Apple's IPv6 /48s.
+    #[default]
+    All,
+    /// Apple's narrower IPv4 list, for networks that cannot open all of 17.0.0.0/8, and the
+    /// same IPv6 /48s.
+    Narrow,
+    /// None: the allow-list is only what the config lists.
+    None,
+}
+
+impl Label for ApplePreset {
+    const WHAT: &'static str = "Apple prefix preset";
+    const ALL: &'static [ApplePreset] = &[ApplePreset::All, ApplePreset::Narrow, ApplePreset::None];
+    fn as_str(self) -> &'static str {
+        match self {
+            ApplePreset::All => "all",
+            ApplePreset::Narrow => "narrow",
+            ApplePreset::None => "none",
+        }
+    }
+}
+
+impl ApplePreset {
+    /// The preset's prefixes.
+    pub fn prefixes(self) -> BTreeSet<IpNet> {
+        let v4: &[&str] = match self {
+            ApplePreset::All => &APPLE_V4,
+            ApplePreset::Narrow => &APPLE_NARROW_V4,
+            ApplePreset::None => return BTreeSet::new(),
+        };
+        v4.iter()
+            .chain(APPLE_V6.iter())
+            .map(|prefix| prefix.parse().expect("built-in prefix is valid"))
+            .collect()
+    }
+}
+
+/// Apple's IPv4 prefix: the whole /8.
+pub const APPLE_V4: [&str; 1] = ["17.0.0.0/8"];
+/// Apple's narrower IPv4 list.
+pub const APPLE_NARROW_V4: [&str; 5] = [
+    "17.249.0.0/16",
+    "17.252.0.0/16",
+    "17.57.144.0/22",
+    "17.188.128.0/18",
+    "17.188.20.0/23",
+];
 /// Apple's published APNs IPv6 prefixes.
 pub const APPLE_V6: [&str; 4] = [
     "2620:149:a44::/48",
@@ -50,14 +99,10 @@ pub struct Policy {
 impl Policy {
     /// Apple's prefixes and ports (docs/classification.md), monitor mode, no provider list.
     pub fn apple_defaults() -> Policy {
-        let allow = std::iter::once(APPLE_V4)
-            .chain(APPLE_V6)
-            .map(|prefix| prefix.parse().expect("built-in prefix is valid"))
-            .collect();
         Policy {
             mode: Mode::Monitor,
             ports: DEFAULT_PORTS.into_iter().collect(),
-            allow,
+            allow: ApplePreset::All.prefixes(),
             providers: BTreeSet::new(),
         }
     }
@@ -209,6 +254,19 @@ mod tests {
         policy.validate().unwrap();
         assert_eq!(policy.allow_v4().count(), 1);
         assert_eq!(policy.allow_v6().count(), 4);
+    }
+
+    #[test]
+    fn presets_hold_apples_lists() {
+        let narrow = ApplePreset::Narrow.prefixes();
+        assert_eq!(narrow.len(), 5 + 4);
+        assert!(narrow.contains(&"17.249.0.0/16".parse().unwrap()));
+        assert!(!narrow.contains(&"17.0.0.0/8".parse().unwrap()));
+        assert_eq!(ApplePreset::All.prefixes(), Policy::apple_defaults().allow);
+        assert!(ApplePreset::None.prefixes().is_empty());
+        let mut policy = Policy::apple_defaults();
+        policy.allow = narrow;
+        policy.validate().unwrap();
     }
 
     #[test]

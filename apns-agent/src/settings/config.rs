@@ -2,7 +2,10 @@
 //! documents every key). Every value is checked while parsing, so an error names the line
 //! and key, and nothing touches the kernel before the whole file is valid.
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use apns_common::{
@@ -17,7 +20,7 @@ use crate::{
         interfaces::{FastPath, MarkBits},
         links::{check_interface_name, XdpMode},
         pins::DEFAULT_PIN_DIR,
-        policy::{parse_prefix, Mode, Policy, DEFAULT_PORTS},
+        policy::{parse_prefix, ApplePreset, Mode, Policy, DEFAULT_PORTS},
     },
     label::{self, Labeled},
 };
@@ -34,8 +37,19 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     pub pin_dir: String,
     pub policy: Policy,
+    /// Where the policy's prefix lists came from.
+    pub sources: PrefixSources,
     /// The drop events' rate limit and sampling.
     pub events: EventConfig,
+}
+
+/// Where the allow-list and the provider list came from: the Apple preset, and the list
+/// files merged with the config's inline lists.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PrefixSources {
+    pub apple: ApplePreset,
+    pub allow_files: Vec<PathBuf>,
+    pub provider_files: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -47,6 +61,7 @@ impl Default for Config {
             xdp_mode: XdpMode::Auto,
             pin_dir: DEFAULT_PIN_DIR.to_owned(),
             policy: Policy::apple_defaults(),
+            sources: PrefixSources::default(),
             events: EventConfig::default(),
         }
     }
@@ -67,12 +82,21 @@ struct File {
     /// Default /sys/fs/bpf/apns-agent.
     #[serde(default)]
     pin_dir: Option<String>,
-    /// Apple's prefixes; default 17.0.0.0/8 and Apple's four IPv6 /48s.
+    /// Which of Apple's lists the allow-list starts from: all | narrow | none; default all.
     #[serde(default)]
-    allow: Option<Vec<Prefix>>,
+    apple: Option<Labeled<ApplePreset>>,
+    /// More allow-list prefixes, added to the preset's; default none.
+    #[serde(default)]
+    allow: Vec<Prefix>,
+    /// Files of allow-list prefixes (one per line, `#` comments), added too.
+    #[serde(default)]
+    allow_files: Vec<PathBuf>,
     /// MDM server source prefixes; default none (provider rule off).
     #[serde(default)]
     providers: Vec<Prefix>,
+    /// Files of provider prefixes, added to `providers`.
+    #[serde(default)]
+    provider_files: Vec<PathBuf>,
     /// Port number to roles; default 5223, 443, 2197, 2195, 2196 (see policy::DEFAULT_PORTS).
     #[serde(default)]
     ports: Option<BTreeMap<PortNumber, Vec<Labeled<Role>>>>,
@@ -184,14 +208,21 @@ pub fn role_names(bits: u8) -> Vec<&'static str> {
 }
 
 impl Config {
-    /// Reads and validates `path`.
+    /// Reads and validates `path`, and the prefix list files it names (relative paths are
+    /// relative to its folder).
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
-        Config::parse(&text).with_context(|| format!("config file {}", path.display()))
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Config::parse_in(&text, dir).with_context(|| format!("config file {}", path.display()))
     }
 
+    /// [`Config::load`] of a text; list files are relative to the current folder.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::parse_in(text, Path::new("."))
+    }
+
+    fn parse_in(text: &str, dir: &Path) -> anyhow::Result<Config> {
         let file: File = toml::from_str(text).map_err(|err| one_line(&err, text))?;
         let defaults = Config::default();
         let ports = match file.ports {
@@ -206,15 +237,25 @@ impl Config {
                 .collect(),
             None => DEFAULT_PORTS.into_iter().collect(),
         };
-        let allow = match file.allow {
-            Some(allow) => allow.into_iter().map(|p| p.0).collect(),
-            None => defaults.policy.allow.clone(),
+        let sources = PrefixSources {
+            apple: file.apple.map_or(ApplePreset::All, |apple| apple.0),
+            allow_files: file.allow_files.iter().map(|f| dir.join(f)).collect(),
+            provider_files: file.provider_files.iter().map(|f| dir.join(f)).collect(),
         };
+        let mut allow = sources.apple.prefixes();
+        allow.extend(file.allow.into_iter().map(|p| p.0));
+        for path in &sources.allow_files {
+            allow.extend(read_list("allow_files", path)?);
+        }
+        let mut providers: BTreeSet<IpNet> = file.providers.into_iter().map(|p| p.0).collect();
+        for path in &sources.provider_files {
+            providers.extend(read_list("provider_files", path)?);
+        }
         let policy = Policy {
             mode: file.mode.map_or(Mode::Monitor, |mode| mode.0),
             ports,
             allow,
-            providers: file.providers.into_iter().map(|p| p.0).collect(),
+            providers,
         };
         policy.validate()?;
         for interface in file.interfaces.iter().chain(file.fastpath.keys()) {
@@ -231,6 +272,7 @@ impl Config {
             pin_dir: file.pin_dir.unwrap_or(defaults.pin_dir),
             mark: file.mark.map_or(defaults.mark, |mark| mark.0),
             policy,
+            sources,
             events: match file.events {
                 Some(events) => EventConfig {
                     per_cpu_per_second: events
@@ -244,6 +286,25 @@ impl Config {
             },
         })
     }
+}
+
+/// Reads a prefix list file: one prefix per line; `#` starts a comment, blank lines are
+/// skipped (the shape cron jobs and configuration management write). Any bad line fails the
+/// whole file, naming it, the line and the key that listed it.
+fn read_list(key: &str, path: &Path) -> anyhow::Result<Vec<IpNet>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{key}: reading {}", path.display()))?;
+    let mut prefixes = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let prefix = line.split('#').next().unwrap_or("").trim();
+        if prefix.is_empty() {
+            continue;
+        }
+        let net = parse_prefix(prefix)
+            .with_context(|| format!("{key}: {} line {}", path.display(), index + 1))?;
+        prefixes.push(net);
+    }
+    Ok(prefixes)
 }
 
 /// toml's own message quotes the file over several lines; an operator's terminal and a log
@@ -340,6 +401,56 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn presets_inline_lists_and_list_files_merge() {
+        let dir = std::env::temp_dir().join(format!("apns-config-lists-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("allow.txt"),
+            "# extra Apple ranges\n198.51.100.0/24  # lab\n\n2001:db8::/32\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("mdm.txt"), "192.0.2.10\n").unwrap();
+        std::fs::write(dir.join("bad.txt"), "198.51.100.0/24\n17.1.0.0/8\n").unwrap();
+        let config_path = dir.join("config.toml");
+        std::fs::write(
+            &config_path,
+            "apple = \"narrow\"\nallow = [\"203.0.113.0/24\"]\nallow_files = [\"allow.txt\"]\nprovider_files = [\"mdm.txt\"]\n",
+        )
+        .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let mut expected = ApplePreset::Narrow.prefixes();
+        for net in ["203.0.113.0/24", "198.51.100.0/24", "2001:db8::/32"] {
+            expected.insert(net.parse().unwrap());
+        }
+        assert_eq!(config.policy.allow, expected);
+        assert_eq!(
+            config.policy.providers,
+            ["192.0.2.10/32".parse().unwrap()].into()
+        );
+        assert_eq!(config.sources.apple, ApplePreset::Narrow);
+        assert_eq!(config.sources.allow_files, [dir.join("allow.txt")]);
+
+        std::fs::write(&config_path, "allow_files = [\"bad.txt\"]\n").unwrap();
+        let err = format!("{:#}", Config::load(&config_path).unwrap_err());
+        assert!(
+            err.contains("allow_files")
+                && err.contains("bad.txt line 2")
+                && err.contains("host bits"),
+            "{err}"
+        );
+        std::fs::write(
+            &config_path,
+            "apple = \"none\"\nprovider_files = [\"missing.txt\"]\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(&config_path).unwrap_err());
+        assert!(err.contains("missing.txt"), "{err}");
+        std::fs::write(&config_path, "apple = \"none\"\n").unwrap();
+        assert!(Config::load(&config_path).unwrap().policy.allow.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
