@@ -2,6 +2,7 @@
 
 mod edit;
 mod events;
+mod generate;
 mod run;
 mod stats;
 mod status;
@@ -104,6 +105,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             watch,
         } => stats::stats(&pins(None), json, interface.as_deref(), watch),
         Command::Events { json, count } => events::events(&pins(None), json, count),
+        Command::Generate { ref args } => generate::generate(args),
         Command::CheckConfig { ref file } => {
             let config = Config::load(file)?;
             println!(
