@@ -471,7 +471,7 @@ fn systemd_unit() {
     // ExecStart: the installed binary, `run` with the default config path, flags the CLI takes.
     let exec_start = unit.one("Service", "ExecStart");
     let mut words = exec_start.split_whitespace();
-    assert_eq!(words.next(), Some("/usr/local/bin/apns-agent"));
+    assert_eq!(words.next(), Some("/usr/bin/apns-agent"));
     let args: Vec<&str> = words.collect();
     let cli = Cli::try_parse_from(std::iter::once("apns-agent").chain(args.iter().copied()))
         .unwrap_or_else(|err| panic!("{UNIT}: ExecStart's flags: {err}"));
@@ -558,7 +558,7 @@ fn systemd_unit() {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(UNIT);
             let local = text.replace(
-                "ExecStart=/usr/local/bin/apns-agent ",
+                "ExecStart=/usr/bin/apns-agent ",
                 &format!("ExecStart=\"{agent}\" "),
             );
             assert_ne!(local, text, "ExecStart was not redirected");
