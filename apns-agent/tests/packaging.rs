@@ -1079,6 +1079,31 @@ fn grafana_fleet_dashboard_reads_the_fleet_rules() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Ansible
+
+#[test]
+fn ansible_role_and_playbook_pass_ansible_lint() {
+    let dir = packaging().join("ansible");
+    // ansible-lint's caches go to a scratch folder, not root's home.
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new("ansible-lint")
+        .args(["--offline", "--nocolor", "--profile", "production"])
+        .current_dir(&dir)
+        .env("XDG_CACHE_HOME", scratch.path().join("cache"))
+        .env("ANSIBLE_HOME", scratch.path().join("ansible"))
+        .output()
+        .expect("ansible-lint runs (installed by `cargo xtask setup`: Debian's ansible-lint)");
+    let said = output_text(&output);
+    assert!(
+        output.status.success() && said.contains("0 failure(s), 0 warning(s)"),
+        "ansible-lint in {}: {}\n{said}",
+        dir.display(),
+        output.status
+    );
+    println!("packaging/ansible: {}", said.trim());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Grafana dashboard
 
 /// Every object of the JSON tree, depth first.
