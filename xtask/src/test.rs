@@ -99,11 +99,20 @@ fn package_tests() -> Result<PackageTests> {
         return Ok(PackageTests::Skipped);
     }
     let mut cmd = cargo();
-    cmd.args(["test", "-p", "apns-tests", "--test", "package"])
-        .args(["--", "--ignored", "--test-threads", "1"])
-        .env("APNS_AGENT_DEB", &deb)
-        .current_dir(workspace_root())
-        .stdin(Stdio::null());
+    // The same package selection as the run above, so cargo resolves the same features and
+    // reuses its build instead of compiling the tests crate again.
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "apns-ebpf",
+        "--test",
+        "package",
+    ])
+    .args(["--", "--ignored", "--test-threads", "1"])
+    .env("APNS_AGENT_DEB", &deb)
+    .current_dir(workspace_root())
+    .stdin(Stdio::null());
     step(format!(
         "APNS_AGENT_DEB={} {}",
         deb.display(),
