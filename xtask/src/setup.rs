@@ -24,8 +24,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// The cargo-deb release `cargo xtask dist` uses: pinned, so the maintainer scripts it
 /// generates (and the package test checks) do not change under us. Built without its default
-/// features (the bundled liblzma and debug-id support): `dist` compresses with the system's
-/// `xz` (`--compress-system`), which halves the install time.
+/// features (the bundled liblzma and debug-id support), so there is less to compile: `dist`
+/// compresses with the system's `xz` (`--compress-system`) instead.
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Debian packages the tests and the demo use, grouped by who uses them.
@@ -319,7 +319,7 @@ fn cargo_deb() -> Result<()> {
         }
     }
     step(format!(
-        "installing cargo-deb {CARGO_DEB_VERSION} (about 2 min on 2 cores)"
+        "installing cargo-deb {CARGO_DEB_VERSION} (40 to 90 s on 2 cores)"
     ));
     let home = util::home()?;
     util::run(
