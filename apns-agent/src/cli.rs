@@ -123,6 +123,17 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2", value_parser = clap::value_parser!(u64).range(1..))]
         watch: Option<u64>,
     },
+    /// For packagers: man pages and shell completions from these definitions
+    /// (`generate man DIR`, `generate completions SHELL DIR`; arguments parsed in cmd/generate.rs).
+    #[command(hide = true)]
+    Generate {
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

@@ -140,9 +140,13 @@ struct MetricRef {
 
 #[derive(Debug, Default)]
 struct Scan {
+    /// `apns_*` metrics and, in PromQL, recording-rule names (`level:metric:operations`).
     metrics: Vec<MetricRef>,
     /// Labels of `by (...)`, `without (...)`, `on (...)`, `ignoring (...)`.
     grouping: Vec<String>,
+    /// The labels of the first `by (...)`: the outermost aggregation's when the expression
+    /// starts with one.
+    first_by: Option<Vec<String>>,
 }
 
 fn is_ident_start(c: char) -> bool {
@@ -237,7 +241,8 @@ fn scan(text: &str, code: bool) -> Scan {
             }
             let opens = |open: char| j < chars.len() && chars[j] == open;
             // ("apns_*" in prose is a family of names, not a metric.)
-            if word.starts_with("apns_") && word != "apns_" {
+            let recorded = code && word.contains(':');
+            if (word.starts_with("apns_") && word != "apns_") || recorded {
                 let mut matchers = Vec::new();
                 if opens('{') {
                     let close = (j..chars.len())
@@ -259,13 +264,16 @@ fn scan(text: &str, code: bool) -> Scan {
                     .find(|&k| chars[k] == ')')
                     .unwrap_or_else(|| panic!("unclosed {word} ( in {text}"));
                 let inner: String = chars[j + 1..close].iter().collect();
-                out.grouping.extend(
-                    inner
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|label| !label.is_empty())
-                        .map(str::to_owned),
-                );
+                let labels: Vec<String> = inner
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|label| !label.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if word == "by" && out.first_by.is_none() {
+                    out.first_by = Some(labels.clone());
+                }
+                out.grouping.extend(labels);
                 i = close + 1;
             }
         } else {
@@ -283,7 +291,18 @@ fn check_refs(
     scan: &Scan,
     context: &str,
 ) -> BTreeSet<String> {
-    let mut available: BTreeSet<String> = TARGET_LABELS.map(str::to_owned).into();
+    check_refs_with(exported, scan, context, &TARGET_LABELS)
+}
+
+/// [`check_refs`] where the series carry `target_labels` from Prometheus besides their own
+/// (the fleet's `site`), and `exported` may hold recording rules' names and labels too.
+fn check_refs_with(
+    exported: &BTreeMap<String, BTreeSet<String>>,
+    scan: &Scan,
+    context: &str,
+    target_labels: &[&str],
+) -> BTreeSet<String> {
+    let mut available: BTreeSet<String> = target_labels.iter().map(|l| l.to_string()).collect();
     for metric in &scan.metrics {
         let labels = exported.get(&metric.name).unwrap_or_else(|| {
             panic!(
@@ -294,7 +313,7 @@ fn check_refs(
         });
         for matcher in &metric.matchers {
             assert!(
-                labels.contains(&matcher.label) || TARGET_LABELS.contains(&matcher.label.as_str()),
+                labels.contains(&matcher.label) || target_labels.contains(&matcher.label.as_str()),
                 "{context}: {} has no label {:?} (it has {labels:?})",
                 metric.name,
                 matcher.label
@@ -457,7 +476,7 @@ fn systemd_unit() {
     // ExecStart: the installed binary, `run` with the default config path, flags the CLI takes.
     let exec_start = unit.one("Service", "ExecStart");
     let mut words = exec_start.split_whitespace();
-    assert_eq!(words.next(), Some("/usr/local/bin/apns-agent"));
+    assert_eq!(words.next(), Some("/usr/bin/apns-agent"));
     let args: Vec<&str> = words.collect();
     let cli = Cli::try_parse_from(std::iter::once("apns-agent").chain(args.iter().copied()))
         .unwrap_or_else(|err| panic!("{UNIT}: ExecStart's flags: {err}"));
@@ -550,7 +569,7 @@ fn systemd_unit() {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join(UNIT);
             let local = text.replace(
-                "ExecStart=/usr/local/bin/apns-agent ",
+                "ExecStart=/usr/bin/apns-agent ",
                 &format!("ExecStart=\"{agent}\" "),
             );
             assert_ne!(local, text, "ExecStart was not redirected");
@@ -658,18 +677,7 @@ fn prometheus_rules_use_the_exported_metrics() {
 
     let mut used = BTreeSet::new();
     for (name, body) in &rules {
-        let severity = rule_field(body, "severity")
-            .unwrap_or_else(|| panic!("{RULES}: {name} has no severity label"));
-        assert!(
-            ["critical", "warning", "info"].contains(&severity),
-            "{RULES}: {name}: severity {severity}"
-        );
-        for annotation in ["summary", "description"] {
-            assert!(
-                rule_field(body, annotation).is_some_and(|v| !v.is_empty()),
-                "{RULES}: {name} has no {annotation}"
-            );
-        }
+        check_alert_fields(RULES, name, body);
         let expr = rule_field(body, "expr")
             .unwrap_or_else(|| panic!("{RULES}: {name} has no (one-line) expr"));
         let scan = scan(expr, true);
@@ -690,7 +698,17 @@ fn prometheus_rules_use_the_exported_metrics() {
     }
 
     // Every alert is shown firing and staying silent by the unit tests.
-    let tests = read(RULE_TESTS);
+    assert_alerts_tested(&names, RULE_TESTS);
+    println!(
+        "{RULES}: alerts {names:?} with severity, summary and description; metrics used {used:?}, \
+         all exported with the labels used; {RULE_TESTS} tests each alert firing and silent"
+    );
+}
+
+/// Asserts that the unit tests in `tests_file` show every alert of `names` both firing
+/// (`exp_alerts` with entries) and staying silent (`exp_alerts: []`).
+fn assert_alerts_tested(names: &BTreeSet<&str>, tests_file: &str) {
+    let tests = read(tests_file);
     let lines: Vec<&str> = tests.lines().map(str::trim).collect();
     let mut outcomes: BTreeMap<&str, BTreeSet<bool>> = BTreeMap::new();
     for (i, line) in lines.iter().enumerate() {
@@ -698,7 +716,7 @@ fn prometheus_rules_use_the_exported_metrics() {
             let expected = lines[i + 1..]
                 .iter()
                 .find_map(|l| l.strip_prefix("exp_alerts:"))
-                .unwrap_or_else(|| panic!("{RULE_TESTS}: no exp_alerts after line {}", i + 1))
+                .unwrap_or_else(|| panic!("{tests_file}: no exp_alerts after line {}", i + 1))
                 .trim();
             outcomes
                 .entry(alert.trim())
@@ -706,17 +724,401 @@ fn prometheus_rules_use_the_exported_metrics() {
                 .insert(expected != "[]");
         }
     }
-    for name in &names {
+    for name in names {
         assert_eq!(
             outcomes.get(name),
             Some(&BTreeSet::from([false, true])),
-            "{RULE_TESTS}: {name} should be tested both firing and silent"
+            "{tests_file}: {name} should be tested both firing and silent"
         );
     }
-    println!(
-        "{RULES}: alerts {names:?} with severity, summary and description; metrics used {used:?}, \
-         all exported with the labels used; {RULE_TESTS} tests each alert firing and silent"
+}
+
+/// Checks an alerting rule's labels and annotations: a known severity, a summary and a
+/// description.
+fn check_alert_fields(file: &str, name: &str, body: &str) {
+    let severity = rule_field(body, "severity")
+        .unwrap_or_else(|| panic!("{file}: {name} has no severity label"));
+    assert!(
+        ["critical", "warning", "info"].contains(&severity),
+        "{file}: {name}: severity {severity}"
     );
+    for annotation in ["summary", "description"] {
+        assert!(
+            rule_field(body, annotation).is_some_and(|v| !v.is_empty()),
+            "{file}: {name} has no {annotation}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fleet: site and fleet rules, the example scrape configuration, the fleet dashboard
+
+const FLEET_RULES: &str = "prometheus/apns-fleet.rules.yml";
+const FLEET_RULE_TESTS: &str = "prometheus/apns-fleet.rules.test.yml";
+const SCRAPE_CONFIG: &str = "prometheus/prometheus.example.yml";
+const SCRAPE_TARGETS: &str = "prometheus/targets.example.yml";
+const FLEET_DASHBOARD: &str = "grafana/apns-fleet.json";
+
+/// Labels Prometheus gives a fleet's series: the scrape target's, and the site from the
+/// target group (file_sd) or a site Prometheus' external labels.
+const FLEET_LABELS: [&str; 3] = ["instance", "job", "site"];
+
+/// (record name, one-line expr) of every recording rule of a rules file, in file order.
+fn recording_rules(text: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let mut rules = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(name) = line.strip_prefix("- record:") {
+            let expr = lines.get(i + 1).and_then(|l| l.strip_prefix("expr:"));
+            let expr =
+                expr.unwrap_or_else(|| panic!("{name}: expr: must follow record: on one line"));
+            rules.push((name.trim().to_owned(), expr.trim().to_owned()));
+        }
+    }
+    rules
+}
+
+/// Whether `expr` is an aggregation at its top (`sum by (...) (...)`, `count(...)`), whose
+/// result has exactly its `by` labels.
+fn is_aggregation(expr: &str) -> bool {
+    ["sum", "count", "min", "max", "avg"].iter().any(|op| {
+        expr.strip_prefix(op)
+            .is_some_and(|rest| rest.starts_with('(') || rest.trim_start().starts_with("by "))
+    })
+}
+
+/// What the fleet rules and dashboard can read: every metric the agent exports, and every
+/// recording rule of the fleet rules with the labels of its result. Building it checks each
+/// rule against what it reads: metrics and records that exist, labels they have.
+fn fleet_series() -> BTreeMap<String, BTreeSet<String>> {
+    let mut series = exported();
+    for (name, expr) in recording_rules(&read(FLEET_RULES)) {
+        assert!(
+            name.contains(":apns_"),
+            "{FLEET_RULES}: {name} is not named level:apns_metric:operations"
+        );
+        let context = format!("{FLEET_RULES}: {name}");
+        let scan = scan(&expr, true);
+        check_refs_with(&series, &scan, &context, &FLEET_LABELS);
+        let labels: BTreeSet<String> = if is_aggregation(&expr) {
+            scan.first_by
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
+        } else {
+            // A binary operation or filter keeps the labels of what it reads.
+            scan.metrics
+                .iter()
+                .flat_map(|m| series[&m.name].iter().cloned())
+                .collect()
+        };
+        assert!(
+            series.insert(name.clone(), labels).is_none(),
+            "{context}: recorded twice"
+        );
+    }
+    series
+}
+
+#[test]
+fn prometheus_fleet_rules_pass_promtool() {
+    let dir = packaging().join("prometheus");
+    let file = |path: &'static str| Path::new(path).file_name().unwrap().to_str().unwrap();
+    let checked = promtool(&["check", "rules", file(FLEET_RULES)], &dir);
+    assert!(checked.contains("SUCCESS"), "{checked}");
+    let tested = promtool(&["test", "rules", file(FLEET_RULE_TESTS)], &dir);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+#[test]
+fn prometheus_fleet_rules_roll_up_the_exported_metrics() {
+    let series = fleet_series();
+    let text = read(FLEET_RULES);
+    let recorded: BTreeSet<String> = recording_rules(&text).into_iter().map(|(n, _)| n).collect();
+    for required in [
+        "site:apns_reachability:ratio5m",
+        "fleet:apns_reachability:ratio5m",
+        "site:apns_policy_drops:rate5m",
+        "site:apns_gateways_detached:count",
+        "fleet:apns_gateways_detached:count",
+    ] {
+        assert!(recorded.contains(required), "{FLEET_RULES}: no {required}");
+    }
+    // Site roll-ups keep the site and drop the gateway; fleet roll-ups drop both.
+    for (name, labels) in series.iter().filter(|(n, _)| recorded.contains(*n)) {
+        let has = |label: &str| labels.contains(label);
+        match name.split(':').next() {
+            Some("instance") => assert!(has("site") && has("instance"), "{name}: {labels:?}"),
+            Some("site") => assert!(has("site") && !has("instance"), "{name}: {labels:?}"),
+            Some("fleet") => assert!(!has("site") && !has("instance"), "{name}: {labels:?}"),
+            level => panic!("{FLEET_RULES}: {name}: unknown level {level:?}"),
+        }
+    }
+
+    let rules = alert_rules(&text);
+    let names: BTreeSet<&str> = rules.iter().map(|(name, _)| name.as_str()).collect();
+    for required in [
+        "ApnsSiteUnreachable",
+        "ApnsFleetUnreachable",
+        "ApnsSitePolicyDropsRising",
+        "ApnsSiteDatapathDetached",
+    ] {
+        assert!(
+            names.contains(required),
+            "{FLEET_RULES}: no {required} alert"
+        );
+    }
+    for (name, body) in &rules {
+        check_alert_fields(FLEET_RULES, name, body);
+        let expr = rule_field(body, "expr")
+            .unwrap_or_else(|| panic!("{FLEET_RULES}: {name} has no (one-line) expr"));
+        check_refs_with(
+            &series,
+            &scan(expr, true),
+            &format!("{FLEET_RULES}: {name}"),
+            &FLEET_LABELS,
+        );
+    }
+    assert_alerts_tested(&names, FLEET_RULE_TESTS);
+
+    // The unit tests' series are the agent's metrics with their labels, on at least three
+    // gateways of at least two sites, and their expressions read recorded series.
+    let tests = read(FLEET_RULE_TESTS);
+    check_refs_with(
+        &series,
+        &scan(&tests, false),
+        FLEET_RULE_TESTS,
+        &FLEET_LABELS,
+    );
+    let values = |label: &str| -> BTreeSet<String> {
+        tests
+            .split(&format!("{label}=\""))
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    let (gateways, sites) = (values("instance"), values("site"));
+    assert!(
+        gateways.len() >= 3 && sites.len() >= 2,
+        "{FLEET_RULE_TESTS}: gateways {gateways:?} on sites {sites:?}"
+    );
+    for line in tests.lines().map(str::trim) {
+        if let Some(expr) = line.strip_prefix("- expr:") {
+            check_refs_with(&series, &scan(expr, true), FLEET_RULE_TESTS, &FLEET_LABELS);
+        }
+    }
+    println!(
+        "{FLEET_RULES}: {} recording rules over exported metrics, alerts {names:?} tested firing \
+         and silent on gateways {gateways:?} of sites {sites:?}",
+        recorded.len()
+    );
+}
+
+#[test]
+fn prometheus_example_scrape_config_discovers_sites() {
+    let dir = packaging().join("prometheus");
+    let config = Path::new(SCRAPE_CONFIG)
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let checked = promtool(&["check", "config", config], &dir);
+    assert!(checked.contains("SUCCESS: 2 rule files found"), "{checked}");
+
+    // Service discovery as Prometheus runs it, on the example targets and a group without a
+    // site, with the config's file_sd pointed at them.
+    let text = read(SCRAPE_CONFIG);
+    let sd_glob = "/etc/prometheus/apns-agent/*.yml";
+    assert!(
+        text.contains(sd_glob),
+        "{SCRAPE_CONFIG}: file_sd reads {sd_glob}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let targets = tmp.path().join("targets");
+    fs::create_dir(&targets).unwrap();
+    fs::write(targets.join("example.yml"), read(SCRAPE_TARGETS)).unwrap();
+    fs::write(
+        targets.join("nosite.yml"),
+        "- targets: ['gw-x.example.net:15223']\n",
+    )
+    .unwrap();
+    for rules in [RULES, FLEET_RULES] {
+        let name = Path::new(rules).file_name().unwrap();
+        fs::write(tmp.path().join(name), read(rules)).unwrap();
+    }
+    let local = text.replace(sd_glob, &format!("{}/*.yml", targets.display()));
+    fs::write(tmp.path().join(config), local).unwrap();
+    // File discovery answers at once; promtool otherwise waits 30 s for more.
+    let discovered = promtool(
+        &[
+            "check",
+            "service-discovery",
+            "--timeout=2s",
+            config,
+            "apns-agent",
+        ],
+        tmp.path(),
+    );
+    let start = discovered.find('[').expect("a JSON list of targets");
+    // promtool's log lines follow the JSON (they share the output here).
+    let list: serde_json::Value = serde_json::Deserializer::from_str(&discovered[start..])
+        .into_iter()
+        .next()
+        .expect("a JSON value")
+        .expect("JSON");
+    let mut sites = BTreeMap::new();
+    for target in list.as_array().unwrap() {
+        let labels = &target["labels"];
+        assert_eq!(labels["job"], "apns-agent", "{target}");
+        sites.insert(
+            labels["instance"].as_str().unwrap().to_owned(),
+            labels["site"].as_str().unwrap_or_default().to_owned(),
+        );
+    }
+    let expected: BTreeMap<String, String> = [
+        ("gw-p1.example.net:15223", "paris"),
+        ("gw-p2.example.net:15223", "paris"),
+        ("gw-l1.example.net:15223", "lyon"),
+        ("gw-x.example.net:15223", "unassigned"),
+    ]
+    .into_iter()
+    .map(|(instance, site)| (instance.to_owned(), site.to_owned()))
+    .collect();
+    assert_eq!(sites, expected, "{discovered}");
+    println!("{SCRAPE_CONFIG}: valid; file_sd of {SCRAPE_TARGETS} gives {sites:?}");
+}
+
+#[test]
+fn grafana_fleet_dashboard_reads_the_fleet_rules() {
+    let series = fleet_series();
+    let text = read(FLEET_DASHBOARD);
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let schema = dashboard["schemaVersion"].as_u64().expect("schemaVersion");
+    assert!((36..=41).contains(&schema), "schemaVersion {schema}");
+    assert!(dashboard["id"].is_null() && dashboard["uid"] == "apns-fleet");
+    for object in objects(&dashboard) {
+        if let Some(ds) = object.get("datasource").and_then(|d| d.as_object()) {
+            if ds.get("type").and_then(|t| t.as_str()) == Some("prometheus") {
+                assert_eq!(ds["uid"], "${datasource}", "{FLEET_DASHBOARD}: data source");
+            }
+        }
+    }
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let names: Vec<&str> = variables
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["datasource", "site", "gateway"],
+        "{FLEET_DASHBOARD}"
+    );
+    for variable in variables.iter().filter(|v| v["type"] == "query") {
+        let definition = variable["definition"].as_str().unwrap();
+        let inner = definition
+            .strip_prefix("label_values(")
+            .and_then(|d| d.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{FLEET_DASHBOARD}: variable query {definition}"));
+        let (selector, label) = inner.rsplit_once(',').unwrap();
+        let available = check_refs_with(&series, &scan(selector, true), definition, &FLEET_LABELS);
+        assert!(
+            available.contains(label.trim()),
+            "{definition}: no label {label}"
+        );
+    }
+
+    let queries = dashboard_queries(&dashboard);
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (title, expr, legend)) in queries.iter().enumerate() {
+        let context = format!("{FLEET_DASHBOARD}: {title}: {expr}");
+        let scan = scan(expr, true);
+        assert!(
+            !scan.metrics.is_empty() || expr.contains("up{job=\"apns-agent\""),
+            "{context}: reads nothing of apns-agent's"
+        );
+        let available = check_refs_with(&series, &scan, &context, &FLEET_LABELS);
+        let result_labels: BTreeSet<String> = if scan.grouping.is_empty() {
+            available
+        } else {
+            scan.grouping.iter().cloned().collect()
+        };
+        for label in legend_labels(legend) {
+            assert!(
+                result_labels.contains(&label),
+                "{context}: legend {{{{{label}}}}} is not a label of the result ({result_labels:?})"
+            );
+        }
+        // Every series is filtered by the site selector; gateway series by the gateway too.
+        for metric in &scan.metrics {
+            let filtered = |label: &str, variable: &str| {
+                metric
+                    .matchers
+                    .iter()
+                    .any(|m| m.label == label && m.op == "=~" && m.value == variable)
+            };
+            assert!(
+                filtered("site", "$site"),
+                "{context}: {} not filtered by $site",
+                metric.name
+            );
+            if series[&metric.name].contains("instance") || metric.name.starts_with("apns_") {
+                assert!(
+                    filtered("instance", "$gateway"),
+                    "{context}: {} not filtered by $gateway",
+                    metric.name
+                );
+            }
+        }
+        let expanded = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$site", ".*")
+            .replace("$gateway", ".*");
+        assert!(!expanded.contains('$'), "an unknown variable in {expr}");
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: '{}'\n",
+            expanded.replace('\'', "''")
+        ));
+    }
+    // Every query parses as PromQL.
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("dashboard.rules.yml"), &rules).unwrap();
+    let checked = promtool(&["check", "rules", "dashboard.rules.yml"], dir.path());
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", queries.len())),
+        "{checked}"
+    );
+    println!(
+        "{FLEET_DASHBOARD}: {} queries, PromQL, over exported metrics and fleet records, \
+         filtered by $site and $gateway",
+        queries.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ansible
+
+#[test]
+fn ansible_role_and_playbook_pass_ansible_lint() {
+    let dir = packaging().join("ansible");
+    // ansible-lint's caches go to a scratch folder, not root's home.
+    let scratch = tempfile::tempdir().unwrap();
+    let output = Command::new("ansible-lint")
+        .args(["--offline", "--nocolor", "--profile", "production"])
+        .current_dir(&dir)
+        .env("XDG_CACHE_HOME", scratch.path().join("cache"))
+        .env("ANSIBLE_HOME", scratch.path().join("ansible"))
+        .output()
+        .expect("ansible-lint runs (installed by `cargo xtask setup`: Debian's ansible-lint)");
+    let said = output_text(&output);
+    assert!(
+        output.status.success() && said.contains("0 failure(s), 0 warning(s)"),
+        "ansible-lint in {}: {}\n{said}",
+        dir.display(),
+        output.status
+    );
+    println!("packaging/ansible: {}", said.trim());
 }
 
 // ---------------------------------------------------------------------------------------------

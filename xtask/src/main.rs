@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's driver for setting up a machine, building and testing.
 //!
 //! `main` only parses the command line and dispatches; each subcommand lives in its own module
-//! (`setup.rs`, `build.rs`, `test.rs`) with an `Args` struct (if it takes any) and a `run`
+//! (`setup.rs`, `build.rs`, `dist.rs`, `test.rs`) with an `Args` struct (if it takes any) and a `run`
 //! function. Shared helpers (progress lines, running commands, PATH) are in `util.rs`.
 //!
 //! Adding a subcommand (`bench.rs` comes next): write `src/<name>.rs` with
@@ -13,6 +13,7 @@ mod bench;
 mod build;
 mod bystander;
 mod demo;
+mod dist;
 mod setup;
 mod test;
 mod util;
@@ -35,13 +36,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what the build and the tests need: rust-src for nightly, bpf-linker 0.13.0
-    /// built against nightly's LLVM, and the Debian packages. Idempotent.
+    /// built against nightly's LLVM, cargo-deb, and the Debian packages. Idempotent.
     Setup,
     /// Run setup, then build the agent in release mode (`cargo build --release -p apns-agent`).
     Build,
+    /// Run setup, then build the Debian package target/dist/apns-agent_<version>_<arch>.deb
+    /// (agent, unit, conffile, man pages, completions, rules, dashboards; cargo-deb).
+    Dist,
     /// Run setup, then every test (`cargo test --workspace --exclude apns-ebpf`), then the
     /// benchmark smoke run (`bench --quick`), all beside a bystander agent the tests did not
-    /// start, then check nothing was left behind. Needs root.
+    /// start, then build the .deb and install, use and purge it and run the Ansible role on
+    /// this machine (APNS_AGENT_PACKAGE_TESTS=skip skips that), then check nothing was left
+    /// behind. Needs root.
     Test(test::Args),
     /// Run setup, then the demo: a gateway in network namespaces with apns-agent enforcing,
     /// some APNs and other traffic, the counters and /metrics. Needs root.
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Setup => setup::run(),
         Command::Build => build::run(),
+        Command::Dist => dist::run(),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(args),

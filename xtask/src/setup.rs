@@ -2,7 +2,8 @@
 //!
 //! 1. `rust-src` for the installed nightly (the eBPF crate is built with `-Z build-std=core`).
 //! 2. bpf-linker 0.13.0 built against the nightly toolchain's own libLLVM (docs/platform.md).
-//! 3. The Debian packages in [`APT_PACKAGES`].
+//! 3. cargo-deb [`CARGO_DEB_VERSION`], which `cargo xtask dist` packages the agent with.
+//! 4. The Debian packages in [`APT_PACKAGES`].
 //!
 //! Each step first checks what is there and says so; a second run takes about a second.
 //! It never runs `rustup update` and never installs another nightly: bpf-linker is tied to
@@ -20,6 +21,12 @@ use crate::util::{self, cargo, command, elapsed, output, step, tilde};
 
 /// The bpf-linker release that fits the pinned aya family and the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The cargo-deb release `cargo xtask dist` uses: pinned, so the maintainer scripts it
+/// generates (and the package test checks) do not change under us. Built without its default
+/// features (the bundled liblzma and debug-id support), so there is less to compile: `dist`
+/// compresses with the system's `xz` (`--compress-system`) instead.
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Debian packages the tests and the demo use, grouped by who uses them.
 const APT_PACKAGES: &[&str] = &[
@@ -46,6 +53,19 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // Offload settings (GRO/TSO/checksum) on the veths of the tests and the demo.
     "ethtool",
+    // The package (`cargo xtask dist` and its test): dpkg-shlibdeps for the Depends line,
+    // lintian for Debian's checks, man-db for `man -l` on the installed pages, xz-utils for
+    // cargo-deb's --compress-system.
+    "dpkg-dev",
+    "lintian",
+    "man-db",
+    "xz-utils",
+    // The Ansible role and its test: Debian's ansible-core and ansible-lint rather than pip's
+    // (bookworm refuses system-wide pip installs; a venv would be a second package manager
+    // to keep idempotent), and python3-apt, which ansible's apt module needs on the host.
+    "ansible-core",
+    "ansible-lint",
+    "python3-apt",
 ];
 
 pub fn run() -> Result<()> {
@@ -55,6 +75,7 @@ pub fn run() -> Result<()> {
     }
     rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     apt_packages()?;
     step(format!("setup done ({})", elapsed(start.elapsed())));
     Ok(())
@@ -275,6 +296,61 @@ fn linker_version(path: &Path) -> Result<String> {
         .nth(1)
         .map(str::to_owned)
         .with_context(|| format!("unexpected `bpf-linker --version` output: {}", out.trim()))
+}
+
+fn cargo_deb() -> Result<()> {
+    if let Some(path) = util::which("cargo-deb") {
+        match cargo_deb_version(&path) {
+            Ok(found) if found == CARGO_DEB_VERSION => {
+                step(format!(
+                    "cargo-deb {found}: already installed ({})",
+                    tilde(&path)
+                ));
+                return Ok(());
+            }
+            Ok(found) => step(format!(
+                "cargo-deb at {} is {found}, not {CARGO_DEB_VERSION}: reinstalling",
+                tilde(&path)
+            )),
+            Err(err) => step(format!(
+                "cargo-deb at {} does not run ({err:#}): reinstalling",
+                tilde(&path)
+            )),
+        }
+    }
+    step(format!(
+        "installing cargo-deb {CARGO_DEB_VERSION} (40 to 90 s on 2 cores)"
+    ));
+    let home = util::home()?;
+    util::run(
+        cargo()
+            .args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION])
+            .args(["--locked", "--force", "--no-default-features"])
+            // Away from the workspace, so none of its cargo configuration applies.
+            .current_dir(&home),
+    )?;
+    let path =
+        util::which("cargo-deb").context("`cargo install` finished but no cargo-deb is on PATH")?;
+    let found = cargo_deb_version(&path)
+        .with_context(|| format!("the freshly installed {} does not run", path.display()))?;
+    if found != CARGO_DEB_VERSION {
+        bail!(
+            "installed cargo-deb {CARGO_DEB_VERSION}, but the one found first on PATH ({}) is {found}",
+            path.display()
+        );
+    }
+    step(format!("cargo-deb {found} installed ({})", tilde(&path)));
+    Ok(())
+}
+
+/// The version `cargo-deb --version` reports (`cargo-deb 3.8.0` → `3.8.0`; older releases
+/// print `cargo-deb v3.8.0`).
+fn cargo_deb_version(path: &Path) -> Result<String> {
+    let out = output(command(&path.to_string_lossy()).arg("--version"))?;
+    out.split_whitespace()
+        .nth(1)
+        .map(|version| version.trim_start_matches('v').to_owned())
+        .with_context(|| format!("unexpected `cargo-deb --version` output: {}", out.trim()))
 }
 
 fn apt_packages() -> Result<()> {

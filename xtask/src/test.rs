@@ -1,5 +1,9 @@
 //! `cargo xtask test`: setup, then every test of the workspace (unit, integration and the
-//! kernel tests, which load XDP programs and therefore need root).
+//! kernel tests, which load XDP programs and therefore need root), the benchmark's smoke run,
+//! and the package tests: `cargo xtask dist` builds the .deb, then tests/tests/package.rs
+//! (ignored by a plain `cargo test`) installs, uses and purges it and runs the Ansible role.
+//! `APNS_AGENT_PACKAGE_TESTS=skip` skips the latter (on a machine whose apns-agent must not
+//! be touched), and the summary says so.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -29,8 +33,13 @@ pub fn run(args: &Args) -> Result<()> {
     let start = Instant::now();
     let result = setup_and_test(args);
     match &result {
-        Ok(()) => step(format!(
+        Ok(PackageTests::Ran) => step(format!(
             "cargo xtask test: PASSED ({})",
+            elapsed(start.elapsed())
+        )),
+        Ok(PackageTests::Skipped) => step(format!(
+            "cargo xtask test: PASSED, but the package tests were SKIPPED \
+             (APNS_AGENT_PACKAGE_TESTS=skip) ({})",
             elapsed(start.elapsed())
         )),
         Err(err) => step(format!(
@@ -39,10 +48,18 @@ pub fn run(args: &Args) -> Result<()> {
         )),
     }
     // The summary line already carries the error; keep the exit code non-zero.
-    result.map_err(|_| anyhow::anyhow!("tests did not pass"))
+    result
+        .map(|_| ())
+        .map_err(|_| anyhow::anyhow!("tests did not pass"))
 }
 
-fn setup_and_test(args: &Args) -> Result<()> {
+/// Whether the package tests ran.
+enum PackageTests {
+    Ran,
+    Skipped,
+}
+
+fn setup_and_test(args: &Args) -> Result<PackageTests> {
     crate::setup::run().context("setup failed")?;
     // What exists before is not this run's: a crashed earlier run's leftovers are the tests'
     // own sweeps to remove, and must not fail this run.
@@ -71,17 +88,60 @@ fn setup_and_test(args: &Args) -> Result<()> {
         soak_secs: None,
     })
     .context("the benchmark smoke run (cargo xtask bench --quick) failed")?;
+    let package = package_tests()?;
     bystander.still_running()?;
     drop(bystander);
-    check_nothing_left_behind(&before)
+    check_nothing_left_behind(&before)?;
+    Ok(package)
+}
+
+/// Builds the .deb, then runs tests/tests/package.rs on it (one test at a time: they share
+/// this machine's dpkg), unless APNS_AGENT_PACKAGE_TESTS=skip.
+fn package_tests() -> Result<PackageTests> {
+    let deb = crate::dist::build().context("building the package (cargo xtask dist) failed")?;
+    if std::env::var("APNS_AGENT_PACKAGE_TESTS").is_ok_and(|value| value == "skip") {
+        step(format!(
+            "SKIPPING the package tests (APNS_AGENT_PACKAGE_TESTS=skip): {} was built but not \
+             installed, and the Ansible role was not run",
+            deb.display()
+        ));
+        return Ok(PackageTests::Skipped);
+    }
+    let mut cmd = cargo();
+    // The same package selection as the run above, so cargo resolves the same features and
+    // reuses its build instead of compiling the tests crate again.
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "apns-ebpf",
+        "--test",
+        "package",
+    ])
+    .args(["--", "--ignored", "--test-threads", "1"])
+    .env("APNS_AGENT_DEB", &deb)
+    .current_dir(workspace_root())
+    .stdin(Stdio::null());
+    step(format!(
+        "APNS_AGENT_DEB={} {}",
+        deb.display(),
+        describe(&cmd)
+    ));
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{}`", describe(&cmd)))?;
+    if !status.success() {
+        bail!("the package tests (`{}`) failed ({status})", describe(&cmd));
+    }
+    Ok(PackageTests::Ran)
 }
 
 /// The tests make network namespaces (`apnslab-<pid>-*`), pin directories
 /// (`/sys/fs/bpf/apns-test-<pid>-*`) with their state and controller files
 /// (`/var/lib/apns-agent/apns-test-<pid>-*.json`, `/run/apns-agent/apns-test-<pid>-*.pid`),
-/// notify sockets (`/tmp/apns-notify-<pid>-*.sock`) and agent processes; each must remove its
-/// own, even when it fails. Whatever this run added and is still there after the whole suite
-/// is a leak.
+/// notify sockets (`/tmp/apns-notify-<pid>-*.sock`) and agent processes, and install the
+/// apns-agent package; each must remove its own, even when it fails. Whatever this run added
+/// and is still there after the whole suite is a leak.
 fn check_nothing_left_behind(before: &BTreeSet<String>) -> Result<()> {
     step("checking that the tests left no namespace, pin, file or process behind");
     let leftovers: Vec<String> = test_artifacts().difference(before).cloned().collect();
@@ -117,6 +177,20 @@ fn test_artifacts() -> BTreeSet<String> {
                 artifacts.insert(format!("{what} {dir}/{name}"));
             }
         }
+    }
+    // The package tests install and purge apns-agent and stage it for the Ansible role.
+    let installed = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "apns-agent"])
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|out| {
+            out.status.success() && !String::from_utf8_lossy(&out.stdout).contains("not-installed")
+        });
+    if installed {
+        artifacts.insert("the apns-agent package (dpkg-query -W apns-agent)".to_owned());
+    }
+    if Path::new("/var/cache/apns-agent").exists() {
+        artifacts.insert("/var/cache/apns-agent (the Ansible role's staging)".to_owned());
     }
     for pid in names("/proc") {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {

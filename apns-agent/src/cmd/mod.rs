@@ -6,6 +6,7 @@ mod check_config;
 mod detach;
 mod events;
 mod fastpath;
+mod generate;
 mod live;
 mod policy;
 mod run;
@@ -40,5 +41,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             interface,
             watch,
         } => stats::stats(&global, json, interface.as_deref(), watch),
+        Command::Generate { args } => generate::generate(&args),
     }
 }
