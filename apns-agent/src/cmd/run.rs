@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use apns_common::label::Label as _;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::{
     signal::unix::{signal, Signal, SignalKind},
@@ -25,7 +26,7 @@ use crate::{
     },
     privileges, readiness,
     settings::Settings,
-    telemetry::{server, textfile, Exporter},
+    telemetry::{server, textfile, ConfigRecord, Exporter},
 };
 
 /// How often `run` checks that every attached interface is still the device its pin names
@@ -74,9 +75,13 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
         datapath
     };
 
+    let mut record = config_record(&settings);
+    record.applied_at = Some(SystemTime::now());
+    record.last_reload_ok = true;
     let exporter = Arc::new(Exporter::open(
         &pins,
         Duration::from_secs(args.reachability_window),
+        record,
     )?);
     let attached = runtime.block_on(async {
         let (stop, stopped) = oneshot::channel::<()>();
@@ -125,6 +130,26 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
     }
     drop(controller);
     Ok(())
+}
+
+/// Where the policy of `settings` comes from, for /metrics.
+fn config_record(settings: &Settings) -> ConfigRecord {
+    let sources = &settings.config.sources;
+    let paths = |paths: &[std::path::PathBuf]| -> Vec<String> {
+        paths
+            .iter()
+            .map(|path| path.display().to_string())
+            .collect()
+    };
+    ConfigRecord {
+        file: settings
+            .config_file()
+            .map(|file| file.display().to_string()),
+        apple: sources.apple.as_str(),
+        allow_files: paths(&sources.allow_files),
+        provider_files: paths(&sources.provider_files),
+        ..ConfigRecord::default()
+    }
 }
 
 /// Brings the datapath to the config's `desired` state with the live changes still in force
@@ -284,10 +309,20 @@ async fn serve_signals(
             }
             _ = hangup.recv() => {
                 readiness::reloading();
-                match reload(global, args, &mut running) {
-                    Ok(now) => interfaces = now,
+                let reloaded = reload(global, args, &mut running);
+                let recorded = match reloaded {
+                    Ok(now) => {
+                        interfaces = now;
+                        exporter.config_applied(config_record(&running.settings))
+                    }
                     // A bad file leaves the running datapath exactly as it was.
-                    Err(err) => tracing::error!("reload refused, nothing changed: {err:#}"),
+                    Err(err) => {
+                        tracing::error!("reload refused, nothing changed: {err:#}");
+                        exporter.reload_failed()
+                    }
+                };
+                if let Err(err) = recorded {
+                    tracing::warn!("recording the reload for /metrics: {err:#}");
                 }
                 readiness::ready(&format!("attached to {}", interfaces.join(", ")));
             }

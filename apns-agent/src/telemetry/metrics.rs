@@ -13,6 +13,11 @@
 //! | `apns_reachability_ratio` | interface (always `all`), port | SYN-ACKs in / SYNs out over the reachability window, for the whole gateway; absent when no SYN was sent in it |
 //! | `apns_allowlist_prefixes` | family (ipv4, ipv6) | prefixes in the active allow-list |
 //! | `apns_datapath_attached` | interface, xdp_mode | 1 if the interface's link is live, 0 if its pin is stale |
+//! | `apns_policy_generation` | — | the active policy generation (0 or 1); flips on every policy change |
+//! | `apns_config_applied_timestamp_seconds` | — | when `run` last applied its config (start-up or SIGHUP) |
+//! | `apns_config_last_reload_successful` | — | 0 if the last SIGHUP reload was refused |
+//! | `apns_config_reload_failures_total` | — | SIGHUP reloads refused since `run` started |
+//! | `apns_policy_sources_info` | config_file, apple, allow_files, provider_files | where `run`'s policy comes from; always 1 |
 //! | `apns_agent_info` | version, program_tag | always 1 |
 //!
 //! `apns_reachability_ratio` is gateway-wide: a SYN and its SYN-ACK enter the gateway on
@@ -45,7 +50,7 @@ use prometheus_client::{
 
 use crate::{
     datapath::{policy::Policy, status::InterfaceStatus},
-    telemetry::model::Model,
+    telemetry::{model::Model, ConfigRecord},
 };
 
 /// `Content-Type` of [`render`]'s output.
@@ -74,6 +79,11 @@ pub struct Info {
     pub allow_ipv6: usize,
     /// Interfaces with a link pin.
     pub interfaces: Vec<InterfaceStatus>,
+    /// The active policy generation (0 or 1): it flips on every policy change, by `run` or
+    /// a subcommand.
+    pub generation: u32,
+    /// What `run` says of the configuration it applies.
+    pub config: ConfigRecord,
 }
 
 impl Info {
@@ -86,6 +96,8 @@ impl Info {
             allow_ipv4: policy.allow_v4().count(),
             allow_ipv6: policy.allow_v6().count(),
             interfaces,
+            generation: 0,
+            config: ConfigRecord::default(),
         }
     }
 }
@@ -261,6 +273,53 @@ impl Collector for Exposition {
             Gauge,
             attached,
         )?;
+        family(
+            &mut encoder,
+            "apns_policy_generation",
+            "The active policy generation (0 or 1); it flips on every policy change, by run or a subcommand, so changes() counts them",
+            Gauge,
+            vec![(Labels::new(), ConstGauge::new(i64::from(info.generation)))],
+        )?;
+        let config = &info.config;
+        if let Some(at) = config.applied_at {
+            let seconds = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |since| since.as_secs_f64());
+            family(
+                &mut encoder,
+                "apns_config_applied_timestamp_seconds",
+                "When run last applied its config (start-up or SIGHUP), Unix time",
+                Gauge,
+                vec![(Labels::new(), ConstGauge::new(seconds))],
+            )?;
+        }
+        family(
+            &mut encoder,
+            "apns_config_last_reload_successful",
+            "1 if the last SIGHUP reload was applied (or none was asked for), 0 if it was refused and the config in force is the one before",
+            Gauge,
+            vec![(Labels::new(), ConstGauge::new(i64::from(config.last_reload_ok)))],
+        )?;
+        family(
+            &mut encoder,
+            "apns_config_reload_failures",
+            "SIGHUP reloads refused (a bad config or list file) since run started",
+            Counter,
+            vec![(Labels::new(), ConstCounter::new(config.reload_failures))],
+        )?;
+        let sources = InfoMetric::new(vec![
+            ("config_file", config.file.clone().unwrap_or_default()),
+            ("apple", config.apple.to_owned()),
+            ("allow_files", config.allow_files.join(",")),
+            ("provider_files", config.provider_files.join(",")),
+        ]);
+        let metric = encoder.encode_descriptor(
+            "apns_policy_sources",
+            "Where run's policy comes from: the config file (empty: built-in defaults), the Apple preset, the allow-list and provider list files; always 1",
+            None,
+            sources.metric_type(),
+        )?;
+        sources.encode(metric)?;
         // Named "apns_agent": the info type appends `_info`.
         let agent = InfoMetric::new(vec![
             ("version", info.version.as_str()),

@@ -27,7 +27,7 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:15223";
 
 use std::{
     sync::Mutex,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -35,8 +35,9 @@ use anyhow::Context as _;
 use crate::datapath::{Datapath, PinDir};
 
 /// What `run` keeps between scrapes: the open datapath (re-opened only when its pins change
-/// underneath, e.g. an `unload` and a new load) and the reachability window. Every scrape
-/// (and every textfile write) renders from a fresh snapshot; one at a time.
+/// underneath, e.g. an `unload` and a new load), the reachability window, and what `run`
+/// says of the configuration it applies. Every scrape (and every textfile write) renders
+/// from a fresh snapshot; one at a time.
 pub struct Exporter {
     pins: PinDir,
     inner: Mutex<Inner>,
@@ -45,21 +46,41 @@ pub struct Exporter {
 struct Inner {
     datapath: Datapath,
     reachability: reachability::Reachability,
+    config: ConfigRecord,
 }
 
-impl Inner {
-    /// The datapath, re-opened if its pins now hold other maps.
-    fn datapath(&mut self, pins: &PinDir) -> anyhow::Result<&Datapath> {
-        if !self.datapath.is_current() {
-            tracing::info!(pin_dir = %pins.root().display(), "the pinned datapath changed; re-opening it");
-            self.datapath = Datapath::open(pins)?;
-        }
-        Ok(&self.datapath)
+/// Where the policy `run` applies comes from, and how its applications went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConfigRecord {
+    /// The config file, or none for the built-in defaults.
+    pub file: Option<String>,
+    /// The Apple preset the allow-list starts from.
+    pub apple: &'static str,
+    pub allow_files: Vec<String>,
+    pub provider_files: Vec<String>,
+    /// When `run` last applied the config (start-up or SIGHUP).
+    pub applied_at: Option<SystemTime>,
+    /// Whether the last SIGHUP reload was applied (true until one is refused).
+    pub last_reload_ok: bool,
+    /// SIGHUP reloads refused since `run` started.
+    pub reload_failures: u64,
+}
+
+/// `datapath`, re-opened first if its pins now hold other maps.
+fn current<'a>(datapath: &'a mut Datapath, pins: &PinDir) -> anyhow::Result<&'a Datapath> {
+    if !datapath.is_current() {
+        tracing::info!(pin_dir = %pins.root().display(), "the pinned datapath changed; re-opening it");
+        *datapath = Datapath::open(pins)?;
     }
+    Ok(datapath)
 }
 
 impl Exporter {
-    pub fn open(pins: &PinDir, reachability_window: Duration) -> anyhow::Result<Exporter> {
+    pub fn open(
+        pins: &PinDir,
+        reachability_window: Duration,
+        config: ConfigRecord,
+    ) -> anyhow::Result<Exporter> {
         let datapath = Datapath::open(pins)?;
         // The window's first baseline is the agent's start, not its first scrape: handshakes
         // between the two count.
@@ -70,8 +91,30 @@ impl Exporter {
             inner: Mutex::new(Inner {
                 datapath,
                 reachability,
+                config,
             }),
         })
+    }
+
+    /// `run` applied the config described by `config` (at start-up or on SIGHUP).
+    pub fn config_applied(&self, config: ConfigRecord) -> anyhow::Result<()> {
+        let mut inner = self.inner()?;
+        let failures = inner.config.reload_failures;
+        inner.config = ConfigRecord {
+            applied_at: Some(SystemTime::now()),
+            last_reload_ok: true,
+            reload_failures: failures,
+            ..config
+        };
+        Ok(())
+    }
+
+    /// `run` refused a SIGHUP reload; the config in force stays as it was.
+    pub fn reload_failed(&self) -> anyhow::Result<()> {
+        let mut inner = self.inner()?;
+        inner.config.last_reload_ok = false;
+        inner.config.reload_failures += 1;
+        Ok(())
     }
 
     fn inner(&self) -> anyhow::Result<std::sync::MutexGuard<'_, Inner>> {
@@ -85,13 +128,17 @@ impl Exporter {
         &self,
     ) -> anyhow::Result<std::collections::BTreeMap<(String, &'static str), u64>> {
         let mut inner = self.inner()?;
-        let datapath = inner.datapath(&self.pins)?;
-        let snapshot = datapath.counters.snapshot()?;
+        let Inner {
+            datapath,
+            reachability,
+            ..
+        } = &mut *inner;
+        let snapshot = current(datapath, &self.pins)?.counters.snapshot()?;
         let model = model::Model::build(
             &snapshot,
             &model::Known::default(),
             model::interface_name,
-            &inner.reachability,
+            reachability,
         );
         Ok(model
             .interfaces
@@ -108,17 +155,23 @@ impl Exporter {
     /// The Prometheus exposition of the datapath now. Costs one map read (O(entries)).
     pub fn render(&self) -> anyhow::Result<String> {
         let mut inner = self.inner()?;
-        let datapath = inner.datapath(&self.pins)?;
+        let Inner {
+            datapath,
+            reachability,
+            config,
+        } = &mut *inner;
+        let datapath = current(datapath, &self.pins)?;
         let snapshot = datapath.counters.snapshot()?;
         // Read live: `apns-agent allow add` may have changed the policy under a running agent.
         let status = datapath.status()?;
         let policy = datapath.policy.read_active()?;
         let known = model::Known::of(datapath)?;
-        let Inner { reachability, .. } = &mut *inner;
         reachability.observe(Instant::now(), &snapshot);
         let model = model::Model::build(&snapshot, &known, model::interface_name, reachability);
         let program = status.program.context("no XDP program is pinned")?;
-        let info = metrics::Info::new(&program.tag, &policy, status.interfaces);
+        let mut info = metrics::Info::new(&program.tag, &policy, status.interfaces);
+        info.generation = datapath.policy.active_generation()?;
+        info.config = config.clone();
         metrics::render(&model, &info)
     }
 }
