@@ -1,17 +1,17 @@
 //! Typed access to the datapath's policy maps, and the one way policy gets into them:
-//! write the whole policy into the inactive generation, then flip `APNS_ACTIVE`.
+//! write the whole policy into the inactive generation (port table with counter slots,
+//! tries, prefilter tables), then flip `APNS_ACTIVE`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context as _};
 use apns_common::{
-    maps::{
-        ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PORTS, PORTS_PER_GENERATION, PROVIDERS_V4, PROVIDERS_V6,
-    },
+    maps::{ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PORTS, PREFILTER, PROVIDERS_V4, PROVIDERS_V6},
     policy::{
-        port_index, PolicyConfig, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS, MAX_PORTS,
+        port_index, PolicyConfig, PortEntry, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS, MAX_PORTS,
         PORT_LIST_DIRTY,
     },
+    prefilter::{table, table_index, PrefixTable},
 };
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData},
@@ -19,13 +19,19 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::policy::{Mode, Policy};
+use crate::{
+    counters::SlotMaps,
+    policy::{Mode, Policy},
+};
 
 /// Handles to the policy maps of one datapath (loaded by us, or opened from pins).
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
     config: Array<MapData, PolicyConfig>,
-    ports: Array<MapData, u8>,
+    ports: Array<MapData, PortEntry>,
+    prefilter: Array<MapData, PrefixTable>,
+    /// Port counter slots are handed out as policies name ports.
+    slots: SlotMaps,
     allow_v4: LpmTrie<MapData, PrefixV4, u8>,
     allow_v6: LpmTrie<MapData, PrefixV6, u8>,
     providers_v4: LpmTrie<MapData, PrefixV4, u8>,
@@ -50,6 +56,8 @@ impl PolicyMaps {
             active: typed(ACTIVE, map(ACTIVE))?,
             config: typed(POLICY, map(POLICY))?,
             ports: typed(PORTS, map(PORTS))?,
+            prefilter: typed(PREFILTER, map(PREFILTER))?,
+            slots: SlotMaps::open(&mut map)?,
             allow_v4: typed(ALLOW_V4, map(ALLOW_V4))?,
             allow_v6: typed(ALLOW_V6, map(ALLOW_V6))?,
             providers_v4: typed(PROVIDERS_V4, map(PROVIDERS_V4))?,
@@ -83,7 +91,15 @@ impl PolicyMaps {
             ..PolicyConfig::default()
         };
         self.set_config(target, &dirty)?;
-        self.write_ports(target, &previous, policy)?;
+        // Counter slots for the new ports; those of the generation in force stay put.
+        let in_force = self
+            .config
+            .get(&(target ^ 1), 0)
+            .with_context(|| format!("reading generation {} of map {POLICY}", target ^ 1))?;
+        let keep: BTreeSet<u16> = listed_ports(&in_force).iter().copied().collect();
+        let wanted: BTreeSet<u16> = policy.ports.keys().copied().collect();
+        let slots = self.slots.assign_ports(&keep, &wanted)?;
+        self.write_ports(target, &previous, policy, &slots)?;
         sync_trie(
             ALLOW_V4,
             &mut self.allow_v4,
@@ -108,6 +124,8 @@ impl PolicyMaps {
             target,
             policy.providers_v6().map(|n| v6_key(target, n)).collect(),
         )?;
+
+        self.write_prefilter(target, policy)?;
 
         let mut config = PolicyConfig {
             mode: policy.mode.code(),
@@ -185,24 +203,39 @@ impl PolicyMaps {
     fn port_roles(&self, generation: u32, port: u16) -> anyhow::Result<u8> {
         self.ports
             .get(&port_index(generation, port), 0)
+            .map(|entry| entry.roles)
             .with_context(|| {
                 format!("reading port {port} of generation {generation} in map {PORTS}")
             })
     }
 
+    /// Writes the prefilter tables of `generation`, derived from `policy`'s lists.
+    fn write_prefilter(&mut self, generation: u32, policy: &Policy) -> anyhow::Result<()> {
+        for (id, table) in prefilter_tables(policy) {
+            let index = table_index(generation, id);
+            self.prefilter
+                .set(index, table, 0)
+                .with_context(|| format!("writing table {index} of map {PREFILTER}"))?;
+        }
+        Ok(())
+    }
+
     /// Rewrites the port table of `generation`: clears the ports `previous` listed (or every
-    /// non-zero slot, if `previous` was left dirty), then writes `policy`'s.
+    /// non-zero slot, if `previous` was left dirty), then writes `policy`'s with their counter
+    /// slots.
     fn write_ports(
         &mut self,
         generation: u32,
         previous: &PolicyConfig,
         policy: &Policy,
+        slots: &BTreeMap<u16, u8>,
     ) -> anyhow::Result<()> {
         let stale: Vec<u16> = if previous.port_count as usize <= MAX_PORTS {
             previous.ports[..previous.port_count as usize].to_vec()
         } else {
             let mut set = Vec::new();
-            for port in 0..PORTS_PER_GENERATION as u16 {
+            // Every port number: `0..PORTS_PER_GENERATION as u16` would be the empty `0..0`.
+            for port in 0..=u16::MAX {
                 if self.port_roles(generation, port)? != 0 {
                     set.push(port);
                 }
@@ -213,21 +246,77 @@ impl PolicyMaps {
             .into_iter()
             .filter(|port| !policy.ports.contains_key(port))
         {
-            self.set_port(generation, port, 0)?;
+            self.set_port(generation, port, PortEntry::default())?;
         }
         for (&port, &roles) in &policy.ports {
-            self.set_port(generation, port, roles)?;
+            let entry = PortEntry {
+                roles,
+                slot: slots.get(&port).copied().unwrap_or(0),
+                _pad: [0; 2],
+            };
+            self.set_port(generation, port, entry)?;
         }
         Ok(())
     }
 
-    fn set_port(&mut self, generation: u32, port: u16, roles: u8) -> anyhow::Result<()> {
+    fn set_port(&mut self, generation: u32, port: u16, entry: PortEntry) -> anyhow::Result<()> {
         self.ports
-            .set(port_index(generation, port), roles, 0)
+            .set(port_index(generation, port), entry, 0)
             .with_context(|| {
                 format!("writing port {port} of generation {generation} in map {PORTS}")
             })
     }
+}
+
+/// The ports a generation's config lists (none if it was left dirty).
+fn listed_ports(config: &PolicyConfig) -> &[u16] {
+    let count = config.port_count as usize;
+    if count <= MAX_PORTS {
+        &config.ports[..count]
+    } else {
+        &[]
+    }
+}
+
+/// The prefilter tables of a policy (`apns_common::prefilter`), by their id within a
+/// generation.
+fn prefilter_tables(policy: &Policy) -> Vec<(u32, Box<PrefixTable>)> {
+    let mut allow_v4 = Box::<PrefixTable>::default();
+    let mut providers_v4 = Box::<PrefixTable>::default();
+    let mut allow_v6 = Box::<PrefixTable>::default();
+    let mut allow_v6_next = Box::<PrefixTable>::default();
+    let mut providers_v6 = Box::<PrefixTable>::default();
+    let mut providers_v6_next = Box::<PrefixTable>::default();
+    for net in policy.allow_v4() {
+        allow_v4.add_v4(net.network().octets(), net.prefix_len());
+    }
+    for net in policy.providers_v4() {
+        providers_v4.add_v4(net.network().octets(), net.prefix_len());
+    }
+    for net in policy.allow_v6() {
+        PrefixTable::add_v6(
+            &mut allow_v6,
+            &mut allow_v6_next,
+            net.network().octets(),
+            net.prefix_len(),
+        );
+    }
+    for net in policy.providers_v6() {
+        PrefixTable::add_v6(
+            &mut providers_v6,
+            &mut providers_v6_next,
+            net.network().octets(),
+            net.prefix_len(),
+        );
+    }
+    vec![
+        (table::ALLOW_V4, allow_v4),
+        (table::PROVIDERS_V4, providers_v4),
+        (table::ALLOW_V6, allow_v6),
+        (table::ALLOW_V6_NEXT, allow_v6_next),
+        (table::PROVIDERS_V6, providers_v6),
+        (table::PROVIDERS_V6_NEXT, providers_v6_next),
+    ]
 }
 
 /// Key data of an LPM trie that starts with the generation byte.

@@ -91,6 +91,17 @@ fn open_pinned_map(pins: &PinDir, name: &str) -> anyhow::Result<Map> {
 /// by an agent of another layout is refused, never silently reused.
 fn check_pinned_layout(pins: &PinDir) -> anyhow::Result<()> {
     let fix = "run `apns-agent unload` to remove it (its counters are lost), then start again";
+    // The version first: `APNS_META` has the same layout in every version, and a datapath
+    // of another version is best refused by its version, not by the first map that differs.
+    if let Ok(meta) = read_meta(pins) {
+        if meta.layout_version != LAYOUT_VERSION {
+            bail!(
+                "the datapath pinned at {} has map layout version {}; this agent uses version {LAYOUT_VERSION}: {fix}",
+                pins.root().display(),
+                meta.layout_version
+            );
+        }
+    }
     for expected in apns_common::maps::ALL {
         let path = pins.map(expected.name);
         let info = MapInfo::from_pin(&path).with_context(|| {
@@ -355,6 +366,9 @@ pub fn attach(pins: &PinDir, interface: &str, choice: XdpModeChoice) -> anyhow::
     let ifindex = ifindex(interface)?;
     let mut program = Xdp::from_pin(pins.program(), XdpAttachType::Interface)
         .with_context(|| format!("opening the pinned program {}", pins.program().display()))?;
+    // Registered first, so the interface's very first packets are counted under its own
+    // counter slot (not interface 0's); undone if no attach attempt succeeds.
+    register(pins, ifindex)?;
     let attempts: &[AttachMode] = match choice {
         XdpModeChoice::Auto => &[AttachMode::Native, AttachMode::Skb],
         XdpModeChoice::Native => &[AttachMode::Native],
@@ -377,7 +391,6 @@ pub fn attach(pins: &PinDir, interface: &str, choice: XdpModeChoice) -> anyhow::
                     format!("pinning the link of {interface} at {}", path.display())
                 })?;
                 restrict(&path)?;
-                register(pins, ifindex)?;
                 return Ok(mode);
             }
             Err(err) => {
@@ -385,6 +398,9 @@ pub fn attach(pins: &PinDir, interface: &str, choice: XdpModeChoice) -> anyhow::
                 last_error = Some((mode, err));
             }
         }
+    }
+    if let Err(cleanup) = interface_maps(pins).and_then(|mut maps| maps.unregister(ifindex)) {
+        tracing::warn!("undoing the registration of {interface}: {cleanup:#}");
     }
     let (mode, err) = last_error.expect("at least one attach attempt");
     Err(anyhow::Error::new(err)).with_context(|| {

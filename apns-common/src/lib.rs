@@ -9,14 +9,19 @@
 //!   reserved. User space derives label strings from the same enums (`as_str`).
 //! - Any change to a key or value layout, a map's type or its size bumps [`LAYOUT_VERSION`],
 //!   so an agent never silently reuses pinned maps of another layout.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod counters;
 pub mod events;
 pub mod fastpath;
 pub mod maps;
 pub mod policy;
+pub mod prefilter;
 
 /// Version of the map layout described by this crate. The agent stores it in the
 /// [`maps::META`] map when it creates the maps and checks it before adopting pinned ones.
-pub const LAYOUT_VERSION: u32 = 2;
+///
+/// History: 2 keyed the counters by a per-CPU hash; 3 (datapath v2) counts in a per-CPU
+/// array by (interface slot, port slot, cell), makes `APNS_IFACES` an array by ifindex, gives
+/// port entries a counter slot, and adds `APNS_CNT_SLOTS` and `APNS_PREFILTER`.
+pub const LAYOUT_VERSION: u32 = 3;

@@ -15,7 +15,23 @@ pub mod mode {
     pub const ENFORCE: u32 = 1;
 }
 
-/// Role bits stored in [`crate::maps::PORTS`]. A port with no bit set is not in the table.
+/// Value of [`crate::maps::PORTS`]: a port's roles in one generation and its counter slot
+/// (`crate::counters`), which the agent keeps the same in both generations so that a port's
+/// counters do not move when the policy changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortEntry {
+    /// [`role`] bits; 0 means the port is not in this generation's table.
+    pub roles: u8,
+    /// Counter slot, 1 to `crate::counters::LAST_ASSIGNABLE_SLOT`; 0 (the overflow slot)
+    /// when every slot is taken.
+    pub slot: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<PortEntry>() == 4);
+const _: () = assert!(crate::counters::LAST_ASSIGNABLE_SLOT <= u8::MAX as u32);
+
+/// Role bits stored in [`PortEntry::roles`]. A port with no bit set is not in the table.
 /// Never renumber.
 pub mod role {
     /// Traffic to or from Apple on this port is counted as APNs.
@@ -100,6 +116,7 @@ pub const fn port_index(generation: u32, port: u16) -> u32 {
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::PolicyConfig {}
+    unsafe impl aya::Pod for super::PortEntry {}
     unsafe impl aya::Pod for super::PrefixV4 {}
     unsafe impl aya::Pod for super::PrefixV6 {}
 }

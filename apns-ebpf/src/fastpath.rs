@@ -36,11 +36,11 @@ const IPV6_HOP_LIMIT: usize = 7;
 /// The Ethernet header's destination and source MACs.
 const ETH_ALEN: usize = 6;
 
-/// The fast-path settings of `ifindex`, if the agent attached it.
+/// The entry of `ifindex` (counter slot and fast path); `None` past the array. An interface
+/// the agent never attached reads as zeroes: overflow slot, fast path `pass`.
 #[inline(always)]
-pub fn config(ifindex: u32) -> Option<IfaceConfig> {
-    // SAFETY: a plain hash lookup of a u32 key; the value is copied out.
-    unsafe { APNS_IFACES.get(&ifindex) }.copied()
+pub fn interface(ifindex: u32) -> Option<&'static IfaceConfig> {
+    APNS_IFACES.get(ifindex)
 }
 
 /// Puts a [`MarkMeta`] in front of the packet for the TC ingress program to copy into

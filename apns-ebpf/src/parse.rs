@@ -85,6 +85,10 @@ impl Cursor {
     }
 
     /// The `N` bytes at `offset`, writable (the fast path rewrites headers), or `malformed`.
+    #[expect(
+        clippy::mut_from_ref,
+        reason = "the cursor holds addresses of the frame, not a borrow: the kernel lets XDP write it, and no two callers hold the same bytes at once"
+    )]
     #[inline(always)]
     pub fn bytes_mut<const N: usize>(&self, offset: usize) -> Result<&mut [u8; N], Outcome> {
         if self.start + offset + N > self.end {

@@ -6,11 +6,13 @@ use apns_agent::{
     counters::{CounterMaps, Snapshot},
     datapath,
     events::EventMaps,
+    interfaces::{FastPath, InterfaceMaps},
     maps::PolicyMaps,
     policy::Policy,
 };
 use apns_common::events::EventConfig;
 use aya::{
+    maps::{Map, MapData},
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
@@ -28,19 +30,29 @@ pub struct Classifier {
     pub policy: PolicyMaps,
     pub counters: CounterMaps,
     pub events: EventMaps,
+    pub interfaces: InterfaceMaps,
 }
 
 impl Classifier {
-    /// Loads a fresh instance and applies `policy`.
+    /// Loads a fresh instance, registers the interface BPF_PROG_TEST_RUN reports
+    /// ([`TEST_RUN_IFINDEX`]) as an attach would, and applies `policy`.
     pub fn load(policy: &Policy) -> anyhow::Result<Self> {
-        let mut ebpf = datapath::load_unpinned()?;
-        let mut take = |name: &'static str| {
-            ebpf.take_map(name)
-                .with_context(|| format!("the object has no map {name}"))
-        };
-        let mut policy_maps = PolicyMaps::open(&mut take)?;
-        let counters = CounterMaps::open(&mut take)?;
-        let mut events = EventMaps::open(&mut take)?;
+        let mut classifier = Self::load_unregistered(policy)?;
+        classifier
+            .interfaces
+            .register(TEST_RUN_IFINDEX, FastPath::Pass)?;
+        Ok(classifier)
+    }
+
+    /// Like [`Classifier::load`], but no interface is registered: every packet is counted in
+    /// the overflow slot (interface 0).
+    pub fn load_unregistered(policy: &Policy) -> anyhow::Result<Self> {
+        let ebpf = datapath::load_unpinned()?;
+        let open = |name: &'static str| map_handle(&ebpf, name);
+        let mut policy_maps = PolicyMaps::open(open)?;
+        let counters = CounterMaps::open(open)?;
+        let mut events = EventMaps::open(open)?;
+        let interfaces = InterfaceMaps::open(open)?;
         policy_maps.apply(policy)?;
         events.set_config(EventConfig::default())?;
         Ok(Self {
@@ -48,6 +60,7 @@ impl Classifier {
             policy: policy_maps,
             counters,
             events,
+            interfaces,
         })
     }
 
@@ -100,6 +113,31 @@ impl Runner<'_> {
             .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
         Ok((result.return_value, result.duration))
     }
+}
+
+/// A handle of its own on map `name` of a loaded object (a second file descriptor for the
+/// same kernel map), so that several typed handles (`PolicyMaps`, `CounterMaps`,
+/// `InterfaceMaps`) can share a map, as they do when opened from pins.
+pub fn map_handle(ebpf: &Ebpf, name: &str) -> anyhow::Result<Map> {
+    let map = ebpf
+        .map(name)
+        .with_context(|| format!("the object has no map {name}"))?;
+    let data = match map {
+        Map::Array(data)
+        | Map::PerCpuArray(data)
+        | Map::LpmTrie(data)
+        | Map::DevMapHash(data)
+        | Map::RingBuf(data)
+        | Map::HashMap(data)
+        | Map::PerCpuHashMap(data) => data,
+        _ => anyhow::bail!("map {name} has a type map_handle does not know"),
+    };
+    let id = data
+        .info()
+        .with_context(|| format!("reading the info of map {name}"))?
+        .id();
+    let fresh = MapData::from_id(id).with_context(|| format!("opening map {name} by id {id}"))?;
+    Map::from_map_data(fresh).with_context(|| format!("map {name}: unknown type"))
 }
 
 /// The agent's policy equivalent to a reference-classifier policy, so the kernel and the

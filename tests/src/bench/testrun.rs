@@ -19,11 +19,12 @@ use anyhow::{bail, ensure, Context as _, Result};
 use apns_agent::{
     counters::CounterMaps,
     datapath,
+    interfaces::{FastPath, InterfaceMaps},
     maps::PolicyMaps,
     policy::{Mode, Policy, DEFAULT_PORTS},
 };
 use aya::{
-    maps::{PerCpuArray, PerCpuValues},
+    maps::{Map, PerCpuArray, PerCpuValues},
     programs::{TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -45,7 +46,7 @@ use crate::{
     lab::{APPLE, CLIENT, OTHER},
     packets::{self, ACK, PSH, SYN, TPID_8021Q},
     reference,
-    xdp::{XDP_DROP, XDP_PASS},
+    xdp::{map_handle, TEST_RUN_IFINDEX, XDP_DROP, XDP_PASS},
 };
 
 /// Name of the floor's program and counter in `BENCH_FLOOR_OBJECT`.
@@ -167,20 +168,25 @@ pub struct OurProgram {
 }
 
 impl OurProgram {
-    /// Loads the object; the policy maps are empty until [`OurProgram::apply`].
+    /// Loads the object and registers the interface BPF_PROG_TEST_RUN reports, as an attach
+    /// would (so packets are counted under its own counter slot); the policy maps are empty
+    /// until [`OurProgram::apply`].
     pub fn load() -> Result<OurProgram> {
-        let mut ebpf = datapath::load_unpinned()?;
-        let mut take = |name: &'static str| {
-            ebpf.take_map(name)
-                .with_context(|| format!("the object has no map {name}"))
-        };
-        let policy = PolicyMaps::open(&mut take)?;
-        let counters = CounterMaps::open(&mut take)?;
+        let ebpf = datapath::load_unpinned()?;
+        let open = |name: &'static str| map_handle(&ebpf, name);
+        let policy = PolicyMaps::open(open)?;
+        let counters = CounterMaps::open(open)?;
+        InterfaceMaps::open(open)?.register(TEST_RUN_IFINDEX, FastPath::Pass)?;
         Ok(OurProgram {
             ebpf,
             policy,
             counters,
         })
+    }
+
+    /// A handle of its own on one of the program's maps.
+    pub fn map(&self, name: &'static str) -> Result<Map> {
+        map_handle(&self.ebpf, name)
     }
 
     /// Loads the object and applies `policy`.

@@ -19,7 +19,6 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use apns_common::maps::COUNTERS_MAX_ENTRIES;
 use apns_tests::{
     bench::{
         control::{self, ControlInputs, Soak},
@@ -160,14 +159,10 @@ fn bench(args: &Args) -> Result<Report> {
                 let scaling = testrun::allow_list_scaling(&plan, cpu)?;
                 step("4/4 control plane: apply and counter-read timings");
                 let apply_10k = testrun::apply_time(10_000, plan.apply_runs)?;
-                let snapshot_realistic = control::snapshot_times(
-                    control::REALISTIC_INTERFACES as usize * control::KEYS_PER_INTERFACE,
-                    plan.snapshot_reads,
-                )?;
-                let snapshot_full = control::snapshot_times(
-                    COUNTERS_MAX_ENTRIES as usize,
-                    plan.snapshot_reads.min(21),
-                )?;
+                let snapshot_realistic =
+                    control::snapshot_times(control::REALISTIC, plan.snapshot_reads)?;
+                let snapshot_full =
+                    control::snapshot_times(control::FULL, plan.snapshot_reads.min(21))?;
                 Ok(Pinned {
                     per_packet,
                     scaling,
