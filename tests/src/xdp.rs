@@ -92,6 +92,34 @@ pub struct Runner<'a> {
 }
 
 impl Runner<'_> {
+    /// Runs the program once on `frame` as if it had arrived on interface `ifindex` of the
+    /// calling thread's network namespace (BPF_PROG_TEST_RUN with an `xdp_md` context).
+    pub fn run_on(&self, frame: &[u8], ifindex: u32) -> anyhow::Result<u32> {
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex; the kernel wants data 0 and data_end the frame's length.
+        let fields = [0, frame.len() as u32, 0, ifindex, 0, 0];
+        let ctx: Vec<u8> = fields
+            .iter()
+            .flat_map(|field| field.to_ne_bytes())
+            .collect();
+        let program: &Xdp = self
+            .ebpf
+            .program(datapath::XDP_PROGRAM)
+            .context("the object has no XDP program")?
+            .try_into()
+            .context("not an XDP program")?;
+        let mut options = TestRunOptions::new();
+        options.data_in = Some(frame);
+        options.ctx_in = Some(&ctx);
+        let result = program.test_run(options).with_context(|| {
+            format!(
+                "BPF_PROG_TEST_RUN on a {}-byte frame arriving on ifindex {ifindex}",
+                frame.len()
+            )
+        })?;
+        Ok(result.return_value)
+    }
+
     /// Runs the program `repeat` times on `frame`: the XDP action and the kernel's mean time
     /// per run.
     pub fn run_repeated(
