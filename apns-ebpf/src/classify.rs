@@ -121,10 +121,10 @@ enum Endpoint {
 #[inline(always)]
 fn is_apple(generation: u32, addrs: &Addrs, endpoint: Endpoint) -> bool {
     match (addrs, endpoint) {
-        (Addrs::V4 { src, .. }, Endpoint::Source) => in_v4(ALLOW_V4, generation, *src),
-        (Addrs::V4 { dst, .. }, Endpoint::Destination) => in_v4(ALLOW_V4, generation, *dst),
-        (Addrs::V6 { src, .. }, Endpoint::Source) => in_v6(ALLOW_V6, generation, *src),
-        (Addrs::V6 { dst, .. }, Endpoint::Destination) => in_v6(ALLOW_V6, generation, *dst),
+        (Addrs::V4 { src, .. }, Endpoint::Source) => in_v4(ALLOW_V4, generation, src),
+        (Addrs::V4 { dst, .. }, Endpoint::Destination) => in_v4(ALLOW_V4, generation, dst),
+        (Addrs::V6 { src, .. }, Endpoint::Source) => in_v6(ALLOW_V6, generation, src),
+        (Addrs::V6 { dst, .. }, Endpoint::Destination) => in_v6(ALLOW_V6, generation, dst),
     }
 }
 
@@ -132,8 +132,8 @@ fn is_apple(generation: u32, addrs: &Addrs, endpoint: Endpoint) -> bool {
 #[inline(always)]
 fn is_provider(generation: u32, addrs: &Addrs) -> bool {
     match addrs {
-        Addrs::V4 { src, .. } => in_v4(PROVIDERS_V4, generation, *src),
-        Addrs::V6 { src, .. } => in_v6(PROVIDERS_V6, generation, *src),
+        Addrs::V4 { src, .. } => in_v4(PROVIDERS_V4, generation, src),
+        Addrs::V6 { src, .. } => in_v6(PROVIDERS_V6, generation, src),
     }
 }
 
@@ -177,7 +177,7 @@ fn prefilter(generation: u32, table: u32, bucket: u16) -> u8 {
 }
 
 #[inline(always)]
-fn in_v4(list: List<PrefixV4>, generation: u32, addr: [u8; 4]) -> bool {
+fn in_v4(list: List<PrefixV4>, generation: u32, addr: &[u8; 4]) -> bool {
     match prefilter(
         generation,
         list.first,
@@ -189,7 +189,7 @@ fn in_v4(list: List<PrefixV4>, generation: u32, addr: [u8; 4]) -> bool {
     }
     let data = PrefixV4 {
         generation: generation as u8,
-        addr,
+        addr: *addr,
     };
     list.trie
         .get(Key::new(GENERATION_PREFIX_BITS + 32, data))
@@ -197,7 +197,7 @@ fn in_v4(list: List<PrefixV4>, generation: u32, addr: [u8; 4]) -> bool {
 }
 
 #[inline(always)]
-fn in_v6(list: List<PrefixV6>, generation: u32, addr: [u8; 16]) -> bool {
+fn in_v6(list: List<PrefixV6>, generation: u32, addr: &[u8; 16]) -> bool {
     match prefilter(
         generation,
         list.first,
@@ -217,7 +217,7 @@ fn in_v6(list: List<PrefixV6>, generation: u32, addr: [u8; 16]) -> bool {
     }
     let data = PrefixV6 {
         generation: generation as u8,
-        addr,
+        addr: *addr,
     };
     list.trie
         .get(Key::new(GENERATION_PREFIX_BITS + 128, data))

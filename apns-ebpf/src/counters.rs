@@ -50,6 +50,10 @@ pub fn record(iface_slot: u32, judgement: &Judgement, bytes: u64, tcp_flags: Opt
 fn add(value: &mut CounterValue, bytes: u64, flags: u8) {
     value.packets += 1;
     value.bytes += bytes;
+    // Most packets carry no flag worth counting (they are not APNs): skip four adds of zero.
+    if flags & (TCP_FIN | TCP_SYN | TCP_RST) == 0 {
+        return;
+    }
     let syn = flags & TCP_SYN != 0;
     let ack = flags & TCP_ACK != 0;
     value.syn += (syn && !ack) as u64;

@@ -89,8 +89,8 @@ pub fn redirect(
             let ip = cursor.bytes::<20>(packet.l3).ok()?;
             params.family = AF_INET;
             params.__bindgen_anon_2.tos = ip[IPV4_TOS];
-            params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(*src);
-            params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(*dst);
+            params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(**src);
+            params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(**dst);
             IPV4_TTL
         }
         Addrs::V6 { src, dst } => {
