@@ -3,6 +3,17 @@
 //! The kernel statics in `apns-ebpf/src/maps.rs` carry exactly these names (the `#[map]`
 //! macro needs a literal there); a user-space test parses the built object and checks that
 //! each name below exists with the key and value size given here.
+//!
+//! What the XDP program looks up per packet, all arrays (inlined by the verifier): every
+//! packet `APNS_IFACES` and `APNS_COUNTERS`; a TCP packet also `APNS_ACTIVE` and its two
+//! `APNS_PORTS` entries; an address on an APNs port also one `APNS_PREFILTER` table (two for
+//! IPv6). Only an address the prefilter cannot settle costs an LPM trie lookup; only a passed
+//! APNs packet on a `redirect` interface `APNS_TX_PORTS`; only a policy drop the event maps.
+//!
+//! Memory (preallocated, `bytes_memlock`): `APNS_COUNTERS` 768 KiB per CPU; `APNS_PORTS`
+//! 1 MiB (131,072 entries, the kernel rounds each to 8 bytes); `APNS_IFACES` 256 KiB;
+//! `APNS_PREFILTER` 192 KiB; `APNS_EVENTS` 256 KiB; the rest a few KiB. The LPM tries
+//! allocate per prefix.
 
 /// `Array<u32>`, 1 entry: the policy generation (0 or 1) the datapath judges packets by.
 /// Written by the agent as its last step of a policy change (one aligned 4-byte store, so a
