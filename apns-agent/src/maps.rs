@@ -1,17 +1,17 @@
 //! Typed access to the datapath's policy maps, and the one way policy gets into them:
-//! write the whole policy into the inactive generation (port table with counter slots,
-//! tries, prefilter tables), then flip `APNS_ACTIVE`.
+//! write the whole policy into the inactive generation (its tables: port entries with
+//! counter slots and the address prefilter; the tries; its config), then flip `APNS_ACTIVE`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context as _};
 use apns_common::{
-    maps::{ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PORTS, PREFILTER, PROVIDERS_V4, PROVIDERS_V6},
+    maps::{ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PROVIDERS_V4, PROVIDERS_V6, TABLES},
     policy::{
-        port_index, PolicyConfig, PortEntry, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS, MAX_PORTS,
-        PORT_LIST_DIRTY,
+        GenerationTables, PolicyConfig, PortEntry, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS,
+        MAX_PORTS, PORT_LIST_DIRTY,
     },
-    prefilter::{table, table_index, PrefixTable},
+    prefilter::{table, PrefixTable},
 };
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData},
@@ -28,8 +28,7 @@ use crate::{
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
     config: Array<MapData, PolicyConfig>,
-    ports: Array<MapData, PortEntry>,
-    prefilter: Array<MapData, PrefixTable>,
+    tables: Array<MapData, GenerationTables>,
     /// Port counter slots are handed out as policies name ports.
     slots: SlotMaps,
     allow_v4: LpmTrie<MapData, PrefixV4, u8>,
@@ -55,8 +54,7 @@ impl PolicyMaps {
         Ok(Self {
             active: typed(ACTIVE, map(ACTIVE))?,
             config: typed(POLICY, map(POLICY))?,
-            ports: typed(PORTS, map(PORTS))?,
-            prefilter: typed(PREFILTER, map(PREFILTER))?,
+            tables: typed(TABLES, map(TABLES))?,
             slots: SlotMaps::open(&mut map)?,
             allow_v4: typed(ALLOW_V4, map(ALLOW_V4))?,
             allow_v6: typed(ALLOW_V6, map(ALLOW_V6))?,
@@ -79,13 +77,9 @@ impl PolicyMaps {
     pub fn apply(&mut self, policy: &Policy) -> anyhow::Result<()> {
         policy.validate()?;
         let target = self.active_generation()? ^ 1;
-        let previous = self
-            .config
-            .get(&target, 0)
-            .with_context(|| format!("reading generation {target} of map {POLICY}"))?;
 
-        // Mark the generation as being rewritten before touching its tables, so that an agent
-        // that dies half-way leaves a generation the next apply knows to scan in full.
+        // Mark the generation as being rewritten before touching its tables, so that a
+        // generation an agent left half-written is never read back as a policy.
         let dirty = PolicyConfig {
             port_count: PORT_LIST_DIRTY,
             ..PolicyConfig::default()
@@ -99,7 +93,10 @@ impl PolicyMaps {
         let keep: BTreeSet<u16> = listed_ports(&in_force).iter().copied().collect();
         let wanted: BTreeSet<u16> = policy.ports.keys().copied().collect();
         let slots = self.slots.assign_ports(&keep, &wanted)?;
-        self.write_ports(target, &previous, policy, &slots)?;
+        let tables = generation_tables(policy, &slots);
+        self.tables
+            .set(target, tables, 0)
+            .with_context(|| format!("writing generation {target} of map {TABLES}"))?;
         sync_trie(
             ALLOW_V4,
             &mut self.allow_v4,
@@ -125,16 +122,15 @@ impl PolicyMaps {
             policy.providers_v6().map(|n| v6_key(target, n)).collect(),
         )?;
 
-        self.write_prefilter(target, policy)?;
-
         let mut config = PolicyConfig {
             mode: policy.mode.code(),
             provider_prefixes: policy.providers.len() as u32,
             port_count: policy.ports.len() as u32,
             ..PolicyConfig::default()
         };
-        for (slot, &port) in config.ports.iter_mut().zip(policy.ports.keys()) {
-            *slot = port;
+        for (i, (&port, &roles)) in policy.ports.iter().enumerate() {
+            config.ports[i] = port;
+            config.roles[i] = roles;
         }
         self.set_config(target, &config)?;
         // The switch: one aligned 4-byte store, seen whole by every CPU.
@@ -160,10 +156,12 @@ impl PolicyMaps {
                 config.port_count
             );
         }
-        let mut ports = std::collections::BTreeMap::new();
-        for &port in &config.ports[..config.port_count as usize] {
-            ports.insert(port, self.port_roles(generation, port)?);
-        }
+        let count = config.port_count as usize;
+        let ports: BTreeMap<u16, u8> = config.ports[..count]
+            .iter()
+            .copied()
+            .zip(config.roles[..count].iter().copied())
+            .collect();
         let mut allow: BTreeSet<IpNet> = BTreeSet::new();
         allow.extend(
             read_trie(ALLOW_V4, &self.allow_v4, generation)?
@@ -199,73 +197,6 @@ impl PolicyMaps {
             .set(generation, config, 0)
             .with_context(|| format!("writing generation {generation} of map {POLICY}"))
     }
-
-    fn port_roles(&self, generation: u32, port: u16) -> anyhow::Result<u8> {
-        self.ports
-            .get(&port_index(generation, port), 0)
-            .map(|entry| entry.roles)
-            .with_context(|| {
-                format!("reading port {port} of generation {generation} in map {PORTS}")
-            })
-    }
-
-    /// Writes the prefilter tables of `generation`, derived from `policy`'s lists.
-    fn write_prefilter(&mut self, generation: u32, policy: &Policy) -> anyhow::Result<()> {
-        for (id, table) in prefilter_tables(policy) {
-            let index = table_index(generation, id);
-            self.prefilter
-                .set(index, table, 0)
-                .with_context(|| format!("writing table {index} of map {PREFILTER}"))?;
-        }
-        Ok(())
-    }
-
-    /// Rewrites the port table of `generation`: clears the ports `previous` listed (or every
-    /// non-zero slot, if `previous` was left dirty), then writes `policy`'s with their counter
-    /// slots.
-    fn write_ports(
-        &mut self,
-        generation: u32,
-        previous: &PolicyConfig,
-        policy: &Policy,
-        slots: &BTreeMap<u16, u8>,
-    ) -> anyhow::Result<()> {
-        let stale: Vec<u16> = if previous.port_count as usize <= MAX_PORTS {
-            previous.ports[..previous.port_count as usize].to_vec()
-        } else {
-            let mut set = Vec::new();
-            // Every port number: `0..PORTS_PER_GENERATION as u16` would be the empty `0..0`.
-            for port in 0..=u16::MAX {
-                if self.port_roles(generation, port)? != 0 {
-                    set.push(port);
-                }
-            }
-            set
-        };
-        for port in stale
-            .into_iter()
-            .filter(|port| !policy.ports.contains_key(port))
-        {
-            self.set_port(generation, port, PortEntry::default())?;
-        }
-        for (&port, &roles) in &policy.ports {
-            let entry = PortEntry {
-                roles,
-                slot: slots.get(&port).copied().unwrap_or(0),
-                _pad: [0; 2],
-            };
-            self.set_port(generation, port, entry)?;
-        }
-        Ok(())
-    }
-
-    fn set_port(&mut self, generation: u32, port: u16, entry: PortEntry) -> anyhow::Result<()> {
-        self.ports
-            .set(port_index(generation, port), entry, 0)
-            .with_context(|| {
-                format!("writing port {port} of generation {generation} in map {PORTS}")
-            })
-    }
 }
 
 /// The ports a generation's config lists (none if it was left dirty).
@@ -278,45 +209,47 @@ fn listed_ports(config: &PolicyConfig) -> &[u16] {
     }
 }
 
-/// The prefilter tables of a policy (`apns_common::prefilter`), by their id within a
-/// generation.
-fn prefilter_tables(policy: &Policy) -> Vec<(u32, Box<PrefixTable>)> {
-    let mut allow_v4 = Box::<PrefixTable>::default();
-    let mut providers_v4 = Box::<PrefixTable>::default();
-    let mut allow_v6 = Box::<PrefixTable>::default();
-    let mut allow_v6_next = Box::<PrefixTable>::default();
-    let mut providers_v6 = Box::<PrefixTable>::default();
-    let mut providers_v6_next = Box::<PrefixTable>::default();
+/// A generation's tables for `policy`: its ports with their roles and counter slots (`slots`,
+/// 0 for a port without one), and the prefilter derived from its lists
+/// (`apns_common::prefilter`).
+fn generation_tables(policy: &Policy, slots: &BTreeMap<u16, u8>) -> Box<GenerationTables> {
+    // SAFETY: `GenerationTables` is plain integers (it implements `aya::Pod`), for which all
+    // zero bytes are a valid value: no port, no prefix. Built on the heap: it is 352 KiB.
+    let mut tables = unsafe { Box::<GenerationTables>::new_zeroed().assume_init() };
+    for (&port, &roles) in &policy.ports {
+        tables.ports[usize::from(port)] = PortEntry {
+            roles,
+            slot: slots.get(&port).copied().unwrap_or(0),
+            _pad: [0; 2],
+        };
+    }
+    let prefilter = &mut tables.prefilter;
     for net in policy.allow_v4() {
-        allow_v4.add_v4(net.network().octets(), net.prefix_len());
+        prefilter[table::ALLOW_V4].add_v4(net.network().octets(), net.prefix_len());
     }
     for net in policy.providers_v4() {
-        providers_v4.add_v4(net.network().octets(), net.prefix_len());
+        prefilter[table::PROVIDERS_V4].add_v4(net.network().octets(), net.prefix_len());
     }
-    for net in policy.allow_v6() {
-        PrefixTable::add_v6(
-            &mut allow_v6,
-            &mut allow_v6_next,
-            net.network().octets(),
-            net.prefix_len(),
-        );
+    for (first, next, nets) in [
+        (
+            table::ALLOW_V6,
+            table::ALLOW_V6_NEXT,
+            policy.allow_v6().collect::<Vec<_>>(),
+        ),
+        (
+            table::PROVIDERS_V6,
+            table::PROVIDERS_V6_NEXT,
+            policy.providers_v6().collect(),
+        ),
+    ] {
+        let [first, next] = prefilter
+            .get_disjoint_mut([first, next])
+            .expect("an IPv6 list's two tables are distinct entries");
+        for net in nets {
+            PrefixTable::add_v6(first, next, net.network().octets(), net.prefix_len());
+        }
     }
-    for net in policy.providers_v6() {
-        PrefixTable::add_v6(
-            &mut providers_v6,
-            &mut providers_v6_next,
-            net.network().octets(),
-            net.prefix_len(),
-        );
-    }
-    vec![
-        (table::ALLOW_V4, allow_v4),
-        (table::PROVIDERS_V4, providers_v4),
-        (table::ALLOW_V6, allow_v6),
-        (table::ALLOW_V6_NEXT, allow_v6_next),
-        (table::PROVIDERS_V6, providers_v6),
-        (table::PROVIDERS_V6_NEXT, providers_v6_next),
-    ]
+    tables
 }
 
 /// Key data of an LPM trie that starts with the generation byte.

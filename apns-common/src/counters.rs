@@ -13,7 +13,8 @@
 //! one [`CounterValue`] per *cell*, a (direction, outcome) pair numbered by [`cell_of`]. The
 //! agent hands out the slots (`APNS_CNT_SLOTS`, a [`CounterSlots`] table): an interface gets
 //! its slot when it is attached (the slot is stored in its `APNS_IFACES` entry), a port when a
-//! policy first lists it (stored in its `APNS_PORTS` entry, the same in both generations).
+//! policy first lists it (stored in its port entry in `APNS_TABLES`, the same in both
+//! generations).
 //! User space turns slots back into ifindexes and ports with the same table and sums the
 //! per-CPU values, so every reader still sees [`CounterKey`]s.
 //!
@@ -312,7 +313,7 @@ pub const fn usable_slot(slot: u32) -> u32 {
 /// Value of `APNS_CNT_SLOTS` (one entry): which interface and port each slot belongs to.
 /// Written by the agent only, under the pin directory's lock; read by every counter reader.
 /// The XDP program never reads it (the slots it needs are in `APNS_IFACES` and
-/// `APNS_PORTS`).
+/// `APNS_TABLES`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CounterSlots {

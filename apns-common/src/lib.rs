@@ -22,6 +22,7 @@ pub mod prefilter;
 /// [`maps::META`] map when it creates the maps and checks it before adopting pinned ones.
 ///
 /// History: 2 keyed the counters by a per-CPU hash; 3 (datapath v2) counts in a per-CPU
-/// array by (interface slot, port slot, cell), makes `APNS_IFACES` an array by ifindex, gives
-/// port entries a counter slot, and adds `APNS_CNT_SLOTS` and `APNS_PREFILTER`.
+/// array by (interface slot, port slot, cell), makes `APNS_IFACES` an array by ifindex,
+/// replaces `APNS_PORTS` by `APNS_TABLES` (per generation: port entries with a counter slot,
+/// and the address prefilter), lists port roles in `APNS_POLICY`, and adds `APNS_CNT_SLOTS`.
 pub const LAYOUT_VERSION: u32 = 3;

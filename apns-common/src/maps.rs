@@ -5,15 +5,15 @@
 //! each name below exists with the key and value size given here.
 //!
 //! What the XDP program looks up per packet, all arrays (inlined by the verifier): every
-//! packet `APNS_IFACES` and `APNS_COUNTERS`; a TCP packet also `APNS_ACTIVE` and its two
-//! `APNS_PORTS` entries; an address on an APNs port also one `APNS_PREFILTER` table (two for
-//! IPv6). Only an address the prefilter cannot settle costs an LPM trie lookup; only a passed
-//! APNs packet on a `redirect` interface `APNS_TX_PORTS`; only a policy drop the event maps.
+//! packet `APNS_IFACES` and `APNS_COUNTERS`; a TCP packet also `APNS_ACTIVE` and its
+//! generation's `APNS_TABLES` entry (both ports and the prefilter in one value). Only an
+//! address the prefilter cannot settle costs an LPM trie lookup; only a pinhole or provider
+//! port in enforce mode `APNS_POLICY`; only a passed APNs packet on a `redirect` interface
+//! `APNS_TX_PORTS`; only a policy drop the event maps.
 //!
-//! Memory (preallocated, `bytes_memlock`): `APNS_COUNTERS` 768 KiB per CPU; `APNS_PORTS`
-//! 1 MiB (131,072 entries, the kernel rounds each to 8 bytes); `APNS_IFACES` 256 KiB;
-//! `APNS_PREFILTER` 192 KiB; `APNS_EVENTS` 256 KiB; the rest a few KiB. The LPM tries
-//! allocate per prefix.
+//! Memory (preallocated, `bytes_memlock`): `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES`
+//! 704 KiB (two generations of 352 KiB); `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the
+//! rest a few KiB. The LPM tries allocate per prefix.
 
 /// `Array<u32>`, 1 entry: the policy generation (0 or 1) the datapath judges packets by.
 /// Written by the agent as its last step of a policy change (one aligned 4-byte store, so a
@@ -25,17 +25,18 @@ pub const ACTIVE: &str = "APNS_ACTIVE";
 pub const POLICY: &str = "APNS_POLICY";
 pub const POLICY_MAX_ENTRIES: u32 = crate::policy::GENERATIONS;
 
-/// `Array<PortEntry>` (role bits and counter slot, [`crate::policy::PortEntry`]), indexed by
-/// `generation * PORTS_PER_GENERATION + port` (port in host byte order). Written by the agent
-/// (inactive generation only); read by the XDP program for every TCP packet (destination and
-/// source port).
-pub const PORTS: &str = "APNS_PORTS";
-pub const PORTS_PER_GENERATION: u32 = 1 << 16;
-pub const PORTS_MAX_ENTRIES: u32 = crate::policy::GENERATIONS * PORTS_PER_GENERATION;
+/// `Array<GenerationTables>` ([`crate::policy::GenerationTables`], 352 KiB each), indexed by
+/// generation: the port table (role bits and counter slot of every port) and the address
+/// prefilter ([`crate::prefilter`]: the allow-list's and the provider list's verdict for
+/// every 16-bit bucket) of that generation, in one value so that a TCP packet costs one
+/// lookup for both. Written whole by the agent, derived from the policy with the tries,
+/// into the inactive generation only; read by the XDP program for every TCP packet.
+pub const TABLES: &str = "APNS_TABLES";
+pub const TABLES_MAX_ENTRIES: u32 = crate::policy::GENERATIONS;
 
 /// `LpmTrie<PrefixV4, u8>` / `LpmTrie<PrefixV6, u8>`: Apple's prefixes (the allow-list). The
 /// value is unused (always 1). Written by the agent (inactive generation only); read by the
-/// XDP program only for addresses [`PREFILTER`] cannot settle.
+/// XDP program only for addresses the prefilter ([`TABLES`]) cannot settle.
 pub const ALLOW_V4: &str = "APNS_ALLOW_V4";
 pub const ALLOW_V6: &str = "APNS_ALLOW_V6";
 /// Prefixes per generation and family the allow-list maps can hold.
@@ -49,15 +50,6 @@ pub const PROVIDERS_V6: &str = "APNS_PROV_V6";
 pub const PROVIDER_PREFIXES_PER_GENERATION: u32 = 4_096;
 pub const PROVIDERS_MAX_ENTRIES: u32 =
     crate::policy::GENERATIONS * PROVIDER_PREFIXES_PER_GENERATION;
-
-/// `Array<PrefixTable>` ([`crate::prefilter`]), [`PREFILTER_MAX_ENTRIES`] tables of 16 KiB,
-/// indexed by [`crate::prefilter::table_index`]: per generation, the verdict of every 16-bit
-/// address bucket for the allow-list and the provider list (IPv4; IPv6 first and next
-/// level). Written by the agent with the tries, into the inactive generation only; read by
-/// the XDP program before any trie lookup.
-pub const PREFILTER: &str = "APNS_PREFILTER";
-pub const PREFILTER_MAX_ENTRIES: u32 =
-    crate::policy::GENERATIONS * crate::prefilter::table::PER_GENERATION;
 
 /// `PerCpuArray<CounterBlock>`, [`crate::counters::COUNTER_BLOCKS`] entries indexed by
 /// [`crate::counters::block_index`]`(interface slot, port slot)`: every packet the XDP
@@ -124,13 +116,12 @@ pub mod map_type {
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 17] = {
+pub const ALL: [MapLayout; 16] = {
     use crate::{
         counters::{CounterBlock, CounterSlots, COUNTER_BLOCKS},
         events::{EventConfig, EventState},
         fastpath::IfaceConfig,
-        policy::{PolicyConfig, PortEntry, PrefixV4, PrefixV6},
-        prefilter::PrefixTable,
+        policy::{GenerationTables, PolicyConfig, PrefixV4, PrefixV6},
     };
     use map_type::*;
     /// LPM keys are the 4-byte prefix length followed by the key data.
@@ -144,13 +135,12 @@ pub const ALL: [MapLayout; 17] = {
             size_of::<PolicyConfig>(),
             POLICY_MAX_ENTRIES,
         ),
-        MapLayout::new(PORTS, ARRAY, 4, size_of::<PortEntry>(), PORTS_MAX_ENTRIES),
         MapLayout::new(
-            PREFILTER,
+            TABLES,
             ARRAY,
             4,
-            size_of::<PrefixTable>(),
-            PREFILTER_MAX_ENTRIES,
+            size_of::<GenerationTables>(),
+            TABLES_MAX_ENTRIES,
         ),
         MapLayout::new(
             ALLOW_V4,

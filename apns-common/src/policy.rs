@@ -15,9 +15,9 @@ pub mod mode {
     pub const ENFORCE: u32 = 1;
 }
 
-/// Value of [`crate::maps::PORTS`]: a port's roles in one generation and its counter slot
-/// (`crate::counters`), which the agent keeps the same in both generations so that a port's
-/// counters do not move when the policy changes.
+/// A port's entry in [`GenerationTables::ports`]: its roles in one generation and its counter
+/// slot (`crate::counters`), which the agent keeps the same in both generations so that a
+/// port's counters do not move when the policy changes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortEntry {
@@ -62,15 +62,17 @@ pub struct PolicyConfig {
     /// provider list", which disables the provider rule.
     pub provider_prefixes: u32,
     /// How many entries of `ports` are used, or [`PORT_LIST_DIRTY`] while the agent rewrites
-    /// this generation (an agent that finds it so after a crash scans the whole table).
+    /// this generation (a generation found so was left half-written: it is never read back
+    /// as a policy).
     pub port_count: u32,
     pub _pad: u32,
-    /// The ports (host byte order) whose [`crate::maps::PORTS`] entry is non-zero in this
-    /// generation. The XDP program never reads it: it lets the agent list and clear a
-    /// generation's port table without scanning all 65,536 slots.
+    /// The ports (host byte order) with roles in this generation's port table, and their
+    /// roles. The XDP program never reads them: they let the agent read a generation's policy
+    /// back without reading the whole table.
     pub ports: [u16; MAX_PORTS],
+    pub roles: [u8; MAX_PORTS],
 }
-const _: () = assert!(size_of::<PolicyConfig>() == 16 + 2 * MAX_PORTS);
+const _: () = assert!(size_of::<PolicyConfig>() == 16 + 3 * MAX_PORTS);
 
 impl Default for PolicyConfig {
     fn default() -> Self {
@@ -80,6 +82,7 @@ impl Default for PolicyConfig {
             port_count: 0,
             _pad: 0,
             ports: [0; MAX_PORTS],
+            roles: [0; MAX_PORTS],
         }
     }
 }
@@ -107,16 +110,27 @@ pub struct PrefixV6 {
 }
 const _: () = assert!(size_of::<PrefixV6>() == 17);
 
-/// Index of `port` of `generation` in [`crate::maps::PORTS`].
-#[inline(always)]
-pub const fn port_index(generation: u32, port: u16) -> u32 {
-    (generation & 1) * crate::maps::PORTS_PER_GENERATION + port as u32
+/// Port numbers, and so entries of a port table.
+pub const PORT_NUMBERS: usize = 1 << 16;
+
+/// Value of [`crate::maps::TABLES`], one per generation: every table the XDP program reads
+/// for a TCP packet, so that one array lookup serves both ports and the address prefilter.
+/// Written whole by the agent (inactive generation only); 352 KiB.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GenerationTables {
+    /// Indexed by port (host byte order).
+    pub ports: [PortEntry; PORT_NUMBERS],
+    /// The address prefilter, indexed by [`crate::prefilter::table`] ids.
+    pub prefilter: [crate::prefilter::PrefixTable; crate::prefilter::table::PER_GENERATION],
 }
+const _: () = assert!(size_of::<GenerationTables>() == 4 * PORT_NUMBERS + 6 * 16 * 1024);
 
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::PolicyConfig {}
     unsafe impl aya::Pod for super::PortEntry {}
+    unsafe impl aya::Pod for super::GenerationTables {}
     unsafe impl aya::Pod for super::PrefixV4 {}
     unsafe impl aya::Pod for super::PrefixV6 {}
 }

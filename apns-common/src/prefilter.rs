@@ -37,25 +37,20 @@ pub mod verdict {
     pub const ALL: u8 = 0b11;
 }
 
-/// The tables of one generation, by their index within it (see [`table_index`]).
+/// The tables of one generation, by their index in
+/// [`crate::policy::GenerationTables::prefilter`].
 pub mod table {
-    pub const ALLOW_V4: u32 = 0;
-    pub const PROVIDERS_V4: u32 = 1;
-    pub const ALLOW_V6: u32 = 2;
-    pub const ALLOW_V6_NEXT: u32 = 3;
-    pub const PROVIDERS_V6: u32 = 4;
-    pub const PROVIDERS_V6_NEXT: u32 = 5;
+    pub const ALLOW_V4: usize = 0;
+    pub const PROVIDERS_V4: usize = 1;
+    pub const ALLOW_V6: usize = 2;
+    pub const ALLOW_V6_NEXT: usize = 3;
+    pub const PROVIDERS_V6: usize = 4;
+    pub const PROVIDERS_V6_NEXT: usize = 5;
     /// Tables per generation.
-    pub const PER_GENERATION: u32 = 6;
+    pub const PER_GENERATION: usize = 6;
 }
 
-/// Index of `table` of `generation` in `APNS_PREFILTER`.
-#[inline(always)]
-pub const fn table_index(generation: u32, table: u32) -> u32 {
-    (generation & 1) * table::PER_GENERATION + table
-}
-
-/// Value of `APNS_PREFILTER`: one table of 65,536 2-bit verdicts.
+/// One table of 65,536 2-bit verdicts (part of a generation's tables, `APNS_TABLES`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PrefixTable {
@@ -134,9 +129,6 @@ fn add_first_level(table: &mut PrefixTable, bucket: usize, len: u8) {
         table.raise(bucket, 1, verdict::ASK);
     }
 }
-
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for PrefixTable {}
 
 #[cfg(test)]
 mod tests {

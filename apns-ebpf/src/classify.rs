@@ -1,20 +1,21 @@
 //! Applies the active policy generation to a TCP packet (docs/classification.md, section 5).
 //!
-//! Only array lookups on the common paths: the port table (an array) decides whether an
-//! address needs to be judged at all, the prefilter (an array by the leading 16 bits) settles
-//! most addresses, and only an address next to a long prefix pays for an LPM trie lookup.
+//! Only array lookups on the common paths, two of them: the generation, then that
+//! generation's tables (one value): the port table decides whether an address needs to be
+//! judged at all, the prefilter (verdicts by the leading 16 bits) settles most addresses,
+//! and only an address next to a long prefix pays for an LPM trie lookup.
 
 use apns_common::{
     counters::{usable_slot, Direction, Outcome, OVERFLOW_SLOT},
-    policy::{mode, port_index, role, PortEntry, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS},
-    prefilter::{table, table_index, verdict},
+    policy::{mode, role, GenerationTables, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS},
+    prefilter::{table, verdict},
 };
 use aya_ebpf::maps::{lpm_trie::Key, LpmTrie};
 
 use crate::{
     maps::{
-        APNS_ACTIVE, APNS_ALLOW_V4, APNS_ALLOW_V6, APNS_POLICY, APNS_PORTS, APNS_PREFILTER,
-        APNS_PROV_V4, APNS_PROV_V6,
+        APNS_ACTIVE, APNS_ALLOW_V4, APNS_ALLOW_V6, APNS_POLICY, APNS_PROV_V4, APNS_PROV_V6,
+        APNS_TABLES,
     },
     parse::{Addrs, TcpPacket},
 };
@@ -40,17 +41,30 @@ impl Judgement {
     }
 }
 
+/// The policy generation a packet is judged by: its number (the tries' key prefix and
+/// `APNS_POLICY`'s index) and its tables.
+struct Generation {
+    number: u32,
+    tables: &'static GenerationTables,
+}
+
 #[inline(always)]
 pub fn judge(packet: &TcpPacket) -> Judgement {
     // A corrupt switch value still selects one of the two generations.
-    let generation = APNS_ACTIVE.get(0).copied().unwrap_or(0) & 1;
-    let dst = port_entry(generation, packet.dport);
+    let number = APNS_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let Some(tables) = APNS_TABLES.get(number) else {
+        // Unreachable: the array holds both generations. No tables, no APNs port.
+        return Judgement::class(Outcome::NotApns);
+    };
+    let generation = Generation { number, tables };
+    // Port numbers index the table whole: a u16 is always in bounds.
+    let dst = tables.ports[usize::from(packet.dport)];
     let dst_roles = dst.roles;
 
-    if dst_roles != 0 && is_apple(generation, &packet.addrs, Endpoint::Destination) {
+    if dst_roles != 0 && is_apple(&generation, &packet.addrs, Endpoint::Destination) {
         let outcome = if dst_roles & role::PROVIDER != 0
-            && provider_rule_applies(generation)
-            && !is_provider(generation, &packet.addrs)
+            && provider_rule_applies(number)
+            && !is_provider(&generation, &packet.addrs)
         {
             Outcome::DropProvider
         } else {
@@ -63,8 +77,8 @@ pub fn judge(packet: &TcpPacket) -> Judgement {
         };
     }
 
-    let src = port_entry(generation, packet.sport);
-    if src.roles != 0 && is_apple(generation, &packet.addrs, Endpoint::Source) {
+    let src = tables.ports[usize::from(packet.sport)];
+    if src.roles != 0 && is_apple(&generation, &packet.addrs, Endpoint::Source) {
         return Judgement {
             outcome: Outcome::Pass,
             direction: Direction::Inbound,
@@ -74,7 +88,7 @@ pub fn judge(packet: &TcpPacket) -> Judgement {
 
     // The destination port is a pinhole but the destination is not Apple (the outbound test
     // above failed): the pinhole is being used to reach someone else.
-    if dst_roles & role::PINHOLE != 0 && enforcing(generation) {
+    if dst_roles & role::PINHOLE != 0 && enforcing(number) {
         return Judgement {
             outcome: Outcome::DropPinhole,
             direction: Direction::None,
@@ -82,15 +96,6 @@ pub fn judge(packet: &TcpPacket) -> Judgement {
         };
     }
     Judgement::class(Outcome::NotApns)
-}
-
-/// The port's entry in `generation`; a port not in the table has no roles.
-#[inline(always)]
-fn port_entry(generation: u32, port: u16) -> PortEntry {
-    APNS_PORTS
-        .get(port_index(generation, port))
-        .copied()
-        .unwrap_or_default()
 }
 
 /// `mode` and `provider_prefixes` of a generation; a missing entry reads as monitor.
@@ -119,7 +124,7 @@ enum Endpoint {
 }
 
 #[inline(always)]
-fn is_apple(generation: u32, addrs: &Addrs, endpoint: Endpoint) -> bool {
+fn is_apple(generation: &Generation, addrs: &Addrs, endpoint: Endpoint) -> bool {
     match (addrs, endpoint) {
         (Addrs::V4 { src, .. }, Endpoint::Source) => in_v4(ALLOW_V4, generation, src),
         (Addrs::V4 { dst, .. }, Endpoint::Destination) => in_v4(ALLOW_V4, generation, dst),
@@ -130,7 +135,7 @@ fn is_apple(generation: u32, addrs: &Addrs, endpoint: Endpoint) -> bool {
 
 /// Whether the source is in the provider list.
 #[inline(always)]
-fn is_provider(generation: u32, addrs: &Addrs) -> bool {
+fn is_provider(generation: &Generation, addrs: &Addrs) -> bool {
     match addrs {
         Addrs::V4 { src, .. } => in_v4(PROVIDERS_V4, generation, src),
         Addrs::V6 { src, .. } => in_v6(PROVIDERS_V6, generation, src),
@@ -139,9 +144,9 @@ fn is_provider(generation: u32, addrs: &Addrs) -> bool {
 
 /// One prefix list of one family: its prefilter tables and its trie.
 struct List<K: 'static> {
-    first: u32,
+    first: usize,
     /// IPv6's next-level table (unused for IPv4, whose first level is all it has).
-    next: u32,
+    next: usize,
     trie: &'static LpmTrie<K, u8>,
 }
 
@@ -166,29 +171,21 @@ const PROVIDERS_V6: List<PrefixV6> = List {
     trie: &APNS_PROV_V6,
 };
 
-/// The prefilter's verdict on a 16-bit bucket; a missing table (never, the array is sized
-/// for every generation) reads as `ASK`, which is always safe.
+/// The prefilter's verdict on the 16-bit bucket made of `high` and `low`.
 #[inline(always)]
-fn prefilter(generation: u32, table: u32, bucket: u16) -> u8 {
-    match APNS_PREFILTER.get(table_index(generation, table)) {
-        Some(table) => table.get(bucket),
-        None => verdict::ASK,
-    }
+fn prefilter(generation: &Generation, table: usize, high: u8, low: u8) -> u8 {
+    generation.tables.prefilter[table].get(u16::from_be_bytes([high, low]))
 }
 
 #[inline(always)]
-fn in_v4(list: List<PrefixV4>, generation: u32, addr: &[u8; 4]) -> bool {
-    match prefilter(
-        generation,
-        list.first,
-        u16::from_be_bytes([addr[0], addr[1]]),
-    ) {
+fn in_v4(list: List<PrefixV4>, generation: &Generation, addr: &[u8; 4]) -> bool {
+    match prefilter(generation, list.first, addr[0], addr[1]) {
         verdict::NONE => return false,
         verdict::ALL => return true,
         _ => {}
     }
     let data = PrefixV4 {
-        generation: generation as u8,
+        generation: generation.number as u8,
         addr: *addr,
     };
     list.trie
@@ -197,26 +194,17 @@ fn in_v4(list: List<PrefixV4>, generation: u32, addr: &[u8; 4]) -> bool {
 }
 
 #[inline(always)]
-fn in_v6(list: List<PrefixV6>, generation: u32, addr: &[u8; 16]) -> bool {
-    match prefilter(
-        generation,
-        list.first,
-        u16::from_be_bytes([addr[0], addr[1]]),
-    ) {
+fn in_v6(list: List<PrefixV6>, generation: &Generation, addr: &[u8; 16]) -> bool {
+    match prefilter(generation, list.first, addr[0], addr[1]) {
         verdict::NONE => return false,
         verdict::ALL => return true,
         _ => {}
     }
-    if prefilter(
-        generation,
-        list.next,
-        u16::from_be_bytes([addr[2], addr[3]]),
-    ) == verdict::NONE
-    {
+    if prefilter(generation, list.next, addr[2], addr[3]) == verdict::NONE {
         return false;
     }
     let data = PrefixV6 {
-        generation: generation as u8,
+        generation: generation.number as u8,
         addr: *addr,
     };
     list.trie

@@ -8,10 +8,9 @@ use apns_common::{
     fastpath::IfaceConfig,
     maps::{
         ALLOW_MAX_ENTRIES, EVENTS_RING_BYTES, IFACES_MAX_ENTRIES, MAX_INTERFACES,
-        POLICY_MAX_ENTRIES, PORTS_MAX_ENTRIES, PREFILTER_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES,
+        POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES, TABLES_MAX_ENTRIES,
     },
-    policy::{PolicyConfig, PortEntry, PrefixV4, PrefixV6},
-    prefilter::PrefixTable,
+    policy::{GenerationTables, PolicyConfig, PrefixV4, PrefixV6},
 };
 use aya_ebpf::{
     macros::map,
@@ -25,10 +24,7 @@ pub static APNS_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 pub static APNS_POLICY: Array<PolicyConfig> = Array::with_max_entries(POLICY_MAX_ENTRIES, 0);
 
 #[map]
-pub static APNS_PORTS: Array<PortEntry> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
-
-#[map]
-pub static APNS_PREFILTER: Array<PrefixTable> = Array::with_max_entries(PREFILTER_MAX_ENTRIES, 0);
+pub static APNS_TABLES: Array<GenerationTables> = Array::with_max_entries(TABLES_MAX_ENTRIES, 0);
 
 #[map]
 pub static APNS_ALLOW_V4: LpmTrie<PrefixV4, u8> = LpmTrie::with_max_entries(ALLOW_MAX_ENTRIES, 0);
