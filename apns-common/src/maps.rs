@@ -20,7 +20,7 @@
 /// packet sees either the old or the new generation); read by the XDP program per packet.
 pub const ACTIVE: &str = "APNS_ACTIVE";
 
-/// `Array<PolicyConfig>`, [`GENERATIONS`] entries, indexed by generation. Written by the
+/// `Array<PolicyConfig>`, [`crate::policy::GENERATIONS`] entries, indexed by generation. Written by the
 /// agent into the inactive generation only; read by the XDP program.
 pub const POLICY: &str = "APNS_POLICY";
 pub const POLICY_MAX_ENTRIES: u32 = crate::policy::GENERATIONS;
