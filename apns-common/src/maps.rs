@@ -65,6 +65,15 @@ pub const COUNTERS: &str = "APNS_COUNTERS";
 /// counter reader (`stats`, /metrics, the textfile, tests). The XDP program never reads it.
 pub const COUNTER_SLOTS: &str = "APNS_CNT_SLOTS";
 
+/// `HashMap<CounterKey, CounterValue>`: counts carried over from a datapath of the previous
+/// layout when the agent migrated it in place (`apns-agent/src/datapath/migrate.rs`), under
+/// the keys they had there. Written only by the agent, once per migration, after the old
+/// program stopped counting (so nothing races with it); read by every counter reader, which
+/// adds it to what the datapath counts itself. The XDP program never touches it.
+pub const COUNTERS_CARRIED: &str = "APNS_CNT_CARRIED";
+/// Keys the carried counts can hold: the previous layout's counter map size.
+pub const COUNTERS_CARRIED_MAX_ENTRIES: u32 = 16_384;
+
 /// `PerCpuArray<u64>`, 1 entry: packets the XDP program could not count because a counter
 /// array lookup failed, which the slot bounds make impossible; kept so that even a bug
 /// shows as a number rather than as silence. Written by the XDP program; read by the agent.
@@ -108,6 +117,7 @@ pub const META: &str = "APNS_META";
 
 /// Kernel map type numbers (`enum bpf_map_type`, stable UAPI) of the maps above.
 pub mod map_type {
+    pub const HASH: u32 = 1;
     pub const ARRAY: u32 = 2;
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LPM_TRIE: u32 = 11;
@@ -116,9 +126,9 @@ pub mod map_type {
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 16] = {
+pub const ALL: [MapLayout; 17] = {
     use crate::{
-        counters::{CounterBlock, CounterSlots, COUNTER_BLOCKS},
+        counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
         events::{EventConfig, EventState},
         fastpath::IfaceConfig,
         policy::{GenerationTables, PolicyConfig, PrefixV4, PrefixV6},
@@ -178,6 +188,13 @@ pub const ALL: [MapLayout; 16] = {
             COUNTER_BLOCKS,
         ),
         MapLayout::new(COUNTER_SLOTS, ARRAY, 4, size_of::<CounterSlots>(), 1),
+        MapLayout::new(
+            COUNTERS_CARRIED,
+            HASH,
+            size_of::<CounterKey>(),
+            size_of::<CounterValue>(),
+            COUNTERS_CARRIED_MAX_ENTRIES,
+        ),
         MapLayout::new(COUNTERS_LOST, PERCPU_ARRAY, 4, 8, 1),
         MapLayout::new(EVENTS, RINGBUF, 0, 0, EVENTS_RING_BYTES),
         MapLayout::new(EVENT_CONFIG, ARRAY, 4, size_of::<EventConfig>(), 1),

@@ -3,18 +3,18 @@
 //! checks the built object).
 
 use apns_common::{
-    counters::{CounterBlock, CounterSlots, COUNTER_BLOCKS},
+    counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
     events::{EventConfig, EventState},
     fastpath::IfaceConfig,
     maps::{
-        ALLOW_MAX_ENTRIES, EVENTS_RING_BYTES, IFACES_MAX_ENTRIES, MAX_INTERFACES,
-        POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES, TABLES_MAX_ENTRIES,
+        ALLOW_MAX_ENTRIES, COUNTERS_CARRIED_MAX_ENTRIES, EVENTS_RING_BYTES, IFACES_MAX_ENTRIES,
+        MAX_INTERFACES, POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES, TABLES_MAX_ENTRIES,
     },
     policy::{GenerationTables, PolicyConfig, PrefixV4, PrefixV6},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
 };
 
 #[map]
@@ -47,6 +47,11 @@ pub static APNS_COUNTERS: PerCpuArray<CounterBlock> =
 /// Never read here (only the agent uses it); declared so the object carries it.
 #[map]
 pub static APNS_CNT_SLOTS: Array<CounterSlots> = Array::with_max_entries(1, 0);
+
+/// Never read here (only the agent writes and reads it); declared so the object carries it.
+#[map]
+pub static APNS_CNT_CARRIED: HashMap<CounterKey, CounterValue> =
+    HashMap::with_max_entries(COUNTERS_CARRIED_MAX_ENTRIES, 0);
 
 #[map]
 pub static APNS_CNT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -10,7 +10,7 @@
 //! ```
 
 use anyhow::{ensure, Context as _, Result};
-use apns_agent::datapath::policy::{Policy, APPLE_V6, DEFAULT_PORTS};
+use apns_agent::datapath::policy::Policy;
 use apns_tests::{
     bench::{
         stats::{median, ratio},
@@ -18,16 +18,7 @@ use apns_tests::{
     },
     xdp::XDP_PASS,
 };
-use aya::{
-    maps::{
-        lpm_trie::{Key, LpmTrie},
-        Array, HashMap,
-    },
-    programs::Xdp,
-    Ebpf, EbpfLoader,
-};
-
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/apns-layout2.o");
+use aya::{programs::Xdp, Ebpf};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -37,40 +28,10 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 }
 
 /// The layout-2 object with Apple's defaults in generation 0 (active), monitor mode, and the
-/// fast-path entry an attach of the test-run interface would have made.
+/// interface entry an attach of the test-run interface would have made.
 fn layout2() -> Result<Ebpf> {
-    let object = std::fs::read(FIXTURE).with_context(|| format!("reading {FIXTURE}"))?;
-    let off = 0u8;
-    let mut ebpf = EbpfLoader::new()
-        .override_global("AYA_LOG_LEVEL", &off, true)
-        .load(&object)
-        .context("loading the layout-2 object")?;
-    let mut map = |name: &str| {
-        ebpf.take_map(name)
-            .with_context(|| format!("no map {name} in the fixture"))
-    };
-    // Layout 2: port roles as one byte per (generation, port); tries keyed by a generation
-    // byte and the address.
-    let mut ports: Array<_, u8> = Array::try_from(map("APNS_PORTS")?)?;
-    for (port, roles) in DEFAULT_PORTS {
-        ports.set(u32::from(port), roles, 0)?;
-    }
-    let mut v4: LpmTrie<_, [u8; 5], u8> = LpmTrie::try_from(map("APNS_ALLOW_V4")?)?;
-    v4.insert(&Key::new(8 + 8, [0, 17, 0, 0, 0]), 1, 0)?;
-    let mut v6: LpmTrie<_, [u8; 17], u8> = LpmTrie::try_from(map("APNS_ALLOW_V6")?)?;
-    for prefix in APPLE_V6 {
-        let net: ipnet::Ipv6Net = prefix.parse()?;
-        let mut key = [0u8; 17];
-        key[1..].copy_from_slice(&net.network().octets());
-        v6.insert(&Key::new(8 + u32::from(net.prefix_len()), key), 1, 0)?;
-    }
-    let mut ifaces: HashMap<_, u32, [u32; 4]> = HashMap::try_from(map("APNS_IFACES")?)?;
-    ifaces.insert(1, [0, 0x0020_0000, 0x0020_0000, 0], 0)?;
-    let program: &mut Xdp = ebpf
-        .program_mut("apns_xdp")
-        .context("no apns_xdp")?
-        .try_into()?;
-    program.load().context("loading the layout-2 program")?;
+    let mut ebpf = apns_tests::layout2::load(None)?;
+    apns_tests::layout2::register(&mut ebpf, apns_tests::xdp::TEST_RUN_IFINDEX)?;
     Ok(ebpf)
 }
 

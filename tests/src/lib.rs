@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bench;
 pub mod lab;
+pub mod layout2;
 pub mod packets;
 pub mod reference;
 pub mod xdp;

@@ -12,15 +12,17 @@ use apns_common::{
         Direction, Outcome, CELLS, CELLS_PER_BLOCK, IFACE_SLOTS, LAST_ASSIGNABLE_SLOT,
         OVERFLOW_SLOT, PORT_SLOTS, RETIRED_SLOT,
     },
-    maps::{COUNTERS, COUNTERS_LOST, COUNTER_SLOTS},
+    maps::{COUNTERS, COUNTERS_CARRIED, COUNTERS_LOST, COUNTER_SLOTS},
 };
-use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 
 /// Handles to the counter maps of one datapath, for reading.
 pub struct CounterMaps {
     counters: PerCpuArray<MapData, CounterBlock>,
     slots: Array<MapData, CounterSlots>,
     lost: PerCpuArray<MapData, u64>,
+    /// Counts carried over from a datapath of the previous layout (`migrate`), added in.
+    carried: HashMap<MapData, CounterKey, CounterValue>,
 }
 
 /// All counters at one moment, summed over CPUs.
@@ -60,18 +62,43 @@ impl CounterMaps {
             .with_context(|| format!("map {COUNTER_SLOTS} has an unexpected type or layout"))?;
         let lost = PerCpuArray::try_from(map(COUNTERS_LOST)?)
             .with_context(|| format!("map {COUNTERS_LOST} has an unexpected type or layout"))?;
+        let carried = HashMap::try_from(map(COUNTERS_CARRIED)?)
+            .with_context(|| format!("map {COUNTERS_CARRIED} has an unexpected type or layout"))?;
         Ok(Self {
             counters,
             slots,
             lost,
+            carried,
         })
+    }
+
+    /// Adds `entries` to the carried counts (a migration, once the previous layout's
+    /// program no longer counts).
+    pub fn carry(&mut self, entries: &BTreeMap<CounterKey, CounterValue>) -> anyhow::Result<()> {
+        for (key, value) in entries {
+            let mut total = self.carried_value(key)?;
+            total.add(value);
+            self.carried
+                .insert(key, total, 0)
+                .with_context(|| format!("writing {key:?} to map {COUNTERS_CARRIED}"))?;
+        }
+        Ok(())
+    }
+
+    fn carried_value(&self, key: &CounterKey) -> anyhow::Result<CounterValue> {
+        match self.carried.get(key, 0) {
+            Ok(value) => Ok(value),
+            Err(MapError::KeyNotFound) => Ok(CounterValue::default()),
+            Err(err) => Err(err).with_context(|| format!("reading map {COUNTERS_CARRIED}")),
+        }
     }
 
     /// The value under one key, summed over CPUs; zero if nothing was counted there. Reads
     /// only the blocks the key can live in (one, for a key with a slotted interface and port).
     pub fn get(&self, key: &CounterKey) -> anyhow::Result<CounterValue> {
+        let carried = self.carried_value(key)?;
         self.consistent(|slots| {
-            let mut total = CounterValue::default();
+            let mut total = carried;
             let cells = cells_of_key(key);
             if cells.is_empty() {
                 return Ok(total);
@@ -113,6 +140,12 @@ impl CounterMaps {
             }
             Ok(entries)
         })?;
+        let mut entries = entries;
+        for carried in self.carried.iter() {
+            let (key, value) =
+                carried.with_context(|| format!("reading map {COUNTERS_CARRIED}"))?;
+            entries.entry(key).or_default().add(&value);
+        }
         let lost = self
             .lost
             .get(&0, 0)

@@ -18,12 +18,13 @@ use aya::{
         xdp::XdpLink,
         ProgramInfo, SchedClassifier, Xdp,
     },
+    Ebpf,
 };
 
 use aya_obj::programs::XdpAttachType;
 
 use super::{
-    layout,
+    layout, migrate,
     object::{self, EbpfLog},
     pins::{restrict, PinDir},
 };
@@ -38,6 +39,9 @@ pub enum Installed {
     /// The pinned programs differed: every link now runs this agent's programs (swapped
     /// atomically with bpf_link_update), maps and counters kept.
     Upgraded,
+    /// The pinned datapath had the previous map layout (version `from`): it was migrated in
+    /// place (see `migrate`), policy, interfaces and counters carried over.
+    Migrated { from: u32 },
 }
 
 /// Makes the datapath pinned in `pins` run `object`'s programs; see the module
@@ -46,6 +50,10 @@ pub enum Installed {
 /// `log` is the aya-log level to load the program with; `None` keeps the pinned program's
 /// (off for a new one). A different level reloads the programs like an upgrade.
 pub fn install(pins: &PinDir, object: &[u8], log: Option<EbpfLog>) -> anyhow::Result<Installed> {
+    if let Some(from) = migrate::needed(pins)? {
+        migrate::migrate(pins, object, log)?;
+        return Ok(Installed::Migrated { from });
+    }
     let pinned_log = if pins.is_loaded() {
         layout::check(pins)?;
         Some(layout::ebpf_log(pins)?)
@@ -53,67 +61,47 @@ pub fn install(pins: &PinDir, object: &[u8], log: Option<EbpfLog>) -> anyhow::Re
         None
     };
     let log = log.or(pinned_log).unwrap_or_default();
-    let level = log.level();
-    let mut loader = object::loader(&level);
-    let paths: Vec<(&str, PathBuf)> = apns_common::maps::ALL
-        .iter()
-        .map(|layout| (layout.name, pins.map(layout.name)))
-        .collect();
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader.load(object).with_context(|| {
-        format!(
-            "loading the datapath with its maps pinned in {}",
-            pins.maps_dir().display()
-        )
-    })?;
-    for (_, path) in &paths {
-        restrict(path)?;
-    }
     // Written before the program is loaded or swapped in: an interrupted install then
     // re-installs rather than adopts (the level would not match).
-    let mut meta: Array<_, Meta> =
-        Array::try_from(ebpf.map_mut(META).context("the object has no META map")?)?;
-    meta.set(
-        0,
-        Meta {
-            layout_version: LAYOUT_VERSION,
-            ebpf_log_level: u32::from(level),
-        },
-        0,
-    )
-    .with_context(|| format!("writing map {META}"))?;
-
-    let xdp = object::xdp_program(&mut ebpf)?;
-    xdp.load().with_context(|| {
-        format!(
-            "loading XDP program {} (the verifier log follows)",
-            programs::XDP
-        )
-    })?;
+    let mut ebpf = load(pins, object, log, LAYOUT_VERSION)?;
+    load_programs(&mut ebpf)?;
     let pinned_tag = pinned_tag(&pins.program())?;
-    if pinned_tag == Some(xdp.info()?.tag()) && pinned_log == Some(log) {
+    let new_tag = object::xdp_program(&mut ebpf)?.info()?.tag();
+    if pinned_tag == Some(new_tag) && pinned_log == Some(log) {
         return Ok(Installed::Adopted);
     }
-    // The TC half first: what it reads (XDP metadata) is written by either XDP version.
-    let tc = object::tc_mark_program(&mut ebpf)?;
-    tc.load().with_context(|| {
-        format!(
-            "loading TC program {} (the verifier log follows)",
-            programs::TC_MARK
-        )
-    })?;
-    let tc_links = pins.tc_links()?.into_iter().map(|(_, path)| path);
-    swap_in(tc, tc_links, &pins.tc_program())?;
-    let xdp = object::xdp_program(&mut ebpf)?;
-    let xdp_links = pins.links()?.into_iter().map(|link| link.path);
-    swap_in(xdp, xdp_links, &pins.program())?;
+    swap_programs(&mut ebpf, pins)?;
     Ok(if pinned_tag.is_none() {
         Installed::Fresh
     } else {
         Installed::Upgraded
     })
+}
+
+/// Loads (verifies) the XDP and the TC program of a loaded object.
+pub fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    object::xdp_program(ebpf)?.load().with_context(|| {
+        format!(
+            "loading XDP program {} (the verifier log follows)",
+            programs::XDP
+        )
+    })?;
+    object::tc_mark_program(ebpf)?.load().with_context(|| {
+        format!(
+            "loading TC program {} (the verifier log follows)",
+            programs::TC_MARK
+        )
+    })
+}
+
+/// Swaps the loaded programs of `ebpf` in behind every link pinned in `pins` and pins them
+/// in place of the old ones. The TC half first: what it reads (XDP metadata) is written by
+/// either XDP version.
+pub fn swap_programs(ebpf: &mut Ebpf, pins: &PinDir) -> anyhow::Result<()> {
+    let tc_links = pins.tc_links()?.into_iter().map(|(_, path)| path);
+    swap_in(object::tc_mark_program(ebpf)?, tc_links, &pins.tc_program())?;
+    let xdp_links = pins.links()?.into_iter().map(|link| link.path);
+    swap_in(object::xdp_program(ebpf)?, xdp_links, &pins.program())
 }
 
 /// Pins the loaded program `id` (the XDP program if `xdp`, else the TC one) at `path`.
@@ -133,6 +121,47 @@ pub fn pin_program_by_id(id: u32, path: &Path, xdp: bool) -> anyhow::Result<()> 
         .with_context(|| format!("opening program {id}"))?
         .with_context(|| format!("pinning program {id} at {}", path.display()))?;
     restrict(path)
+}
+
+/// Loads `object` with every map pinned in `maps_at` (created there, or reused when already
+/// pinned: aya's `map_pin_path`), the log level set, and META stamped with `version` and
+/// the level. The programs are not loaded yet.
+pub fn load(maps_at: &PinDir, object: &[u8], log: EbpfLog, version: u32) -> anyhow::Result<Ebpf> {
+    let level = log.level();
+    let mut loader = object::loader(&level);
+    let paths: Vec<(&str, PathBuf)> = apns_common::maps::ALL
+        .iter()
+        .map(|layout| (layout.name, maps_at.map(layout.name)))
+        .collect();
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(object).with_context(|| {
+        format!(
+            "loading the datapath with its maps pinned in {}",
+            maps_at.maps_dir().display()
+        )
+    })?;
+    for (_, path) in &paths {
+        restrict(path)?;
+    }
+    stamp(&mut ebpf, version, log)?;
+    Ok(ebpf)
+}
+
+/// Writes META of a loaded object: the layout `version` and the log level.
+pub fn stamp(ebpf: &mut Ebpf, version: u32, log: EbpfLog) -> anyhow::Result<()> {
+    let mut meta: Array<_, Meta> =
+        Array::try_from(ebpf.map_mut(META).context("the object has no META map")?)?;
+    meta.set(
+        0,
+        Meta {
+            layout_version: version,
+            ebpf_log_level: u32::from(log.level()),
+        },
+        0,
+    )
+    .with_context(|| format!("writing map {META}"))
 }
 
 /// The tag of the program pinned at `path`, if one is.

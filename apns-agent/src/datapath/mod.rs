@@ -23,6 +23,7 @@ mod install;
 pub mod interfaces;
 mod layout;
 pub mod links;
+pub mod migrate;
 pub mod object;
 pub mod pins;
 pub mod policy;
