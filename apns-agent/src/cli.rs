@@ -102,6 +102,13 @@ pub enum Command {
     },
     /// Validate a config file without touching the kernel.
     CheckConfig { file: PathBuf },
+    /// Check, changing nothing, whether the agent will work on this host: kernel, bpffs,
+    /// BTF, capabilities, config, forwarding, conntrack, the metrics address, and per
+    /// interface its link, MTU, driver and XDP features, the XDP programs already on it
+    /// and rp_filter. One line per check: ok, warn or fail, and the fix. Sends nothing
+    /// unless --probe. Exit 0: all ok; 1: warnings; 2: failures (a command-line error
+    /// exits 2 too, with nothing on standard output).
+    Doctor(DoctorArgs),
     /// Stream policy drop events (time, interface, reason, addresses, ports, protocol) as
     /// the datapath reports them: sampled and rate-limited (see run --events-per-second).
     Events {
@@ -179,6 +186,23 @@ pub struct RunArgs {
     /// Sliding window of apns_reachability_ratio (SYN-ACKs seen / SYNs sent).
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub reachability_window: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DoctorArgs {
+    /// Interface to check (repeatable). Default: the config's interfaces.
+    #[arg(long = "iface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// The report as one JSON document (checks, and what was read of each interface).
+    #[arg(long)]
+    pub json: bool,
+    /// Also try one TCP connection to HOST:PORT (e.g. an APNs courier on 5223) and report
+    /// it: the only check that sends anything.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub probe: Option<String>,
+    /// The address `run` will serve metrics on, to check that it is free.
+    #[arg(long, value_name = "ADDR", default_value = crate::telemetry::DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
 }
 
 #[derive(Subcommand, Debug)]

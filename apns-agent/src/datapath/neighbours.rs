@@ -75,10 +75,7 @@ impl Neighbour {
                     Some(_) if components.is_empty() => {
                         "a libxdp dispatcher with no components".to_owned()
                     }
-                    Some(_) => format!(
-                        "a libxdp dispatcher running {}",
-                        components.join(", ")
-                    ),
+                    Some(_) => format!("a libxdp dispatcher running {}", components.join(", ")),
                     None => "named like a libxdp dispatcher but without libxdp's pins".to_owned(),
                 }
             }
@@ -238,7 +235,9 @@ mod tests {
             "lan0 runs XDP program 42 (xdpfilt_alw_all, tag 2d8506cc913c856b, attached by netlink in skb mode, not a libxdp dispatcher): detach it first (`xdp-filter unload lan0` / `ip link set dev lan0 xdp off`), or run the agent on another interface"
         );
         let linked = plain("floor_xdp", Some(7));
-        assert!(linked.describe().contains("attached by bpf_link 7 in skb mode"));
+        assert!(linked
+            .describe()
+            .contains("attached by bpf_link 7 in skb mode"));
         assert!(linked.way_out("lan0").contains("bpftool link show id 7"));
         let mut dispatcher = plain(LIBXDP_DISPATCHER, None);
         dispatcher.dispatcher = Some(Dispatcher {
@@ -248,6 +247,8 @@ mod tests {
         assert!(dispatcher
             .describe()
             .contains("a libxdp dispatcher running xdpfilt_alw_all (id 43)"));
-        assert!(dispatcher.way_out("lan0").contains("xdp-loader unload lan0 --all"));
+        assert!(dispatcher
+            .way_out("lan0")
+            .contains("xdp-loader unload lan0 --all"));
     }
 }

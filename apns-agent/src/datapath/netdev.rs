@@ -328,9 +328,7 @@ fn genl_family_id(name: &str) -> anyhow::Result<Option<u16>> {
             _ => None,
         })),
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(err) => {
-            Err(err).with_context(|| format!("resolving generic-netlink family {name:?}"))
-        }
+        Err(err) => Err(err).with_context(|| format!("resolving generic-netlink family {name:?}")),
     }
 }
 
@@ -347,7 +345,8 @@ where
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     set_receive_timeout(&socket, REPLY_TIMEOUT)?;
-    let mut request = NetlinkMessage::new(Default::default(), NetlinkPayload::InnerMessage(payload));
+    let mut request =
+        NetlinkMessage::new(Default::default(), NetlinkPayload::InnerMessage(payload));
     request.header.flags = NLM_F_REQUEST;
     request.header.sequence_number = 1;
     request.finalize();
@@ -363,9 +362,7 @@ where
             let length = message.header.length as usize;
             match message.payload {
                 NetlinkPayload::InnerMessage(inner) => return Ok(inner),
-                NetlinkPayload::Error(error) if error.code.is_some() => {
-                    return Err(error.to_io())
-                }
+                NetlinkPayload::Error(error) if error.code.is_some() => return Err(error.to_io()),
                 _ => {}
             }
             if length == 0 {

@@ -49,7 +49,8 @@ pub struct LinkFacts {
 /// Reads the pinned link at `path`.
 pub fn pinned_link(path: &Path) -> anyhow::Result<LinkFacts> {
     let fd = obj_get(path).with_context(|| format!("opening link pin {}", path.display()))?;
-    link_info(&fd).with_context(|| format!("reading link {} (BPF_OBJ_GET_INFO_BY_FD)", path.display()))
+    link_info(&fd)
+        .with_context(|| format!("reading link {} (BPF_OBJ_GET_INFO_BY_FD)", path.display()))
 }
 
 /// Reads the link with kernel id `id`.
