@@ -109,6 +109,25 @@ pub enum Command {
     /// unless --probe. Exit 0: all ok; 1: warnings; 2: failures (a command-line error
     /// exits 2 too, with nothing on standard output).
     Doctor(DoctorArgs),
+    /// A dry run: every frame of a pcap or pcapng capture (Ethernet, or Linux cooked from
+    /// `tcpdump -i any`) through the real XDP program in a private instance loaded with the
+    /// config's policy (BPF_PROG_TEST_RUN: nothing attached, no pin touched, no packet
+    /// sent). Prints the counters as `stats` does, under the capture's name, and what
+    /// enforce would have dropped.
+    Replay {
+        /// The capture file.
+        #[arg(value_name = "CAPTURE")]
+        file: PathBuf,
+        /// Overrides the config's mode.
+        #[arg(long, value_parser = label::value_parser::<Mode>())]
+        mode: Option<Mode>,
+        /// The report as JSON (the counters in the shape of `stats --json`).
+        #[arg(long)]
+        json: bool,
+        /// Also each frame's verdict: XDP action and counted outcome.
+        #[arg(long)]
+        frames: bool,
+    },
     /// Stream policy drop events (time, interface, reason, addresses, ports, protocol) as
     /// the datapath reports them: sampled and rate-limited (see run --events-per-second).
     Events {

@@ -10,6 +10,7 @@ mod fastpath;
 mod generate;
 mod live;
 mod policy;
+mod replay;
 mod run;
 mod stats;
 mod status;
@@ -40,6 +41,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fastpath { interface, mode } => fastpath::fastpath(&global, &interface, mode),
         Command::CheckConfig { file } => check_config::check_config(&file),
         Command::Doctor(args) => return doctor::doctor(&global, &args),
+        Command::Replay {
+            file,
+            mode,
+            json,
+            frames,
+        } => replay::replay(&global, &file, mode, json, frames),
         Command::Events { json, count } => events::events(&global, json, count),
         Command::Stats {
             json,

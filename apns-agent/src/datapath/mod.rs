@@ -15,12 +15,14 @@
 //! layout check), `install`, `links` (attach and detach), `neighbours` (other XDP programs
 //! on an interface), `netdev` (devices as netlink reports them), `policy` (the policy model),
 //! `policy_maps`, `counters`, `interfaces`, `events` (typed map access), `reconcile`,
-//! `status`, `sys` (two raw bpf calls).
+//! `status`, `sys` (raw bpf calls aya lacks), `instance` (a private, unpinned instance for
+//! BPF_PROG_TEST_RUN).
 
 pub mod counters;
 pub mod events;
 pub mod hooks;
 mod install;
+pub mod instance;
 pub mod interfaces;
 mod layout;
 pub mod links;

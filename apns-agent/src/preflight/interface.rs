@@ -55,38 +55,36 @@ pub struct Wanted {
 
 /// The checks of interface `name`, and what was read of it.
 pub fn check(name: &str, pins: &PinDir, wanted: &Wanted) -> (Vec<Check>, Facts) {
-    let mut facts = Facts::default();
+    // The link checks that end the interface's checks: nothing more can be read.
+    let unreadable = |detail: String, fix: &str| {
+        let check = Check::fail(format!("{name} link"), detail, fix);
+        (vec![check], Facts::default())
+    };
     let ifindex = match links::check_interface_name(name).and_then(|()| links::ifindex(name)) {
         Ok(ifindex) => ifindex,
         Err(err) => {
-            let check = Check::fail(
-                format!("{name} link"),
+            return unreadable(
                 format!("{err:#}"),
                 "check the name with `ip link`; the agent attaches by name, in its own network namespace",
-            );
-            return (vec![check], facts);
+            )
         }
     };
     let link = match netdev::link(ifindex) {
         Ok(Some(link)) => link,
         Ok(None) => {
-            let check = Check::fail(
-                format!("{name} link"),
+            return unreadable(
                 format!("{name} disappeared while doctor read it"),
                 "run doctor again",
-            );
-            return (vec![check], facts);
+            )
         }
         Err(err) => {
-            let check = Check::fail(
-                format!("{name} link"),
+            return unreadable(
                 format!("{err:#}"),
                 "netlink did not answer: run doctor again, as root",
-            );
-            return (vec![check], facts);
+            )
         }
     };
-    facts = Facts {
+    let mut facts = Facts {
         ifindex: Some(ifindex),
         up: link.up,
         carrier: link.carrier,

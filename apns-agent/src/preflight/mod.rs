@@ -74,12 +74,7 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
-        Check {
-            check: check.into(),
-            status: Level::Warn,
-            detail: detail.into(),
-            fix: Some(fix.into()),
-        }
+        Check::with_fix(Level::Warn, check.into(), detail.into(), fix.into())
     }
 
     pub fn fail(
@@ -87,11 +82,15 @@ impl Check {
         detail: impl Into<String>,
         fix: impl Into<String>,
     ) -> Check {
+        Check::with_fix(Level::Fail, check.into(), detail.into(), fix.into())
+    }
+
+    fn with_fix(status: Level, check: String, detail: String, fix: String) -> Check {
         Check {
-            check: check.into(),
-            status: Level::Fail,
-            detail: detail.into(),
-            fix: Some(fix.into()),
+            check,
+            status,
+            detail,
+            fix: Some(fix),
         }
     }
 
