@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bench;
 pub mod lab;
+pub mod neighbours;
 pub mod packets;
 pub mod reference;
 pub mod xdp;

@@ -1,0 +1,98 @@
+//! Other XDP programs on a lab interface, for the tests of `attach`'s refusal and `doctor`:
+//! Debian's xdp-filter (through libxdp, which on this kernel falls back to a plain netlink
+//! attachment) and the benchmarks' floor program attached by a bpf_link. Each is a guard
+//! that takes its program off again on drop.
+//!
+//! xdp-filter keeps one global state pinned under /sys/fs/bpf/xdp-filter, shared by every
+//! interface it is loaded on: the guards of this process take turns (a lock held from load
+//! to unload), and the unload is best effort (the lab's namespace going away detaches it
+//! anyway).
+
+use std::{
+    process::Command,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
+
+use anyhow::{Context as _, Result};
+use apns_agent::datapath::{
+    links,
+    neighbours::{self, Neighbour},
+};
+use aya::programs::XdpMode;
+
+use crate::{
+    bench::testrun::FloorProgram,
+    lab::{run, Lab, Role},
+};
+
+static XDP_FILTER: Mutex<()> = Mutex::new(());
+
+/// xdp-filter loaded on a gateway interface (skb mode).
+pub struct XdpFilterOn<'lab> {
+    lab: &'lab Lab,
+    interface: String,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl<'lab> XdpFilterOn<'lab> {
+    pub fn load(lab: &'lab Lab, interface: &str) -> Result<XdpFilterOn<'lab>> {
+        let turn = XDP_FILTER.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = XdpFilterOn {
+            lab,
+            interface: interface.to_owned(),
+            _turn: turn,
+        };
+        run(lab
+            .command(Role::Gw, "xdp-filter")
+            .args(["load", interface, "--mode", "skb"]))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for XdpFilterOn<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = run(self
+            .lab
+            .command(Role::Gw, "xdp-filter")
+            .args(["unload", &self.interface]))
+        {
+            eprintln!("xdp-filter unload {}: {err:#}", self.interface);
+            let _ = run(Command::new("ip").args([
+                "-n",
+                self.lab.ns_name(Role::Gw),
+                "link",
+                "set",
+                "dev",
+                &self.interface,
+                "xdp",
+                "off",
+            ]));
+        }
+        // Only an empty folder goes: another libxdp user's pins stay where they are.
+        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
+    }
+}
+
+/// The floor program attached to a gateway interface by a bpf_link (skb mode); the link
+/// goes when this is dropped.
+pub struct FloorOn {
+    pub floor: FloorProgram,
+}
+
+impl FloorOn {
+    pub fn attach(lab: &Lab, interface: &str) -> Result<FloorOn> {
+        let mut floor = FloorProgram::load()?;
+        let program = floor.xdp_mut()?;
+        lab.in_ns(Role::Gw, || program.attach(interface, XdpMode::Skb))?
+            .with_context(|| format!("attaching the floor program to {interface}"))?;
+        Ok(FloorOn { floor })
+    }
+}
+
+/// What runs on gateway interface `interface`, as `attach` and `doctor` read it.
+pub fn on(lab: &Lab, interface: &str) -> Result<Vec<Neighbour>> {
+    lab.in_ns(Role::Gw, || {
+        let ifindex = links::ifindex(interface)?;
+        neighbours::of(ifindex, None)
+    })?
+}

@@ -1,0 +1,135 @@
+//! Never clobber, always explain: `attach` onto an interface that runs someone else's XDP
+//! program (xdp-filter through libxdp, which falls back to netlink here; the floor program
+//! on a bpf_link) refuses in one line naming the program and the way out, and changes
+//! nothing: our links, maps and policy, and the other program still attached. Needs root.
+
+use apns_agent::datapath::{
+    neighbours::Neighbour, pins::LinkPin, policy::Policy, status::Program, Datapath,
+};
+use apns_tests::{
+    agent::{self, gw_command, gw_ifindex, TestPins},
+    lab::{Lab, LabOptions, GW_IF_CLIENT, GW_IF_MDM, GW_IF_WAN},
+    neighbours::{on, FloorOn, XdpFilterOn},
+};
+
+/// What a refused attach may not change.
+#[derive(Debug, PartialEq)]
+struct State {
+    generation: u32,
+    policies: [Policy; 2],
+    program: Option<Program>,
+    links: Vec<LinkPin>,
+    /// Fast-path entries of the two interfaces that carry other programs.
+    registered: [bool; 2],
+}
+
+fn state(lab: &Lab, pins: &TestPins) -> State {
+    let datapath = Datapath::open(pins.dir()).unwrap();
+    let registered = [GW_IF_CLIENT.name, GW_IF_MDM.name].map(|name| {
+        let ifindex = gw_ifindex(lab, name).unwrap();
+        datapath.interfaces.fastpath(ifindex).unwrap().is_some()
+    });
+    State {
+        generation: datapath.policy.active_generation().unwrap(),
+        policies: [
+            datapath.policy.read_generation(0).unwrap(),
+            datapath.policy.read_generation(1).unwrap(),
+        ],
+        program: apns_agent::datapath::status::program(pins.dir()).unwrap(),
+        links: pins.dir().links().unwrap(),
+        registered,
+    }
+}
+
+/// Runs `attach IFACE` and returns its one line of complaint.
+fn refused(lab: &Lab, pins: &TestPins, interface: &str) -> String {
+    let output = agent::fail(&mut gw_command(lab, pins, &["attach", interface])).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(output.stdout.is_empty(), "nothing on stdout");
+    stderr.trim_end().to_owned()
+}
+
+fn only(neighbours: Vec<Neighbour>) -> Neighbour {
+    assert_eq!(neighbours.len(), 1, "{neighbours:?}");
+    neighbours.into_iter().next().unwrap()
+}
+
+#[test]
+fn attach_refuses_an_interface_that_runs_another_xdp_program_and_changes_nothing() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    agent::succeed(&mut gw_command(&lab, &pins, &["attach", GW_IF_WAN.name])).unwrap();
+    let before = state(&lab, &pins);
+    let lan0 = GW_IF_CLIENT.name;
+    let lan1 = GW_IF_MDM.name;
+
+    {
+        let _filter = XdpFilterOn::load(&lab, lan0).unwrap();
+        let theirs = only(on(&lab, lan0).unwrap());
+        assert!(theirs.name.starts_with("xdpfilt_"), "{theirs:?}");
+        assert_eq!(
+            theirs.link_id, None,
+            "xdp-filter falls back to netlink here"
+        );
+        assert_eq!(
+            refused(&lab, &pins, lan0),
+            format!(
+                "apns-agent: {lan0} runs XDP program {} ({}, tag {}, attached by netlink in skb mode, not a libxdp dispatcher): detach it first (`xdp-filter unload {lan0}` / `ip link set dev {lan0} xdp off`), or run the agent on another interface",
+                theirs.program_id, theirs.name, theirs.tag
+            )
+        );
+        assert_eq!(
+            state(&lab, &pins),
+            before,
+            "the refused attach changed the datapath"
+        );
+        assert_eq!(
+            only(on(&lab, lan0).unwrap()),
+            theirs,
+            "xdp-filter was touched"
+        );
+
+        // Where nothing is loaded yet, the refusal comes before a datapath is made.
+        let fresh = TestPins::new();
+        let line = refused(&lab, &fresh, lan0);
+        assert!(line.contains("xdpfilt_"), "{line}");
+        assert!(
+            !fresh.path().exists(),
+            "{} was made",
+            fresh.path().display()
+        );
+    }
+
+    {
+        let floor = FloorOn::attach(&lab, lan1).unwrap();
+        let theirs = only(on(&lab, lan1).unwrap());
+        let link = theirs.link_id.expect("the floor is attached by a bpf_link");
+        assert_eq!(
+            refused(&lab, &pins, lan1),
+            format!(
+                "apns-agent: {lan1} runs XDP program {} (floor_xdp, tag {}, attached by bpf_link {link} in skb mode, not a libxdp dispatcher): its owner holds it through bpf_link {link}: stop that program or unpin the link (`bpftool link show id {link}`), or run the agent on another interface",
+                theirs.program_id, theirs.tag
+            )
+        );
+        assert_eq!(
+            state(&lab, &pins),
+            before,
+            "the refused attach changed the datapath"
+        );
+        assert_eq!(
+            only(on(&lab, lan1).unwrap()),
+            theirs,
+            "the floor was touched"
+        );
+        drop(floor);
+    }
+
+    // With the interfaces free again, attach works, and only then changes something.
+    agent::succeed(&mut gw_command(&lab, &pins, &["attach", lan0, lan1])).unwrap();
+    let after = state(&lab, &pins);
+    assert_eq!(after.registered, [true, true]);
+    assert_eq!(after.links.len(), 3);
+    let ours = only(on(&lab, lan0).unwrap());
+    assert_eq!(Some(ours.program_id), after.program.map(|p| p.id));
+}
