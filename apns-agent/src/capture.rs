@@ -72,6 +72,8 @@ pub fn read_from(input: impl std::io::Read + Send) -> anyhow::Result<Capture> {
     // pcap: the one link type of the file.
     let mut legacy: Option<Linktype> = None;
     let mut records = 0usize;
+    // Bytes of the file read and accepted so far: where a corrupt block starts.
+    let mut position = 0usize;
     loop {
         let next = records + 1;
         match reader.next() {
@@ -133,6 +135,7 @@ pub fn read_from(input: impl std::io::Read + Send) -> anyhow::Result<Capture> {
                     }
                 }
                 reader.consume(consumed);
+                position += consumed;
             }
             Err(PcapError::Eof) => break,
             Err(PcapError::Incomplete(_)) => {
@@ -147,7 +150,7 @@ pub fn read_from(input: impl std::io::Read + Send) -> anyhow::Result<Capture> {
                 bail!("frame {next} claims more than {BUFFER} bytes: the file is corrupt")
             }
             Err(err) => bail!(
-                "frame {next} is corrupt ({}; after {records} good frames)",
+                "frame {next} is corrupt (the block at byte {position} {}; after {records} good frames)",
                 describe(&err)
             ),
         }
@@ -161,9 +164,9 @@ pub fn read_from(input: impl std::io::Read + Send) -> anyhow::Result<Capture> {
 fn describe(err: &PcapError<&[u8]>) -> String {
     match err {
         PcapError::NomError(_, kind) | PcapError::OwnedNomError(_, kind) => {
-            format!("the parser stopped at {kind:?}")
+            format!("fails the parser's {kind:?} check")
         }
-        other => other.to_string(),
+        other => format!("cannot be read: {other}"),
     }
 }
 

@@ -7,4 +7,5 @@ pub mod lab;
 pub mod neighbours;
 pub mod packets;
 pub mod reference;
+pub mod scratch;
 pub mod xdp;

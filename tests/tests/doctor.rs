@@ -6,7 +6,7 @@
 use std::{
     net::{SocketAddr, TcpListener},
     os::unix::process::CommandExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
@@ -15,6 +15,7 @@ use apns_tests::{
     agent::{self, gw_command, TestPins},
     lab::{run, Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_WAN},
     neighbours::{on, FloorOn, XdpFilterOn},
+    scratch::Scratch,
 };
 
 /// Where `run` serves metrics by default; inside the gateway's own namespace.
@@ -22,29 +23,6 @@ const METRICS: &str = "127.0.0.1:15223";
 const ESTABLISHED: &str = "/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established";
 /// Unprivileged uid/gid.
 const NOBODY: u32 = 65534;
-
-/// A scratch folder for this test's config files, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("apns-doctor-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// What one doctor run printed and its exit code.
 struct Outcome {
@@ -99,7 +77,7 @@ fn sysctl(lab: &Lab, path: &'static str, value: &str) {
 fn each_check_fails_and_passes_on_purpose() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    let scratch = Scratch::new("checks");
+    let scratch = Scratch::new("doctor-checks");
     let config = scratch.file("config.toml", "mode = \"monitor\"\n");
     let lan0 = GW_IF_CLIENT.name;
     let lan1 = GW_IF_MDM.name;
@@ -283,7 +261,7 @@ fn each_check_fails_and_passes_on_purpose() {
 #[test]
 fn without_capabilities_doctor_says_which_are_missing() {
     let pins = TestPins::new();
-    let scratch = Scratch::new("nobody");
+    let scratch = Scratch::new("doctor-nobody");
     let config = scratch.file("config.toml", "");
     // Not in a lab namespace: joining one needs the very privileges dropped here.
     let mut cmd = Command::new(agent::binary());
@@ -291,7 +269,7 @@ fn without_capabilities_doctor_says_which_are_missing() {
     cmd.arg("--config").arg(&config).uid(NOBODY).gid(NOBODY);
     // The scratch folder must be readable by nobody.
     std::fs::set_permissions(
-        &scratch.0,
+        scratch.dir(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
@@ -313,7 +291,7 @@ fn without_capabilities_doctor_says_which_are_missing() {
 fn doctor_sends_nothing_unless_probe() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    let scratch = Scratch::new("quiet");
+    let scratch = Scratch::new("doctor-quiet");
     let config = scratch.file("config.toml", "");
     let gw = [
         GW_IF_CLIENT.name,

@@ -3,11 +3,9 @@
 //! on a bpf_link) refuses in one line naming the program and the way out, and changes
 //! nothing: our links, maps and policy, and the other program still attached. Needs root.
 
-use apns_agent::datapath::{
-    neighbours::Neighbour, pins::LinkPin, policy::Policy, status::Program, Datapath,
-};
+use apns_agent::datapath::{neighbours::Neighbour, Datapath};
 use apns_tests::{
-    agent::{self, gw_command, gw_ifindex, TestPins},
+    agent::{self, gw_command, gw_ifindex, Pinned, TestPins},
     lab::{Lab, LabOptions, GW_IF_CLIENT, GW_IF_MDM, GW_IF_WAN},
     neighbours::{on, FloorOn, XdpFilterOn},
 };
@@ -15,10 +13,7 @@ use apns_tests::{
 /// What a refused attach may not change.
 #[derive(Debug, PartialEq)]
 struct State {
-    generation: u32,
-    policies: [Policy; 2],
-    program: Option<Program>,
-    links: Vec<LinkPin>,
+    pinned: Pinned,
     /// Fast-path entries of the two interfaces that carry other programs.
     registered: [bool; 2],
 }
@@ -30,13 +25,7 @@ fn state(lab: &Lab, pins: &TestPins) -> State {
         datapath.interfaces.fastpath(ifindex).unwrap().is_some()
     });
     State {
-        generation: datapath.policy.active_generation().unwrap(),
-        policies: [
-            datapath.policy.read_generation(0).unwrap(),
-            datapath.policy.read_generation(1).unwrap(),
-        ],
-        program: apns_agent::datapath::status::program(pins.dir()).unwrap(),
-        links: pins.dir().links().unwrap(),
+        pinned: pins.pinned().unwrap(),
         registered,
     }
 }
@@ -129,7 +118,7 @@ fn attach_refuses_an_interface_that_runs_another_xdp_program_and_changes_nothing
     agent::succeed(&mut gw_command(&lab, &pins, &["attach", lan0, lan1])).unwrap();
     let after = state(&lab, &pins);
     assert_eq!(after.registered, [true, true]);
-    assert_eq!(after.links.len(), 3);
+    assert_eq!(after.pinned.links.len(), 3);
     let ours = only(on(&lab, lan0).unwrap());
-    assert_eq!(Some(ours.program_id), after.program.map(|p| p.id));
+    assert_eq!(Some(ours.program_id), after.pinned.program.map(|p| p.id));
 }
