@@ -5,7 +5,7 @@
 //!
 //! The agent cannot join a libxdp dispatcher (yet): on this project's kernels extension
 //! programs (freplace), which libxdp chains its components with, cannot be loaded at all
-//! (notes in docs/operations.md). So any program that is not ours is in the way.
+//! (docs/platform.md, docs/preflight.md). So any program that is not ours is in the way.
 
 use std::path::{Path, PathBuf};
 
