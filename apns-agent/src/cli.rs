@@ -284,6 +284,54 @@ mod tests {
     }
 
     #[test]
+    fn doctor_and_replay_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "apns-agent",
+            "doctor",
+            "--iface",
+            "lan0",
+            "--iface",
+            "wan0",
+            "--json",
+            "--probe",
+            "17.57.144.10:5223",
+        ])
+        .unwrap();
+        let Command::Doctor(args) = cli.command else {
+            panic!("not doctor")
+        };
+        assert_eq!(args.interfaces, ["lan0", "wan0"]);
+        assert!(args.json);
+        assert_eq!(args.probe.as_deref(), Some("17.57.144.10:5223"));
+        assert_eq!(
+            args.metrics_addr.to_string(),
+            crate::telemetry::DEFAULT_METRICS_ADDR
+        );
+        let cli = Cli::try_parse_from([
+            "apns-agent",
+            "replay",
+            "lan0.pcap",
+            "--mode",
+            "enforce",
+            "--frames",
+        ])
+        .unwrap();
+        let Command::Replay {
+            file, mode, frames, ..
+        } = cli.command
+        else {
+            panic!("not replay")
+        };
+        assert_eq!(file, PathBuf::from("lan0.pcap"));
+        assert_eq!(mode, Some(Mode::Enforce));
+        assert!(frames);
+        assert!(Cli::try_parse_from(["apns-agent", "replay"]).is_err());
+        assert!(
+            Cli::try_parse_from(["apns-agent", "replay", "x.pcap", "--mode", "block"]).is_err()
+        );
+    }
+
+    #[test]
     fn run_flags_parse() {
         let cli = Cli::try_parse_from([
             "apns-agent",

@@ -1,7 +1,8 @@
 //! Other XDP programs on a lab interface, for the tests of `attach`'s refusal and `doctor`:
 //! Debian's xdp-filter (through libxdp, which on this kernel falls back to a plain netlink
-//! attachment) and the benchmarks' floor program attached by a bpf_link. Each is a guard
-//! that takes its program off again on drop.
+//! attachment), a plain program attached by `ip link` (netlink, no libxdp), and the
+//! benchmarks' floor program attached by a bpf_link. Each is a guard that takes its program
+//! off again on drop.
 //!
 //! xdp-filter keeps one global state pinned under /sys/fs/bpf/xdp-filter, shared by every
 //! interface it is loaded on: the guards of this process take turns (a lock held from load
@@ -70,6 +71,59 @@ impl Drop for XdpFilterOn<'_> {
         }
         // Only an empty folder goes: another libxdp user's pins stay where they are.
         let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
+    }
+}
+
+/// xdp-tools' `xdpdump` XDP program (a plain libbpf object Debian ships), attached in skb
+/// mode by `ip link set dev IF xdpgeneric obj ...`: netlink, no libxdp.
+pub const IP_LINK_OBJECT: &str = "/usr/lib/x86_64-linux-gnu/bpf/xdpdump_xdp.o";
+
+/// A program attached to a gateway interface by `ip link` (see [`IP_LINK_OBJECT`]).
+pub struct IpLinkOn<'lab> {
+    lab: &'lab Lab,
+    interface: String,
+}
+
+impl<'lab> IpLinkOn<'lab> {
+    pub fn attach(lab: &'lab Lab, interface: &str) -> Result<IpLinkOn<'lab>> {
+        let guard = IpLinkOn {
+            lab,
+            interface: interface.to_owned(),
+        };
+        run(Command::new("ip").args([
+            "-n",
+            lab.ns_name(Role::Gw),
+            "link",
+            "set",
+            "dev",
+            interface,
+            "xdpgeneric",
+            "obj",
+            IP_LINK_OBJECT,
+            "sec",
+            "xdp",
+        ]))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for IpLinkOn<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = run(Command::new("ip").args([
+            "-n",
+            self.lab.ns_name(Role::Gw),
+            "link",
+            "set",
+            "dev",
+            &self.interface,
+            "xdpgeneric",
+            "off",
+        ])) {
+            eprintln!(
+                "detaching {} from {}: {err:#}",
+                IP_LINK_OBJECT, self.interface
+            );
+        }
     }
 }
 

@@ -1,26 +1,26 @@
 //! Never clobber, always explain: `attach` onto an interface that runs someone else's XDP
-//! program (xdp-filter through libxdp, which falls back to netlink here; the floor program
-//! on a bpf_link) refuses in one line naming the program and the way out, and changes
+//! program (xdp-filter through libxdp, which falls back to netlink here; a plain program
+//! attached by `ip link`; the floor program on a bpf_link) refuses in one line naming the program and the way out, and changes
 //! nothing: our links, maps and policy, and the other program still attached. Needs root.
 
 use apns_agent::datapath::{neighbours::Neighbour, Datapath};
 use apns_tests::{
     agent::{self, gw_command, gw_ifindex, Pinned, TestPins},
-    lab::{Lab, LabOptions, GW_IF_CLIENT, GW_IF_MDM, GW_IF_WAN},
-    neighbours::{on, FloorOn, XdpFilterOn},
+    lab::{Lab, LabOptions, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_WAN},
+    neighbours::{on, FloorOn, IpLinkOn, XdpFilterOn},
 };
 
 /// What a refused attach may not change.
 #[derive(Debug, PartialEq)]
 struct State {
     pinned: Pinned,
-    /// Fast-path entries of the two interfaces that carry other programs.
-    registered: [bool; 2],
+    /// Fast-path entries of the interfaces that carry other programs.
+    registered: [bool; 3],
 }
 
 fn state(lab: &Lab, pins: &TestPins) -> State {
     let datapath = Datapath::open(pins.dir()).unwrap();
-    let registered = [GW_IF_CLIENT.name, GW_IF_MDM.name].map(|name| {
+    let registered = [GW_IF_CLIENT.name, GW_IF_MDM.name, GW_IF_TRUNK.name].map(|name| {
         let ifindex = gw_ifindex(lab, name).unwrap();
         datapath.interfaces.fastpath(ifindex).unwrap().is_some()
     });
@@ -114,11 +114,40 @@ fn attach_refuses_an_interface_that_runs_another_xdp_program_and_changes_nothing
         drop(floor);
     }
 
+    {
+        let lan2 = GW_IF_TRUNK.name;
+        let _plain = IpLinkOn::attach(&lab, lan2).unwrap();
+        let theirs = only(on(&lab, lan2).unwrap());
+        assert_eq!(theirs.name, "xdpdump");
+        assert_eq!(
+            refused(&lab, &pins, lan2),
+            format!(
+                "apns-agent: {lan2} runs XDP program {} (xdpdump, tag {}, attached by netlink in skb mode, not a libxdp dispatcher): detach it first (`ip link set dev {lan2} xdp off`), or run the agent on another interface",
+                theirs.program_id, theirs.tag
+            )
+        );
+        assert_eq!(
+            state(&lab, &pins),
+            before,
+            "the refused attach changed the datapath"
+        );
+        assert_eq!(
+            only(on(&lab, lan2).unwrap()),
+            theirs,
+            "the program was touched"
+        );
+    }
+
     // With the interfaces free again, attach works, and only then changes something.
-    agent::succeed(&mut gw_command(&lab, &pins, &["attach", lan0, lan1])).unwrap();
+    agent::succeed(&mut gw_command(
+        &lab,
+        &pins,
+        &["attach", lan0, lan1, GW_IF_TRUNK.name],
+    ))
+    .unwrap();
     let after = state(&lab, &pins);
-    assert_eq!(after.registered, [true, true]);
-    assert_eq!(after.pinned.links.len(), 3);
+    assert_eq!(after.registered, [true, true, true]);
+    assert_eq!(after.pinned.links.len(), 4);
     let ours = only(on(&lab, lan0).unwrap());
     assert_eq!(Some(ours.program_id), after.pinned.program.map(|p| p.id));
 }

@@ -173,8 +173,8 @@ pub fn datapath(pins: &PinDir) -> Check {
             "run doctor as root to check it",
         );
     }
-    match Datapath::open(pins).and_then(|datapath| Ok((datapath.status()?, datapath))) {
-        Ok((status, _)) => {
+    match Datapath::open(pins).and_then(|datapath| datapath.status()) {
+        Ok(status) => {
             let attached = status.interfaces.iter().filter(|i| i.attached).count();
             let program = status
                 .program
