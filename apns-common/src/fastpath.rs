@@ -55,8 +55,10 @@ impl crate::label::Label for FastPath {
     }
 }
 
-/// Value of `APNS_IFACES`, keyed by ingress ifindex: written by the agent when it attaches
-/// an interface or changes its fast path; read by the XDP program for APNs packets only.
+/// Value of `APNS_IFACES`, an array indexed by ingress ifindex: written by the agent when it
+/// attaches or detaches an interface or changes its fast path; read by the XDP program for
+/// every packet (the counter slot) and for APNs packets (the fast path). An entry the agent
+/// never wrote is all zeroes: not attached, counted in the overflow slot, fast path `pass`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceConfig {
@@ -65,9 +67,20 @@ pub struct IfaceConfig {
     /// With [`mode::MARK`]: the bits of `skb->mark` to set, and which bits they replace.
     pub mark: u32,
     pub mark_mask: u32,
-    pub _pad: u32,
+    /// The interface's counter slot (`crate::counters`): 1 to `LAST_ASSIGNABLE_SLOT`, or 0
+    /// (the overflow slot) when it has none.
+    pub counter_slot: u16,
+    /// [`flags`] bits. The XDP program does not read them.
+    pub flags: u16,
 }
 const _: () = assert!(size_of::<IfaceConfig>() == 16);
+
+/// [`IfaceConfig::flags`] bits. Never renumber.
+pub mod flags {
+    /// The agent attached the interface (cleared on detach; the entry's counter slot is then
+    /// 0 and the slot may be recycled).
+    pub const ATTACHED: u16 = 1 << 0;
+}
 
 /// Default [`IfaceConfig::mark`] and [`IfaceConfig::mark_mask`]: one bit (0x00a90000 would
 /// be prettier, but a single bit coexists with other users of the mark: Kubernetes, VPNs and

@@ -10,7 +10,7 @@
 //!   ([`label::Label`]); user space prints and parses through it, never a mirror type.
 //! - Any change to a key or value layout, a map's type or its size bumps [`LAYOUT_VERSION`],
 //!   so an agent never silently reuses pinned maps of another layout.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod counters;
 pub mod events;
@@ -18,8 +18,14 @@ pub mod fastpath;
 pub mod label;
 pub mod maps;
 pub mod policy;
+pub mod prefilter;
 pub mod programs;
 
 /// Version of the map layout described by this crate. The agent stores it in the
 /// [`maps::META`] map when it creates the maps and checks it before adopting pinned ones.
-pub const LAYOUT_VERSION: u32 = 2;
+///
+/// History: 2 keyed the counters by a per-CPU hash; 3 (datapath v2) counts in a per-CPU
+/// array by (interface slot, port slot, cell), makes `APNS_IFACES` an array by ifindex,
+/// replaces `APNS_PORTS` by `APNS_TABLES` (per generation: port entries with a counter slot,
+/// and the address prefilter), lists port roles in `APNS_POLICY`, and adds `APNS_CNT_SLOTS`.
+pub const LAYOUT_VERSION: u32 = 3;

@@ -3,27 +3,40 @@
 //! The kernel statics in `apns-ebpf/src/maps.rs` carry exactly these names (the `#[map]`
 //! macro needs a literal there); a user-space test parses the built object and checks that
 //! each name below exists with the key and value size given here.
+//!
+//! What the XDP program looks up per packet, all arrays (inlined by the verifier): every
+//! packet `APNS_IFACES` and `APNS_COUNTERS`; a TCP packet also `APNS_ACTIVE` and its
+//! generation's `APNS_TABLES` entry (both ports and the prefilter in one value). Only an
+//! address the prefilter cannot settle costs an LPM trie lookup; only a pinhole or provider
+//! port in enforce mode `APNS_POLICY`; only a passed APNs packet on a `redirect` interface
+//! `APNS_TX_PORTS`; only a policy drop the event maps.
+//!
+//! Memory (preallocated, `bytes_memlock`): `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES`
+//! 704 KiB (two generations of 352 KiB); `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the
+//! rest a few KiB. The LPM tries allocate per prefix.
 
 /// `Array<u32>`, 1 entry: the policy generation (0 or 1) the datapath judges packets by.
 /// Written by the agent as its last step of a policy change (one aligned 4-byte store, so a
 /// packet sees either the old or the new generation); read by the XDP program per packet.
 pub const ACTIVE: &str = "APNS_ACTIVE";
 
-/// `Array<PolicyConfig>`, [`GENERATIONS`] entries, indexed by generation. Written by the
+/// `Array<PolicyConfig>`, [`crate::policy::GENERATIONS`] entries, indexed by generation. Written by the
 /// agent into the inactive generation only; read by the XDP program.
 pub const POLICY: &str = "APNS_POLICY";
 pub const POLICY_MAX_ENTRIES: u32 = crate::policy::GENERATIONS;
 
-/// `Array<u8>` of port role bits ([`crate::policy::role`]), indexed by
-/// `generation * PORTS_PER_GENERATION + port` (port in host byte order). Written by the agent
-/// (inactive generation only); read by the XDP program.
-pub const PORTS: &str = "APNS_PORTS";
-pub const PORTS_PER_GENERATION: u32 = 1 << 16;
-pub const PORTS_MAX_ENTRIES: u32 = crate::policy::GENERATIONS * PORTS_PER_GENERATION;
+/// `Array<GenerationTables>` ([`crate::policy::GenerationTables`], 352 KiB each), indexed by
+/// generation: the port table (role bits and counter slot of every port) and the address
+/// prefilter ([`crate::prefilter`]: the allow-list's and the provider list's verdict for
+/// every 16-bit bucket) of that generation, in one value so that a TCP packet costs one
+/// lookup for both. Written whole by the agent, derived from the policy with the tries,
+/// into the inactive generation only; read by the XDP program for every TCP packet.
+pub const TABLES: &str = "APNS_TABLES";
+pub const TABLES_MAX_ENTRIES: u32 = crate::policy::GENERATIONS;
 
 /// `LpmTrie<PrefixV4, u8>` / `LpmTrie<PrefixV6, u8>`: Apple's prefixes (the allow-list). The
 /// value is unused (always 1). Written by the agent (inactive generation only); read by the
-/// XDP program.
+/// XDP program only for addresses the prefilter ([`TABLES`]) cannot settle.
 pub const ALLOW_V4: &str = "APNS_ALLOW_V4";
 pub const ALLOW_V6: &str = "APNS_ALLOW_V6";
 /// Prefixes per generation and family the allow-list maps can hold.
@@ -38,17 +51,23 @@ pub const PROVIDER_PREFIXES_PER_GENERATION: u32 = 4_096;
 pub const PROVIDERS_MAX_ENTRIES: u32 =
     crate::policy::GENERATIONS * PROVIDER_PREFIXES_PER_GENERATION;
 
-/// `PerCpuHashMap<CounterKey, CounterValue>`: every packet the XDP program sees is counted
-/// in exactly one entry. Written (inserted and incremented) only by the XDP program's
-/// counters module; read by the agent, which sums the per-CPU values. The agent never
-/// deletes entries of a live datapath, so counters are monotonic across agent restarts.
+/// `PerCpuArray<CounterBlock>`, [`crate::counters::COUNTER_BLOCKS`] entries indexed by
+/// [`crate::counters::block_index`]`(interface slot, port slot)`: every packet the XDP
+/// program sees is counted in exactly one cell of one block (`crate::counters` explains the
+/// slots, the overflow and the retired slot). Written by the XDP program's counters module
+/// (its cells), and by the agent only to move the counters of a slot it recycles into the
+/// retired slot (no packet can reach either then); read by the agent, which sums the per-CPU
+/// values. Counters are monotonic across agent restarts. 768 KiB per CPU.
 pub const COUNTERS: &str = "APNS_COUNTERS";
-/// Bounds the memory of [`COUNTERS`]: an interface needs at most
-/// `ports x 2 directions x 2 verdicts + ports (pinhole drops) + 4 other classes` entries.
-pub const COUNTERS_MAX_ENTRIES: u32 = 16_384;
 
-/// `PerCpuArray<u64>`, 1 entry: packets whose counter could not be recorded because
-/// [`COUNTERS`] was full. Written by the XDP program; read by the agent. Should stay 0.
+/// `Array<CounterSlots>`, 1 entry: which ifindex and which port each counter slot belongs to.
+/// Written by the agent (attach, policy apply), under the pin directory's lock; read by every
+/// counter reader (`stats`, /metrics, the textfile, tests). The XDP program never reads it.
+pub const COUNTER_SLOTS: &str = "APNS_CNT_SLOTS";
+
+/// `PerCpuArray<u64>`, 1 entry: packets the XDP program could not count because a counter
+/// array lookup failed, which the slot bounds make impossible; kept so that even a bug
+/// shows as a number rather than as silence. Written by the XDP program; read by the agent.
 pub const COUNTERS_LOST: &str = "APNS_CNT_LOST";
 
 /// `RingBuf` of [`crate::events::DropEvent`]s: written by the XDP program when it drops a
@@ -66,9 +85,13 @@ pub const EVENT_CONFIG: &str = "APNS_EVENT_CFG";
 /// and writes it.
 pub const EVENT_STATE: &str = "APNS_EVENT_ST";
 
-/// `HashMap<u32 ifindex, IfaceConfig>`: the fast path of every attached interface. Written by
-/// the agent (attach, detach, `fastpath`); read by the XDP program for APNs packets.
+/// `Array<IfaceConfig>`, [`IFACES_MAX_ENTRIES`] entries indexed by ifindex: every attached
+/// interface's counter slot and fast path. Written by the agent (attach, detach,
+/// `fastpath`); read by the XDP program for every packet. A packet whose ifindex is past the
+/// array is counted in the overflow slot and never takes a fast path.
 pub const IFACES: &str = "APNS_IFACES";
+/// Ifindexes `APNS_IFACES` covers (0 to 16,383): 256 KiB, shared by all CPUs.
+pub const IFACES_MAX_ENTRIES: u32 = 16_384;
 /// `DevMapHash` of egress interfaces for the redirect fast path, keyed and valued by ifindex:
 /// every interface the agent attached. Written by the agent; read by the XDP program.
 pub const TX_PORTS: &str = "APNS_TX_PORTS";
@@ -85,22 +108,20 @@ pub const META: &str = "APNS_META";
 
 /// Kernel map type numbers (`enum bpf_map_type`, stable UAPI) of the maps above.
 pub mod map_type {
-    pub const PERCPU_HASH: u32 = 5;
     pub const ARRAY: u32 = 2;
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LPM_TRIE: u32 = 11;
     pub const RINGBUF: u32 = 27;
-    pub const HASH: u32 = 1;
     pub const DEVMAP_HASH: u32 = 25;
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 15] = {
+pub const ALL: [MapLayout; 16] = {
     use crate::{
-        counters::{CounterKey, CounterValue},
+        counters::{CounterBlock, CounterSlots, COUNTER_BLOCKS},
         events::{EventConfig, EventState},
         fastpath::IfaceConfig,
-        policy::{PolicyConfig, PrefixV4, PrefixV6},
+        policy::{GenerationTables, PolicyConfig, PrefixV4, PrefixV6},
     };
     use map_type::*;
     /// LPM keys are the 4-byte prefix length followed by the key data.
@@ -114,7 +135,13 @@ pub const ALL: [MapLayout; 15] = {
             size_of::<PolicyConfig>(),
             POLICY_MAX_ENTRIES,
         ),
-        MapLayout::new(PORTS, ARRAY, 4, 1, PORTS_MAX_ENTRIES),
+        MapLayout::new(
+            TABLES,
+            ARRAY,
+            4,
+            size_of::<GenerationTables>(),
+            TABLES_MAX_ENTRIES,
+        ),
         MapLayout::new(
             ALLOW_V4,
             LPM_TRIE,
@@ -145,16 +172,23 @@ pub const ALL: [MapLayout; 15] = {
         ),
         MapLayout::new(
             COUNTERS,
-            PERCPU_HASH,
-            size_of::<CounterKey>(),
-            size_of::<CounterValue>(),
-            COUNTERS_MAX_ENTRIES,
+            PERCPU_ARRAY,
+            4,
+            size_of::<CounterBlock>(),
+            COUNTER_BLOCKS,
         ),
+        MapLayout::new(COUNTER_SLOTS, ARRAY, 4, size_of::<CounterSlots>(), 1),
         MapLayout::new(COUNTERS_LOST, PERCPU_ARRAY, 4, 8, 1),
         MapLayout::new(EVENTS, RINGBUF, 0, 0, EVENTS_RING_BYTES),
         MapLayout::new(EVENT_CONFIG, ARRAY, 4, size_of::<EventConfig>(), 1),
         MapLayout::new(EVENT_STATE, PERCPU_ARRAY, 4, size_of::<EventState>(), 1),
-        MapLayout::new(IFACES, HASH, 4, size_of::<IfaceConfig>(), MAX_INTERFACES),
+        MapLayout::new(
+            IFACES,
+            ARRAY,
+            4,
+            size_of::<IfaceConfig>(),
+            IFACES_MAX_ENTRIES,
+        ),
         // The devmap value is `struct bpf_devmap_val`: ifindex and a program fd/id.
         MapLayout::new(TX_PORTS, DEVMAP_HASH, 4, 8, MAX_INTERFACES),
         MapLayout::new(META, ARRAY, 4, size_of::<Meta>(), 1),

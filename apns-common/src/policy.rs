@@ -51,7 +51,23 @@ impl crate::label::Label for Mode {
     }
 }
 
-/// Role bits stored in [`crate::maps::PORTS`]. A port with no bit set is not in the table.
+/// A port's entry in [`GenerationTables::ports`]: its roles in one generation and its counter
+/// slot (`crate::counters`), which the agent keeps the same in both generations so that a
+/// port's counters do not move when the policy changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortEntry {
+    /// [`role`] bits; 0 means the port is not in this generation's table.
+    pub roles: u8,
+    /// Counter slot, 1 to `crate::counters::LAST_ASSIGNABLE_SLOT`; 0 (the overflow slot)
+    /// when every slot is taken.
+    pub slot: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<PortEntry>() == 4);
+const _: () = assert!(crate::counters::LAST_ASSIGNABLE_SLOT <= u8::MAX as u32);
+
+/// Role bits stored in [`PortEntry::roles`]. A port with no bit set is not in the table.
 /// Never renumber.
 pub mod role {
     /// Traffic to or from Apple on this port is counted as APNs.
@@ -121,15 +137,17 @@ pub struct PolicyConfig {
     /// provider list", which disables the provider rule.
     pub provider_prefixes: u32,
     /// How many entries of `ports` are used, or [`PORT_LIST_DIRTY`] while the agent rewrites
-    /// this generation (an agent that finds it so after a crash scans the whole table).
+    /// this generation (a generation found so was left half-written: it is never read back
+    /// as a policy).
     pub port_count: u32,
     pub _pad: u32,
-    /// The ports (host byte order) whose [`crate::maps::PORTS`] entry is non-zero in this
-    /// generation. The XDP program never reads it: it lets the agent list and clear a
-    /// generation's port table without scanning all 65,536 slots.
+    /// The ports (host byte order) with roles in this generation's port table, and their
+    /// roles. The XDP program never reads them: they let the agent read a generation's policy
+    /// back without reading the whole table.
     pub ports: [u16; MAX_PORTS],
+    pub roles: [u8; MAX_PORTS],
 }
-const _: () = assert!(size_of::<PolicyConfig>() == 16 + 2 * MAX_PORTS);
+const _: () = assert!(size_of::<PolicyConfig>() == 16 + 3 * MAX_PORTS);
 
 impl Default for PolicyConfig {
     fn default() -> Self {
@@ -139,6 +157,7 @@ impl Default for PolicyConfig {
             port_count: 0,
             _pad: 0,
             ports: [0; MAX_PORTS],
+            roles: [0; MAX_PORTS],
         }
     }
 }
@@ -166,15 +185,27 @@ pub struct PrefixV6 {
 }
 const _: () = assert!(size_of::<PrefixV6>() == 17);
 
-/// Index of `port` of `generation` in [`crate::maps::PORTS`].
-#[inline(always)]
-pub const fn port_index(generation: u32, port: u16) -> u32 {
-    (generation & 1) * crate::maps::PORTS_PER_GENERATION + port as u32
+/// Port numbers, and so entries of a port table.
+pub const PORT_NUMBERS: usize = 1 << 16;
+
+/// Value of [`crate::maps::TABLES`], one per generation: every table the XDP program reads
+/// for a TCP packet, so that one array lookup serves both ports and the address prefilter.
+/// Written whole by the agent (inactive generation only); 352 KiB.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GenerationTables {
+    /// Indexed by port (host byte order).
+    pub ports: [PortEntry; PORT_NUMBERS],
+    /// The address prefilter, indexed by [`crate::prefilter::table`] ids.
+    pub prefilter: [crate::prefilter::PrefixTable; crate::prefilter::table::PER_GENERATION],
 }
+const _: () = assert!(size_of::<GenerationTables>() == 4 * PORT_NUMBERS + 6 * 16 * 1024);
 
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::PolicyConfig {}
+    unsafe impl aya::Pod for super::PortEntry {}
+    unsafe impl aya::Pod for super::GenerationTables {}
     unsafe impl aya::Pod for super::PrefixV4 {}
     unsafe impl aya::Pod for super::PrefixV6 {}
 }

@@ -1,28 +1,32 @@
 //! Applies the active policy generation to a TCP packet (docs/classification.md, section 5).
 //!
-//! Lookups are ordered cheapest first: the port table (an array) decides whether the LPM
-//! tries need to be consulted at all, so non-APNs traffic costs two array reads.
+//! Only array lookups on the common paths, two of them: the generation, then that
+//! generation's tables (one value): the port table decides whether an address needs to be
+//! judged at all, the prefilter (verdicts by the leading 16 bits) settles most addresses,
+//! and only an address next to a long prefix pays for an LPM trie lookup.
 
 use apns_common::{
-    counters::{Direction, Outcome},
-    policy::{mode, port_index, role, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS},
+    counters::{usable_slot, Direction, Outcome, OVERFLOW_SLOT},
+    policy::{mode, role, GenerationTables, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS},
+    prefilter::{table, verdict},
 };
 use aya_ebpf::maps::{lpm_trie::Key, LpmTrie};
 
 use crate::{
     maps::{
-        APNS_ACTIVE, APNS_ALLOW_V4, APNS_ALLOW_V6, APNS_POLICY, APNS_PORTS, APNS_PROV_V4,
-        APNS_PROV_V6,
+        APNS_ACTIVE, APNS_ALLOW_V4, APNS_ALLOW_V6, APNS_POLICY, APNS_PROV_V4, APNS_PROV_V6,
+        APNS_TABLES,
     },
     parse::{Addrs, TcpPacket},
 };
 
-/// What the datapath made of a packet: the counter key minus the interface.
+/// What the datapath made of a packet: the counter key minus the interface, with the port
+/// as its counter slot.
 pub struct Judgement {
     pub outcome: Outcome,
     pub direction: Direction,
-    /// APNs port in host byte order, 0 when the outcome has none.
-    pub port: u16,
+    /// Counter slot of the APNs port; the overflow slot when the outcome has no port.
+    pub port_slot: u32,
 }
 
 impl Judgement {
@@ -32,21 +36,35 @@ impl Judgement {
         Self {
             outcome,
             direction: Direction::None,
-            port: 0,
+            port_slot: OVERFLOW_SLOT,
         }
     }
+}
+
+/// The policy generation a packet is judged by: its number (the tries' key prefix and
+/// `APNS_POLICY`'s index) and its tables.
+struct Generation {
+    number: u32,
+    tables: &'static GenerationTables,
 }
 
 #[inline(always)]
 pub fn judge(packet: &TcpPacket) -> Judgement {
     // A corrupt switch value still selects one of the two generations.
-    let generation = APNS_ACTIVE.get(0).copied().unwrap_or(0) & 1;
-    let dst_roles = port_roles(generation, packet.dport);
+    let number = APNS_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let Some(tables) = APNS_TABLES.get(number) else {
+        // Unreachable: the array holds both generations. No tables, no APNs port.
+        return Judgement::class(Outcome::NotApns);
+    };
+    let generation = Generation { number, tables };
+    // Port numbers index the table whole: a u16 is always in bounds.
+    let dst = tables.ports[usize::from(packet.dport)];
+    let dst_roles = dst.roles;
 
-    if dst_roles != 0 && is_apple(generation, &packet.addrs, Endpoint::Destination) {
+    if dst_roles != 0 && is_apple(&generation, &packet.addrs, Endpoint::Destination) {
         let outcome = if dst_roles & role::PROVIDER != 0
-            && provider_rule_applies(generation)
-            && !is_provider(generation, &packet.addrs)
+            && provider_rule_applies(number)
+            && !is_provider(&generation, &packet.addrs)
         {
             Outcome::DropProvider
         } else {
@@ -55,38 +73,29 @@ pub fn judge(packet: &TcpPacket) -> Judgement {
         return Judgement {
             outcome,
             direction: Direction::Outbound,
-            port: packet.dport,
+            port_slot: usable_slot(u32::from(dst.slot)),
         };
     }
 
-    if port_roles(generation, packet.sport) != 0
-        && is_apple(generation, &packet.addrs, Endpoint::Source)
-    {
+    let src = tables.ports[usize::from(packet.sport)];
+    if src.roles != 0 && is_apple(&generation, &packet.addrs, Endpoint::Source) {
         return Judgement {
             outcome: Outcome::Pass,
             direction: Direction::Inbound,
-            port: packet.sport,
+            port_slot: usable_slot(u32::from(src.slot)),
         };
     }
 
     // The destination port is a pinhole but the destination is not Apple (the outbound test
     // above failed): the pinhole is being used to reach someone else.
-    if dst_roles & role::PINHOLE != 0 && enforcing(generation) {
+    if dst_roles & role::PINHOLE != 0 && enforcing(number) {
         return Judgement {
             outcome: Outcome::DropPinhole,
             direction: Direction::None,
-            port: packet.dport,
+            port_slot: usable_slot(u32::from(dst.slot)),
         };
     }
     Judgement::class(Outcome::NotApns)
-}
-
-#[inline(always)]
-fn port_roles(generation: u32, port: u16) -> u8 {
-    APNS_PORTS
-        .get(port_index(generation, port))
-        .copied()
-        .unwrap_or(0)
 }
 
 /// `mode` and `provider_prefixes` of a generation; a missing entry reads as monitor.
@@ -115,40 +124,90 @@ enum Endpoint {
 }
 
 #[inline(always)]
-fn is_apple(generation: u32, addrs: &Addrs, endpoint: Endpoint) -> bool {
+fn is_apple(generation: &Generation, addrs: &Addrs, endpoint: Endpoint) -> bool {
     match (addrs, endpoint) {
-        (Addrs::V4 { src, .. }, Endpoint::Source) => in_v4(&APNS_ALLOW_V4, generation, *src),
-        (Addrs::V4 { dst, .. }, Endpoint::Destination) => in_v4(&APNS_ALLOW_V4, generation, *dst),
-        (Addrs::V6 { src, .. }, Endpoint::Source) => in_v6(&APNS_ALLOW_V6, generation, *src),
-        (Addrs::V6 { dst, .. }, Endpoint::Destination) => in_v6(&APNS_ALLOW_V6, generation, *dst),
+        (Addrs::V4 { src, .. }, Endpoint::Source) => in_v4(ALLOW_V4, generation, src),
+        (Addrs::V4 { dst, .. }, Endpoint::Destination) => in_v4(ALLOW_V4, generation, dst),
+        (Addrs::V6 { src, .. }, Endpoint::Source) => in_v6(ALLOW_V6, generation, src),
+        (Addrs::V6 { dst, .. }, Endpoint::Destination) => in_v6(ALLOW_V6, generation, dst),
     }
 }
 
 /// Whether the source is in the provider list.
 #[inline(always)]
-fn is_provider(generation: u32, addrs: &Addrs) -> bool {
+fn is_provider(generation: &Generation, addrs: &Addrs) -> bool {
     match addrs {
-        Addrs::V4 { src, .. } => in_v4(&APNS_PROV_V4, generation, *src),
-        Addrs::V6 { src, .. } => in_v6(&APNS_PROV_V6, generation, *src),
+        Addrs::V4 { src, .. } => in_v4(PROVIDERS_V4, generation, src),
+        Addrs::V6 { src, .. } => in_v6(PROVIDERS_V6, generation, src),
     }
 }
 
+/// One prefix list of one family: its prefilter tables and its trie.
+struct List<K: 'static> {
+    first: usize,
+    /// IPv6's next-level table (unused for IPv4, whose first level is all it has).
+    next: usize,
+    trie: &'static LpmTrie<K, u8>,
+}
+
+const ALLOW_V4: List<PrefixV4> = List {
+    first: table::ALLOW_V4,
+    next: table::ALLOW_V4,
+    trie: &APNS_ALLOW_V4,
+};
+const PROVIDERS_V4: List<PrefixV4> = List {
+    first: table::PROVIDERS_V4,
+    next: table::PROVIDERS_V4,
+    trie: &APNS_PROV_V4,
+};
+const ALLOW_V6: List<PrefixV6> = List {
+    first: table::ALLOW_V6,
+    next: table::ALLOW_V6_NEXT,
+    trie: &APNS_ALLOW_V6,
+};
+const PROVIDERS_V6: List<PrefixV6> = List {
+    first: table::PROVIDERS_V6,
+    next: table::PROVIDERS_V6_NEXT,
+    trie: &APNS_PROV_V6,
+};
+
+/// The prefilter's verdict on the 16-bit bucket made of `high` and `low`.
 #[inline(always)]
-fn in_v4(trie: &LpmTrie<PrefixV4, u8>, generation: u32, addr: [u8; 4]) -> bool {
+fn prefilter(generation: &Generation, table: usize, high: u8, low: u8) -> u8 {
+    generation.tables.prefilter[table].get(u16::from_be_bytes([high, low]))
+}
+
+#[inline(always)]
+fn in_v4(list: List<PrefixV4>, generation: &Generation, addr: &[u8; 4]) -> bool {
+    match prefilter(generation, list.first, addr[0], addr[1]) {
+        verdict::NONE => return false,
+        verdict::ALL => return true,
+        _ => {}
+    }
     let data = PrefixV4 {
-        generation: generation as u8,
-        addr,
+        generation: generation.number as u8,
+        addr: *addr,
     };
-    trie.get(Key::new(GENERATION_PREFIX_BITS + 32, data))
+    list.trie
+        .get(Key::new(GENERATION_PREFIX_BITS + 32, data))
         .is_some()
 }
 
 #[inline(always)]
-fn in_v6(trie: &LpmTrie<PrefixV6, u8>, generation: u32, addr: [u8; 16]) -> bool {
+fn in_v6(list: List<PrefixV6>, generation: &Generation, addr: &[u8; 16]) -> bool {
+    match prefilter(generation, list.first, addr[0], addr[1]) {
+        verdict::NONE => return false,
+        verdict::ALL => return true,
+        _ => {}
+    }
+    if prefilter(generation, list.next, addr[2], addr[3]) == verdict::NONE {
+        return false;
+    }
     let data = PrefixV6 {
-        generation: generation as u8,
-        addr,
+        generation: generation.number as u8,
+        addr: *addr,
     };
-    trie.get(Key::new(GENERATION_PREFIX_BITS + 128, data))
+    list.trie
+        .get(Key::new(GENERATION_PREFIX_BITS + 128, data))
         .is_some()
 }

@@ -1,11 +1,12 @@
-//! The only writer of the counter maps. One packet, one counter entry
-//! (`apns_common::counters`).
+//! The only writer of the counter maps. One packet, one counter cell
+//! (`apns_common::counters`): the block of (interface slot, port slot) in the per-CPU array
+//! `APNS_COUNTERS`, the cell of (direction, outcome) in it. Array lookups only: the verifier
+//! inlines them, so counting costs a few instructions and never a helper call.
 //!
 //! Values are per CPU and XDP runs with preemption disabled, so plain adds are race-free and
 //! need no atomics.
 
-use apns_common::counters::{CounterKey, CounterValue, Outcome};
-use aya_ebpf::bindings::BPF_NOEXIST;
+use apns_common::counters::{block_index, cell_of, CounterValue, Outcome, CELLS_PER_BLOCK};
 
 use crate::{
     classify::Judgement,
@@ -17,16 +18,11 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// Counts one packet of `bytes` frame bytes under `judgement` on interface `ifindex`.
-/// `tcp_flags` is present for TCP packets that reached the policy.
+/// Counts one packet of `bytes` frame bytes under `judgement` on the interface whose counter
+/// slot is `iface_slot` (already bounded by `usable_slot`). `tcp_flags` is present for TCP
+/// packets that reached the policy.
 #[inline(always)]
-pub fn record(ifindex: u32, judgement: &Judgement, bytes: u64, tcp_flags: Option<u8>) {
-    let key = CounterKey {
-        ifindex,
-        port: judgement.port,
-        direction: judgement.direction as u8,
-        outcome: judgement.outcome as u8,
-    };
+pub fn record(iface_slot: u32, judgement: &Judgement, bytes: u64, tcp_flags: Option<u8>) {
     // TCP events are only meaningful for APNs connections and pinhole attempts.
     let flags = match (judgement.outcome, tcp_flags) {
         (
@@ -35,26 +31,13 @@ pub fn record(ifindex: u32, judgement: &Judgement, bytes: u64, tcp_flags: Option
         ) => flags,
         _ => 0,
     };
-
-    if let Some(value) = APNS_COUNTERS.get_ptr_mut(&key) {
+    let cell = cell_of(judgement.direction, judgement.outcome) & (CELLS_PER_BLOCK - 1);
+    match APNS_COUNTERS.get_ptr_mut(block_index(iface_slot, judgement.port_slot)) {
         // SAFETY: a map value pointer stays valid for the whole program run, and this CPU's
-        // copy is touched by nobody else while we run.
-        unsafe { add(&mut *value, bytes, flags) };
-        return;
-    }
-    let mut first = CounterValue::default();
-    add(&mut first, bytes, flags);
-    if APNS_COUNTERS
-        .insert(&key, &first, BPF_NOEXIST as u64)
-        .is_ok()
-    {
-        return;
-    }
-    // Either another CPU created the entry between our lookup and insert, or the map is full.
-    match APNS_COUNTERS.get_ptr_mut(&key) {
-        // SAFETY: as above.
-        Some(value) => unsafe { add(&mut *value, bytes, flags) },
+        // copy is touched by nobody else while we run; `cell` is masked into the block.
+        Some(block) => unsafe { add(&mut (*block).cells[cell], bytes, flags) },
         None => {
+            // Unreachable with slots bounded by `usable_slot`; counted, never silent.
             if let Some(lost) = APNS_CNT_LOST.get_ptr_mut(0) {
                 // SAFETY: per-CPU array slot owned by this CPU for the program run.
                 unsafe { *lost += 1 };
@@ -67,6 +50,10 @@ pub fn record(ifindex: u32, judgement: &Judgement, bytes: u64, tcp_flags: Option
 fn add(value: &mut CounterValue, bytes: u64, flags: u8) {
     value.packets += 1;
     value.bytes += bytes;
+    // Most packets carry no flag worth counting (they are not APNs): skip four adds of zero.
+    if flags & (TCP_FIN | TCP_SYN | TCP_RST) == 0 {
+        return;
+    }
     let syn = flags & TCP_SYN != 0;
     let ack = flags & TCP_ACK != 0;
     value.syn += (syn && !ack) as u64;

@@ -60,7 +60,7 @@ pub fn report_drop(ctx: &XdpContext, ifindex: u32, judgement: &Judgement, packet
     };
     let (ip_version, src, dst) = match &packet.addrs {
         Addrs::V4 { src, dst } => (4, widen(src), widen(dst)),
-        Addrs::V6 { src, dst } => (6, *src, *dst),
+        Addrs::V6 { src, dst } => (6, **src, **dst),
     };
     entry.write(DropEvent {
         time_ns: now,

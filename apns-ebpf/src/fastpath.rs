@@ -36,11 +36,11 @@ const IPV6_HOP_LIMIT: usize = 7;
 /// The Ethernet header's destination and source MACs.
 const ETH_ALEN: usize = 6;
 
-/// The fast-path settings of `ifindex`, if the agent attached it.
+/// The entry of `ifindex` (counter slot and fast path); `None` past the array. An interface
+/// the agent never attached reads as zeroes: overflow slot, fast path `pass`.
 #[inline(always)]
-pub fn config(ifindex: u32) -> Option<IfaceConfig> {
-    // SAFETY: a plain hash lookup of a u32 key; the value is copied out.
-    unsafe { APNS_IFACES.get(&ifindex) }.copied()
+pub fn interface(ifindex: u32) -> Option<&'static IfaceConfig> {
+    APNS_IFACES.get(ifindex)
 }
 
 /// Puts a [`MarkMeta`] in front of the packet for the TC ingress program to copy into
@@ -89,8 +89,8 @@ pub fn redirect(
             let ip = cursor.bytes::<20>(packet.l3).ok()?;
             params.family = AF_INET;
             params.__bindgen_anon_2.tos = ip[IPV4_TOS];
-            params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(*src);
-            params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(*dst);
+            params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(**src);
+            params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(**dst);
             IPV4_TTL
         }
         Addrs::V6 { src, dst } => {

@@ -16,7 +16,10 @@ mod maps;
 mod parse;
 pub mod tc_mark;
 
-use apns_common::{counters::Outcome, fastpath::mode as fastpath_mode};
+use apns_common::{
+    counters::{usable_slot, Outcome, OVERFLOW_SLOT},
+    fastpath::mode as fastpath_mode,
+};
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
 use crate::{classify::Judgement, parse::Cursor};
@@ -27,6 +30,10 @@ use crate::{classify::Judgement, parse::Cursor};
 pub fn handle(ctx: &XdpContext) -> u32 {
     let cursor = Cursor::new(ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
+    // One array read per packet gives the counter slot and, for APNs, the fast path.
+    let iface = fastpath::interface(ifindex);
+    let iface_slot =
+        usable_slot(iface.map_or(OVERFLOW_SLOT, |config| u32::from(config.counter_slot)));
     let mut action = xdp_action::XDP_PASS;
     let mut mark = None;
     let (judgement, tcp_flags) = match parse::parse(&cursor) {
@@ -36,8 +43,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
                 events::report_drop(ctx, ifindex, &judgement, &tcp);
                 action = xdp_action::XDP_DROP;
             } else if judgement.outcome == Outcome::Pass {
-                // Only APNs traffic pays for the per-interface lookup.
-                match fastpath::config(ifindex) {
+                match iface {
                     Some(config) if config.fastpath == fastpath_mode::REDIRECT => {
                         if let Some(redirected) = fastpath::redirect(ctx, &cursor, ifindex, &tcp) {
                             judgement.outcome = Outcome::Fastpath;
@@ -53,9 +59,9 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         Err(class) => (Judgement::class(class), None),
     };
     // Frame length as received: the fast path rewrites bytes, never the length.
-    counters::record(ifindex, &judgement, cursor.len() as u64, tcp_flags);
+    counters::record(iface_slot, &judgement, cursor.len() as u64, tcp_flags);
     if let Some(config) = mark {
-        fastpath::mark(ctx, &config);
+        fastpath::mark(ctx, config);
     }
     action
 }

@@ -3,18 +3,18 @@
 //! checks the built object).
 
 use apns_common::{
-    counters::{CounterKey, CounterValue},
+    counters::{CounterBlock, CounterSlots, COUNTER_BLOCKS},
     events::{EventConfig, EventState},
     fastpath::IfaceConfig,
     maps::{
-        ALLOW_MAX_ENTRIES, COUNTERS_MAX_ENTRIES, EVENTS_RING_BYTES, MAX_INTERFACES,
-        POLICY_MAX_ENTRIES, PORTS_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES,
+        ALLOW_MAX_ENTRIES, EVENTS_RING_BYTES, IFACES_MAX_ENTRIES, MAX_INTERFACES,
+        POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES, TABLES_MAX_ENTRIES,
     },
-    policy::{PolicyConfig, PrefixV4, PrefixV6},
+    policy::{GenerationTables, PolicyConfig, PrefixV4, PrefixV6},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, DevMapHash, LpmTrie, PerCpuArray, RingBuf},
 };
 
 #[map]
@@ -24,7 +24,7 @@ pub static APNS_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 pub static APNS_POLICY: Array<PolicyConfig> = Array::with_max_entries(POLICY_MAX_ENTRIES, 0);
 
 #[map]
-pub static APNS_PORTS: Array<u8> = Array::with_max_entries(PORTS_MAX_ENTRIES, 0);
+pub static APNS_TABLES: Array<GenerationTables> = Array::with_max_entries(TABLES_MAX_ENTRIES, 0);
 
 #[map]
 pub static APNS_ALLOW_V4: LpmTrie<PrefixV4, u8> = LpmTrie::with_max_entries(ALLOW_MAX_ENTRIES, 0);
@@ -41,8 +41,12 @@ pub static APNS_PROV_V6: LpmTrie<PrefixV6, u8> =
     LpmTrie::with_max_entries(PROVIDERS_MAX_ENTRIES, 0);
 
 #[map]
-pub static APNS_COUNTERS: PerCpuHashMap<CounterKey, CounterValue> =
-    PerCpuHashMap::with_max_entries(COUNTERS_MAX_ENTRIES, 0);
+pub static APNS_COUNTERS: PerCpuArray<CounterBlock> =
+    PerCpuArray::with_max_entries(COUNTER_BLOCKS, 0);
+
+/// Never read here (only the agent uses it); declared so the object carries it.
+#[map]
+pub static APNS_CNT_SLOTS: Array<CounterSlots> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static APNS_CNT_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
@@ -57,7 +61,7 @@ pub static APNS_EVENT_CFG: Array<EventConfig> = Array::with_max_entries(1, 0);
 pub static APNS_EVENT_ST: PerCpuArray<EventState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
-pub static APNS_IFACES: HashMap<u32, IfaceConfig> = HashMap::with_max_entries(MAX_INTERFACES, 0);
+pub static APNS_IFACES: Array<IfaceConfig> = Array::with_max_entries(IFACES_MAX_ENTRIES, 0);
 
 #[map]
 pub static APNS_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);

@@ -7,7 +7,9 @@ use apns_agent::datapath::{
     policy::{Mode, Policy},
 };
 
-pub use apns_agent::datapath::instance::{Instance as Classifier, Runner, TEST_RUN_IFINDEX};
+pub use apns_agent::datapath::instance::{
+    map_handle, Instance as Classifier, Runner, TEST_RUN_IFINDEX,
+};
 
 /// `XDP_DROP` and `XDP_PASS` as BPF_PROG_TEST_RUN reports them.
 pub const XDP_DROP: u32 = action::DROP;

@@ -1,14 +1,18 @@
-//! The datapath's per-interface state: the fast-path setting (`APNS_IFACES`) and the egress
-//! devmap the redirect fast path forwards through (`APNS_TX_PORTS`). Every attached
-//! interface has an entry in both; detaching removes them.
+//! The datapath's per-interface state: the counter slot and fast-path setting
+//! (`APNS_IFACES`, an array by ifindex) and the egress devmap the redirect fast path forwards
+//! through (`APNS_TX_PORTS`). Every attached interface has an entry in both; detaching
+//! clears them (the counter slot stays reserved for the ifindex until it is recycled, see
+//! `counters::SlotMaps`).
 
 use anyhow::Context as _;
 pub use apns_common::fastpath::FastPath;
 use apns_common::{
-    fastpath::{IfaceConfig, DEFAULT_MARK, DEFAULT_MARK_MASK},
-    maps::{IFACES, TX_PORTS},
+    fastpath::{flags, IfaceConfig, DEFAULT_MARK, DEFAULT_MARK_MASK},
+    maps::{IFACES, IFACES_MAX_ENTRIES, TX_PORTS},
 };
-use aya::maps::{DevMapHash, HashMap, Map, MapData, MapError};
+use aya::maps::{Array, DevMapHash, Map, MapData, MapError};
+
+use super::counters::SlotMaps;
 
 /// The `skb->mark` bits the mark fast path sets: `mark = (mark & !mask) | value`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -40,45 +44,79 @@ impl MarkBits {
 }
 
 pub struct InterfaceMaps {
-    ifaces: HashMap<MapData, u32, IfaceConfig>,
+    ifaces: Array<MapData, IfaceConfig>,
     tx_ports: DevMapHash<MapData>,
+    slots: SlotMaps,
 }
 
 impl InterfaceMaps {
     /// See [`super::policy_maps::PolicyMaps::open`].
     pub fn open(mut map: impl FnMut(&'static str) -> anyhow::Result<Map>) -> anyhow::Result<Self> {
         Ok(InterfaceMaps {
-            ifaces: HashMap::try_from(map(IFACES)?)
+            ifaces: Array::try_from(map(IFACES)?)
                 .with_context(|| format!("map {IFACES} has an unexpected type or layout"))?,
             tx_ports: DevMapHash::try_from(map(TX_PORTS)?)
                 .with_context(|| format!("map {TX_PORTS} has an unexpected type"))?,
+            slots: SlotMaps::open(&mut map)?,
         })
     }
 
-    /// Adds an attached interface: a redirect target, with `fastpath`. Must run in the
-    /// interface's network namespace (the kernel resolves devmap entries there).
+    /// Adds an attached interface: a redirect target, with `fastpath`, and a counter slot.
+    /// Must run in the interface's network namespace (the kernel resolves devmap entries
+    /// there). An interface past `APNS_IFACES` or without a free slot is still counted, under
+    /// interface 0 (a warning says so).
     pub fn register(&mut self, ifindex: u32, fastpath: FastPath) -> anyhow::Result<()> {
         self.tx_ports
             .insert(ifindex, ifindex, None, 0)
             .with_context(|| format!("adding ifindex {ifindex} to map {TX_PORTS}"))?;
-        self.set_fastpath(ifindex, fastpath, None)
+        if ifindex >= IFACES_MAX_ENTRIES {
+            tracing::warn!(
+                ifindex,
+                "ifindex past the datapath's interface table ({IFACES_MAX_ENTRIES} entries): its packets are counted under interface 0 and it cannot take a fast path"
+            );
+            return Ok(());
+        }
+        let ifaces = &self.ifaces;
+        let slot = self.slots.assign_interface(ifindex, |slot, owner| {
+            // A slot is in use while its interface is attached and its entry names the slot.
+            if owner == 0 || owner >= IFACES_MAX_ENTRIES {
+                return Ok(false);
+            }
+            let entry = read_entry(ifaces, owner)?;
+            Ok(entry.flags & flags::ATTACHED != 0 && u32::from(entry.counter_slot) == slot)
+        })?;
+        if slot.is_none() {
+            tracing::warn!(
+                ifindex,
+                "every counter slot belongs to an attached interface: this one is counted under interface 0"
+            );
+        }
+        let current = read_entry(&self.ifaces, ifindex)?;
+        let config = IfaceConfig {
+            counter_slot: slot.unwrap_or(0),
+            flags: flags::ATTACHED,
+            ..entry_with(current, fastpath, None)
+        };
+        self.write_entry(ifindex, &config)
     }
 
-    /// Removes a detached interface; absent entries are fine.
+    /// Removes a detached interface: no redirect target, no fast path, no counter slot in its
+    /// entry (the slot keeps its counters under this ifindex until recycled). Absent entries
+    /// are fine.
     pub fn unregister(&mut self, ifindex: u32) -> anyhow::Result<()> {
-        for result in [self.ifaces.remove(&ifindex), self.tx_ports.remove(ifindex)] {
-            match result {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                // The kernel removes a deleted device from the devmap by itself; aya reports
-                // that key's absence as the syscall's ENOENT.
-                Err(MapError::SyscallError(err))
-                    if err.io_error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => {
-                    return Err(err).with_context(|| {
-                        format!("removing ifindex {ifindex} from {IFACES}/{TX_PORTS}")
-                    });
-                }
+        match self.tx_ports.remove(ifindex) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            // The kernel removes a deleted device from the devmap by itself; aya reports that
+            // key's absence as the syscall's ENOENT.
+            Err(MapError::SyscallError(err))
+                if err.io_error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("removing ifindex {ifindex} from {TX_PORTS}"));
             }
+        }
+        if ifindex < IFACES_MAX_ENTRIES {
+            self.write_entry(ifindex, &IfaceConfig::default())?;
         }
         Ok(())
     }
@@ -91,44 +129,61 @@ impl InterfaceMaps {
         fastpath: FastPath,
         mark: Option<MarkBits>,
     ) -> anyhow::Result<()> {
-        let mark = match mark {
-            Some(mark) => mark,
-            None => match self.ifaces.get(&ifindex, 0) {
-                Ok(current) if current.mark_mask != 0 => MarkBits {
-                    value: current.mark,
-                    mask: current.mark_mask,
-                },
-                Ok(_) | Err(MapError::KeyNotFound) => MarkBits::default(),
-                Err(err) => return Err(err).with_context(|| format!("reading map {IFACES}")),
-            },
-        };
-        let config = IfaceConfig {
-            fastpath: fastpath.code(),
-            mark: mark.value,
-            mark_mask: mark.mask,
-            _pad: 0,
-        };
-        self.ifaces
-            .insert(ifindex, config, 0)
-            .with_context(|| format!("writing ifindex {ifindex} to map {IFACES}"))
+        if ifindex >= IFACES_MAX_ENTRIES {
+            anyhow::bail!(
+                "ifindex {ifindex} is past the datapath's interface table ({IFACES_MAX_ENTRIES} entries): the interface is counted (under interface 0) but cannot have a fast path"
+            );
+        }
+        let current = read_entry(&self.ifaces, ifindex)?;
+        self.write_entry(ifindex, &entry_with(current, fastpath, mark))
     }
 
     /// The fast path and mark bits of `ifindex`; `None` when the interface is not
     /// registered.
     pub fn fastpath(&self, ifindex: u32) -> anyhow::Result<Option<(FastPath, MarkBits)>> {
-        match self.ifaces.get(&ifindex, 0) {
-            Ok(config) => {
-                let fastpath = FastPath::from_code(config.fastpath).with_context(|| {
-                    format!("map {IFACES}: unknown fast path code {}", config.fastpath)
-                })?;
-                let mark = MarkBits {
-                    value: config.mark,
-                    mask: config.mark_mask,
-                };
-                Ok(Some((fastpath, mark)))
-            }
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(err) => Err(err).with_context(|| format!("reading map {IFACES}")),
+        if ifindex >= IFACES_MAX_ENTRIES {
+            return Ok(None);
         }
+        let config = read_entry(&self.ifaces, ifindex)?;
+        if config.flags & flags::ATTACHED == 0 {
+            return Ok(None);
+        }
+        let fastpath = FastPath::from_code(config.fastpath)
+            .with_context(|| format!("map {IFACES}: unknown fast path code {}", config.fastpath))?;
+        let mark = MarkBits {
+            value: config.mark,
+            mask: config.mark_mask,
+        };
+        Ok(Some((fastpath, mark)))
+    }
+
+    fn write_entry(&mut self, ifindex: u32, config: &IfaceConfig) -> anyhow::Result<()> {
+        self.ifaces
+            .set(ifindex, config, 0)
+            .with_context(|| format!("writing ifindex {ifindex} to map {IFACES}"))
+    }
+}
+
+fn read_entry(ifaces: &Array<MapData, IfaceConfig>, ifindex: u32) -> anyhow::Result<IfaceConfig> {
+    ifaces
+        .get(&ifindex, 0)
+        .with_context(|| format!("reading ifindex {ifindex} of map {IFACES}"))
+}
+
+/// `current` with `fastpath`, and `mark` (None keeps the current bits, or the defaults).
+fn entry_with(current: IfaceConfig, fastpath: FastPath, mark: Option<MarkBits>) -> IfaceConfig {
+    let mark = mark.unwrap_or(if current.mark_mask != 0 {
+        MarkBits {
+            value: current.mark,
+            mask: current.mark_mask,
+        }
+    } else {
+        MarkBits::default()
+    });
+    IfaceConfig {
+        fastpath: fastpath.code(),
+        mark: mark.value,
+        mark_mask: mark.mask,
+        ..current
     }
 }

@@ -26,6 +26,17 @@ pub fn open_pinned_map(pins: &PinDir, name: &str) -> anyhow::Result<Map> {
 /// map's kernel id. A datapath pinned by an agent of another layout is refused, never
 /// silently reused.
 pub fn check(pins: &PinDir) -> anyhow::Result<Vec<(&'static str, u32)>> {
+    // The version first: `APNS_META` has the same layout in every version, and a datapath
+    // of another version is best refused by its version, not by the first map that differs.
+    if let Ok(meta) = read_meta(pins) {
+        if meta.layout_version != LAYOUT_VERSION {
+            bail!(
+                "the datapath pinned at {} has map layout version {}; this agent uses version {LAYOUT_VERSION}: {FIX}",
+                pins.root().display(),
+                meta.layout_version
+            );
+        }
+    }
     let mut ids = Vec::new();
     for expected in apns_common::maps::ALL {
         let path = pins.map(expected.name);

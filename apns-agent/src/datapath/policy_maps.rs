@@ -1,17 +1,17 @@
 //! Typed access to the datapath's policy maps, and the one way policy gets into them:
-//! write the whole policy into the inactive generation, then flip `APNS_ACTIVE`.
+//! write the whole policy into the inactive generation (its tables: port entries with
+//! counter slots and the address prefilter; the tries; its config), then flip `APNS_ACTIVE`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context as _};
 use apns_common::{
-    maps::{
-        ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PORTS, PORTS_PER_GENERATION, PROVIDERS_V4, PROVIDERS_V6,
-    },
+    maps::{ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PROVIDERS_V4, PROVIDERS_V6, TABLES},
     policy::{
-        port_index, PolicyConfig, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS, MAX_PORTS,
-        PORT_LIST_DIRTY,
+        GenerationTables, PolicyConfig, PortEntry, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS,
+        MAX_PORTS, PORT_LIST_DIRTY,
     },
+    prefilter::{table, PrefixTable},
 };
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData},
@@ -19,13 +19,18 @@ use aya::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::policy::{Mode, Policy};
+use super::{
+    counters::SlotMaps,
+    policy::{Mode, Policy},
+};
 
 /// Handles to the policy maps of one datapath (loaded by us, or opened from pins).
 pub struct PolicyMaps {
     active: Array<MapData, u32>,
     config: Array<MapData, PolicyConfig>,
-    ports: Array<MapData, u8>,
+    tables: Array<MapData, GenerationTables>,
+    /// Port counter slots are handed out as policies name ports.
+    slots: SlotMaps,
     allow_v4: LpmTrie<MapData, PrefixV4, u8>,
     allow_v6: LpmTrie<MapData, PrefixV6, u8>,
     providers_v4: LpmTrie<MapData, PrefixV4, u8>,
@@ -49,7 +54,8 @@ impl PolicyMaps {
         Ok(Self {
             active: typed(ACTIVE, map(ACTIVE))?,
             config: typed(POLICY, map(POLICY))?,
-            ports: typed(PORTS, map(PORTS))?,
+            tables: typed(TABLES, map(TABLES))?,
+            slots: SlotMaps::open(&mut map)?,
             allow_v4: typed(ALLOW_V4, map(ALLOW_V4))?,
             allow_v6: typed(ALLOW_V6, map(ALLOW_V6))?,
             providers_v4: typed(PROVIDERS_V4, map(PROVIDERS_V4))?,
@@ -71,19 +77,26 @@ impl PolicyMaps {
     pub fn apply(&mut self, policy: &Policy) -> anyhow::Result<()> {
         policy.validate()?;
         let target = self.active_generation()? ^ 1;
-        let previous = self
-            .config
-            .get(&target, 0)
-            .with_context(|| format!("reading generation {target} of map {POLICY}"))?;
 
-        // Mark the generation as being rewritten before touching its tables, so that an agent
-        // that dies half-way leaves a generation the next apply knows to scan in full.
+        // Mark the generation as being rewritten before touching its tables, so that a
+        // generation an agent left half-written is never read back as a policy.
         let dirty = PolicyConfig {
             port_count: PORT_LIST_DIRTY,
             ..PolicyConfig::default()
         };
         self.set_config(target, &dirty)?;
-        self.write_ports(target, &previous, policy)?;
+        // Counter slots for the new ports; those of the generation in force stay put.
+        let in_force = self
+            .config
+            .get(&(target ^ 1), 0)
+            .with_context(|| format!("reading generation {} of map {POLICY}", target ^ 1))?;
+        let keep: BTreeSet<u16> = listed_ports(&in_force).iter().copied().collect();
+        let wanted: BTreeSet<u16> = policy.ports.keys().copied().collect();
+        let slots = self.slots.assign_ports(&keep, &wanted)?;
+        let tables = generation_tables(policy, &slots);
+        self.tables
+            .set(target, tables, 0)
+            .with_context(|| format!("writing generation {target} of map {TABLES}"))?;
         sync_trie(
             ALLOW_V4,
             &mut self.allow_v4,
@@ -115,8 +128,9 @@ impl PolicyMaps {
             port_count: policy.ports.len() as u32,
             ..PolicyConfig::default()
         };
-        for (slot, &port) in config.ports.iter_mut().zip(policy.ports.keys()) {
-            *slot = port;
+        for (i, (&port, &roles)) in policy.ports.iter().enumerate() {
+            config.ports[i] = port;
+            config.roles[i] = roles;
         }
         self.set_config(target, &config)?;
         super::hooks::pause_at(super::hooks::BEFORE_POLICY_SWITCH);
@@ -143,10 +157,12 @@ impl PolicyMaps {
                 config.port_count
             );
         }
-        let mut ports = std::collections::BTreeMap::new();
-        for &port in &config.ports[..config.port_count as usize] {
-            ports.insert(port, self.port_roles(generation, port)?);
-        }
+        let count = config.port_count as usize;
+        let ports: BTreeMap<u16, u8> = config.ports[..count]
+            .iter()
+            .copied()
+            .zip(config.roles[..count].iter().copied())
+            .collect();
         let mut allow: BTreeSet<IpNet> = BTreeSet::new();
         allow.extend(
             read_trie(ALLOW_V4, &self.allow_v4, generation)?
@@ -187,53 +203,59 @@ impl PolicyMaps {
             .set(generation, config, 0)
             .with_context(|| format!("writing generation {generation} of map {POLICY}"))
     }
+}
 
-    fn port_roles(&self, generation: u32, port: u16) -> anyhow::Result<u8> {
-        self.ports
-            .get(&port_index(generation, port), 0)
-            .with_context(|| {
-                format!("reading port {port} of generation {generation} in map {PORTS}")
-            })
+/// The ports a generation's config lists (none if it was left dirty).
+fn listed_ports(config: &PolicyConfig) -> &[u16] {
+    let count = config.port_count as usize;
+    if count <= MAX_PORTS {
+        &config.ports[..count]
+    } else {
+        &[]
     }
+}
 
-    /// Rewrites the port table of `generation`: clears the ports `previous` listed (or every
-    /// non-zero slot, if `previous` was left dirty), then writes `policy`'s.
-    fn write_ports(
-        &mut self,
-        generation: u32,
-        previous: &PolicyConfig,
-        policy: &Policy,
-    ) -> anyhow::Result<()> {
-        let stale: Vec<u16> = if previous.port_count as usize <= MAX_PORTS {
-            previous.ports[..previous.port_count as usize].to_vec()
-        } else {
-            let mut set = Vec::new();
-            for port in 0..PORTS_PER_GENERATION as u16 {
-                if self.port_roles(generation, port)? != 0 {
-                    set.push(port);
-                }
-            }
-            set
+/// A generation's tables for `policy`: its ports with their roles and counter slots (`slots`,
+/// 0 for a port without one), and the prefilter derived from its lists
+/// (`apns_common::prefilter`).
+fn generation_tables(policy: &Policy, slots: &BTreeMap<u16, u8>) -> Box<GenerationTables> {
+    // SAFETY: `GenerationTables` is plain integers (it implements `aya::Pod`), for which all
+    // zero bytes are a valid value: no port, no prefix. Built on the heap: it is 352 KiB.
+    let mut tables = unsafe { Box::<GenerationTables>::new_zeroed().assume_init() };
+    for (&port, &roles) in &policy.ports {
+        tables.ports[usize::from(port)] = PortEntry {
+            roles,
+            slot: slots.get(&port).copied().unwrap_or(0),
+            _pad: [0; 2],
         };
-        for port in stale
-            .into_iter()
-            .filter(|port| !policy.ports.contains_key(port))
-        {
-            self.set_port(generation, port, 0)?;
-        }
-        for (&port, &roles) in &policy.ports {
-            self.set_port(generation, port, roles)?;
-        }
-        Ok(())
     }
-
-    fn set_port(&mut self, generation: u32, port: u16, roles: u8) -> anyhow::Result<()> {
-        self.ports
-            .set(port_index(generation, port), roles, 0)
-            .with_context(|| {
-                format!("writing port {port} of generation {generation} in map {PORTS}")
-            })
+    let prefilter = &mut tables.prefilter;
+    for net in policy.allow_v4() {
+        prefilter[table::ALLOW_V4].add_v4(net.network().octets(), net.prefix_len());
     }
+    for net in policy.providers_v4() {
+        prefilter[table::PROVIDERS_V4].add_v4(net.network().octets(), net.prefix_len());
+    }
+    for (first, next, nets) in [
+        (
+            table::ALLOW_V6,
+            table::ALLOW_V6_NEXT,
+            policy.allow_v6().collect::<Vec<_>>(),
+        ),
+        (
+            table::PROVIDERS_V6,
+            table::PROVIDERS_V6_NEXT,
+            policy.providers_v6().collect(),
+        ),
+    ] {
+        let [first, next] = prefilter
+            .get_disjoint_mut([first, next])
+            .expect("an IPv6 list's two tables are distinct entries");
+        for net in nets {
+            PrefixTable::add_v6(first, next, net.network().octets(), net.prefix_len());
+        }
+    }
+    tables
 }
 
 /// Key data of an LPM trie that starts with the generation byte.

@@ -14,10 +14,13 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use apns_common::{
-    counters::{CounterKey, CounterValue, Direction, Outcome},
-    maps::{COUNTERS, COUNTERS_MAX_ENTRIES},
+    counters::{
+        block_index, CounterBlock, CounterSlots, CounterValue, Direction, CELLS,
+        LAST_ASSIGNABLE_SLOT,
+    },
+    maps::{COUNTERS, COUNTER_SLOTS},
 };
-use aya::maps::{Map, MapData, MapInfo, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 
 use super::{
     forward::{spawn_agent, METRICS_ADDR},
@@ -31,11 +34,36 @@ use crate::{
     lab::{run, Lab, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN},
 };
 
-/// Interfaces of the "realistic" counter map: a gateway's LAN, MDM, VLAN trunk and WAN.
-pub const REALISTIC_INTERFACES: u32 = 4;
-/// Keys one interface can produce (apns-common's COUNTERS sizing note): 5 ports x 2
-/// directions x 2 verdicts, a pinhole drop per port, and 4 classes without a port.
-pub const KEYS_PER_INTERFACE: usize = 29;
+/// Interfaces and ports of the "realistic" counters: a gateway's LAN, MDM, VLAN trunk and
+/// WAN, and Apple's five ports.
+pub const REALISTIC: CounterFill = CounterFill {
+    interfaces: 4,
+    ports: 5,
+};
+/// Every interface and port slot in use.
+pub const FULL: CounterFill = CounterFill {
+    interfaces: LAST_ASSIGNABLE_SLOT,
+    ports: LAST_ASSIGNABLE_SLOT,
+};
+/// Counters an interface produces with no port: not_ip, not_apns, fragment, malformed.
+const CLASS_KEYS: usize = 4;
+/// Counters a port produces per interface: pass, drop_provider and fastpath outbound, pass
+/// and fastpath inbound, and pinhole drops.
+const PORT_KEYS: usize = 6;
+
+/// How many interface and port slots the counter-read timing fills.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterFill {
+    pub interfaces: u32,
+    pub ports: u32,
+}
+
+impl CounterFill {
+    /// Counter entries a snapshot returns: every key an interface can produce.
+    pub fn entries(self) -> usize {
+        self.interfaces as usize * (CLASS_KEYS + self.ports as usize * PORT_KEYS)
+    }
+}
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the soak samples the agent's memory.
 const RSS_SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -76,74 +104,60 @@ pub fn pinned_maps_memlock(dir: &Path) -> Result<Vec<(String, u64)>> {
     Ok(maps)
 }
 
-/// The counter keys of `interfaces` interfaces, [`KEYS_PER_INTERFACE`] each.
-fn counter_keys(count: usize) -> Vec<CounterKey> {
-    const PORTS: [u16; 5] = [5223, 443, 2197, 2195, 2196];
-    let mut keys = Vec::with_capacity(count);
-    let mut ifindex = 2; // 1 is the loopback.
-    while keys.len() < count {
-        let key = |port, direction: Direction, outcome: Outcome| CounterKey {
-            ifindex,
-            port,
-            direction: direction as u8,
-            outcome: outcome as u8,
-        };
-        for port in PORTS {
-            for direction in [Direction::Outbound, Direction::Inbound] {
-                for outcome in [Outcome::Pass, Outcome::DropProvider] {
-                    keys.push(key(port, direction, outcome));
+/// Gives `fill.interfaces` interface slots (ifindexes 2, 3, ...) and `fill.ports` port
+/// slots (5223, 443, ... then 10001, 10002, ...) and puts a count in every cell they can
+/// produce, through second handles on `program`'s maps (the agent's own handles only
+/// assign slots to real interfaces and policy ports).
+fn fill_counters(program: &OurProgram, fill: CounterFill) -> Result<()> {
+    let mut slots_map: Array<MapData, CounterSlots> = Array::try_from(program.map(COUNTER_SLOTS)?)
+        .with_context(|| format!("map {COUNTER_SLOTS}'s layout"))?;
+    let mut counters: PerCpuArray<MapData, CounterBlock> =
+        PerCpuArray::try_from(program.map(COUNTERS)?)
+            .with_context(|| format!("map {COUNTERS}'s layout"))?;
+    const APPLE_PORTS: [u16; 5] = [5223, 443, 2197, 2195, 2196];
+    let mut slots = CounterSlots::default();
+    for i in 1..=fill.interfaces {
+        slots.ifindex[i as usize] = i + 1; // 1 is the loopback.
+    }
+    for p in 1..=fill.ports {
+        slots.port[p as usize] = APPLE_PORTS
+            .get(p as usize - 1)
+            .copied()
+            .unwrap_or(10_000 + p as u16);
+    }
+    slots_map
+        .set(0, slots, 0)
+        .with_context(|| format!("writing map {COUNTER_SLOTS}"))?;
+    let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
+    let value = |i: u32| CounterValue {
+        packets: 1000 + u64::from(i),
+        bytes: 100_000 + u64::from(i),
+        ..CounterValue::default()
+    };
+    for i in 1..=fill.interfaces {
+        for p in 0..=fill.ports {
+            let mut block = CounterBlock::default();
+            for (cell, &(direction, outcome)) in CELLS.iter().enumerate() {
+                let has_port = outcome.is_drop() || direction != Direction::None;
+                if has_port == (p != 0) {
+                    block.cells[cell] = value(block_index(i, p));
                 }
             }
-            keys.push(key(port, Direction::None, Outcome::DropPinhole));
+            let values = PerCpuValues::try_from(vec![block; cpus])
+                .context("building per-CPU counter values")?;
+            counters
+                .set(block_index(i, p), values, 0)
+                .with_context(|| format!("writing block ({i}, {p}) of {COUNTERS}"))?;
         }
-        for outcome in [
-            Outcome::NotIp,
-            Outcome::NotApns,
-            Outcome::Fragment,
-            Outcome::Malformed,
-        ] {
-            keys.push(key(0, Direction::None, outcome));
-        }
-        ifindex += 1;
-    }
-    keys.truncate(count);
-    keys
-}
-
-/// Writes `count` counter entries into `program`'s counter map through a second handle
-/// (the program's own handle is typed read-only by `CounterMaps`).
-fn fill_counters(program: &OurProgram, count: usize) -> Result<()> {
-    let mut counters_id = None;
-    for id in program.map_ids()? {
-        let info = MapInfo::from_id(id).with_context(|| format!("map id {id}"))?;
-        if info.name_as_str() == Some(COUNTERS) {
-            counters_id = Some(id);
-        }
-    }
-    let id = counters_id.with_context(|| format!("the program uses no map {COUNTERS}"))?;
-    let data = MapData::from_id(id).with_context(|| format!("opening map {COUNTERS} by id"))?;
-    let mut map: PerCpuHashMap<MapData, CounterKey, CounterValue> =
-        PerCpuHashMap::try_from(Map::from_map_data(data)?)
-            .with_context(|| format!("map {COUNTERS}'s layout"))?;
-    let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow::anyhow!("{what}: {err}"))?;
-    for (i, key) in counter_keys(count).into_iter().enumerate() {
-        let value = CounterValue {
-            packets: 1000 + i as u64,
-            bytes: 100_000 + i as u64,
-            ..CounterValue::default()
-        };
-        let values =
-            PerCpuValues::try_from(vec![value; cpus]).context("building per-CPU counter values")?;
-        map.insert(key, values, 0)
-            .with_context(|| format!("inserting counter entry {i} into {COUNTERS}"))?;
     }
     Ok(())
 }
 
-/// Wall time of `CounterMaps::snapshot` over a counter map holding `entries` entries.
-pub fn snapshot_times(entries: usize, reads: usize) -> Result<Vec<Duration>> {
+/// Wall time of `CounterMaps::snapshot` over counters filled as `fill` says.
+pub fn snapshot_times(fill: CounterFill, reads: usize) -> Result<Vec<Duration>> {
     let program = OurProgram::load()?;
-    fill_counters(&program, entries)?;
+    fill_counters(&program, fill)?;
+    let entries = fill.entries();
     let mut times = Vec::with_capacity(reads);
     for _ in 0..reads {
         let started = Instant::now();
@@ -302,19 +316,23 @@ pub fn describe(cpu: usize, inputs: &ControlInputs<'_>) -> Section {
     section.method = vec![format!(
         "Apply: wall time of `PolicyMaps::apply` writing 10,000 IPv4 prefixes (section 2's \
          generator) into a freshly loaded datapath, median of {} datapaths. Counter read: wall \
-         time of `CounterMaps::snapshot` (every entry, summed over CPUs), median of {} reads \
-         over a counter map filled with {} entries ({REALISTIC_INTERFACES} interfaces x \
-         {KEYS_PER_INTERFACE} keys, every key a gateway interface can produce) and of {} reads \
-         over a full map ({} entries). Both on the pinned thread (CPU {cpu}). Memory: `apns-agent run` in \
+         time of `CounterMaps::snapshot` (every counter, summed over CPUs), median of {} reads \
+         of {} counters ({} interfaces x {} ports: every key a gateway interface can produce) \
+         and of {} reads with every slot in use ({} interfaces x {} ports, {} counters). Both \
+         on the pinned thread (CPU {cpu}). Memory: `apns-agent run` in \
          the lab's gateway (monitor, lan0 + wan0) for {:.0} s with /metrics scraped every \
          second and one APNs connection through the gateway every second; VmRSS from \
          /proc/PID/status every {} s; pinned maps: `bpftool -j map show pinned PATH` \
          bytes_memlock summed over the agent's pin directory.",
         inputs.apply_10k.len(),
         inputs.snapshot_realistic.len(),
-        REALISTIC_INTERFACES as usize * KEYS_PER_INTERFACE,
+        REALISTIC.entries(),
+        REALISTIC.interfaces,
+        REALISTIC.ports,
         inputs.snapshot_full.len(),
-        group_thousands(i64::from(COUNTERS_MAX_ENTRIES)),
+        FULL.interfaces,
+        FULL.ports,
+        group_thousands(FULL.entries() as i64),
         inputs.soak.secs,
         RSS_SAMPLE_EVERY.as_secs()
     )];
@@ -344,33 +362,34 @@ pub fn describe(cpu: usize, inputs: &ControlInputs<'_>) -> Section {
             ]);
         }
     }
-    let realistic_entries = REALISTIC_INTERFACES as usize * KEYS_PER_INTERFACE;
+    let realistic_entries = REALISTIC.entries();
     let read = section.figure(
         "control.read_counters_realistic_us".into(),
         ms(inputs.snapshot_realistic) * 1e3,
         "µs",
         &format!(
-            "CounterMaps::snapshot over {realistic_entries} entries, median of {}",
+            "CounterMaps::snapshot over {realistic_entries} counters, median of {}",
             inputs.snapshot_realistic.len()
         ),
     );
     table.row(vec![
-        format!("read every counter ({realistic_entries} entries)"),
+        format!("read every counter ({realistic_entries} counters)"),
         format!("{} µs", num(read)),
     ]);
+    let full_entries = FULL.entries();
     let read_full = section.figure(
         "control.read_counters_full_ms".into(),
         ms(inputs.snapshot_full),
         "ms",
         &format!(
-            "CounterMaps::snapshot over {COUNTERS_MAX_ENTRIES} entries (map full), median of {}",
+            "CounterMaps::snapshot over {full_entries} counters (every slot in use), median of {}",
             inputs.snapshot_full.len()
         ),
     );
     table.row(vec![
         format!(
-            "read every counter ({} entries, map full)",
-            group_thousands(i64::from(COUNTERS_MAX_ENTRIES))
+            "read every counter ({} counters, every slot in use)",
+            group_thousands(full_entries as i64)
         ),
         format!("{} ms", num(read_full)),
     ]);

@@ -2,7 +2,7 @@
 //! nftables, on one machine in one run (issue 7). The binary is `src/bin/apns-bench.rs`; this
 //! module holds the sections:
 //!
-//! 1. [`testrun`]: ns per packet through BPF_PROG_TEST_RUN for eight packet classes, for our
+//! 1. [`testrun`]: ns per packet through BPF_PROG_TEST_RUN for eleven packet classes and a gateway mix, for our
 //!    classifier, the floor program and xdp-filter (loaded in a scratch namespace, see
 //!    [`scratch`]), and how the cost grows with the allow-list.
 //! 2. [`forward`]: packets per second through the lab gateway with no program, a floor, the

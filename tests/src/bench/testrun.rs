@@ -11,24 +11,25 @@
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context as _, Result};
 use apns_agent::datapath::{
     counters::CounterMaps,
+    interfaces::{FastPath, InterfaceMaps},
     object,
     policy::{Mode, Policy, DEFAULT_PORTS},
     policy_maps::PolicyMaps,
 };
 use apns_common::programs;
 use aya::{
-    maps::{PerCpuArray, PerCpuValues},
+    maps::{Map, PerCpuArray, PerCpuValues},
     programs::{TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use nix::{
     sched::{sched_setaffinity, CpuSet},
     unistd::Pid,
@@ -44,9 +45,9 @@ use super::{
 };
 use crate::{
     lab::{APPLE, CLIENT, OTHER},
-    packets::{self, ACK, PSH, SYN, TPID_8021Q},
+    packets::{self, Addrs, Frame, Transport, ACK, PSH, SYN, TPID_8021Q},
     reference,
-    xdp::{XDP_DROP, XDP_PASS},
+    xdp::{map_handle, TEST_RUN_IFINDEX, XDP_DROP, XDP_PASS},
 };
 
 /// Name of the floor's program and counter in `BENCH_FLOOR_OBJECT`.
@@ -56,12 +57,18 @@ const FLOOR_COUNTER: &str = "FLOOR_PACKETS";
 /// Allow-list sizes of section 2.
 pub const ALLOW_LIST_SIZES: [usize; 4] = [1, 100, 10_000, 100_000];
 
-/// The prefix that matches the APNs packets' destination (17.249.1.10) in section 2: a /16
-/// from Apple's narrower list (docs/apns.md), a typical length.
-const MATCHING_PREFIX: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(17, 249, 0, 0), 16) {
+/// The prefixes that match the APNs SYNs' destinations (17.249.1.10, 2620:149:a44::10) in
+/// section 2: a /24 and a /64, longer than the prefilter settles (16 bits; 32 for IPv6), so
+/// that every list size, one prefix included, needs the LPM trie: like is compared with like.
+const MATCHING_V4: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(17, 249, 1, 0), 24) {
     Ok(net) => net,
     Err(_) => panic!("valid prefix"),
 };
+const MATCHING_V6: Ipv6Net =
+    match Ipv6Net::new(Ipv6Addr::new(0x2620, 0x149, 0xa44, 0, 0, 0, 0, 0), 64) {
+        Ok(net) => net,
+        Err(_) => panic!("valid prefix"),
+    };
 
 /// One kind of packet a gateway sees, as the frame every program gets.
 pub struct PacketClass {
@@ -69,71 +76,116 @@ pub struct PacketClass {
     pub label: &'static str,
     /// Classified as APNs (counted as `pass` with a direction and port).
     pub apns: bool,
+    /// Share of the "gateway mix" (percent, see [`GATEWAY_MIX`]).
+    pub mix_percent: u32,
     pub frame: Vec<u8>,
 }
 
-/// The eight classes of the issue. Addresses are the lab's: the device 192.0.2.10, Apple's
-/// 17.249.1.10 (inside 17.0.0.0/8) and a non-Apple host 203.0.113.130.
+/// What the gateway mix figure stands for: a weighted mean of the per-class figures with the
+/// classes' `mix_percent` as weights.
+pub const GATEWAY_MIX: &str = "90 % non-Apple HTTPS (45 % device → :443, 45 % its replies), \
+    5 % APNs (3 % established data, 1 % IPv4 SYN, 1 % IPv6 SYN), 5 % other (2 % UDP, 2 % ICMP, \
+    1 % ARP)";
+
+/// The packet classes. Addresses are the lab's: the device 192.0.2.10, Apple's 17.249.1.10
+/// (inside 17.0.0.0/8) and a non-Apple host 203.0.113.130.
 pub fn classes() -> Vec<PacketClass> {
     let syn = packets::tcp_v4(CLIENT.v4, APPLE.v4, 50_000, 5223, SYN);
+    let class = |key, label, apns, mix_percent, frame| PacketClass {
+        key,
+        label,
+        apns,
+        mix_percent,
+        frame,
+    };
     vec![
-        PacketClass {
-            key: "apns_v4_syn",
-            label: "APNs IPv4 SYN (device → Apple :5223)",
-            apns: true,
-            frame: syn.bytes(),
-        },
-        PacketClass {
-            key: "apns_v6_syn",
-            label: "APNs IPv6 SYN (device → Apple :5223)",
-            apns: true,
-            frame: packets::tcp_v6(CLIENT.v6, APPLE.v6, 50_000, 5223, SYN).bytes(),
-        },
-        PacketClass {
-            key: "apns_vlan_syn",
-            label: "VLAN-tagged APNs IPv4 SYN (802.1Q)",
-            apns: true,
-            frame: syn.clone().vlan(TPID_8021Q).bytes(),
-        },
-        PacketClass {
-            key: "apns_v4_data",
+        class(
+            "apns_v4_syn",
+            "APNs IPv4 SYN (device → Apple :5223)",
+            true,
+            1,
+            syn.bytes(),
+        ),
+        class(
+            "apns_v6_syn",
+            "APNs IPv6 SYN (device → Apple :5223)",
+            true,
+            1,
+            packets::tcp_v6(CLIENT.v6, APPLE.v6, 50_000, 5223, SYN).bytes(),
+        ),
+        class(
+            "apns_vlan_syn",
+            "VLAN-tagged APNs IPv4 SYN (802.1Q)",
+            true,
+            0,
+            syn.clone().vlan(TPID_8021Q).bytes(),
+        ),
+        class(
+            "apns_v4_data",
             // A push arriving: the direction the bulk of APNs bytes takes.
-            label: "established APNs data (Apple :5223 → device, ACK+PSH, 100 B)",
-            apns: true,
-            frame: packets::tcp_v4(APPLE.v4, CLIENT.v4, 5223, 50_000, ACK | PSH)
+            "established APNs data (Apple :5223 → device, ACK+PSH, 100 B)",
+            true,
+            3,
+            packets::tcp_v4(APPLE.v4, CLIENT.v4, 5223, 50_000, ACK | PSH)
                 .payload(100)
                 .bytes(),
-        },
-        PacketClass {
-            key: "other_tcp",
-            // HTTPS to anyone but Apple: the commonest gateway traffic, and it walks the
-            // port table and both address lookups before being settled.
-            label: "non-APNs TCP (device → non-Apple :443, ACK+PSH, 100 B)",
-            apns: false,
-            frame: packets::tcp_v4(CLIENT.v4, OTHER.v4, 50_000, 443, ACK | PSH)
+        ),
+        class(
+            "https_out",
+            // HTTPS to anyone but Apple: the commonest gateway traffic. 443 is an APNs port,
+            // so it walks the port table and the destination's prefix lookup.
+            "TCP to a non-Apple :443 (device → 203.0.113.130, ACK+PSH, 100 B)",
+            false,
+            45,
+            packets::tcp_v4(CLIENT.v4, OTHER.v4, 50_000, 443, ACK | PSH)
                 .payload(100)
                 .bytes(),
-        },
-        PacketClass {
-            key: "udp",
-            label: "UDP (device → non-Apple :53, 40 B)",
-            apns: false,
-            frame: packets::udp_v4(CLIENT.v4, OTHER.v4, 50_000, 53)
+        ),
+        class(
+            "https_in",
+            // Its reply: the source port is the APNs port this time.
+            "its reply from a non-Apple :443 (203.0.113.130 → device, ACK+PSH, 100 B)",
+            false,
+            45,
+            packets::tcp_v4(OTHER.v4, CLIENT.v4, 443, 50_000, ACK | PSH)
+                .payload(100)
+                .bytes(),
+        ),
+        class(
+            "tcp_other_port",
+            "TCP on a non-APNs port (device → 203.0.113.130 :22, ACK+PSH, 100 B)",
+            false,
+            0,
+            packets::tcp_v4(CLIENT.v4, OTHER.v4, 50_000, 22, ACK | PSH)
+                .payload(100)
+                .bytes(),
+        ),
+        class(
+            "udp",
+            "UDP (device → non-Apple :53, 40 B)",
+            false,
+            2,
+            packets::udp_v4(CLIENT.v4, OTHER.v4, 50_000, 53)
                 .payload(40)
                 .bytes(),
-        },
-        PacketClass {
-            key: "arp",
-            label: "ARP request",
-            apns: false,
-            frame: packets::arp_request(),
-        },
-        PacketClass {
-            key: "later_fragment",
-            label: "later IPv4 fragment (offset 1480 B, to Apple)",
-            apns: false,
-            frame: syn.payload(64).fragment(185, false).bytes(),
-        },
+        ),
+        class(
+            "icmp",
+            "ICMP echo request (device → non-Apple, 56 B)",
+            false,
+            2,
+            Frame::new(Addrs::V4(CLIENT.v4, OTHER.v4), Transport::Echo)
+                .payload(56)
+                .bytes(),
+        ),
+        class("arp", "ARP request", false, 1, packets::arp_request()),
+        class(
+            "later_fragment",
+            "later IPv4 fragment (offset 1480 B, to Apple)",
+            false,
+            0,
+            syn.payload(64).fragment(185, false).bytes(),
+        ),
     ]
 }
 
@@ -168,20 +220,25 @@ pub struct OurProgram {
 }
 
 impl OurProgram {
-    /// Loads the object; the policy maps are empty until [`OurProgram::apply`].
+    /// Loads the object and registers the interface BPF_PROG_TEST_RUN reports, as an attach
+    /// would (so packets are counted under its own counter slot); the policy maps are empty
+    /// until [`OurProgram::apply`].
     pub fn load() -> Result<OurProgram> {
-        let mut ebpf = object::load_unpinned()?;
-        let mut take = |name: &'static str| {
-            ebpf.take_map(name)
-                .with_context(|| format!("the object has no map {name}"))
-        };
-        let policy = PolicyMaps::open(&mut take)?;
-        let counters = CounterMaps::open(&mut take)?;
+        let ebpf = object::load_unpinned()?;
+        let open = |name: &'static str| map_handle(&ebpf, name);
+        let policy = PolicyMaps::open(open)?;
+        let counters = CounterMaps::open(open)?;
+        InterfaceMaps::open(open)?.register(TEST_RUN_IFINDEX, FastPath::Pass)?;
         Ok(OurProgram {
             ebpf,
             policy,
             counters,
         })
+    }
+
+    /// A handle of its own on one of the program's maps.
+    pub fn map(&self, name: &'static str) -> Result<Map> {
+        map_handle(&self.ebpf, name)
     }
 
     /// Loads the object and applies `policy`.
@@ -303,11 +360,23 @@ fn check_classes(ours: &OurProgram, classes: &[PacketClass]) -> Result<Vec<&'sta
     Ok(outcomes)
 }
 
+/// One row of section 1: medians of one packet class.
+#[derive(Clone, Debug)]
+pub struct ClassCost {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub apns: bool,
+    pub agent_ns: f64,
+    pub floor_ns: f64,
+    pub filter_ns: f64,
+}
+
 /// Section 1's numbers that the goals look at.
 #[derive(Clone, Debug, Default)]
 pub struct PerPacket {
-    /// (class key, label, apns, agent ns, floor ns, xdp-filter ns), medians.
-    pub rows: Vec<(&'static str, &'static str, bool, f64, f64, f64)>,
+    pub rows: Vec<ClassCost>,
+    /// The gateway mix ([`GATEWAY_MIX`]): (agent, floor, xdp-filter) weighted means.
+    pub mix: Option<(f64, f64, f64)>,
 }
 
 fn xdp_action_name(action: u32) -> &'static str {
@@ -397,6 +466,7 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
             "agent / floor",
             "xdp-filter ns",
             "xdp-filter / floor",
+            "xdp-filter / agent",
             "xdp-filter action",
             "agent ns range",
         ],
@@ -420,6 +490,12 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
             "x",
             "xdp-filter ns / floor ns",
         );
+        let filter_per_agent = section.figure(
+            key("xdp_filter_per_agent"),
+            ratio(filter_ns, agent_ns),
+            "x",
+            "xdp-filter ns / agent ns (how many times cheaper the agent is)",
+        );
         let (lo, hi) = range(&samples[c][1]);
         table.row(vec![
             class.label.to_owned(),
@@ -430,33 +506,100 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
             times(agent_ratio),
             num(filter_ns),
             times(filter_ratio),
+            times(filter_per_agent),
             xdp_action_name(actions[c][2]).to_owned(),
             format!("{}–{}", num(lo), num(hi)),
         ]);
-        result.rows.push((
-            class.key,
-            class.label,
-            class.apns,
+        result.rows.push(ClassCost {
+            key: class.key,
+            label: class.label,
+            apns: class.apns,
             agent_ns,
             floor_ns,
             filter_ns,
-        ));
+        });
     }
+    // The gateway mix: the per-class medians weighted by the mix's shares.
+    let weighted = |program: usize| {
+        let total: u32 = classes.iter().map(|c| c.mix_percent).sum();
+        classes
+            .iter()
+            .enumerate()
+            .map(|(c, class)| f64::from(class.mix_percent) * median(&samples[c][program]))
+            .sum::<f64>()
+            / f64::from(total)
+    };
+    let [floor_mix, agent_mix, filter_mix] = [0, 1, 2].map(weighted);
+    let how_mix = format!("weighted mean of the per-class medians: {GATEWAY_MIX}");
+    section.figure(
+        "per_packet.gateway_mix.floor_ns".into(),
+        floor_mix,
+        "ns",
+        &how_mix,
+    );
+    section.figure(
+        "per_packet.gateway_mix.agent_ns".into(),
+        agent_mix,
+        "ns",
+        &how_mix,
+    );
+    section.figure(
+        "per_packet.gateway_mix.xdp_filter_ns".into(),
+        filter_mix,
+        "ns",
+        &how_mix,
+    );
+    let mix_ratio = section.figure(
+        "per_packet.gateway_mix.agent_per_floor".into(),
+        ratio(agent_mix, floor_mix),
+        "x",
+        "agent ns / floor ns, gateway mix",
+    );
+    let mix_filter_ratio = section.figure(
+        "per_packet.gateway_mix.xdp_filter_per_floor".into(),
+        ratio(filter_mix, floor_mix),
+        "x",
+        "xdp-filter ns / floor ns, gateway mix",
+    );
+    let mix_filter_per_agent = section.figure(
+        "per_packet.gateway_mix.xdp_filter_per_agent".into(),
+        ratio(filter_mix, agent_mix),
+        "x",
+        "xdp-filter ns / agent ns, gateway mix",
+    );
+    table.row(vec![
+        "**gateway mix** (weighted, see below)".to_owned(),
+        "—".to_owned(),
+        "—".to_owned(),
+        num(floor_mix),
+        num(agent_mix),
+        times(mix_ratio),
+        num(filter_mix),
+        times(mix_filter_ratio),
+        times(mix_filter_per_agent),
+        "—".to_owned(),
+        "—".to_owned(),
+    ]);
+    result.mix = Some((agent_mix, floor_mix, filter_mix));
     section.tables.push(table);
     section.notes.push(
         "The kernel reports whole nanoseconds per run, so a ratio between two small figures \
          carries ±1 ns of rounding on each side."
             .to_owned(),
     );
+    section.notes.push(format!(
+        "Gateway mix: {GATEWAY_MIX}. Each class runs on its own (hot caches, one frame \
+         repeated), so the mix is the weighted mean of the per-class medians of each program, \
+         not a run of mixed frames."
+    ));
     drop(xdp_filter);
     Ok((section, result))
 }
 
-/// `n` IPv4 prefixes: [`MATCHING_PREFIX`] and `n - 1` others drawn from a fixed seed, with
-/// lengths spread like a routing table's (mostly /24, down to /16), none inside 17.0.0.0/8,
-/// so the APNs packet is matched by the /16 whatever the size.
+/// `n` IPv4 prefixes: [`MATCHING_V4`] and `n - 1` other /24s drawn from a fixed seed, none
+/// inside 17.0.0.0/8, so the APNs packet is matched by the /24 whatever the size.
 pub fn allow_list(n: usize) -> BTreeSet<IpNet> {
-    let mut set = BTreeSet::from([IpNet::V4(MATCHING_PREFIX)]);
+    let mut set = BTreeSet::from([IpNet::V4(MATCHING_V4)]);
     let mut rng = ChaCha8Rng::seed_from_u64(0x0a11_0715);
     // Bounded: each draw adds a prefix unless it collides, and collisions are rare even at
     // 100,000 prefixes out of millions of possible ones.
@@ -464,19 +607,34 @@ pub fn allow_list(n: usize) -> BTreeSet<IpNet> {
         if set.len() >= n {
             break;
         }
-        let len = match rng.random_range(0..100) {
-            0..60 => 24,
-            60..75 => rng.random_range(22..=23),
-            75..90 => rng.random_range(19..=21),
-            _ => rng.random_range(16..=18),
-        };
         let addr = Ipv4Addr::from(rng.random::<u32>());
         let first = addr.octets()[0];
         if matches!(first, 0 | 17 | 127) || first >= 224 {
             continue;
         }
-        let net = Ipv4Net::new(addr, len).expect("length 16..=24").trunc();
+        let net = Ipv4Net::new(addr, 24).expect("length 24").trunc();
         set.insert(IpNet::V4(net));
+    }
+    assert_eq!(set.len(), n, "could not draw {n} distinct prefixes");
+    set
+}
+
+/// `n` IPv6 prefixes: [`MATCHING_V6`] and `n - 1` other /64s in 2000::/3 drawn from a fixed
+/// seed, none in 2620::/16 (so none covers an Apple address).
+pub fn allow_list_v6(n: usize) -> BTreeSet<IpNet> {
+    let mut set = BTreeSet::from([IpNet::V6(MATCHING_V6)]);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x0a11_0716);
+    for _ in 0..n.saturating_mul(4) {
+        if set.len() >= n {
+            break;
+        }
+        let raw: u128 = rng.random();
+        let addr = Ipv6Addr::from((raw >> 3) | (1u128 << 125));
+        if addr.segments()[0] == 0x2620 {
+            continue;
+        }
+        let net = Ipv6Net::new(addr, 64).expect("length 64").trunc();
+        set.insert(IpNet::V6(net));
     }
     assert_eq!(set.len(), n, "could not draw {n} distinct prefixes");
     set
@@ -492,111 +650,250 @@ pub fn policy_with(allow: BTreeSet<IpNet>) -> Policy {
     }
 }
 
-/// Section 2's numbers the goals and section 4 look at.
-#[derive(Clone, Debug, Default)]
-pub struct Scaling {
-    /// (prefixes, agent ns) medians.
-    pub cost: Vec<(usize, f64)>,
-    /// (prefixes, apply into an empty generation).
-    pub apply: Vec<(usize, Duration)>,
-    /// Map memory (bytes_memlock summed) of the datapath with the most prefixes.
-    pub largest_maps_bytes: u64,
+/// An address family of section 2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
 }
 
-/// Section 2: the APNs IPv4 SYN with 1 to 100,000 IPv4 prefixes in the allow-list.
-pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)> {
-    let frame = classes()
-        .into_iter()
-        .find(|c| c.key == "apns_v4_syn")
-        .context("no APNs IPv4 SYN class")?
-        .frame;
-    let floor = FloorProgram::load()?;
-    let mut loaded = Vec::new();
-    let mut scaling = Scaling::default();
-    for n in ALLOW_LIST_SIZES {
-        let mut program = OurProgram::load()?;
-        let took = program
-            .apply(&policy_with(allow_list(n)))
-            .with_context(|| format!("applying {n} prefixes"))?;
-        scaling.apply.push((n, took));
-        loaded.push(program);
-    }
-    if let Some(largest) = loaded.last() {
-        scaling.largest_maps_bytes = super::control::maps_memlock(&largest.map_ids()?)?;
-    }
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); loaded.len() + 1];
-    for run in 0..plan.test_runs {
-        for turn in 0..samples.len() {
-            let i = (turn + run) % samples.len();
-            let program = match i {
-                0 => floor.xdp()?,
-                _ => loaded[i - 1].xdp()?,
-            };
-            let (action, ns) = test_run(program, &frame, plan.repeat)?;
-            ensure!(
-                action == XDP_PASS,
-                "the APNs SYN was not passed (action {action})"
-            );
-            samples[i].push(ns);
+impl Family {
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    pub const fn key(self) -> &'static str {
+        match self {
+            Family::V4 => "v4",
+            Family::V6 => "v6",
         }
     }
 
-    let how = format!(
-        "BPF_PROG_TEST_RUN via aya, APNs IPv4 SYN, repeat {}, median of {} runs, CPU {cpu}",
-        plan.repeat, plan.test_runs
-    );
+    fn list(self, n: usize) -> BTreeSet<IpNet> {
+        match self {
+            Family::V4 => allow_list(n),
+            Family::V6 => allow_list_v6(n),
+        }
+    }
+
+    /// The APNs SYN and the non-Apple HTTPS packet of this family.
+    fn frames(self) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            Family::V4 => (
+                packets::tcp_v4(CLIENT.v4, APPLE.v4, 50_000, 5223, SYN).bytes(),
+                packets::tcp_v4(CLIENT.v4, OTHER.v4, 50_000, 443, ACK | PSH)
+                    .payload(100)
+                    .bytes(),
+            ),
+            Family::V6 => (
+                packets::tcp_v6(CLIENT.v6, APPLE.v6, 50_000, 5223, SYN).bytes(),
+                packets::tcp_v6(CLIENT.v6, OTHER.v6, 50_000, 443, ACK | PSH)
+                    .payload(100)
+                    .bytes(),
+            ),
+        }
+    }
+
+    /// Whether the prefilter sends the non-Apple host's address to the trie with `list`
+    /// (some prefix longer than the prefilter's reach shares its leading bits).
+    fn other_asks_trie(self, list: &BTreeSet<IpNet>) -> bool {
+        match self {
+            Family::V4 => {
+                let other = u32::from(OTHER.v4);
+                list.iter().any(|net| match net {
+                    IpNet::V4(net) => u32::from(net.network()) >> 16 == other >> 16,
+                    IpNet::V6(_) => false,
+                })
+            }
+            Family::V6 => {
+                let other = u128::from(OTHER.v6);
+                let first = list.iter().any(|net| match net {
+                    IpNet::V6(net) => u128::from(net.network()) >> 112 == other >> 112,
+                    IpNet::V4(_) => false,
+                });
+                let next = list.iter().any(|net| match net {
+                    IpNet::V6(net) => {
+                        (u128::from(net.network()) >> 96) as u16 == (other >> 96) as u16
+                    }
+                    IpNet::V4(_) => false,
+                });
+                first && next
+            }
+        }
+    }
+}
+
+/// Section 2's numbers the goals and section 4 look at.
+#[derive(Clone, Debug, Default)]
+pub struct Scaling {
+    /// (family, prefixes, APNs SYN ns, non-Apple HTTPS ns) medians.
+    pub cost: Vec<(Family, usize, f64, f64)>,
+    /// (prefixes, apply into an empty generation), IPv4.
+    pub apply: Vec<(usize, Duration)>,
+    /// The same for IPv6.
+    pub apply_v6: Vec<(usize, Duration)>,
+    /// Map memory (bytes_memlock summed) of the IPv4 datapath with the most prefixes.
+    pub largest_maps_bytes: u64,
+}
+
+impl Scaling {
+    /// APNs SYN ns with the fewest and the most prefixes of `family`.
+    pub fn ends(&self, family: Family) -> (f64, f64) {
+        let costs: Vec<f64> = self
+            .cost
+            .iter()
+            .filter(|c| c.0 == family)
+            .map(|c| c.2)
+            .collect();
+        (
+            costs.first().copied().unwrap_or(f64::NAN),
+            costs.last().copied().unwrap_or(f64::NAN),
+        )
+    }
+}
+
+/// Section 2: the APNs SYN (and a non-Apple HTTPS packet) with 1 to 100,000 long prefixes
+/// (IPv4 /24s, IPv6 /64s) in the allow-list.
+pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)> {
+    let floor = FloorProgram::load()?;
+    let mut scaling = Scaling::default();
     let mut section = Section::new("allow_list", "Allow-list scaling");
     section.method = vec![format!(
-        "The APNs IPv4 SYN (to 17.249.1.10) through datapaths whose IPv4 allow-list holds 1 to \
-         100,000 distinct prefixes, applied with `PolicyMaps::apply`. The packet is matched by \
-         17.249.0.0/16; the other prefixes are drawn from a fixed seed with lengths /16 to /24 \
-         (60 % /24), none inside 17.0.0.0/8. Same method as section 1 ({} runs of {} repeats, \
-         the floor in the same turns).",
+        "The APNs SYN (IPv4 to 17.249.1.10, IPv6 to 2620:149:a44::10) through datapaths whose \
+         allow-list holds 1 to 100,000 distinct long prefixes of one family, applied with \
+         `PolicyMaps::apply`: IPv4 /24s (the packet matched by 17.249.1.0/24, the others drawn \
+         from a fixed seed outside 17.0.0.0/8), IPv6 /64s (matched by 2620:149:a44::/64, the \
+         others drawn in 2000::/3 outside 2620::/16). Every prefix is longer than the \
+         prefilter settles, so each size, one prefix included, pays for an LPM trie lookup. \
+         The non-Apple HTTPS packet (to 203.0.113.130:443 / 2001:db8:ff::10:443) runs through \
+         the same datapaths: whether its address reaches the trie depends on whether a drawn \
+         prefix shares its leading bits (column \"non-Apple HTTPS\"). Same method as section 1 \
+         ({} runs of {} repeats, the floor in the same turns).",
         plan.test_runs,
         group(plan.repeat)
     )];
-    let floor_ns = median(&samples[0]);
-    section.figure("allow_list.floor_ns".into(), floor_ns, "ns", &how);
-    let mut table = Table::new(
-        "ns per APNs IPv4 SYN by allow-list size:",
-        &[
-            "IPv4 prefixes",
-            "agent ns",
-            "vs 1 prefix",
-            "vs floor",
-            "apply time (empty generation)",
-        ],
-    );
-    let base = median(&samples[1]);
-    for (i, n) in ALLOW_LIST_SIZES.into_iter().enumerate() {
-        let ns = median(&samples[i + 1]);
-        scaling.cost.push((n, ns));
-        section.figure(format!("allow_list.{n}.agent_ns"), ns, "ns", &how);
-        let vs_one = section.figure(
-            format!("allow_list.{n}.per_one_prefix"),
-            ratio(ns, base),
-            "x",
-            "agent ns / agent ns with 1 prefix",
+    for family in Family::ALL {
+        let (apns_frame, other_frame) = family.frames();
+        let mut loaded = Vec::new();
+        let mut asks = Vec::new();
+        for n in ALLOW_LIST_SIZES {
+            let mut program = OurProgram::load()?;
+            let list = family.list(n);
+            asks.push(family.other_asks_trie(&list));
+            let took = program
+                .apply(&policy_with(list))
+                .with_context(|| format!("applying {n} {family:?} prefixes"))?;
+            match family {
+                Family::V4 => scaling.apply.push((n, took)),
+                Family::V6 => scaling.apply_v6.push((n, took)),
+            }
+            loaded.push(program);
+        }
+        if family == Family::V4 {
+            if let Some(largest) = loaded.last() {
+                scaling.largest_maps_bytes = super::control::maps_memlock(&largest.map_ids()?)?;
+            }
+        }
+        // samples[0] the floor, then (APNs, HTTPS) per size.
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 1 + 2 * loaded.len()];
+        for run in 0..plan.test_runs {
+            for turn in 0..samples.len() {
+                let i = (turn + run) % samples.len();
+                let (program, frame) = match i {
+                    0 => (floor.xdp()?, &apns_frame),
+                    _ => {
+                        let program = loaded[(i - 1) / 2].xdp()?;
+                        (
+                            program,
+                            if i % 2 == 1 {
+                                &apns_frame
+                            } else {
+                                &other_frame
+                            },
+                        )
+                    }
+                };
+                let (action, ns) = test_run(program, frame, plan.repeat)?;
+                ensure!(
+                    action == XDP_PASS,
+                    "a {family:?} frame was not passed (action {action})"
+                );
+                samples[i].push(ns);
+            }
+        }
+        let how = format!(
+            "BPF_PROG_TEST_RUN via aya, APNs {family:?} SYN, repeat {}, median of {} runs, CPU {cpu}",
+            plan.repeat, plan.test_runs
         );
-        let apply = scaling.apply[i].1;
-        section.figure(
-            format!("allow_list.{n}.apply_ms"),
-            apply.as_secs_f64() * 1e3,
-            "ms",
-            "wall time of PolicyMaps::apply into a freshly loaded datapath",
+        let floor_ns = median(&samples[0]);
+        let fkey = family.key();
+        section.figure(format!("allow_list.{fkey}.floor_ns"), floor_ns, "ns", &how);
+        let mut table = Table::new(
+            format!(
+                "ns per packet by {} allow-list size ({}):",
+                match family {
+                    Family::V4 => "IPv4",
+                    Family::V6 => "IPv6",
+                },
+                match family {
+                    Family::V4 => "/24s",
+                    Family::V6 => "/64s",
+                }
+            ),
+            &[
+                "prefixes",
+                "APNs SYN ns",
+                "vs 1 prefix",
+                "vs floor",
+                "non-Apple HTTPS ns",
+                "apply time (empty generation)",
+            ],
         );
-        table.row(vec![
-            group(n as u64),
-            num(ns),
-            times(vs_one),
-            times(ratio(ns, floor_ns)),
-            format!("{} ms", num(apply.as_secs_f64() * 1e3)),
-        ]);
+        let base = median(&samples[1]);
+        for (i, n) in ALLOW_LIST_SIZES.into_iter().enumerate() {
+            let ns = median(&samples[1 + 2 * i]);
+            let https = median(&samples[2 + 2 * i]);
+            scaling.cost.push((family, n, ns, https));
+            section.figure(format!("allow_list.{fkey}.{n}.agent_ns"), ns, "ns", &how);
+            section.figure(
+                format!("allow_list.{fkey}.{n}.https_ns"),
+                https,
+                "ns",
+                &how.replace("APNs", "non-Apple HTTPS"),
+            );
+            let vs_one = section.figure(
+                format!("allow_list.{fkey}.{n}.per_one_prefix"),
+                ratio(ns, base),
+                "x",
+                "agent ns / agent ns with 1 prefix",
+            );
+            let apply = match family {
+                Family::V4 => scaling.apply[i].1,
+                Family::V6 => scaling.apply_v6[i].1,
+            };
+            section.figure(
+                format!("allow_list.{fkey}.{n}.apply_ms"),
+                apply.as_secs_f64() * 1e3,
+                "ms",
+                "wall time of PolicyMaps::apply into a freshly loaded datapath",
+            );
+            table.row(vec![
+                group(n as u64),
+                num(ns),
+                times(vs_one),
+                times(ratio(ns, floor_ns)),
+                format!(
+                    "{} ({})",
+                    num(https),
+                    if asks[i] { "trie" } else { "prefilter" }
+                ),
+                format!("{} ms", num(apply.as_secs_f64() * 1e3)),
+            ]);
+        }
+        section.tables.push(table);
+        section.notes.push(format!(
+            "{family:?}: floor in the same turns {} ns.",
+            num(floor_ns)
+        ));
     }
-    section.tables.push(table);
-    section
-        .notes
-        .push(format!("Floor in the same turns: {} ns.", num(floor_ns)));
     Ok((section, scaling))
 }
 

@@ -1,0 +1,248 @@
+//! The prefix prefilter in front of the LPM tries: most addresses are settled by one array
+//! read, and only those near a long prefix pay for a trie lookup.
+//!
+//! For each policy generation and each prefix list (allow-list, provider list) the agent
+//! derives, in the same generation swap as the tries:
+//! - IPv4: a table by the address's leading 16 bits (a *bucket*). A prefix of /16 or shorter
+//!   makes its buckets [`verdict::ALL`]; a longer one makes its bucket [`verdict::ASK`] (ask
+//!   the trie).
+//! - IPv6: a first table by the leading 16 bits, the same way (a prefix longer than /16 makes
+//!   its bucket `ASK`, meaning "look at the next table"), and a *next* table by bits 16..32
+//!   that says whether any prefix longer than /16 reaches those bits: `NONE` settles the
+//!   address, `ASK` sends it to the trie. The next table is shared by every first-level
+//!   bucket of the list, so it can only say `ASK` too often, never too rarely.
+//!
+//! Correctness never depends on the prefilter being precise: `NONE` is only written where no
+//! prefix of the list can match, `ALL` only where one surely does, and everything else asks
+//! the trie, which holds the list itself.
+//!
+//! Verdicts take 2 bits, packed 32 to a `u64`, so a table is 16 KiB; they are encoded so
+//! that a bitwise OR is their maximum (`NONE` < `ASK` < `ALL`), which lets the agent merge
+//! prefixes word by word in any order.
+
+/// Buckets of a table: every value of 16 address bits.
+pub const BUCKETS: usize = 1 << 16;
+/// Verdicts per `u64` word.
+const PER_WORD: usize = 32;
+/// Words of a table.
+pub const WORDS: usize = BUCKETS / PER_WORD;
+
+/// A bucket's verdict. Never renumber: the OR-is-maximum encoding depends on these values.
+pub mod verdict {
+    /// No prefix of the list matches any address of the bucket.
+    pub const NONE: u8 = 0b00;
+    /// Some prefix may match: ask the next table (IPv6 first level) or the trie.
+    pub const ASK: u8 = 0b01;
+    /// A prefix of the list matches every address of the bucket.
+    pub const ALL: u8 = 0b11;
+}
+
+/// The tables of one generation, by their index in
+/// [`crate::policy::GenerationTables::prefilter`].
+pub mod table {
+    pub const ALLOW_V4: usize = 0;
+    pub const PROVIDERS_V4: usize = 1;
+    pub const ALLOW_V6: usize = 2;
+    pub const ALLOW_V6_NEXT: usize = 3;
+    pub const PROVIDERS_V6: usize = 4;
+    pub const PROVIDERS_V6_NEXT: usize = 5;
+    /// Tables per generation.
+    pub const PER_GENERATION: usize = 6;
+}
+
+/// One table of 65,536 2-bit verdicts (part of a generation's tables, `APNS_TABLES`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixTable {
+    pub words: [u64; WORDS],
+}
+const _: () = assert!(size_of::<PrefixTable>() == 16 * 1024);
+
+impl Default for PrefixTable {
+    fn default() -> Self {
+        PrefixTable { words: [0; WORDS] }
+    }
+}
+
+/// `ASK` or `ALL` repeated over a whole word.
+const fn repeated(verdict: u8) -> u64 {
+    let mut word = 0u64;
+    let mut i = 0;
+    while i < PER_WORD {
+        word |= (verdict as u64) << (2 * i);
+        i += 1;
+    }
+    word
+}
+
+impl PrefixTable {
+    /// The verdict of `bucket`.
+    #[inline(always)]
+    pub fn get(&self, bucket: u16) -> u8 {
+        let word = self.words[(bucket as usize / PER_WORD) & (WORDS - 1)];
+        ((word >> (2 * (bucket as usize % PER_WORD))) & 0b11) as u8
+    }
+
+    /// Raises the `count` buckets from `first` (an aligned power of two, as a prefix covers)
+    /// to at least `verdict`.
+    pub fn raise(&mut self, first: usize, count: usize, verdict: u8) {
+        debug_assert!(
+            count.is_power_of_two() && first.is_multiple_of(count) && first + count <= BUCKETS
+        );
+        if count >= PER_WORD {
+            let pattern = repeated(verdict);
+            for word in &mut self.words[first / PER_WORD..(first + count) / PER_WORD] {
+                *word |= pattern;
+            }
+        } else {
+            let shift = 2 * (first % PER_WORD);
+            let mask = (1u64 << (2 * count)) - 1;
+            self.words[first / PER_WORD] |= (repeated(verdict) & mask) << shift;
+        }
+    }
+
+    /// Adds an IPv4 prefix (`addr` in network byte order, `len` ≤ 32) to a list's table.
+    pub fn add_v4(&mut self, addr: [u8; 4], len: u8) {
+        let bucket = u16::from_be_bytes([addr[0], addr[1]]) as usize;
+        add_first_level(self, bucket, len);
+    }
+
+    /// Adds an IPv6 prefix (`len` ≤ 128) to a list's first and next tables.
+    pub fn add_v6(first: &mut PrefixTable, next: &mut PrefixTable, addr: [u8; 16], len: u8) {
+        let bucket = u16::from_be_bytes([addr[0], addr[1]]) as usize;
+        add_first_level(first, bucket, len);
+        if len > 16 {
+            let bucket = u16::from_be_bytes([addr[2], addr[3]]) as usize;
+            // Bits 16..32 of a prefix longer than /32 are one bucket; of a /17 to /32, a range.
+            let covered = 1usize << (32 - u32::from(len.min(32)));
+            next.raise(bucket & !(covered - 1), covered, verdict::ASK);
+        }
+    }
+}
+
+/// Marks a prefix of `len` bits whose leading 16 bits are `bucket`.
+fn add_first_level(table: &mut PrefixTable, bucket: usize, len: u8) {
+    if len <= 16 {
+        let covered = 1usize << (16 - u32::from(len));
+        table.raise(bucket & !(covered - 1), covered, verdict::ALL);
+    } else {
+        table.raise(bucket, 1, verdict::ASK);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed pseudo-random sequence (no dependencies in this no_std crate).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            self.0 >> 11
+        }
+    }
+
+    fn covers_v4(prefix: u32, len: u8, addr: u32) -> bool {
+        len == 0 || (prefix ^ addr) >> (32 - u32::from(len)) == 0
+    }
+
+    fn covers_v6(prefix: u128, len: u8, addr: u128) -> bool {
+        len == 0 || (prefix ^ addr) >> (128 - u32::from(len)) == 0
+    }
+
+    #[test]
+    fn raise_is_a_maximum() {
+        let mut table = PrefixTable::default();
+        table.raise(64, 32, verdict::ALL);
+        table.raise(64, 64, verdict::ASK);
+        table.raise(7, 1, verdict::ASK);
+        table.raise(7, 1, verdict::NONE);
+        assert_eq!(table.get(63), verdict::NONE);
+        assert_eq!(table.get(64), verdict::ALL);
+        assert_eq!(table.get(95), verdict::ALL);
+        assert_eq!(table.get(96), verdict::ASK);
+        assert_eq!(table.get(127), verdict::ASK);
+        assert_eq!(table.get(128), verdict::NONE);
+        assert_eq!(table.get(7), verdict::ASK);
+        assert_eq!(table.get(6), verdict::NONE);
+    }
+
+    #[test]
+    fn apple_v4_is_all_by_itself() {
+        let mut table = PrefixTable::default();
+        table.add_v4([17, 0, 0, 0], 8);
+        assert_eq!(table.get(u16::from_be_bytes([17, 0])), verdict::ALL);
+        assert_eq!(table.get(u16::from_be_bytes([17, 255])), verdict::ALL);
+        assert_eq!(table.get(u16::from_be_bytes([16, 255])), verdict::NONE);
+        assert_eq!(table.get(u16::from_be_bytes([18, 0])), verdict::NONE);
+        table.add_v4([203, 0, 113, 0], 24);
+        assert_eq!(table.get(u16::from_be_bytes([203, 0])), verdict::ASK);
+    }
+
+    /// Whatever the prefixes, `NONE` never hides a match and `ALL` never invents one.
+    #[test]
+    fn verdicts_never_contradict_the_prefixes() {
+        let mut rng = Lcg(0x5eed);
+        for round in 0..20 {
+            let mut v4_table = PrefixTable::default();
+            let mut v6_first = PrefixTable::default();
+            let mut v6_next = PrefixTable::default();
+            let mut v4 = Vec::new();
+            let mut v6 = Vec::new();
+            for _ in 0..(1 + round * 3) {
+                let len = (rng.next() % 33) as u8;
+                let addr = (rng.next() as u32) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                v4_table.add_v4(addr.to_be_bytes(), len);
+                v4.push((addr, len));
+                let len = (rng.next() % 129) as u8;
+                let raw = (u128::from(rng.next()) << 64) | u128::from(rng.next());
+                let addr = raw
+                    & if len == 0 {
+                        0
+                    } else {
+                        u128::MAX << (128 - len)
+                    };
+                PrefixTable::add_v6(&mut v6_first, &mut v6_next, addr.to_be_bytes(), len);
+                v6.push((addr, len));
+            }
+            for _ in 0..2000 {
+                // Half the probes near a prefix, half anywhere.
+                let (near, _) = v4[(rng.next() as usize) % v4.len()];
+                let addr = if rng.next().is_multiple_of(2) {
+                    near ^ (rng.next() as u32 & 0xff)
+                } else {
+                    rng.next() as u32
+                };
+                let matched = v4.iter().any(|&(p, l)| covers_v4(p, l, addr));
+                let bytes = addr.to_be_bytes();
+                match v4_table.get(u16::from_be_bytes([bytes[0], bytes[1]])) {
+                    verdict::NONE => assert!(!matched, "v4 {addr:#x}: NONE but matched"),
+                    verdict::ALL => assert!(matched, "v4 {addr:#x}: ALL but no match"),
+                    _ => {}
+                }
+
+                let (near, _) = v6[(rng.next() as usize) % v6.len()];
+                let addr = if rng.next().is_multiple_of(2) {
+                    near ^ u128::from(rng.next() & 0xffff)
+                } else {
+                    (u128::from(rng.next()) << 64) | u128::from(rng.next())
+                };
+                let matched = v6.iter().any(|&(p, l)| covers_v6(p, l, addr));
+                let bytes = addr.to_be_bytes();
+                let first = v6_first.get(u16::from_be_bytes([bytes[0], bytes[1]]));
+                let next = v6_next.get(u16::from_be_bytes([bytes[2], bytes[3]]));
+                match (first, next) {
+                    (verdict::NONE, _) | (verdict::ASK, verdict::NONE) => {
+                        assert!(!matched, "v6 {addr:#x}: settled as no match but matched")
+                    }
+                    (verdict::ALL, _) => assert!(matched, "v6 {addr:#x}: ALL but no match"),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
