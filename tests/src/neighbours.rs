@@ -58,16 +58,7 @@ impl Drop for XdpFilterOn<'_> {
             .args(["unload", &self.interface]))
         {
             eprintln!("xdp-filter unload {}: {err:#}", self.interface);
-            let _ = run(Command::new("ip").args([
-                "-n",
-                self.lab.ns_name(Role::Gw),
-                "link",
-                "set",
-                "dev",
-                &self.interface,
-                "xdp",
-                "off",
-            ]));
+            let _ = xdp_off(self.lab, &self.interface);
         }
         // Only an empty folder goes: another libxdp user's pins stay where they are.
         let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
@@ -90,41 +81,37 @@ impl<'lab> IpLinkOn<'lab> {
             lab,
             interface: interface.to_owned(),
         };
-        run(Command::new("ip").args([
-            "-n",
-            lab.ns_name(Role::Gw),
-            "link",
-            "set",
-            "dev",
+        ip_link_xdp(
+            lab,
             interface,
-            "xdpgeneric",
-            "obj",
-            IP_LINK_OBJECT,
-            "sec",
-            "xdp",
-        ]))?;
+            &["xdpgeneric", "obj", IP_LINK_OBJECT, "sec", "xdp"],
+        )?;
         Ok(guard)
     }
 }
 
 impl Drop for IpLinkOn<'_> {
     fn drop(&mut self) {
-        if let Err(err) = run(Command::new("ip").args([
-            "-n",
-            self.lab.ns_name(Role::Gw),
-            "link",
-            "set",
-            "dev",
-            &self.interface,
-            "xdpgeneric",
-            "off",
-        ])) {
+        if let Err(err) = xdp_off(self.lab, &self.interface) {
             eprintln!(
-                "detaching {} from {}: {err:#}",
-                IP_LINK_OBJECT, self.interface
+                "detaching {IP_LINK_OBJECT} from {}: {err:#}",
+                self.interface
             );
         }
     }
+}
+
+/// `ip link set dev IF xdpgeneric off` in the gateway: what netlink attached in skb mode
+/// goes (`xdp off` alone would only detach a native program).
+fn xdp_off(lab: &Lab, interface: &str) -> Result<String> {
+    ip_link_xdp(lab, interface, &["xdpgeneric", "off"])
+}
+
+/// `ip -n GW link set dev IF ARGS...`.
+fn ip_link_xdp(lab: &Lab, interface: &str, args: &[&str]) -> Result<String> {
+    run(Command::new("ip")
+        .args(["-n", lab.ns_name(Role::Gw), "link", "set", "dev", interface])
+        .args(args))
 }
 
 /// The floor program attached to a gateway interface by a bpf_link (skb mode); the link

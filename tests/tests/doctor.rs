@@ -142,7 +142,7 @@ fn each_check_fails_and_passes_on_purpose() {
         assert_eq!(
             taken.line(&format!("{lan0} xdp programs")),
             format!(
-                "fail  {lan0} xdp programs: {lan0} runs XDP program {} ({}, tag {}, attached by netlink in skb mode, not a libxdp dispatcher): `attach` will refuse it; fix: detach it first (`xdp-filter unload {lan0}` / `ip link set dev {lan0} xdp off`), or run the agent on another interface",
+                "fail  {lan0} xdp programs: {lan0} runs XDP program {} ({}, tag {}, attached by netlink in skb mode, not a libxdp dispatcher): `attach` will refuse it; fix: detach it first (`xdp-filter unload {lan0}` / `ip link set dev {lan0} xdpgeneric off`), or run the agent on another interface",
                 theirs.program_id, theirs.name, theirs.tag
             )
         );

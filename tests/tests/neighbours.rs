@@ -39,6 +39,30 @@ fn refused(lab: &Lab, pins: &TestPins, interface: &str) -> String {
     stderr.trim_end().to_owned()
 }
 
+/// `attach IFACE` is refused with `expected` (given what runs there), and neither our
+/// datapath (`before`) nor the program on the interface changed.
+fn assert_refused(
+    lab: &Lab,
+    pins: &TestPins,
+    before: &State,
+    interface: &str,
+    expected: impl Fn(&Neighbour) -> String,
+) -> Neighbour {
+    let theirs = only(on(lab, interface).unwrap());
+    assert_eq!(refused(lab, pins, interface), expected(&theirs));
+    assert_eq!(
+        &state(lab, pins),
+        before,
+        "the refused attach changed the datapath"
+    );
+    assert_eq!(
+        only(on(lab, interface).unwrap()),
+        theirs,
+        "the program on {interface} was touched"
+    );
+    theirs
+}
+
 fn only(neighbours: Vec<Neighbour>) -> Neighbour {
     assert_eq!(neighbours.len(), 1, "{neighbours:?}");
     neighbours.into_iter().next().unwrap()
@@ -55,28 +79,16 @@ fn attach_refuses_an_interface_that_runs_another_xdp_program_and_changes_nothing
 
     {
         let _filter = XdpFilterOn::load(&lab, lan0).unwrap();
-        let theirs = only(on(&lab, lan0).unwrap());
+        let theirs = assert_refused(&lab, &pins, &before, lan0, |theirs| {
+            format!(
+                "apns-agent: {lan0} runs XDP program {} ({}, tag {}, attached by netlink in skb mode, not a libxdp dispatcher): detach it first (`xdp-filter unload {lan0}` / `ip link set dev {lan0} xdpgeneric off`), or run the agent on another interface",
+                theirs.program_id, theirs.name, theirs.tag
+            )
+        });
         assert!(theirs.name.starts_with("xdpfilt_"), "{theirs:?}");
         assert_eq!(
             theirs.link_id, None,
             "xdp-filter falls back to netlink here"
-        );
-        assert_eq!(
-            refused(&lab, &pins, lan0),
-            format!(
-                "apns-agent: {lan0} runs XDP program {} ({}, tag {}, attached by netlink in skb mode, not a libxdp dispatcher): detach it first (`xdp-filter unload {lan0}` / `ip link set dev {lan0} xdp off`), or run the agent on another interface",
-                theirs.program_id, theirs.name, theirs.tag
-            )
-        );
-        assert_eq!(
-            state(&lab, &pins),
-            before,
-            "the refused attach changed the datapath"
-        );
-        assert_eq!(
-            only(on(&lab, lan0).unwrap()),
-            theirs,
-            "xdp-filter was touched"
         );
 
         // Where nothing is loaded yet, the refusal comes before a datapath is made.
@@ -91,51 +103,25 @@ fn attach_refuses_an_interface_that_runs_another_xdp_program_and_changes_nothing
     }
 
     {
-        let floor = FloorOn::attach(&lab, lan1).unwrap();
-        let theirs = only(on(&lab, lan1).unwrap());
-        let link = theirs.link_id.expect("the floor is attached by a bpf_link");
-        assert_eq!(
-            refused(&lab, &pins, lan1),
+        let _floor = FloorOn::attach(&lab, lan1).unwrap();
+        assert_refused(&lab, &pins, &before, lan1, |theirs| {
+            let link = theirs.link_id.expect("the floor is attached by a bpf_link");
             format!(
                 "apns-agent: {lan1} runs XDP program {} (floor_xdp, tag {}, attached by bpf_link {link} in skb mode, not a libxdp dispatcher): its owner holds it through bpf_link {link}: stop that program or unpin the link (`bpftool link show id {link}`), or run the agent on another interface",
                 theirs.program_id, theirs.tag
             )
-        );
-        assert_eq!(
-            state(&lab, &pins),
-            before,
-            "the refused attach changed the datapath"
-        );
-        assert_eq!(
-            only(on(&lab, lan1).unwrap()),
-            theirs,
-            "the floor was touched"
-        );
-        drop(floor);
+        });
     }
 
     {
         let lan2 = GW_IF_TRUNK.name;
         let _plain = IpLinkOn::attach(&lab, lan2).unwrap();
-        let theirs = only(on(&lab, lan2).unwrap());
-        assert_eq!(theirs.name, "xdpdump");
-        assert_eq!(
-            refused(&lab, &pins, lan2),
+        assert_refused(&lab, &pins, &before, lan2, |theirs| {
             format!(
-                "apns-agent: {lan2} runs XDP program {} (xdpdump, tag {}, attached by netlink in skb mode, not a libxdp dispatcher): detach it first (`ip link set dev {lan2} xdp off`), or run the agent on another interface",
+                "apns-agent: {lan2} runs XDP program {} (xdpdump, tag {}, attached by netlink in skb mode, not a libxdp dispatcher): detach it first (`ip link set dev {lan2} xdpgeneric off`), or run the agent on another interface",
                 theirs.program_id, theirs.tag
             )
-        );
-        assert_eq!(
-            state(&lab, &pins),
-            before,
-            "the refused attach changed the datapath"
-        );
-        assert_eq!(
-            only(on(&lab, lan2).unwrap()),
-            theirs,
-            "the program was touched"
-        );
+        });
     }
 
     // With the interfaces free again, attach works, and only then changes something.

@@ -123,12 +123,7 @@ impl Runner<'_> {
             .iter()
             .flat_map(|field| field.to_ne_bytes())
             .collect();
-        let program: &Xdp = self
-            .ebpf
-            .program(programs::XDP)
-            .context("the object has no XDP program")?
-            .try_into()
-            .context("not an XDP program")?;
+        let program = self.program()?;
         let mut options = TestRunOptions::new();
         options.data_in = Some(frame);
         options.ctx_in = Some(&ctx);
@@ -141,6 +136,14 @@ impl Runner<'_> {
         Ok(result.return_value)
     }
 
+    fn program(&self) -> anyhow::Result<&Xdp> {
+        self.ebpf
+            .program(programs::XDP)
+            .context("the object has no XDP program")?
+            .try_into()
+            .context("not an XDP program")
+    }
+
     /// Runs the program `repeat` times on `frame`: the XDP action and the kernel's mean time
     /// per run.
     pub fn run_repeated(
@@ -148,12 +151,7 @@ impl Runner<'_> {
         frame: &[u8],
         repeat: u32,
     ) -> anyhow::Result<(u32, std::time::Duration)> {
-        let program: &Xdp = self
-            .ebpf
-            .program(programs::XDP)
-            .context("the object has no XDP program")?
-            .try_into()
-            .context("not an XDP program")?;
+        let program = self.program()?;
         let mut options = TestRunOptions::new();
         options.data_in = Some(frame);
         options.repeat = repeat;

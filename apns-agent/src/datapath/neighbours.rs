@@ -106,8 +106,14 @@ impl Neighbour {
         } else {
             String::new()
         };
+        // `xdp off` alone only detaches a native program: name the mode it runs in.
+        let keyword = match self.mode {
+            XdpAttachMode::Native => "xdpdrv",
+            XdpAttachMode::Skb => "xdpgeneric",
+            XdpAttachMode::Hw => "xdpoffload",
+        };
         format!(
-            "detach it first ({unload}`ip link set dev {interface} xdp off`), or run the agent on another interface"
+            "detach it first ({unload}`ip link set dev {interface} {keyword} off`), or run the agent on another interface"
         )
     }
 }
@@ -232,7 +238,7 @@ mod tests {
         let filter = plain("xdpfilt_alw_all", None);
         assert_eq!(
             format!("lan0 runs {}: {}", filter.describe(), filter.way_out("lan0")),
-            "lan0 runs XDP program 42 (xdpfilt_alw_all, tag 2d8506cc913c856b, attached by netlink in skb mode, not a libxdp dispatcher): detach it first (`xdp-filter unload lan0` / `ip link set dev lan0 xdp off`), or run the agent on another interface"
+            "lan0 runs XDP program 42 (xdpfilt_alw_all, tag 2d8506cc913c856b, attached by netlink in skb mode, not a libxdp dispatcher): detach it first (`xdp-filter unload lan0` / `ip link set dev lan0 xdpgeneric off`), or run the agent on another interface"
         );
         let linked = plain("floor_xdp", Some(7));
         assert!(linked
