@@ -102,6 +102,32 @@ pub enum Command {
     },
     /// Validate a config file without touching the kernel.
     CheckConfig { file: PathBuf },
+    /// Check, changing nothing, whether the agent will work on this host: kernel, bpffs,
+    /// BTF, capabilities, config, forwarding, conntrack, the metrics address, and per
+    /// interface its link, MTU, driver and XDP features, the XDP programs already on it
+    /// and rp_filter. One line per check: ok, warn or fail, and the fix. Sends nothing
+    /// unless --probe. Exit 0: all ok; 1: warnings; 2: failures (a command-line error
+    /// exits 2 too, with nothing on standard output).
+    Doctor(DoctorArgs),
+    /// A dry run: every frame of a pcap or pcapng capture (Ethernet, or Linux cooked from
+    /// `tcpdump -i any`) through the real XDP program in a private instance loaded with the
+    /// config's policy (BPF_PROG_TEST_RUN: nothing attached, no pin touched, no packet
+    /// sent). Prints the counters as `stats` does, under the capture's name, and what
+    /// enforce would have dropped.
+    Replay {
+        /// The capture file.
+        #[arg(value_name = "CAPTURE")]
+        file: PathBuf,
+        /// Overrides the config's mode.
+        #[arg(long, value_parser = label::value_parser::<Mode>())]
+        mode: Option<Mode>,
+        /// The report as JSON (the counters in the shape of `stats --json`).
+        #[arg(long)]
+        json: bool,
+        /// Also each frame's verdict: XDP action and counted outcome.
+        #[arg(long)]
+        frames: bool,
+    },
     /// Stream policy drop events (time, interface, reason, addresses, ports, protocol) as
     /// the datapath reports them: sampled and rate-limited (see run --events-per-second).
     Events {
@@ -181,6 +207,23 @@ pub struct RunArgs {
     pub reachability_window: u64,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct DoctorArgs {
+    /// Interface to check (repeatable). Default: the config's interfaces.
+    #[arg(long = "iface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// The report as one JSON document (checks, and what was read of each interface).
+    #[arg(long)]
+    pub json: bool,
+    /// Also try one TCP connection to HOST:PORT (e.g. an APNs courier on 5223) and report
+    /// it: the only check that sends anything.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub probe: Option<String>,
+    /// The address `run` will serve metrics on, to check that it is free.
+    #[arg(long, value_name = "ADDR", default_value = crate::telemetry::DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum PrefixAction {
     /// Add prefixes (IPv4 or IPv6 CIDR; host bits must be zero).
@@ -238,6 +281,54 @@ mod tests {
         assert!(Cli::try_parse_from(["apns-agent", "mode", "block"]).is_err());
         assert!(Cli::try_parse_from(["apns-agent", "run", "--xdp-mode", "hw"]).is_err());
         assert!(Cli::try_parse_from(["apns-agent", "run", "--fastpath", "lan0=fast"]).is_err());
+    }
+
+    #[test]
+    fn doctor_and_replay_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "apns-agent",
+            "doctor",
+            "--iface",
+            "lan0",
+            "--iface",
+            "wan0",
+            "--json",
+            "--probe",
+            "17.57.144.10:5223",
+        ])
+        .unwrap();
+        let Command::Doctor(args) = cli.command else {
+            panic!("not doctor")
+        };
+        assert_eq!(args.interfaces, ["lan0", "wan0"]);
+        assert!(args.json);
+        assert_eq!(args.probe.as_deref(), Some("17.57.144.10:5223"));
+        assert_eq!(
+            args.metrics_addr.to_string(),
+            crate::telemetry::DEFAULT_METRICS_ADDR
+        );
+        let cli = Cli::try_parse_from([
+            "apns-agent",
+            "replay",
+            "lan0.pcap",
+            "--mode",
+            "enforce",
+            "--frames",
+        ])
+        .unwrap();
+        let Command::Replay {
+            file, mode, frames, ..
+        } = cli.command
+        else {
+            panic!("not replay")
+        };
+        assert_eq!(file, PathBuf::from("lan0.pcap"));
+        assert_eq!(mode, Some(Mode::Enforce));
+        assert!(frames);
+        assert!(Cli::try_parse_from(["apns-agent", "replay"]).is_err());
+        assert!(
+            Cli::try_parse_from(["apns-agent", "replay", "x.pcap", "--mode", "block"]).is_err()
+        );
     }
 
     #[test]

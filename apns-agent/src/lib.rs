@@ -7,15 +7,19 @@
 //!            ├─ cli      the clap definitions
 //!            ├─ settings flags over config over defaults; the live-state record
 //!            ├─ telemetry counters for Prometheus, JSON and terminals
+//!            ├─ preflight doctor's checks (reads settings, privileges and the datapath door)
+//!            ├─ capture  pcap/pcapng frames as Ethernet, for replay
 //!            ├─ readiness, privileges
 //!            └─ datapath the one door to the pinned programs, maps, links and pins
 //!                 └─ label   (parsing the kernel contract's labels) ─ apns-common
 //! ```
 
+pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod datapath;
 pub mod label;
+pub mod preflight;
 pub mod privileges;
 pub mod readiness;
 pub mod settings;

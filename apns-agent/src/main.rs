@@ -1,5 +1,6 @@
 //! The `apns-agent` binary: parse the command line, dispatch, print the error chain once.
-//! Exit codes: 0 success, 1 failure, 2 usage error; a command whose reader goes away (a
+//! Exit codes: 0 success, 1 failure, 2 usage error (`doctor` has its own: 0 ok, 1 warnings,
+//! 2 failures; see `preflight::exit`); a command whose reader goes away (a
 //! closed stdout: `stats --json | head`) ends quietly, killed by SIGPIPE as command-line
 //! tools are.
 
@@ -23,7 +24,7 @@ fn main() -> ExitCode {
     }
     init_logging(&cli);
     match cmd::dispatch(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("apns-agent: {err:#}");
             ExitCode::FAILURE

@@ -15,11 +15,7 @@ pub const CHANGE: &[Capability] = &[
 
 /// Fails naming every capability of `needed` missing from the effective set.
 pub fn require(needed: &[Capability], action: &str) -> anyhow::Result<()> {
-    let missing: Vec<String> = needed
-        .iter()
-        .filter(|cap| !caps::has_cap(None, CapSet::Effective, **cap).unwrap_or(false))
-        .map(|cap| cap.to_string())
-        .collect();
+    let missing = missing(needed);
     if !missing.is_empty() {
         anyhow::bail!(
             "{action} needs {} (missing from this process): run it as root or grant the capabilities",
@@ -27,4 +23,13 @@ pub fn require(needed: &[Capability], action: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The capabilities of `needed` missing from the effective set, by name.
+pub fn missing(needed: &[Capability]) -> Vec<String> {
+    needed
+        .iter()
+        .filter(|cap| !caps::has_cap(None, CapSet::Effective, **cap).unwrap_or(false))
+        .map(|cap| cap.to_string())
+        .collect()
 }

@@ -19,7 +19,15 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use apns_agent::datapath::{self, counters::Snapshot, links, pins::BPFFS_ROOT, Datapath, PinDir};
+use apns_agent::datapath::{
+    self,
+    counters::Snapshot,
+    links,
+    pins::{LinkPin, BPFFS_ROOT},
+    policy::Policy,
+    status::Program,
+    Datapath, PinDir,
+};
 use apns_agent::settings::state;
 use apns_common::counters::{CounterKey, Direction, Outcome};
 use nix::{sys::signal::Signal, unistd::Pid};
@@ -91,6 +99,20 @@ impl TestPins {
         Datapath::open(&self.pins)
     }
 
+    /// What a refused command may not change of the pinned datapath.
+    pub fn pinned(&self) -> Result<Pinned> {
+        let datapath = self.open()?;
+        Ok(Pinned {
+            generation: datapath.policy.active_generation()?,
+            policies: [
+                datapath.policy.read_generation(0)?,
+                datapath.policy.read_generation(1)?,
+            ],
+            program: datapath::status::program(&self.pins)?,
+            links: self.pins.links()?,
+        })
+    }
+
     /// One counter of the pinned datapath (zero if never created).
     pub fn counter(
         &self,
@@ -103,6 +125,15 @@ impl TestPins {
             .snapshot()?
             .get(&counter_key(ifindex, direction, port, outcome)))
     }
+}
+
+/// The policy's switch and both generations, the pinned program and the link pins.
+#[derive(Debug, PartialEq)]
+pub struct Pinned {
+    pub generation: u32,
+    pub policies: [Policy; 2],
+    pub program: Option<Program>,
+    pub links: Vec<LinkPin>,
 }
 
 impl Default for TestPins {

@@ -5,6 +5,8 @@ pub mod agent;
 pub mod bench;
 pub mod lab;
 pub mod layout2;
+pub mod neighbours;
 pub mod packets;
 pub mod reference;
+pub mod scratch;
 pub mod xdp;

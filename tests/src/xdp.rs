@@ -1,173 +1,19 @@
 //! Runs the real XDP program in the kernel through BPF_PROG_TEST_RUN: one freshly loaded,
-//! unpinned instance per test, so tests in parallel never share maps.
+//! unpinned instance per test (the agent's `datapath::instance`, which `replay` uses too),
+//! so tests in parallel never share maps.
 
-use anyhow::Context as _;
 use apns_agent::datapath::{
-    counters::{CounterMaps, Snapshot},
-    events::EventMaps,
-    interfaces::{FastPath, InterfaceMaps},
-    object,
+    instance::action,
     policy::{Mode, Policy},
-    policy_maps::PolicyMaps,
 };
-use apns_common::events::EventConfig;
-use apns_common::programs;
-use aya::{
-    maps::{Map, MapData},
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
+
+pub use apns_agent::datapath::instance::{
+    map_handle, Instance as Classifier, Runner, TEST_RUN_IFINDEX,
 };
 
 /// `XDP_DROP` and `XDP_PASS` as BPF_PROG_TEST_RUN reports them.
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-
-/// Interface index BPF_PROG_TEST_RUN reports for XDP without a context: the loopback device
-/// of the caller's network namespace.
-pub const TEST_RUN_IFINDEX: u32 = 1;
-
-pub struct Classifier {
-    ebpf: Ebpf,
-    pub policy: PolicyMaps,
-    pub counters: CounterMaps,
-    pub events: EventMaps,
-    pub interfaces: InterfaceMaps,
-}
-
-impl Classifier {
-    /// Loads a fresh instance, registers the interface BPF_PROG_TEST_RUN reports
-    /// ([`TEST_RUN_IFINDEX`]) as an attach would, and applies `policy`.
-    pub fn load(policy: &Policy) -> anyhow::Result<Self> {
-        let mut classifier = Self::load_unregistered(policy)?;
-        classifier
-            .interfaces
-            .register(TEST_RUN_IFINDEX, FastPath::Pass)?;
-        Ok(classifier)
-    }
-
-    /// Like [`Classifier::load`], but no interface is registered: every packet is counted in
-    /// the overflow slot (interface 0).
-    pub fn load_unregistered(policy: &Policy) -> anyhow::Result<Self> {
-        let ebpf = object::load_unpinned()?;
-        let open = |name: &'static str| map_handle(&ebpf, name);
-        let mut policy_maps = PolicyMaps::open(open)?;
-        let counters = CounterMaps::open(open)?;
-        let mut events = EventMaps::open(open)?;
-        let interfaces = InterfaceMaps::open(open)?;
-        policy_maps.apply(policy)?;
-        events.set_config(EventConfig::default())?;
-        Ok(Self {
-            ebpf,
-            policy: policy_maps,
-            counters,
-            events,
-            interfaces,
-        })
-    }
-
-    /// Runs the program once on `frame` and returns its XDP action.
-    pub fn run(&self, frame: &[u8]) -> anyhow::Result<u32> {
-        self.runner()
-            .run_repeated(frame, 1)
-            .map(|(action, _)| action)
-    }
-
-    pub fn runner(&self) -> Runner<'_> {
-        Runner { ebpf: &self.ebpf }
-    }
-
-    /// The program runner and the policy maps at once, for tests that change the policy on
-    /// one thread while packets run on another.
-    pub fn split(&mut self) -> (Runner<'_>, &mut PolicyMaps) {
-        (Runner { ebpf: &self.ebpf }, &mut self.policy)
-    }
-
-    pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        self.counters.snapshot()
-    }
-}
-
-/// Runs the loaded program through BPF_PROG_TEST_RUN.
-pub struct Runner<'a> {
-    ebpf: &'a Ebpf,
-}
-
-impl Runner<'_> {
-    /// Runs the program once on `frame` as if it had arrived on interface `ifindex` of the
-    /// calling thread's network namespace (BPF_PROG_TEST_RUN with an `xdp_md` context).
-    pub fn run_on(&self, frame: &[u8], ifindex: u32) -> anyhow::Result<u32> {
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex; the kernel wants data 0 and data_end the frame's length.
-        let fields = [0, frame.len() as u32, 0, ifindex, 0, 0];
-        let ctx: Vec<u8> = fields
-            .iter()
-            .flat_map(|field| field.to_ne_bytes())
-            .collect();
-        let program: &Xdp = self
-            .ebpf
-            .program(programs::XDP)
-            .context("the object has no XDP program")?
-            .try_into()
-            .context("not an XDP program")?;
-        let mut options = TestRunOptions::new();
-        options.data_in = Some(frame);
-        options.ctx_in = Some(&ctx);
-        let result = program.test_run(options).with_context(|| {
-            format!(
-                "BPF_PROG_TEST_RUN on a {}-byte frame arriving on ifindex {ifindex}",
-                frame.len()
-            )
-        })?;
-        Ok(result.return_value)
-    }
-
-    /// Runs the program `repeat` times on `frame`: the XDP action and the kernel's mean time
-    /// per run.
-    pub fn run_repeated(
-        &self,
-        frame: &[u8],
-        repeat: u32,
-    ) -> anyhow::Result<(u32, std::time::Duration)> {
-        let program: &Xdp = self
-            .ebpf
-            .program(programs::XDP)
-            .context("the object has no XDP program")?
-            .try_into()
-            .context("not an XDP program")?;
-        let mut options = TestRunOptions::new();
-        options.data_in = Some(frame);
-        options.repeat = repeat;
-        let result = program
-            .test_run(options)
-            .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
-        Ok((result.return_value, result.duration))
-    }
-}
-
-/// A handle of its own on map `name` of a loaded object (a second file descriptor for the
-/// same kernel map), so that several typed handles (`PolicyMaps`, `CounterMaps`,
-/// `InterfaceMaps`) can share a map, as they do when opened from pins.
-pub fn map_handle(ebpf: &Ebpf, name: &str) -> anyhow::Result<Map> {
-    let map = ebpf
-        .map(name)
-        .with_context(|| format!("the object has no map {name}"))?;
-    let data = match map {
-        Map::Array(data)
-        | Map::PerCpuArray(data)
-        | Map::LpmTrie(data)
-        | Map::DevMapHash(data)
-        | Map::RingBuf(data)
-        | Map::HashMap(data)
-        | Map::PerCpuHashMap(data) => data,
-        _ => anyhow::bail!("map {name} has a type map_handle does not know"),
-    };
-    let id = data
-        .info()
-        .with_context(|| format!("reading the info of map {name}"))?
-        .id();
-    let fresh = MapData::from_id(id).with_context(|| format!("opening map {name} by id {id}"))?;
-    Map::from_map_data(fresh).with_context(|| format!("map {name}: unknown type"))
-}
+pub const XDP_DROP: u32 = action::DROP;
+pub const XDP_PASS: u32 = action::PASS;
 
 /// The agent's policy equivalent to a reference-classifier policy, so the kernel and the
 /// reference judge by the same rules.

@@ -4,39 +4,27 @@
 
 use std::{os::unix::process::CommandExt as _, process::Command};
 
-use apns_agent::datapath::{
-    pins::LinkPin, policy::Policy, policy_maps::PolicyMaps, status::Program, Datapath,
-};
+use apns_agent::datapath::Datapath;
 use apns_tests::{
-    agent::{self, TestPins},
+    agent::{self, Pinned, TestPins},
     lab::{Lab, LabOptions, Role, GW_IF_CLIENT, GW_IF_MDM, GW_IF_WAN},
 };
 
 /// What a bad command may not change.
 #[derive(Debug, PartialEq)]
 struct State {
-    generation: u32,
-    policies: [Policy; 2],
-    program: Option<Program>,
-    links: Vec<LinkPin>,
+    pinned: Pinned,
     link_programs: Vec<(String, Option<u32>, Option<u32>)>,
 }
 
 fn state(lab: &Lab, pins: &TestPins) -> State {
     let datapath = Datapath::open(pins.dir()).unwrap();
-    let policy: &PolicyMaps = &datapath.policy;
     let interfaces = lab
         .in_ns(Role::Gw, || datapath.interface_status())
         .unwrap()
         .unwrap();
     State {
-        generation: policy.active_generation().unwrap(),
-        policies: [
-            policy.read_generation(0).unwrap(),
-            policy.read_generation(1).unwrap(),
-        ],
-        program: apns_agent::datapath::status::program(pins.dir()).unwrap(),
-        links: pins.dir().links().unwrap(),
+        pinned: pins.pinned().unwrap(),
         link_programs: interfaces
             .into_iter()
             .map(|i| {

@@ -4,7 +4,7 @@
 use crate::{
     cli::Global,
     cmd::live,
-    datapath::{links, Datapath, XdpMode},
+    datapath::{links, neighbours, Datapath, XdpMode},
     privileges,
     settings::Settings,
 };
@@ -12,12 +12,14 @@ use crate::{
 pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent attach")?;
     let settings = Settings::resolve(global)?;
-    // Every name first: a typo must not leave a half-made datapath behind.
+    let pins = &settings.pins;
+    // Every name first, and what runs there: a typo or someone else's XDP program must not
+    // leave a half-made datapath behind.
     for interface in interfaces {
         links::check_interface_name(interface)?;
-        links::ifindex(interface)?;
+        let ifindex = links::ifindex(interface)?;
+        neighbours::check_free(interface, ifindex, pins)?;
     }
-    let pins = &settings.pins;
     pins.prepare()?;
     let lock = pins.lock()?;
     // Keep the pinned program's log level: only `run --ebpf-log` changes it.

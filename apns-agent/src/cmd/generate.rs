@@ -146,7 +146,9 @@ Prometheus recording and alerting rules, an example scrape configuration, Grafan
 (one gateway, the fleet) and nftables examples for the mark fast path.
 .SH "EXIT STATUS"
 0 on success, 1 on failure (the error chain is printed once, on standard error), 2 on a
-usage error.
+usage error. \fBdoctor\fR exits 0 when every check passed, 1 with warnings only, 2 with at
+least one failure; its report always ends with a summary line on standard output, which a
+usage error never prints.
 .SH NOTES
 Metrics are served on \fIhttp://{metrics}/metrics\fR unless \fBrun --metrics-addr\fR says
 otherwise. The systemd unit \fIapns-agent.service\fR runs \fBapns-agent run\fR; \fBsystemctl

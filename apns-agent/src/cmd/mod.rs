@@ -4,21 +4,26 @@
 mod attach;
 mod check_config;
 mod detach;
+mod doctor;
 mod events;
 mod fastpath;
 mod generate;
 mod live;
 mod policy;
+mod replay;
 mod run;
 mod stats;
 mod status;
 mod unload;
 
+use std::process::ExitCode;
+
 use crate::cli::{Cli, Command};
 
-pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// Runs the subcommand; its exit code on success (only `doctor` has others than 0).
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let Cli { global, command } = cli;
-    match command {
+    let done = match command {
         Command::Run(args) => run::run(&global, &args),
         Command::Attach {
             xdp_mode,
@@ -35,6 +40,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Mode { mode } => policy::mode(&global, mode),
         Command::Fastpath { interface, mode } => fastpath::fastpath(&global, &interface, mode),
         Command::CheckConfig { file } => check_config::check_config(&file),
+        Command::Doctor(args) => return doctor::doctor(&global, &args),
+        Command::Replay {
+            file,
+            mode,
+            json,
+            frames,
+        } => replay::replay(&global, &file, mode, json, frames),
         Command::Events { json, count } => events::events(&global, json, count),
         Command::Stats {
             json,
@@ -42,5 +54,6 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             watch,
         } => stats::stats(&global, json, interface.as_deref(), watch),
         Command::Generate { args } => generate::generate(&args),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }

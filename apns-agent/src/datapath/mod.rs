@@ -7,23 +7,30 @@
 //! - [`Datapath::open`] checks the pinned maps' layout once and hands out typed handles:
 //!   [`Datapath::policy`], [`Datapath::counters`], [`Datapath::interfaces`],
 //!   [`Datapath::events`]; [`Datapath::status`] reports it.
-//! - [`Datapath::install`] creates, adopts or upgrades it ([`install`]).
+//! - [`Datapath::install`] creates, adopts or upgrades it ([`install`]), and migrates a
+//!   datapath of the previous map layout in place ([`migrate`]).
 //! - [`Datapath::reconcile`] is the only way its state changes ([`reconcile`]); it and the
 //!   other changing calls take the pin directory's [`Lock`] as proof that the caller holds it.
 //!
 //! Submodules: `object` (the embedded ELF), `pins` (paths and locks), `layout` (the map
-//! layout check), `install`, `links` (attach and detach), `policy` (the policy model),
+//! layout check), `install`, `migrate` (from the previous layout), `hooks` (test hooks),
+//! `links` (attach and detach), `neighbours` (other XDP programs
+//! on an interface), `netdev` (devices as netlink reports them), `policy` (the policy model),
 //! `policy_maps`, `counters`, `interfaces`, `events` (typed map access), `reconcile`,
-//! `status`, `sys` (two raw bpf calls).
+//! `status`, `sys` (raw bpf calls aya lacks), `instance` (a private, unpinned instance for
+//! BPF_PROG_TEST_RUN).
 
 pub mod counters;
 pub mod events;
 pub mod hooks;
 mod install;
+pub mod instance;
 pub mod interfaces;
 mod layout;
 pub mod links;
 pub mod migrate;
+pub mod neighbours;
+pub mod netdev;
 pub mod object;
 pub mod pins;
 pub mod policy;
@@ -298,7 +305,10 @@ impl Datapath {
         for (interface, &fastpath) in &desired.interfaces {
             links::check_interface_name(interface)?;
             if !present.iter().any(|link| link.interface == *interface) {
-                new.push((interface.as_str(), links::ifindex(interface)?, fastpath));
+                let ifindex = links::ifindex(interface)?;
+                // Never clobber someone else's XDP program: refuse before anything changes.
+                neighbours::check_free(interface, ifindex, &self.pins)?;
+                new.push((interface.as_str(), ifindex, fastpath));
             }
         }
 
@@ -386,6 +396,7 @@ impl Datapath {
             if links::facts(&link).map(|facts| facts.ifindex) == Some(ifindex) {
                 continue;
             }
+            neighbours::check_free(&link.interface, ifindex, &self.pins)?;
             let (fastpath, mark) = self.fastpath_of(&link)?.unwrap_or_default();
             self.drop_interface(&link.interface, running_on(&link).unwrap_or(0), &link.path)?;
             let mark = if mark.validate().is_ok() {

@@ -365,7 +365,8 @@ pub fn restrict(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("setting mode 0600 on {}", path.display()))
 }
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is on a bpffs mount.
+pub fn is_bpffs(path: &Path) -> bool {
     statfs(path)
         .map(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
@@ -388,8 +389,8 @@ fn ensure_bpffs() -> anyhow::Result<()> {
 /// remounts /sys, so /sys/fs/bpf is an empty folder there) disappears with the last process
 /// in it, and every pin with it: the datapath would not survive the agent. So before
 /// mounting, the agent checks that its mount namespace is its parent's (and init's, where
-/// it may read it), and refuses otherwise.
-fn refuse_private_mount_namespace() -> anyhow::Result<()> {
+/// it may read it), and refuses otherwise. (`doctor` asks the same.)
+pub fn refuse_private_mount_namespace() -> anyhow::Result<()> {
     let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
     let Some(own) = namespace("self") else {
         return Ok(());

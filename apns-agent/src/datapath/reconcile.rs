@@ -6,8 +6,8 @@
 //! change one part and reconcile.
 //!
 //! Order, and why:
-//! 1. Everything is checked first (policy, mark bits, interface names and presence): bad
-//!    input changes nothing.
+//! 1. Everything is checked first (policy, mark bits, interface names and presence, and that
+//!    no other XDP program runs on a new interface: `neighbours`): bad input changes nothing.
 //! 2. New interfaces are attached (their fast path is written before the link exists, so
 //!    their first packet already takes it); links whose interface was re-created under the
 //!    same name are moved to the new one. If any attach fails, the ones made by this call

@@ -1,5 +1,5 @@
-//! The two bpf(2) calls aya 0.14 does not expose for what we need: opening a pinned link
-//! by path and reading its `bpf_link_info`, whose XDP and TCX members carry the ifindex the
+//! The bpf(2) calls aya 0.14 does not expose for what we need: opening a link by pin path or
+//! by id and reading its `bpf_link_info`, whose XDP and TCX members carry the ifindex the
 //! link is attached to (aya's `LinkInfo` keeps that field private).
 
 use std::{
@@ -18,6 +18,7 @@ use aya_obj::generated::bpf_link_info;
 /// `enum bpf_cmd` values (stable UAPI).
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 
 /// `union bpf_attr` as BPF_OBJ_GET reads it.
 #[repr(C)]
@@ -48,18 +49,43 @@ pub struct LinkFacts {
 /// Reads the pinned link at `path`.
 pub fn pinned_link(path: &Path) -> anyhow::Result<LinkFacts> {
     let fd = obj_get(path).with_context(|| format!("opening link pin {}", path.display()))?;
+    link_info(&fd)
+        .with_context(|| format!("reading link {} (BPF_OBJ_GET_INFO_BY_FD)", path.display()))
+}
+
+/// Reads the link with kernel id `id`.
+pub fn link_by_id(id: u32) -> anyhow::Result<LinkFacts> {
+    /// `union bpf_attr` as BPF_LINK_GET_FD_BY_ID reads it.
+    #[repr(C)]
+    struct GetFdById {
+        link_id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut attr = GetFdById {
+        link_id: id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut attr)
+        .with_context(|| format!("opening link {id} (BPF_LINK_GET_FD_BY_ID)"))?;
+    // SAFETY: BPF_LINK_GET_FD_BY_ID returned a new file descriptor that nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    link_info(&fd).with_context(|| format!("reading link {id} (BPF_OBJ_GET_INFO_BY_FD)"))
+}
+
+fn link_info(fd: &OwnedFd) -> io::Result<LinkFacts> {
     // SAFETY: a plain-data bindgen struct; all zeroes is a valid value.
     let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
     let mut attr = InfoByFd {
-        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(fd) as u32,
         info_len: size_of::<bpf_link_info>() as u32,
         info: &mut info as *mut bpf_link_info as u64,
     };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
-        .with_context(|| format!("reading link {} (BPF_OBJ_GET_INFO_BY_FD)", path.display()))?;
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     // SAFETY: XDP and TCX links fill `xdp.ifindex` / `tcx.ifindex`, which share the first
-    // word of the union; for other link types this reads whatever u32 is there, and we only
-    // pin XDP and TCX links.
+    // word of the union; for other link types this reads whatever u32 is there: callers only
+    // read it of XDP and TCX links.
     let ifindex = unsafe { info.__bindgen_anon_1.xdp.ifindex };
     Ok(LinkFacts {
         link_id: info.id,
