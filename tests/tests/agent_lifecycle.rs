@@ -357,3 +357,34 @@ fn unload_leaves_no_pin_link_or_program() {
         "an XDP program is still attached in the gateway:\n{links}"
     );
 }
+
+#[test]
+fn an_interface_with_a_dot_in_its_name_attaches_and_detaches() {
+    // VLAN interfaces are often named `lan2.100`; bpffs refuses dots in pin names.
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let vlan = apns_tests::lab::GW_IF_VLAN.name;
+    assert!(vlan.contains('.'), "{vlan}");
+    agent::succeed(&mut agent::gw_command(
+        &lab,
+        &pins,
+        &["attach", vlan, "--xdp-mode", "skb"],
+    ))
+    .unwrap();
+    agent::succeed(&mut agent::gw_command(
+        &lab,
+        &pins,
+        &["fastpath", vlan, "mark"],
+    ))
+    .unwrap();
+    let status =
+        agent::succeed(&mut agent::gw_command(&lab, &pins, &["status", "--json"])).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let interface = &status["interfaces"][0];
+    assert_eq!(interface["interface"], vlan, "{status}");
+    assert_eq!(interface["state"], "attached", "{status}");
+    assert_eq!(interface["fastpath"], "mark", "{status}");
+    agent::succeed(&mut agent::gw_command(&lab, &pins, &["detach", vlan])).unwrap();
+    assert!(pins.dir().links().unwrap().is_empty());
+    assert!(pins.dir().tc_links().unwrap().is_empty());
+}

@@ -132,17 +132,23 @@ impl PinDir {
     }
 
     pub fn tc_link(&self, interface: &str) -> PathBuf {
-        self.tc_links_dir().join(interface)
+        self.tc_links_dir().join(pin_name(interface))
     }
 
     /// The TC link pins present: (interface, path), sorted.
     pub fn tc_links(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
-        list(&self.tc_links_dir())
+        Ok(list(&self.tc_links_dir())?
+            .into_iter()
+            .map(|(name, path)| (interface_of(&name), path))
+            .collect())
     }
 
     pub fn link(&self, interface: &str, ifindex: u32, mode: AttachMode) -> PathBuf {
-        self.links_dir()
-            .join(format!("{interface}:{ifindex}:{}", mode.as_str()))
+        self.links_dir().join(format!(
+            "{}:{ifindex}:{}",
+            pin_name(interface),
+            mode.as_str()
+        ))
     }
 
     /// Whether a datapath has been pinned here (its maps exist).
@@ -307,6 +313,17 @@ impl PinDir {
     }
 }
 
+/// An interface name as a pin name: bpffs refuses names with a dot (VLAN interfaces are
+/// often named `eth0.100`), so `.` is written `%2E` (and `%` itself `%25`).
+fn pin_name(interface: &str) -> String {
+    interface.replace('%', "%25").replace('.', "%2E")
+}
+
+/// The interface name a pin name stands for ([`pin_name`] undone).
+fn interface_of(pin_name: &str) -> String {
+    pin_name.replace("%2E", ".").replace("%25", "%")
+}
+
 /// Reads a link pin's name: `<interface>:<ifindex>:<mode>`, or the first release's
 /// `<interface>:<mode>`.
 fn parse_link_pin(name: &str, path: &Path) -> Option<LinkPin> {
@@ -317,7 +334,7 @@ fn parse_link_pin(name: &str, path: &Path) -> Option<LinkPin> {
         None => (rest, None),
     };
     Some(LinkPin {
-        interface: interface.to_owned(),
+        interface: interface_of(interface),
         ifindex,
         mode,
         path: path.to_path_buf(),
@@ -437,5 +454,12 @@ mod tests {
         );
         assert!(parse_link_pin("wan0:x:skb", Path::new("/x")).is_none());
         assert!(parse_link_pin("wan0", Path::new("/x")).is_none());
+        // bpffs refuses dots in names: a VLAN interface's pins spell them out.
+        let vlan = pins.link("eth0.100", 9, AttachMode::Skb);
+        let name = vlan.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, "eth0%2E100:9:skb");
+        assert_eq!(parse_link_pin(name, &vlan).unwrap().interface, "eth0.100");
+        assert_eq!(pins.tc_link("a%b.c").file_name().unwrap(), "a%25b%2Ec");
+        assert_eq!(interface_of("a%25b%2Ec"), "a%b.c");
     }
 }
