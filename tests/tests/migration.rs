@@ -5,15 +5,16 @@
 //! old layout remains. Needs root.
 
 use std::{
+    collections::BTreeMap,
     io::{Read as _, Write as _},
     time::Duration,
 };
 
-use apns_agent::datapath::{policy::Policy, Datapath};
+use apns_agent::datapath::{migrate, policy::Policy, Datapath};
 use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
     agent::{self, spawn_run, TestPins},
-    lab::{Lab, LabOptions, Role, APPLE, CLIENT_IF, GW_IF_CLIENT, GW_IF_WAN, ISP_IF_GW},
+    lab::{Lab, LabOptions, LinkStats, Role, APPLE, CLIENT_IF, GW_IF_CLIENT, GW_IF_WAN, ISP_IF_GW},
     layout2,
 };
 
@@ -23,20 +24,51 @@ const QUIET: Duration = Duration::from_millis(300);
 /// the migration in the middle.
 const MESSAGES: usize = 600;
 
+/// The peers' transmit counters and what the layout-2 datapath counted, read together at a
+/// quiet moment: read again until neither peer sent anything while the counters were read.
+fn baseline(lab: &Lab, pins: &TestPins) -> (LinkStats, LinkStats, BTreeMap<u32, u64>) {
+    loop {
+        lab.wait_quiet(Role::Client, CLIENT_IF.name, QUIET, TIMEOUT)
+            .unwrap();
+        lab.wait_quiet(Role::Isp, ISP_IF_GW.name, QUIET, TIMEOUT)
+            .unwrap();
+        let stats = || {
+            (
+                lab.link_stats(Role::Client, CLIENT_IF.name).unwrap(),
+                lab.link_stats(Role::Isp, ISP_IF_GW.name).unwrap(),
+            )
+        };
+        let before = stats();
+        let counted = layout2_counted(pins);
+        if stats() == before {
+            return (before.0, before.1, counted);
+        }
+    }
+}
+
+/// Packets the layout-2 datapath pinned in `pins` counted, per ifindex.
+fn layout2_counted(pins: &TestPins) -> BTreeMap<u32, u64> {
+    let mut counted = BTreeMap::new();
+    for (key, value) in migrate::previous::counters(pins.dir()).unwrap() {
+        *counted.entry(key.ifindex).or_default() += value.packets;
+    }
+    counted
+}
+
 #[test]
 fn a_new_agent_migrates_the_previous_releases_datapath_under_a_live_flow() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let (lan0, wan0) = (GW_IF_CLIENT.name, GW_IF_WAN.name);
-    let client_before = lab
-        .wait_quiet(Role::Client, CLIENT_IF.name, QUIET, TIMEOUT)
-        .unwrap();
-    let isp_before = lab
-        .wait_quiet(Role::Isp, ISP_IF_GW.name, QUIET, TIMEOUT)
-        .unwrap();
     lab.in_ns(Role::Gw, || layout2::install(pins.dir(), &[lan0, wan0]))
         .unwrap()
         .unwrap();
+    let lan = agent::gw_ifindex(&lab, lan0).unwrap();
+    let wan = agent::gw_ifindex(&lab, wan0).unwrap();
+    // The baseline, once the old datapath runs: what the peers had sent and what the old
+    // datapath had counted (the lab's hosts send a few neighbour discovery packets of their
+    // own at start; those before the attach were never seen).
+    let (client_before, isp_before, counted_before) = baseline(&lab, &pins);
 
     // One long-lived APNs connection; every message must come back whole, on time.
     let mut stream = lab
@@ -108,15 +140,14 @@ fn a_new_agent_migrates_the_previous_releases_datapath_under_a_live_flow() {
             .map(|(_, value)| value.packets)
             .sum()
     };
-    let lan = agent::gw_ifindex(&lab, lan0).unwrap();
-    let wan = agent::gw_ifindex(&lab, wan0).unwrap();
+    let before = |ifindex| counted_before.get(&ifindex).copied().unwrap_or(0);
     assert_eq!(
-        counted(lan),
+        counted(lan) - before(lan),
         client_after.tx_packets - client_before.tx_packets,
         "lan0: {snapshot:?}"
     );
     assert_eq!(
-        counted(wan),
+        counted(wan) - before(wan),
         isp_after.tx_packets - isp_before.tx_packets,
         "wan0: {snapshot:?}"
     );
