@@ -45,10 +45,15 @@ static NEXT_PIN_DIR: AtomicU64 = AtomicU64::new(0);
 /// Notify sockets made by tests: `/tmp/apns-notify-<pid>-<seq>.sock`.
 static NEXT_SOCKET: AtomicU64 = AtomicU64::new(0);
 
-/// The apns-agent binary cargo built next to this executable: tests live in
+/// The apns-agent binary cargo built next to this executable (or the one APNS_AGENT_BINARY
+/// names): tests live in
 /// target/<profile>/deps, binaries such as the demo in target/<profile>, the agent in
 /// target/<profile> (`cargo test --workspace` and `cargo xtask demo` build it).
 pub fn binary() -> PathBuf {
+    // Another build may be named (measurements of the release binary).
+    if let Some(path) = std::env::var_os("APNS_AGENT_BINARY") {
+        return PathBuf::from(path);
+    }
     let exe = std::env::current_exe().expect("this executable has a path");
     let dir = exe.parent().expect("this executable lives in a folder");
     [dir.join("apns-agent"), dir.join("../apns-agent")]

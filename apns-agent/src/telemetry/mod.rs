@@ -7,6 +7,7 @@
 //! a sliding window of handshake totals between snapshots.
 
 pub mod class;
+pub mod connections;
 pub mod metrics;
 pub mod model;
 pub mod reachability;

@@ -4,6 +4,9 @@
 //! axum would add tower, its middleware layers and a router to the agent for a `match` on
 //! the path. It runs on `run`'s current-thread runtime next to the signal handling.
 //!
+//! What a client may hold is bounded (`connections`): a cap on connections, the oldest idle
+//! one evicted for a new one, a lifetime, and hyper's header read timeout.
+//!
 //! GET (and HEAD) `/metrics` answer 200 with the exposition, any other method there 405,
 //! any other path 404. A failed render answers 500 with the error text and logs it.
 
@@ -24,7 +27,10 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 
-use crate::telemetry::metrics::CONTENT_TYPE;
+use crate::telemetry::{
+    connections::{Admitted, Connections, CONNECTION_LIFETIME},
+    metrics::CONTENT_TYPE,
+};
 
 /// A client that has not sent its request headers by then is dropped, so idle or slow
 /// connections cannot pile up in the agent.
@@ -56,6 +62,7 @@ where
         tracing::info!(%addr, "serving /metrics");
     }
     let graceful = GracefulShutdown::new();
+    let connections = Connections::default();
     let mut shutdown = pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -69,8 +76,14 @@ where
             },
             () = &mut shutdown => break,
         };
+        let Some(admitted) = connections.admit() else {
+            tracing::debug!(%peer, "/metrics: every connection is serving a request; closing this one");
+            continue;
+        };
         let render = render.clone();
+        let (table, id) = (connections.clone(), admitted.id);
         let service = service_fn(move |request: Request<Incoming>| {
+            table.serving(id);
             let render = render.clone();
             async move { Ok::<_, Infallible>(respond(&request, render).await) }
         });
@@ -80,8 +93,18 @@ where
             .serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, "/metrics connection: {err}");
+            // Held until the connection ends: dropping it frees the connection's place.
+            let mut admitted: Admitted = admitted;
+            tokio::select! {
+                served = connection => if let Err(err) = served {
+                    tracing::debug!(%peer, "/metrics connection: {err}");
+                },
+                // A request makes the connection unevictable: its sender is dropped then,
+                // which ends this branch with Err, and select! disables it.
+                Ok(()) = &mut admitted.evicted => tracing::debug!(%peer, "/metrics connection evicted (idle, at the cap)"),
+                () = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                    tracing::debug!(%peer, "/metrics connection closed after {CONNECTION_LIFETIME:?}");
+                }
             }
         });
     }
