@@ -183,6 +183,11 @@ pub struct RunArgs {
     /// Where to serve Prometheus metrics (GET /metrics).
     #[arg(long, value_name = "ADDR", default_value = crate::telemetry::DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
+    /// TLS and basic auth for /metrics, from a web config file in Prometheus exporter-toolkit's
+    /// format (tls_server_config: cert_file, key_file, client_auth_type, client_ca_file;
+    /// basic_auth_users: user: bcrypt hash). Read at start only: restart to change it.
+    #[arg(long, value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Also write the metrics to this file (atomically) for node_exporter's textfile
     /// collector, every --textfile-interval seconds.
     #[arg(long, value_name = "PATH")]

@@ -26,7 +26,7 @@ use crate::{
     },
     privileges, readiness,
     settings::Settings,
-    telemetry::{server, textfile, ConfigRecord, Exporter},
+    telemetry::{server, textfile, web_config::WebConfig, ConfigRecord, Exporter},
 };
 
 /// How often `run` checks that every attached interface is still the device its pin names
@@ -63,8 +63,12 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     let signals = runtime.block_on(async { Signals::install() })?;
-    // A taken metrics port fails here, before the kernel is touched.
+    // A taken metrics port or a bad web config fails here, before the kernel is touched.
     let listener = runtime.block_on(server::bind(args.metrics_addr))?;
+    let web = Arc::new(match &args.web_config_file {
+        Some(path) => WebConfig::load(path)?,
+        None => WebConfig::default(),
+    });
 
     pins.prepare()?;
     let mut datapath = {
@@ -92,7 +96,7 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
             let exporter = exporter.clone();
             move || exporter.render()
         };
-        let server = tokio::spawn(server::serve(listener, render, async move {
+        let server = tokio::spawn(server::serve(listener, render, web, async move {
             let _ = stopped.await;
         }));
         if args.ebpf_log != EbpfLog::Off {

@@ -15,6 +15,7 @@ pub mod server;
 pub mod stats;
 pub mod textfile;
 pub mod watch;
+pub mod web_config;
 
 /// Where `run` serves `/metrics` unless told otherwise.
 ///

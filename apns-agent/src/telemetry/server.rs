@@ -10,7 +10,9 @@
 //! GET (and HEAD) `/metrics` answer 200 with the exposition, any other method there 405,
 //! any other path 404. A failed render answers 500 with the error text and logs it.
 
-use std::{convert::Infallible, future::Future, net::SocketAddr, pin::pin, time::Duration};
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::pin, sync::Arc, time::Duration,
+};
 
 use anyhow::Context as _;
 use http_body_util::Full;
@@ -23,13 +25,14 @@ use hyper::{
 };
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
+    server::graceful::{GracefulShutdown, Watcher},
 };
 use tokio::net::TcpListener;
 
 use crate::telemetry::{
     connections::{Admitted, Connections, CONNECTION_LIFETIME},
     metrics::CONTENT_TYPE,
+    web_config::{Verdict, WebConfig},
 };
 
 /// A client that has not sent its request headers by then is dropped, so idle or slow
@@ -49,17 +52,28 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves `/metrics` on `listener` until `shutdown` completes, then lets requests in flight
-/// finish for up to 5 s.
+/// finish for up to 5 s. With `web`'s TLS, connections are TLS; with its users, requests
+/// need basic auth.
 ///
 /// `render` produces the exposition (typically: snapshot the counters, build the model,
 /// `metrics::render`). It runs on tokio's blocking pool, since it reads the kernel's maps,
 /// so a large map never stalls the runtime's one thread (and with it signal handling).
-pub async fn serve<R>(listener: TcpListener, render: R, shutdown: impl Future<Output = ()>)
-where
+pub async fn serve<R>(
+    listener: TcpListener,
+    render: R,
+    web: Arc<WebConfig>,
+    shutdown: impl Future<Output = ()>,
+) where
     R: Fn() -> anyhow::Result<String> + Clone + Send + 'static,
 {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "serving /metrics");
+        let tls = if web.tls().is_some() { "https" } else { "http" };
+        let auth = if web.requires_auth() {
+            ", basic auth"
+        } else {
+            ""
+        };
+        tracing::info!(%addr, "serving /metrics ({tls}{auth})");
     }
     let graceful = GracefulShutdown::new();
     let connections = Connections::default();
@@ -82,22 +96,39 @@ where
         };
         let render = render.clone();
         let (table, id) = (connections.clone(), admitted.id);
-        let service = service_fn(move |request: Request<Incoming>| {
-            table.serving(id);
-            let render = render.clone();
-            async move { Ok::<_, Infallible>(respond(&request, render).await) }
-        });
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let web = web.clone();
+        let service = {
+            let web = web.clone();
+            service_fn(move |request: Request<Incoming>| {
+                table.serving(id);
+                let (render, web) = (render.clone(), web.clone());
+                async move { Ok::<_, Infallible>(respond(&request, render, web).await) }
+            })
+        };
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             // Held until the connection ends: dropping it frees the connection's place.
             let mut admitted: Admitted = admitted;
+            let served = async {
+                match web.tls() {
+                    None => http(TokioIo::new(stream), service, watcher).await,
+                    Some(acceptor) => {
+                        let tls =
+                            tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+                                .await
+                                .map_err(|_| {
+                                    anyhow::anyhow!(
+                                        "no TLS handshake within {HEADER_READ_TIMEOUT:?}"
+                                    )
+                                })?
+                                .context("TLS handshake")?;
+                        http(TokioIo::new(tls), service, watcher).await
+                    }
+                }
+            };
             tokio::select! {
-                served = connection => if let Err(err) = served {
-                    tracing::debug!(%peer, "/metrics connection: {err}");
+                served = served => if let Err(err) = served {
+                    tracing::debug!(%peer, "/metrics connection: {err:#}");
                 },
                 // A request makes the connection unevictable: its sender is dropped then,
                 // which ends this branch with Err, and select! disables it.
@@ -116,10 +147,47 @@ where
     }
 }
 
-async fn respond<B, R>(request: &Request<B>, render: R) -> Response<Full<Bytes>>
+/// Serves HTTP/1.1 on one connection, plain or TLS, until it ends or shutdown.
+async fn http<I, S>(io: I, service: S, watcher: Watcher) -> anyhow::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(io, service);
+    watcher.watch(connection).await.map_err(anyhow::Error::from)
+}
+
+async fn respond<B, R>(
+    request: &Request<B>,
+    render: R,
+    web: Arc<WebConfig>,
+) -> Response<Full<Bytes>>
 where
     R: Fn() -> anyhow::Result<String> + Send + 'static,
 {
+    if web.requires_auth() {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        // bcrypt takes milliseconds: off the runtime's thread.
+        let verdict =
+            tokio::task::spawn_blocking(move || web.check(authorization.as_deref())).await;
+        if !matches!(verdict, Ok(Verdict::Allowed)) {
+            let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"apns-agent\""),
+            );
+            return response;
+        }
+    }
     if request.uri().path() != "/metrics" {
         return text(
             StatusCode::NOT_FOUND,
@@ -206,7 +274,7 @@ mod tests {
             }
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, render, async {
+        let server = tokio::spawn(serve(listener, render, Arc::default(), async {
             let _ = stopped.await;
         }));
 
@@ -266,6 +334,88 @@ mod tests {
         server.await.unwrap();
         // The listener is closed once serve returns.
         assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+
+    /// GET /metrics over TLS, trusting `cert_pem`, with an Authorization header if given.
+    async fn fetch_tls(addr: SocketAddr, cert_pem: &str, authorization: Option<&str>) -> String {
+        use rustls_pki_types::{pem::PemObject as _, CertificateDer, ServerName};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let server = ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(server, tcp).await.unwrap();
+        let header =
+            authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: localhost\r\n{header}Connection: close\r\n\r\n"
+        );
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        // The server closes without close_notify at times; what arrived is the answer.
+        let _ = tls.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[tokio::test]
+    async fn tls_and_basic_auth_from_a_web_config_file() {
+        use crate::telemetry::web_config::tests::{basic, self_signed};
+        let dir = std::env::temp_dir().join(format!("apns-web-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = self_signed();
+        std::fs::write(dir.join("metrics.crt"), &cert).unwrap();
+        std::fs::write(dir.join("metrics.key"), &key).unwrap();
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        std::fs::write(
+            dir.join("web.yml"),
+            format!("tls_server_config:\n  cert_file: metrics.crt\n  key_file: metrics.key\nbasic_auth_users:\n  prom: '{hash}'\n"),
+        )
+        .unwrap();
+        let web = Arc::new(WebConfig::load(&dir.join("web.yml")).unwrap());
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let render = || Ok("apns_uncounted_packets_total 0\n".to_owned());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, render, web, async {
+            let _ = stopped.await;
+        }));
+
+        let denied = fetch_tls(addr, &cert, None).await;
+        assert!(
+            denied.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
+            "{denied}"
+        );
+        assert!(
+            denied.contains("\r\nwww-authenticate: Basic realm=\"apns-agent\"\r\n"),
+            "{denied}"
+        );
+        let wrong = fetch_tls(addr, &cert, Some(&basic("prom", "guess"))).await;
+        assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+        let ok = fetch_tls(addr, &cert, Some(&basic("prom", "s3cret"))).await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            ok.ends_with("\r\n\r\napns_uncounted_packets_total 0\n"),
+            "{ok}"
+        );
+        // Plain HTTP gets no answer from a TLS endpoint.
+        let plain = tokio::time::timeout(Duration::from_secs(15), fetch(addr, get("/metrics")))
+            .await
+            .unwrap();
+        assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
