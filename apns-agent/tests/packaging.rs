@@ -30,6 +30,7 @@ use apns_agent::{
     privileges,
     settings::config::{Config, DEFAULT_CONFIG},
     telemetry::{
+        class::Verdict,
         metrics::{self, ALL_INTERFACES},
         model::{Flow, FlowKey, InterfaceModel, Model},
         DEFAULT_METRICS_ADDR,
@@ -71,6 +72,7 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
             .flows
             .insert(FlowKey { direction, port }, Flow::default());
     }
+    interface.inbound_opens.insert((5223, Verdict::Drop), 0);
     let mut model = Model::default();
     model.interfaces.insert("eth1".to_owned(), interface);
     model.reachability.insert(5223, 1.0);

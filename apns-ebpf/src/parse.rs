@@ -35,6 +35,14 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 const TCP_MIN_HLEN: usize = 20;
+
+/// Bits of the TCP flags byte ([`TcpPacket::flags`]).
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
 const UDP_HLEN: usize = 8;
 
 /// The linear packet buffer of one XDP frame, as absolute addresses.

@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | `apns_packets_total`, `apns_bytes_total` | interface, direction (outbound, inbound), port, verdict (pass, drop, fastpath) | APNs traffic; bytes are frame bytes from the Ethernet header on |
 //! | `apns_tcp_events_total` | interface, direction, port, event (syn, synack, rst, fin) | TCP flags on APNs traffic, over all verdicts |
-//! | `apns_policy_drops_total` | interface, reason (pinhole, provider) | packets the policy dropped |
+//! | `apns_policy_drops_total` | interface, reason (pinhole, provider, inbound_open) | packets the policy dropped |
+//! | `apns_inbound_opens_total` | interface, port, verdict (pass, drop) | inbound connection attempts on an APNs port (SYNs from Apple's side); only ports that saw one |
 //! | `apns_other_packets_total` | interface, class (not_ip, not_apns, fragment, malformed) | packets that are not APNs traffic |
 //! | `apns_uncounted_packets_total` | — | packets not counted because the counter map was full: non-zero means every other counter is an undercount |
 //! | `apns_reachability_ratio` | interface (always `all`), port | SYN-ACKs in / SYNs out over the reachability window, for the whole gateway; absent when no SYN was sent in it |
@@ -146,7 +147,7 @@ impl Collector for Exposition {
         use MetricType::{Counter, Gauge};
         let (model, info) = (&self.model, &self.info);
         let (mut packets, mut bytes, mut tcp) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut drops, mut other) = (Vec::new(), Vec::new());
+        let (mut drops, mut other, mut opens) = (Vec::new(), Vec::new(), Vec::new());
         for (name, interface) in &model.interfaces {
             let name = Cow::from(name.as_str());
             for (key, flow) in &interface.flows {
@@ -176,6 +177,14 @@ impl Collector for Exposition {
                     ("reason", reason.as_str().into()),
                 ];
                 drops.push((labels, ConstCounter::new(*count)));
+            }
+            for (&(port, verdict), count) in &interface.inbound_opens {
+                let labels = vec![
+                    ("interface", name.clone()),
+                    ("port", port.to_string().into()),
+                    ("verdict", verdict.as_str().into()),
+                ];
+                opens.push((labels, ConstCounter::new(*count)));
             }
             for (class, count) in &interface.other {
                 let labels = vec![
@@ -234,9 +243,16 @@ impl Collector for Exposition {
         family(
             &mut encoder,
             "apns_policy_drops",
-            "Packets dropped by the enforce-mode policy: pinhole (TCP to a pinhole port of an address outside the allow-list), provider (to a provider port from outside the provider list)",
+            "Packets dropped by the enforce-mode policy: pinhole (TCP to a pinhole port of an address outside the allow-list), provider (to a provider port from outside the provider list), inbound_open (a connection attempt from Apple's side, which APNs never makes)",
             Counter,
             drops,
+        )?;
+        family(
+            &mut encoder,
+            "apns_inbound_opens",
+            "Inbound connection attempts on an APNs port (a SYN without ACK from Apple's addresses, from an APNs port or to one inside: APNs connections are only ever opened from inside), by verdict: pass in monitor mode, drop in enforce mode",
+            Counter,
+            opens,
         )?;
         family(
             &mut encoder,
@@ -392,6 +408,9 @@ mod tests {
             r#"apns_policy_drops_total{interface="eth1",reason="pinhole"} 6"#,
             r#"apns_policy_drops_total{interface="eth1",reason="provider"} 4"#,
             r#"apns_policy_drops_total{interface="eth2",reason="provider"} 0"#,
+            r#"apns_policy_drops_total{interface="eth1",reason="inbound_open"} 3"#,
+            r#"apns_inbound_opens_total{interface="eth1",port="5223",verdict="drop"} 3"#,
+            r#"apns_inbound_opens_total{interface="eth2",port="443",verdict="pass"} 2"#,
             r#"apns_other_packets_total{interface="eth1",class="not_apns"} 100"#,
             r#"apns_other_packets_total{interface="eth2",class="fragment"} 8"#,
             r#"apns_uncounted_packets_total 11"#,
@@ -434,6 +453,7 @@ mod tests {
             "apns_bytes_total",
             "apns_tcp_events_total",
             "apns_policy_drops_total",
+            "apns_inbound_opens_total",
             "apns_other_packets_total",
             "apns_uncounted_packets_total",
             "apns_reachability_ratio",
