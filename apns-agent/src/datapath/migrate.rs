@@ -79,7 +79,11 @@ pub fn needed(pins: &PinDir) -> anyhow::Result<Option<u32>> {
     if !pins.is_loaded() {
         return Ok(None);
     }
-    let version = layout::read_meta(pins)?.layout_version;
+    // No readable META: not a datapath of ours at all; `layout::check` says what it is.
+    let Ok(meta) = layout::read_meta(pins) else {
+        return Ok(None);
+    };
+    let version = meta.layout_version;
     if version == LAYOUT_VERSION {
         if staging.root().exists() {
             staging.remove_all()?;
