@@ -169,24 +169,26 @@ pub fn render_json(model: &Model) -> anyhow::Result<String> {
 }
 
 /// Right-aligned columns after left-aligned ones, padded to the widest cell.
-struct Table {
+/// A plain-text table: the first `left` columns aligned left, the rest right (`clients`
+/// uses it too).
+pub(crate) struct Table {
     left: usize,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(left: usize, header: &[&str]) -> Table {
+    pub(crate) fn new(left: usize, header: &[&str]) -> Table {
         Table {
             left,
             rows: vec![header.iter().map(|cell| cell.to_string()).collect()],
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn write(&self, out: &mut String) {
+    pub(crate) fn write(&self, out: &mut String) {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {
