@@ -99,8 +99,8 @@ impl crate::label::Label for End {
 /// device, is a *resume* ([`ConnValue::resume_ns`]): what the idle-cut rule looks at.
 pub const RESUME_AFTER_NS: u64 = 1_000_000_000;
 
-/// Value of `APNS_CONNS`. Times are `bpf_ktime_get_ns()` (CLOCK_MONOTONIC nanoseconds), 0 for
-/// "never"; bytes are frame bytes from the Ethernet header on, as the counters count them.
+/// Value of `APNS_CONNS`. Times are `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC nanoseconds
+/// at the scheduler tick's resolution, 1 to 10 ms), 0 for "never"; bytes are frame bytes from the Ethernet header on, as the counters count them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnValue {

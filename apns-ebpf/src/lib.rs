@@ -51,10 +51,9 @@ pub fn handle(ctx: &XdpContext) -> u32 {
                 events::report_drop(ctx, ifindex, &judgement, &tcp);
                 action = xdp_action::XDP_DROP;
             } else if judgement.outcome == Outcome::Pass {
-                // One key for both uses below: the XDP program's stack is tight.
-                let mut key = ConnKey::default();
                 // The device's packets feed the connection table where they enter.
                 if judgement.direction == Direction::Outbound && faces_devices(iface) {
+                    let mut key = ConnKey::default();
                     conns::key(&mut key, &tcp, true);
                     conns::apns_conns_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
                 }
@@ -70,6 +69,7 @@ pub fn handle(ctx: &XdpContext) -> u32 {
                             if judgement.direction == Direction::Inbound
                                 && faces_devices(fastpath::interface(egress))
                             {
+                                let mut key = ConnKey::default();
                                 conns::key(&mut key, &tcp, false);
                                 let ttl = conns::ttl(&cursor, &tcp);
                                 conns::apns_conns_inbound(

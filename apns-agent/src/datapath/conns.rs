@@ -21,7 +21,8 @@ pub struct ConnMaps {
 /// The connection table at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Table {
-    /// `bpf_ktime_get_ns()` when the table was read: the clock of every time in the entries.
+    /// CLOCK_MONOTONIC when the table was read: the clock of every time in the entries (which
+    /// the datapath reads at the tick's resolution).
     pub now_ns: u64,
     /// Entries the table holds at most (the config's `[clients] table_size` when the datapath
     /// was made).
@@ -40,7 +41,8 @@ impl Table {
     }
 }
 
-/// CLOCK_MONOTONIC now, in nanoseconds: the clock `bpf_ktime_get_ns()` reads.
+/// CLOCK_MONOTONIC now, in nanoseconds: the clock `bpf_ktime_get_coarse_ns()` reads (at a
+/// coarser resolution).
 pub fn monotonic_now_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)

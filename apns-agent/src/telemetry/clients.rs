@@ -3,13 +3,13 @@
 //! `apns-agent clients`, /metrics and `events` all read it from here. docs/clients.md states
 //! every rule below in prose; change both together.
 //!
-//! All times are the kernel's (`bpf_ktime_get_ns`, CLOCK_MONOTONIC); the report turns them
-//! into ages and wall-clock times only at the end.
+//! All times are the kernel's (CLOCK_MONOTONIC, at the tick's resolution); the report turns
+//! them into ages.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use apns_common::{
@@ -1009,14 +1009,6 @@ fn bytes(count: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
-}
-
-/// A wall-clock time `seconds` ago, RFC 3339 (for people and JSON).
-pub fn ago(seconds: f64) -> String {
-    let at = SystemTime::now()
-        .checked_sub(Duration::from_secs_f64(seconds.max(0.0)))
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// `END_CODES` is the size of the datapath's end counts; `End::ENDED` indexes it.
