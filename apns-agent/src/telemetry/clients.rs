@@ -454,13 +454,24 @@ fn judge(
     let timeout = rules.handshake_timeout.as_nanos() as u64;
     let idle_cut_min = rules.idle_cut_min.as_nanos() as u64;
     let stale = rules.stale_after.as_nanos() as u64;
+    // The newest first packet among the connections after each one: of any Apple port, and
+    // of its own port. One pass from the end, so that a device with many connections (a
+    // flood) costs linear time, not quadratic.
+    let mut later_any = vec![0u64; entries.len()];
+    let mut later_port = vec![0u64; entries.len()];
+    let mut newest_any = 0u64;
+    let mut newest_port: HashMap<u16, u64> = HashMap::new();
+    for (index, &(key, value)) in entries.iter().enumerate().rev() {
+        later_any[index] = newest_any;
+        let port = newest_port.entry(key.apple_port).or_default();
+        later_port[index] = *port;
+        newest_any = newest_any.max(value.first_ns);
+        *port = (*port).max(value.first_ns);
+    }
     let mut connections: Vec<Connection> = Vec::with_capacity(entries.len());
     for (index, &(key, value)) in entries.iter().enumerate() {
-        let later = &entries[index + 1..];
         // The device tried again (any Apple port) after this one's last packet.
-        let superseded = later
-            .iter()
-            .any(|(_, next)| next.first_ns > value.out_last_ns);
+        let superseded = later_any[index] > value.out_last_ns;
         let end = End::from_code(value.end).unwrap_or(End::Open);
         let handshake = if value.syns == 0 {
             Handshake::NotSeen
@@ -497,10 +508,7 @@ fn judge(
             && value.in_last_ns < value.resume_ns;
         let reset_after_resume = matches!(end, End::RstApple | End::RstDevice)
             && end_ns(value).is_some_and(|at| at >= value.resume_ns);
-        let abandoned_after_resume = end == End::Open
-            && later.iter().any(|(next, next_value)| {
-                next.apple_port == key.apple_port && next_value.first_ns >= value.resume_ns
-            });
+        let abandoned_after_resume = end == End::Open && later_port[index] >= value.resume_ns;
         let idle_cut = (unanswered_resume && (reset_after_resume || abandoned_after_resume))
             .then(|| secs(value.resume_gap_ns));
         let reset_by = match (established, idle_cut, end) {
@@ -514,9 +522,7 @@ fn judge(
             (true, None, End::RstDevice) => Some("device"),
             _ => None,
         };
-        let abandoned = later.iter().any(|(next, next_value)| {
-            next.apple_port == key.apple_port && next_value.first_ns > last_packet(value)
-        });
+        let abandoned = later_port[index] > last_packet(value);
         let state = if end != End::Open {
             State::Ended
         } else if now.saturating_sub(last_packet(value)) >= stale {
@@ -557,34 +563,33 @@ fn judge(
 
 /// A 443 handshake whose first SYN came at most `fallback_window` after the last SYN of a
 /// failed 5223 handshake of the same device, with no 5223 connection established in between,
-/// is a fallback.
+/// is a fallback. Sorted times and binary searches: linear-logarithmic in connections.
 fn mark_fallbacks(connections: &mut [Connection], rules: &Rules) {
     let window = rules.fallback_window.as_nanos() as u64;
-    let marks: Vec<bool> = connections
-        .iter()
-        .map(|c| {
-            if c.apple_port != FALLBACK_PORT || c.value.syns == 0 {
-                return false;
-            }
-            let start = c.value.first_ns;
-            let failed_before = connections.iter().any(|p| {
-                p.apple_port == DEVICE_PORT
-                    && p.value.syns != 0
-                    && p.value.synack_ns == 0
-                    && p.value.out_last_ns <= start
-                    && start - p.value.out_last_ns <= window
-            });
-            let established_between = connections.iter().any(|p| {
-                p.apple_port == DEVICE_PORT
-                    && p.value.synack_ns != 0
-                    && p.value.synack_ns <= start
-                    && start - p.value.synack_ns <= window
-            });
-            failed_before && !established_between
-        })
-        .collect();
-    for (connection, mark) in connections.iter_mut().zip(marks) {
-        connection.fallback = mark;
+    let sorted = |keep: &dyn Fn(&ConnValue) -> Option<u64>| -> Vec<u64> {
+        let mut times: Vec<u64> = connections
+            .iter()
+            .filter(|c| c.apple_port == DEVICE_PORT && c.value.syns != 0)
+            .filter_map(|c| keep(&c.value))
+            .collect();
+        times.sort_unstable();
+        times
+    };
+    // Last SYNs of 5223 handshakes without a SYN-ACK; SYN-ACKs of 5223 handshakes.
+    let failed = sorted(&|v| (v.synack_ns == 0).then_some(v.out_last_ns));
+    let answered = sorted(&|v| (v.synack_ns != 0).then_some(v.synack_ns));
+    // Whether `times` has one in [from, to].
+    let any_between = |times: &[u64], from: u64, to: u64| {
+        let at = times.partition_point(|&t| t < from);
+        times.get(at).is_some_and(|&t| t <= to)
+    };
+    for c in connections.iter_mut() {
+        if c.apple_port != FALLBACK_PORT || c.value.syns == 0 {
+            continue;
+        }
+        let start = c.value.first_ns;
+        let since = start.saturating_sub(window);
+        c.fallback = any_between(&failed, since, start) && !any_between(&answered, since, start);
     }
 }
 
