@@ -369,6 +369,47 @@ mod tests {
     }
 
     #[test]
+    fn clients_and_role_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "apns-agent",
+            "clients",
+            "--json",
+            "--device",
+            "2001:db8::10",
+        ])
+        .unwrap();
+        let Command::Clients {
+            json,
+            watch,
+            device,
+        } = cli.command
+        else {
+            panic!("not clients")
+        };
+        assert!(json && watch.is_none());
+        assert_eq!(device, Some("2001:db8::10".parse().unwrap()));
+        let err = Cli::try_parse_from(["apns-agent", "clients", "--device", "not-an-address"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"not-an-address\" is not an IP address"),
+            "{err}"
+        );
+        assert!(Cli::try_parse_from(["apns-agent", "clients", "--json", "--watch"]).is_err());
+        let cli = Cli::try_parse_from(["apns-agent", "run", "--role", "lan0=devices"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.roles, [("lan0".to_owned(), InterfaceRole::Devices)]);
+        for bad in ["lan0=lan", "lan0", "a/b=devices"] {
+            assert!(
+                Cli::try_parse_from(["apns-agent", "run", "--role", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn run_flags_parse() {
         let cli = Cli::try_parse_from([
             "apns-agent",
