@@ -35,7 +35,7 @@ use apns_tests::{
     },
     lab::{APPLE, CLIENT},
     packets::{self, ACK, PSH, SYN},
-    xdp::{map_handle, TEST_RUN_IFINDEX, XDP_PASS},
+    xdp::{map_handle, TEST_RUN_IFINDEX},
 };
 use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
@@ -143,20 +143,11 @@ fn main() -> Result<()> {
         programs.push(xdp(previous)?);
     }
     let tcs: [&SchedClassifier; 2] = [tc(&upstream)?, tc(&devices)?];
-    let mut samples = vec![vec![Vec::new(); programs.len()]; classes.len()];
+    let frames: Vec<(&str, &[u8])> = classes.iter().map(|c| (c.key, &c.frame[..])).collect();
+    let samples = testrun::in_turns(&programs, &frames, runs, repeat)?;
     let mut tc_samples = vec![[Vec::new(), Vec::new()]; classes.len()];
     for run in 0..runs {
         for (c, class) in classes.iter().enumerate() {
-            for turn in 0..programs.len() {
-                let p = (turn + run) % programs.len();
-                let (action, ns) = testrun::test_run(programs[p], &class.frame, repeat)?;
-                ensure!(
-                    action == XDP_PASS,
-                    "{}: program {p} returned {action}",
-                    class.key
-                );
-                samples[c][p].push(ns);
-            }
             for turn in 0..tcs.len() {
                 let p = (turn + run) % tcs.len();
                 tc_samples[c][p].push(tc_run(tcs[p], &class.frame, repeat)?);

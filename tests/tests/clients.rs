@@ -576,15 +576,6 @@ fn syn(
     frame
 }
 
-/// Polls `ready` until it holds, or fails after 10 s saying `what`.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Connections made while the table holds [`FLOOD_TABLE`]: more than it can hold.
 const FLOOD: u16 = 1000;
 const FLOOD_TABLE: u32 = 256;
@@ -630,7 +621,7 @@ fn a_flood_bigger_than_the_table_keeps_everything_healthy_and_evictions_exact() 
             .collect();
         lab.send_frames(Role::Client, CLIENT_IF.name, &frames)
             .unwrap();
-        wait_until("the batch to be counted", || {
+        lab::wait_until("the batch to be counted", TIMEOUT, || {
             syns() >= u64::from(batch + 50)
         });
     }

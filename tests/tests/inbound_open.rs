@@ -18,8 +18,8 @@ use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
     agent::{self, gw_command, spawn_run, TestPins},
     lab::{
-        Lab, LabChild, LabOptions, Role, APPLE, CLIENT, CLIENT_IF, GW_IF_CLIENT, GW_IF_WAN,
-        ISP_IF_GW,
+        self as lab, Lab, LabChild, LabOptions, Role, APPLE, CLIENT, CLIENT_IF, GW_IF_CLIENT,
+        GW_IF_WAN, ISP_IF_GW,
     },
 };
 
@@ -141,14 +141,6 @@ impl<'lab> Capture<'lab> {
     }
 }
 
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn inbound_syns_are_dropped_in_enforce_and_delivered_in_monitor_counted_exactly() {
     let lab = Lab::new(LabOptions::default()).unwrap();
@@ -197,7 +189,7 @@ fn inbound_syns_are_dropped_in_enforce_and_delivered_in_monitor_counted_exactly(
             .unwrap();
     }
     let total = u64::from(2 * SYNS);
-    wait_until("the drops to be counted", || {
+    lab::wait_until("the drops to be counted", TIMEOUT, || {
         counted(Outcome::DropInboundOpen).packets >= total
     });
     assert_eq!(capture.packets(), 0, "a dropped SYN reached the device");
@@ -248,7 +240,7 @@ fn inbound_syns_are_dropped_in_enforce_and_delivered_in_monitor_counted_exactly(
         lab.send_frames(Role::Isp, ISP_IF_GW.name, &inbound_syns(ipv6))
             .unwrap();
     }
-    wait_until("the attempts to be counted", || {
+    lab::wait_until("the attempts to be counted", TIMEOUT, || {
         counted(Outcome::InboundOpen).packets >= total
     });
     assert_eq!(

@@ -1091,6 +1091,13 @@ mod tests {
         }
     }
 
+    /// A handshake refused right away by a RST with IP TTL `ttl`.
+    fn refused(value: &mut ConnValue, ttl: u8) {
+        value.in_rst_ns = value.first_ns + S / 100;
+        value.rst_ttl = ttl;
+        value.end = End::RstApple as u64;
+    }
+
     fn report(entries: Vec<(ConnKey, ConnValue)>) -> Report {
         let table = Table {
             now_ns: NOW,
@@ -1131,17 +1138,9 @@ mod tests {
             conn(1, 40_000, 5223, 20, |v| v.syns = 3),
             conn(1, 40_001, 5223, 5, |_| {}),
             // Device 2: refused, RST TTL as Apple's SYN-ACKs: by Apple.
-            conn(2, 40_000, 5223, 30, |v| {
-                v.in_rst_ns = v.first_ns + S / 100;
-                v.rst_ttl = 60;
-                v.end = End::RstApple as u64;
-            }),
+            conn(2, 40_000, 5223, 30, |v| refused(v, 60)),
             // Device 4: refused by something else (TTL 63 where Apple's SYN-ACKs say 60).
-            conn(4, 40_000, 5223, 30, |v| {
-                v.in_rst_ns = v.first_ns + S / 100;
-                v.rst_ttl = 63;
-                v.end = End::RstApple as u64;
-            }),
+            conn(4, 40_000, 5223, 30, |v| refused(v, 63)),
             // Device 3: Apple answered, the device never completed: never connected.
             conn(3, 40_000, 5223, 40, |v| {
                 v.synack_ns = v.first_ns + S / 100;
@@ -1178,21 +1177,13 @@ mod tests {
                 v.out_fin_ns = NOW - 2000 * S;
                 v.end = End::FinDevice as u64;
             }),
-            conn(1, 40_001, 5223, 100, |v| {
-                v.in_rst_ns = v.first_ns + S / 100;
-                v.rst_ttl = 60;
-                v.end = End::RstApple as u64;
-            }),
+            conn(1, 40_001, 5223, 100, |v| refused(v, 60)),
             conn(1, 40_002, 5223, 50, |_| {}),
         ]);
         assert_eq!(finding(&report, 1).0, Finding::NoAnswer);
         // Mixed causes on a device that never connected: never connected.
         let report = super::tests::report(vec![
-            conn(2, 40_001, 5223, 100, |v| {
-                v.in_rst_ns = v.first_ns + S / 100;
-                v.rst_ttl = 60;
-                v.end = End::RstApple as u64;
-            }),
+            conn(2, 40_001, 5223, 100, |v| refused(v, 60)),
             conn(2, 40_002, 5223, 50, |_| {}),
         ]);
         assert_eq!(finding(&report, 2).0, Finding::NeverConnected);

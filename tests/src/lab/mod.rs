@@ -296,6 +296,16 @@ impl Lab {
     }
 }
 
+/// Polls `ready` every 20 ms until it holds; panics after `timeout`, saying `what` it waited
+/// for (tests wait on what they can observe, never for a fixed time).
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads until EOF or `deadline`.
 fn read_until_closed(mut stream: &TcpStream, deadline: Instant) -> io::Result<Vec<u8>> {
     let mut echoed = Vec::new();
