@@ -8,7 +8,7 @@ use apns_common::{fastpath::FastPath, policy::Mode};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    datapath::{links::check_interface_name, EbpfLog, XdpMode},
+    datapath::{interfaces::InterfaceRole, links::check_interface_name, EbpfLog, XdpMode},
     label,
 };
 
@@ -130,6 +130,8 @@ pub enum Command {
     },
     /// Stream policy drop events (time, interface, reason, addresses, ports, protocol) as
     /// the datapath reports them: sampled and rate-limited (see run --events-per-second).
+    /// A drop that concerns a device the connection table knows carries its finding (see
+    /// `clients`).
     Events {
         /// One JSON object per line.
         #[arg(long)]
@@ -148,6 +150,22 @@ pub enum Command {
         /// Redraw rates every SECS seconds (default 2) until q or Ctrl-C.
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2", value_parser = clap::value_parser!(u64).range(1..))]
         watch: Option<u64>,
+    },
+    /// Which devices behind the gateway reach APNs, and why not: one line per device address,
+    /// worst first (open connections and since when, last handshake, failed handshakes,
+    /// resets, idle cuts, 443 fallbacks, bytes) and a finding in words: ok, no answer from
+    /// Apple, reset by Apple, reset by the network, cut while idle after ~N min, falls back
+    /// to 443, never connected. From the datapath's connection table (interfaces with the
+    /// `devices` role feed it); the rules are in docs/clients.md.
+    Clients {
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Redraw every SECS seconds (default 2) until q or Ctrl-C.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2", value_parser = clap::value_parser!(u64).range(1..))]
+        watch: Option<u64>,
+        /// Only this device (its IPv4 or IPv6 address), with each of its connections.
+        #[arg(long, value_name = "ADDR", value_parser = parse_device)]
+        device: Option<std::net::IpAddr>,
     },
     /// For packagers: man pages and shell completions from these definitions
     /// (`generate man DIR`, `generate completions SHELL DIR`; arguments parsed in cmd/generate.rs).
@@ -177,6 +195,11 @@ pub struct RunArgs {
     /// Adds to the config's [fastpath] table.
     #[arg(long = "fastpath", value_name = "IFACE=MODE", value_parser = parse_fastpath)]
     pub fastpath: Vec<(String, FastPath)>,
+    /// Role of an interface for the connection table (`apns-agent clients`): IFACE=devices
+    /// (faces the devices: the LAN side) or IFACE=upstream (repeatable). Adds to the
+    /// config's [roles] table; interfaces named nowhere are upstream.
+    #[arg(long = "role", value_name = "IFACE=ROLE", value_parser = parse_role)]
+    pub roles: Vec<(String, InterfaceRole)>,
     /// On SIGTERM/SIGINT, detach from the interfaces this run attached.
     #[arg(long)]
     pub detach_on_exit: bool,
@@ -262,6 +285,20 @@ pub enum PortAction {
     List,
 }
 
+fn parse_device(text: &str) -> Result<std::net::IpAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!("{text:?} is not an IP address (a device's IPv4 or IPv6 address, e.g. 192.0.2.10 or 2001:db8::10)")
+    })
+}
+
+fn parse_role(text: &str) -> Result<(String, InterfaceRole), String> {
+    let (interface, role) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not IFACE=ROLE (e.g. lan0=devices)"))?;
+    check_interface_name(interface).map_err(|err| err.to_string())?;
+    Ok((interface.to_owned(), label::parse(role)?))
+}
+
 fn parse_fastpath(text: &str) -> Result<(String, FastPath), String> {
     let (interface, mode) = text
         .split_once('=')
@@ -334,6 +371,47 @@ mod tests {
         assert!(
             Cli::try_parse_from(["apns-agent", "replay", "x.pcap", "--mode", "block"]).is_err()
         );
+    }
+
+    #[test]
+    fn clients_and_role_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "apns-agent",
+            "clients",
+            "--json",
+            "--device",
+            "2001:db8::10",
+        ])
+        .unwrap();
+        let Command::Clients {
+            json,
+            watch,
+            device,
+        } = cli.command
+        else {
+            panic!("not clients")
+        };
+        assert!(json && watch.is_none());
+        assert_eq!(device, Some("2001:db8::10".parse().unwrap()));
+        let err = Cli::try_parse_from(["apns-agent", "clients", "--device", "not-an-address"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"not-an-address\" is not an IP address"),
+            "{err}"
+        );
+        assert!(Cli::try_parse_from(["apns-agent", "clients", "--json", "--watch"]).is_err());
+        let cli = Cli::try_parse_from(["apns-agent", "run", "--role", "lan0=devices"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.roles, [("lan0".to_owned(), InterfaceRole::Devices)]);
+        for bad in ["lan0=lan", "lan0", "a/b=devices"] {
+            assert!(
+                Cli::try_parse_from(["apns-agent", "run", "--role", bad]).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

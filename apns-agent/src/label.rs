@@ -46,6 +46,14 @@ impl<T: Label> serde::Serialize for Labeled<T> {
     }
 }
 
+/// `#[serde(serialize_with = "…")]` for a label.
+pub fn serialize_label<T: Label, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(value.as_str())
+}
+
 /// `#[serde(serialize_with = "…")]` for an optional label.
 pub fn serialize_option<T: Label, S: serde::Serializer>(
     value: &Option<T>,

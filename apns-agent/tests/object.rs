@@ -2,7 +2,7 @@
 //! accepts it.
 
 use apns_agent::datapath::object::{self, EbpfLog, OBJECT};
-use apns_common::programs::{TC_MARK, XDP as XDP_PROGRAM};
+use apns_common::programs::{TC_CONNS, TC_MARK, XDP as XDP_PROGRAM};
 use aya_obj::ProgramSection;
 
 #[test]
@@ -47,10 +47,12 @@ fn object_maps_match_the_shared_layout() {
         matches!(section(XDP_PROGRAM), ProgramSection::Xdp { .. }),
         "{XDP_PROGRAM} is not an XDP program"
     );
-    assert!(
-        matches!(section(TC_MARK), ProgramSection::SchedClassifier),
-        "{TC_MARK} is not a TC classifier"
-    );
+    for tc in [TC_MARK, TC_CONNS] {
+        assert!(
+            matches!(section(tc), ProgramSection::SchedClassifier),
+            "{tc} is not a TC classifier"
+        );
+    }
 }
 
 #[test]
@@ -65,6 +67,24 @@ fn verifier_accepts_the_program() {
         info.size_translated().unwrap_or_default() / 8,
         info.verified_instruction_count().unwrap_or_default()
     );
+    // The TC programs too: the connection table's egress half parses and judges like XDP.
+    type Get = fn(&mut aya::Ebpf) -> anyhow::Result<&mut aya::programs::SchedClassifier>;
+    let programs: [(&str, Get); 2] = [
+        (TC_MARK, object::tc_mark_program),
+        (TC_CONNS, object::tc_conns_program),
+    ];
+    for (name, get) in programs {
+        let program = get(&mut ebpf).unwrap();
+        program
+            .load()
+            .unwrap_or_else(|err| panic!("loading {name}: {err:?}"));
+        let info = program.info().unwrap();
+        println!(
+            "{name}: {} translated instructions, {} instructions processed by the verifier",
+            info.size_translated().unwrap_or_default() / 8,
+            info.verified_instruction_count().unwrap_or_default()
+        );
+    }
 }
 
 #[test]

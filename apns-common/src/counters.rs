@@ -56,10 +56,16 @@ pub enum Outcome {
     Fragment = 6,
     /// Truncated or inconsistent headers, or more IPv6 extension headers than parsed.
     Malformed = 7,
+    /// An inbound connection attempt on an APNs port (a SYN without ACK from the allow-list,
+    /// from an APNs port or to one inside), counted and passed (monitor mode). APNs
+    /// connections are opened from inside only: Apple never opens one toward a device.
+    InboundOpen = 8,
+    /// The same attempt, dropped (enforce mode).
+    DropInboundOpen = 9,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Pass,
         Outcome::DropProvider,
         Outcome::DropPinhole,
@@ -68,6 +74,8 @@ impl Outcome {
         Outcome::NotApns,
         Outcome::Fragment,
         Outcome::Malformed,
+        Outcome::InboundOpen,
+        Outcome::DropInboundOpen,
     ];
 
     pub const fn from_u8(code: u8) -> Option<Outcome> {
@@ -80,6 +88,8 @@ impl Outcome {
             5 => Some(Outcome::NotApns),
             6 => Some(Outcome::Fragment),
             7 => Some(Outcome::Malformed),
+            8 => Some(Outcome::InboundOpen),
+            9 => Some(Outcome::DropInboundOpen),
             _ => None,
         }
     }
@@ -94,12 +104,17 @@ impl Outcome {
             Outcome::NotApns => "not_apns",
             Outcome::Fragment => "fragment",
             Outcome::Malformed => "malformed",
+            Outcome::InboundOpen => "inbound_open",
+            Outcome::DropInboundOpen => "drop_inbound_open",
         }
     }
 
     /// Whether the packet was dropped.
     pub const fn is_drop(self) -> bool {
-        matches!(self, Outcome::DropProvider | Outcome::DropPinhole)
+        matches!(
+            self,
+            Outcome::DropProvider | Outcome::DropPinhole | Outcome::DropInboundOpen
+        )
     }
 }
 
@@ -119,7 +134,8 @@ pub enum Direction {
     None = 0,
     /// Toward Apple: destination in the allow-list, destination port in the port table.
     Outbound = 1,
-    /// From Apple: source in the allow-list, source port in the port table.
+    /// From Apple: source in the allow-list, source port in the port table (or, for an
+    /// inbound connection attempt, the destination port).
     Inbound = 2,
 }
 
@@ -235,7 +251,7 @@ pub const CELLS_PER_BLOCK: usize = 16;
 /// The (direction, outcome) pair each cell of a block counts, by cell number. Never reorder:
 /// append. Outcomes without a port ([`Outcome::NotIp`] ...) only occur in port slot
 /// [`OVERFLOW_SLOT`], the others in any port slot.
-pub const CELLS: [(Direction, Outcome); 10] = [
+pub const CELLS: [(Direction, Outcome); 12] = [
     (Direction::None, Outcome::NotIp),
     (Direction::None, Outcome::NotApns),
     (Direction::None, Outcome::Fragment),
@@ -246,6 +262,8 @@ pub const CELLS: [(Direction, Outcome); 10] = [
     (Direction::Inbound, Outcome::Pass),
     (Direction::Inbound, Outcome::Fastpath),
     (Direction::None, Outcome::DropPinhole),
+    (Direction::Inbound, Outcome::InboundOpen),
+    (Direction::Inbound, Outcome::DropInboundOpen),
 ];
 const _: () = assert!(CELLS.len() <= CELLS_PER_BLOCK);
 
@@ -265,6 +283,8 @@ pub const fn cell_of(direction: Direction, outcome: Outcome) -> usize {
         (Direction::Inbound, Outcome::Pass) => 7,
         (Direction::Inbound, Outcome::Fastpath) => 8,
         (Direction::None, Outcome::DropPinhole) => 9,
+        (Direction::Inbound, Outcome::InboundOpen) => 10,
+        (Direction::Inbound, Outcome::DropInboundOpen) => 11,
         _ => UNNAMED_CELL,
     }
 }

@@ -70,7 +70,7 @@ pub struct IfaceConfig {
     /// The interface's counter slot (`crate::counters`): 1 to `LAST_ASSIGNABLE_SLOT`, or 0
     /// (the overflow slot) when it has none.
     pub counter_slot: u16,
-    /// [`flags`] bits. The XDP program does not read them.
+    /// [`flags`] bits. The XDP and TC programs read [`flags::DEVICES`].
     pub flags: u16,
 }
 const _: () = assert!(size_of::<IfaceConfig>() == 16);
@@ -80,6 +80,9 @@ pub mod flags {
     /// The agent attached the interface (cleared on detach; the entry's counter slot is then
     /// 0 and the slot may be recycled).
     pub const ATTACHED: u16 = 1 << 0;
+    /// The interface faces the devices (config `[roles]`): the device's packets entering
+    /// here, and Apple's leaving here, feed the connection table (`crate::conns`).
+    pub const DEVICES: u16 = 1 << 1;
 }
 
 /// Default [`IfaceConfig::mark`] and [`IfaceConfig::mark_mask`]: one bit (0x00a90000 would

@@ -12,6 +12,7 @@
 //!   so an agent never silently reuses pinned maps of another layout.
 #![cfg_attr(not(test), no_std)]
 
+pub mod conns;
 pub mod counters;
 pub mod events;
 pub mod fastpath;
@@ -27,5 +28,6 @@ pub mod programs;
 /// History: 2 keyed the counters by a per-CPU hash; 3 (datapath v2) counts in a per-CPU
 /// array by (interface slot, port slot, cell), makes `APNS_IFACES` an array by ifindex,
 /// replaces `APNS_PORTS` by `APNS_TABLES` (per generation: port entries with a counter slot,
-/// and the address prefilter), lists port roles in `APNS_POLICY`, and adds `APNS_CNT_SLOTS`.
+/// and the address prefilter), lists port roles in `APNS_POLICY`, and adds `APNS_CNT_SLOTS`,
+/// and the connection table (`APNS_CONNS`, `APNS_CONN_STATS`, the `apns_tc_conns` program).
 pub const LAYOUT_VERSION: u32 = 3;

@@ -123,11 +123,13 @@ pub mod map_type {
     pub const LPM_TRIE: u32 = 11;
     pub const RINGBUF: u32 = 27;
     pub const DEVMAP_HASH: u32 = 25;
+    pub const LRU_HASH: u32 = 9;
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 17] = {
+pub const ALL: [MapLayout; 19] = {
     use crate::{
+        conns::{ConnKey, ConnStats, ConnValue},
         counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
         events::{EventConfig, EventState},
         fastpath::IfaceConfig,
@@ -209,6 +211,14 @@ pub const ALL: [MapLayout; 17] = {
         // The devmap value is `struct bpf_devmap_val`: ifindex and a program fd/id.
         MapLayout::new(TX_PORTS, DEVMAP_HASH, 4, 8, MAX_INTERFACES),
         MapLayout::new(META, ARRAY, 4, size_of::<Meta>(), 1),
+        MapLayout::new(
+            CONNS,
+            LRU_HASH,
+            size_of::<ConnKey>(),
+            size_of::<ConnValue>(),
+            CONNS_DEFAULT_ENTRIES,
+        ),
+        MapLayout::new(CONN_STATS, PERCPU_ARRAY, 4, size_of::<ConnStats>(), 1),
     ]
 };
 
@@ -254,3 +264,26 @@ const _: () = assert!(size_of::<Meta>() == 8);
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Meta {}
+
+/// `LruHashMap<ConnKey, ConnValue>` ([`crate::conns`]): one entry per APNs TCP connection of a
+/// device behind the gateway, both directions under the device's address. Written by the XDP
+/// program (the device's packets on device-facing interfaces; Apple's packets it redirects to
+/// one) and the TC egress program `apns_tc_conns` (Apple's packets leaving through a
+/// device-facing interface), and only for APNs traffic that passes; read by the agent
+/// (`clients`, /metrics, `events`), which never writes or removes an entry: the kernel's LRU
+/// evicts the least recently used when the table is full. Its size is the config's
+/// `[clients] table_size` (the only map sized by the config, see [`SIZED_BY_CONFIG`]):
+/// [`CONNS_DEFAULT_ENTRIES`] entries take 15 MiB (240 bytes each with the kernel's own,
+/// `bytes_memlock`), preallocated.
+pub const CONNS: &str = "APNS_CONNS";
+/// Connections `APNS_CONNS` holds unless the config says otherwise.
+pub const CONNS_DEFAULT_ENTRIES: u32 = 65_536;
+
+/// `PerCpuArray<ConnStats>`, 1 entry ([`crate::conns::ConnStats`]): entries made, ends by
+/// reason, lifetimes, failed updates. Written by the programs that write `APNS_CONNS`; read
+/// by the agent.
+pub const CONN_STATS: &str = "APNS_CONN_STATS";
+
+/// Maps whose size the config sets when the agent creates them: the layout check accepts any
+/// size for these (the entry in [`ALL`] has the default).
+pub const SIZED_BY_CONFIG: [&str; 1] = [CONNS];

@@ -8,3 +8,7 @@ pub const XDP: &str = "apns_xdp";
 /// The TC ingress half of the `mark` fast path: copies the XDP program's metadata into
 /// `skb->mark`.
 pub const TC_MARK: &str = "apns_tc_mark";
+
+/// The TC egress half of the connection table, on device-facing interfaces: records Apple's
+/// APNs packets as they leave toward a device (after NAT is undone).
+pub const TC_CONNS: &str = "apns_tc_conns";

@@ -17,7 +17,7 @@ use crate::{
         APNS_ACTIVE, APNS_ALLOW_V4, APNS_ALLOW_V6, APNS_POLICY, APNS_PROV_V4, APNS_PROV_V6,
         APNS_TABLES,
     },
-    parse::{Addrs, TcpPacket},
+    parse::{tcp_flag, Addrs, TcpPacket},
 };
 
 /// What the datapath made of a packet: the counter key minus the interface, with the port
@@ -78,11 +78,24 @@ pub fn judge(packet: &TcpPacket) -> Judgement {
     }
 
     let src = tables.ports[usize::from(packet.sport)];
-    if src.roles != 0 && is_apple(&generation, &packet.addrs, Endpoint::Source) {
+    // A SYN without ACK opens a connection; from Apple's side that never happens on APNs.
+    let opening = packet.flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
+    if (src.roles != 0 || (opening && dst_roles != 0))
+        && is_apple(&generation, &packet.addrs, Endpoint::Source)
+    {
+        // From Apple's APNs port, or (an attempt only) to an APNs port inside.
+        let port = if src.roles != 0 { src.slot } else { dst.slot };
+        let outcome = if !opening {
+            Outcome::Pass
+        } else if enforcing(number) {
+            Outcome::DropInboundOpen
+        } else {
+            Outcome::InboundOpen
+        };
         return Judgement {
-            outcome: Outcome::Pass,
+            outcome,
             direction: Direction::Inbound,
-            port_slot: usable_slot(u32::from(src.slot)),
+            port_slot: usable_slot(u32::from(port)),
         };
     }
 

@@ -11,12 +11,8 @@ use apns_common::counters::{block_index, cell_of, CounterValue, Outcome, CELLS_P
 use crate::{
     classify::Judgement,
     maps::{APNS_CNT_LOST, APNS_COUNTERS},
+    parse::tcp_flag::{ACK as TCP_ACK, FIN as TCP_FIN, RST as TCP_RST, SYN as TCP_SYN},
 };
-
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// Counts one packet of `bytes` frame bytes under `judgement` on the interface whose counter
 /// slot is `iface_slot` (already bounded by `usable_slot`). `tcp_flags` is present for TCP
@@ -26,7 +22,12 @@ pub fn record(iface_slot: u32, judgement: &Judgement, bytes: u64, tcp_flags: Opt
     // TCP events are only meaningful for APNs connections and pinhole attempts.
     let flags = match (judgement.outcome, tcp_flags) {
         (
-            Outcome::Pass | Outcome::Fastpath | Outcome::DropProvider | Outcome::DropPinhole,
+            Outcome::Pass
+            | Outcome::Fastpath
+            | Outcome::DropProvider
+            | Outcome::DropPinhole
+            | Outcome::InboundOpen
+            | Outcome::DropInboundOpen,
             Some(flags),
         ) => flags,
         _ => 0,

@@ -21,18 +21,15 @@ use aya_log_ebpf::debug;
 
 use crate::{
     maps::{APNS_IFACES, APNS_TX_PORTS},
-    parse::{Addrs, Cursor, TcpPacket},
+    parse::{Addrs, Cursor, TcpPacket, IPV4_TTL, IPV6_HOP_LIMIT},
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 const IPPROTO_TCP: u8 = 6;
-/// Offsets inside the IPv4 header.
+/// Offsets inside the IPv4 header (the TTL's and the hop limit's are `parse`'s).
 const IPV4_TOS: usize = 1;
-const IPV4_TTL: usize = 8;
 const IPV4_CHECKSUM: usize = 10;
-/// Offset of the hop limit inside the IPv6 header.
-const IPV6_HOP_LIMIT: usize = 7;
 /// The Ethernet header's destination and source MACs.
 const ETH_ALEN: usize = 6;
 
@@ -66,15 +63,15 @@ pub fn mark(ctx: &XdpContext, config: &IfaceConfig) {
     }
 }
 
-/// Forwards `packet` if the FIB settles it; returns the XDP action (XDP_REDIRECT), or `None`
-/// to leave the packet to the stack.
+/// Forwards `packet` if the FIB settles it; returns the XDP action (XDP_REDIRECT) and the
+/// egress ifindex, or `None` to leave the packet to the stack.
 #[inline(always)]
 pub fn redirect(
     ctx: &XdpContext,
     cursor: &Cursor,
     ifindex: u32,
     packet: &TcpPacket,
-) -> Option<u32> {
+) -> Option<(u32, u32)> {
     if packet.tagged {
         return None;
     }
@@ -84,24 +81,22 @@ pub fn redirect(
     params.dport = packet.dport.to_be();
     params.__bindgen_anon_1.tot_len = packet.ip_len;
     params.ifindex = ifindex;
-    let ttl_offset = match &packet.addrs {
+    match &packet.addrs {
         Addrs::V4 { src, dst } => {
             let ip = cursor.bytes::<20>(packet.l3).ok()?;
             params.family = AF_INET;
             params.__bindgen_anon_2.tos = ip[IPV4_TOS];
             params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(**src);
             params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(**dst);
-            IPV4_TTL
         }
         Addrs::V6 { src, dst } => {
             params.family = AF_INET6;
             params.__bindgen_anon_3.ipv6_src = words(src);
             params.__bindgen_anon_4.ipv6_dst = words(dst);
-            IPV6_HOP_LIMIT
         }
-    };
+    }
     // The stack sends the ICMP time-exceeded a TTL of 1 deserves.
-    if *cursor.bytes::<1>(packet.l3 + ttl_offset).ok()?.first()? <= 1 {
+    if *cursor.bytes::<1>(packet.ttl_offset()).ok()?.first()? <= 1 {
         return None;
     }
     // SAFETY: `params` is a valid, fully initialised bpf_fib_lookup on our stack.
@@ -145,7 +140,8 @@ pub fn redirect(
     let eth = cursor.bytes_mut::<{ 2 * ETH_ALEN }>(0).ok()?;
     eth[..ETH_ALEN].copy_from_slice(&params.dmac);
     eth[ETH_ALEN..].copy_from_slice(&params.smac);
-    APNS_TX_PORTS.redirect(params.ifindex, 0).ok()
+    let action = APNS_TX_PORTS.redirect(params.ifindex, 0).ok()?;
+    Some((action, params.ifindex))
 }
 
 /// An IPv6 address as the four 32-bit words bpf_fib_lookup takes (network byte order).

@@ -2,23 +2,31 @@
 //!
 //! The contract is docs/classification.md; the code is split by concern: `parse` reads
 //! headers, `classify` applies the policy maps, `counters` is the only writer of the counter
-//! maps, `events` reports policy drops to the ring buffer, `fastpath` forwards (redirect) or
-//! marks APNs packets, `tc_mark` is the TC half of the mark path, `maps` holds the map
-//! statics. The entry points live in the binaries (`main.rs`, and `probe.rs` for upgrade
+//! maps, `conns` of the connection table (docs/clients.md), `events` reports policy drops to
+//! the ring buffer, `fastpath` forwards (redirect) or marks APNs packets, `tc_mark` is the TC
+//! half of the mark path, `tc_conns` the TC egress half of the connection table, `maps`
+//! holds the map statics. The entry points live in the binaries (`main.rs`, and `probe.rs` for upgrade
 //! tests) so that both share every line of this crate.
 #![cfg_attr(target_arch = "bpf", no_std)]
+// The BPF target's core has no atomic read-modify-write methods; the connection table's
+// shared counters use the intrinsics (`conns`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod classify;
+mod conns;
 mod counters;
 mod events;
 mod fastpath;
 mod maps;
 mod parse;
+pub mod tc_conns;
 pub mod tc_mark;
 
 use apns_common::{
-    counters::{usable_slot, Outcome, OVERFLOW_SLOT},
-    fastpath::mode as fastpath_mode,
+    conns::ConnKey,
+    counters::{usable_slot, Direction, Outcome, OVERFLOW_SLOT},
+    fastpath::{flags as iface_flags, mode as fastpath_mode},
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
@@ -43,11 +51,35 @@ pub fn handle(ctx: &XdpContext) -> u32 {
                 events::report_drop(ctx, ifindex, &judgement, &tcp);
                 action = xdp_action::XDP_DROP;
             } else if judgement.outcome == Outcome::Pass {
+                // The device's packets feed the connection table where they enter.
+                if judgement.direction == Direction::Outbound && faces_devices(iface) {
+                    let mut key = ConnKey::default();
+                    conns::key(&mut key, &tcp, true);
+                    conns::apns_conns_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
+                }
                 match iface {
                     Some(config) if config.fastpath == fastpath_mode::REDIRECT => {
-                        if let Some(redirected) = fastpath::redirect(ctx, &cursor, ifindex, &tcp) {
+                        if let Some((redirected, egress)) =
+                            fastpath::redirect(ctx, &cursor, ifindex, &tcp)
+                        {
                             judgement.outcome = Outcome::Fastpath;
                             action = redirected;
+                            // Apple's packets redirected to the devices skip TC egress, where
+                            // the table would otherwise see them: record them here.
+                            if judgement.direction == Direction::Inbound
+                                && faces_devices(fastpath::interface(egress))
+                            {
+                                let mut key = ConnKey::default();
+                                conns::key(&mut key, &tcp, false);
+                                let ttl = conns::ttl(&cursor, &tcp);
+                                conns::apns_conns_inbound(
+                                    &key,
+                                    tcp.flags,
+                                    ttl,
+                                    cursor.len() as u64,
+                                    1,
+                                );
+                            }
                         }
                     }
                     Some(config) if config.fastpath == fastpath_mode::MARK => mark = Some(config),
@@ -64,6 +96,12 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         fastpath::mark(ctx, config);
     }
     action
+}
+
+/// Whether an interface faces the devices (config `[roles]`).
+#[inline(always)]
+fn faces_devices(iface: Option<&apns_common::fastpath::IfaceConfig>) -> bool {
+    iface.is_some_and(|config| config.flags & iface_flags::DEVICES != 0)
 }
 
 #[cfg(target_arch = "bpf")]

@@ -18,6 +18,13 @@ pub fn apns_tc_mark(ctx: TcContext) -> i32 {
     apns_ebpf::tc_mark::handle(&ctx)
 }
 
+/// TC egress half of the connection table, on device-facing interfaces (see
+/// `apns_ebpf::tc_conns`).
+#[classifier]
+pub fn apns_tc_conns(ctx: TcContext) -> i32 {
+    apns_ebpf::tc_conns::handle(&ctx)
+}
+
 /// The crate is also compiled for the host by `cargo clippy --workspace`; there it is empty.
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -3,18 +3,20 @@
 //! checks the built object).
 
 use apns_common::{
+    conns::{ConnKey, ConnStats, ConnValue},
     counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
     events::{EventConfig, EventState},
     fastpath::IfaceConfig,
     maps::{
-        ALLOW_MAX_ENTRIES, COUNTERS_CARRIED_MAX_ENTRIES, EVENTS_RING_BYTES, IFACES_MAX_ENTRIES,
-        MAX_INTERFACES, POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES, TABLES_MAX_ENTRIES,
+        ALLOW_MAX_ENTRIES, CONNS_DEFAULT_ENTRIES, COUNTERS_CARRIED_MAX_ENTRIES, EVENTS_RING_BYTES,
+        IFACES_MAX_ENTRIES, MAX_INTERFACES, POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES,
+        TABLES_MAX_ENTRIES,
     },
     policy::{GenerationTables, PolicyConfig, PrefixV4, PrefixV6},
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 
 #[map]
@@ -74,3 +76,11 @@ pub static APNS_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFAC
 /// Never read here; declared so the object carries the map the agent stamps its layout into.
 #[map]
 pub static APNS_META: Array<apns_common::maps::Meta> = Array::with_max_entries(1, 0);
+
+/// Sized here with the default; the agent creates it with the config's size.
+#[map]
+pub static APNS_CONNS: LruHashMap<ConnKey, ConnValue> =
+    LruHashMap::with_max_entries(CONNS_DEFAULT_ENTRIES, 0);
+
+#[map]
+pub static APNS_CONN_STATS: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);

@@ -8,7 +8,7 @@
 //! converted with `u16::from_be_bytes`; addresses stay in network byte order.
 
 use apns_common::counters::Outcome;
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
@@ -22,6 +22,9 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
 const IPV6_HLEN: usize = 40;
+/// Offsets of the TTL in the IPv4 header and of the hop limit in the IPv6 header.
+pub const IPV4_TTL: usize = 8;
+pub const IPV6_HOP_LIMIT: usize = 7;
 /// Extension headers walked before the packet is judged too deep (`malformed`).
 const MAX_IPV6_EXT_HEADERS: usize = 6;
 const IPV6_FRAG_HLEN: usize = 8;
@@ -35,6 +38,14 @@ const IPPROTO_AH: u8 = 51;
 const IPPROTO_DSTOPTS: u8 = 60;
 
 const TCP_MIN_HLEN: usize = 20;
+
+/// Bits of the TCP flags byte ([`TcpPacket::flags`]).
+pub mod tcp_flag {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
 const UDP_HLEN: usize = 8;
 
 /// The linear packet buffer of one XDP frame, as absolute addresses.
@@ -64,6 +75,20 @@ impl Cursor {
             start: ctx.data(),
             end: ctx.data_end(),
             len: data_end.wrapping_sub(data) as usize,
+        }
+    }
+
+    /// The packet of a TC program: the linear part of the skb bounds every read, and the
+    /// skb's whole length is the frame length the IP-length checks use (a GSO skb's payload
+    /// may lie outside the linear part; its headers do not: the caller pulls them in).
+    #[inline(always)]
+    pub fn from_skb(ctx: &TcContext) -> Self {
+        // SAFETY: `skb` points to the __sk_buff the kernel passed to the program.
+        let len = unsafe { core::ptr::read_volatile(&(*ctx.skb.skb).len) };
+        Self {
+            start: ctx.data(),
+            end: ctx.data_end(),
+            len: len as usize,
         }
     }
 
@@ -152,6 +177,17 @@ pub struct TcpPacket<'a> {
     pub dport: u16,
     /// Byte 13 of the TCP header (CWR ECE URG ACK PSH RST SYN FIN).
     pub flags: u8,
+}
+
+impl TcpPacket<'_> {
+    /// Where the TTL (IPv4) or hop limit (IPv6) is, as an offset into the frame.
+    #[inline(always)]
+    pub fn ttl_offset(&self) -> usize {
+        match self.addrs {
+            Addrs::V4 { .. } => self.l3 + IPV4_TTL,
+            Addrs::V6 { .. } => self.l3 + IPV6_HOP_LIMIT,
+        }
+    }
 }
 
 /// What L4 parsing needs from the layers below.

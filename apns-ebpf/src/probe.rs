@@ -20,5 +20,10 @@ pub fn apns_tc_mark(ctx: TcContext) -> i32 {
     apns_ebpf::tc_mark::handle(&ctx)
 }
 
+#[classifier]
+pub fn apns_tc_conns(ctx: TcContext) -> i32 {
+    apns_ebpf::tc_conns::handle(&ctx)
+}
+
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

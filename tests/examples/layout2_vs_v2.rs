@@ -9,14 +9,11 @@
 //! sudo target/release/examples/layout2_vs_v2        # RUNS=11 REPEAT=1000000 by default
 //! ```
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{Context as _, Result};
 use apns_agent::datapath::policy::Policy;
-use apns_tests::{
-    bench::{
-        stats::{median, ratio},
-        testrun::{self, FloorProgram, OurProgram},
-    },
-    xdp::XDP_PASS,
+use apns_tests::bench::{
+    stats::{median, ratio},
+    testrun::{self, FloorProgram, OurProgram},
 };
 use aya::{programs::Xdp, Ebpf};
 
@@ -45,21 +42,8 @@ fn main() -> Result<()> {
     let floor = FloorProgram::load()?;
     let programs: [&Xdp; 3] = [floor.xdp()?, old_xdp, ours.xdp()?];
     let classes = testrun::classes();
-    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; classes.len()];
-    for run in 0..runs {
-        for (c, class) in classes.iter().enumerate() {
-            for turn in 0..programs.len() {
-                let p = (turn + run) % programs.len();
-                let (action, ns) = testrun::test_run(programs[p], &class.frame, repeat)?;
-                ensure!(
-                    action == XDP_PASS,
-                    "{}: program {p} returned {action}",
-                    class.key
-                );
-                samples[c][p].push(ns);
-            }
-        }
-    }
+    let frames: Vec<(&str, &[u8])> = classes.iter().map(|c| (c.key, &c.frame[..])).collect();
+    let samples = testrun::in_turns(&programs, &frames, runs, repeat)?;
     println!("BPF_PROG_TEST_RUN, repeat {repeat}, median of {runs} runs, CPU 1\n");
     println!("| packet class | floor ns | layout 2 ns | layout 2 / floor | v2 ns | v2 / floor | layout 2 / v2 |");
     println!("|---|---|---|---|---|---|---|");

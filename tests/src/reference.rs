@@ -347,8 +347,18 @@ fn apply_policy(seg: &TcpSegment, policy: &Policy) -> Expected {
         };
         return Expected::matched(outcome, Direction::Outbound, seg.dport, seg);
     }
-    if policy.roles(seg.sport) != 0 && policy.allowed(seg.src) {
-        return Expected::matched(Outcome::Pass, Direction::Inbound, seg.sport, seg);
+    // Contract §5 step 2: from Apple. A SYN without ACK is an inbound connection attempt,
+    // and then an APNs destination port counts too.
+    let opening = seg.syn && !seg.ack;
+    let from_apns_port = policy.roles(seg.sport) != 0;
+    if (from_apns_port || (opening && dst_roles != 0)) && policy.allowed(seg.src) {
+        let port = if from_apns_port { seg.sport } else { seg.dport };
+        let outcome = match (opening, policy.enforce) {
+            (false, _) => Outcome::Pass,
+            (true, true) => Outcome::DropInboundOpen,
+            (true, false) => Outcome::InboundOpen,
+        };
+        return Expected::matched(outcome, Direction::Inbound, port, seg);
     }
     if policy.enforce && dst_roles & role::PINHOLE != 0 {
         return Expected::matched(Outcome::DropPinhole, Direction::None, seg.dport, seg);
@@ -483,6 +493,47 @@ mod tests {
             };
             assert_eq!(classify(&frame, &policy), want);
         }
+    }
+
+    #[test]
+    fn inbound_connection_attempts_are_counted_apart_and_dropped_in_enforce() {
+        // From Apple's APNs port, or to an APNs port inside: both are attempts to open a
+        // connection inbound, which APNs never makes.
+        for (frame, port) in [
+            (tcp_v4(APPLE_V4, CLIENT_V4, 5223, 40000, SYN), 5223),
+            (tcp_v6(APPLE_V6, CLIENT_V6, 443, 40000, SYN), 443),
+            (tcp_v4(APPLE_V4, CLIENT_V4, 40000, 5223, SYN), 5223),
+            (tcp_v6(APPLE_V6, CLIENT_V6, 40000, 2197, SYN | PSH), 2197),
+        ] {
+            let want = |outcome| Expected {
+                syn: 1,
+                ..expected(outcome, Direction::Inbound, port)
+            };
+            let got = classify(&frame.bytes(), &enforce());
+            assert_eq!(got, want(Outcome::DropInboundOpen), "{frame:?}");
+            assert!(got.drops());
+            let got = classify(&frame.bytes(), &monitor());
+            assert_eq!(got, want(Outcome::InboundOpen), "{frame:?}");
+            assert!(!got.drops());
+        }
+        // Replies are untouched: SYN-ACK, ACK, RST from Apple's APNs port pass.
+        for flags in [SYN | ACK, ACK, RST, FIN | ACK] {
+            let frame = tcp_v4(APPLE_V4, CLIENT_V4, 5223, 40000, flags);
+            assert_eq!(
+                outcome(&frame, &enforce()),
+                Outcome::Pass,
+                "flags {flags:#x}"
+            );
+        }
+        // Not from Apple: a SYN to an inside APNs port is no business of this rule.
+        let frame = tcp_v4(OTHER_V4, CLIENT_V4, 40000, 443, SYN);
+        assert_eq!(outcome(&frame, &enforce()), Outcome::NotApns);
+        // Neither port an APNs port: not APNs at all.
+        let frame = tcp_v4(APPLE_V4, CLIENT_V4, 40000, 80, SYN);
+        assert_eq!(outcome(&frame, &enforce()), Outcome::NotApns);
+        // A SYN toward Apple is an ordinary outbound open, even from Apple's own range.
+        let frame = tcp_v4(Ipv4Addr::new(17, 1, 1, 1), APPLE_V4, 5223, 5223, SYN);
+        assert_eq!(outcome(&frame, &enforce()), Outcome::Pass);
     }
 
     #[test]

@@ -9,8 +9,8 @@ use apns_common::counters::{CounterValue, Direction, Outcome};
 use apns_tests::{
     agent::{counter_key, gw_command, gw_ifindex, spawn_run, succeed, TestPins},
     lab::{
-        self, Lab, LabOptions, Role, APPLE, APPLE_IF, CLIENT, CLIENT_IF, GW_IF_CLIENT, GW_IF_WAN,
-        GW_LAN_CLIENT, ISP_IF_GW, ISP_WAN, OTHER,
+        self, Lab, LabOptions, Role, APPLE, CLIENT, CLIENT_IF, GW_IF_CLIENT, GW_IF_WAN,
+        GW_LAN_CLIENT, OTHER,
     },
 };
 use etherparse::PacketBuilder;
@@ -40,39 +40,8 @@ fn gateway<'lab>(lab: &'lab Lab, pins: &TestPins) -> apns_tests::agent::Agent<'l
         FORWARD_DROP.as_bytes(),
     )
     .unwrap();
-    // XDP_REDIRECT into a veth needs NAPI on the peer end: GRO on (or an XDP program there).
-    in_ns(
-        lab,
-        Role::Client,
-        &["ethtool", "-K", CLIENT_IF.name, "gro", "on"],
-    );
-    in_ns(
-        lab,
-        Role::Isp,
-        &["ethtool", "-K", ISP_IF_GW.name, "gro", "on"],
-    );
-    // veth hands the TCP checksum to the next hop to fill in (CHECKSUM_PARTIAL); an XDP frame
-    // loses that note, so a redirected segment would arrive with a half checksum. Real NICs
-    // receive full checksums from the wire; make the lab's hosts compute theirs.
-    in_ns(
-        lab,
-        Role::Client,
-        &["ethtool", "-K", CLIENT_IF.name, "tx", "off"],
-    );
-    in_ns(
-        lab,
-        Role::Apple,
-        &["ethtool", "-K", APPLE_IF.name, "tx", "off"],
-    );
-    // The fast path only forwards to resolved neighbours (else the stack resolves them).
-    for addr in [
-        CLIENT.v4.to_string(),
-        CLIENT.v6.to_string(),
-        ISP_WAN.v4.to_string(),
-        ISP_WAN.v6.to_string(),
-    ] {
-        in_ns(lab, Role::Gw, &["ping", "-c", "1", "-W", "2", &addr]);
-    }
+    lab.prepare_redirect(&[CLIENT.v4.into(), CLIENT.v6.into()])
+        .unwrap();
     let agent = spawn_run(
         lab,
         pins,

@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     os::unix::process::ExitStatusExt as _,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use apns_agent::datapath::{
@@ -19,8 +19,8 @@ use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
     agent::{self, spawn_run, TestPins},
     lab::{
-        self, Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_WAN, MDM,
-        OTHER,
+        self, wait_until, Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM,
+        GW_IF_WAN, MDM, OTHER,
     },
 };
 
@@ -44,15 +44,6 @@ fn refused(lab: &Lab, from: Role, to: SocketAddr) {
 
 fn live_policy(pins: &TestPins) -> Policy {
     pins.open().unwrap().policy.read_active().unwrap()
-}
-
-/// Polls `ready` until it holds, or fails after `timeout` saying `what`.
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `status --json` of the test's datapath, run in the gateway.

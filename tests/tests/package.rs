@@ -274,6 +274,7 @@ fn check_contents(deb: &Path) {
         "usr/share/doc/apns-agent/README.md",
         "usr/share/doc/apns-agent/operations.md",
         "usr/share/doc/apns-agent/preflight.md",
+        "usr/share/doc/apns-agent/clients.md",
         "usr/share/doc/apns-agent/examples/config.toml",
         "usr/share/lintian/overrides/apns-agent",
     ]

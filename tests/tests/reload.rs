@@ -29,6 +29,15 @@ fn expected(text: &str) -> Desired {
                 (name.clone(), fastpath)
             })
             .collect(),
+        devices: config
+            .interfaces
+            .iter()
+            .filter(|name| {
+                config.roles.get(*name)
+                    == Some(&apns_agent::datapath::interfaces::InterfaceRole::Devices)
+            })
+            .cloned()
+            .collect(),
         // The live state does not know how interfaces were attached.
         xdp_mode: XdpMode::Auto,
         mark: config.mark,

@@ -4,7 +4,7 @@
 use crate::{
     cli::Global,
     cmd::live,
-    datapath::{links, neighbours, Datapath, XdpMode},
+    datapath::{interfaces::InterfaceRole, links, neighbours, Datapath, XdpMode},
     privileges,
     settings::Settings,
 };
@@ -23,7 +23,8 @@ pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyh
     pins.prepare()?;
     let lock = pins.lock()?;
     // Keep the pinned program's log level: only `run --ebpf-log` changes it.
-    let (mut datapath, _) = Datapath::install(pins, &lock, None)?;
+    let (mut datapath, _) =
+        Datapath::install_sized(pins, &lock, None, settings.config.clients.table_size)?;
     live::change_open(&settings, &mut datapath, &lock, |desired| {
         desired.xdp_mode = xdp_mode;
         for interface in interfaces {
@@ -33,10 +34,15 @@ pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyh
                 .get(interface)
                 .copied()
                 .unwrap_or_default();
+            // A new interface takes its role from the config too (an attached one keeps its).
+            let new = !desired.interfaces.contains_key(interface);
             desired
                 .interfaces
                 .entry(interface.clone())
                 .or_insert(fastpath);
+            if new && settings.config.roles.get(interface) == Some(&InterfaceRole::Devices) {
+                desired.devices.insert(interface.clone());
+            }
         }
         Ok(())
     })?;

@@ -1,33 +1,126 @@
-//! `apns-agent events [--json] [--count N]`: streams policy drop events until Ctrl-C (or N).
+//! `apns-agent events [--json] [--count N]`: streams policy drop events until Ctrl-C (or N),
+//! each with the finding of the device it concerns where the connection table knows it
+//! (docs/clients.md, "Drop events").
 
-use std::{io::Write as _, time::Duration};
+use std::{
+    io::Write as _,
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
+use serde::Serialize;
 
 use crate::{
     cli::Global,
-    datapath::{events::Drop, Datapath},
+    datapath::{conns::ConnMaps, events::Drop, Datapath},
     privileges,
     settings::Settings,
-    telemetry::model::interface_name,
+    telemetry::{
+        clients::{Report, Rules},
+        model::interface_name,
+    },
 };
 
 /// How long one wait for the ring lasts before looking again (keeps Ctrl-C responsive).
 const POLL: Duration = Duration::from_millis(200);
+/// How old the devices' findings may be: a flood of drops reads the table at most this often.
+const FINDINGS_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// A drop event as `events` prints it.
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(flatten)]
+    drop: &'a Drop,
+    /// The device the drop concerns, if the connection table knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceNote>,
+}
+
+#[derive(Serialize)]
+struct DeviceNote {
+    address: IpAddr,
+    /// The finding's label, and in words.
+    finding: &'static str,
+    words: String,
+}
+
+/// The devices' findings, read again when older than [`FINDINGS_MAX_AGE`].
+struct Findings<'a> {
+    conns: &'a ConnMaps,
+    rules: Rules,
+    report: Option<(Instant, Report)>,
+}
+
+impl Findings<'_> {
+    /// The finding of `address`, if the table knows the device. A table that cannot be read
+    /// leaves the event as it is (the drop is what matters).
+    fn of(&mut self, address: IpAddr) -> Option<DeviceNote> {
+        let stale = self
+            .report
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() >= FINDINGS_MAX_AGE);
+        if stale {
+            let table = self.conns.read().ok()?;
+            let report = Report::build(&table, &self.rules, interface_name);
+            self.report = Some((Instant::now(), report));
+        }
+        let (_, report) = self.report.as_ref()?;
+        let device = report.device(address)?;
+        Some(DeviceNote {
+            address,
+            finding: apns_common::label::Label::as_str(device.finding),
+            words: device.words.clone(),
+        })
+    }
+}
+
+/// The device a drop concerns: the destination of an inbound connection attempt (the
+/// device it was aimed at), the source of any other drop (the host behind the gateway).
+fn concerned(drop: &Drop) -> IpAddr {
+    if drop.reason == "inbound_open" {
+        drop.dst
+    } else {
+        drop.src
+    }
+}
 
 pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent events")?;
     let settings = Settings::resolve(global)?;
-    let mut maps = Datapath::open(&settings.pins)?.events;
+    let Datapath {
+        events: mut maps,
+        conns,
+        ..
+    } = Datapath::open(&settings.pins)?;
+    let mut findings = Findings {
+        conns: &conns,
+        rules: settings.config.clients.rules,
+        report: None,
+    };
     let mut out = std::io::stdout().lock();
     let mut printed = 0u64;
     loop {
         for event in maps.drain() {
             let drop = Drop::from_event(&event, interface_name);
+            let device = findings.of(concerned(&drop));
             let line = if json {
-                serde_json::to_string(&drop)?
+                serde_json::to_string(&Event {
+                    drop: &drop,
+                    device,
+                })?
             } else {
-                drop.line()
+                match device {
+                    Some(device) => {
+                        format!(
+                            "{} (device {}: {})",
+                            drop.line(),
+                            device.address,
+                            device.words
+                        )
+                    }
+                    None => drop.line(),
+                }
             };
             writeln!(out, "{line}").context("writing to stdout")?;
             printed += 1;

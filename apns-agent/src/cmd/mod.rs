@@ -3,6 +3,7 @@
 
 mod attach;
 mod check_config;
+mod clients;
 mod detach;
 mod doctor;
 mod events;
@@ -53,6 +54,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             interface,
             watch,
         } => stats::stats(&global, json, interface.as_deref(), watch),
+        Command::Clients {
+            json,
+            watch,
+            device,
+        } => clients::clients(&global, json, watch, device),
         Command::Generate { args } => generate::generate(&args),
     };
     done.map(|()| ExitCode::SUCCESS)

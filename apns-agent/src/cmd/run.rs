@@ -73,7 +73,12 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
     pins.prepare()?;
     let mut datapath = {
         let lock = pins.lock()?;
-        let (mut datapath, installed) = Datapath::install(&pins, &lock, Some(args.ebpf_log))?;
+        let (mut datapath, installed) = Datapath::install_sized(
+            &pins,
+            &lock,
+            Some(args.ebpf_log),
+            settings.config.clients.table_size,
+        )?;
         tracing::info!(?installed, pin_dir = %pins.root().display(), "datapath installed");
         apply(&settings, &mut datapath, &lock, &config)?;
         datapath
@@ -82,6 +87,7 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
     // Loading parsed the kernel's BTF (aya does it for every load, ~17 MiB of heap, most of
     // the agent's peak); give what was freed back to the system, or the daemon keeps it.
     release_freed_memory();
+    let running_rules = settings.config.clients.rules;
     let mut record = config_record(&settings);
     record.applied_at = Some(SystemTime::now());
     record.last_reload_ok = true;
@@ -89,6 +95,7 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
         &pins,
         Duration::from_secs(args.reachability_window),
         record,
+        running_rules,
     )?);
     let attached = runtime.block_on(async {
         let (stop, stopped) = oneshot::channel::<()>();
@@ -216,6 +223,10 @@ fn forward_ebpf_log(pins: &PinDir) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often `run` reads the connection table when nobody scrapes, so that what only the
+/// agent counts (failed handshakes, 443 fallbacks) is counted before the table evicts it.
+const CLIENTS_INTERVAL: Duration = Duration::from_secs(15);
+
 /// How often `run` may log a summary of policy drops.
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -290,6 +301,10 @@ async fn serve_signals(
         tokio::time::Instant::now() + INTERFACE_CHECK,
         INTERFACE_CHECK,
     );
+    let mut clients_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + CLIENTS_INTERVAL,
+        CLIENTS_INTERVAL,
+    );
     let mut reported = BTreeMap::new();
     let mut drops_logged = exporter.policy_drops().unwrap_or_default();
     let mut interfaces: Vec<String> = running.datapath.live()?.interfaces.into_keys().collect();
@@ -318,6 +333,11 @@ async fn serve_signals(
                     }
                 }
             }
+            _ = clients_tick.tick() => {
+                if let Err(err) = exporter.observe_clients() {
+                    tracing::warn!("reading the connection table: {err:#}");
+                }
+            }
             _ = interface_tick.tick() => {
                 if let Err(err) = check(&mut running, &mut reported) {
                     tracing::warn!("checking the datapath: {err:#}");
@@ -329,7 +349,9 @@ async fn serve_signals(
                 let recorded = match reloaded {
                     Ok(now) => {
                         interfaces = now;
-                        exporter.config_applied(config_record(&running.settings))
+                        exporter
+                            .set_rules(running.settings.config.clients.rules)
+                            .and_then(|()| exporter.config_applied(config_record(&running.settings)))
                     }
                     // A bad file leaves the running datapath exactly as it was.
                     Err(err) => {

@@ -33,7 +33,7 @@ pub struct Drop {
     /// RFC 3339, UTC.
     pub time: String,
     pub interface: String,
-    /// `pinhole` or `provider`.
+    /// `pinhole`, `provider` or `inbound_open`.
     pub reason: &'static str,
     pub protocol: &'static str,
     pub src: IpAddr,
@@ -102,9 +102,11 @@ impl Drop {
         Drop {
             time: wall_clock(event.time_ns),
             interface: interface_name(event.ifindex),
+            // The drop outcome's label without its `drop_` (telemetry's DropReason words).
             reason: match Outcome::from_u8(event.outcome) {
                 Some(Outcome::DropPinhole) => "pinhole",
                 Some(Outcome::DropProvider) => "provider",
+                Some(Outcome::DropInboundOpen) => "inbound_open",
                 _ => "unknown",
             },
             protocol: if event.protocol == 6 { "tcp" } else { "other" },

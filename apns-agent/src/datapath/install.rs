@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use apns_common::{
-    maps::{Meta, META},
+    maps::{Meta, CONNS, META},
     programs, LAYOUT_VERSION,
 };
 use aya::{
@@ -49,9 +49,17 @@ pub enum Installed {
 ///
 /// `log` is the aya-log level to load the program with; `None` keeps the pinned program's
 /// (off for a new one). A different level reloads the programs like an upgrade.
-pub fn install(pins: &PinDir, object: &[u8], log: Option<EbpfLog>) -> anyhow::Result<Installed> {
+///
+/// `connections` is the size of a connection table made now (`APNS_CONNS`); a pinned one
+/// keeps its size (a warning says so when it differs).
+pub fn install(
+    pins: &PinDir,
+    object: &[u8],
+    log: Option<EbpfLog>,
+    connections: u32,
+) -> anyhow::Result<Installed> {
     if let Some(from) = migrate::needed(pins)? {
-        migrate::migrate(pins, object, log)?;
+        migrate::migrate(pins, object, log, connections)?;
         return Ok(Installed::Migrated { from });
     }
     let pinned_log = if pins.is_loaded() {
@@ -63,7 +71,7 @@ pub fn install(pins: &PinDir, object: &[u8], log: Option<EbpfLog>) -> anyhow::Re
     let log = log.or(pinned_log).unwrap_or_default();
     // Written before the program is loaded or swapped in: an interrupted install then
     // re-installs rather than adopts (the level would not match).
-    let mut ebpf = load(pins, object, log, LAYOUT_VERSION)?;
+    let mut ebpf = load(pins, object, log, LAYOUT_VERSION, connections)?;
     load_programs(&mut ebpf)?;
     let pinned_tag = pinned_tag(&pins.program())?;
     let new_tag = object::xdp_program(&mut ebpf)?.info()?.tag();
@@ -78,7 +86,7 @@ pub fn install(pins: &PinDir, object: &[u8], log: Option<EbpfLog>) -> anyhow::Re
     })
 }
 
-/// Loads (verifies) the XDP and the TC program of a loaded object.
+/// Loads (verifies) the XDP and the two TC programs of a loaded object.
 pub fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     object::xdp_program(ebpf)?.load().with_context(|| {
         format!(
@@ -91,31 +99,59 @@ pub fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
             "loading TC program {} (the verifier log follows)",
             programs::TC_MARK
         )
+    })?;
+    object::tc_conns_program(ebpf)?.load().with_context(|| {
+        format!(
+            "loading TC program {} (the verifier log follows)",
+            programs::TC_CONNS
+        )
     })
 }
 
 /// Swaps the loaded programs of `ebpf` in behind every link pinned in `pins` and pins them
-/// in place of the old ones. The TC half first: what it reads (XDP metadata) is written by
-/// either XDP version.
+/// in place of the old ones. The TC halves first: what the mark program reads (XDP metadata)
+/// is written by either XDP version, and the connection table's halves share its layout.
 pub fn swap_programs(ebpf: &mut Ebpf, pins: &PinDir) -> anyhow::Result<()> {
     let tc_links = pins.tc_links()?.into_iter().map(|(_, path)| path);
     swap_in(object::tc_mark_program(ebpf)?, tc_links, &pins.tc_program())?;
+    let conns_links = pins.tc_conns_links()?.into_iter().map(|(_, path)| path);
+    swap_in(
+        object::tc_conns_program(ebpf)?,
+        conns_links,
+        &pins.tc_conns_program(),
+    )?;
     let xdp_links = pins.links()?.into_iter().map(|link| link.path);
     swap_in(object::xdp_program(ebpf)?, xdp_links, &pins.program())
 }
 
-/// Pins the loaded program `id` (the XDP program if `xdp`, else the TC one) at `path`.
-pub fn pin_program_by_id(id: u32, path: &Path, xdp: bool) -> anyhow::Result<()> {
+/// Which of the datapath's programs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    Xdp,
+    TcMark,
+    TcConns,
+}
+
+/// Pins the loaded program `id` (of `kind`) at `path`.
+pub fn pin_program_by_id(id: u32, path: &Path, kind: ProgramKind) -> anyhow::Result<()> {
     let info = aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|info| info.id() == id)
         .with_context(|| format!("program {id} is no longer loaded"))?;
-    let pinned = if xdp {
-        Xdp::from_program_info(info, programs::XDP.into(), XdpAttachType::Interface)
-            .map(|mut program| program.pin(path))
-    } else {
-        SchedClassifier::from_program_info(info, programs::TC_MARK.into())
-            .map(|mut program| program.pin(path))
+    let pinned = match kind {
+        ProgramKind::Xdp => {
+            Xdp::from_program_info(info, programs::XDP.into(), XdpAttachType::Interface)
+                .map(|mut program| program.pin(path))
+        }
+        ProgramKind::TcMark | ProgramKind::TcConns => {
+            let name = if kind == ProgramKind::TcMark {
+                programs::TC_MARK
+            } else {
+                programs::TC_CONNS
+            };
+            SchedClassifier::from_program_info(info, name.into())
+                .map(|mut program| program.pin(path))
+        }
     };
     pinned
         .with_context(|| format!("opening program {id}"))?
@@ -125,10 +161,19 @@ pub fn pin_program_by_id(id: u32, path: &Path, xdp: bool) -> anyhow::Result<()> 
 
 /// Loads `object` with every map pinned in `maps_at` (created there, or reused when already
 /// pinned: aya's `map_pin_path`), the log level set, and META stamped with `version` and
-/// the level. The programs are not loaded yet.
-pub fn load(maps_at: &PinDir, object: &[u8], log: EbpfLog, version: u32) -> anyhow::Result<Ebpf> {
+/// the level. A connection table made now holds `connections` entries. The programs are not
+/// loaded yet.
+pub fn load(
+    maps_at: &PinDir,
+    object: &[u8],
+    log: EbpfLog,
+    version: u32,
+    connections: u32,
+) -> anyhow::Result<Ebpf> {
     let level = log.level();
     let mut loader = object::loader(&level);
+    warn_if_resized(maps_at, connections);
+    loader.map_max_entries(CONNS, connections);
     let paths: Vec<(&str, PathBuf)> = apns_common::maps::ALL
         .iter()
         .map(|layout| (layout.name, maps_at.map(layout.name)))
@@ -147,6 +192,22 @@ pub fn load(maps_at: &PinDir, object: &[u8], log: EbpfLog, version: u32) -> anyh
     }
     stamp(&mut ebpf, version, log)?;
     Ok(ebpf)
+}
+
+/// A pinned connection table keeps its size: the kernel cannot resize a map, and a new one
+/// would lose every connection tracked. Says so when the config asks for another.
+fn warn_if_resized(pins: &PinDir, connections: u32) {
+    let path = pins.map(CONNS);
+    let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+        return;
+    };
+    if info.max_entries() != connections {
+        tracing::warn!(
+            "the pinned connection table {} holds {} connections; the config's [clients] table_size ({connections}) applies when the datapath is made again (`apns-agent unload`, then `run`; the connections tracked so far are lost)",
+            path.display(),
+            info.max_entries()
+        );
+    }
 }
 
 /// Writes META of a loaded object: the layout `version` and the log level.

@@ -13,6 +13,7 @@ use aya::{
 };
 
 use super::{
+    conns::ConnMaps,
     counters::{CounterMaps, Snapshot},
     events::EventMaps,
     interfaces::{FastPath, InterfaceMaps},
@@ -52,6 +53,7 @@ pub struct Instance {
     pub counters: CounterMaps,
     pub events: EventMaps,
     pub interfaces: InterfaceMaps,
+    pub conns: ConnMaps,
 }
 
 impl Instance {
@@ -74,6 +76,7 @@ impl Instance {
         let counters = CounterMaps::open(open)?;
         let mut events = EventMaps::open(open)?;
         let interfaces = InterfaceMaps::open(open)?;
+        let conns = ConnMaps::open(open)?;
         policy_maps.apply(policy)?;
         events.set_config(EventConfig::default())?;
         Ok(Self {
@@ -82,6 +85,7 @@ impl Instance {
             counters,
             events,
             interfaces,
+            conns,
         })
     }
 
@@ -176,6 +180,7 @@ pub fn map_handle(ebpf: &Ebpf, name: &str) -> anyhow::Result<Map> {
         | Map::DevMapHash(data)
         | Map::RingBuf(data)
         | Map::HashMap(data)
+        | Map::LruHashMap(data)
         | Map::PerCpuHashMap(data) => data,
         _ => anyhow::bail!("map {name} has a type map_handle does not know"),
     };

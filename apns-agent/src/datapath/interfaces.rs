@@ -1,4 +1,4 @@
-//! The datapath's per-interface state: the counter slot and fast-path setting
+//! The datapath's per-interface state: the counter slot, fast-path setting and role
 //! (`APNS_IFACES`, an array by ifindex) and the egress devmap the redirect fast path forwards
 //! through (`APNS_TX_PORTS`). Every attached interface has an entry in both; detaching
 //! clears them (the counter slot stays reserved for the ifindex until it is recycled, see
@@ -13,6 +13,29 @@ use apns_common::{
 use aya::maps::{Array, DevMapHash, Map, MapData, MapError};
 
 use super::counters::SlotMaps;
+
+/// What an interface faces, for the connection table (config `[roles]`; docs/clients.md):
+/// the devices' packets entering a `devices` interface and Apple's leaving through one are
+/// recorded; an `upstream` interface feeds the table nothing of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InterfaceRole {
+    /// Toward the devices (the LAN side).
+    Devices,
+    /// Toward the Internet and Apple, or anything else (the default).
+    #[default]
+    Upstream,
+}
+
+impl apns_common::label::Label for InterfaceRole {
+    const WHAT: &'static str = "interface role";
+    const ALL: &'static [InterfaceRole] = &[InterfaceRole::Devices, InterfaceRole::Upstream];
+    fn as_str(self) -> &'static str {
+        match self {
+            InterfaceRole::Devices => "devices",
+            InterfaceRole::Upstream => "upstream",
+        }
+    }
+}
 
 /// The `skb->mark` bits the mark fast path sets: `mark = (mark & !mask) | value`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -155,6 +178,40 @@ impl InterfaceMaps {
             mask: config.mark_mask,
         };
         Ok(Some((fastpath, mark)))
+    }
+
+    /// Sets the role of an attached interface (its [`flags::DEVICES`] bit). An interface past
+    /// `APNS_IFACES` has no entry: it can only be upstream.
+    pub fn set_role(&mut self, ifindex: u32, role: InterfaceRole) -> anyhow::Result<()> {
+        if ifindex >= IFACES_MAX_ENTRIES {
+            anyhow::ensure!(
+                role == InterfaceRole::Upstream,
+                "ifindex {ifindex} is past the datapath's interface table ({IFACES_MAX_ENTRIES} entries): the interface cannot face the devices"
+            );
+            return Ok(());
+        }
+        let mut config = read_entry(&self.ifaces, ifindex)?;
+        match role {
+            InterfaceRole::Devices => config.flags |= flags::DEVICES,
+            InterfaceRole::Upstream => config.flags &= !flags::DEVICES,
+        }
+        self.write_entry(ifindex, &config)
+    }
+
+    /// The role of `ifindex`; `None` when the interface is not registered.
+    pub fn role(&self, ifindex: u32) -> anyhow::Result<Option<InterfaceRole>> {
+        if ifindex >= IFACES_MAX_ENTRIES {
+            return Ok(None);
+        }
+        let config = read_entry(&self.ifaces, ifindex)?;
+        if config.flags & flags::ATTACHED == 0 {
+            return Ok(None);
+        }
+        Ok(Some(if config.flags & flags::DEVICES != 0 {
+            InterfaceRole::Devices
+        } else {
+            InterfaceRole::Upstream
+        }))
     }
 
     fn write_entry(&mut self, ifindex: u32, config: &IfaceConfig) -> anyhow::Result<()> {

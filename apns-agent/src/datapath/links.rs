@@ -127,26 +127,54 @@ pub fn remove(path: &std::path::Path) -> anyhow::Result<()> {
 
 /// Attaches the mark fast path's TC ingress program to `interface` (kept when already there).
 pub fn attach_tc(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
-    let path = pins.tc_link(interface);
+    attach_tcx(
+        &pins.tc_program(),
+        &pins.tc_link(interface),
+        interface,
+        TcAttachType::Ingress,
+        programs::TC_MARK,
+    )
+}
+
+/// Attaches the connection table's TC egress program to `interface`, a device-facing one
+/// (kept when already there).
+pub fn attach_tc_conns(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
+    attach_tcx(
+        &pins.tc_conns_program(),
+        &pins.tc_conns_link(interface),
+        interface,
+        TcAttachType::Egress,
+        programs::TC_CONNS,
+    )
+}
+
+/// Attaches the TC program pinned at `program_pin` to `interface` (TCX, `attach_type`) and
+/// pins the link at `path`; nothing to do when that pin exists.
+fn attach_tcx(
+    program_pin: &std::path::Path,
+    path: &std::path::Path,
+    interface: &str,
+    attach_type: TcAttachType,
+    name: &str,
+) -> anyhow::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let mut program = SchedClassifier::from_pin(pins.tc_program())
-        .with_context(|| format!("opening the pinned program {}", pins.tc_program().display()))?;
+    let direction = match attach_type {
+        TcAttachType::Egress => "TC egress",
+        _ => "TC ingress",
+    };
+    let mut program = SchedClassifier::from_pin(program_pin)
+        .with_context(|| format!("opening the pinned program {}", program_pin.display()))?;
     let id = program
-        .attach(interface, TcAttachType::Ingress)
-        .with_context(|| {
-            format!(
-                "attaching {} to {interface} (TC ingress)",
-                programs::TC_MARK
-            )
-        })?;
+        .attach(interface, attach_type)
+        .with_context(|| format!("attaching {name} to {interface} ({direction})"))?;
     let link: FdLink = program.take_link(id)?.try_into().with_context(|| {
         format!("{interface}: TC attached without a bpf_link (kernel older than 6.6?)")
     })?;
-    link.pin(&path)
+    link.pin(path)
         .with_context(|| format!("pinning the TC link of {interface} at {}", path.display()))?;
-    restrict(&path)
+    restrict(path)
 }
 
 /// Refuses a link pin name that is not ours before anything is changed.

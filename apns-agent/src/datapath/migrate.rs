@@ -96,13 +96,18 @@ pub fn needed(pins: &PinDir) -> anyhow::Result<Option<u32>> {
 
 /// Migrates the datapath pinned in `pins` to this agent's layout; see the module
 /// documentation. The caller holds the pin directory's lock.
-pub fn migrate(pins: &PinDir, object: &[u8], log: Option<EbpfLog>) -> anyhow::Result<()> {
+pub fn migrate(
+    pins: &PinDir,
+    object: &[u8],
+    log: Option<EbpfLog>,
+    connections: u32,
+) -> anyhow::Result<()> {
     let staging = staging(pins);
     let staged =
         staging.map(META).exists() && layout::read_meta(&staging)?.layout_version == LAYOUT_VERSION;
     if !staged {
         let log = log.unwrap_or(layout::ebpf_log(pins)?);
-        carry_over(pins, &staging, object, log).with_context(|| {
+        carry_over(pins, &staging, object, log, connections).with_context(|| {
             format!(
                 "migrating the datapath pinned at {} from map layout {} to {LAYOUT_VERSION} (the old datapath keeps running; `apns-agent run` again retries)",
                 pins.root().display(),
@@ -125,11 +130,17 @@ pub fn migrate(pins: &PinDir, object: &[u8], log: Option<EbpfLog>) -> anyhow::Re
 }
 
 /// Steps 1 to 4.
-fn carry_over(pins: &PinDir, staging: &PinDir, object: &[u8], log: EbpfLog) -> anyhow::Result<()> {
+fn carry_over(
+    pins: &PinDir,
+    staging: &PinDir,
+    object: &[u8],
+    log: EbpfLog,
+    connections: u32,
+) -> anyhow::Result<()> {
     let contents = previous::contents(pins)?;
     staging.prepare()?;
     // Layout 0 in the staging META until the counts are carried.
-    let mut ebpf = install::load(staging, object, log, 0)?;
+    let mut ebpf = install::load(staging, object, log, 0, connections)?;
     {
         let open = |name: &'static str| open_pinned_map(staging, name);
         let mut interfaces = InterfaceMaps::open(open)?;

@@ -20,6 +20,7 @@
 //! `status`, `sys` (raw bpf calls aya lacks), `instance` (a private, unpinned instance for
 //! BPF_PROG_TEST_RUN).
 
+pub mod conns;
 pub mod counters;
 pub mod events;
 pub mod hooks;
@@ -39,10 +40,16 @@ pub mod reconcile;
 pub mod status;
 mod sys;
 
-use std::{collections::BTreeMap, os::unix::fs::MetadataExt as _};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    os::unix::fs::MetadataExt as _,
+};
 
 use anyhow::{bail, Context as _};
-use apns_common::{events::EventConfig, maps::ACTIVE};
+use apns_common::{
+    events::EventConfig,
+    maps::{ACTIVE, CONNS_DEFAULT_ENTRIES},
+};
 
 pub use install::Installed;
 pub use links::XdpMode;
@@ -50,9 +57,10 @@ pub use object::EbpfLog;
 pub use pins::{Lock, PinDir};
 
 use self::{
+    conns::ConnMaps,
     counters::CounterMaps,
     events::EventMaps,
-    interfaces::{FastPath, InterfaceMaps, MarkBits},
+    interfaces::{FastPath, InterfaceMaps, InterfaceRole, MarkBits},
     pins::LinkPin,
     policy::Policy,
     policy_maps::PolicyMaps,
@@ -67,6 +75,7 @@ pub struct Datapath {
     pub counters: CounterMaps,
     pub interfaces: InterfaceMaps,
     pub events: EventMaps,
+    pub conns: ConnMaps,
     identity: Identity,
     /// Kernel id of every map, by name: what [`Datapath::repair_pins`] re-pins from.
     map_ids: Vec<(&'static str, u32)>,
@@ -111,6 +120,7 @@ impl Datapath {
             counters: CounterMaps::open(open)?,
             interfaces: InterfaceMaps::open(open)?,
             events: EventMaps::open(open)?,
+            conns: ConnMaps::open(open)?,
             identity,
             map_ids,
         })
@@ -129,16 +139,37 @@ impl Datapath {
         Datapath::install_object(pins, lock, object::OBJECT, log)
     }
 
+    /// [`Datapath::install`] with a connection table of `connections` entries if it makes
+    /// one (the config's `[clients] table_size`; a pinned table keeps its size).
+    pub fn install_sized(
+        pins: &PinDir,
+        lock: &Lock,
+        log: Option<EbpfLog>,
+        connections: u32,
+    ) -> anyhow::Result<(Datapath, Installed)> {
+        Datapath::install_with(pins, lock, object::OBJECT, log, connections)
+    }
+
     /// [`Datapath::install`] with another build of the datapath object (upgrade tests).
     pub fn install_object(
+        pins: &PinDir,
+        lock: &Lock,
+        object: &[u8],
+        log: Option<EbpfLog>,
+    ) -> anyhow::Result<(Datapath, Installed)> {
+        Datapath::install_with(pins, lock, object, log, CONNS_DEFAULT_ENTRIES)
+    }
+
+    fn install_with(
         pins: &PinDir,
         _lock: &Lock,
         object: &[u8],
         log: Option<EbpfLog>,
+        connections: u32,
     ) -> anyhow::Result<(Datapath, Installed)> {
         pins.prepare()?;
         let fresh = !pins.is_loaded();
-        let installed = install::install(pins, object, log).and_then(|installed| {
+        let installed = install::install(pins, object, log, connections).and_then(|installed| {
             let mut datapath = Datapath::open(pins)?;
             if fresh {
                 datapath.policy.apply(&Policy::apple_defaults())?;
@@ -199,9 +230,24 @@ impl Datapath {
             .into_iter()
             .map(|(_, path)| path)
             .collect();
-        for (pin, links, xdp) in [
-            (self.pins.program(), xdp_links, true),
-            (self.pins.tc_program(), tc_links, false),
+        let conns_links: Vec<_> = self
+            .pins
+            .tc_conns_links()?
+            .into_iter()
+            .map(|(_, path)| path)
+            .collect();
+        for (pin, links, kind) in [
+            (self.pins.program(), xdp_links, install::ProgramKind::Xdp),
+            (
+                self.pins.tc_program(),
+                tc_links,
+                install::ProgramKind::TcMark,
+            ),
+            (
+                self.pins.tc_conns_program(),
+                conns_links,
+                install::ProgramKind::TcConns,
+            ),
         ] {
             if pin.exists() {
                 continue;
@@ -213,7 +259,7 @@ impl Datapath {
             else {
                 continue;
             };
-            install::pin_program_by_id(id, &pin, xdp)?;
+            install::pin_program_by_id(id, &pin, kind)?;
             repaired.push(format!("program {}", pin.display()));
         }
         Ok(repaired)
@@ -247,10 +293,11 @@ impl Datapath {
             .iter()
             .map(|link| {
                 InterfaceStatus::of(link, |ifindex| {
-                    Ok(self
+                    let fastpath = self
                         .interfaces
                         .fastpath(ifindex)?
-                        .map(|(fastpath, _)| fastpath))
+                        .map(|(fastpath, _)| fastpath);
+                    Ok((fastpath, self.interfaces.role(ifindex)?))
                 })
             })
             .collect()
@@ -260,11 +307,15 @@ impl Datapath {
     /// one part of.
     pub fn live(&self) -> anyhow::Result<Desired> {
         let mut interfaces = BTreeMap::new();
+        let mut devices = BTreeSet::new();
         let mut mark = None;
         for link in self.pins.links()? {
             let current = self.fastpath_of(&link)?;
             if let Some((_, bits)) = current {
                 mark.get_or_insert(bits);
+            }
+            if self.role_of(&link)? == InterfaceRole::Devices {
+                devices.insert(link.interface.clone());
             }
             interfaces.insert(
                 link.interface,
@@ -273,12 +324,22 @@ impl Datapath {
         }
         Ok(Desired {
             interfaces,
+            devices,
             xdp_mode: XdpMode::Auto,
             mark: mark
                 .filter(|bits| bits.validate().is_ok())
                 .unwrap_or_default(),
             policy: self.policy.read_active()?,
             events: self.events.config()?,
+        })
+    }
+
+    /// The role of the device `link` was made for (upstream when unknown).
+    fn role_of(&self, link: &LinkPin) -> anyhow::Result<InterfaceRole> {
+        let ifindex = running_on(link).or_else(|| links::ifindex(&link.interface).ok());
+        Ok(match ifindex {
+            Some(index) => self.interfaces.role(index)?.unwrap_or_default(),
+            None => InterfaceRole::default(),
         })
     }
 
@@ -315,8 +376,14 @@ impl Datapath {
         let mut changes = Changes::default();
         let mut attached_here = Vec::new();
         for &(interface, ifindex, fastpath) in &new {
-            let attached =
-                self.attach(interface, ifindex, fastpath, desired.mark, desired.xdp_mode);
+            let attached = self.attach(
+                interface,
+                ifindex,
+                fastpath,
+                desired.role(interface),
+                desired.mark,
+                desired.xdp_mode,
+            );
             match attached {
                 Ok((mode, path)) => {
                     attached_here.push((interface, ifindex, path));
@@ -342,6 +409,20 @@ impl Datapath {
             let Some(ifindex) = running_on(link) else {
                 continue;
             };
+            let role = desired.role(&link.interface);
+            let current_role = self.interfaces.role(ifindex)?.unwrap_or_default();
+            // A TC link pin removed by hand is put back too.
+            let conns_link = self.pins.tc_conns_link(&link.interface).exists();
+            if current_role != role || conns_link != (role == InterfaceRole::Devices) {
+                self.set_role(&link.interface, ifindex, role)?;
+                if current_role != role {
+                    changes.0.push(Change::Role {
+                        interface: link.interface.clone(),
+                        from: current_role,
+                        to: role,
+                    });
+                }
+            }
             let current = self.interfaces.fastpath(ifindex)?;
             if current == Some((fastpath, desired.mark)) {
                 continue;
@@ -398,13 +479,21 @@ impl Datapath {
             }
             neighbours::check_free(&link.interface, ifindex, &self.pins)?;
             let (fastpath, mark) = self.fastpath_of(&link)?.unwrap_or_default();
+            let role = self.role_of(&link)?;
             self.drop_interface(&link.interface, running_on(&link).unwrap_or(0), &link.path)?;
             let mark = if mark.validate().is_ok() {
                 mark
             } else {
                 MarkBits::default()
             };
-            let (mode, _) = self.attach(&link.interface, ifindex, fastpath, mark, XdpMode::Auto)?;
+            let (mode, _) = self.attach(
+                &link.interface,
+                ifindex,
+                fastpath,
+                role,
+                mark,
+                XdpMode::Auto,
+            )?;
             changes.0.push(Change::Reattached {
                 interface: link.interface,
                 mode,
@@ -413,21 +502,23 @@ impl Datapath {
         Ok(changes)
     }
 
-    /// Attaches `interface` (index `ifindex`) with `fastpath`; returns the mode and the link
-    /// pin. A failure leaves nothing of it behind.
+    /// Attaches `interface` (index `ifindex`) with `fastpath` and `role`; returns the mode and
+    /// the link pin. A failure leaves nothing of it behind.
     fn attach(
         &mut self,
         interface: &str,
         ifindex: u32,
         fastpath: FastPath,
+        role: InterfaceRole,
         mark: MarkBits,
         xdp_mode: XdpMode,
     ) -> anyhow::Result<(pins::AttachMode, std::path::PathBuf)> {
-        // The fast path before the link: the first packet already takes it.
+        // The fast path and role before the link: the first packet already takes them.
         let attached = self
             .interfaces
             .register(ifindex, FastPath::Pass)
             .and_then(|()| self.set_fastpath(interface, ifindex, fastpath, mark))
+            .and_then(|()| self.set_role(interface, ifindex, role))
             .and_then(|()| links::attach_xdp(&self.pins, interface, ifindex, xdp_mode));
         match attached {
             Ok(mode) => Ok((mode, self.pins.link(interface, ifindex, mode))),
@@ -462,6 +553,27 @@ impl Datapath {
         }
     }
 
+    /// Sets the role of an attached interface: a device-facing one gets the connection
+    /// table's TC egress program (before its flag is set, so Apple's packets are recorded as
+    /// soon as the device's are), an upstream one loses it.
+    fn set_role(
+        &mut self,
+        interface: &str,
+        ifindex: u32,
+        role: InterfaceRole,
+    ) -> anyhow::Result<()> {
+        match role {
+            InterfaceRole::Devices => {
+                links::attach_tc_conns(&self.pins, interface)?;
+                self.interfaces.set_role(ifindex, role)
+            }
+            InterfaceRole::Upstream => {
+                self.interfaces.set_role(ifindex, role)?;
+                links::remove(&self.pins.tc_conns_link(interface))
+            }
+        }
+    }
+
     /// Detaches `interface`: its XDP link (pinned at `link`), then what
     /// [`Datapath::forget_interface`] removes.
     fn drop_interface(
@@ -474,10 +586,11 @@ impl Datapath {
         self.forget_interface(interface, ifindex)
     }
 
-    /// Removes `interface`'s TC link and its entries in the interface maps (`ifindex` 0: the
+    /// Removes `interface`'s TC links and its entries in the interface maps (`ifindex` 0: the
     /// device is gone, and so are they).
     fn forget_interface(&mut self, interface: &str, ifindex: u32) -> anyhow::Result<()> {
         links::remove(&self.pins.tc_link(interface))?;
+        links::remove(&self.pins.tc_conns_link(interface))?;
         if ifindex != 0 {
             self.interfaces.unregister(ifindex)?;
         }
@@ -509,7 +622,7 @@ pub fn status_unloaded(pins: &PinDir) -> Status {
 /// Detaches every interface and removes every pin (programs and maps unload with them).
 /// Works on an incomplete or foreign pin directory too: it needs no layout check.
 pub fn unload(pins: &PinDir, _lock: &Lock) -> anyhow::Result<()> {
-    for (_, path) in pins.tc_links()? {
+    for (_, path) in pins.tc_links()?.into_iter().chain(pins.tc_conns_links()?) {
         links::remove(&path)?;
     }
     for link in pins.links()? {

@@ -111,6 +111,14 @@ pub fn xdp_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut Xdp> {
         .with_context(|| format!("program {} is not an XDP program", programs::XDP))
 }
 
+/// The TC egress program of the connection table in a loaded object.
+pub fn tc_conns_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    ebpf.program_mut(programs::TC_CONNS)
+        .with_context(|| format!("the object has no program named {}", programs::TC_CONNS))?
+        .try_into()
+        .with_context(|| format!("program {} is not a TC classifier", programs::TC_CONNS))
+}
+
 /// The TC program of the mark fast path in a loaded object.
 pub fn tc_mark_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
     ebpf.program_mut(programs::TC_MARK)

@@ -10,6 +10,9 @@
 //!                       one bpf_link per interface; mode is native or skb
 //! tc-program            the mark fast path's TC ingress program
 //! tc-links/<ifname>     its TCX link, on interfaces whose fast path is `mark`
+//! tc-conns-program      the connection table's TC egress program
+//! tc-conns-links/<ifname>
+//!                       its TCX link, on device-facing interfaces (config `[roles]`)
 //! ```
 //!
 //! A link pin records the interface it was made for: its name, and its ifindex in the
@@ -143,6 +146,23 @@ impl PinDir {
             .collect())
     }
 
+    pub fn tc_conns_program(&self) -> PathBuf {
+        self.root.join("tc-conns-program")
+    }
+
+    pub fn tc_conns_links_dir(&self) -> PathBuf {
+        self.root.join("tc-conns-links")
+    }
+
+    pub fn tc_conns_link(&self, interface: &str) -> PathBuf {
+        self.tc_conns_links_dir().join(interface)
+    }
+
+    /// The connection table's TC egress link pins present: (interface, path), sorted.
+    pub fn tc_conns_links(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        list(&self.tc_conns_links_dir())
+    }
+
     pub fn link(&self, interface: &str, ifindex: u32, mode: AttachMode) -> PathBuf {
         self.links_dir().join(format!(
             "{}:{ifindex}:{}",
@@ -202,6 +222,7 @@ impl PinDir {
             self.maps_dir(),
             self.links_dir(),
             self.tc_links_dir(),
+            self.tc_conns_links_dir(),
         ] {
             fs::DirBuilder::new()
                 .recursive(true)

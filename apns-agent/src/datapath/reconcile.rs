@@ -12,17 +12,20 @@
 //!    their first packet already takes it); links whose interface was re-created under the
 //!    same name are moved to the new one. If any attach fails, the ones made by this call
 //!    are removed again.
-//! 3. Fast paths of the interfaces kept.
+//! 3. Fast paths and roles of the interfaces kept.
 //! 4. The policy, as a whole (one generation switch; see `policy_maps`).
 //! 5. The drop-event limits.
 //! 6. Interfaces no longer wanted are detached, last: until then they keep enforcing.
 
-use std::{collections::BTreeMap, fmt};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use apns_common::{events::EventConfig, label::Label};
 
 use super::{
-    interfaces::{FastPath, MarkBits},
+    interfaces::{FastPath, InterfaceRole, MarkBits},
     links::XdpMode,
     pins::AttachMode,
     policy::Policy,
@@ -34,6 +37,9 @@ pub struct Desired {
     /// The interfaces to attach, with their fast path. Every other attached interface is
     /// detached.
     pub interfaces: BTreeMap<String, FastPath>,
+    /// Those of `interfaces` that face the devices (role `devices`, config `[roles]`); the
+    /// others are upstream. Only the config sets roles.
+    pub devices: BTreeSet<String>,
     /// How to attach interfaces that are not attached yet (those that are keep their mode).
     pub xdp_mode: XdpMode,
     /// The bits the `mark` fast path sets.
@@ -62,6 +68,11 @@ pub enum Change {
         interface: String,
         from: FastPath,
         to: FastPath,
+    },
+    Role {
+        interface: String,
+        from: InterfaceRole,
+        to: InterfaceRole,
     },
     Policy {
         summary: String,
@@ -94,6 +105,11 @@ impl fmt::Display for Change {
                 from.as_str(),
                 to.as_str()
             ),
+            Change::Role {
+                interface,
+                from,
+                to,
+            } => write!(f, "{interface}: role {} -> {}", from.as_str(), to.as_str()),
             Change::Policy { summary } => write!(f, "policy: {summary}"),
             Change::Events { from, to } => write!(
                 f,
@@ -110,6 +126,17 @@ impl fmt::Display for Change {
 /// What one reconcile changed, in the order it changed it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes(pub Vec<Change>);
+
+impl Desired {
+    /// The role `desired` gives `interface`.
+    pub fn role(&self, interface: &str) -> InterfaceRole {
+        if self.devices.contains(interface) {
+            InterfaceRole::Devices
+        } else {
+            InterfaceRole::Upstream
+        }
+    }
+}
 
 impl Changes {
     pub fn is_empty(&self) -> bool {

@@ -6,7 +6,7 @@ use aya::programs::ProgramInfo;
 use serde::Serialize;
 
 use super::{
-    interfaces::FastPath,
+    interfaces::{FastPath, InterfaceRole},
     links,
     pins::{LinkPin, PinDir},
     policy::Policy,
@@ -101,16 +101,19 @@ pub struct InterfaceStatus {
     /// The fast path of the device the link runs on; absent when it is gone.
     #[serde(serialize_with = "crate::label::serialize_option")]
     pub fastpath: Option<FastPath>,
+    /// Its role for the connection table (devices or upstream); absent when it is gone.
+    #[serde(serialize_with = "crate::label::serialize_option")]
+    pub role: Option<InterfaceRole>,
     pub program_id: Option<u32>,
     pub link_id: Option<u32>,
     pub link_pin: String,
 }
 
 impl InterfaceStatus {
-    /// The state of `link`; `fastpath` reads the fast path of an ifindex.
+    /// The state of `link`; `settings` reads the fast path and role of an ifindex.
     pub fn of(
         link: &LinkPin,
-        fastpath: impl Fn(u32) -> anyhow::Result<Option<FastPath>>,
+        settings: impl Fn(u32) -> anyhow::Result<(Option<FastPath>, Option<InterfaceRole>)>,
     ) -> anyhow::Result<InterfaceStatus> {
         let facts = links::facts(link);
         let ifindex = facts.map(|facts| facts.ifindex);
@@ -125,6 +128,10 @@ impl InterfaceStatus {
             (Some(_), None) => LinkState::OtherNamespace,
         };
         let attached = matches!(state, LinkState::Attached | LinkState::Renamed);
+        let (fastpath, role) = match ifindex.filter(|_| attached) {
+            Some(index) => settings(index)?,
+            None => (None, None),
+        };
         Ok(InterfaceStatus {
             interface: link.interface.clone(),
             attached,
@@ -132,10 +139,8 @@ impl InterfaceStatus {
             ifindex,
             current_name: current_name.filter(|name| *name != link.interface),
             xdp_mode: link.mode.as_str(),
-            fastpath: match ifindex.filter(|_| attached) {
-                Some(index) => fastpath(index)?,
-                None => None,
-            },
+            fastpath,
+            role,
             program_id: facts.map(|facts| facts.program_id),
             link_id: facts.map(|facts| facts.link_id),
             link_pin: link.path.display().to_string(),
@@ -160,10 +165,11 @@ impl InterfaceStatus {
             LinkState::Unreadable => "NOT attached (stale pin)".to_owned(),
         };
         format!(
-            "interface {}: {state}, {} mode, fast path {}, program {}, link {} ({})",
+            "interface {}: {state}, {} mode, fast path {}, role {}, program {}, link {} ({})",
             self.interface,
             self.xdp_mode,
             self.fastpath.map_or("-", |fastpath| fastpath.as_str()),
+            self.role.map_or("-", |role| role.as_str()),
             self.program_id.map_or("-".to_owned(), |id| id.to_string()),
             self.link_id.map_or("-".to_owned(), |id| id.to_string()),
             self.link_pin

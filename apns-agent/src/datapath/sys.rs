@@ -1,6 +1,8 @@
 //! The bpf(2) calls aya 0.14 does not expose for what we need: opening a link by pin path or
 //! by id and reading its `bpf_link_info`, whose XDP and TCX members carry the ifindex the
-//! link is attached to (aya's `LinkInfo` keeps that field private).
+//! link is attached to (aya's `LinkInfo` keeps that field private); and reading a hash map
+//! in batches (`BPF_MAP_LOOKUP_BATCH`: the connection table in a few calls instead of two
+//! per entry).
 
 use std::{
     ffi::CString,
@@ -19,6 +21,7 @@ use aya_obj::generated::bpf_link_info;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 
 /// `union bpf_attr` as BPF_OBJ_GET reads it.
 #[repr(C)]
@@ -92,6 +95,68 @@ fn link_info(fd: &OwnedFd) -> io::Result<LinkFacts> {
         program_id: info.prog_id,
         ifindex,
     })
+}
+
+/// `union bpf_attr` as the BPF_MAP_*_BATCH commands read it.
+#[repr(C)]
+struct Batch {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every entry of the hash map `fd` (keys and values of `key_size` and `value_size`
+/// bytes), read `per_call` at a time with BPF_MAP_LOOKUP_BATCH: the keys and the values, each
+/// entry's bytes one after the other. The kernel walks the map bucket by bucket, each under
+/// its lock, so an entry changed meanwhile comes at most once.
+pub fn lookup_batch(
+    fd: std::os::fd::BorrowedFd,
+    key_size: usize,
+    value_size: usize,
+    per_call: usize,
+) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    let mut key_buf = vec![0u8; per_call * key_size];
+    let mut value_buf = vec![0u8; per_call * value_size];
+    // The batch token: a bucket number for hash maps; a key's room is plenty.
+    let mut token_in = vec![0u8; key_size.max(8)];
+    let mut token_out = vec![0u8; key_size.max(8)];
+    let mut first = true;
+    loop {
+        let mut attr = Batch {
+            in_batch: if first {
+                0
+            } else {
+                token_in.as_mut_ptr() as u64
+            },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: key_buf.as_mut_ptr() as u64,
+            values: value_buf.as_mut_ptr() as u64,
+            count: per_call as u32,
+            map_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+            elem_flags: 0,
+            flags: 0,
+        };
+        let done = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+            Ok(_) => false,
+            // The last batch: what it filled is in `count`.
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(err) => return Err(err),
+        };
+        let count = attr.count as usize;
+        keys.extend_from_slice(&key_buf[..count * key_size]);
+        values.extend_from_slice(&value_buf[..count * value_size]);
+        if done {
+            return Ok((keys, values));
+        }
+        std::mem::swap(&mut token_in, &mut token_out);
+        first = false;
+    }
 }
 
 fn obj_get(path: &Path) -> io::Result<OwnedFd> {

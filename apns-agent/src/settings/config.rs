@@ -7,9 +7,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::time::Duration;
+
 use anyhow::Context as _;
 use apns_common::{
     events::EventConfig,
+    maps::CONNS_DEFAULT_ENTRIES,
     policy::{role, Role},
 };
 use ipnet::IpNet;
@@ -17,12 +20,13 @@ use serde::Deserialize;
 
 use crate::{
     datapath::{
-        interfaces::{FastPath, MarkBits},
+        interfaces::{FastPath, InterfaceRole, MarkBits},
         links::{check_interface_name, XdpMode},
         pins::DEFAULT_PIN_DIR,
         policy::{parse_prefix, ApplePreset, Mode, Policy, DEFAULT_PORTS},
     },
     label::{self, Labeled},
+    telemetry::clients::Rules,
 };
 
 pub const DEFAULT_CONFIG: &str = "/etc/apns-agent/config.toml";
@@ -41,7 +45,34 @@ pub struct Config {
     pub sources: PrefixSources,
     /// The drop events' rate limit and sampling.
     pub events: EventConfig,
+    /// Role per interface (config `[roles]`); interfaces not listed are upstream.
+    pub roles: BTreeMap<String, InterfaceRole>,
+    /// The connection table and the rules `clients` applies to it.
+    pub clients: ClientsConfig,
 }
+
+/// The config's `[clients]` table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientsConfig {
+    /// Connections the table holds (`APNS_CONNS`'s size when the datapath is made).
+    pub table_size: u32,
+    pub rules: Rules,
+}
+
+impl Default for ClientsConfig {
+    fn default() -> Self {
+        ClientsConfig {
+            table_size: CONNS_DEFAULT_ENTRIES,
+            rules: Rules::default(),
+        }
+    }
+}
+
+/// Bounds of `[clients] table_size`: at least a few entries per CPU (the kernel's LRU keeps
+/// per-CPU free lists), at most what a gateway's memory should give it (240 bytes an entry:
+/// 960 MiB).
+pub const TABLE_SIZE_MIN: u32 = 256;
+pub const TABLE_SIZE_MAX: u32 = 4 * 1024 * 1024;
 
 /// Where the allow-list and the provider list came from: the Apple preset, and the list
 /// files merged with the config's inline lists.
@@ -63,6 +94,8 @@ impl Default for Config {
             policy: Policy::apple_defaults(),
             sources: PrefixSources::default(),
             events: EventConfig::default(),
+            roles: BTreeMap::new(),
+            clients: ClientsConfig::default(),
         }
     }
 }
@@ -109,6 +142,92 @@ struct File {
     /// Drop-event limits; default 100 per CPU and second, every drop considered.
     #[serde(default)]
     events: Option<EventsFile>,
+    /// Interface to role (devices | upstream); default upstream everywhere.
+    #[serde(default)]
+    roles: BTreeMap<String, Labeled<InterfaceRole>>,
+    /// The connection table and the `clients` rules; defaults in [`ClientsConfig`].
+    #[serde(default)]
+    clients: Option<ClientsFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientsFile {
+    table_size: Option<TableSize>,
+    window: Option<Seconds>,
+    handshake_timeout: Option<Seconds>,
+    idle_cut_min: Option<Seconds>,
+    idle_cut_repeat: Option<Repeat>,
+    fallback_window: Option<Seconds>,
+    stale_after: Option<Seconds>,
+}
+
+/// `[clients] table_size`: within [`TABLE_SIZE_MIN`] and [`TABLE_SIZE_MAX`].
+#[derive(Deserialize)]
+#[serde(try_from = "u32")]
+struct TableSize(u32);
+
+impl TryFrom<u32> for TableSize {
+    type Error = String;
+    fn try_from(size: u32) -> Result<Self, String> {
+        if !(TABLE_SIZE_MIN..=TABLE_SIZE_MAX).contains(&size) {
+            return Err(format!(
+                "table_size {size} is out of range ({TABLE_SIZE_MIN} to {TABLE_SIZE_MAX} connections)"
+            ));
+        }
+        Ok(TableSize(size))
+    }
+}
+
+/// A duration in whole seconds, 1 or more.
+#[derive(Deserialize)]
+#[serde(try_from = "u64")]
+struct Seconds(Duration);
+
+impl TryFrom<u64> for Seconds {
+    type Error = String;
+    fn try_from(seconds: u64) -> Result<Self, String> {
+        if seconds == 0 {
+            return Err("a duration of 0 s: give 1 or more seconds".to_owned());
+        }
+        Ok(Seconds(Duration::from_secs(seconds)))
+    }
+}
+
+/// `[clients] idle_cut_repeat`: 1 or more.
+#[derive(Deserialize)]
+#[serde(try_from = "u32")]
+struct Repeat(u32);
+
+impl TryFrom<u32> for Repeat {
+    type Error = String;
+    fn try_from(count: u32) -> Result<Self, String> {
+        if count == 0 {
+            return Err("idle_cut_repeat must be 1 or more".to_owned());
+        }
+        Ok(Repeat(count))
+    }
+}
+
+impl ClientsFile {
+    fn resolve(self) -> ClientsConfig {
+        let defaults = ClientsConfig::default();
+        let rules = defaults.rules;
+        let or = |value: Option<Seconds>, default: Duration| value.map_or(default, |s| s.0);
+        ClientsConfig {
+            table_size: self.table_size.map_or(defaults.table_size, |size| size.0),
+            rules: Rules {
+                window: or(self.window, rules.window),
+                handshake_timeout: or(self.handshake_timeout, rules.handshake_timeout),
+                idle_cut_min: or(self.idle_cut_min, rules.idle_cut_min),
+                idle_cut_repeat: self
+                    .idle_cut_repeat
+                    .map_or(rules.idle_cut_repeat, |repeat| repeat.0),
+                fallback_window: or(self.fallback_window, rules.fallback_window),
+                stale_after: or(self.stale_after, rules.stale_after),
+            },
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -258,7 +377,12 @@ impl Config {
             providers,
         };
         policy.validate()?;
-        for interface in file.interfaces.iter().chain(file.fastpath.keys()) {
+        for interface in file
+            .interfaces
+            .iter()
+            .chain(file.fastpath.keys())
+            .chain(file.roles.keys())
+        {
             check_interface_name(interface)?;
         }
         Ok(Config {
@@ -284,6 +408,12 @@ impl Config {
                 },
                 None => defaults.events,
             },
+            roles: file
+                .roles
+                .into_iter()
+                .map(|(interface, role)| (interface, role.0))
+                .collect(),
+            clients: file.clients.map_or(defaults.clients, ClientsFile::resolve),
         })
     }
 }
@@ -347,6 +477,60 @@ mod tests {
         assert_eq!(config.policy.ports, DEFAULT_PORTS.into_iter().collect());
         assert_eq!(config.policy.allow, Policy::apple_defaults().allow);
         assert_eq!(config.policy.providers.len(), 1);
+        assert_eq!(
+            config.roles,
+            [
+                ("eth1".to_owned(), InterfaceRole::Devices),
+                ("eth2".to_owned(), InterfaceRole::Upstream)
+            ]
+            .into()
+        );
+        // The example spells out the defaults.
+        assert_eq!(config.clients, ClientsConfig::default());
+    }
+
+    #[test]
+    fn clients_settings_parse_and_are_checked() {
+        let config = Config::parse(
+            "[roles]\nlan0 = \"devices\"\n[clients]\ntable_size = 1024\nidle_cut_min = 2\nfallback_window = 30\n",
+        )
+        .unwrap();
+        assert_eq!(config.roles["lan0"], InterfaceRole::Devices);
+        assert_eq!(config.clients.table_size, 1024);
+        assert_eq!(config.clients.rules.idle_cut_min, Duration::from_secs(2));
+        assert_eq!(
+            config.clients.rules.fallback_window,
+            Duration::from_secs(30)
+        );
+        assert_eq!(config.clients.rules.window, Rules::default().window);
+        for (text, needles) in [
+            (
+                "[roles]\nlan0 = \"lan\"\n",
+                &["line 2", "lan0", "expected devices or upstream"][..],
+            ),
+            ("[roles]\n\"a/b\" = \"devices\"\n", &["a/b"][..]),
+            (
+                "[clients]\ntable_size = 10\n",
+                &["line 2", "table_size", "out of range"][..],
+            ),
+            (
+                "[clients]\nwindow = 0\n",
+                &["line 2", "window", "1 or more seconds"][..],
+            ),
+            (
+                "[clients]\nidle_cut_repeat = 0\n",
+                &["line 2", "1 or more"][..],
+            ),
+            ("[clients]\nkeepalive = 5\n", &["line 2", "keepalive"][..]),
+        ] {
+            let err = format!("{:#}", Config::parse(text).unwrap_err());
+            for needle in needles {
+                assert!(
+                    err.contains(needle),
+                    "error for {text:?} lacks {needle:?}: {err}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     cli::{Global, RunArgs},
-    datapath::{reconcile::Desired, PinDir},
+    datapath::{interfaces::InterfaceRole, reconcile::Desired, PinDir},
 };
 
 use self::{
@@ -67,6 +67,8 @@ impl Settings {
         };
         let mut fastpaths = config.fastpath.clone();
         fastpaths.extend(run.fastpath.iter().cloned());
+        let mut roles = config.roles.clone();
+        roles.extend(run.roles.iter().cloned());
         let mut policy = config.policy.clone();
         if let Some(mode) = run.mode {
             policy.mode = mode;
@@ -85,6 +87,11 @@ impl Settings {
                     let fastpath = fastpaths.get(name).copied().unwrap_or_default();
                     (name.clone(), fastpath)
                 })
+                .collect(),
+            devices: interfaces
+                .iter()
+                .filter(|name| roles.get(*name) == Some(&InterfaceRole::Devices))
+                .cloned()
                 .collect(),
             xdp_mode: run.xdp_mode.unwrap_or(config.xdp_mode),
             mark: config.mark,

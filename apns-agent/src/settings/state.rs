@@ -375,6 +375,7 @@ mod tests {
                 .iter()
                 .map(|(name, fastpath)| (name.to_string(), *fastpath))
                 .collect(),
+            devices: Default::default(),
             xdp_mode: XdpMode::Auto,
             mark: MarkBits::default(),
             policy: Policy {

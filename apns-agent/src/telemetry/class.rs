@@ -34,15 +34,38 @@ pub enum DropReason {
     Pinhole,
     /// APNs traffic to a provider port from outside the provider list (`drop_provider`).
     Provider,
+    /// An inbound connection attempt on an APNs port (`drop_inbound_open`).
+    InboundOpen,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 2] = [DropReason::Pinhole, DropReason::Provider];
+    pub const ALL: [DropReason; 3] = [
+        DropReason::Pinhole,
+        DropReason::Provider,
+        DropReason::InboundOpen,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             DropReason::Pinhole => "pinhole",
             DropReason::Provider => "provider",
+            DropReason::InboundOpen => "inbound_open",
+        }
+    }
+
+    /// The reason of a drop outcome; `None` for outcomes that do not drop.
+    pub const fn of(outcome: Outcome) -> Option<DropReason> {
+        match outcome {
+            Outcome::DropPinhole => Some(DropReason::Pinhole),
+            Outcome::DropProvider => Some(DropReason::Provider),
+            Outcome::DropInboundOpen => Some(DropReason::InboundOpen),
+            Outcome::Pass
+            | Outcome::Fastpath
+            | Outcome::NotIp
+            | Outcome::NotApns
+            | Outcome::Fragment
+            | Outcome::Malformed
+            | Outcome::InboundOpen => None,
         }
     }
 }
@@ -106,6 +129,10 @@ pub enum Class {
     },
     /// Dropped by the pinhole rule (no direction: the peer is not Apple).
     PinholeDrop,
+    /// An inbound connection attempt on an APNs `port` (a SYN from Apple's side: APNs never
+    /// opens a connection inbound), passed (monitor) or dropped (enforce). Not APNs traffic:
+    /// kept out of the APNs flows.
+    InboundOpen { port: u16, verdict: Verdict },
     /// One of [`OTHER_CLASSES`].
     Other(Outcome),
 }
@@ -133,6 +160,17 @@ pub fn classify(key: &CounterKey) -> Option<Class> {
         Outcome::DropProvider => apns(Verdict::Drop),
         Outcome::Fastpath => apns(Verdict::Fastpath),
         Outcome::DropPinhole => Some(Class::PinholeDrop),
+        Outcome::InboundOpen | Outcome::DropInboundOpen => match direction {
+            Direction::Inbound => Some(Class::InboundOpen {
+                port: key.port,
+                verdict: if outcome == Outcome::InboundOpen {
+                    Verdict::Pass
+                } else {
+                    Verdict::Drop
+                },
+            }),
+            Direction::Outbound | Direction::None => None,
+        },
         Outcome::NotIp | Outcome::NotApns | Outcome::Fragment | Outcome::Malformed => {
             Some(Class::Other(outcome))
         }

@@ -7,7 +7,8 @@
 //! |---|---|---|
 //! | `apns_packets_total`, `apns_bytes_total` | interface, direction (outbound, inbound), port, verdict (pass, drop, fastpath) | APNs traffic; bytes are frame bytes from the Ethernet header on |
 //! | `apns_tcp_events_total` | interface, direction, port, event (syn, synack, rst, fin) | TCP flags on APNs traffic, over all verdicts |
-//! | `apns_policy_drops_total` | interface, reason (pinhole, provider) | packets the policy dropped |
+//! | `apns_policy_drops_total` | interface, reason (pinhole, provider, inbound_open) | packets the policy dropped |
+//! | `apns_inbound_opens_total` | interface, port, verdict (pass, drop) | inbound connection attempts on an APNs port (SYNs from Apple's side); only ports that saw one |
 //! | `apns_other_packets_total` | interface, class (not_ip, not_apns, fragment, malformed) | packets that are not APNs traffic |
 //! | `apns_uncounted_packets_total` | — | packets not counted because the counter map was full: non-zero means every other counter is an undercount |
 //! | `apns_reachability_ratio` | interface (always `all`), port | SYN-ACKs in / SYNs out over the reachability window, for the whole gateway; absent when no SYN was sent in it |
@@ -19,6 +20,15 @@
 //! | `apns_config_reload_failures_total` | — | SIGHUP reloads refused since `run` started |
 //! | `apns_policy_sources_info` | config_file, apple, allow_files, provider_files | where `run`'s policy comes from; always 1 |
 //! | `apns_agent_info` | version, program_tag | always 1 |
+//! | `apns_connections_open` | interface, port | APNs connections open now, by device-facing interface and Apple port (docs/clients.md) |
+//! | `apns_connections_ended_total` | reason (fin_device, fin_apple, rst_device, rst_apple, evicted) | connections by how they ended: the first FIN or RST and its side, or evicted from the table before their end was seen |
+//! | `apns_connection_lifetime_seconds` | — | histogram of ended connections' lifetimes, first packet to end |
+//! | `apns_handshake_failures_total` | port, reason (unanswered, refused, incomplete) | failed handshakes since the agent started |
+//! | `apns_port443_connections_total` | kind (fallback, direct) | 443 connections since the agent started: right after failed 5223 handshakes of the same device, or not |
+//! | `apns_unhealthy_devices` | finding (no_answer, reset_by_network, reset_by_apple, never_connected, cut_while_idle, falls_back_to_443) | devices with that finding now |
+//! | `apns_conntrack_entries`, `apns_conntrack_size` | — | connections the table holds now, and at most |
+//! | `apns_conntrack_evictions_total` | — | connections the table evicted for room |
+//! | `apns_conntrack_untracked_total` | — | connections the kernel could not add to the table |
 //!
 //! `apns_reachability_ratio` is gateway-wide: a SYN and its SYN-ACK enter the gateway on
 //! different interfaces (see [`crate::telemetry::reachability`]), so its `interface` label
@@ -41,16 +51,23 @@
 use std::borrow::Cow;
 
 use anyhow::Context as _;
+use std::collections::BTreeMap;
+
+use apns_common::label::Label as _;
 use prometheus_client::{
     collector::Collector,
-    encoding::{prometheus_text, DescriptorEncoder, EncodeMetric},
+    encoding::{prometheus_text, DescriptorEncoder, EncodeMetric, MetricEncoder},
     metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info as InfoMetric, MetricType},
     registry::Registry,
 };
 
 use crate::{
     datapath::{policy::Policy, status::InterfaceStatus},
-    telemetry::{model::Model, ConfigRecord},
+    telemetry::{
+        clients::{Finding, Report, Tally},
+        model::Model,
+        ConfigRecord,
+    },
 };
 
 /// `Content-Type` of [`render`]'s output.
@@ -84,6 +101,91 @@ pub struct Info {
     pub generation: u32,
     /// What `run` says of the configuration it applies.
     pub config: ConfigRecord,
+    /// The connection table, when it could be read.
+    pub connections: Option<Connections>,
+}
+
+/// What the connection table says, for the exposition (docs/clients.md): built from a
+/// [`Report`] and the agent's [`Tally`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Connections {
+    pub size: u32,
+    pub entries: u64,
+    pub evicted: u64,
+    pub untracked: u64,
+    /// (device-facing interface, Apple port) → open connections.
+    pub open: BTreeMap<(String, u16), u64>,
+    /// Reason → connections ended.
+    pub ended: BTreeMap<&'static str, u64>,
+    /// Lifetimes: (upper bound in seconds, count) per bucket, and their sum in seconds.
+    pub lifetimes: (Vec<(f64, u64)>, f64),
+    /// (port, reason) → failed handshakes since the agent started.
+    pub handshake_failures: BTreeMap<(u16, &'static str), u64>,
+    /// `fallback` | `direct` → 443 connections since the agent started.
+    pub port443: BTreeMap<&'static str, u64>,
+    /// Finding → devices, every finding but `ok`.
+    pub unhealthy: BTreeMap<Finding, u64>,
+}
+
+impl Connections {
+    /// The exposition's view of `report` and `tally`. `devices` (the device-facing
+    /// interfaces) and `ports` (the policy's) give every open-connection and failure series
+    /// from the start, at zero.
+    pub fn of(report: &Report, tally: &Tally, devices: &[String], ports: &[u16]) -> Connections {
+        let mut open = report.open.clone();
+        let mut handshake_failures = tally.handshake_failures.clone();
+        for &port in ports {
+            for interface in devices {
+                open.entry((interface.clone(), port)).or_default();
+            }
+            for reason in HANDSHAKE_FAILURES {
+                handshake_failures.entry((port, reason)).or_default();
+            }
+        }
+        Connections {
+            size: report.table.size,
+            entries: report.table.entries,
+            evicted: report.table.evicted,
+            untracked: report.table.failed,
+            open,
+            ended: report.ended.clone(),
+            lifetimes: report.lifetimes(),
+            handshake_failures,
+            port443: tally.connections_443.clone(),
+            unhealthy: report
+                .findings()
+                .into_iter()
+                .filter(|(finding, _)| *finding != Finding::Ok)
+                .collect(),
+        }
+    }
+}
+
+/// The `reason` label values of `apns_handshake_failures_total`.
+const HANDSHAKE_FAILURES: [&str; 3] = ["unanswered", "refused", "incomplete"];
+
+/// A histogram read from elsewhere (the datapath's lifetime buckets): per-bucket counts, as
+/// prometheus-client's encoder wants them (it accumulates).
+#[derive(Debug)]
+struct ConstHistogram {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        let count = self.buckets.iter().map(|(_, count)| count).sum();
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 impl Info {
@@ -98,6 +200,7 @@ impl Info {
             interfaces,
             generation: 0,
             config: ConfigRecord::default(),
+            connections: None,
         }
     }
 }
@@ -146,7 +249,7 @@ impl Collector for Exposition {
         use MetricType::{Counter, Gauge};
         let (model, info) = (&self.model, &self.info);
         let (mut packets, mut bytes, mut tcp) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut drops, mut other) = (Vec::new(), Vec::new());
+        let (mut drops, mut other, mut opens) = (Vec::new(), Vec::new(), Vec::new());
         for (name, interface) in &model.interfaces {
             let name = Cow::from(name.as_str());
             for (key, flow) in &interface.flows {
@@ -176,6 +279,14 @@ impl Collector for Exposition {
                     ("reason", reason.as_str().into()),
                 ];
                 drops.push((labels, ConstCounter::new(*count)));
+            }
+            for (&(port, verdict), count) in &interface.inbound_opens {
+                let labels = vec![
+                    ("interface", name.clone()),
+                    ("port", port.to_string().into()),
+                    ("verdict", verdict.as_str().into()),
+                ];
+                opens.push((labels, ConstCounter::new(*count)));
             }
             for (class, count) in &interface.other {
                 let labels = vec![
@@ -234,9 +345,16 @@ impl Collector for Exposition {
         family(
             &mut encoder,
             "apns_policy_drops",
-            "Packets dropped by the enforce-mode policy: pinhole (TCP to a pinhole port of an address outside the allow-list), provider (to a provider port from outside the provider list)",
+            "Packets dropped by the enforce-mode policy: pinhole (TCP to a pinhole port of an address outside the allow-list), provider (to a provider port from outside the provider list), inbound_open (a connection attempt from Apple's side, which APNs never makes)",
             Counter,
             drops,
+        )?;
+        family(
+            &mut encoder,
+            "apns_inbound_opens",
+            "Inbound connection attempts on an APNs port (a SYN without ACK from Apple's addresses, from an APNs port or to one inside: APNs connections are only ever opened from inside), by verdict: pass in monitor mode, drop in enforce mode",
+            Counter,
+            opens,
         )?;
         family(
             &mut encoder,
@@ -320,6 +438,9 @@ impl Collector for Exposition {
             sources.metric_type(),
         )?;
         sources.encode(metric)?;
+        if let Some(connections) = &info.connections {
+            encode_connections(&mut encoder, connections)?;
+        }
         // Named "apns_agent": the info type appends `_info`.
         let agent = InfoMetric::new(vec![
             ("version", info.version.as_str()),
@@ -333,6 +454,138 @@ impl Collector for Exposition {
         )?;
         agent.encode(metric)
     }
+}
+
+/// One sample per item of `values`: its label `label` and its metric.
+fn by_label<M>(
+    label: &'static str,
+    values: impl Iterator<Item = (&'static str, M)>,
+) -> Vec<(Labels<'static>, M)> {
+    values
+        .map(|(value, metric)| (vec![(label, value.into())], metric))
+        .collect()
+}
+
+/// The connection table's families (docs/clients.md).
+fn encode_connections(
+    encoder: &mut DescriptorEncoder,
+    connections: &Connections,
+) -> std::fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let open = connections
+        .open
+        .iter()
+        .map(|((interface, port), count)| {
+            let labels: Labels = vec![
+                ("interface", interface.clone().into()),
+                ("port", port.to_string().into()),
+            ];
+            (labels, ConstGauge::new(*count as i64))
+        })
+        .collect();
+    family(
+        encoder,
+        "apns_connections_open",
+        "APNs connections open now (established, not ended, not abandoned for a newer one, a packet within stale_after), by the device-facing interface the device is behind and Apple port",
+        Gauge,
+        open,
+    )?;
+    let ended = by_label(
+        "reason",
+        connections
+            .ended
+            .iter()
+            .map(|(reason, count)| (*reason, ConstCounter::new(*count))),
+    );
+    family(
+        encoder,
+        "apns_connections_ended",
+        "APNs connections by how they ended: the first FIN or RST and its side (fin_device, fin_apple, rst_device, rst_apple), or evicted from the connection table before their end was seen; since the datapath was loaded",
+        Counter,
+        ended,
+    )?;
+    let (buckets, sum) = connections.lifetimes.clone();
+    let metric = encoder.encode_descriptor(
+        "apns_connection_lifetime_seconds",
+        "Lifetimes of APNs connections whose end was seen, first packet to first FIN or RST; since the datapath was loaded",
+        None,
+        MetricType::Histogram,
+    )?;
+    ConstHistogram { buckets, sum }.encode(metric)?;
+    let failures = connections
+        .handshake_failures
+        .iter()
+        .map(|((port, reason), count)| {
+            let labels: Labels = vec![
+                ("port", port.to_string().into()),
+                ("reason", (*reason).into()),
+            ];
+            (labels, ConstCounter::new(*count))
+        })
+        .collect();
+    family(
+        encoder,
+        "apns_handshake_failures",
+        "Failed APNs handshakes since the agent started: unanswered (no SYN-ACK or RST within handshake_timeout, or before the device tried again), refused (a RST instead of a SYN-ACK), incomplete (Apple answered, the device never completed the handshake)",
+        Counter,
+        failures,
+    )?;
+    let port443 = by_label(
+        "kind",
+        connections
+            .port443
+            .iter()
+            .map(|(kind, count)| (*kind, ConstCounter::new(*count))),
+    );
+    family(
+        encoder,
+        "apns_port443_connections",
+        "APNs connections to Apple on 443 since the agent started: fallback (opened within fallback_window of a failed 5223 handshake of the same device: 5223 is blocked on its path) or direct",
+        Counter,
+        port443,
+    )?;
+    let unhealthy = by_label(
+        "finding",
+        connections
+            .unhealthy
+            .iter()
+            .map(|(finding, count)| (finding.as_str(), ConstGauge::new(*count as i64))),
+    );
+    family(
+        encoder,
+        "apns_unhealthy_devices",
+        "Devices behind the gateway with that finding now (apns-agent clients; ok devices are not counted)",
+        Gauge,
+        unhealthy,
+    )?;
+    family(
+        encoder,
+        "apns_conntrack_entries",
+        "APNs connections the connection table holds now",
+        Gauge,
+        vec![(Labels::new(), ConstGauge::new(connections.entries as i64))],
+    )?;
+    family(
+        encoder,
+        "apns_conntrack_size",
+        "APNs connections the connection table holds at most (config [clients] table_size)",
+        Gauge,
+        vec![(Labels::new(), ConstGauge::new(i64::from(connections.size)))],
+    )?;
+    family(
+        encoder,
+        "apns_conntrack_evictions",
+        "Connections the connection table evicted to make room for new ones (least recently used first); since the datapath was loaded",
+        Counter,
+        vec![(Labels::new(), ConstCounter::new(connections.evicted))],
+    )?;
+    family(
+        encoder,
+        "apns_conntrack_untracked",
+        "Connections the kernel could not add to the connection table (not tracked); since the datapath was loaded",
+        Counter,
+        vec![(Labels::new(), ConstCounter::new(connections.untracked))],
+    )
 }
 
 #[cfg(test)]
@@ -358,6 +611,7 @@ mod tests {
             current_name: None,
             xdp_mode,
             fastpath: None,
+            role: None,
             program_id: None,
             link_id: None,
             link_pin: String::new(),
@@ -392,6 +646,9 @@ mod tests {
             r#"apns_policy_drops_total{interface="eth1",reason="pinhole"} 6"#,
             r#"apns_policy_drops_total{interface="eth1",reason="provider"} 4"#,
             r#"apns_policy_drops_total{interface="eth2",reason="provider"} 0"#,
+            r#"apns_policy_drops_total{interface="eth1",reason="inbound_open"} 3"#,
+            r#"apns_inbound_opens_total{interface="eth1",port="5223",verdict="drop"} 3"#,
+            r#"apns_inbound_opens_total{interface="eth2",port="443",verdict="pass"} 2"#,
             r#"apns_other_packets_total{interface="eth1",class="not_apns"} 100"#,
             r#"apns_other_packets_total{interface="eth2",class="fragment"} 8"#,
             r#"apns_uncounted_packets_total 11"#,
@@ -434,6 +691,7 @@ mod tests {
             "apns_bytes_total",
             "apns_tcp_events_total",
             "apns_policy_drops_total",
+            "apns_inbound_opens_total",
             "apns_other_packets_total",
             "apns_uncounted_packets_total",
             "apns_reachability_ratio",
@@ -490,5 +748,66 @@ mod tests {
     #[test]
     fn promtool_accepts_it() {
         promtool(&rendered());
+    }
+
+    /// A connection table's view with a sample in every family.
+    pub(crate) fn sample_connections() -> Connections {
+        let mut lifetimes = vec![(1.0, 2), (2.0, 0), (4.0, 1)];
+        lifetimes.push((f64::INFINITY, 1));
+        Connections {
+            size: 65_536,
+            entries: 12,
+            evicted: 3,
+            untracked: 0,
+            open: BTreeMap::from([
+                (("eth1".to_owned(), 5223), 4),
+                (("eth1".to_owned(), 443), 0),
+            ]),
+            ended: BTreeMap::from([
+                ("fin_device", 2),
+                ("fin_apple", 0),
+                ("rst_device", 0),
+                ("rst_apple", 2),
+                ("evicted", 1),
+            ]),
+            lifetimes: (lifetimes, 100_003.5),
+            handshake_failures: BTreeMap::from([((5223, "refused"), 3), ((5223, "unanswered"), 0)]),
+            port443: BTreeMap::from([("fallback", 1), ("direct", 5)]),
+            unhealthy: BTreeMap::from([(Finding::ResetByApple, 1), (Finding::CutWhileIdle, 2)]),
+        }
+    }
+
+    #[test]
+    fn connection_table_families() {
+        let mut info = sample_info();
+        info.connections = Some(sample_connections());
+        let text = render(&sample_model(), &info).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            r#"apns_connections_open{interface="eth1",port="5223"} 4"#,
+            r#"apns_connections_open{interface="eth1",port="443"} 0"#,
+            r#"apns_connections_ended_total{reason="rst_apple"} 2"#,
+            r#"apns_connections_ended_total{reason="evicted"} 1"#,
+            // Cumulative buckets, the last one +Inf.
+            r#"apns_connection_lifetime_seconds_bucket{le="1"} 2"#,
+            r#"apns_connection_lifetime_seconds_bucket{le="4"} 3"#,
+            r#"apns_connection_lifetime_seconds_bucket{le="+Inf"} 4"#,
+            "apns_connection_lifetime_seconds_count 4",
+            "apns_connection_lifetime_seconds_sum 100003.5",
+            r#"apns_handshake_failures_total{port="5223",reason="refused"} 3"#,
+            r#"apns_port443_connections_total{kind="fallback"} 1"#,
+            r#"apns_unhealthy_devices{finding="cut_while_idle"} 2"#,
+            "apns_conntrack_entries 12",
+            "apns_conntrack_size 65536",
+            "apns_conntrack_evictions_total 3",
+            "apns_conntrack_untracked_total 0",
+            "# TYPE apns_connection_lifetime_seconds histogram",
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "missing {expected:?} in:\n{text}"
+            );
+        }
+        promtool(&text);
     }
 }

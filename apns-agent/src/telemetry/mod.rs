@@ -7,6 +7,7 @@
 //! a sliding window of handshake totals between snapshots.
 
 pub mod class;
+pub mod clients;
 pub mod connections;
 pub mod metrics;
 pub mod model;
@@ -34,7 +35,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::datapath::{Datapath, PinDir};
+use crate::datapath::{interfaces::InterfaceRole, Datapath, PinDir};
 
 /// What `run` keeps between scrapes: the open datapath (re-opened only when its pins change
 /// underneath, e.g. an `unload` and a new load), the reachability window, and what `run`
@@ -49,6 +50,12 @@ struct Inner {
     datapath: Datapath,
     reachability: reachability::Reachability,
     config: ConfigRecord,
+    /// The `clients` rules, and what only the agent counts from the connection table.
+    rules: clients::Rules,
+    tally: clients::Tally,
+    /// The highest eviction counts exported so far: a read that races with new entries can
+    /// come out one low, and a counter must never go down.
+    evicted: (u64, u64),
 }
 
 /// Where the policy `run` applies comes from, and how its applications went.
@@ -82,20 +89,55 @@ impl Exporter {
         pins: &PinDir,
         reachability_window: Duration,
         config: ConfigRecord,
+        rules: clients::Rules,
     ) -> anyhow::Result<Exporter> {
         let datapath = Datapath::open(pins)?;
         // The window's first baseline is the agent's start, not its first scrape: handshakes
         // between the two count.
         let mut reachability = reachability::Reachability::new(reachability_window);
         reachability.observe(Instant::now(), &datapath.counters.snapshot()?);
+        // Likewise the tally's: what the table shows now was there before the agent.
+        let mut tally = clients::Tally::new();
+        let table = datapath.conns.read()?;
+        tally.observe(&clients::Report::build(
+            &table,
+            &rules,
+            model::interface_name,
+        ));
         Ok(Exporter {
             pins: pins.clone(),
             inner: Mutex::new(Inner {
                 datapath,
                 reachability,
                 config,
+                rules,
+                tally,
+                evicted: (0, 0),
             }),
         })
+    }
+
+    /// `run` changed the `clients` rules (SIGHUP).
+    pub fn set_rules(&self, rules: clients::Rules) -> anyhow::Result<()> {
+        self.inner()?.rules = rules;
+        Ok(())
+    }
+
+    /// Reads the connection table and counts what is new in it (handshake failures, 443
+    /// connections): `run` calls it between scrapes too, so that short-lived entries are
+    /// counted before the table evicts them.
+    pub fn observe_clients(&self) -> anyhow::Result<clients::Report> {
+        let mut inner = self.inner()?;
+        let Inner {
+            datapath,
+            rules,
+            tally,
+            ..
+        } = &mut *inner;
+        let table = current(datapath, &self.pins)?.conns.read()?;
+        let report = clients::Report::build(&table, rules, model::interface_name);
+        tally.observe(&report);
+        Ok(report)
     }
 
     /// `run` applied the config described by `config` (at start-up or on SIGHUP).
@@ -161,9 +203,14 @@ impl Exporter {
             datapath,
             reachability,
             config,
+            rules,
+            tally,
+            evicted,
         } = &mut *inner;
         let datapath = current(datapath, &self.pins)?;
         let snapshot = datapath.counters.snapshot()?;
+        let report = clients::Report::build(&datapath.conns.read()?, rules, model::interface_name);
+        tally.observe(&report);
         // Read live: `apns-agent allow add` may have changed the policy under a running agent.
         let status = datapath.status()?;
         let policy = datapath.policy.read_active()?;
@@ -174,6 +221,23 @@ impl Exporter {
         let mut info = metrics::Info::new(&program.tag, &policy, status.interfaces);
         info.generation = datapath.policy.active_generation()?;
         info.config = config.clone();
+        let devices: Vec<String> = info
+            .interfaces
+            .iter()
+            .filter(|interface| {
+                interface.attached && interface.role == Some(InterfaceRole::Devices)
+            })
+            .map(|interface| interface.interface.clone())
+            .collect();
+        let mut connections = metrics::Connections::of(&report, tally, &devices, &known.ports);
+        // Never down within one agent: keep the highest value exported.
+        evicted.0 = evicted.0.max(connections.evicted);
+        connections.evicted = evicted.0;
+        if let Some(ended) = connections.ended.get_mut(clients::EVICTED) {
+            evicted.1 = evicted.1.max(*ended);
+            *ended = evicted.1;
+        }
+        info.connections = Some(connections);
         metrics::render(&model, &info)
     }
 }

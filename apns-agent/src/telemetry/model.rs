@@ -83,6 +83,9 @@ pub struct InterfaceModel {
     pub policy_drops: BTreeMap<DropReason, u64>,
     /// Packets per [`OTHER_CLASSES`] outcome; every class present.
     pub other: BTreeMap<Outcome, u64>,
+    /// Inbound connection attempts on an APNs port (SYNs from Apple's side) by port and
+    /// verdict: passed (monitor) or dropped (enforce).
+    pub inbound_opens: BTreeMap<(u16, Verdict), u64>,
 }
 
 impl Default for InterfaceModel {
@@ -91,6 +94,7 @@ impl Default for InterfaceModel {
             flows: BTreeMap::new(),
             policy_drops: DropReason::ALL.map(|r| (r, 0)).into(),
             other: OTHER_CLASSES.map(|c| (c, 0)).into(),
+            inbound_opens: BTreeMap::new(),
         }
     }
 }
@@ -198,6 +202,15 @@ impl Model {
                         .entry(DropReason::Pinhole)
                         .or_default() += value.packets;
                 }
+                Class::InboundOpen { port, verdict } => {
+                    *interface.inbound_opens.entry((port, verdict)).or_default() += value.packets;
+                    if verdict == Verdict::Drop {
+                        *interface
+                            .policy_drops
+                            .entry(DropReason::InboundOpen)
+                            .or_default() += value.packets;
+                    }
+                }
                 Class::Other(outcome) => {
                     *interface.other.entry(outcome).or_default() += value.packets;
                 }
@@ -274,8 +287,8 @@ pub(crate) mod tests {
         )
     }
 
-    /// Two interfaces (2 = eth1, 3 = eth2), both directions, several ports, both drop
-    /// reasons and the other classes. Values: [packets, bytes, syn, synack, rst, fin].
+    /// Two interfaces (2 = eth1, 3 = eth2), both directions, several ports, every drop
+    /// reason, inbound connection attempts both dropped and passed, and the other classes. Values: [packets, bytes, syn, synack, rst, fin].
     pub(crate) fn sample_snapshot() -> Snapshot {
         use Direction::{Inbound, None as NoDir, Outbound};
         let entries = [
@@ -292,6 +305,14 @@ pub(crate) mod tests {
                 [4, 240, 4, 0, 0, 0],
             ),
             entry(2, 5223, NoDir, Outcome::DropPinhole, [6, 360, 6, 0, 0, 0]),
+            entry(
+                2,
+                5223,
+                Inbound,
+                Outcome::DropInboundOpen,
+                [3, 162, 3, 0, 0, 0],
+            ),
+            entry(3, 443, Inbound, Outcome::InboundOpen, [2, 108, 2, 0, 0, 0]),
             entry(2, 0, NoDir, Outcome::NotIp, [9, 540, 0, 0, 0, 0]),
             entry(2, 0, NoDir, Outcome::NotApns, [100, 64000, 0, 0, 0, 0]),
             entry(2, 0, NoDir, Outcome::Malformed, [1, 20, 0, 0, 0, 0]),
@@ -384,7 +405,11 @@ pub(crate) mod tests {
         assert_eq!(inbound.event(TcpEvent::Fin), 1);
         assert_eq!(
             eth1.policy_drops,
-            BTreeMap::from([(DropReason::Pinhole, 6), (DropReason::Provider, 4)])
+            BTreeMap::from([
+                (DropReason::Pinhole, 6),
+                (DropReason::Provider, 4),
+                (DropReason::InboundOpen, 3)
+            ])
         );
         assert_eq!(
             eth1.other,

@@ -25,7 +25,8 @@
 //!           "tcp": { "fin": 2, "rst": 1, "syn": 4, "synack": 0 }
 //!         }
 //!       ],
-//!       "policy_drops": { "pinhole": 6, "provider": 4 },
+//!       "policy_drops": { "inbound_open": 0, "pinhole": 6, "provider": 4 },
+//!       "inbound_opens": [ { "port": 5223, "packets": { "drop": 0, "pass": 2 } } ],
 //!       "other": { "fragment": 0, "malformed": 1, "not_apns": 100, "not_ip": 9 }
 //!     }
 //!   ]
@@ -44,6 +45,9 @@
 //!   and APNs port; `bytes` are frame bytes, Ethernet header included; `tcp` counts segments
 //!   by flag over all verdicts (`syn` is SYN without ACK).
 //! - `policy_drops`: packets dropped by the enforce-mode policy, by reason.
+//! - `inbound_opens`: inbound connection attempts on an APNs port (SYNs from Apple's side,
+//!   which APNs never sends), per port: passed in monitor mode, dropped in enforce mode
+//!   (then also under `policy_drops.inbound_open`). Only ports that saw one.
 //! - `other`: packets that are not APNs traffic, by class.
 
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
@@ -74,7 +78,15 @@ pub struct InterfaceStats {
     pub interface: String,
     pub traffic: Vec<TrafficStats>,
     pub policy_drops: BTreeMap<&'static str, u64>,
+    pub inbound_opens: Vec<InboundOpenStats>,
     pub other: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InboundOpenStats {
+    pub port: u16,
+    /// By verdict: `pass` (monitor) and `drop` (enforce), both always present.
+    pub packets: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -127,6 +139,7 @@ impl Stats {
                     .iter()
                     .map(|(reason, packets)| (reason.as_str(), *packets))
                     .collect(),
+                inbound_opens: inbound_opens(&interface.inbound_opens),
                 other: interface
                     .other
                     .iter()
@@ -156,24 +169,26 @@ pub fn render_json(model: &Model) -> anyhow::Result<String> {
 }
 
 /// Right-aligned columns after left-aligned ones, padded to the widest cell.
-struct Table {
+/// A plain-text table: the first `left` columns aligned left, the rest right (`clients`
+/// uses it too).
+pub(crate) struct Table {
     left: usize,
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(left: usize, header: &[&str]) -> Table {
+    pub(crate) fn new(left: usize, header: &[&str]) -> Table {
         Table {
             left,
             rows: vec![header.iter().map(|cell| cell.to_string()).collect()],
         }
     }
 
-    fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
-    fn write(&self, out: &mut String) {
+    pub(crate) fn write(&self, out: &mut String) {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {
@@ -202,9 +217,27 @@ impl Table {
     }
 }
 
+/// The inbound connection attempts of one interface, one entry per port.
+fn inbound_opens(counts: &BTreeMap<(u16, Verdict), u64>) -> Vec<InboundOpenStats> {
+    let mut ports: BTreeMap<u16, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    for (&(port, verdict), &packets) in counts {
+        let entry = ports.entry(port).or_insert_with(|| {
+            [Verdict::Pass, Verdict::Drop]
+                .map(|verdict| (verdict.as_str(), 0))
+                .into()
+        });
+        *entry.entry(verdict.as_str()).or_default() += packets;
+    }
+    ports
+        .into_iter()
+        .map(|(port, packets)| InboundOpenStats { port, packets })
+        .collect()
+}
+
 /// `stats` without `--json`: one line per interface, direction and port with packets,
 /// bytes (all verdicts), the TCP events and the provider drops among them; then, per
-/// interface, policy drops by reason and the other classes; then the lost count if any.
+/// interface, policy drops by reason, inbound connection attempts and the other classes;
+/// then the lost count if any.
 pub fn render_table(model: &Model) -> String {
     let mut out = String::new();
     if model.interfaces.is_empty() {
@@ -236,12 +269,15 @@ pub fn render_table(model: &Model) -> String {
 
     let mut header = vec!["interface".to_owned()];
     header.extend(DropReason::ALL.map(|reason| format!("{}_drops", reason.as_str())));
+    // Inbound connection attempts, dropped or (monitor mode) passed.
+    header.push("inbound_opens".to_owned());
     header.extend(OTHER_CLASSES.map(|c| c.as_str().to_owned()));
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut other = Table::new(1, &header);
     for (name, interface) in &model.interfaces {
         let mut row = vec![name.clone()];
         row.extend(interface.policy_drops.values().map(u64::to_string));
+        row.push(interface.inbound_opens.values().sum::<u64>().to_string());
         row.extend(interface.other.values().map(u64::to_string));
         other.row(row);
     }
@@ -343,7 +379,12 @@ mod tests {
         assert_eq!(eth1.get("reachability"), None);
         assert_eq!(
             eth1["policy_drops"],
-            serde_json::json!({"pinhole": 6, "provider": 4})
+            serde_json::json!({"pinhole": 6, "provider": 4, "inbound_open": 3})
+        );
+        // Attempts from Apple's side, kept out of `traffic`.
+        assert_eq!(
+            eth1["inbound_opens"],
+            serde_json::json!([{"port": 5223, "packets": {"pass": 0, "drop": 3}}])
         );
         assert_eq!(
             eth1["other"],
@@ -352,6 +393,10 @@ mod tests {
         let eth2 = &json["interfaces"][1];
         assert_eq!(eth2["interface"], "eth2");
         assert_eq!(eth2.get("reachability"), None);
+        assert_eq!(
+            eth2["inbound_opens"],
+            serde_json::json!([{"port": 443, "packets": {"pass": 2, "drop": 0}}])
+        );
         assert_eq!(eth2["traffic"].as_array().unwrap().len(), 2);
         assert_eq!(json["interfaces"].as_array().unwrap().len(), 2);
         // Top-level fields in this order.
@@ -373,9 +418,9 @@ eth1       inbound    5223        5    900    0       3    0    1      0
 eth2       outbound   5223        2    140    2       0    0    0      0
 eth2       inbound    5223        1     74    0       1    0    0      0
 
-interface  pinhole_drops  provider_drops  not_ip  not_apns  fragment  malformed
-eth1                   6               4       9       100         0          1
-eth2                   0               0       0         0         8          0
+interface  pinhole_drops  provider_drops  inbound_open_drops  inbound_opens  not_ip  not_apns  fragment  malformed
+eth1                   6               4                   3              3       9       100         0          1
+eth2                   0               0                   0              2       0         0         8          0
 
 11 packets not counted: the counter map is full (all counts above are low)
 ";

@@ -1,4 +1,4 @@
-//! `stats --watch`: redraws the rates in place until q, Esc or Ctrl-C.
+//! `stats --watch` and `clients --watch`: redraw in place until q, Esc or Ctrl-C.
 //!
 //! The loop only knows how to get a fresh [`Model`] through a closure, so it has no kernel
 //! dependency. The terminal is in raw mode while it runs (keys arrive without Enter, and
@@ -25,8 +25,7 @@ struct RawTerminal;
 
 impl RawTerminal {
     fn enter() -> anyhow::Result<RawTerminal> {
-        terminal::enable_raw_mode()
-            .context("stats --watch needs a terminal (use `stats --json` in scripts)")?;
+        terminal::enable_raw_mode().context("--watch needs a terminal (use --json in scripts)")?;
         // From here on, dropping the guard undoes whatever succeeded.
         let guard = RawTerminal;
         execute!(io::stdout(), cursor::Hide).context("hiding the cursor")?;
@@ -51,11 +50,31 @@ pub fn watch(
 ) -> anyhow::Result<()> {
     let mut before = sample()?;
     let mut taken = Instant::now();
-    let _terminal = RawTerminal::enter()?;
-    let mut shown = format!(
+    let first = format!(
         "waiting {:.1} s for the first rates\n",
         interval.as_secs_f64()
     );
+    redraw(interval, first, || {
+        let after = sample()?;
+        let now = Instant::now();
+        let shown = render_rates(&before, &after, now - taken);
+        before = after;
+        taken = now;
+        Ok(shown)
+    })
+}
+
+/// Shows `first`, then what `next` renders every `interval`, in place, until the user quits
+/// (`clients --watch` and the rates above). An error of `next` ends the loop (the terminal
+/// restored) and is returned.
+pub fn redraw(
+    interval: Duration,
+    first: String,
+    mut next: impl FnMut() -> anyhow::Result<String>,
+) -> anyhow::Result<()> {
+    let _terminal = RawTerminal::enter()?;
+    let mut shown = first;
+    let mut taken = Instant::now();
     draw(&shown)?;
     loop {
         let deadline = taken + interval;
@@ -75,12 +94,9 @@ pub fn watch(
                 _ => {}
             }
         }
-        let after = sample()?;
-        let now = Instant::now();
-        shown = render_rates(&before, &after, now - taken);
+        taken = Instant::now();
+        shown = next()?;
         draw(&shown)?;
-        before = after;
-        taken = now;
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use apns_common::{
     counters::{
-        block_index, CounterBlock, CounterSlots, CounterValue, Direction, CELLS,
+        block_index, CounterBlock, CounterSlots, CounterValue, Direction, Outcome, CELLS,
         LAST_ASSIGNABLE_SLOT,
     },
     maps::{COUNTERS, COUNTER_SLOTS},
@@ -45,11 +45,11 @@ pub const FULL: CounterFill = CounterFill {
     interfaces: LAST_ASSIGNABLE_SLOT,
     ports: LAST_ASSIGNABLE_SLOT,
 };
-/// Counters an interface produces with no port: not_ip, not_apns, fragment, malformed.
-const CLASS_KEYS: usize = 4;
-/// Counters a port produces per interface: pass, drop_provider and fastpath outbound, pass
-/// and fastpath inbound, and pinhole drops.
-const PORT_KEYS: usize = 6;
+/// Whether cell `(direction, outcome)` counts under a port (APNs traffic and drops) or under
+/// port 0 alone (the other classes): the same test `fill_counters` writes by.
+fn has_port((direction, outcome): &(Direction, Outcome)) -> bool {
+    outcome.is_drop() || *direction != Direction::None
+}
 
 /// How many interface and port slots the counter-read timing fills.
 #[derive(Clone, Copy, Debug)]
@@ -61,7 +61,11 @@ pub struct CounterFill {
 impl CounterFill {
     /// Counter entries a snapshot returns: every key an interface can produce.
     pub fn entries(self) -> usize {
-        self.interfaces as usize * (CLASS_KEYS + self.ports as usize * PORT_KEYS)
+        // Counters an interface produces with no port (not_ip, not_apns, fragment,
+        // malformed), and per port (pass, drops, fast path, inbound attempts).
+        let port_keys = CELLS.iter().filter(|cell| has_port(cell)).count();
+        let class_keys = CELLS.len() - port_keys;
+        self.interfaces as usize * (class_keys + self.ports as usize * port_keys)
     }
 }
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -137,9 +141,8 @@ fn fill_counters(program: &OurProgram, fill: CounterFill) -> Result<()> {
     for i in 1..=fill.interfaces {
         for p in 0..=fill.ports {
             let mut block = CounterBlock::default();
-            for (cell, &(direction, outcome)) in CELLS.iter().enumerate() {
-                let has_port = outcome.is_drop() || direction != Direction::None;
-                if has_port == (p != 0) {
+            for (cell, key) in CELLS.iter().enumerate() {
+                if has_port(key) == (p != 0) {
                     block.cells[cell] = value(block_index(i, p));
                 }
             }

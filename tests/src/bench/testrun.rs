@@ -212,6 +212,31 @@ pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> 
     Ok((result.return_value, result.duration.as_nanos() as f64))
 }
 
+/// Runs each of `frames` through each of `programs` `runs` times, `repeat` times a call, the
+/// programs taking turns within a run (the first rotating from run to run, so drift hits
+/// them alike); every call must pass. Returns the kernel's ns per packet,
+/// `samples[frame][program]`, one per run: for the same-run comparisons of
+/// `tests/examples/`.
+pub fn in_turns(
+    programs: &[&Xdp],
+    frames: &[(&str, &[u8])],
+    runs: usize,
+    repeat: u32,
+) -> Result<Vec<Vec<Vec<f64>>>> {
+    let mut samples = vec![vec![Vec::new(); programs.len()]; frames.len()];
+    for run in 0..runs {
+        for (f, (name, frame)) in frames.iter().enumerate() {
+            for turn in 0..programs.len() {
+                let p = (turn + run) % programs.len();
+                let (action, ns) = test_run(programs[p], frame, repeat)?;
+                ensure!(action == XDP_PASS, "{name}: program {p} returned {action}");
+                samples[f][p].push(ns);
+            }
+        }
+    }
+    Ok(samples)
+}
+
 /// Our classifier, loaded fresh and unpinned, with typed handles on its maps.
 pub struct OurProgram {
     ebpf: Ebpf,

@@ -265,6 +265,47 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// Gets the lab ready for the redirect fast path on the gateway's lan0 and wan0
+    /// (docs/fastpath.md): XDP_REDIRECT into a veth needs NAPI on the peer end (GRO on the
+    /// client's eth0 and the ISP's gw0), and a redirected frame loses veth's checksum-offload
+    /// note, so the hosts that send across it (client, Apple, and the ISP for the resets it
+    /// sends itself) compute full checksums; the fast path only forwards to resolved
+    /// neighbours, so the gateway resolves the ISP and `neighbours` first.
+    pub fn prepare_redirect(&self, neighbours: &[std::net::IpAddr]) -> Result<()> {
+        let steps: [(Role, &str, &str); 5] = [
+            (Role::Client, CLIENT_IF.name, "gro"),
+            (Role::Isp, ISP_IF_GW.name, "gro"),
+            (Role::Client, CLIENT_IF.name, "tx"),
+            (Role::Apple, APPLE_IF.name, "tx"),
+            (Role::Isp, ISP_IF_GW.name, "tx"),
+        ];
+        for (role, ifname, feature) in steps {
+            let setting = if feature == "gro" { "on" } else { "off" };
+            run(self
+                .command(role, "ethtool")
+                .args(["-K", ifname, feature, setting]))?;
+        }
+        let isp = [ISP_WAN.v4.into(), ISP_WAN.v6.into()];
+        for addr in isp.iter().chain(neighbours) {
+            run(self
+                .command(Role::Gw, "ping")
+                .args(["-c", "1", "-W", "2", &addr.to_string()]))?;
+        }
+        Ok(())
+    }
+}
+
+/// Polls `ready` every 20 ms until it holds; panics after `timeout`, saying `what` it waited
+/// for (tests wait on what they can observe, never for a fixed time).
+pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads until EOF or `deadline`.
 fn read_until_closed(mut stream: &TcpStream, deadline: Instant) -> io::Result<Vec<u8>> {
     let mut echoed = Vec::new();

@@ -1,0 +1,292 @@
+//! The only writer of the connection table (`APNS_CONNS`, `APNS_CONN_STATS`;
+//! `apns_common::conns` says who records what where). Called for APNs TCP packets that pass
+//! only: [`apns_conns_outbound`] for the device's packets entering a device-facing interface,
+//! [`apns_conns_inbound`] for Apple's packets leaving through one. Nothing here runs for
+//! other traffic.
+
+use apns_common::conns::{lifetime_bucket, ConnKey, ConnStats, ConnValue, End, RESUME_AFTER_NS};
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+
+use crate::{
+    maps::{APNS_CONNS, APNS_CONN_STATS},
+    parse::{tcp_flag, Addrs, Cursor, TcpPacket},
+};
+
+/// `BPF_ANY`: make the entry, or replace the one there.
+const BPF_ANY: u64 = 0;
+const NS_PER_MS: u64 = 1_000_000;
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Writes the key of `packet`'s connection into `key` (zeroed by the caller);
+/// `device_is_source` for the device's own packets. Built by the caller, inlined: the
+/// recording functions take plain values, never pointers into the packet (a packet pointer
+/// handed to a function of its own may reach it through arithmetic the verifier refuses).
+#[inline(always)]
+pub fn key(key: &mut ConnKey, packet: &TcpPacket, device_is_source: bool) {
+    match &packet.addrs {
+        Addrs::V4 { src, dst } => {
+            let (device, apple) = if device_is_source {
+                (src, dst)
+            } else {
+                (dst, src)
+            };
+            key.ip_version = 4;
+            key.device[..4].copy_from_slice(*device);
+            key.apple[..4].copy_from_slice(*apple);
+        }
+        Addrs::V6 { src, dst } => {
+            let (device, apple) = if device_is_source {
+                (src, dst)
+            } else {
+                (dst, src)
+            };
+            key.ip_version = 6;
+            key.device = **device;
+            key.apple = **apple;
+        }
+    }
+    (key.device_port, key.apple_port) = if device_is_source {
+        (packet.sport, packet.dport)
+    } else {
+        (packet.dport, packet.sport)
+    };
+}
+
+/// CLOCK_MONOTONIC in nanoseconds at the scheduler tick's resolution (1 to 10 ms): the rules
+/// work in seconds, and the coarse clock costs about 10 ns less per packet than
+/// `bpf_ktime_get_ns` (BENCHMARKS.md).
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments or side effects.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Adds `n` to a counter other CPUs may add to at the same time (both halves of one
+/// connection can be handled on different CPUs): a BPF atomic add. The BPF target has no
+/// `AtomicU64::fetch_add` in core, hence the intrinsic.
+#[inline(always)]
+fn add(counter: &mut u64, n: u64) {
+    // SAFETY: the map value outlives the program run and u64 fields are 8-byte aligned.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        use core::intrinsics::{atomic_xadd, AtomicOrdering};
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, n);
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        *counter += n;
+    }
+}
+
+/// Sets `field` from 0 to `code` unless something else set it first (another CPU included):
+/// true if this call did. A BPF compare-and-swap, as for [`add`].
+#[inline(always)]
+fn set_once(field: &mut u64, code: u64) -> bool {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: as in `add`.
+    unsafe {
+        use core::intrinsics::{atomic_cxchg, AtomicOrdering};
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            field, 0, code,
+        )
+        .1
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        let unset = *field == 0;
+        if unset {
+            *field = code;
+        }
+        unset
+    }
+}
+
+#[inline(always)]
+fn stats() -> Option<&'static mut ConnStats> {
+    // SAFETY: this CPU's copy; XDP and TC run with preemption disabled, so nobody else
+    // touches it while we do.
+    APNS_CONN_STATS
+        .get_ptr_mut(0)
+        .map(|stats| unsafe { &mut *stats })
+}
+
+/// Records that the connection ended (`end`, at `now`) unless an earlier FIN or RST did
+/// already: the compare-and-swap makes the first end the only one counted.
+#[inline(always)]
+fn ended(value: &mut ConnValue, end: End, now: u64) {
+    if !set_once(&mut value.end, end as u64) {
+        return;
+    }
+    let Some(stats) = stats() else {
+        return;
+    };
+    if let Some(count) = stats.ended.get_mut(end as usize) {
+        *count += 1;
+    }
+    let lifetime = now.saturating_sub(value.first_ns);
+    let bucket = lifetime_bucket(lifetime / NS_PER_SEC);
+    if let Some(count) = stats.lifetime.get_mut(bucket) {
+        *count += 1;
+    }
+    stats.lifetime_ms += lifetime / NS_PER_MS;
+}
+
+/// A packet from the device (outbound, passed) that entered interface `ifindex`, which faces
+/// the devices: makes the entry on a SYN (or on the first packet of a connection the table
+/// does not know), else updates the device's half.
+///
+/// A *global* BPF function (exported, not inlined): the verifier checks it once, on its own,
+/// rather than again for every path that reaches the call (that tripled the XDP program's
+/// verification); it has a stack frame of its own (the XDP program's would exceed 512 bytes
+/// with the key and a value in it); non-APNs packets never pay for the call. A global
+/// function takes plain values and pointers the verifier sees as "memory or null", and
+/// returns a scalar.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn apns_conns_outbound(
+    key: *const ConnKey,
+    flags: u8,
+    ifindex: u32,
+    bytes: u64,
+) -> u32 {
+    // SAFETY: the verifier passes a global function's pointer argument as "memory or null"
+    // of the pointee's size; null is ruled out here.
+    if let Some(key) = unsafe { key.as_ref() } {
+        outbound(key, flags, ifindex, bytes);
+    }
+    0
+}
+
+#[inline(always)]
+fn outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) {
+    let syn = flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
+    let now = now();
+    let Some(value) = APNS_CONNS.get_ptr_mut(key) else {
+        // A stray FIN or RST of a connection the table does not know makes no entry.
+        if flags & (tcp_flag::FIN | tcp_flag::RST) == 0 {
+            make(key, ifindex, bytes, syn, now);
+        }
+        return;
+    };
+    // SAFETY: a map value pointer stays valid for the whole program run.
+    let value = unsafe { &mut *value };
+    if syn {
+        // The device sent only SYNs so far and nothing ended: a retransmission. Anything else
+        // is a new connection on the same addresses and ports.
+        let only_syns = value.syns != 0 && value.out_packets == u64::from(value.syns);
+        if value.end == End::Open as u64 && only_syns {
+            value.syns += 1;
+            value.out_last_ns = now;
+            add(&mut value.out_packets, 1);
+            add(&mut value.out_bytes, bytes);
+            return;
+        }
+        make(key, ifindex, bytes, true, now);
+        return;
+    }
+    if value.synack_ns != 0 || value.syns == 0 {
+        let last = if value.in_last_ns > value.out_last_ns {
+            value.in_last_ns
+        } else {
+            value.out_last_ns
+        };
+        // Only once Apple answered the previous resume: a keep-alive's retransmissions after
+        // an idle gap must not replace that gap by their own short ones.
+        if last != 0 && now - last >= RESUME_AFTER_NS && value.in_last_ns >= value.resume_ns {
+            value.resume_gap_ns = now - last;
+            value.resume_ns = now;
+        }
+    }
+    value.out_last_ns = now;
+    value.ifindex = ifindex;
+    add(&mut value.out_packets, 1);
+    add(&mut value.out_bytes, bytes);
+    if flags & tcp_flag::FIN != 0 && value.out_fin_ns == 0 {
+        value.out_fin_ns = now;
+        ended(value, End::FinDevice, now);
+    }
+    if flags & tcp_flag::RST != 0 && value.out_rst_ns == 0 {
+        value.out_rst_ns = now;
+        ended(value, End::RstDevice, now);
+    }
+}
+
+/// Makes (or replaces) the entry of a connection whose first packet from the device this is.
+/// A function of its own too: the new value's 136 bytes live on its frame only while it runs.
+#[inline(never)]
+fn make(key: &ConnKey, ifindex: u32, bytes: u64, syn: bool, now: u64) {
+    let mut value = ConnValue::default();
+    value.first_ns = now;
+    value.out_last_ns = now;
+    value.out_packets = 1;
+    value.out_bytes = bytes;
+    value.syns = u32::from(syn);
+    value.ifindex = ifindex;
+    let made = APNS_CONNS.insert(key, &value, BPF_ANY).is_ok();
+    if let Some(stats) = stats() {
+        if made {
+            stats.made += 1;
+        } else {
+            stats.failed += 1;
+        }
+    }
+}
+
+/// A packet from Apple (inbound, passed) on its way out of a device-facing interface, with
+/// its IP `ttl` ([`ttl`]): updates Apple's half of an entry the device made; a packet of a
+/// connection the table does not know is ignored. A global function, as
+/// [`apns_conns_outbound`].
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn apns_conns_inbound(
+    key: *const ConnKey,
+    flags: u8,
+    ttl: u8,
+    bytes: u64,
+    packets: u64,
+) -> u32 {
+    // SAFETY: as in `apns_conns_outbound`.
+    if let Some(key) = unsafe { key.as_ref() } {
+        inbound(key, flags, ttl, bytes, packets);
+    }
+    0
+}
+
+#[inline(always)]
+fn inbound(key: &ConnKey, flags: u8, ttl: u8, bytes: u64, packets: u64) {
+    let Some(value) = APNS_CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a map value pointer stays valid for the whole program run.
+    let value = unsafe { &mut *value };
+    let now = now();
+    add(&mut value.in_packets, packets);
+    add(&mut value.in_bytes, bytes);
+    if flags & tcp_flag::RST != 0 {
+        if value.in_rst_ns == 0 {
+            value.in_rst_ns = now;
+            value.rst_ttl = ttl;
+            ended(value, End::RstApple, now);
+        }
+        return;
+    }
+    value.in_last_ns = now;
+    if flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN | tcp_flag::ACK
+        && value.synack_ns == 0
+    {
+        value.synack_ns = now;
+        value.synack_ttl = ttl;
+    }
+    if flags & tcp_flag::FIN != 0 && value.in_fin_ns == 0 {
+        value.in_fin_ns = now;
+        ended(value, End::FinApple, now);
+    }
+}
+
+/// The IP TTL or hop limit of `packet`; 0 if the header is not where the parser found it.
+#[inline(always)]
+pub fn ttl(cursor: &Cursor, packet: &TcpPacket) -> u8 {
+    cursor
+        .bytes::<1>(packet.ttl_offset())
+        .map_or(0, |byte| byte[0])
+}

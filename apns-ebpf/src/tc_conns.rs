@@ -1,0 +1,52 @@
+//! The TC egress half of the connection table (`apns_common::conns`): attached (TCX egress)
+//! to the device-facing interfaces only, it records Apple's APNs packets as they leave toward
+//! a device, after the stack has routed them and undone NAT, so that both halves of a
+//! connection meet under the device's own address. It never changes, drops or redirects a
+//! packet, and counts nothing in the counter maps (the XDP program counted the packet where
+//! it entered).
+
+use apns_common::{
+    counters::{Direction, Outcome},
+    fastpath::flags,
+};
+use aya_ebpf::programs::TcContext;
+
+use crate::{classify, conns, fastpath, parse};
+
+/// TCX_NEXT / TC_ACT_UNSPEC: let the next program or the default action decide.
+const TC_NEXT: i32 = -1;
+/// Bytes of headers pulled into the skb's linear part when they are not all there yet: an
+/// Ethernet header with two VLAN tags, IPv6 with extension headers, and TCP with options.
+const HEADERS: u32 = 256;
+
+#[inline(always)]
+pub fn handle(ctx: &TcContext) -> i32 {
+    // SAFETY: `skb` points to the __sk_buff the kernel passed to the program.
+    let (ifindex, len, segments) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.ifindex, skb.len, skb.gso_segs)
+    };
+    // Attached to device-facing interfaces only; a stale attachment records nothing.
+    if !fastpath::interface(ifindex).is_some_and(|config| config.flags & flags::DEVICES != 0) {
+        return TC_NEXT;
+    }
+    let linear = ctx.data_end().saturating_sub(ctx.data()) as u32;
+    let wanted = if len < HEADERS { len } else { HEADERS };
+    if linear < wanted && ctx.pull_data(wanted).is_err() {
+        return TC_NEXT;
+    }
+    let cursor = parse::Cursor::from_skb(ctx);
+    let Ok(tcp) = parse::parse(&cursor) else {
+        return TC_NEXT;
+    };
+    let judgement = classify::judge(&tcp);
+    if judgement.outcome == Outcome::Pass && judgement.direction == Direction::Inbound {
+        // A GSO skb carries several segments; a plain one reports 0.
+        let packets = if segments > 1 { u64::from(segments) } else { 1 };
+        let mut key = apns_common::conns::ConnKey::default();
+        conns::key(&mut key, &tcp, false);
+        let ttl = conns::ttl(&cursor, &tcp);
+        conns::apns_conns_inbound(&key, tcp.flags, ttl, u64::from(len), packets);
+    }
+    TC_NEXT
+}
