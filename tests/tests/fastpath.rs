@@ -268,7 +268,7 @@ fn reply(lab: &Lab, to: std::net::SocketAddr) -> Vec<u8> {
 
 #[test]
 fn mark_with_the_example_rules_exempts_apns_from_a_proxy_behind_nat() {
-    let lab = Lab::new(LabOptions { nat: true }).unwrap();
+    let lab = Lab::new(LabOptions::NAT).unwrap();
     let pins = TestPins::new();
     lab::run_with_input(
         Command::new("ip").args(["netns", "exec", lab.ns_name(Role::Gw), "nft", "-f", "-"]),
