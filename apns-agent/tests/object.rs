@@ -2,7 +2,7 @@
 //! accepts it.
 
 use apns_agent::datapath::object::{self, EbpfLog, OBJECT};
-use apns_common::programs::{TC_MARK, XDP as XDP_PROGRAM};
+use apns_common::programs::{TC as TC_PROGRAM, XDP as XDP_PROGRAM};
 use aya_obj::ProgramSection;
 
 #[test]
@@ -48,8 +48,8 @@ fn object_maps_match_the_shared_layout() {
         "{XDP_PROGRAM} is not an XDP program"
     );
     assert!(
-        matches!(section(TC_MARK), ProgramSection::SchedClassifier),
-        "{TC_MARK} is not a TC classifier"
+        matches!(section(TC_PROGRAM), ProgramSection::SchedClassifier),
+        "{TC_PROGRAM} is not a TC classifier"
     );
 }
 
@@ -61,6 +61,15 @@ fn verifier_accepts_the_program() {
     // verified_insns is the verifier's processed-instruction count.
     println!(
         "{XDP_PROGRAM}: tag {:016x}, {} translated instructions, {} instructions processed by the verifier",
+        info.tag(),
+        info.size_translated().unwrap_or_default() / 8,
+        info.verified_instruction_count().unwrap_or_default()
+    );
+    let tc = object::tc_program(&mut ebpf).unwrap();
+    tc.load().unwrap_or_else(|err| panic!("{err:?}"));
+    let info = tc.info().unwrap();
+    println!(
+        "{TC_PROGRAM}: tag {:016x}, {} translated instructions, {} instructions processed by the verifier",
         info.tag(),
         info.size_translated().unwrap_or_default() / 8,
         info.verified_instruction_count().unwrap_or_default()

@@ -71,6 +71,7 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
             .flows
             .insert(FlowKey { direction, port }, Flow::default());
     }
+    interface.paths = Some(Default::default());
     let mut model = Model::default();
     model.interfaces.insert("eth1".to_owned(), interface);
     model.reachability.insert(5223, 1.0);
@@ -88,6 +89,7 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
             program_id: None,
             link_id: None,
             link_pin: String::new(),
+            paths: None,
         }],
     );
     let text = metrics::render(&model, &info).expect("the exposition renders");

@@ -56,10 +56,15 @@ pub enum Outcome {
     Fragment = 6,
     /// Truncated or inconsistent headers, or more IPv6 extension headers than parsed.
     Malformed = 7,
+    /// APNs traffic of the `redirect` fast path whose next hop had no resolved neighbour: the
+    /// XDP program handed it to the TC ingress program (XDP metadata), which forwarded it
+    /// with `bpf_redirect_neigh` (the kernel resolves the neighbour, queueing the packet
+    /// meanwhile). Counted here, by XDP, once; see docs/fastpath.md.
+    FastpathTc = 8,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const ALL: [Outcome; 9] = [
         Outcome::Pass,
         Outcome::DropProvider,
         Outcome::DropPinhole,
@@ -68,6 +73,7 @@ impl Outcome {
         Outcome::NotApns,
         Outcome::Fragment,
         Outcome::Malformed,
+        Outcome::FastpathTc,
     ];
 
     pub const fn from_u8(code: u8) -> Option<Outcome> {
@@ -80,6 +86,7 @@ impl Outcome {
             5 => Some(Outcome::NotApns),
             6 => Some(Outcome::Fragment),
             7 => Some(Outcome::Malformed),
+            8 => Some(Outcome::FastpathTc),
             _ => None,
         }
     }
@@ -94,6 +101,7 @@ impl Outcome {
             Outcome::NotApns => "not_apns",
             Outcome::Fragment => "fragment",
             Outcome::Malformed => "malformed",
+            Outcome::FastpathTc => "fastpath_tc",
         }
     }
 
@@ -235,7 +243,7 @@ pub const CELLS_PER_BLOCK: usize = 16;
 /// The (direction, outcome) pair each cell of a block counts, by cell number. Never reorder:
 /// append. Outcomes without a port ([`Outcome::NotIp`] ...) only occur in port slot
 /// [`OVERFLOW_SLOT`], the others in any port slot.
-pub const CELLS: [(Direction, Outcome); 10] = [
+pub const CELLS: [(Direction, Outcome); 12] = [
     (Direction::None, Outcome::NotIp),
     (Direction::None, Outcome::NotApns),
     (Direction::None, Outcome::Fragment),
@@ -246,6 +254,8 @@ pub const CELLS: [(Direction, Outcome); 10] = [
     (Direction::Inbound, Outcome::Pass),
     (Direction::Inbound, Outcome::Fastpath),
     (Direction::None, Outcome::DropPinhole),
+    (Direction::Outbound, Outcome::FastpathTc),
+    (Direction::Inbound, Outcome::FastpathTc),
 ];
 const _: () = assert!(CELLS.len() <= CELLS_PER_BLOCK);
 
@@ -265,6 +275,8 @@ pub const fn cell_of(direction: Direction, outcome: Outcome) -> usize {
         (Direction::Inbound, Outcome::Pass) => 7,
         (Direction::Inbound, Outcome::Fastpath) => 8,
         (Direction::None, Outcome::DropPinhole) => 9,
+        (Direction::Outbound, Outcome::FastpathTc) => 10,
+        (Direction::Inbound, Outcome::FastpathTc) => 11,
         _ => UNNAMED_CELL,
     }
 }

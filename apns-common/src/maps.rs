@@ -115,6 +115,14 @@ pub const UNPINNED: [&str; 2] = ["AYA_LOGS", ".rodata"];
 /// agent before it adopts pinned maps. The XDP program never touches it.
 pub const META: &str = "APNS_META";
 
+/// `PerCpuArray<PathCounters>`, [`crate::counters::IFACE_SLOTS`] entries indexed by interface
+/// counter slot: per `redirect` interface, the APNs packets left to the stack by reason, and
+/// the TC step's cross-check ([`crate::fastpath::PathCounters`]). Written by the XDP program
+/// (fallbacks) and the TC program (hand-offs forwarded or refused), and by the agent only to
+/// move a recycled interface slot's row into the retired slot, as for `APNS_COUNTERS`; read
+/// by the agent (`status`, /metrics, `stats`). Added to layout 3 before its release.
+pub const FASTPATH_PATHS: &str = "APNS_FP_PATHS";
+
 /// Kernel map type numbers (`enum bpf_map_type`, stable UAPI) of the maps above.
 pub mod map_type {
     pub const HASH: u32 = 1;
@@ -126,7 +134,7 @@ pub mod map_type {
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 17] = {
+pub const ALL: [MapLayout; 18] = {
     use crate::{
         counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
         events::{EventConfig, EventState},
@@ -209,6 +217,13 @@ pub const ALL: [MapLayout; 17] = {
         // The devmap value is `struct bpf_devmap_val`: ifindex and a program fd/id.
         MapLayout::new(TX_PORTS, DEVMAP_HASH, 4, 8, MAX_INTERFACES),
         MapLayout::new(META, ARRAY, 4, size_of::<Meta>(), 1),
+        MapLayout::new(
+            FASTPATH_PATHS,
+            PERCPU_ARRAY,
+            4,
+            size_of::<crate::fastpath::PathCounters>(),
+            crate::counters::IFACE_SLOTS,
+        ),
     ]
 };
 

@@ -5,6 +5,7 @@
 /// The XDP classifier: parse, judge, count, verdict (and the fast paths' XDP half).
 pub const XDP: &str = "apns_xdp";
 
-/// The TC ingress half of the `mark` fast path: copies the XDP program's metadata into
-/// `skb->mark`.
-pub const TC_MARK: &str = "apns_tc_mark";
+/// The TC ingress program of the fast paths, attached to every `mark` and `redirect`
+/// interface: copies the `mark` path's metadata into `skb->mark`, and forwards the packets
+/// the `redirect` path hands it (next hop not resolved) with `bpf_redirect_neigh`.
+pub const TC: &str = "apns_tc";

@@ -26,7 +26,11 @@ pub fn record(iface_slot: u32, judgement: &Judgement, bytes: u64, tcp_flags: Opt
     // TCP events are only meaningful for APNs connections and pinhole attempts.
     let flags = match (judgement.outcome, tcp_flags) {
         (
-            Outcome::Pass | Outcome::Fastpath | Outcome::DropProvider | Outcome::DropPinhole,
+            Outcome::Pass
+            | Outcome::Fastpath
+            | Outcome::FastpathTc
+            | Outcome::DropProvider
+            | Outcome::DropPinhole,
             Some(flags),
         ) => flags,
         _ => 0,

@@ -3,9 +3,9 @@
 //! checks the built object).
 
 use apns_common::{
-    counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
+    counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS, IFACE_SLOTS},
     events::{EventConfig, EventState},
-    fastpath::IfaceConfig,
+    fastpath::{IfaceConfig, PathCounters},
     maps::{
         ALLOW_MAX_ENTRIES, COUNTERS_CARRIED_MAX_ENTRIES, EVENTS_RING_BYTES, IFACES_MAX_ENTRIES,
         MAX_INTERFACES, POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES, TABLES_MAX_ENTRIES,
@@ -74,3 +74,7 @@ pub static APNS_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFAC
 /// Never read here; declared so the object carries the map the agent stamps its layout into.
 #[map]
 pub static APNS_META: Array<apns_common::maps::Meta> = Array::with_max_entries(1, 0);
+
+/// Written by the XDP program (fallbacks) and the TC program (the hand-off cross-check).
+#[map]
+pub static APNS_FP_PATHS: PerCpuArray<PathCounters> = PerCpuArray::with_max_entries(IFACE_SLOTS, 0);

@@ -86,10 +86,10 @@ pub fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
             programs::XDP
         )
     })?;
-    object::tc_mark_program(ebpf)?.load().with_context(|| {
+    object::tc_program(ebpf)?.load().with_context(|| {
         format!(
             "loading TC program {} (the verifier log follows)",
-            programs::TC_MARK
+            programs::TC
         )
     })
 }
@@ -99,7 +99,7 @@ pub fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 /// either XDP version.
 pub fn swap_programs(ebpf: &mut Ebpf, pins: &PinDir) -> anyhow::Result<()> {
     let tc_links = pins.tc_links()?.into_iter().map(|(_, path)| path);
-    swap_in(object::tc_mark_program(ebpf)?, tc_links, &pins.tc_program())?;
+    swap_in(object::tc_program(ebpf)?, tc_links, &pins.tc_program())?;
     let xdp_links = pins.links()?.into_iter().map(|link| link.path);
     swap_in(object::xdp_program(ebpf)?, xdp_links, &pins.program())
 }
@@ -114,7 +114,7 @@ pub fn pin_program_by_id(id: u32, path: &Path, xdp: bool) -> anyhow::Result<()> 
         Xdp::from_program_info(info, programs::XDP.into(), XdpAttachType::Interface)
             .map(|mut program| program.pin(path))
     } else {
-        SchedClassifier::from_program_info(info, programs::TC_MARK.into())
+        SchedClassifier::from_program_info(info, programs::TC.into())
             .map(|mut program| program.pin(path))
     };
     pinned

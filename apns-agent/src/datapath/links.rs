@@ -1,12 +1,12 @@
 //! Attaching the pinned programs to interfaces and detaching them: one pinned bpf_link per
-//! interface for XDP, one per `mark` interface for the TC half, and what the kernel says
-//! each link is attached to.
+//! interface for XDP, one per `mark` or `redirect` interface for the TC program, and what
+//! the kernel says each link is attached to.
 
 use anyhow::{bail, Context as _};
 use apns_common::{label::Label, programs};
 use aya::programs::{
-    links::{FdLink, PinnedLink},
-    tc::TcAttachType,
+    links::{FdLink, LinkOrder, PinnedLink},
+    tc::{TcAttachOptions, TcAttachType},
     SchedClassifier, Xdp, XdpMode as KernelXdpMode,
 };
 use aya_obj::programs::XdpAttachType;
@@ -125,7 +125,10 @@ pub fn remove(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Attaches the mark fast path's TC ingress program to `interface` (kept when already there).
+/// Attaches the fast paths' TC ingress program to `interface` (kept when already there),
+/// first among the interface's TCX ingress programs: the XDP program has already counted a
+/// packet it hands to TC as forwarded, so no program may run before ours and drop it (TCX
+/// stops at the first verdict). A program attached later with "before" still goes in front.
 pub fn attach_tc(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
     let path = pins.tc_link(interface);
     if path.exists() {
@@ -134,13 +137,12 @@ pub fn attach_tc(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
     let mut program = SchedClassifier::from_pin(pins.tc_program())
         .with_context(|| format!("opening the pinned program {}", pins.tc_program().display()))?;
     let id = program
-        .attach(interface, TcAttachType::Ingress)
-        .with_context(|| {
-            format!(
-                "attaching {} to {interface} (TC ingress)",
-                programs::TC_MARK
-            )
-        })?;
+        .attach_with_options(
+            interface,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::first()),
+        )
+        .with_context(|| format!("attaching {} to {interface} (TC ingress)", programs::TC))?;
     let link: FdLink = program.take_link(id)?.try_into().with_context(|| {
         format!("{interface}: TC attached without a bpf_link (kernel older than 6.6?)")
     })?;
