@@ -88,8 +88,8 @@ pub enum Command {
     },
     /// Set an attached interface's fast path: pass (count only), mark (set skb->mark on
     /// APNs packets for netfilter and policy routing; works with NAT) or redirect (forward
-    /// APNs packets from XDP, past netfilter; for routed gateways without NAT on the APNs
-    /// path).
+    /// APNs packets from XDP, or from TC while the next hop is being resolved, past
+    /// netfilter; for routed gateways without NAT on the APNs path).
     Fastpath {
         interface: String,
         #[arg(value_parser = label::value_parser::<FastPath>())]

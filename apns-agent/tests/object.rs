@@ -2,7 +2,7 @@
 //! accepts it.
 
 use apns_agent::datapath::object::{self, EbpfLog, OBJECT};
-use apns_common::programs::{TC_CONNS, TC_MARK, XDP as XDP_PROGRAM};
+use apns_common::programs::{TC as TC_PROGRAM, TC_CONNS, XDP as XDP_PROGRAM};
 use aya_obj::ProgramSection;
 
 #[test]
@@ -47,7 +47,7 @@ fn object_maps_match_the_shared_layout() {
         matches!(section(XDP_PROGRAM), ProgramSection::Xdp { .. }),
         "{XDP_PROGRAM} is not an XDP program"
     );
-    for tc in [TC_MARK, TC_CONNS] {
+    for tc in [TC_PROGRAM, TC_CONNS] {
         assert!(
             matches!(section(tc), ProgramSection::SchedClassifier),
             "{tc} is not a TC classifier"
@@ -70,7 +70,7 @@ fn verifier_accepts_the_program() {
     // The TC programs too: the connection table's egress half parses and judges like XDP.
     type Get = fn(&mut aya::Ebpf) -> anyhow::Result<&mut aya::programs::SchedClassifier>;
     let programs: [(&str, Get); 2] = [
-        (TC_MARK, object::tc_mark_program),
+        (TC_PROGRAM, object::tc_program),
         (TC_CONNS, object::tc_conns_program),
     ];
     for (name, get) in programs {

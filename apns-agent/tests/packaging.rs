@@ -87,6 +87,7 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
             .insert(FlowKey { direction, port }, Flow::default());
     }
     interface.inbound_opens.insert((5223, Verdict::Drop), 0);
+    interface.paths = Some(Default::default());
     let mut model = Model::default();
     model.interfaces.insert("eth1".to_owned(), interface);
     model.reachability.insert(5223, 1.0);
@@ -105,6 +106,7 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
             program_id: None,
             link_id: None,
             link_pin: String::new(),
+            paths: None,
         }],
     );
     // The connection table's families, one sample each (labels are read from samples).

@@ -62,10 +62,15 @@ pub enum Outcome {
     InboundOpen = 8,
     /// The same attempt, dropped (enforce mode).
     DropInboundOpen = 9,
+    /// APNs traffic of the `redirect` fast path whose next hop had no resolved neighbour: the
+    /// XDP program handed it to the TC ingress program (XDP metadata), which forwarded it
+    /// with `bpf_redirect_neigh` (the kernel resolves the neighbour, queueing the packet
+    /// meanwhile). Counted here, by XDP, once; see docs/fastpath.md.
+    FastpathTc = 10,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Pass,
         Outcome::DropProvider,
         Outcome::DropPinhole,
@@ -76,6 +81,7 @@ impl Outcome {
         Outcome::Malformed,
         Outcome::InboundOpen,
         Outcome::DropInboundOpen,
+        Outcome::FastpathTc,
     ];
 
     pub const fn from_u8(code: u8) -> Option<Outcome> {
@@ -90,6 +96,7 @@ impl Outcome {
             7 => Some(Outcome::Malformed),
             8 => Some(Outcome::InboundOpen),
             9 => Some(Outcome::DropInboundOpen),
+            10 => Some(Outcome::FastpathTc),
             _ => None,
         }
     }
@@ -106,6 +113,7 @@ impl Outcome {
             Outcome::Malformed => "malformed",
             Outcome::InboundOpen => "inbound_open",
             Outcome::DropInboundOpen => "drop_inbound_open",
+            Outcome::FastpathTc => "fastpath_tc",
         }
     }
 
@@ -251,7 +259,7 @@ pub const CELLS_PER_BLOCK: usize = 16;
 /// The (direction, outcome) pair each cell of a block counts, by cell number. Never reorder:
 /// append. Outcomes without a port ([`Outcome::NotIp`] ...) only occur in port slot
 /// [`OVERFLOW_SLOT`], the others in any port slot.
-pub const CELLS: [(Direction, Outcome); 12] = [
+pub const CELLS: [(Direction, Outcome); 14] = [
     (Direction::None, Outcome::NotIp),
     (Direction::None, Outcome::NotApns),
     (Direction::None, Outcome::Fragment),
@@ -264,6 +272,8 @@ pub const CELLS: [(Direction, Outcome); 12] = [
     (Direction::None, Outcome::DropPinhole),
     (Direction::Inbound, Outcome::InboundOpen),
     (Direction::Inbound, Outcome::DropInboundOpen),
+    (Direction::Outbound, Outcome::FastpathTc),
+    (Direction::Inbound, Outcome::FastpathTc),
 ];
 const _: () = assert!(CELLS.len() <= CELLS_PER_BLOCK);
 
@@ -285,6 +295,8 @@ pub const fn cell_of(direction: Direction, outcome: Outcome) -> usize {
         (Direction::None, Outcome::DropPinhole) => 9,
         (Direction::Inbound, Outcome::InboundOpen) => 10,
         (Direction::Inbound, Outcome::DropInboundOpen) => 11,
+        (Direction::Outbound, Outcome::FastpathTc) => 12,
+        (Direction::Inbound, Outcome::FastpathTc) => 13,
         _ => UNNAMED_CELL,
     }
 }

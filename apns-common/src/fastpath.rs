@@ -6,10 +6,13 @@ pub mod mode {
     pub const PASS: u32 = 0;
     /// Mark APNs packets for netfilter and policy routing: the XDP program puts a
     /// [`super::MarkMeta`] in front of the packet (XDP metadata) and the TC ingress program
-    /// `apns_tc_mark` on the same interface copies it into `skb->mark`.
+    /// `apns_tc` on the same interface copies it into `skb->mark`.
     pub const MARK: u32 = 1;
     /// Forward APNs packets from XDP (FIB lookup, MAC rewrite, TTL/hop limit decrement,
-    /// XDP_REDIRECT), past netfilter. Falls back to the stack whenever the FIB cannot settle.
+    /// XDP_REDIRECT), past netfilter. A next hop without a resolved neighbour is handed to
+    /// the TC ingress program `apns_tc` ([`super::HandoffMeta`]), which forwards with
+    /// `bpf_redirect_neigh`. Whatever else the FIB cannot settle goes to the stack
+    /// ([`super::Fallback`]).
     pub const REDIRECT: u32 = 2;
 }
 
@@ -70,7 +73,8 @@ pub struct IfaceConfig {
     /// The interface's counter slot (`crate::counters`): 1 to `LAST_ASSIGNABLE_SLOT`, or 0
     /// (the overflow slot) when it has none.
     pub counter_slot: u16,
-    /// [`flags`] bits. The XDP and TC programs read [`flags::DEVICES`].
+    /// [`flags`] bits. The XDP program reads [`flags::DEVICES`] and [`flags::TC_HANDOFF`],
+    /// the TC programs [`flags::DEVICES`].
     pub flags: u16,
 }
 const _: () = assert!(size_of::<IfaceConfig>() == 16);
@@ -83,6 +87,12 @@ pub mod flags {
     /// The interface faces the devices (config `[roles]`): the device's packets entering
     /// here, and Apple's leaving here, feed the connection table (`crate::conns`).
     pub const DEVICES: u16 = 1 << 1;
+    /// The TC ingress program `apns_tc` is attached to the interface, so the XDP program may
+    /// hand it a `redirect` packet whose neighbour is unresolved ([`super::HandoffMeta`]).
+    /// The agent sets it only after the TC link exists and clears it before removing the
+    /// link: a handed-off packet always meets the TC program. Without it such packets go to
+    /// the stack ([`super::Fallback::TcNotReady`]).
+    pub const TC_HANDOFF: u16 = 1 << 2;
 }
 
 /// Default [`IfaceConfig::mark`] and [`IfaceConfig::mark_mask`]: one bit (0x00a90000 would
@@ -105,5 +115,192 @@ const _: () = assert!(size_of::<MarkMeta>() == 12);
 
 pub const MARK_META_MAGIC: u32 = 0xa9e5_4d4b;
 
+/// The XDP metadata the `redirect` fast path leaves in front of an APNs packet whose next hop
+/// has no resolved neighbour (`bpf_fib_lookup` answered NO_NEIGH): the TC ingress program
+/// forwards it with `bpf_redirect_neigh(oif, {nh_family, nh})`, and the kernel's neighbour
+/// subsystem resolves the next hop (ARP/ND), queueing the packet meanwhile. The XDP program
+/// has already decremented the TTL or hop limit. 28 bytes: XDP metadata holds at most 32,
+/// in multiples of 4. Native byte order for `magic`, `oif` and `nh_family`; `nh` is the
+/// next hop as `bpf_fib_lookup` returned it (network byte order, an IPv4 address in the
+/// first word).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandoffMeta {
+    /// [`HANDOFF_META_MAGIC`]. The TC program zeroes it once read: metadata travels with the
+    /// skb, over a veth even into the next namespace's TC programs.
+    pub magic: u32,
+    /// Egress ifindex from the FIB.
+    pub oif: u32,
+    /// AF_INET (2) or AF_INET6 (10): the family of `nh` (an IPv4 route may have an IPv6
+    /// gateway).
+    pub nh_family: u32,
+    pub nh: [u32; 4],
+}
+const _: () = assert!(size_of::<HandoffMeta>() == 28);
+
+pub const HANDOFF_META_MAGIC: u32 = 0xa9e5_4e48;
+const _: () = assert!(HANDOFF_META_MAGIC != MARK_META_MAGIC);
+
+/// Why the `redirect` fast path left an APNs packet to the kernel stack (`XDP_PASS`, counted
+/// with outcome `pass` in the counters, and by reason in `APNS_FP_PATHS`). Where the stack
+/// path is blocked (the forward chain the fast path exists to bypass), the packets of the
+/// reasons marked *lost* are dropped there. Never renumber; codes index
+/// [`PathCounters::fallback`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fallback {
+    /// TTL or hop limit 1 or less: the stack answers ICMP time exceeded (before the forward
+    /// hook).
+    Ttl = 0,
+    /// The packet is larger than the egress MTU: the stack answers "fragmentation needed" /
+    /// "packet too big" (before the forward hook); the sender's PMTU discovery recovers.
+    FragNeeded = 1,
+    /// A blackhole route: dropped silently, as configured.
+    Blackhole = 2,
+    /// An unreachable route: the stack answers ICMP unreachable.
+    Unreachable = 3,
+    /// A prohibit route: the stack answers ICMP administratively prohibited.
+    Prohibit = 4,
+    /// Not forwarded: addressed to the gateway itself, or no route (IPv6).
+    NotForwarded = 5,
+    /// Forwarding is disabled on the ingress interface.
+    ForwardingDisabled = 6,
+    /// A route with a lightweight tunnel encapsulation (lost where the stack path is blocked).
+    UnsupportedLwt = 7,
+    /// The egress interface is not one the agent is attached to (lost).
+    EgressUnmanaged = 8,
+    /// An 802.1Q/802.1ad tagged frame (lost).
+    VlanTagged = 9,
+    /// No resolved neighbour and the TC program is not attached (yet) on the ingress
+    /// interface (lost).
+    TcNotReady = 10,
+    /// No resolved neighbour and the driver gives XDP no metadata room (lost).
+    NoMetadata = 11,
+    /// Any other FIB answer, or a frame the fast path could not rewrite (lost).
+    Other = 12,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 13] = [
+        Fallback::Ttl,
+        Fallback::FragNeeded,
+        Fallback::Blackhole,
+        Fallback::Unreachable,
+        Fallback::Prohibit,
+        Fallback::NotForwarded,
+        Fallback::ForwardingDisabled,
+        Fallback::UnsupportedLwt,
+        Fallback::EgressUnmanaged,
+        Fallback::VlanTagged,
+        Fallback::TcNotReady,
+        Fallback::NoMetadata,
+        Fallback::Other,
+    ];
+
+    pub const fn from_u8(code: u8) -> Option<Fallback> {
+        match code {
+            0 => Some(Fallback::Ttl),
+            1 => Some(Fallback::FragNeeded),
+            2 => Some(Fallback::Blackhole),
+            3 => Some(Fallback::Unreachable),
+            4 => Some(Fallback::Prohibit),
+            5 => Some(Fallback::NotForwarded),
+            6 => Some(Fallback::ForwardingDisabled),
+            7 => Some(Fallback::UnsupportedLwt),
+            8 => Some(Fallback::EgressUnmanaged),
+            9 => Some(Fallback::VlanTagged),
+            10 => Some(Fallback::TcNotReady),
+            11 => Some(Fallback::NoMetadata),
+            12 => Some(Fallback::Other),
+            _ => None,
+        }
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Ttl => "ttl",
+            Fallback::FragNeeded => "frag_needed",
+            Fallback::Blackhole => "blackhole",
+            Fallback::Unreachable => "unreachable",
+            Fallback::Prohibit => "prohibit",
+            Fallback::NotForwarded => "not_forwarded",
+            Fallback::ForwardingDisabled => "forwarding_disabled",
+            Fallback::UnsupportedLwt => "unsupported_lwt",
+            Fallback::EgressUnmanaged => "egress_unmanaged",
+            Fallback::VlanTagged => "vlan_tagged",
+            Fallback::TcNotReady => "tc_not_ready",
+            Fallback::NoMetadata => "no_metadata",
+            Fallback::Other => "other",
+        }
+    }
+}
+
+impl crate::label::Label for Fallback {
+    const WHAT: &'static str = "fast-path fallback reason";
+    const ALL: &'static [Fallback] = &Fallback::ALL;
+    fn as_str(self) -> &'static str {
+        Fallback::as_str(self)
+    }
+}
+
+/// Room for reasons in [`PathCounters::fallback`]: [`Fallback`] codes to come fit without a
+/// layout change.
+pub const FALLBACK_SLOTS: usize = 16;
+const _: () = assert!(Fallback::ALL.len() <= FALLBACK_SLOTS);
+
+/// Value of `APNS_FP_PATHS`, a per-CPU array indexed by interface counter slot (like the
+/// interface half of `APNS_COUNTERS`, see `crate::counters`): what the `redirect` fast path
+/// did with the APNs packets it did not forward from XDP itself. Packets are counted in
+/// `APNS_COUNTERS` as always (outcome `fastpath`, `fastpath_tc` or `pass`); these numbers
+/// break the `pass` ones down by reason and cross-check the TC step. Plain adds: per CPU,
+/// and XDP and TC run with preemption off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathCounters {
+    /// Packets left to the stack, indexed by [`Fallback`] code. Written by XDP.
+    pub fallback: [u64; FALLBACK_SLOTS],
+    /// Handed-off packets the TC program forwarded with `bpf_redirect_neigh` (by segment:
+    /// GRO may merge handed-off packets between XDP and TC). Should equal the `fastpath_tc`
+    /// packets counted by XDP. Written by TC.
+    pub tc_redirected: u64,
+    /// Handed-off packets `bpf_redirect_neigh` refused (bad parameters: should stay 0); they
+    /// continue into the stack. Written by TC.
+    pub tc_refused: u64,
+}
+const _: () = assert!(size_of::<PathCounters>() == 8 * (FALLBACK_SLOTS + 2));
+
+impl Default for PathCounters {
+    fn default() -> Self {
+        PathCounters {
+            fallback: [0; FALLBACK_SLOTS],
+            tc_redirected: 0,
+            tc_refused: 0,
+        }
+    }
+}
+
+impl PathCounters {
+    /// Adds `other` field by field (user space sums per-CPU values with it).
+    pub fn add(&mut self, other: &PathCounters) {
+        for (mine, theirs) in self.fallback.iter_mut().zip(&other.fallback) {
+            *mine += theirs;
+        }
+        self.tc_redirected += other.tc_redirected;
+        self.tc_refused += other.tc_refused;
+    }
+
+    pub fn is_zero(&self) -> bool {
+        *self == PathCounters::default()
+    }
+
+    /// Packets left to the stack for `reason`.
+    pub fn fallback(&self, reason: Fallback) -> u64 {
+        self.fallback[reason as usize]
+    }
+}
+
 #[cfg(feature = "user")]
-unsafe impl aya::Pod for IfaceConfig {}
+mod pod {
+    unsafe impl aya::Pod for super::IfaceConfig {}
+    unsafe impl aya::Pod for super::PathCounters {}
+}

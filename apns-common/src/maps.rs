@@ -115,6 +115,14 @@ pub const UNPINNED: [&str; 2] = ["AYA_LOGS", ".rodata"];
 /// agent before it adopts pinned maps. The XDP program never touches it.
 pub const META: &str = "APNS_META";
 
+/// `PerCpuArray<PathCounters>`, [`crate::counters::IFACE_SLOTS`] entries indexed by interface
+/// counter slot: per `redirect` interface, the APNs packets left to the stack by reason, and
+/// the TC step's cross-check ([`crate::fastpath::PathCounters`]). Written by the XDP program
+/// (fallbacks) and the TC program (hand-offs forwarded or refused), and by the agent only to
+/// move a recycled interface slot's row into the retired slot, as for `APNS_COUNTERS`; read
+/// by the agent (`status`, /metrics, `stats`). Added to layout 3 before its release.
+pub const FASTPATH_PATHS: &str = "APNS_FP_PATHS";
+
 /// Kernel map type numbers (`enum bpf_map_type`, stable UAPI) of the maps above.
 pub mod map_type {
     pub const HASH: u32 = 1;
@@ -127,7 +135,7 @@ pub mod map_type {
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 19] = {
+pub const ALL: [MapLayout; 20] = {
     use crate::{
         conns::{ConnKey, ConnStats, ConnValue},
         counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
@@ -219,6 +227,13 @@ pub const ALL: [MapLayout; 19] = {
             CONNS_DEFAULT_ENTRIES,
         ),
         MapLayout::new(CONN_STATS, PERCPU_ARRAY, 4, size_of::<ConnStats>(), 1),
+        MapLayout::new(
+            FASTPATH_PATHS,
+            PERCPU_ARRAY,
+            4,
+            size_of::<crate::fastpath::PathCounters>(),
+            crate::counters::IFACE_SLOTS,
+        ),
     ]
 };
 

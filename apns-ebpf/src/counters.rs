@@ -24,6 +24,7 @@ pub fn record(iface_slot: u32, judgement: &Judgement, bytes: u64, tcp_flags: Opt
         (
             Outcome::Pass
             | Outcome::Fastpath
+            | Outcome::FastpathTc
             | Outcome::DropProvider
             | Outcome::DropPinhole
             | Outcome::InboundOpen

@@ -1,17 +1,33 @@
-//! The fast paths for APNs packets: `redirect` (forwarded by XDP itself, past netfilter) and
-//! `mark` (tagged for netfilter and policy routing through XDP metadata).
+//! The fast paths for APNs packets: `redirect` (forwarded past netfilter, by XDP itself or,
+//! for a next hop without a resolved neighbour, by the TC program) and `mark` (tagged for
+//! netfilter and policy routing through XDP metadata).
 //!
-//! For an interface whose fast path is `redirect`, an untagged APNs packet gets a FIB lookup
-//! (bpf_fib_lookup, the kernel's own routing table and neighbour cache). Only a plain success
-//! is forwarded: new MACs, TTL or hop limit minus one (IPv4 checksum updated incrementally),
-//! XDP_REDIRECT through the egress devmap. Whatever the FIB cannot settle — no neighbour yet,
-//! fragmentation needed, a local destination, a blackhole/unreachable/prohibit route, a TTL
-//! about to expire, an egress interface the agent does not manage — returns `None`, and the
-//! caller passes the packet to the stack, which knows how to answer (ICMP, ARP/ND, ...).
+//! For an interface whose fast path is `redirect`, an untagged APNs packet with a TTL above 1
+//! gets a FIB lookup (bpf_fib_lookup, the kernel's own routing table and neighbour cache):
+//! - success, egress managed: new MACs, TTL or hop limit minus one (IPv4 checksum updated
+//!   incrementally), XDP_REDIRECT through the egress devmap ([`Forward::Xdp`]);
+//! - no resolved neighbour ("NO_NEIGH"), egress managed, TC program ready: TTL or hop limit
+//!   minus one and a [`HandoffMeta`] in front of the packet; the TC program forwards it with
+//!   `bpf_redirect_neigh`, which resolves the neighbour in the kernel ([`Forward::Handoff`]).
+//!   XDP cannot resolve a neighbour, and the stack, which could, is exactly what the fast
+//!   path bypasses: a forward chain that drops APNs would drop the very packet that should
+//!   trigger the resolution;
+//! - anything else — fragmentation needed, a local destination, a blackhole/unreachable/
+//!   prohibit route, a TTL about to expire, an egress interface the agent does not manage, a
+//!   VLAN tag — goes to the stack with its [`Fallback`] reason ([`Forward::Stack`]), which
+//!   knows how to answer (ICMP) and is counted per reason in `APNS_FP_PATHS`.
 
-use apns_common::fastpath::{IfaceConfig, MarkMeta, MARK_META_MAGIC};
+use apns_common::fastpath::{
+    flags, Fallback, HandoffMeta, IfaceConfig, MarkMeta, FALLBACK_SLOTS, HANDOFF_META_MAGIC,
+    MARK_META_MAGIC,
+};
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{
+        bpf_fib_lookup, BPF_FIB_LKUP_RET_BLACKHOLE, BPF_FIB_LKUP_RET_FRAG_NEEDED,
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_PROHIBIT, BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LKUP_RET_UNREACHABLE,
+        BPF_FIB_LKUP_RET_UNSUPP_LWT,
+    },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_meta},
     programs::XdpContext,
     EbpfContext as _,
@@ -20,7 +36,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
-    maps::{APNS_IFACES, APNS_TX_PORTS},
+    maps::{APNS_FP_PATHS, APNS_IFACES, APNS_TX_PORTS},
     parse::{Addrs, Cursor, TcpPacket, IPV4_TTL, IPV6_HOP_LIMIT},
 };
 
@@ -32,6 +48,23 @@ const IPV4_TOS: usize = 1;
 const IPV4_CHECKSUM: usize = 10;
 /// The Ethernet header's destination and source MACs.
 const ETH_ALEN: usize = 6;
+
+/// What the `redirect` fast path does with an APNs packet.
+pub enum Forward {
+    /// Forwarded by XDP: the XDP action (XDP_REDIRECT) and the egress ifindex.
+    Xdp { action: u32, egress: u32 },
+    /// To be handed to the TC program ([`handoff`] writes the metadata).
+    Handoff(Handoff),
+    /// Left to the stack, for this reason.
+    Stack(Fallback),
+}
+
+/// A hand-off decided by [`redirect`]: the metadata, and where the IP header is.
+pub struct Handoff {
+    meta: HandoffMeta,
+    l3: usize,
+    ipv4: bool,
+}
 
 /// The entry of `ifindex` (counter slot and fast path); `None` past the array. An interface
 /// the agent never attached reads as zeroes: overflow slot, fast path `pass`.
@@ -63,17 +96,18 @@ pub fn mark(ctx: &XdpContext, config: &IfaceConfig) {
     }
 }
 
-/// Forwards `packet` if the FIB settles it; returns the XDP action (XDP_REDIRECT) and the
-/// egress ifindex, or `None` to leave the packet to the stack.
+/// Decides what the `redirect` fast path does with `packet` (see the module documentation)
+/// and, for [`Forward::Xdp`], rewrites the frame.
 #[inline(always)]
 pub fn redirect(
     ctx: &XdpContext,
     cursor: &Cursor,
     ifindex: u32,
     packet: &TcpPacket,
-) -> Option<(u32, u32)> {
+    config: &IfaceConfig,
+) -> Forward {
     if packet.tagged {
-        return None;
+        return Forward::Stack(Fallback::VlanTagged);
     }
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.l4_protocol = IPPROTO_TCP;
@@ -81,23 +115,29 @@ pub fn redirect(
     params.dport = packet.dport.to_be();
     params.__bindgen_anon_1.tot_len = packet.ip_len;
     params.ifindex = ifindex;
-    match &packet.addrs {
+    let ipv4 = match &packet.addrs {
         Addrs::V4 { src, dst } => {
-            let ip = cursor.bytes::<20>(packet.l3).ok()?;
+            let Ok(ip) = cursor.bytes::<20>(packet.l3) else {
+                return Forward::Stack(Fallback::Other);
+            };
             params.family = AF_INET;
             params.__bindgen_anon_2.tos = ip[IPV4_TOS];
             params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(**src);
             params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(**dst);
+            true
         }
         Addrs::V6 { src, dst } => {
             params.family = AF_INET6;
             params.__bindgen_anon_3.ipv6_src = words(src);
             params.__bindgen_anon_4.ipv6_dst = words(dst);
+            false
         }
-    }
+    };
     // The stack sends the ICMP time-exceeded a TTL of 1 deserves.
-    if *cursor.bytes::<1>(packet.ttl_offset()).ok()?.first()? <= 1 {
-        return None;
+    match cursor.bytes::<1>(packet.ttl_offset()) {
+        Ok([ttl]) if *ttl > 1 => {}
+        Ok(_) => return Forward::Stack(Fallback::Ttl),
+        Err(_) => return Forward::Stack(Fallback::Other),
     }
     // SAFETY: `params` is a valid, fully initialised bpf_fib_lookup on our stack.
     let result = unsafe {
@@ -108,40 +148,145 @@ pub fn redirect(
             0,
         )
     };
-    if result != i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        debug!(
-            ctx,
-            "fast path: FIB result {} on ifindex {}, passing to the stack", result, ifindex
-        );
-        return None;
+    let neighbour_resolved = match fib_answer(result) {
+        Ok(resolved) => resolved,
+        Err(reason) => {
+            debug!(
+                ctx,
+                "fast path: FIB result {} on ifindex {}, passing to the stack", result, ifindex
+            );
+            return Forward::Stack(reason);
+        }
+    };
+    // Only out of interfaces the agent manages (and the devmap holds). The FIB fills in the
+    // egress ifindex on NO_NEIGH too.
+    if APNS_TX_PORTS.get_ifindex(params.ifindex).is_none() {
+        return Forward::Stack(Fallback::EgressUnmanaged);
     }
-    // Only out of interfaces the agent manages (and the devmap holds).
-    APNS_TX_PORTS.get_ifindex(params.ifindex)?;
+    if !neighbour_resolved {
+        if config.flags & flags::TC_HANDOFF == 0 {
+            return Forward::Stack(Fallback::TcNotReady);
+        }
+        return Forward::Handoff(Handoff {
+            meta: HandoffMeta {
+                magic: HANDOFF_META_MAGIC,
+                oif: params.ifindex,
+                // The FIB gives the next hop (the gateway, or the destination on a connected
+                // route) in the destination field, with its family (an IPv4 route may have
+                // an IPv6 gateway).
+                nh_family: u32::from(params.family),
+                // SAFETY: the union's 16 bytes, which cover `ipv4_dst` as their first word.
+                nh: unsafe { params.__bindgen_anon_4.ipv6_dst },
+            },
+            l3: packet.l3,
+            ipv4,
+        });
+    }
 
-    match packet.addrs {
-        Addrs::V4 { .. } => {
-            let ip = cursor.bytes_mut::<20>(packet.l3).ok()?;
-            ip[IPV4_TTL] -= 1;
-            // RFC 1624: the 16-bit word holding the TTL went down by 0x0100, so the
-            // one's-complement checksum goes up by 0x0100, with the end-around carry.
-            let check = u32::from(u16::from_be_bytes([
-                ip[IPV4_CHECKSUM],
-                ip[IPV4_CHECKSUM + 1],
-            ]));
-            let sum = check + 0x0100;
-            let folded = ((sum & 0xffff) + (sum >> 16)) as u16;
-            ip[IPV4_CHECKSUM..IPV4_CHECKSUM + 2].copy_from_slice(&folded.to_be_bytes());
-        }
-        Addrs::V6 { .. } => {
-            let ip = cursor.bytes_mut::<8>(packet.l3).ok()?;
-            ip[IPV6_HOP_LIMIT] -= 1;
-        }
+    if decrement_ttl(cursor, packet.l3, ipv4).is_err() {
+        return Forward::Stack(Fallback::Other);
     }
-    let eth = cursor.bytes_mut::<{ 2 * ETH_ALEN }>(0).ok()?;
+    let Ok(eth) = cursor.bytes_mut::<{ 2 * ETH_ALEN }>(0) else {
+        return Forward::Stack(Fallback::Other);
+    };
     eth[..ETH_ALEN].copy_from_slice(&params.dmac);
     eth[ETH_ALEN..].copy_from_slice(&params.smac);
-    let action = APNS_TX_PORTS.redirect(params.ifindex, 0).ok()?;
-    Some((action, params.ifindex))
+    match APNS_TX_PORTS.redirect(params.ifindex, 0) {
+        Ok(action) => Forward::Xdp {
+            action,
+            egress: params.ifindex,
+        },
+        Err(_) => Forward::Stack(Fallback::Other),
+    }
+}
+
+/// `Ok(true)` for a resolved next hop, `Ok(false)` for one without a neighbour entry, or the
+/// reason the stack gets the packet.
+#[inline(always)]
+fn fib_answer(result: i64) -> Result<bool, Fallback> {
+    const SUCCESS: i64 = BPF_FIB_LKUP_RET_SUCCESS as i64;
+    const NO_NEIGH: i64 = BPF_FIB_LKUP_RET_NO_NEIGH as i64;
+    const BLACKHOLE: i64 = BPF_FIB_LKUP_RET_BLACKHOLE as i64;
+    const UNREACHABLE: i64 = BPF_FIB_LKUP_RET_UNREACHABLE as i64;
+    const PROHIBIT: i64 = BPF_FIB_LKUP_RET_PROHIBIT as i64;
+    const NOT_FWDED: i64 = BPF_FIB_LKUP_RET_NOT_FWDED as i64;
+    const FWD_DISABLED: i64 = BPF_FIB_LKUP_RET_FWD_DISABLED as i64;
+    const UNSUPP_LWT: i64 = BPF_FIB_LKUP_RET_UNSUPP_LWT as i64;
+    const FRAG_NEEDED: i64 = BPF_FIB_LKUP_RET_FRAG_NEEDED as i64;
+    match result {
+        SUCCESS => Ok(true),
+        NO_NEIGH => Ok(false),
+        BLACKHOLE => Err(Fallback::Blackhole),
+        UNREACHABLE => Err(Fallback::Unreachable),
+        PROHIBIT => Err(Fallback::Prohibit),
+        NOT_FWDED => Err(Fallback::NotForwarded),
+        FWD_DISABLED => Err(Fallback::ForwardingDisabled),
+        UNSUPP_LWT => Err(Fallback::UnsupportedLwt),
+        FRAG_NEEDED => Err(Fallback::FragNeeded),
+        _ => Err(Fallback::Other),
+    }
+}
+
+/// Puts the [`HandoffMeta`] in front of the packet and decrements its TTL or hop limit, so
+/// the TC program needs no packet writes. On failure the frame is left as it came (no
+/// metadata, TTL untouched) and the reason is returned. Must be the last thing done with the
+/// frame: moving the metadata boundary invalidates every packet pointer.
+#[inline(always)]
+pub fn handoff(ctx: &XdpContext, handoff: &Handoff) -> Result<(), Fallback> {
+    const META: i32 = size_of::<HandoffMeta>() as i32;
+    // SAFETY: a helper on our own context; a negative delta grows the metadata area (it
+    // fails when the driver leaves no room for metadata).
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -META) } != 0 {
+        return Err(Fallback::NoMetadata);
+    }
+    // Packet pointers from before the adjustment are invalid: read them again.
+    let cursor = Cursor::new(ctx);
+    let meta = ctx.metadata();
+    if meta + size_of::<HandoffMeta>() > ctx.data()
+        || decrement_ttl(&cursor, handoff.l3, handoff.ipv4).is_err()
+    {
+        // Never happens after a successful adjustment of an untagged frame; give the room
+        // back so that no stale bytes pose as metadata.
+        // SAFETY: as above; a positive delta shrinks the area again.
+        unsafe { bpf_xdp_adjust_meta(ctx.ctx, META) };
+        return Err(Fallback::Other);
+    }
+    // SAFETY: the bounds were checked just above, in the form the verifier understands.
+    unsafe { *(meta as *mut HandoffMeta) = handoff.meta };
+    Ok(())
+}
+
+/// Counts one packet the `redirect` fast path left to the stack, by reason, for the
+/// interface in counter slot `iface_slot` (already bounded by `usable_slot`).
+#[inline(always)]
+pub fn count_fallback(iface_slot: u32, reason: Fallback) {
+    if let Some(paths) = APNS_FP_PATHS.get_ptr_mut(iface_slot) {
+        // SAFETY: this CPU's copy of a per-CPU array value, touched by nobody else while XDP
+        // runs (preemption off); the index is masked into the array.
+        unsafe { (*paths).fallback[reason as usize & (FALLBACK_SLOTS - 1)] += 1 };
+    }
+}
+
+/// TTL (with the RFC 1624 incremental checksum update) or hop limit minus one, at `l3`.
+#[inline(always)]
+fn decrement_ttl(cursor: &Cursor, l3: usize, ipv4: bool) -> Result<(), ()> {
+    if ipv4 {
+        let ip = cursor.bytes_mut::<20>(l3).map_err(drop)?;
+        ip[IPV4_TTL] -= 1;
+        // The 16-bit word holding the TTL went down by 0x0100, so the one's-complement
+        // checksum goes up by 0x0100, with the end-around carry.
+        let check = u32::from(u16::from_be_bytes([
+            ip[IPV4_CHECKSUM],
+            ip[IPV4_CHECKSUM + 1],
+        ]));
+        let sum = check + 0x0100;
+        let folded = ((sum & 0xffff) + (sum >> 16)) as u16;
+        ip[IPV4_CHECKSUM..IPV4_CHECKSUM + 2].copy_from_slice(&folded.to_be_bytes());
+    } else {
+        let ip = cursor.bytes_mut::<8>(l3).map_err(drop)?;
+        ip[IPV6_HOP_LIMIT] -= 1;
+    }
+    Ok(())
 }
 
 /// An IPv6 address as the four 32-bit words bpf_fib_lookup takes (network byte order).

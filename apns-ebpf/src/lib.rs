@@ -3,9 +3,11 @@
 //! The contract is docs/classification.md; the code is split by concern: `parse` reads
 //! headers, `classify` applies the policy maps, `counters` is the only writer of the counter
 //! maps, `conns` of the connection table (docs/clients.md), `events` reports policy drops to
-//! the ring buffer, `fastpath` forwards (redirect) or marks APNs packets, `tc_mark` is the TC
-//! half of the mark path, `tc_conns` the TC egress half of the connection table, `maps`
-//! holds the map statics. The entry points live in the binaries (`main.rs`, and `probe.rs` for upgrade
+//! the ring buffer, `fastpath` forwards (redirect) or marks APNs packets, `tc` is the TC
+//! ingress program of both fast paths (the mark's copy into `skb->mark`, the redirect's
+//! hand-off for unresolved neighbours), `tc_conns` the TC egress half of the connection
+//! table, `maps` holds the map statics. The entry points live in the binaries (`main.rs`, and
+//! `probe.rs` for upgrade
 //! tests) so that both share every line of this crate.
 #![cfg_attr(target_arch = "bpf", no_std)]
 // The BPF target's core has no atomic read-modify-write methods; the connection table's
@@ -20,8 +22,8 @@ mod events;
 mod fastpath;
 mod maps;
 mod parse;
+pub mod tc;
 pub mod tc_conns;
-pub mod tc_mark;
 
 use apns_common::{
     conns::ConnKey,
@@ -30,10 +32,12 @@ use apns_common::{
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
-use crate::{classify::Judgement, parse::Cursor};
+use crate::{classify::Judgement, fastpath::Forward, parse::Cursor};
 
 /// Classifies, counts and returns the XDP action for one frame. Every packet leaves through
-/// the single counter update below, so what is counted and what is returned cannot disagree.
+/// the single counter update below, so what is counted and what is returned cannot disagree:
+/// a hand-off to the TC program is counted (`fastpath_tc`) only once its metadata is
+/// written, and a packet the redirect path leaves to the stack also has its reason counted.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
     let cursor = Cursor::new(ctx);
@@ -44,7 +48,9 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         usable_slot(iface.map_or(OVERFLOW_SLOT, |config| u32::from(config.counter_slot)));
     let mut action = xdp_action::XDP_PASS;
     let mut mark = None;
-    let (judgement, tcp_flags) = match parse::parse(&cursor) {
+    let mut handoff = None;
+    let mut fallback = None;
+    let (mut judgement, tcp_flags) = match parse::parse(&cursor) {
         Ok(tcp) => {
             let mut judgement = classify::judge(&tcp);
             if judgement.outcome.is_drop() {
@@ -59,27 +65,34 @@ pub fn handle(ctx: &XdpContext) -> u32 {
                 }
                 match iface {
                     Some(config) if config.fastpath == fastpath_mode::REDIRECT => {
-                        if let Some((redirected, egress)) =
-                            fastpath::redirect(ctx, &cursor, ifindex, &tcp)
-                        {
-                            judgement.outcome = Outcome::Fastpath;
-                            action = redirected;
-                            // Apple's packets redirected to the devices skip TC egress, where
-                            // the table would otherwise see them: record them here.
-                            if judgement.direction == Direction::Inbound
-                                && faces_devices(fastpath::interface(egress))
-                            {
-                                let mut key = ConnKey::default();
-                                conns::key(&mut key, &tcp, false);
-                                let ttl = conns::ttl(&cursor, &tcp);
-                                conns::apns_conns_inbound(
-                                    &key,
-                                    tcp.flags,
-                                    ttl,
-                                    cursor.len() as u64,
-                                    1,
-                                );
+                        match fastpath::redirect(ctx, &cursor, ifindex, &tcp, config) {
+                            Forward::Xdp {
+                                action: redirected,
+                                egress,
+                            } => {
+                                judgement.outcome = Outcome::Fastpath;
+                                action = redirected;
+                                // Apple's packets redirected by XDP to the devices skip TC
+                                // egress, where the table would otherwise see them: record
+                                // them here. (A hand-off goes out through the stack's
+                                // transmit path, TC egress included.)
+                                if judgement.direction == Direction::Inbound
+                                    && faces_devices(fastpath::interface(egress))
+                                {
+                                    let mut key = ConnKey::default();
+                                    conns::key(&mut key, &tcp, false);
+                                    let ttl = conns::ttl(&cursor, &tcp);
+                                    conns::apns_conns_inbound(
+                                        &key,
+                                        tcp.flags,
+                                        ttl,
+                                        cursor.len() as u64,
+                                        1,
+                                    );
+                                }
                             }
+                            Forward::Handoff(decided) => handoff = Some(decided),
+                            Forward::Stack(reason) => fallback = Some(reason),
                         }
                     }
                     Some(config) if config.fastpath == fastpath_mode::MARK => mark = Some(config),
@@ -91,7 +104,18 @@ pub fn handle(ctx: &XdpContext) -> u32 {
         Err(class) => (Judgement::class(class), None),
     };
     // Frame length as received: the fast path rewrites bytes, never the length.
-    counters::record(iface_slot, &judgement, cursor.len() as u64, tcp_flags);
+    let bytes = cursor.len() as u64;
+    if let Some(decided) = handoff {
+        // XDP_PASS either way: the TC program takes over from the metadata, or the stack.
+        match fastpath::handoff(ctx, &decided) {
+            Ok(()) => judgement.outcome = Outcome::FastpathTc,
+            Err(reason) => fallback = Some(reason),
+        }
+    }
+    counters::record(iface_slot, &judgement, bytes, tcp_flags);
+    if let Some(reason) = fallback {
+        fastpath::count_fallback(iface_slot, reason);
+    }
     if let Some(config) = mark {
         fastpath::mark(ctx, config);
     }

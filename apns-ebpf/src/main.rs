@@ -12,10 +12,10 @@ pub fn apns_xdp(ctx: XdpContext) -> u32 {
     apns_ebpf::handle(&ctx)
 }
 
-/// TC ingress half of the mark fast path (see `apns_ebpf::tc_mark`).
+/// TC ingress program of the mark and redirect fast paths (see `apns_ebpf::tc`).
 #[classifier]
-pub fn apns_tc_mark(ctx: TcContext) -> i32 {
-    apns_ebpf::tc_mark::handle(&ctx)
+pub fn apns_tc(ctx: TcContext) -> i32 {
+    apns_ebpf::tc::handle(&ctx)
 }
 
 /// TC egress half of the connection table, on device-facing interfaces (see

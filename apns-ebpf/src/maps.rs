@@ -4,9 +4,9 @@
 
 use apns_common::{
     conns::{ConnKey, ConnStats, ConnValue},
-    counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
+    counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS, IFACE_SLOTS},
     events::{EventConfig, EventState},
-    fastpath::IfaceConfig,
+    fastpath::{IfaceConfig, PathCounters},
     maps::{
         ALLOW_MAX_ENTRIES, CONNS_DEFAULT_ENTRIES, COUNTERS_CARRIED_MAX_ENTRIES, EVENTS_RING_BYTES,
         IFACES_MAX_ENTRIES, MAX_INTERFACES, POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES,
@@ -84,3 +84,7 @@ pub static APNS_CONNS: LruHashMap<ConnKey, ConnValue> =
 
 #[map]
 pub static APNS_CONN_STATS: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Written by the XDP program (fallbacks) and the TC program (the hand-off cross-check).
+#[map]
+pub static APNS_FP_PATHS: PerCpuArray<PathCounters> = PerCpuArray::with_max_entries(IFACE_SLOTS, 0);

@@ -16,8 +16,8 @@ pub fn apns_xdp(ctx: XdpContext) -> u32 {
 }
 
 #[classifier]
-pub fn apns_tc_mark(ctx: TcContext) -> i32 {
-    apns_ebpf::tc_mark::handle(&ctx)
+pub fn apns_tc(ctx: TcContext) -> i32 {
+    apns_ebpf::tc::handle(&ctx)
 }
 
 #[classifier]

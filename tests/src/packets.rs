@@ -942,7 +942,10 @@ mod tests {
         for (direction, n) in &directions {
             println!("  direction {:<9} {n:>6}", direction.as_str());
         }
-        for outcome in Outcome::ALL.into_iter().filter(|&o| o != Outcome::Fastpath) {
+        for outcome in Outcome::ALL
+            .into_iter()
+            .filter(|&o| !matches!(o, Outcome::Fastpath | Outcome::FastpathTc))
+        {
             let n = outcomes.get(&outcome).copied().unwrap_or(0);
             assert!(n >= 100, "{} only {n} times", outcome.as_str());
         }

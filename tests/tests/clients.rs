@@ -418,6 +418,7 @@ fn three_devices(lab: &Lab) -> Vec<TcpStream> {
 fn findings_through(deployment: Deployment) {
     let lab = Lab::new(LabOptions {
         nat: deployment == Deployment::Nat,
+        ..LabOptions::default()
     })
     .unwrap();
     let _servers = populate(&lab);
@@ -668,7 +669,7 @@ fn a_flood_bigger_than_the_table_keeps_everything_healthy_and_evictions_exact() 
 
 #[test]
 fn clients_works_after_kill_9_and_a_restart() {
-    let lab = Lab::new(LabOptions { nat: true }).unwrap();
+    let lab = Lab::new(LabOptions::NAT).unwrap();
     let _servers = populate(&lab);
     let pins = TestPins::new();
     let config = config_file(&lab);

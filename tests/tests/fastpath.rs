@@ -1,78 +1,234 @@
 //! The redirect fast path on the lab gateway: APNs connections get through although the
-//! gateway's forward chain drops their ports, because XDP forwards them before netfilter;
-//! other traffic on those ports stays blocked; whatever the FIB cannot settle is passed to
-//! the stack and counted, never dropped. Needs root.
+//! gateway's forward chain drops their ports in both directions, because XDP (or, for a next
+//! hop whose neighbour is not resolved, the TC step with bpf_redirect_neigh) forwards them
+//! before netfilter; from the first packet on, with cold neighbour caches, after a next
+//! hop's entry is deleted or fails, and after another router takes over the default route.
+//! Every APNs packet is counted once, and the counts are checked against what the hosts'
+//! own TCP stacks sent. Whatever the fast path still cannot forward goes to the stack and is
+//! counted by reason. Needs root.
 
-use std::{net::Ipv4Addr, process::Command, time::Duration};
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, TcpStream},
+    process::Command,
+    time::{Duration, Instant},
+};
 
-use apns_common::counters::{CounterValue, Direction, Outcome};
+use apns_agent::datapath::counters::Snapshot;
+use apns_common::{
+    counters::{CounterValue, Direction, Outcome},
+    fastpath::Fallback,
+};
 use apns_tests::{
-    agent::{counter_key, gw_command, gw_ifindex, spawn_run, succeed, TestPins},
+    agent::{counter_key, gw_command, gw_ifindex, scrape_metrics, spawn_run, succeed, TestPins},
     lab::{
-        self, Lab, LabOptions, Role, APPLE, CLIENT, CLIENT_IF, GW_IF_CLIENT, GW_IF_WAN,
-        GW_LAN_CLIENT, OTHER,
+        self, Lab, LabOptions, Role, APPLE, CLIENT, CLIENT_IF, GW_IF_CLIENT, GW_IF_TRUNK,
+        GW_IF_WAN, GW_LAN_CLIENT, ISP2_IF_GW, ISP2_WAN, ISP_WAN, MDM, OTHER, VLAN_HOST, VLAN_ID,
+        VLAN_IF_TRUNK,
     },
 };
-use etherparse::PacketBuilder;
+use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, VlanId};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const REFUSED: Duration = Duration::from_millis(600);
+/// The ports the filter drops and the tests use.
+const PORTS: [u16; 2] = [5223, 2197];
+/// How long counts must stay unchanged to be final: longer than Linux's largest delayed-ACK
+/// timeout (200 ms), so no segment of a finished exchange is still to come.
+const SETTLED: Duration = Duration::from_millis(400);
 
-/// A content filter stand-in: the gateway's forward chain drops TCP 5223 and 2197.
+/// A content filter stand-in: the gateway's forward chain drops TCP 5223 and 2197 in both
+/// directions, and counts what it drops.
 const FORWARD_DROP: &str = "table inet filter {
     chain forward {
         type filter hook forward priority 0; policy accept;
-        tcp dport { 5223, 2197 } drop
+        tcp dport { 5223, 2197 } counter drop
+        tcp sport { 5223, 2197 } counter drop
     }
 }";
 
 /// Runs `args` in `role`'s namespace (`ip netns exec`: fine for iproute2, nft and ethtool).
-fn in_ns(lab: &Lab, role: Role, args: &[&str]) {
+fn in_ns(lab: &Lab, role: Role, args: &[&str]) -> String {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", lab.ns_name(role)]).args(args);
-    lab::run(&mut cmd).unwrap();
+    lab::run(&mut cmd).unwrap()
 }
 
-/// The gateway with the forward-chain filter, redirect on lan0 and wan0, resolved neighbours.
-fn gateway<'lab>(lab: &'lab Lab, pins: &TestPins) -> apns_tests::agent::Agent<'lab> {
+/// The gateway's forward-chain filter, and the hosts' offloads as docs/fastpath.md asks;
+/// returns once every host answers neighbour solicitations (exact counts need no
+/// retransmission).
+fn filtered_gateway(lab: &Lab) {
+    for role in lab.roles() {
+        lab.wait_settled(role, TIMEOUT).unwrap();
+    }
     lab::run_with_input(
         Command::new("ip").args(["netns", "exec", lab.ns_name(Role::Gw), "nft", "-f", "-"]),
         FORWARD_DROP.as_bytes(),
     )
     .unwrap();
-    lab.prepare_redirect(&[CLIENT.v4.into(), CLIENT.v6.into()])
+    lab.redirect_offloads().unwrap();
+}
+
+/// The gateway resolves its neighbours (the client and the ISP) itself.
+fn resolve_neighbours(lab: &Lab) {
+    lab.resolve_neighbours(&[CLIENT.v4.into(), CLIENT.v6.into()])
         .unwrap();
-    let agent = spawn_run(
-        lab,
-        pins,
-        &[
-            "run",
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-            "--fastpath",
-            "lan0=redirect",
-            "--fastpath",
-            "wan0=redirect",
-        ],
-    )
-    .unwrap();
+}
+
+/// The gateway with the filter, resolved neighbours, and the agent with redirect on lan0
+/// and wan0 (and `more` interfaces, with redirect too).
+fn gateway<'lab>(lab: &'lab Lab, pins: &TestPins, more: &[&str]) -> apns_tests::agent::Agent<'lab> {
+    filtered_gateway(lab);
+    resolve_neighbours(lab);
+    let mut args = vec!["run".to_owned()];
+    for name in [GW_IF_CLIENT.name, GW_IF_WAN.name].iter().chain(more) {
+        args.extend(["--iface".to_owned(), name.to_string()]);
+        args.extend(["--fastpath".to_owned(), format!("{name}=redirect")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = spawn_run(lab, pins, &args).unwrap();
     let status = succeed(&mut gw_command(lab, pins, &["status"])).unwrap();
     assert!(status.contains("fast path redirect"), "{status}");
     agent
+}
+
+/// Packets the forward chain's rules have dropped so far.
+fn forward_drops(lab: &Lab) -> u64 {
+    in_ns(
+        lab,
+        Role::Gw,
+        &["nft", "list", "chain", "inet", "filter", "forward"],
+    )
+    .split_whitespace()
+    .collect::<Vec<_>>()
+    .windows(2)
+    .filter(|pair| pair[0] == "packets")
+    .map(|pair| pair[1].parse::<u64>().unwrap())
+    .sum()
+}
+
+/// APNs packets counted on `ifindex` in `direction` over [`PORTS`], with `outcome`.
+fn counted(snapshot: &Snapshot, ifindex: u32, direction: Direction, outcome: Outcome) -> u64 {
+    PORTS
+        .iter()
+        .map(|&port| {
+            snapshot
+                .get(&counter_key(ifindex, direction, port, outcome))
+                .packets
+        })
+        .sum()
+}
+
+/// APNs packets counted on `ifindex` in `direction` over [`PORTS`], every outcome.
+fn counted_all(snapshot: &Snapshot, ifindex: u32, direction: Direction) -> u64 {
+    Outcome::ALL
+        .iter()
+        .map(|&outcome| counted(snapshot, ifindex, direction, outcome))
+        .sum()
+}
+
+/// What the gateway counted and what the hosts sent, at one moment.
+#[derive(Clone, Debug, PartialEq)]
+struct Ledger {
+    snapshot: Snapshot,
+    /// TCP segments the client and the Apple host have sent.
+    client_sent: u64,
+    apple_sent: u64,
+    /// Of those, retransmissions.
+    client_retransmitted: u64,
+    apple_retransmitted: u64,
+}
+
+/// The interfaces a ledger balances: lan0 (client → Apple) and wan0 (Apple → client).
+#[derive(Clone, Copy)]
+struct Gateway {
+    lan: u32,
+    wan: u32,
+}
+
+impl Gateway {
+    fn of(lab: &Lab) -> Gateway {
+        Gateway {
+            lan: gw_ifindex(lab, GW_IF_CLIENT.name).unwrap(),
+            wan: gw_ifindex(lab, GW_IF_WAN.name).unwrap(),
+        }
+    }
+
+    fn ledger(self, lab: &Lab, pins: &TestPins) -> Ledger {
+        let (client, apple) = (
+            lab.tcp_segments(Role::Client).unwrap(),
+            lab.tcp_segments(Role::Apple).unwrap(),
+        );
+        Ledger {
+            snapshot: pins.snapshot().unwrap(),
+            client_sent: client.sent(),
+            apple_sent: apple.sent(),
+            client_retransmitted: client.retrans_segs,
+            apple_retransmitted: apple.retrans_segs,
+        }
+    }
+
+    /// Waits until every segment the client and the Apple host sent since `before` has been
+    /// counted on the gateway (lan0 outbound, wan0 inbound), and nothing moved for
+    /// [`SETTLED`]; returns the ledger then. The hosts' TCP stacks count each segment they
+    /// send, retransmissions included: equality means every one crossed the gateway's XDP
+    /// program and was counted exactly once.
+    fn settle(self, lab: &Lab, pins: &TestPins, before: &Ledger) -> Ledger {
+        let deadline = Instant::now() + TIMEOUT;
+        let balanced = |now: &Ledger| {
+            let lan = counted_all(&now.snapshot, self.lan, Direction::Outbound)
+                - counted_all(&before.snapshot, self.lan, Direction::Outbound);
+            let wan = counted_all(&now.snapshot, self.wan, Direction::Inbound)
+                - counted_all(&before.snapshot, self.wan, Direction::Inbound);
+            (
+                lan,
+                now.client_sent - before.client_sent,
+                wan,
+                now.apple_sent - before.apple_sent,
+            )
+        };
+        let mut last = self.ledger(lab, pins);
+        let mut since = Instant::now();
+        loop {
+            let (lan, client, wan, apple) = balanced(&last);
+            if lan == client && wan == apple && since.elapsed() >= SETTLED {
+                return last;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "counted on lan0 {lan} of the client's {client} segments, on wan0 {wan} of Apple's {apple}: {last:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.ledger(lab, pins);
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+        }
+    }
+}
+
+/// `outcome` packets on `ifindex` in `direction` between two ledgers.
+fn delta(
+    before: &Ledger,
+    after: &Ledger,
+    ifindex: u32,
+    direction: Direction,
+    outcome: Outcome,
+) -> u64 {
+    counted(&after.snapshot, ifindex, direction, outcome)
+        - counted(&before.snapshot, ifindex, direction, outcome)
 }
 
 #[test]
 fn redirect_delivers_apns_past_a_forward_drop_rule() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    let _agent = gateway(&lab, &pins);
-    let lan = gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
-    let wan = gw_ifindex(&lab, GW_IF_WAN.name).unwrap();
+    let _agent = gateway(&lab, &pins, &[]);
+    let gw = Gateway::of(&lab);
+    let before = gw.ledger(&lab, &pins);
 
     for ipv6 in [false, true] {
-        for port in [5223, 2197] {
+        for port in PORTS {
             let to = APPLE.socket(ipv6, port);
             assert_eq!(
                 lab.echo(Role::Client, to, b"apns", TIMEOUT).unwrap(),
@@ -80,6 +236,9 @@ fn redirect_delivers_apns_past_a_forward_drop_rule() {
                 "to {to}"
             );
         }
+    }
+    let after = gw.settle(&lab, &pins, &before);
+    for ipv6 in [false, true] {
         let blocked = OTHER.socket(ipv6, 5223);
         assert!(
             lab.connect(Role::Client, blocked, REFUSED).is_err(),
@@ -87,16 +246,16 @@ fn redirect_delivers_apns_past_a_forward_drop_rule() {
         );
     }
 
-    let snapshot = pins.snapshot().unwrap();
-    for port in [5223, 2197] {
+    let snapshot = &after.snapshot;
+    for port in PORTS {
         let out = snapshot.get(&counter_key(
-            lan,
+            gw.lan,
             Direction::Outbound,
             port,
             Outcome::Fastpath,
         ));
         let back = snapshot.get(&counter_key(
-            wan,
+            gw.wan,
             Direction::Inbound,
             port,
             Outcome::Fastpath,
@@ -106,16 +265,242 @@ fn redirect_delivers_apns_past_a_forward_drop_rule() {
             (2, 2),
             "port {port}: one IPv4 and one IPv6 handshake, both ways in XDP"
         );
-        let passed = snapshot.get(&counter_key(lan, Direction::Outbound, port, Outcome::Pass));
-        assert_eq!(passed.syn, 0, "port {port}: no SYN fell back to the stack");
+    }
+    // Resolved neighbours: every APNs packet was forwarded by XDP itself.
+    for (ifindex, direction) in [(gw.lan, Direction::Outbound), (gw.wan, Direction::Inbound)] {
+        for outcome in [Outcome::Pass, Outcome::FastpathTc] {
+            assert_eq!(
+                delta(&before, &after, ifindex, direction, outcome),
+                0,
+                "{outcome:?}"
+            );
+        }
     }
 }
 
-/// A TCP SYN from the client to `dst`:5223 with `ttl`, addressed to the gateway's lan0.
-fn syn_frame(dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+/// The agent on lan0 and wan0, fast path `pass`.
+fn run_on_lan_and_wan<'lab>(lab: &'lab Lab, pins: &TestPins) -> apns_tests::agent::Agent<'lab> {
+    let args = [
+        "run",
+        "--iface",
+        GW_IF_CLIENT.name,
+        "--iface",
+        GW_IF_WAN.name,
+    ];
+    spawn_run(lab, pins, &args).unwrap()
+}
+
+/// `status --json` in the gateway.
+fn status_json(lab: &Lab, pins: &TestPins) -> serde_json::Value {
+    let text = succeed(&mut gw_command(lab, pins, &["status", "--json"])).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{err}: {text}"))
+}
+
+/// Writes `bytes` on `stream` and reads the echo back.
+fn exchange(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut echoed = vec![0; bytes.len()];
+    stream
+        .read_exact(&mut echoed)
+        .unwrap_or_else(|err| panic!("echo of {:?}: {err}", String::from_utf8_lossy(bytes)));
+    assert_eq!(echoed, bytes);
+}
+
+/// The redirect paths of `ifindex` as the datapath counts them.
+fn paths(ledger: &Ledger, ifindex: u32) -> apns_agent::datapath::counters::PathTotals {
+    ledger.snapshot.paths(ifindex)
+}
+
+#[test]
+fn the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    filtered_gateway(&lab);
+    // The hosts know the gateway (and it them, from their requests), then the agent starts
+    // without a fast path, and redirect is switched on live, as an operator would.
+    for (role, addr) in [
+        (Role::Client, IpAddr::from(GW_LAN_CLIENT.v4)),
+        (Role::Client, GW_LAN_CLIENT.v6.into()),
+        (Role::Isp, lab::GW_WAN.v4.into()),
+        (Role::Isp, lab::GW_WAN.v6.into()),
+    ] {
+        in_ns(
+            &lab,
+            role,
+            &["ping", "-c", "1", "-W", "2", &addr.to_string()],
+        );
+    }
+    let _agent = run_on_lan_and_wan(&lab, &pins);
+    for name in [GW_IF_CLIENT.name, GW_IF_WAN.name] {
+        succeed(&mut gw_command(
+            &lab,
+            &pins,
+            &["fastpath", name, "redirect"],
+        ))
+        .unwrap();
+    }
+    // The gateway forgets every neighbour: its first packet to each must resolve it.
+    in_ns(&lab, Role::Gw, &["ip", "-4", "neigh", "flush", "all"]);
+    in_ns(&lab, Role::Gw, &["ip", "-6", "neigh", "flush", "all"]);
+    let gw = Gateway::of(&lab);
+    let before = gw.ledger(&lab, &pins);
+    let dropped = forward_drops(&lab);
+
+    for ipv6 in [false, true] {
+        for port in PORTS {
+            let to = APPLE.socket(ipv6, port);
+            assert_eq!(
+                lab.echo(Role::Client, to, b"first", TIMEOUT).unwrap(),
+                b"first",
+                "the first connection to {to}"
+            );
+        }
+    }
+
+    let after = gw.settle(&lab, &pins, &before);
+    // Per family, the first SYN found the upstream next hop unresolved and its SYN-ACK the
+    // client: both were handed to TC, which resolved them; everything after went by XDP.
+    let syn = |ifindex, direction, port| {
+        after
+            .snapshot
+            .get(&counter_key(ifindex, direction, port, Outcome::FastpathTc))
+    };
+    let handed = syn(gw.lan, Direction::Outbound, 5223);
+    assert_eq!((handed.packets, handed.syn), (2, 2), "the two first SYNs");
+    let handed = syn(gw.wan, Direction::Inbound, 5223);
+    assert_eq!((handed.packets, handed.synack), (2, 2), "their SYN-ACKs");
+    for (ifindex, direction) in [(gw.lan, Direction::Outbound), (gw.wan, Direction::Inbound)] {
+        assert_eq!(syn(ifindex, direction, 2197).packets, 0, "2197 came second");
+        assert_eq!(delta(&before, &after, ifindex, direction, Outcome::Pass), 0);
+        // The TC program saw exactly what XDP handed it, and nothing reached the stack.
+        let totals = paths(&after, ifindex);
+        assert_eq!(totals.counters.tc_redirected, 2);
+        assert_eq!(totals.counters.tc_refused, 0);
+        assert_eq!(totals.stack(), 0);
+        assert_eq!(totals.tc_redirect, 2);
+        assert_eq!(
+            totals.xdp_redirect,
+            delta(&before, &after, ifindex, direction, Outcome::Fastpath)
+        );
+    }
+    assert_eq!(
+        forward_drops(&lab),
+        dropped,
+        "nothing reached the forward chain"
+    );
+    // Both neighbours are resolved now.
+    let neighbours = in_ns(&lab, Role::Gw, &["ip", "neigh", "show"]);
+    for addr in [
+        ISP_WAN.v4.to_string(),
+        CLIENT.v4.to_string(),
+        ISP_WAN.v6.to_string(),
+    ] {
+        let line = neighbours
+            .lines()
+            .find(|line| line.starts_with(&format!("{addr} ")))
+            .unwrap_or_else(|| panic!("no neighbour {addr} in:\n{neighbours}"));
+        assert!(line.contains("lladdr"), "{line}");
+    }
+
+    // status and stats show the paths of both interfaces.
+    let status = status_json(&lab, &pins);
+    for interface in status["interfaces"].as_array().unwrap() {
+        let paths = &interface["paths"];
+        assert_eq!(paths["tc_redirect"], 2, "{interface}");
+        assert_eq!(paths["stack"], 0, "{interface}");
+        assert_eq!(paths["tc_handoffs"]["forwarded"], 2, "{interface}");
+    }
+    let text = succeed(&mut gw_command(&lab, &pins, &["status"])).unwrap();
+    assert!(text.contains("redirect paths: xdp "), "{text}");
+}
+
+#[test]
+fn a_live_flow_survives_a_lost_neighbour_and_a_new_next_hop() {
+    let lab = Lab::new(LabOptions {
+        second_upstream: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let pins = TestPins::new();
+    let _agent = gateway(&lab, &pins, &[]);
+    let gw = Gateway::of(&lab);
+
+    for ipv6 in [false, true] {
+        let family = if ipv6 { "-6" } else { "-4" };
+        let (isp, isp2) = (ISP_WAN.ip(ipv6).to_string(), ISP2_WAN.ip(ipv6).to_string());
+        let mut stream = lab
+            .connect(Role::Client, APPLE.socket(ipv6, 5223), TIMEOUT)
+            .unwrap();
+        exchange(&mut stream, b"warm");
+        let mut before = gw.settle(&lab, &pins, &gw.ledger(&lab, &pins));
+        let isp2_before = lab.link_stats(Role::Isp2, ISP2_IF_GW.name).unwrap();
+        let wan = GW_IF_WAN.name;
+        let changes: [(&str, Vec<&str>); 3] = [
+            (
+                "deleted",
+                vec!["ip", family, "neigh", "del", &isp, "dev", wan],
+            ),
+            (
+                "failed",
+                vec![
+                    "ip", family, "neigh", "replace", &isp, "dev", wan, "nud", "failed",
+                ],
+            ),
+            (
+                "moved to a second router",
+                vec![
+                    "ip", family, "route", "replace", "default", "via", &isp2, "dev", wan,
+                ],
+            ),
+        ];
+        for (what, change) in changes {
+            in_ns(&lab, Role::Gw, &change);
+            exchange(&mut stream, what.as_bytes());
+            let after = gw.settle(&lab, &pins, &before);
+            // The first segment after the change found no resolved neighbour and went by
+            // TC, which resolved it; the rest by XDP; none to the stack.
+            let out = |outcome| delta(&before, &after, gw.lan, Direction::Outbound, outcome);
+            assert_eq!(out(Outcome::FastpathTc), 1, "ipv6 {ipv6}, next hop {what}");
+            assert_eq!(out(Outcome::Pass), 0, "ipv6 {ipv6}, next hop {what}");
+            let back = |outcome| delta(&before, &after, gw.wan, Direction::Inbound, outcome);
+            assert_eq!(back(Outcome::FastpathTc) + back(Outcome::Pass), 0, "{what}");
+            let handed = paths(&after, gw.lan).counters.tc_redirected
+                - paths(&before, gw.lan).counters.tc_redirected;
+            assert_eq!(
+                handed, 1,
+                "the TC program forwarded it, ipv6 {ipv6}, {what}"
+            );
+            before = after;
+        }
+        // The client's segments now leave through the second router.
+        let isp2_after = lab.link_stats(Role::Isp2, ISP2_IF_GW.name).unwrap();
+        assert!(isp2_after.rx_packets > isp2_before.rx_packets);
+        exchange(&mut stream, b"still there");
+        drop(stream);
+    }
+}
+
+/// A TCP SYN to `dst`:5223 with `ttl`, don't-fragment set and `payload` bytes of data, from
+/// the client to the gateway's lan0.
+fn syn_frame(dst: Ipv4Addr, ttl: u8, payload: usize) -> Vec<u8> {
+    let mut ip = Ipv4Header::new(0, ttl, IpNumber::TCP, CLIENT.v4.octets(), dst.octets()).unwrap();
+    ip.dont_fragment = true;
     let mut frame = Vec::new();
     PacketBuilder::ethernet2(CLIENT_IF.mac, GW_IF_CLIENT.mac)
-        .ipv4(CLIENT.v4.octets(), dst.octets(), ttl)
+        .ip(IpHeaders::Ipv4(ip, Default::default()))
+        .tcp(40_000, 5223, 1, 64_240)
+        .syn()
+        .write(&mut frame, &vec![0; payload])
+        .unwrap();
+    frame
+}
+
+/// An IPv6 TCP SYN to Apple:5223 with hop limit `hops`, from the client to lan0.
+fn syn_frame_v6(hops: u8) -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_IF.mac, GW_IF_CLIENT.mac)
+        .ipv6(CLIENT.v6.octets(), APPLE.v6.octets(), hops)
         .tcp(40_000, 5223, 1, 64_240)
         .syn()
         .write(&mut frame, &[])
@@ -123,25 +508,43 @@ fn syn_frame(dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
     frame
 }
 
+/// A tagged TCP SYN to Apple:5223 from the vlan host, on the gateway's trunk.
+fn tagged_syn_frame() -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(VLAN_IF_TRUNK.mac, GW_IF_TRUNK.mac)
+        .single_vlan(VlanId::try_new(VLAN_ID).unwrap())
+        .ipv4(VLAN_HOST.v4.octets(), APPLE.v4.octets(), 64)
+        .tcp(40_001, 5223, 1, 64_240)
+        .syn()
+        .write(&mut frame, &[])
+        .unwrap();
+    frame
+}
+
 #[test]
-fn what_the_fib_cannot_settle_is_passed_to_the_stack_and_counted() {
+fn what_the_fast_path_cannot_forward_goes_to_the_stack_counted_by_reason() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    let _agent = gateway(&lab, &pins);
+    let _agent = gateway(&lab, &pins, &[GW_IF_TRUNK.name]);
     let lan = gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
-    // Destinations that are "Apple" but that the FIB cannot forward to.
-    let no_neighbour = Ipv4Addr::new(17, 249, 9, 10);
-    let blackholed = Ipv4Addr::new(17, 249, 8, 10);
-    in_ns(
-        &lab,
-        Role::Gw,
-        &["ip", "route", "add", "17.249.9.0/24", "via", "203.0.113.9"],
-    );
-    in_ns(
-        &lab,
-        Role::Gw,
-        &["ip", "route", "add", "blackhole", "17.249.8.0/24"],
-    );
+    let trunk = gw_ifindex(&lab, GW_IF_TRUNK.name).unwrap();
+    // "Apple" destinations the fast path cannot forward to.
+    let prefix = |third: u8| Ipv4Addr::new(17, 249, third, 10);
+    let routes: [&[&str]; 5] = [
+        &["blackhole", "17.249.8.0/24"],
+        &["prohibit", "17.249.6.0/24"],
+        &["unreachable", "17.249.4.0/24"],
+        // Smaller than the crafted frame below: fragmentation needed.
+        &["17.249.5.0/24", "via", "203.0.113.1", "mtu", "lock", "1280"],
+        // Out of lan1, which the agent is not attached to.
+        &["17.249.7.0/24", "via", "192.0.2.130"],
+    ];
+    for route in routes {
+        let mut args = vec!["ip", "route", "add"];
+        args.extend(route);
+        in_ns(&lab, Role::Gw, &args);
+    }
+    assert_eq!(MDM.v4, Ipv4Addr::new(192, 0, 2, 130));
     // The gateway's own LAN address, made an APNs destination so the fast path considers it.
     let gateway_itself = GW_LAN_CLIENT.v4;
     succeed(&mut gw_command(
@@ -151,48 +554,130 @@ fn what_the_fib_cannot_settle_is_passed_to_the_stack_and_counted() {
     ))
     .unwrap();
 
-    let counted = |outcome| -> CounterValue {
+    // (reason, frame, where it enters, whether the forward chain drops it: lost).
+    let cases: [(Fallback, Vec<u8>, u32, bool); 9] = [
+        (Fallback::Ttl, syn_frame(APPLE.v4, 1, 0), lan, false),
+        (Fallback::Ttl, syn_frame_v6(1), lan, false),
+        (Fallback::Blackhole, syn_frame(prefix(8), 64, 0), lan, false),
+        (Fallback::Prohibit, syn_frame(prefix(6), 64, 0), lan, false),
+        (
+            Fallback::Unreachable,
+            syn_frame(prefix(4), 64, 0),
+            lan,
+            false,
+        ),
+        (
+            Fallback::FragNeeded,
+            syn_frame(prefix(5), 64, 1300),
+            lan,
+            false,
+        ),
+        (
+            Fallback::NotForwarded,
+            syn_frame(gateway_itself, 64, 0),
+            lan,
+            false,
+        ),
+        (
+            Fallback::EgressUnmanaged,
+            syn_frame(prefix(7), 64, 0),
+            lan,
+            true,
+        ),
+        (Fallback::VlanTagged, tagged_syn_frame(), trunk, true),
+    ];
+    let fallback = |ifindex: u32, reason: Fallback| {
         pins.snapshot()
             .unwrap()
-            .get(&counter_key(lan, Direction::Outbound, 5223, outcome))
+            .paths(ifindex)
+            .counters
+            .fallback(reason)
     };
-    for (what, frame) in [
-        ("TTL 1", syn_frame(APPLE.v4, 1)),
-        ("no neighbour yet", syn_frame(no_neighbour, 64)),
-        ("blackhole route", syn_frame(blackholed, 64)),
-        ("addressed to the gateway", syn_frame(gateway_itself, 64)),
-    ] {
-        let (passed, forwarded) = (counted(Outcome::Pass), counted(Outcome::Fastpath));
-        lab.send_frames(Role::Client, CLIENT_IF.name, &[frame])
-            .unwrap();
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        while counted(Outcome::Pass).packets == passed.packets {
+    let passed = |ifindex: u32| {
+        pins.snapshot().unwrap().get(&counter_key(
+            ifindex,
+            Direction::Outbound,
+            5223,
+            Outcome::Pass,
+        ))
+    };
+    for (reason, frame, ifindex, lost) in cases {
+        let what = reason.as_str();
+        let (reasons_before, passed_before) = (fallback(ifindex, reason), passed(ifindex));
+        let dropped = forward_drops(&lab);
+        if ifindex == trunk {
+            lab.send_frames(Role::Vlan, VLAN_IF_TRUNK.name, &[frame])
+                .unwrap();
+        } else {
+            lab.send_frames(Role::Client, CLIENT_IF.name, &[frame])
+                .unwrap();
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        while fallback(ifindex, reason) == reasons_before {
+            assert!(Instant::now() < deadline, "{what}: never counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(fallback(ifindex, reason), reasons_before + 1, "{what}");
+        let now: CounterValue = passed(ifindex);
+        assert_eq!(
+            now.packets,
+            passed_before.packets + 1,
+            "{what}: passed to the stack once"
+        );
+        // The lost ones reach the forward chain and die there; the others are answered (or
+        // dropped by the route) before it.
+        let deadline = Instant::now() + TIMEOUT;
+        while lost && forward_drops(&lab) == dropped {
             assert!(
-                std::time::Instant::now() < deadline,
-                "{what}: never counted"
+                Instant::now() < deadline,
+                "{what}: never reached the forward chain"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(
-            counted(Outcome::Pass).packets,
-            passed.packets + 1,
-            "{what}: passed to the stack once"
-        );
-        assert_eq!(
-            counted(Outcome::Fastpath),
-            forwarded,
-            "{what}: not forwarded by XDP"
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(forward_drops(&lab), dropped + u64::from(lost), "{what}");
+    }
+
+    let snapshot = pins.snapshot().unwrap();
+    let lan_paths = snapshot.paths(lan);
+    assert_eq!(lan_paths.stack(), 8);
+    assert_eq!(lan_paths.counters.fallback(Fallback::Ttl), 2);
+    assert_eq!(snapshot.paths(trunk).stack(), 1);
+    assert_eq!(lan_paths.xdp_redirect + lan_paths.tc_redirect, 0);
+    // Nothing was dropped by the datapath on the way.
+    assert!(!snapshot
+        .entries
+        .keys()
+        .any(|k| Outcome::from_u8(k.outcome).is_some_and(Outcome::is_drop)));
+
+    // The same numbers in status --json and /metrics.
+    let status = status_json(&lab, &pins);
+    let lan0 = status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|interface| interface["interface"] == GW_IF_CLIENT.name)
+        .unwrap();
+    assert_eq!(lan0["paths"]["stack"], 8);
+    assert_eq!(lan0["paths"]["stack_by_reason"]["egress_unmanaged"], 1);
+    assert_eq!(lan0["paths"]["stack_by_reason"]["ttl"], 2);
+    let metrics = scrape_metrics(
+        &lab,
+        apns_agent::telemetry::DEFAULT_METRICS_ADDR.parse().unwrap(),
+    )
+    .unwrap();
+    for expected in [
+        r#"apns_fastpath_fallback_packets_total{interface="lan0",reason="ttl"} 2"#,
+        r#"apns_fastpath_fallback_packets_total{interface="lan0",reason="frag_needed"} 1"#,
+        r#"apns_fastpath_fallback_packets_total{interface="lan2",reason="vlan_tagged"} 1"#,
+        r#"apns_fastpath_packets_total{interface="lan0",path="stack"} 8"#,
+        r#"apns_fastpath_packets_total{interface="lan0",path="tc_redirect"} 0"#,
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == expected),
+            "missing {expected} in:\n{metrics}"
         );
     }
-    // Nothing was dropped by the datapath on the way.
-    let drops = pins
-        .snapshot()
-        .unwrap()
-        .entries
-        .iter()
-        .filter(|(k, _)| Outcome::from_u8(k.outcome).is_some_and(Outcome::is_drop))
-        .count();
-    assert_eq!(drops, 0);
 }
 
 /// The shipped example rules for the mark fast path (a transparent proxy on :3128 and a
@@ -237,7 +722,7 @@ fn reply(lab: &Lab, to: std::net::SocketAddr) -> Vec<u8> {
 
 #[test]
 fn mark_with_the_example_rules_exempts_apns_from_a_proxy_behind_nat() {
-    let lab = Lab::new(LabOptions { nat: true }).unwrap();
+    let lab = Lab::new(LabOptions::NAT).unwrap();
     let pins = TestPins::new();
     lab::run_with_input(
         Command::new("ip").args(["netns", "exec", lab.ns_name(Role::Gw), "nft", "-f", "-"]),
@@ -245,18 +730,7 @@ fn mark_with_the_example_rules_exempts_apns_from_a_proxy_behind_nat() {
     )
     .unwrap();
     let _proxy = proxy(&lab, 4);
-    let _agent = spawn_run(
-        &lab,
-        &pins,
-        &[
-            "run",
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-        ],
-    )
-    .unwrap();
+    let _agent = run_on_lan_and_wan(&lab, &pins);
 
     // Control: without the mark, APNs lands on the proxy like everything else.
     assert_eq!(reply(&lab, APPLE.socket(false, 5223)), PROXY_GREETING);

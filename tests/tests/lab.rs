@@ -24,7 +24,11 @@ const LAN_HOSTS: [Role; 3] = [Role::Client, Role::Mdm, Role::Vlan];
 const WAN_HOSTS: [Role; 2] = [Role::Apple, Role::Other];
 
 fn lab(nat: bool) -> Lab {
-    Lab::new(LabOptions { nat }).unwrap_or_else(|e| panic!("building a lab (nat: {nat}): {e:#}"))
+    Lab::new(LabOptions {
+        nat,
+        ..LabOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("building a lab (nat: {nat}): {e:#}"))
 }
 
 fn addrs(role: Role) -> apns_tests::lab::Addrs {

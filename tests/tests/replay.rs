@@ -125,6 +125,8 @@ fn delta(before: &Snapshot, after: &Snapshot) -> Snapshot {
     Snapshot {
         entries,
         lost: after.lost - before.lost,
+        // Replay compares traffic counters; the lab gateway has no redirect interface.
+        paths: Default::default(),
     }
 }
 
@@ -138,6 +140,7 @@ fn live_view(snapshot: &Snapshot, ifindexes: &[u32], ports: &Policy) -> serde_js
     let known = Known {
         interfaces: vec!["capture".to_owned()],
         ports: ports.ports.keys().copied().collect(),
+        redirect: Vec::new(),
     };
     let model = Model::build(
         &selected,

@@ -463,7 +463,7 @@ fn enforce_drops_pinhole_and_provider_violations_and_passes_the_rest() {
 /// address and port, which NAT does not change). Enforce mode: NAT'd answers are not dropped.
 #[test]
 fn nat_keeps_both_sides_counted() {
-    scenario(LabOptions { nat: true }, "enforce", |lab, pins| {
+    scenario(LabOptions::NAT, "enforce", |lab, pins| {
         let mut datapath = Datapath::new(lab, pins);
         for ipv6 in [false, true] {
             let mut expected = Expected::default();

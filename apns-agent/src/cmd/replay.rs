@@ -130,6 +130,8 @@ pub fn replay(
     let known = Known {
         interfaces: vec![name.clone()],
         ports: policy.ports.keys().copied().collect(),
+        // A replay runs the program on frames, not on an interface: no fast path.
+        redirect: Vec::new(),
     };
     // One snapshot: no ratio (a window needs two).
     let no_window = Reachability::new(std::time::Duration::from_secs(1));

@@ -1,7 +1,7 @@
 //! The datapath's counters: reading them (per-CPU cells summed into one [`Snapshot`] keyed by
-//! `(ifindex, port, direction, outcome)`, as every reader expects) and handing out the
-//! counter slots they are stored by ([`SlotMaps`]). The storage is described in
-//! `apns_common::counters`.
+//! `(ifindex, port, direction, outcome)`, as every reader expects, with the `redirect` fast
+//! path's per-interface breakdown from `APNS_FP_PATHS`) and handing out the counter slots
+//! they are stored by ([`SlotMaps`]). The storage is described in `apns_common::counters`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -12,7 +12,8 @@ use apns_common::{
         Direction, Outcome, CELLS, CELLS_PER_BLOCK, IFACE_SLOTS, LAST_ASSIGNABLE_SLOT,
         OVERFLOW_SLOT, PORT_SLOTS, RETIRED_SLOT,
     },
-    maps::{COUNTERS, COUNTERS_CARRIED, COUNTERS_LOST, COUNTER_SLOTS},
+    fastpath::{Fallback, PathCounters},
+    maps::{COUNTERS, COUNTERS_CARRIED, COUNTERS_LOST, COUNTER_SLOTS, FASTPATH_PATHS},
 };
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 
@@ -23,6 +24,7 @@ pub struct CounterMaps {
     lost: PerCpuArray<MapData, u64>,
     /// Counts carried over from a datapath of the previous layout (`migrate`), added in.
     carried: HashMap<MapData, CounterKey, CounterValue>,
+    paths: PerCpuArray<MapData, PathCounters>,
 }
 
 /// All counters at one moment, summed over CPUs.
@@ -34,6 +36,44 @@ pub struct Snapshot {
     pub entries: BTreeMap<CounterKey, CounterValue>,
     /// Packets the datapath could not count at all (a failed counter lookup; should stay 0).
     pub lost: u64,
+    /// The `redirect` fast path's fallbacks by reason and its TC cross-check, by ifindex
+    /// (0: interfaces without a counter slot and recycled slots), for every interface with a
+    /// non-zero count.
+    pub paths: BTreeMap<u32, PathCounters>,
+}
+
+/// How the APNs packets of one `redirect` interface left it: forwarded by XDP, forwarded by
+/// the TC step, or left to the stack (by reason, in `counters`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathTotals {
+    /// Counted with outcome `fastpath`.
+    pub xdp_redirect: u64,
+    /// Counted with outcome `fastpath_tc`.
+    pub tc_redirect: u64,
+    /// From `APNS_FP_PATHS`: fallbacks by reason and the TC cross-check.
+    pub counters: PathCounters,
+}
+
+impl PathTotals {
+    /// Packets left to the stack, over every reason.
+    pub fn stack(&self) -> u64 {
+        self.counters.fallback.iter().sum()
+    }
+
+    /// "ttl 1, frag_needed 2": the fallback reasons with packets, or "-".
+    pub fn fallback_words(&self) -> String {
+        let words: Vec<String> = Fallback::ALL
+            .iter()
+            .map(|&reason| (reason, self.counters.fallback(reason)))
+            .filter(|&(_, packets)| packets > 0)
+            .map(|(reason, packets)| format!("{} {packets}", reason.as_str()))
+            .collect();
+        if words.is_empty() {
+            "-".to_owned()
+        } else {
+            words.join(", ")
+        }
+    }
 }
 
 impl Snapshot {
@@ -45,6 +85,31 @@ impl Snapshot {
     /// Total packets over every entry.
     pub fn packets(&self) -> u64 {
         self.entries.values().map(|value| value.packets).sum()
+    }
+
+    /// The `redirect` fast path's paths on interface `ifindex`, over every port and
+    /// direction.
+    pub fn paths(&self, ifindex: u32) -> PathTotals {
+        let mut totals = PathTotals {
+            counters: self.paths.get(&ifindex).copied().unwrap_or_default(),
+            ..PathTotals::default()
+        };
+        for (key, value) in self.entries.range(
+            CounterKey {
+                ifindex,
+                ..CounterKey::default()
+            }..,
+        ) {
+            if key.ifindex != ifindex {
+                break;
+            }
+            match Outcome::from_u8(key.outcome) {
+                Some(Outcome::Fastpath) => totals.xdp_redirect += value.packets,
+                Some(Outcome::FastpathTc) => totals.tc_redirect += value.packets,
+                _ => {}
+            }
+        }
+        totals
     }
 }
 
@@ -64,11 +129,14 @@ impl CounterMaps {
             .with_context(|| format!("map {COUNTERS_LOST} has an unexpected type or layout"))?;
         let carried = HashMap::try_from(map(COUNTERS_CARRIED)?)
             .with_context(|| format!("map {COUNTERS_CARRIED} has an unexpected type or layout"))?;
+        let paths = PerCpuArray::try_from(map(FASTPATH_PATHS)?)
+            .with_context(|| format!("map {FASTPATH_PATHS} has an unexpected type or layout"))?;
         Ok(Self {
             counters,
             slots,
             lost,
             carried,
+            paths,
         })
     }
 
@@ -118,7 +186,7 @@ impl CounterMaps {
     /// Reads every counter: one syscall per (interface slot, port slot) in use, plus the
     /// overflow and retired slots. Never blocks the datapath.
     pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let entries = self.consistent(|slots| {
+        let (entries, paths) = self.consistent(|slots| {
             let mut entries: BTreeMap<CounterKey, CounterValue> = BTreeMap::new();
             for iface in slots_in_use(&slots.ifindex) {
                 for port in slots_in_use(&slots.port) {
@@ -138,7 +206,17 @@ impl CounterMaps {
                     }
                 }
             }
-            Ok(entries)
+            let mut paths: BTreeMap<u32, PathCounters> = BTreeMap::new();
+            for iface in slots_in_use(&slots.ifindex) {
+                let row = read_paths(&self.paths, iface)?;
+                if !row.is_zero() {
+                    paths
+                        .entry(slot_ifindex(slots, iface))
+                        .or_default()
+                        .add(&row);
+                }
+            }
+            Ok((entries, paths))
         })?;
         let mut entries = entries;
         for carried in self.carried.iter() {
@@ -152,7 +230,11 @@ impl CounterMaps {
             .with_context(|| format!("reading map {COUNTERS_LOST}"))?
             .iter()
             .sum();
-        Ok(Snapshot { entries, lost })
+        Ok(Snapshot {
+            entries,
+            lost,
+            paths,
+        })
     }
 
     /// Runs `read` against the slot table until no slot change ran through it (the table's
@@ -196,6 +278,21 @@ fn read_block(
             format!("reading map {COUNTERS} (interface slot {iface}, port slot {port})")
         })?;
     Ok(sum(&per_cpu))
+}
+
+fn read_paths(
+    paths: &PerCpuArray<MapData, PathCounters>,
+    iface: u32,
+) -> anyhow::Result<PathCounters> {
+    let per_cpu = paths
+        .get(&iface, 0)
+        .with_context(|| format!("reading map {FASTPATH_PATHS} (interface slot {iface})"))?;
+    Ok(per_cpu
+        .iter()
+        .fold(PathCounters::default(), |mut total, row| {
+            total.add(row);
+            total
+        }))
 }
 
 fn sum(per_cpu: &PerCpuValues<CounterBlock>) -> CounterBlock {
@@ -275,6 +372,7 @@ fn cells_of_key(key: &CounterKey) -> Vec<usize> {
 pub struct SlotMaps {
     counters: PerCpuArray<MapData, CounterBlock>,
     slots: Array<MapData, CounterSlots>,
+    paths: PerCpuArray<MapData, PathCounters>,
 }
 
 impl SlotMaps {
@@ -285,6 +383,9 @@ impl SlotMaps {
                 .with_context(|| format!("map {COUNTERS} has an unexpected type or layout"))?,
             slots: Array::try_from(map(COUNTER_SLOTS)?)
                 .with_context(|| format!("map {COUNTER_SLOTS} has an unexpected type or layout"))?,
+            paths: PerCpuArray::try_from(map(FASTPATH_PATHS)?).with_context(|| {
+                format!("map {FASTPATH_PATHS} has an unexpected type or layout")
+            })?,
         })
     }
 
@@ -396,43 +497,55 @@ impl SlotMaps {
         for port in 0..PORT_SLOTS {
             self.move_block(block_index(slot, port), block_index(RETIRED_SLOT, port))?;
         }
-        Ok(())
+        self.move_paths(slot, RETIRED_SLOT)
+    }
+
+    /// [`SlotMaps::move_block`] for the interface slot's row of `APNS_FP_PATHS`.
+    fn move_paths(&mut self, from: u32, to: u32) -> anyhow::Result<()> {
+        move_entry(&mut self.paths, FASTPATH_PATHS, from, to, PathCounters::add)
     }
 
     /// Adds block `from` into block `to` CPU by CPU, then zeroes `from`. Only for blocks no
     /// packet writes (a retired destination, a source whose slot no map entry names): the
     /// writes replace whole per-CPU values.
     fn move_block(&mut self, from: u32, to: u32) -> anyhow::Result<()> {
-        let read = |index: u32| {
-            self.counters
-                .get(&index, 0)
-                .with_context(|| format!("reading block {index} of map {COUNTERS}"))
-        };
-        let source = read(from)?;
-        if source.iter().all(CounterBlock::is_zero) {
-            return Ok(());
-        }
-        let target = read(to)?;
-        let merged: Vec<CounterBlock> = target
-            .iter()
-            .zip(source.iter())
-            .map(|(target, source)| {
-                let mut merged = *target;
-                merged.add(source);
-                merged
-            })
-            .collect();
-        let zero = vec![CounterBlock::default(); merged.len()];
-        let per_cpu = |blocks: Vec<CounterBlock>| {
-            PerCpuValues::try_from(blocks).context("building per-CPU counter values")
-        };
-        self.counters
-            .set(to, per_cpu(merged)?, 0)
-            .with_context(|| format!("writing block {to} of map {COUNTERS}"))?;
-        self.counters
-            .set(from, per_cpu(zero)?, 0)
-            .with_context(|| format!("clearing block {from} of map {COUNTERS}"))
+        move_entry(&mut self.counters, COUNTERS, from, to, CounterBlock::add)
     }
+}
+
+/// Adds entry `from` of the per-CPU array `map` (named `name`) into entry `to`, CPU by CPU
+/// with `add`, then zeroes `from`; nothing when `from` is all zeroes.
+fn move_entry<T: aya::Pod + Default + PartialEq>(
+    map: &mut PerCpuArray<MapData, T>,
+    name: &str,
+    from: u32,
+    to: u32,
+    add: fn(&mut T, &T),
+) -> anyhow::Result<()> {
+    let read = |map: &PerCpuArray<MapData, T>, index: u32| {
+        map.get(&index, 0)
+            .with_context(|| format!("reading entry {index} of map {name}"))
+    };
+    let source = read(map, from)?;
+    if source.iter().all(|value| *value == T::default()) {
+        return Ok(());
+    }
+    let merged: Vec<T> = read(map, to)?
+        .iter()
+        .zip(source.iter())
+        .map(|(target, source)| {
+            let mut merged = *target;
+            add(&mut merged, source);
+            merged
+        })
+        .collect();
+    let zero: Vec<T> = merged.iter().map(|_| T::default()).collect();
+    let per_cpu =
+        |values: Vec<T>| PerCpuValues::try_from(values).context("building per-CPU values");
+    map.set(to, per_cpu(merged)?, 0)
+        .with_context(|| format!("writing entry {to} of map {name}"))?;
+    map.set(from, per_cpu(zero)?, 0)
+        .with_context(|| format!("clearing entry {from} of map {name}"))
 }
 
 /// What [`SlotMaps::assign_ports`] will do.

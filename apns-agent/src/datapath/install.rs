@@ -94,10 +94,10 @@ pub fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
             programs::XDP
         )
     })?;
-    object::tc_mark_program(ebpf)?.load().with_context(|| {
+    object::tc_program(ebpf)?.load().with_context(|| {
         format!(
             "loading TC program {} (the verifier log follows)",
-            programs::TC_MARK
+            programs::TC
         )
     })?;
     object::tc_conns_program(ebpf)?.load().with_context(|| {
@@ -109,11 +109,11 @@ pub fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 }
 
 /// Swaps the loaded programs of `ebpf` in behind every link pinned in `pins` and pins them
-/// in place of the old ones. The TC halves first: what the mark program reads (XDP metadata)
+/// in place of the old ones. The TC halves first: what the fast paths' program reads (XDP metadata)
 /// is written by either XDP version, and the connection table's halves share its layout.
 pub fn swap_programs(ebpf: &mut Ebpf, pins: &PinDir) -> anyhow::Result<()> {
     let tc_links = pins.tc_links()?.into_iter().map(|(_, path)| path);
-    swap_in(object::tc_mark_program(ebpf)?, tc_links, &pins.tc_program())?;
+    swap_in(object::tc_program(ebpf)?, tc_links, &pins.tc_program())?;
     let conns_links = pins.tc_conns_links()?.into_iter().map(|(_, path)| path);
     swap_in(
         object::tc_conns_program(ebpf)?,
@@ -128,7 +128,9 @@ pub fn swap_programs(ebpf: &mut Ebpf, pins: &PinDir) -> anyhow::Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgramKind {
     Xdp,
-    TcMark,
+    /// The fast paths' TC ingress program.
+    Tc,
+    /// The connection table's TC egress program.
     TcConns,
 }
 
@@ -143,9 +145,9 @@ pub fn pin_program_by_id(id: u32, path: &Path, kind: ProgramKind) -> anyhow::Res
             Xdp::from_program_info(info, programs::XDP.into(), XdpAttachType::Interface)
                 .map(|mut program| program.pin(path))
         }
-        ProgramKind::TcMark | ProgramKind::TcConns => {
-            let name = if kind == ProgramKind::TcMark {
-                programs::TC_MARK
+        ProgramKind::Tc | ProgramKind::TcConns => {
+            let name = if kind == ProgramKind::Tc {
+                programs::TC
             } else {
                 programs::TC_CONNS
             };

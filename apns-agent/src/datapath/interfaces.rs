@@ -214,6 +214,33 @@ impl InterfaceMaps {
         }))
     }
 
+    /// Lets the XDP program hand `ifindex`'s `redirect` packets whose next hop is not
+    /// resolved to the TC program ([`flags::TC_HANDOFF`]). The caller has attached the TC
+    /// program on the interface; [`InterfaceMaps::set_fastpath`] to anything but `redirect`
+    /// clears the flag again.
+    pub fn set_handoff(&mut self, ifindex: u32) -> anyhow::Result<()> {
+        if ifindex >= IFACES_MAX_ENTRIES {
+            return Ok(());
+        }
+        let current = read_entry(&self.ifaces, ifindex)?;
+        self.write_entry(
+            ifindex,
+            &IfaceConfig {
+                flags: current.flags | flags::TC_HANDOFF,
+                ..current
+            },
+        )
+    }
+
+    /// Whether the XDP program may hand `ifindex`'s packets to the TC program
+    /// ([`flags::TC_HANDOFF`]).
+    pub fn handoff_ready(&self, ifindex: u32) -> anyhow::Result<bool> {
+        if ifindex >= IFACES_MAX_ENTRIES {
+            return Ok(false);
+        }
+        Ok(read_entry(&self.ifaces, ifindex)?.flags & flags::TC_HANDOFF != 0)
+    }
+
     fn write_entry(&mut self, ifindex: u32, config: &IfaceConfig) -> anyhow::Result<()> {
         self.ifaces
             .set(ifindex, config, 0)
@@ -227,7 +254,9 @@ fn read_entry(ifaces: &Array<MapData, IfaceConfig>, ifindex: u32) -> anyhow::Res
         .with_context(|| format!("reading ifindex {ifindex} of map {IFACES}"))
 }
 
-/// `current` with `fastpath`, and `mark` (None keeps the current bits, or the defaults).
+/// `current` with `fastpath`, and `mark` (None keeps the current bits, or the defaults). Any
+/// fast path but `redirect` clears the hand-off flag; `redirect` keeps it as it is: only
+/// [`InterfaceMaps::set_handoff`] sets it, once the TC program is attached.
 fn entry_with(current: IfaceConfig, fastpath: FastPath, mark: Option<MarkBits>) -> IfaceConfig {
     let mark = mark.unwrap_or(if current.mark_mask != 0 {
         MarkBits {
@@ -237,10 +266,16 @@ fn entry_with(current: IfaceConfig, fastpath: FastPath, mark: Option<MarkBits>) 
     } else {
         MarkBits::default()
     });
+    let flags = if fastpath == FastPath::Redirect {
+        current.flags
+    } else {
+        current.flags & !flags::TC_HANDOFF
+    };
     IfaceConfig {
         fastpath: fastpath.code(),
         mark: mark.value,
         mark_mask: mark.mask,
+        flags,
         ..current
     }
 }

@@ -1,12 +1,13 @@
 //! Attaching the pinned programs to interfaces and detaching them: one pinned bpf_link per
-//! interface for XDP, one per `mark` interface for the TC half, and what the kernel says
-//! each link is attached to.
+//! interface for XDP, one per `mark` or `redirect` interface for the fast paths' TC ingress
+//! program, one per device-facing interface for the connection table's TC egress program,
+//! and what the kernel says each link is attached to.
 
 use anyhow::{bail, Context as _};
 use apns_common::{label::Label, programs};
 use aya::programs::{
-    links::{FdLink, PinnedLink},
-    tc::TcAttachType,
+    links::{FdLink, LinkOrder, PinnedLink},
+    tc::{TcAttachOptions, TcAttachType},
     SchedClassifier, Xdp, XdpMode as KernelXdpMode,
 };
 use aya_obj::programs::XdpAttachType;
@@ -125,14 +126,18 @@ pub fn remove(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Attaches the mark fast path's TC ingress program to `interface` (kept when already there).
+/// Attaches the fast paths' TC ingress program to `interface` (kept when already there),
+/// first among the interface's TCX ingress programs: the XDP program has already counted a
+/// packet it hands to TC as forwarded, so no program may run before ours and drop it (TCX
+/// stops at the first verdict). A program attached later with "before" still goes in front.
 pub fn attach_tc(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
     attach_tcx(
         &pins.tc_program(),
         &pins.tc_link(interface),
         interface,
         TcAttachType::Ingress,
-        programs::TC_MARK,
+        LinkOrder::first(),
+        programs::TC,
     )
 }
 
@@ -144,17 +149,20 @@ pub fn attach_tc_conns(pins: &PinDir, interface: &str) -> anyhow::Result<()> {
         &pins.tc_conns_link(interface),
         interface,
         TcAttachType::Egress,
+        LinkOrder::default(),
         programs::TC_CONNS,
     )
 }
 
-/// Attaches the TC program pinned at `program_pin` to `interface` (TCX, `attach_type`) and
-/// pins the link at `path`; nothing to do when that pin exists.
+/// Attaches the TC program pinned at `program_pin` to `interface` (TCX, `attach_type`, at
+/// `order` among the interface's programs there) and pins the link at `path`; nothing to do
+/// when that pin exists.
 fn attach_tcx(
     program_pin: &std::path::Path,
     path: &std::path::Path,
     interface: &str,
     attach_type: TcAttachType,
+    order: LinkOrder,
     name: &str,
 ) -> anyhow::Result<()> {
     if path.exists() {
@@ -167,7 +175,7 @@ fn attach_tcx(
     let mut program = SchedClassifier::from_pin(program_pin)
         .with_context(|| format!("opening the pinned program {}", program_pin.display()))?;
     let id = program
-        .attach(interface, attach_type)
+        .attach_with_options(interface, attach_type, TcAttachOptions::TcxOrder(order))
         .with_context(|| format!("attaching {name} to {interface} ({direction})"))?;
     let link: FdLink = program.take_link(id)?.try_into().with_context(|| {
         format!("{interface}: TC attached without a bpf_link (kernel older than 6.6?)")

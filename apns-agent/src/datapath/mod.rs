@@ -238,11 +238,7 @@ impl Datapath {
             .collect();
         for (pin, links, kind) in [
             (self.pins.program(), xdp_links, install::ProgramKind::Xdp),
-            (
-                self.pins.tc_program(),
-                tc_links,
-                install::ProgramKind::TcMark,
-            ),
+            (self.pins.tc_program(), tc_links, install::ProgramKind::Tc),
             (
                 self.pins.tc_conns_program(),
                 conns_links,
@@ -270,9 +266,23 @@ impl Datapath {
         layout::ebpf_log(&self.pins)
     }
 
-    /// The datapath as `status` shows it.
+    /// The datapath as `status` shows it, with the paths of each `redirect` interface.
     pub fn status(&self) -> anyhow::Result<Status> {
         let policy = self.policy.read_active()?;
+        let mut interfaces = self.interface_status()?;
+        if interfaces
+            .iter()
+            .any(|interface| interface.fastpath == Some(FastPath::Redirect))
+        {
+            let snapshot = self.counters.snapshot()?;
+            for interface in &mut interfaces {
+                if let (Some(FastPath::Redirect), Some(ifindex)) =
+                    (interface.fastpath, interface.ifindex)
+                {
+                    interface.paths = Some(status::PathReport::new(&snapshot.paths(ifindex)));
+                }
+            }
+        }
         Ok(Status {
             agent_version: env!("CARGO_PKG_VERSION"),
             pin_dir: self.pins.root().display().to_string(),
@@ -282,7 +292,7 @@ impl Datapath {
                 &policy,
                 self.policy.active_generation()?,
             )),
-            interfaces: self.interface_status()?,
+            interfaces,
         })
     }
 
@@ -424,7 +434,9 @@ impl Datapath {
                 }
             }
             let current = self.interfaces.fastpath(ifindex)?;
-            if current == Some((fastpath, desired.mark)) {
+            if current == Some((fastpath, desired.mark))
+                && self.fastpath_complete(&link.interface, ifindex, fastpath)?
+            {
                 continue;
             }
             self.set_fastpath(&link.interface, ifindex, fastpath, desired.mark)?;
@@ -533,8 +545,13 @@ impl Datapath {
         }
     }
 
-    /// Sets the fast path of an attached interface; `mark` attaches the TC half on it, any
-    /// other fast path removes it.
+    /// Sets the fast path of an attached interface; `mark` and `redirect` attach the TC
+    /// program on it, `pass` removes it.
+    ///
+    /// Order: the TC link exists before the interface entry lets XDP hand packets to it
+    /// (`redirect` sets the entry's hand-off flag), and the entry is rewritten without the
+    /// flag before the link goes: a packet XDP hands off (and counts as forwarded) always
+    /// meets the TC program. A marked packet with no one to read the mark is harmless.
     fn set_fastpath(
         &mut self,
         interface: &str,
@@ -542,14 +559,22 @@ impl Datapath {
         fastpath: FastPath,
         mark: MarkBits,
     ) -> anyhow::Result<()> {
-        if fastpath == FastPath::Mark {
-            // The TC half first: a marked packet with no one to read the mark is harmless.
-            links::attach_tc(&self.pins, interface)?;
-            self.interfaces.set_fastpath(ifindex, fastpath, Some(mark))
-        } else {
-            self.interfaces
-                .set_fastpath(ifindex, fastpath, Some(mark))?;
-            links::remove(&self.pins.tc_link(interface))
+        match fastpath {
+            FastPath::Mark => {
+                links::attach_tc(&self.pins, interface)?;
+                self.interfaces.set_fastpath(ifindex, fastpath, Some(mark))
+            }
+            FastPath::Redirect => {
+                links::attach_tc(&self.pins, interface)?;
+                self.interfaces
+                    .set_fastpath(ifindex, fastpath, Some(mark))?;
+                self.interfaces.set_handoff(ifindex)
+            }
+            FastPath::Pass => {
+                self.interfaces
+                    .set_fastpath(ifindex, fastpath, Some(mark))?;
+                links::remove(&self.pins.tc_link(interface))
+            }
         }
     }
 
@@ -574,6 +599,24 @@ impl Datapath {
         }
     }
 
+    /// Whether the parts of `fastpath` beyond its entry are in place on `interface`: the TC
+    /// link of `mark` and `redirect`, and the hand-off flag of `redirect`. A datapath made by
+    /// an agent that had no TC step for `redirect`, or migrated from layout 2 (whose entries
+    /// are written without the flag), lacks them; `reconcile` completes it.
+    fn fastpath_complete(
+        &self,
+        interface: &str,
+        ifindex: u32,
+        fastpath: FastPath,
+    ) -> anyhow::Result<bool> {
+        let tc = self.pins.tc_link(interface).exists();
+        Ok(match fastpath {
+            FastPath::Pass => true,
+            FastPath::Mark => tc,
+            FastPath::Redirect => tc && self.interfaces.handoff_ready(ifindex)?,
+        })
+    }
+
     /// Detaches `interface`: its XDP link (pinned at `link`), then what
     /// [`Datapath::forget_interface`] removes.
     fn drop_interface(
@@ -586,15 +629,15 @@ impl Datapath {
         self.forget_interface(interface, ifindex)
     }
 
-    /// Removes `interface`'s TC links and its entries in the interface maps (`ifindex` 0: the
-    /// device is gone, and so are they).
+    /// Removes `interface`'s entries in the interface maps (`ifindex` 0: the device is gone,
+    /// and so are they), then its TC links: the entry's hand-off flag goes first, as in
+    /// [`Datapath::set_fastpath`].
     fn forget_interface(&mut self, interface: &str, ifindex: u32) -> anyhow::Result<()> {
-        links::remove(&self.pins.tc_link(interface))?;
-        links::remove(&self.pins.tc_conns_link(interface))?;
         if ifindex != 0 {
             self.interfaces.unregister(ifindex)?;
         }
-        Ok(())
+        links::remove(&self.pins.tc_link(interface))?;
+        links::remove(&self.pins.tc_conns_link(interface))
     }
 }
 

@@ -119,10 +119,10 @@ pub fn tc_conns_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier>
         .with_context(|| format!("program {} is not a TC classifier", programs::TC_CONNS))
 }
 
-/// The TC program of the mark fast path in a loaded object.
-pub fn tc_mark_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
-    ebpf.program_mut(programs::TC_MARK)
-        .with_context(|| format!("the object has no program named {}", programs::TC_MARK))?
+/// The TC ingress program of the fast paths (mark and redirect) in a loaded object.
+pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
+    ebpf.program_mut(programs::TC)
+        .with_context(|| format!("the object has no program named {}", programs::TC))?
         .try_into()
-        .with_context(|| format!("program {} is not a TC classifier", programs::TC_MARK))
+        .with_context(|| format!("program {} is not a TC classifier", programs::TC))
 }

@@ -1,11 +1,14 @@
 //! What `status`, `/metrics` and the tests read about a datapath: its programs, its policy in
 //! brief, and each interface as the kernel sees it.
 
-use apns_common::label::Label;
+use std::collections::BTreeMap;
+
+use apns_common::{fastpath::Fallback, label::Label};
 use aya::programs::ProgramInfo;
 use serde::Serialize;
 
 use super::{
+    counters::PathTotals,
     interfaces::{FastPath, InterfaceRole},
     links,
     pins::{LinkPin, PinDir},
@@ -107,6 +110,61 @@ pub struct InterfaceStatus {
     pub program_id: Option<u32>,
     pub link_id: Option<u32>,
     pub link_pin: String,
+    /// For a `redirect` interface, how its APNs packets left it (filled in by
+    /// `Datapath::status`).
+    pub paths: Option<PathReport>,
+}
+
+/// How a `redirect` interface's APNs packets left it, in the JSON of `status` and `stats`
+/// (fields only ever added): forwarded by XDP, by the TC step (the next hop was not
+/// resolved yet), or left to the stack, by reason (every reason present); `tc_handoffs` is
+/// the TC program's own count of what it was handed (by segment), a cross-check of
+/// `tc_redirect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PathReport {
+    pub xdp_redirect: u64,
+    pub tc_redirect: u64,
+    pub stack: u64,
+    pub stack_by_reason: BTreeMap<&'static str, u64>,
+    pub tc_handoffs: BTreeMap<&'static str, u64>,
+    /// The reasons with packets, in words ("ttl 1, frag_needed 2" or "-").
+    #[serde(skip)]
+    pub words: String,
+}
+
+impl PathReport {
+    pub fn new(totals: &PathTotals) -> PathReport {
+        PathReport {
+            xdp_redirect: totals.xdp_redirect,
+            tc_redirect: totals.tc_redirect,
+            stack: totals.stack(),
+            stack_by_reason: Fallback::ALL
+                .iter()
+                .map(|&reason| (reason.as_str(), totals.counters.fallback(reason)))
+                .collect(),
+            tc_handoffs: BTreeMap::from([
+                ("forwarded", totals.counters.tc_redirected),
+                ("refused", totals.counters.tc_refused),
+            ]),
+            words: totals.fallback_words(),
+        }
+    }
+
+    /// One line for a person.
+    pub fn line(&self) -> String {
+        format!(
+            "  redirect paths: xdp {}, tc {}, stack {} ({}); TC handed {} forwarded, {} refused",
+            self.xdp_redirect,
+            self.tc_redirect,
+            self.stack,
+            self.words,
+            self.tc_handoffs
+                .get("forwarded")
+                .copied()
+                .unwrap_or_default(),
+            self.tc_handoffs.get("refused").copied().unwrap_or_default()
+        )
+    }
 }
 
 impl InterfaceStatus {
@@ -144,10 +202,11 @@ impl InterfaceStatus {
             program_id: facts.map(|facts| facts.program_id),
             link_id: facts.map(|facts| facts.link_id),
             link_pin: link.path.display().to_string(),
+            paths: None,
         })
     }
 
-    /// One line for a person.
+    /// One line for a person, and a second with the paths of a `redirect` interface.
     pub fn line(&self) -> String {
         let state = match self.state {
             LinkState::Attached => "attached".to_owned(),
@@ -164,7 +223,7 @@ impl InterfaceStatus {
             ),
             LinkState::Unreadable => "NOT attached (stale pin)".to_owned(),
         };
-        format!(
+        let mut line = format!(
             "interface {}: {state}, {} mode, fast path {}, role {}, program {}, link {} ({})",
             self.interface,
             self.xdp_mode,
@@ -173,7 +232,12 @@ impl InterfaceStatus {
             self.program_id.map_or("-".to_owned(), |id| id.to_string()),
             self.link_id.map_or("-".to_owned(), |id| id.to_string()),
             self.link_pin
-        )
+        );
+        if let Some(paths) = &self.paths {
+            line.push('\n');
+            line.push_str(&paths.line());
+        }
+        line
     }
 }
 

@@ -9,17 +9,27 @@ use apns_common::counters::{CounterKey, CounterValue, Direction, Outcome};
 pub enum Verdict {
     Pass,
     Drop,
+    /// Forwarded by the XDP program (XDP_REDIRECT).
     Fastpath,
+    /// Forwarded by the TC step of the redirect fast path (`bpf_redirect_neigh`: the next
+    /// hop's neighbour was not resolved when the packet arrived).
+    FastpathTc,
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 3] = [Verdict::Pass, Verdict::Drop, Verdict::Fastpath];
+    pub const ALL: [Verdict; 4] = [
+        Verdict::Pass,
+        Verdict::Drop,
+        Verdict::Fastpath,
+        Verdict::FastpathTc,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             // The datapath's own words where they are the verdict's.
             Verdict::Pass => Outcome::Pass.as_str(),
             Verdict::Fastpath => Outcome::Fastpath.as_str(),
+            Verdict::FastpathTc => Outcome::FastpathTc.as_str(),
             // The only APNs drop is the provider rule; its reason is a separate label, so
             // the verdict says just "drop" (see `classify`).
             Verdict::Drop => "drop",
@@ -61,6 +71,7 @@ impl DropReason {
             Outcome::DropInboundOpen => Some(DropReason::InboundOpen),
             Outcome::Pass
             | Outcome::Fastpath
+            | Outcome::FastpathTc
             | Outcome::NotIp
             | Outcome::NotApns
             | Outcome::Fragment
@@ -159,6 +170,7 @@ pub fn classify(key: &CounterKey) -> Option<Class> {
         // Verdict "drop"; the reason ("provider") is counted by `Model::build`.
         Outcome::DropProvider => apns(Verdict::Drop),
         Outcome::Fastpath => apns(Verdict::Fastpath),
+        Outcome::FastpathTc => apns(Verdict::FastpathTc),
         Outcome::DropPinhole => Some(Class::PinholeDrop),
         Outcome::InboundOpen | Outcome::DropInboundOpen => match direction {
             Direction::Inbound => Some(Class::InboundOpen {

@@ -5,11 +5,14 @@
 //!
 //! | metric | labels | meaning |
 //! |---|---|---|
-//! | `apns_packets_total`, `apns_bytes_total` | interface, direction (outbound, inbound), port, verdict (pass, drop, fastpath) | APNs traffic; bytes are frame bytes from the Ethernet header on |
+//! | `apns_packets_total`, `apns_bytes_total` | interface, direction (outbound, inbound), port, verdict (pass, drop, fastpath, fastpath_tc) | APNs traffic; bytes are frame bytes from the Ethernet header on |
 //! | `apns_tcp_events_total` | interface, direction, port, event (syn, synack, rst, fin) | TCP flags on APNs traffic, over all verdicts |
 //! | `apns_policy_drops_total` | interface, reason (pinhole, provider, inbound_open) | packets the policy dropped |
 //! | `apns_inbound_opens_total` | interface, port, verdict (pass, drop) | inbound connection attempts on an APNs port (SYNs from Apple's side); only ports that saw one |
 //! | `apns_other_packets_total` | interface, class (not_ip, not_apns, fragment, malformed) | packets that are not APNs traffic |
+//! | `apns_fastpath_packets_total` | interface, path (xdp_redirect, tc_redirect, stack) | per `redirect` interface, how its APNs packets left: forwarded by XDP, forwarded by the TC step (next hop not resolved yet), or left to the kernel stack |
+//! | `apns_fastpath_fallback_packets_total` | interface, reason (`apns_common::fastpath::Fallback`: ttl, frag_needed, blackhole, ...) | the `stack` packets above by reason; where the stack path is blocked, packets of the reasons docs/fastpath.md marks *lost* are dropped there |
+//! | `apns_fastpath_tc_handoffs_total` | interface, result (forwarded, refused) | the TC program's own count of the packets handed to it (a cross-check of `tc_redirect`, by segment) |
 //! | `apns_uncounted_packets_total` | — | packets not counted because the counter map was full: non-zero means every other counter is an undercount |
 //! | `apns_reachability_ratio` | interface (always `all`), port | SYN-ACKs in / SYNs out over the reachability window, for the whole gateway; absent when no SYN was sent in it |
 //! | `apns_allowlist_prefixes` | family (ipv4, ipv6) | prefixes in the active allow-list |
@@ -60,6 +63,8 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge, info::Info as InfoMetric, MetricType},
     registry::Registry,
 };
+
+use apns_common::fastpath::Fallback;
 
 use crate::{
     datapath::{policy::Policy, status::InterfaceStatus},
@@ -250,6 +255,7 @@ impl Collector for Exposition {
         let (model, info) = (&self.model, &self.info);
         let (mut packets, mut bytes, mut tcp) = (Vec::new(), Vec::new(), Vec::new());
         let (mut drops, mut other, mut opens) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut paths, mut fallbacks, mut handoffs) = (Vec::new(), Vec::new(), Vec::new());
         for (name, interface) in &model.interfaces {
             let name = Cow::from(name.as_str());
             for (key, flow) in &interface.flows {
@@ -294,6 +300,31 @@ impl Collector for Exposition {
                     ("class", class.as_str().into()),
                 ];
                 other.push((labels, ConstCounter::new(*count)));
+            }
+            if let Some(totals) = &interface.paths {
+                let labelled = |label: &'static str, value: &'static str| -> Labels {
+                    vec![("interface", name.clone()), (label, value.into())]
+                };
+                for (path, packets) in [
+                    ("xdp_redirect", totals.xdp_redirect),
+                    ("tc_redirect", totals.tc_redirect),
+                    ("stack", totals.stack()),
+                ] {
+                    paths.push((labelled("path", path), ConstCounter::new(packets)));
+                }
+                for reason in Fallback::ALL {
+                    let packets = totals.counters.fallback(reason);
+                    fallbacks.push((
+                        labelled("reason", reason.as_str()),
+                        ConstCounter::new(packets),
+                    ));
+                }
+                for (result, packets) in [
+                    ("forwarded", totals.counters.tc_redirected),
+                    ("refused", totals.counters.tc_refused),
+                ] {
+                    handoffs.push((labelled("result", result), ConstCounter::new(packets)));
+                }
             }
         }
         let reachability = model
@@ -362,6 +393,27 @@ impl Collector for Exposition {
             "Packets that are not APNs traffic: not_ip, not_apns (IP touching no rule), fragment (non-first IP fragment), malformed",
             Counter,
             other,
+        )?;
+        family(
+            &mut encoder,
+            "apns_fastpath_packets",
+            "APNs packets that arrived on a redirect fast-path interface, by how they left: xdp_redirect (forwarded by XDP), tc_redirect (forwarded by the TC step: the next hop's neighbour was not resolved yet), stack (left to the kernel stack, see apns_fastpath_fallback_packets_total)",
+            Counter,
+            paths,
+        )?;
+        family(
+            &mut encoder,
+            "apns_fastpath_fallback_packets",
+            "APNs packets the redirect fast path left to the kernel stack, by reason; where the stack's forward path drops APNs, the reasons egress_unmanaged, vlan_tagged, tc_not_ready, no_metadata, unsupported_lwt and other are lost there (docs/fastpath.md)",
+            Counter,
+            fallbacks,
+        )?;
+        family(
+            &mut encoder,
+            "apns_fastpath_tc_handoffs",
+            "Packets the TC program of the redirect fast path was handed, by result: forwarded (bpf_redirect_neigh accepted them) or refused (should stay 0); counted by segment, a cross-check of path=tc_redirect",
+            Counter,
+            handoffs,
         )?;
         family(
             &mut encoder,
@@ -596,7 +648,10 @@ mod tests {
     };
 
     use super::*;
-    use crate::{datapath::status::LinkState, telemetry::model::tests::sample_model};
+    use crate::{
+        datapath::status::LinkState,
+        telemetry::model::tests::{sample_model, sample_paths},
+    };
 
     fn sample_info() -> Info {
         let status = |interface: &str, attached, xdp_mode| InterfaceStatus {
@@ -615,6 +670,7 @@ mod tests {
             program_id: None,
             link_id: None,
             link_pin: String::new(),
+            paths: None,
         };
         Info::new(
             "00abcdef01234567",
@@ -672,9 +728,11 @@ mod tests {
             lines.contains(&info.as_str()),
             "missing {info:?} in:\n{text}"
         );
-        // 7 flows (5 on eth1, 2 on eth2) x 3 verdicts, x 4 events.
+        // 7 flows (5 on eth1, 2 on eth2) x 4 verdicts, x 4 events.
         let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
-        assert_eq!(count("apns_packets_total{"), 21);
+        assert_eq!(count("apns_packets_total{"), 28);
+        // No interface has a redirect fast path: no path series.
+        assert_eq!(count("apns_fastpath_"), 0);
         assert_eq!(count("apns_tcp_events_total{"), 28);
         // One gateway-wide ratio per port; ports without a SYN in the window have no ratio
         // at all, never NaN.
@@ -704,6 +762,40 @@ mod tests {
                 "no help for {name}"
             );
         }
+    }
+
+    #[test]
+    fn redirect_paths_by_interface_and_reason() {
+        let mut model = sample_model();
+        let mut paths = sample_paths(12, Fallback::EgressUnmanaged, 4);
+        paths.counters.fallback[Fallback::Ttl as usize] = 1;
+        model.interfaces.get_mut("eth1").unwrap().paths = Some(paths);
+        let text = render(&model, &sample_info()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            r#"apns_fastpath_packets_total{interface="eth1",path="xdp_redirect"} 12"#,
+            r#"apns_fastpath_packets_total{interface="eth1",path="tc_redirect"} 2"#,
+            r#"apns_fastpath_packets_total{interface="eth1",path="stack"} 5"#,
+            r#"apns_fastpath_fallback_packets_total{interface="eth1",reason="ttl"} 1"#,
+            r#"apns_fastpath_fallback_packets_total{interface="eth1",reason="egress_unmanaged"} 4"#,
+            r#"apns_fastpath_fallback_packets_total{interface="eth1",reason="frag_needed"} 0"#,
+            r#"apns_fastpath_tc_handoffs_total{interface="eth1",result="forwarded"} 2"#,
+            r#"apns_fastpath_tc_handoffs_total{interface="eth1",result="refused"} 0"#,
+            r#"apns_packets_total{interface="eth1",direction="outbound",port="5223",verdict="fastpath_tc"} 0"#,
+        ] {
+            assert!(
+                lines.contains(&expected),
+                "missing {expected:?} in:\n{text}"
+            );
+        }
+        // Every reason of the one redirect interface, none of the other.
+        let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(
+            count("apns_fastpath_fallback_packets_total{"),
+            Fallback::ALL.len()
+        );
+        assert!(!text.contains(r#"apns_fastpath_packets_total{interface="eth2""#));
+        promtool(&text);
     }
 
     #[test]

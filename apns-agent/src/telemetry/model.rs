@@ -12,7 +12,11 @@ use std::collections::BTreeMap;
 use apns_common::counters::{Direction, Outcome};
 
 use crate::{
-    datapath::{counters::Snapshot, Datapath},
+    datapath::{
+        counters::{PathTotals, Snapshot},
+        interfaces::FastPath,
+        Datapath,
+    },
     telemetry::{
         class::{classify, Class, DropReason, TcpEvent, Verdict, OTHER_CLASSES},
         reachability::Reachability,
@@ -86,6 +90,10 @@ pub struct InterfaceModel {
     /// Inbound connection attempts on an APNs port (SYNs from Apple's side) by port and
     /// verdict: passed (monitor) or dropped (enforce).
     pub inbound_opens: BTreeMap<(u16, Verdict), u64>,
+    /// How the `redirect` fast path's APNs packets left the interface (XDP, TC, the stack
+    /// by reason): present for interfaces whose fast path is `redirect`, and for any with a
+    /// fallback or TC count.
+    pub paths: Option<PathTotals>,
 }
 
 impl Default for InterfaceModel {
@@ -95,6 +103,7 @@ impl Default for InterfaceModel {
             policy_drops: DropReason::ALL.map(|r| (r, 0)).into(),
             other: OTHER_CLASSES.map(|c| (c, 0)).into(),
             inbound_opens: BTreeMap::new(),
+            paths: None,
         }
     }
 }
@@ -121,20 +130,34 @@ pub struct Known {
     /// Interface names, as [`interface_name`] gives them.
     pub interfaces: Vec<String>,
     pub ports: Vec<u16>,
+    /// Ifindexes of the attached interfaces whose fast path is `redirect`.
+    pub redirect: Vec<u32>,
 }
 
 impl Known {
     /// The attached interfaces and the active policy's ports of `datapath`.
     pub fn of(datapath: &Datapath) -> anyhow::Result<Known> {
-        let interfaces = datapath
+        let attached: Vec<_> = datapath
             .interface_status()?
             .into_iter()
             .filter(|interface| interface.attached)
+            .collect();
+        let interfaces = attached
+            .iter()
             .filter_map(|interface| interface.ifindex)
             .map(interface_name)
             .collect();
+        let redirect = attached
+            .iter()
+            .filter(|interface| interface.fastpath == Some(FastPath::Redirect))
+            .filter_map(|interface| interface.ifindex)
+            .collect();
         let ports = datapath.policy.read_active()?.ports.into_keys().collect();
-        Ok(Known { interfaces, ports })
+        Ok(Known {
+            interfaces,
+            ports,
+            redirect,
+        })
     }
 }
 
@@ -215,6 +238,18 @@ impl Model {
                     *interface.other.entry(outcome).or_default() += value.packets;
                 }
             }
+        }
+        let with_paths: std::collections::BTreeSet<u32> = known
+            .redirect
+            .iter()
+            .chain(snapshot.paths.keys())
+            .copied()
+            .collect();
+        for ifindex in with_paths {
+            let name = names
+                .entry(ifindex)
+                .or_insert_with(|| interface_name(ifindex));
+            interfaces.entry(name.clone()).or_default().paths = Some(snapshot.paths(ifindex));
         }
         // Only APNs ports can have a ratio, and every one of them has a flow somewhere.
         let ports: std::collections::BTreeSet<u16> = interfaces
@@ -323,6 +358,7 @@ pub(crate) mod tests {
         Snapshot {
             entries: entries.into_iter().collect(),
             lost: 11,
+            paths: Default::default(),
         }
     }
 
@@ -331,6 +367,23 @@ pub(crate) mod tests {
             2 => "eth1".to_owned(),
             3 => "eth2".to_owned(),
             other => other.to_string(),
+        }
+    }
+
+    /// A `redirect` interface's paths: `xdp` packets forwarded by XDP, 2 by TC (and the
+    /// TC program's matching count), and `stack` packets left to the stack for `reason`.
+    pub(crate) fn sample_paths(
+        xdp: u64,
+        reason: apns_common::fastpath::Fallback,
+        stack: u64,
+    ) -> crate::datapath::counters::PathTotals {
+        let mut counters = apns_common::fastpath::PathCounters::default();
+        counters.fallback[reason as usize] = stack;
+        counters.tc_redirected = 2;
+        crate::datapath::counters::PathTotals {
+            xdp_redirect: xdp,
+            tc_redirect: 2,
+            counters,
         }
     }
 
@@ -452,6 +505,7 @@ pub(crate) mod tests {
             .into_iter()
             .collect(),
             lost: 0,
+            paths: Default::default(),
         };
         let start = Instant::now();
         let mut reachability = Reachability::new(Duration::from_secs(300));
@@ -494,6 +548,7 @@ pub(crate) mod tests {
         let known = Known {
             interfaces: vec!["lan0".into(), "eth1".into()],
             ports: vec![5223, 2197],
+            redirect: Vec::new(),
         };
         let model = Model::build(
             &sample_snapshot(),

@@ -151,7 +151,9 @@ fn handshake_totals(snapshot: &Snapshot) -> BTreeMap<u16, (u64, u64)> {
         };
         let total = totals.entry(port).or_default();
         match (direction, verdict) {
-            (Direction::Outbound, Verdict::Pass | Verdict::Fastpath) => total.0 += value.syn,
+            (Direction::Outbound, Verdict::Pass | Verdict::Fastpath | Verdict::FastpathTc) => {
+                total.0 += value.syn
+            }
             (Direction::Inbound, _) => total.1 += value.synack,
             (Direction::Outbound, Verdict::Drop) | (Direction::None, _) => {}
         }
@@ -198,6 +200,7 @@ mod tests {
         Snapshot {
             entries: handshakes(5223, syn, synack).into_iter().collect(),
             lost: 0,
+            paths: Default::default(),
         }
     }
 
@@ -231,6 +234,7 @@ mod tests {
             .into_iter()
             .collect(),
             lost: 0,
+            paths: Default::default(),
         };
         reach.observe(t0, &snapshot(3));
         reach.observe(t0 + secs(10), &snapshot(4));

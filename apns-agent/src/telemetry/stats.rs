@@ -20,14 +20,19 @@
 //!         {
 //!           "direction": "outbound",
 //!           "port": 5223,
-//!           "packets": { "drop": 0, "fastpath": 0, "pass": 7 },
-//!           "bytes": { "drop": 0, "fastpath": 0, "pass": 700 },
+//!           "packets": { "drop": 0, "fastpath": 0, "fastpath_tc": 0, "pass": 7 },
+//!           "bytes": { "drop": 0, "fastpath": 0, "fastpath_tc": 0, "pass": 700 },
 //!           "tcp": { "fin": 2, "rst": 1, "syn": 4, "synack": 0 }
 //!         }
 //!       ],
 //!       "policy_drops": { "inbound_open": 0, "pinhole": 6, "provider": 4 },
 //!       "inbound_opens": [ { "port": 5223, "packets": { "drop": 0, "pass": 2 } } ],
-//!       "other": { "fragment": 0, "malformed": 1, "not_apns": 100, "not_ip": 9 }
+//!       "other": { "fragment": 0, "malformed": 1, "not_apns": 100, "not_ip": 9 },
+//!       "fastpath": {
+//!         "xdp_redirect": 12, "tc_redirect": 2, "stack": 1,
+//!         "stack_by_reason": { "blackhole": 0, "egress_unmanaged": 0, "ttl": 1, ... },
+//!         "tc_handoffs": { "forwarded": 2, "refused": 0 }
+//!       }
 //!     }
 //!   ]
 //! }
@@ -49,15 +54,22 @@
 //!   which APNs never sends), per port: passed in monitor mode, dropped in enforce mode
 //!   (then also under `policy_drops.inbound_open`). Only ports that saw one.
 //! - `other`: packets that are not APNs traffic, by class.
+//! - `fastpath`: for `redirect` interfaces (else `null`), how their APNs packets left:
+//!   forwarded by XDP, by the TC step (next hop not resolved yet), or left to the stack,
+//!   by reason (every reason present); `tc_handoffs` is the TC program's own count, by
+//!   segment (docs/fastpath.md).
 
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::telemetry::{
-    class::{DropReason, TcpEvent, Verdict, OTHER_CLASSES},
-    model::{FlowKey, Model, Volume},
+use crate::{
+    datapath::status::PathReport,
+    telemetry::{
+        class::{DropReason, TcpEvent, Verdict, OTHER_CLASSES},
+        model::{FlowKey, Model, Volume},
+    },
 };
 
 /// Version of the JSON shape below.
@@ -80,6 +92,7 @@ pub struct InterfaceStats {
     pub policy_drops: BTreeMap<&'static str, u64>,
     pub inbound_opens: Vec<InboundOpenStats>,
     pub other: BTreeMap<&'static str, u64>,
+    pub fastpath: Option<PathReport>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -145,6 +158,7 @@ impl Stats {
                     .iter()
                     .map(|(class, packets)| (class.as_str(), *packets))
                     .collect(),
+                fastpath: interface.paths.as_ref().map(PathReport::new),
             })
             .collect();
         Stats {
@@ -237,7 +251,7 @@ fn inbound_opens(counts: &BTreeMap<(u16, Verdict), u64>) -> Vec<InboundOpenStats
 /// `stats` without `--json`: one line per interface, direction and port with packets,
 /// bytes (all verdicts), the TCP events and the provider drops among them; then, per
 /// interface, policy drops by reason, inbound connection attempts and the other classes;
-/// then the lost count if any.
+/// then, per `redirect` interface, how its APNs packets left; then the lost count if any.
 pub fn render_table(model: &Model) -> String {
     let mut out = String::new();
     if model.interfaces.is_empty() {
@@ -283,6 +297,32 @@ pub fn render_table(model: &Model) -> String {
     }
     if !model.interfaces.is_empty() {
         other.write(&mut out);
+    }
+    let mut paths = Table::new(
+        1,
+        &[
+            "interface",
+            "xdp_redirect",
+            "tc_redirect",
+            "stack",
+            "stack by reason",
+        ],
+    );
+    for (name, interface) in &model.interfaces {
+        let Some(totals) = &interface.paths else {
+            continue;
+        };
+        paths.row(vec![
+            name.clone(),
+            totals.xdp_redirect.to_string(),
+            totals.tc_redirect.to_string(),
+            totals.stack().to_string(),
+            totals.fallback_words(),
+        ]);
+    }
+    if paths.rows.len() > 1 {
+        out.push('\n');
+        paths.write(&mut out);
     }
     if model.lost > 0 {
         let _ = writeln!(
@@ -345,6 +385,38 @@ mod tests {
     use crate::telemetry::model::tests::sample_model;
 
     #[test]
+    fn redirect_paths_in_json_and_table() {
+        use apns_common::fastpath::Fallback;
+
+        use crate::telemetry::model::tests::sample_paths;
+
+        let mut model = sample_model();
+        model.interfaces.get_mut("eth2").unwrap().paths =
+            Some(sample_paths(10, Fallback::FragNeeded, 3));
+        let json: serde_json::Value = serde_json::from_str(&render_json(&model).unwrap()).unwrap();
+        let fastpath = &json["interfaces"][1]["fastpath"];
+        assert_eq!(fastpath["xdp_redirect"], 10);
+        assert_eq!(fastpath["tc_redirect"], 2);
+        assert_eq!(fastpath["stack"], 3);
+        assert_eq!(fastpath["stack_by_reason"]["frag_needed"], 3);
+        assert_eq!(fastpath["stack_by_reason"]["ttl"], 0);
+        assert_eq!(
+            fastpath["stack_by_reason"].as_object().unwrap().len(),
+            Fallback::ALL.len()
+        );
+        assert_eq!(
+            fastpath["tc_handoffs"],
+            serde_json::json!({"forwarded": 2, "refused": 0})
+        );
+        let table = render_table(&model);
+        let row = table
+            .lines()
+            .find(|line| line.starts_with("eth2") && line.contains("frag_needed 3"))
+            .unwrap_or_else(|| panic!("no path row for eth2 in:\n{table}"));
+        assert!(row.contains("10") && row.contains(" 2 "), "{row}");
+    }
+
+    #[test]
     fn json_fields() {
         let json: serde_json::Value =
             serde_json::from_str(&render_json(&sample_model()).unwrap()).unwrap();
@@ -360,11 +432,11 @@ mod tests {
         assert_eq!(provider["port"], 2197);
         assert_eq!(
             provider["packets"],
-            serde_json::json!({"pass": 3, "drop": 4, "fastpath": 0})
+            serde_json::json!({"pass": 3, "drop": 4, "fastpath": 0, "fastpath_tc": 0})
         );
         assert_eq!(
             provider["bytes"],
-            serde_json::json!({"pass": 300, "drop": 240, "fastpath": 0})
+            serde_json::json!({"pass": 300, "drop": 240, "fastpath": 0, "fastpath_tc": 0})
         );
         assert_eq!(
             eth1["traffic"][4]["tcp"],
@@ -390,6 +462,8 @@ mod tests {
             eth1["other"],
             serde_json::json!({"not_ip": 9, "not_apns": 100, "fragment": 0, "malformed": 1})
         );
+        // Not a redirect interface.
+        assert_eq!(eth1["fastpath"], serde_json::Value::Null);
         let eth2 = &json["interfaces"][1];
         assert_eq!(eth2["interface"], "eth2");
         assert_eq!(eth2.get("reachability"), None);

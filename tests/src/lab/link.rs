@@ -29,6 +29,83 @@ pub struct LinkStats {
     pub tx_dropped: u64,
 }
 
+/// A namespace's TCP segment counters (`Tcp:` in /proc/net/snmp, shared by IPv4 and IPv6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSegments {
+    /// Segments sent, counted per segment (not per GSO packet): first transmissions, pure
+    /// ACKs and resets; a retransmitted segment that carries data or SYN/FIN is counted in
+    /// `retrans_segs` only.
+    pub out_segs: u64,
+    pub retrans_segs: u64,
+}
+
+impl TcpSegments {
+    /// Every segment sent.
+    pub fn sent(&self) -> u64 {
+        self.out_segs + self.retrans_segs
+    }
+}
+
+/// The TCP segment counters of the calling thread's network namespace.
+pub(super) fn tcp_segments() -> Result<TcpSegments> {
+    const PATH: &str = "/proc/thread-self/net/snmp";
+    let table = std::fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
+    // Two `Tcp:` lines: the field names, then the values.
+    let mut lines = table.lines().filter(|line| line.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("{PATH} has no Tcp lines");
+    };
+    let field = |name: &str| -> Result<u64> {
+        let index = names
+            .split_whitespace()
+            .position(|field| field == name)
+            .with_context(|| format!("{PATH}: no Tcp field {name}"))?;
+        values
+            .split_whitespace()
+            .nth(index)
+            .with_context(|| format!("{PATH}: no value for Tcp {name}"))?
+            .parse()
+            .with_context(|| format!("{PATH}: Tcp {name}"))
+    };
+    Ok(TcpSegments {
+        out_segs: field("OutSegs")?,
+        retrans_segs: field("RetransSegs")?,
+    })
+}
+
+/// The (interface, address) pairs of the calling thread's network namespace whose
+/// solicited-node multicast group (ff02::1:ffXX:XXXX, the address's last 24 bits) the
+/// interface has not joined yet. Loopback is left out (it does no neighbour discovery).
+pub(super) fn unjoined_solicited_nodes() -> Result<Vec<(String, String)>> {
+    const ADDRESSES: &str = "/proc/thread-self/net/if_inet6";
+    const GROUPS: &str = "/proc/thread-self/net/igmp6";
+    let read =
+        |path: &str| std::fs::read_to_string(path).with_context(|| format!("reading {path}"));
+    let (addresses, groups) = (read(ADDRESSES)?, read(GROUPS)?);
+    // `if_inet6`: address (32 hex digits), ifindex, prefix length, scope, flags, name.
+    // `igmp6`: ifindex, name, group (32 hex digits), users, flags, timer.
+    let joined: Vec<(&str, &str)> = groups
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Some((*fields.get(1)?, *fields.get(2)?))
+        })
+        .collect();
+    Ok(addresses
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (address, name) = (*fields.first()?, *fields.get(5)?);
+            if name == "lo" || address.len() != 32 {
+                return None;
+            }
+            let group = format!("ff0200000000000000000001ff{}", &address[26..]);
+            (!joined.contains(&(name, group.as_str())))
+                .then(|| (name.to_owned(), address.to_owned()))
+        })
+        .collect())
+}
+
 /// Sends each frame as is (Ethernet header included) out of `ifname`.
 pub(super) fn send_frames<F: AsRef<[u8]>>(ifname: &str, frames: &[F]) -> Result<()> {
     let ifindex = if_nametoindex(ifname).with_context(|| format!("no interface {ifname}"))?;

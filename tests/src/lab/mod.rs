@@ -33,7 +33,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 pub use child::LabChild;
-pub use link::LinkStats;
+pub use link::{LinkStats, TcpSegments};
 pub use netns::{run, run_with_input, NETNS_DIR, NETNS_PREFIX};
 pub use servers::Accepted;
 pub use topology::*;
@@ -51,6 +51,18 @@ pub struct LabOptions {
     /// Masquerade (IPv4 and IPv6) on the gateway's WAN interface with nftables; the ISP then
     /// has no route back to the LAN prefixes and the servers see `GW_WAN` as the source.
     pub nat: bool,
+    /// A second upstream router ([`Role::Isp2`]) on the gateway's WAN segment, ready to
+    /// take over the gateway's default route (see `topology.rs`). Off by default: it adds
+    /// a namespace and its own traffic (MLD, ND) on wan0.
+    pub second_upstream: bool,
+}
+
+impl LabOptions {
+    /// With NAT, nothing else.
+    pub const NAT: LabOptions = LabOptions {
+        nat: true,
+        second_upstream: false,
+    };
 }
 
 /// A running lab; see the module documentation.
@@ -61,7 +73,7 @@ pub struct Lab {
     // namespaces), namespaces last.
     servers: Vec<(Role, EchoServer)>,
     relays: Vec<VlanRelay>,
-    /// In `Role::ALL` order, one per role.
+    /// In [`Lab::roles`] order, one per role.
     namespaces: Vec<Namespace>,
 }
 
@@ -79,10 +91,10 @@ impl Lab {
             options,
             servers: Vec::new(),
             relays: Vec::new(),
-            namespaces: Vec::with_capacity(Role::ALL.len()),
+            namespaces: Vec::with_capacity(Role::ALL.len() + 1),
         };
         // On any error below, dropping `lab` deletes what was made so far.
-        for role in Role::ALL {
+        for role in lab.roles() {
             let name = format!("{}-{role}", lab.id);
             lab.namespaces.push(Namespace::create(role, name)?);
         }
@@ -106,9 +118,23 @@ impl Lab {
         self.options
     }
 
+    /// The roles this lab has: [`Role::ALL`], and [`Role::Isp2`] with
+    /// [`LabOptions::second_upstream`].
+    pub fn roles(&self) -> Vec<Role> {
+        let mut roles = Role::ALL.to_vec();
+        if self.options.second_upstream {
+            roles.push(Role::Isp2);
+        }
+        roles
+    }
+
     fn ns(&self, role: Role) -> &Namespace {
-        // `namespaces` holds every role in `Role::ALL` order from `new` on.
-        &self.namespaces[role as usize]
+        // `namespaces` holds every role of `roles()` in order from `new` on; asking for an
+        // optional role the lab was built without is a bug in the test.
+        self.namespaces
+            .iter()
+            .find(|ns| ns.role() == role)
+            .unwrap_or_else(|| panic!("lab {} has no {role} namespace (see LabOptions)", self.id))
     }
 
     /// The name of `role`'s namespace (for `ip -n NAME …`).
@@ -223,6 +249,44 @@ impl Lab {
             .with_context(|| format!("in namespace {}", self.ns_name(role)))
     }
 
+    /// The TCP segment counters of `role`'s namespace (IPv4 and IPv6 together): what its
+    /// hosts' own stack sent and received, to check a gateway's counts against.
+    pub fn tcp_segments(&self, role: Role) -> Result<TcpSegments> {
+        self.in_ns(role, link::tcp_segments)?
+            .with_context(|| format!("in namespace {}", self.ns_name(role)))
+    }
+
+    /// Waits until `role`'s namespace has settled after the lab was built: every link that
+    /// is up has its carrier processed (the kernel's link watch reports a new carrier up to
+    /// a second late, and IPv6 starts on the link only then), and every IPv6 address has
+    /// joined its solicited-node multicast group, so that the host answers neighbour
+    /// solicitations. A gateway that resolves a host before then gets no answer and retries
+    /// a second later, which a test counting packets exactly sees as a retransmission.
+    /// Fails after `timeout`.
+    pub fn wait_settled(&self, role: Role, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let links = run(self.command(role, "ip").args(["-o", "link", "show", "up"]))?;
+            let waiting: Vec<&str> = links
+                .lines()
+                .filter(|line| line.contains("NO-CARRIER") || line.contains(" state DOWN "))
+                .collect();
+            let missing = self
+                .in_ns(role, link::unjoined_solicited_nodes)?
+                .with_context(|| format!("in namespace {}", self.ns_name(role)))?;
+            if waiting.is_empty() && missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "namespace {} not settled after {timeout:?}: links without carrier {waiting:?}, no solicited-node group for {missing:?}",
+                    self.ns_name(role)
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the counters of `ifname` have not moved for `quiet` (e.g. the last MLD
     /// report after setup) and returns them: a baseline for exact packet counts. Fails after
     /// `timeout`.
@@ -273,6 +337,13 @@ impl Lab {
     /// sends itself) compute full checksums; the fast path only forwards to resolved
     /// neighbours, so the gateway resolves the ISP and `neighbours` first.
     pub fn prepare_redirect(&self, neighbours: &[std::net::IpAddr]) -> Result<()> {
+        self.redirect_offloads()?;
+        self.resolve_neighbours(neighbours)
+    }
+
+    /// The offload settings of [`Lab::prepare_redirect`] alone (the gateway's neighbour
+    /// caches left as they are).
+    pub fn redirect_offloads(&self) -> Result<()> {
         let steps: [(Role, &str, &str); 5] = [
             (Role::Client, CLIENT_IF.name, "gro"),
             (Role::Isp, ISP_IF_GW.name, "gro"),
@@ -286,6 +357,11 @@ impl Lab {
                 .command(role, "ethtool")
                 .args(["-K", ifname, feature, setting]))?;
         }
+        Ok(())
+    }
+
+    /// The gateway resolves the ISP and `neighbours` (one ping each).
+    pub fn resolve_neighbours(&self, neighbours: &[std::net::IpAddr]) -> Result<()> {
         let isp = [ISP_WAN.v4.into(), ISP_WAN.v6.into()];
         for addr in isp.iter().chain(neighbours) {
             run(self

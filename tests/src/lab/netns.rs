@@ -71,6 +71,10 @@ impl Namespace {
         &self.name
     }
 
+    pub(super) fn role(&self) -> Role {
+        self.role
+    }
+
     pub(super) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

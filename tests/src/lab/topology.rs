@@ -21,6 +21,21 @@
 //!  apple: echo servers on 5223 443 2197 2195 2196  other: the same
 //! ```
 //!
+//! With `LabOptions::second_upstream`, a second upstream router `isp2` shares the WAN
+//! segment (a macvlan on the ISP's gw0, so frames between wan0 and it cross the same veth)
+//! and reaches the servers through the ISP:
+//!
+//! ```text
+//!  gw wan0 ── isp gw0 203.0.113.1  ┬─ (macvlan) isp2 gw0 203.0.113.3/25, 2001:db8:f::3/64
+//!                                  │   isp2 core0 198.18.0.1/30, 2001:db8:e::1/64
+//!                                  │     │ default via the ISP
+//!                                  └─ isp isp2 198.18.0.2/30, 2001:db8:e::2/64
+//! ```
+//!
+//! The gateway's default route stays on the ISP; a test moves it to `ISP2_WAN`. Replies
+//! from the servers still come back through the ISP (asymmetric, as after a real failover
+//! until the return path follows).
+//!
 //! Every LAN host has its own veth to the gateway (no bridge): each gateway LAN interface is a
 //! plain veth, so native XDP attaches to it and per-interface counters tell device traffic
 //! (lan0), MDM traffic (lan1) and VLAN traffic (lan2) apart. The VLAN sub-interfaces are TAPs
@@ -63,10 +78,13 @@ pub enum Role {
     Apple,
     /// A non-Apple host running the same echo servers.
     Other,
+    /// A second upstream router on the WAN segment, only with
+    /// `LabOptions::second_upstream` (not in [`Role::ALL`]).
+    Isp2,
 }
 
 impl Role {
-    /// Every role, in the order the lab creates its namespaces.
+    /// Every role every lab has, in the order the lab creates their namespaces.
     pub const ALL: [Role; 7] = [
         Role::Client,
         Role::Mdm,
@@ -87,6 +105,7 @@ impl Role {
             Role::Isp => "isp",
             Role::Apple => "apple",
             Role::Other => "other",
+            Role::Isp2 => "isp2",
         }
     }
 
@@ -99,7 +118,7 @@ impl Role {
             Role::Vlan => Some(VLAN_HOST),
             Role::Apple => Some(APPLE),
             Role::Other => Some(OTHER),
-            Role::Gw | Role::Isp => None,
+            Role::Gw | Role::Isp | Role::Isp2 => None,
         }
     }
 }
@@ -164,6 +183,13 @@ pub const GW_WAN: Addrs = Addrs::new([203, 0, 113, 2], [0x2001, 0xdb8, 0xf, 0, 0
 pub const ISP_WAN: Addrs = Addrs::new([203, 0, 113, 1], [0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 1]);
 /// The ISP router on the Apple host's link (apple0): the Apple host's default route.
 pub const ISP_APPLE: Addrs = Addrs::new([17, 249, 1, 1], [0x2620, 0x149, 0xa44, 0, 0, 0, 0, 1]);
+/// The second upstream router on the WAN segment (isp2's gw0, `LabOptions::second_upstream`).
+pub const ISP2_WAN: Addrs = Addrs::new([203, 0, 113, 3], [0x2001, 0xdb8, 0xf, 0, 0, 0, 0, 3]);
+/// The second upstream router on its link to the ISP (isp2's core0).
+pub const ISP2_CORE: Addrs = Addrs::new([198, 18, 0, 1], [0x2001, 0xdb8, 0xe, 0, 0, 0, 0, 1]);
+/// The ISP router on its link to the second upstream router (the ISP's isp2): isp2's
+/// default route.
+pub const ISP_CORE: Addrs = Addrs::new([198, 18, 0, 2], [0x2001, 0xdb8, 0xe, 0, 0, 0, 0, 2]);
 /// The ISP router on the other host's link (other0): the other host's default route.
 pub const ISP_OTHER: Addrs = Addrs::new([203, 0, 113, 129], [0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1]);
 
@@ -220,6 +246,13 @@ pub const APPLE_IF: Iface = iface(Role::Apple, "eth0", 5, 0x10);
 pub const ISP_IF_OTHER: Iface = iface(Role::Isp, "other0", 6, 1);
 /// The other host's only interface.
 pub const OTHER_IF: Iface = iface(Role::Other, "eth0", 6, 0x10);
+
+/// The second upstream router's WAN interface: a macvlan on [`ISP_IF_GW`], moved into isp2.
+pub const ISP2_IF_GW: Iface = iface(Role::Isp2, "gw0", 4, 3);
+/// The second upstream router's link to the ISP.
+pub const ISP2_IF_CORE: Iface = iface(Role::Isp2, "core0", 7, 1);
+/// The ISP's link to the second upstream router.
+pub const ISP_IF_ISP2: Iface = iface(Role::Isp, "isp2", 7, 2);
 
 /// The gateway's LAN-side veths, where an agent attaches next to `GW_IF_WAN`.
 pub const GW_LAN_IFS: [Iface; 3] = [GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK];
@@ -315,8 +348,8 @@ fn nat_ruleset() -> String {
 /// Builds the topology inside the lab's (empty) namespaces. The VLAN relays it returns must
 /// live as long as the lab: they are the VLAN sub-interfaces.
 pub(super) fn build(lab: &Lab) -> Result<Vec<VlanRelay>> {
-    for role in Role::ALL {
-        let routers = if matches!(role, Role::Gw | Role::Isp) {
+    for role in lab.roles() {
+        let routers = if matches!(role, Role::Gw | Role::Isp | Role::Isp2) {
             &ROUTER_SYSCTLS[..]
         } else {
             &[]
@@ -405,6 +438,10 @@ pub(super) fn build(lab: &Lab) -> Result<Vec<VlanRelay>> {
         )?;
     }
 
+    if lab.options().second_upstream {
+        second_upstream(lab)?;
+    }
+
     if lab.options().nat {
         let mut nft = lab.command(Role::Gw, "nft");
         nft.args(["-f", "-"]);
@@ -421,6 +458,88 @@ pub(super) fn build(lab: &Lab) -> Result<Vec<VlanRelay>> {
         }
     }
     Ok(relays)
+}
+
+/// Builds the second upstream router (see the module documentation).
+fn second_upstream(lab: &Lab) -> Result<()> {
+    let (wan, core, back) = (ISP2_IF_GW, ISP2_IF_CORE, ISP_IF_ISP2);
+    // A macvlan in bridge mode on the ISP's end of the WAN veth: its own MAC on the same
+    // segment, which the ISP's gw0 keeps receiving its own frames beside.
+    ip(
+        lab,
+        Role::Isp,
+        &[
+            "link",
+            "add",
+            "isp2wan",
+            "link",
+            ISP_IF_GW.name,
+            "address",
+            &mac_string(wan.mac),
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ],
+    )?;
+    ip(
+        lab,
+        Role::Isp,
+        &["link", "set", "isp2wan", "netns", lab.ns_name(Role::Isp2)],
+    )?;
+    ip(
+        lab,
+        Role::Isp2,
+        &["link", "set", "isp2wan", "name", wan.name],
+    )?;
+    ip(
+        lab,
+        back.role,
+        &[
+            "link",
+            "add",
+            back.name,
+            "address",
+            &mac_string(back.mac),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            core.name,
+            "address",
+            &mac_string(core.mac),
+            "netns",
+            lab.ns_name(core.role),
+        ],
+    )?;
+    for (at, addrs, v4_len) in [
+        (wan, ISP2_WAN, 25),
+        (core, ISP2_CORE, 30),
+        (back, ISP_CORE, 30),
+    ] {
+        let v4 = format!("{}/{v4_len}", addrs.v4);
+        let v6 = format!("{}/64", addrs.v6);
+        ip(lab, at.role, &["addr", "add", &v4, "dev", at.name])?;
+        ip(lab, at.role, &["addr", "add", &v6, "dev", at.name, "nodad"])?;
+        ip(lab, at.role, &["link", "set", at.name, "up"])?;
+    }
+    ip(
+        lab,
+        Role::Isp2,
+        &["route", "add", "default", "via", &ISP_CORE.v4.to_string()],
+    )?;
+    ip(
+        lab,
+        Role::Isp2,
+        &[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &ISP_CORE.v6.to_string(),
+        ],
+    )
 }
 
 /// Runs `ip -n <namespace of role> ARGS`.
