@@ -386,6 +386,41 @@ fn legend_labels(legend: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every expression parses as PromQL: each becomes a recording rule, and `promtool check
+/// rules` reads them all.
+fn assert_promql_parses(exprs: &[String]) {
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: '{}'\n",
+            expr.replace('\'', "''")
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("dashboard.rules.yml"), &rules).unwrap();
+    let checked = promtool(&["check", "rules", "dashboard.rules.yml"], dir.path());
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", exprs.len())),
+        "{checked}"
+    );
+}
+
+/// A legend can name only labels the query's result keeps: the grouping labels of its
+/// aggregation, or, without one, every label `available` on the series it reads.
+fn check_legend(scan: &Scan, available: BTreeSet<String>, legend: &str, context: &str) {
+    let result_labels: BTreeSet<String> = if scan.grouping.is_empty() {
+        available
+    } else {
+        scan.grouping.iter().cloned().collect()
+    };
+    for label in legend_labels(legend) {
+        assert!(
+            result_labels.contains(&label),
+            "{context}: legend {{{{{label}}}}} is not a label of the result ({result_labels:?})"
+        );
+    }
+}
+
 #[test]
 fn the_scanner_finds_names_labels_and_grouping() {
     let scan = scan(
@@ -1069,8 +1104,8 @@ fn grafana_fleet_dashboard_reads_the_fleet_rules() {
     }
 
     let queries = dashboard_queries(&dashboard);
-    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
-    for (i, (title, expr, legend)) in queries.iter().enumerate() {
+    let mut expanded_queries = Vec::new();
+    for (title, expr, legend) in &queries {
         let context = format!("{FLEET_DASHBOARD}: {title}: {expr}");
         let scan = scan(expr, true);
         assert!(
@@ -1078,17 +1113,7 @@ fn grafana_fleet_dashboard_reads_the_fleet_rules() {
             "{context}: reads nothing of apns-agent's"
         );
         let available = check_refs_with(&series, &scan, &context, &FLEET_LABELS);
-        let result_labels: BTreeSet<String> = if scan.grouping.is_empty() {
-            available
-        } else {
-            scan.grouping.iter().cloned().collect()
-        };
-        for label in legend_labels(legend) {
-            assert!(
-                result_labels.contains(&label),
-                "{context}: legend {{{{{label}}}}} is not a label of the result ({result_labels:?})"
-            );
-        }
+        check_legend(&scan, available, legend, &context);
         // Every series is filtered by the site selector; gateway series by the gateway too.
         for metric in &scan.metrics {
             let filtered = |label: &str, variable: &str| {
@@ -1115,19 +1140,9 @@ fn grafana_fleet_dashboard_reads_the_fleet_rules() {
             .replace("$site", ".*")
             .replace("$gateway", ".*");
         assert!(!expanded.contains('$'), "an unknown variable in {expr}");
-        rules.push_str(&format!(
-            "      - record: dashboard:query_{i}\n        expr: '{}'\n",
-            expanded.replace('\'', "''")
-        ));
+        expanded_queries.push(expanded);
     }
-    // Every query parses as PromQL.
-    let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("dashboard.rules.yml"), &rules).unwrap();
-    let checked = promtool(&["check", "rules", "dashboard.rules.yml"], dir.path());
-    assert!(
-        checked.contains(&format!("SUCCESS: {} rules found", queries.len())),
-        "{checked}"
-    );
+    assert_promql_parses(&expanded_queries);
     println!(
         "{FLEET_DASHBOARD}: {} queries, PromQL, over exported metrics and fleet records, \
          filtered by $site and $gateway",
@@ -1279,18 +1294,7 @@ fn grafana_dashboard_uses_the_exported_metrics() {
         let scan = scan(expr, true);
         assert!(!scan.metrics.is_empty(), "{context}: no apns_* metric");
         let available = check_refs(&exported, &scan, &context);
-        // A legend can name only labels the query's result keeps.
-        let result_labels: BTreeSet<String> = if scan.grouping.is_empty() {
-            available
-        } else {
-            scan.grouping.iter().cloned().collect()
-        };
-        for label in legend_labels(legend) {
-            assert!(
-                result_labels.contains(&label),
-                "{context}: legend {{{{{label}}}}} is not a label of the result ({result_labels:?})"
-            );
-        }
+        check_legend(&scan, available, legend, &context);
         // The variables filter every query; the ratio is gateway-wide, not per interface.
         for metric in &scan.metrics {
             let filtered = |label: &str, variable: &str| {
@@ -1358,27 +1362,18 @@ fn grafana_dashboard_queries_are_promql() {
     // Grafana's variables replaced by what they expand to, then each query as a recording
     // rule: `promtool check rules` parses it.
     let dashboard = dashboard();
-    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut expanded_queries = Vec::new();
     let queries = dashboard_queries(&dashboard);
-    for (i, (_, expr, _)) in queries.iter().enumerate() {
+    for (_, expr, _) in &queries {
         let expanded = expr
             .replace("$__rate_interval", "1m")
             .replace("$__range", "6h")
             .replace("$instance", ".*")
             .replace("$interface", ".*");
         assert!(!expanded.contains('$'), "an unknown variable in {expr}");
-        rules.push_str(&format!(
-            "      - record: dashboard:query_{i}\n        expr: '{}'\n",
-            expanded.replace('\'', "''")
-        ));
+        expanded_queries.push(expanded);
     }
-    let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("dashboard.rules.yml"), &rules).unwrap();
-    let checked = promtool(&["check", "rules", "dashboard.rules.yml"], dir.path());
-    assert!(
-        checked.contains(&format!("SUCCESS: {} rules found", queries.len())),
-        "{checked}"
-    );
+    assert_promql_parses(&expanded_queries);
 }
 
 // ---------------------------------------------------------------------------------------------

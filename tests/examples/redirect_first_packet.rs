@@ -23,11 +23,9 @@ use std::{
 use anyhow::{Context as _, Result};
 use apns_agent::datapath::object;
 use apns_tests::{
-    agent::{spawn_run, TestPins},
+    agent::{run_lan_wan, spawn_run, TestPins},
     bench::{stats::median, testrun},
-    lab::{
-        self, Lab, LabOptions, Role, APPLE, APPLE_IF, CLIENT_IF, GW_IF_CLIENT, GW_IF_WAN, ISP_IF_GW,
-    },
+    lab::{self, Lab, LabOptions, Role, APPLE, APPLE_IF, CLIENT_IF, GW_IF_CLIENT, ISP_IF_GW},
 };
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
@@ -87,17 +85,7 @@ fn latency(pairs: usize) -> Result<()> {
     let _agent = spawn_run(
         &lab,
         &pins,
-        &[
-            "run",
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-            "--fastpath",
-            "lan0=redirect",
-            "--fastpath",
-            "wan0=redirect",
-        ],
+        &run_lan_wan(&["--fastpath", "lan0=redirect", "--fastpath", "wan0=redirect"]),
     )?;
     println!("First connection through the gateway (forward chain drops 5223 both ways; redirect on lan0 and wan0): `connect()` time from the client namespace, ms, {pairs} pairs per family, cold and warm alternating\n");
     println!("| family | cold caches: median ms | range | warm caches: median ms | range | cold - warm (median of pairs) |");

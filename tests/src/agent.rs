@@ -32,7 +32,7 @@ use apns_agent::settings::state;
 use apns_common::counters::{CounterKey, Direction, Outcome};
 use nix::{sys::signal::Signal, unistd::Pid};
 
-use crate::lab::{Lab, LabChild, Role};
+use crate::lab::{Lab, LabChild, Role, GW_IF_CLIENT, GW_IF_WAN};
 
 /// How long `spawn_run` waits for the agent to report READY=1.
 const RUN_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -385,6 +385,20 @@ impl Agent<'_> {
 
 fn tail(log: &Mutex<VecDeque<String>>) -> String {
     Vec::from(log.lock().unwrap_or_else(PoisonError::into_inner).clone()).join("\n")
+}
+
+/// `run` on the lab gateway's LAN and WAN interfaces, then `more` arguments: the agent most
+/// tests start.
+pub fn run_lan_wan<'a>(more: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--iface",
+        GW_IF_CLIENT.name,
+        "--iface",
+        GW_IF_WAN.name,
+    ];
+    args.extend_from_slice(more);
+    args
 }
 
 /// Spawns `apns-agent run ARGS...` in the lab's gateway and returns once it reported READY=1

@@ -2,7 +2,6 @@
 //! upgrade under a flow, live policy edits, bad input, unload. Needs root.
 
 use std::{
-    io::{Read as _, Write as _},
     net::SocketAddr,
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -16,7 +15,7 @@ use apns_agent::datapath::{
 };
 use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
-    agent::{self, TestPins},
+    agent::{self, run_lan_wan, TestPins},
     lab::{Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
 };
 
@@ -72,15 +71,7 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
     let wan = agent::gw_ifindex(&lab, GW_IF_WAN.name).unwrap();
-    let run_args = [
-        "run",
-        "--iface",
-        GW_IF_CLIENT.name,
-        "--iface",
-        GW_IF_WAN.name,
-        "--mode",
-        "enforce",
-    ];
+    let run_args = run_lan_wan(&["--mode", "enforce"]);
     let apple = APPLE.socket(false, 5223);
     let other = OTHER.socket(false, 5223);
     let syns = |pins: &TestPins| {
@@ -153,19 +144,7 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
 fn detach_on_exit_detaches_what_run_attached() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
-    let mut agent = agent::spawn_run(
-        &lab,
-        &pins,
-        &[
-            "run",
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-            "--detach-on-exit",
-        ],
-    )
-    .unwrap();
+    let mut agent = agent::spawn_run(&lab, &pins, &run_lan_wan(&["--detach-on-exit"])).unwrap();
     wait_attached(&pins, Mode::Monitor);
     assert!(agent.stop(TIMEOUT).unwrap().success());
     assert!(
@@ -202,23 +181,15 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
 
     // One long-lived connection; each message must come back whole while programs swap.
     const MESSAGES: usize = 400;
-    let mut stream = lab
-        .connect(Role::Client, APPLE.socket(false, 5223), TIMEOUT)
+    let flow = lab
+        .echo_flow(
+            Role::Client,
+            APPLE.socket(false, 5223),
+            MESSAGES,
+            Duration::from_millis(2),
+            TIMEOUT,
+        )
         .unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let flow = std::thread::spawn(move || {
-        let mut echoed = 0;
-        for i in 0..MESSAGES {
-            let message = [(i % 251) as u8; 64];
-            stream.write_all(&message).unwrap();
-            let mut back = [0u8; 64];
-            stream.read_exact(&mut back).unwrap();
-            assert_eq!(back, message, "message {i}");
-            echoed += 1;
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        echoed
-    });
 
     let mut previous = pins.snapshot().unwrap();
     let mut upgrades = 0;

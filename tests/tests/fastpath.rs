@@ -20,7 +20,10 @@ use apns_common::{
     fastpath::Fallback,
 };
 use apns_tests::{
-    agent::{counter_key, gw_command, gw_ifindex, scrape_metrics, spawn_run, succeed, TestPins},
+    agent::{
+        counter_key, gw_command, gw_ifindex, run_lan_wan, scrape_metrics, spawn_run, succeed,
+        TestPins,
+    },
     lab::{
         self, Lab, LabOptions, Role, APPLE, CLIENT, CLIENT_IF, GW_IF_CLIENT, GW_IF_TRUNK,
         GW_IF_WAN, GW_LAN_CLIENT, ISP2_IF_GW, ISP2_WAN, ISP_WAN, MDM, OTHER, VLAN_HOST, VLAN_ID,
@@ -90,6 +93,21 @@ fn gateway<'lab>(lab: &'lab Lab, pins: &TestPins, more: &[&str]) -> apns_tests::
     let status = succeed(&mut gw_command(lab, pins, &["status"])).unwrap();
     assert!(status.contains("fast path redirect"), "{status}");
     agent
+}
+
+/// One connection from the client to Apple on every APNs port over IPv4 and IPv6, each
+/// echoing `payload`.
+fn echo_every_port(lab: &Lab, payload: &[u8]) {
+    for ipv6 in [false, true] {
+        for port in PORTS {
+            let to = APPLE.socket(ipv6, port);
+            assert_eq!(
+                lab.echo(Role::Client, to, payload, TIMEOUT).unwrap(),
+                payload,
+                "to {to}"
+            );
+        }
+    }
 }
 
 /// Packets the forward chain's rules have dropped so far.
@@ -227,16 +245,7 @@ fn redirect_delivers_apns_past_a_forward_drop_rule() {
     let gw = Gateway::of(&lab);
     let before = gw.ledger(&lab, &pins);
 
-    for ipv6 in [false, true] {
-        for port in PORTS {
-            let to = APPLE.socket(ipv6, port);
-            assert_eq!(
-                lab.echo(Role::Client, to, b"apns", TIMEOUT).unwrap(),
-                b"apns",
-                "to {to}"
-            );
-        }
-    }
+    echo_every_port(&lab, b"apns");
     let after = gw.settle(&lab, &pins, &before);
     for ipv6 in [false, true] {
         let blocked = OTHER.socket(ipv6, 5223);
@@ -280,13 +289,7 @@ fn redirect_delivers_apns_past_a_forward_drop_rule() {
 
 /// The agent on lan0 and wan0, fast path `pass`.
 fn run_on_lan_and_wan<'lab>(lab: &'lab Lab, pins: &TestPins) -> apns_tests::agent::Agent<'lab> {
-    let args = [
-        "run",
-        "--iface",
-        GW_IF_CLIENT.name,
-        "--iface",
-        GW_IF_WAN.name,
-    ];
+    let args = run_lan_wan(&[]);
     spawn_run(lab, pins, &args).unwrap()
 }
 
@@ -347,16 +350,8 @@ fn the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches()
     let before = gw.ledger(&lab, &pins);
     let dropped = forward_drops(&lab);
 
-    for ipv6 in [false, true] {
-        for port in PORTS {
-            let to = APPLE.socket(ipv6, port);
-            assert_eq!(
-                lab.echo(Role::Client, to, b"first", TIMEOUT).unwrap(),
-                b"first",
-                "the first connection to {to}"
-            );
-        }
-    }
+    // The first connection of each port and family.
+    echo_every_port(&lab, b"first");
 
     let after = gw.settle(&lab, &pins, &before);
     // Per family, the first SYN found the upstream next hop unresolved and its SYN-ACK the

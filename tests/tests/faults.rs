@@ -17,7 +17,7 @@ use apns_agent::datapath::{
 };
 use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
-    agent::{self, spawn_run, TestPins},
+    agent::{self, run_lan_wan, spawn_run, TestPins},
     lab::{
         self, wait_until, Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM,
         GW_IF_WAN, MDM, OTHER,
@@ -235,13 +235,7 @@ fn kill_9_between_writing_a_policy_and_switching_to_it() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
-    let run = [
-        "run",
-        "--iface",
-        GW_IF_CLIENT.name,
-        "--iface",
-        GW_IF_WAN.name,
-    ];
+    let run = run_lan_wan(&[]);
     let mut agent = spawn_run(&lab, &pins, &run).unwrap();
     let before = live_policy(&pins);
     assert_eq!(before.mode, Mode::Monitor);
@@ -395,17 +389,7 @@ fn interfaces_deleted_recreated_and_renamed_under_a_running_agent() {
     let mut agent = spawn_run(
         &lab,
         &pins,
-        &[
-            "run",
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-            "--iface",
-            "apnsx0",
-            "--fastpath",
-            "apnsx0=mark",
-        ],
+        &run_lan_wan(&["--iface", "apnsx0", "--fastpath", "apnsx0=mark"]),
     )
     .unwrap();
     let first = interface_status(&status_json(&lab, &pins), "apnsx0")["ifindex"].clone();
@@ -463,18 +447,7 @@ fn pins_removed_by_hand_are_pinned_again_and_nothing_is_lost() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
-    let agent = spawn_run(
-        &lab,
-        &pins,
-        &[
-            "run",
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-        ],
-    )
-    .unwrap();
+    let agent = spawn_run(&lab, &pins, &run_lan_wan(&[])).unwrap();
     echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
     let lan_link = pins.dir().link_of(GW_IF_CLIENT.name).unwrap().unwrap().path;
     let counters = pins.dir().map(apns_common::maps::COUNTERS);

@@ -16,7 +16,7 @@ use std::{
 
 use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
-    agent::{self, gw_command, spawn_run, TestPins},
+    agent::{self, gw_command, run_lan_wan, spawn_run, TestPins},
     lab::{
         self as lab, Lab, LabChild, LabOptions, Role, APPLE, CLIENT, CLIENT_IF, GW_IF_CLIENT,
         GW_IF_WAN, ISP_IF_GW,
@@ -149,17 +149,7 @@ fn inbound_syns_are_dropped_in_enforce_and_delivered_in_monitor_counted_exactly(
     let _agent = spawn_run(
         &lab,
         &pins,
-        &[
-            "run",
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-            "--role",
-            &device_facing,
-            "--mode",
-            "enforce",
-        ],
+        &run_lan_wan(&["--role", &device_facing, "--mode", "enforce"]),
     )
     .unwrap();
     let wan0 = agent::gw_ifindex(&lab, GW_IF_WAN.name).unwrap();

@@ -4,11 +4,7 @@
 //! the peers' own packet counters), the policy and interfaces carry over, and no pin of the
 //! old layout remains. Needs root.
 
-use std::{
-    collections::BTreeMap,
-    io::{Read as _, Write as _},
-    time::Duration,
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use apns_agent::datapath::{migrate, policy::Policy, Datapath};
 use apns_common::counters::{Direction, Outcome};
@@ -71,21 +67,15 @@ fn a_new_agent_migrates_the_previous_releases_datapath_under_a_live_flow() {
     let (client_before, isp_before, counted_before) = baseline(&lab, &pins);
 
     // One long-lived APNs connection; every message must come back whole, on time.
-    let mut stream = lab
-        .connect(Role::Client, APPLE.socket(false, 5223), TIMEOUT)
+    let flow = lab
+        .echo_flow(
+            Role::Client,
+            APPLE.socket(false, 5223),
+            MESSAGES,
+            Duration::from_millis(5),
+            TIMEOUT,
+        )
         .unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let flow = std::thread::spawn(move || {
-        for i in 0..MESSAGES {
-            let message = [(i % 251) as u8; 64];
-            stream.write_all(&message).unwrap();
-            let mut back = [0u8; 64];
-            stream.read_exact(&mut back).unwrap();
-            assert_eq!(back, message, "message {i}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        MESSAGES
-    });
     std::thread::sleep(Duration::from_millis(500));
     let mut agent = spawn_run(&lab, &pins, &["run", "--iface", lan0, "--iface", wan0]).unwrap();
     agent

@@ -251,6 +251,23 @@ pub mod previous {
     // SAFETY: as above.
     unsafe impl aya::Pod for IfaceConfig {}
 
+    /// The prefixes `net` keeps of the layout-2 trie `name`: it gets each key's data and prefix
+    /// length (the generation's bits taken off) and answers `None` for another generation's.
+    fn prefixes_of<K: aya::Pod>(
+        pins: &PinDir,
+        name: &str,
+        net: impl Fn(K, u8) -> anyhow::Result<Option<IpNet>>,
+    ) -> anyhow::Result<BTreeSet<IpNet>> {
+        let trie: LpmTrie<MapData, K, u8> = open(pins, name)?;
+        let mut nets = BTreeSet::new();
+        for key in trie.keys() {
+            let key = key.with_context(|| format!("listing {name}"))?;
+            let len = (key.prefix_len() - GENERATION_PREFIX_BITS) as u8;
+            nets.extend(net(key.data(), len)?);
+        }
+        Ok(nets)
+    }
+
     fn open<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
         pins: &PinDir,
         name: &str,
@@ -279,31 +296,17 @@ pub mod previous {
             let index = generation * PORTS_PER_GENERATION + u32::from(port);
             ports.insert(port, roles.get(&index, 0).context("reading APNS_PORTS")?);
         }
-        let v4 = |name| -> anyhow::Result<BTreeSet<IpNet>> {
-            let trie: LpmTrie<MapData, PrefixV4, u8> = open(pins, name)?;
-            let mut nets = BTreeSet::new();
-            for key in trie.keys() {
-                let key = key.with_context(|| format!("listing {name}"))?;
-                let data = key.data();
-                if u32::from(data.generation) == generation {
-                    let len = (key.prefix_len() - GENERATION_PREFIX_BITS) as u8;
-                    nets.insert(IpNet::V4(Ipv4Net::new(data.addr.into(), len)?));
-                }
-            }
-            Ok(nets)
+        let v4 = |name| {
+            prefixes_of(pins, name, |data: PrefixV4, len| {
+                Ok((u32::from(data.generation) == generation)
+                    .then_some(IpNet::V4(Ipv4Net::new(data.addr.into(), len)?)))
+            })
         };
-        let v6 = |name| -> anyhow::Result<BTreeSet<IpNet>> {
-            let trie: LpmTrie<MapData, PrefixV6, u8> = open(pins, name)?;
-            let mut nets = BTreeSet::new();
-            for key in trie.keys() {
-                let key = key.with_context(|| format!("listing {name}"))?;
-                let data = key.data();
-                if u32::from(data.generation) == generation {
-                    let len = (key.prefix_len() - GENERATION_PREFIX_BITS) as u8;
-                    nets.insert(IpNet::V6(Ipv6Net::new(data.addr.into(), len)?));
-                }
-            }
-            Ok(nets)
+        let v6 = |name| {
+            prefixes_of(pins, name, |data: PrefixV6, len| {
+                Ok((u32::from(data.generation) == generation)
+                    .then_some(IpNet::V6(Ipv6Net::new(data.addr.into(), len)?)))
+            })
         };
         let mut allow = v4("APNS_ALLOW_V4")?;
         allow.extend(v6("APNS_ALLOW_V6")?);

@@ -503,7 +503,7 @@ mod tests {
             Duration::from_secs(30)
         );
         assert_eq!(config.clients.rules.window, Rules::default().window);
-        for (text, needles) in [
+        assert_errors(&[
             (
                 "[roles]\nlan0 = \"lan\"\n",
                 &["line 2", "lan0", "expected devices or upstream"][..],
@@ -522,20 +522,12 @@ mod tests {
                 &["line 2", "1 or more"][..],
             ),
             ("[clients]\nkeepalive = 5\n", &["line 2", "keepalive"][..]),
-        ] {
-            let err = format!("{:#}", Config::parse(text).unwrap_err());
-            for needle in needles {
-                assert!(
-                    err.contains(needle),
-                    "error for {text:?} lacks {needle:?}: {err}"
-                );
-            }
-        }
+        ]);
     }
 
     #[test]
     fn errors_name_line_and_key() {
-        let cases = [
+        assert_errors(&[
             (
                 "mode = \"enforce\"\nallow = [\"17.1.0.0/8\"]\n",
                 &["line 2", "allow", "host bits"][..],
@@ -575,10 +567,14 @@ mod tests {
             ("interfaces = \"eth0\"\n", &["line 1", "interfaces"][..]),
             ("xdp_mode = \"hw\"\n", &["line 1", "xdp_mode"][..]),
             ("allow = [\"17.0.0.0/8\"\n", &["line"][..]),
-        ];
+        ]);
+    }
+
+    /// Each text fails to parse with an error that holds every one of its needles.
+    fn assert_errors(cases: &[(&str, &[&str])]) {
         for (text, needles) in cases {
             let err = format!("{:#}", Config::parse(text).unwrap_err());
-            for needle in needles {
+            for needle in *needles {
                 assert!(
                     err.contains(needle),
                     "error for {text:?} lacks {needle:?}: {err}"

@@ -195,6 +195,32 @@ impl Lab {
             .map_err(|e| io::Error::new(e.kind(), format!("connecting from {from} to {addr}: {e}")))
     }
 
+    /// One long-lived connection from `from` to the echo server at `addr`, driven by a thread:
+    /// `messages` messages of 64 bytes, `pause` apart, each of which must come back whole
+    /// within `timeout` (the thread panics otherwise). The thread returns the count echoed.
+    pub fn echo_flow(
+        &self,
+        from: Role,
+        addr: SocketAddr,
+        messages: usize,
+        pause: Duration,
+        timeout: Duration,
+    ) -> io::Result<thread::JoinHandle<usize>> {
+        let mut stream = self.connect(from, addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        Ok(thread::spawn(move || {
+            for i in 0..messages {
+                let message = [(i % 251) as u8; 64];
+                stream.write_all(&message).unwrap();
+                let mut back = [0u8; 64];
+                stream.read_exact(&mut back).unwrap();
+                assert_eq!(back, message, "message {i}");
+                thread::sleep(pause);
+            }
+            messages
+        }))
+    }
+
     /// Connects from `from` to `addr`, sends `bytes`, half-closes and reads the echo until the
     /// server closes; the whole exchange is bounded by `timeout`.
     pub fn echo(
