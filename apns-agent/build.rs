@@ -1,5 +1,6 @@
 //! Builds the eBPF crate (apns-ebpf) for bpfel-unknown-none with the nightly toolchain and
-//! leaves the object in OUT_DIR, where `src/datapath.rs` embeds it.
+//! leaves its objects (one per binary of the crate) in OUT_DIR, where `src/datapath/object.rs`
+//! embeds them.
 
 fn main() -> anyhow::Result<()> {
     // aya-build's own failure when bpf-linker is missing is a page of cargo output; say the fix

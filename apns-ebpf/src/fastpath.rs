@@ -99,7 +99,7 @@ pub fn mark(ctx: &XdpContext, config: &IfaceConfig) {
 /// Decides what the `redirect` fast path does with `packet` (see the module documentation)
 /// and, for [`Forward::Xdp`], rewrites the frame.
 #[inline(always)]
-pub fn redirect(
+pub fn redirect<const HAND_OFF_ALL: bool>(
     ctx: &XdpContext,
     cursor: &Cursor,
     ifindex: u32,
@@ -149,7 +149,7 @@ pub fn redirect(
         )
     };
     let neighbour_resolved = match fib_answer(result) {
-        Ok(resolved) => resolved,
+        Ok(resolved) => resolved && !HAND_OFF_ALL,
         Err(reason) => {
             debug!(
                 ctx,

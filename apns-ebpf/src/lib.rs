@@ -6,9 +6,9 @@
 //! the ring buffer, `fastpath` forwards (redirect) or marks APNs packets, `tc` is the TC
 //! ingress program of both fast paths (the mark's copy into `skb->mark`, the redirect's
 //! hand-off for unresolved neighbours), `tc_conns` the TC egress half of the connection
-//! table, `maps` holds the map statics. The entry points live in the binaries (`main.rs`, and
-//! `probe.rs` for upgrade
-//! tests) so that both share every line of this crate.
+//! table, `maps` holds the map statics. The entry points live in the binaries (`main.rs`;
+//! `probe.rs` for upgrade tests and `handoff_bench.rs` for the TC step's benchmark) so that
+//! they share every line of this crate.
 #![cfg_attr(target_arch = "bpf", no_std)]
 // The BPF target's core has no atomic read-modify-write methods; the connection table's
 // shared counters use the intrinsics (`conns`).
@@ -40,6 +40,14 @@ use crate::{classify::Judgement, fastpath::Forward, parse::Cursor};
 /// written, and a packet the redirect path leaves to the stack also has its reason counted.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
+    handle_with::<false>(ctx)
+}
+
+/// [`handle`]; with `HAND_OFF_ALL`, the `redirect` fast path hands every packet it would
+/// forward to the TC step, as if no next hop were resolved: the `bench-handoff` object
+/// measures the TC step's cost per packet that way. `handle` compiles the branch out.
+#[inline(always)]
+pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
     let cursor = Cursor::new(ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
     // One array read per packet gives the counter slot and, for APNs, the fast path.
@@ -65,7 +73,9 @@ pub fn handle(ctx: &XdpContext) -> u32 {
                 }
                 match iface {
                     Some(config) if config.fastpath == fastpath_mode::REDIRECT => {
-                        match fastpath::redirect(ctx, &cursor, ifindex, &tcp, config) {
+                        match fastpath::redirect::<HAND_OFF_ALL>(
+                            ctx, &cursor, ifindex, &tcp, config,
+                        ) {
                             Forward::Xdp {
                                 action: redirected,
                                 egress,

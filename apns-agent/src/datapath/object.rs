@@ -22,6 +22,12 @@ pub static UPGRADE_PROBE_OBJECT: &[u8] =
 pub static BENCH_FLOOR_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-floor"));
 
+/// The datapath with a `redirect` fast path that hands every packet to the TC step (as if no
+/// next hop were resolved): measures the TC step's cost per packet against XDP redirect.
+#[cfg(feature = "test-objects")]
+pub static BENCH_HANDOFF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench-handoff"));
+
 /// The aya-log level a program is loaded with. Disabled log calls cost nothing: the level is
 /// a load-time constant, and the verifier removes the code it makes unreachable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -22,6 +22,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use apns_agent::datapath::{counters::Snapshot, object, Datapath};
 use apns_common::counters::Outcome;
 use aya::programs::{xdp::XdpLinkId, XdpMode};
 
@@ -649,6 +650,8 @@ pub struct TcpRun {
     pub cpu_ns_per_kib: f64,
     /// Packets the agent counted with verdict `fastpath` during the run (0 without it).
     pub fastpath_packets: u64,
+    /// Packets the agent counted with verdict `fastpath_tc` (handed to the TC step).
+    pub fastpath_tc_packets: u64,
 }
 
 /// The TCP part of section 3: `rounds[i]` = (no program, redirect) of round i.
@@ -815,22 +818,28 @@ impl Drop for RedirectPrep<'_> {
     }
 }
 
-/// Packets the agent has counted with verdict `fastpath` so far (0 when no datapath is
-/// pinned).
-fn fastpath_count(pins: &TestPins) -> u64 {
-    pins.snapshot().map_or(0, |snapshot| {
+/// Packets the agent has counted with verdict `fastpath` and with `fastpath_tc` so far (0
+/// when no datapath is pinned).
+fn fastpath_counts(pins: &TestPins) -> (u64, u64) {
+    let count = |snapshot: &Snapshot, outcome: Outcome| {
         snapshot
             .entries
             .iter()
-            .filter(|(key, _)| key.outcome == Outcome::Fastpath as u8)
+            .filter(|(key, _)| key.outcome == outcome as u8)
             .map(|(_, value)| value.packets)
             .sum()
+    };
+    pins.snapshot().map_or((0, 0), |snapshot| {
+        (
+            count(&snapshot, Outcome::Fastpath),
+            count(&snapshot, Outcome::FastpathTc),
+        )
     })
 }
 
 /// One TCP stream of `bytes` from the client to the Apple host's APNs port.
 fn one_tcp_run(lab: &Lab, pins: Option<&TestPins>, bytes: u64) -> Result<TcpRun> {
-    let before_fast = pins.map_or(0, fastpath_count);
+    let before_fast = pins.map_or((0, 0), fastpath_counts);
     let before_link = lab.link_stats(Role::Isp, ISP_IF_GW.name)?;
     let before_cpu = forwarding_cpu_ticks()?;
     let mut client = lab.command(Role::Client, "iperf3");
@@ -840,7 +849,7 @@ fn one_tcp_run(lab: &Lab, pins: Option<&TestPins>, bytes: u64) -> Result<TcpRun>
         .with_context(|| format!("iperf3 TCP client in {}", lab.ns_name(Role::Client)))?;
     let after_cpu = forwarding_cpu_ticks()?;
     let after_link = lab.link_stats(Role::Isp, ISP_IF_GW.name)?;
-    let after_fast = pins.map_or(0, fastpath_count);
+    let after_fast = pins.map_or((0, 0), fastpath_counts);
     let json: serde_json::Value =
         serde_json::from_str(&output).context("parsing iperf3's JSON output")?;
     if let Some(error) = json["error"].as_str() {
@@ -860,7 +869,8 @@ fn one_tcp_run(lab: &Lab, pins: Option<&TestPins>, bytes: u64) -> Result<TcpRun>
         bits_per_second,
         pps: packets as f64 / seconds,
         cpu_ns_per_kib: cpu_ns / (received / 1024.0),
-        fastpath_packets: after_fast.saturating_sub(before_fast),
+        fastpath_packets: after_fast.0.saturating_sub(before_fast.0),
+        fastpath_tc_packets: after_fast.1.saturating_sub(before_fast.1),
     })
 }
 
@@ -921,6 +931,63 @@ fn tcp_forwarding(
         result.rounds.push(pair);
     }
     Ok(result)
+}
+
+/// The redirect fast path's TC step against XDP redirect (issue 17), on a lab prepared for
+/// redirect: an agent with redirect on lan0 and wan0 sets the datapath up and stops (fail-
+/// static: it stays attached), then each round runs one TCP stream of `bytes` with the
+/// agent's object behind the pinned links (XDP redirect) and one with `BENCH_HANDOFF_OBJECT`
+/// (every packet the fast path forwards handed to the TC step), swapped in as an upgrade
+/// would, the order alternating. Returns (XDP redirect, TC step) per round.
+pub fn tc_step_forwarding(
+    lab: &Lab,
+    pins: &TestPins,
+    config_arg: &str,
+    rounds: usize,
+    bytes: u64,
+) -> Result<Vec<(TcpRun, TcpRun)>> {
+    let _prep = RedirectPrep::new(lab)?;
+    let _server = start_iperf_server_on(lab, Some(TCP_SERVER), TCP_PORT)?;
+    let mut agent_args = redirect_agent_args(config_arg);
+    agent_args.retain(|arg| arg != "--detach-on-exit");
+    drop(spawn_agent(lab, pins, &agent_args)?);
+    let install = |object: &[u8]| -> Result<()> {
+        let lock = pins.dir().lock()?;
+        Datapath::install_object(pins.dir(), &lock, object, None)?;
+        Ok(())
+    };
+    // Warm up (neighbours, iperf3's first start).
+    one_tcp_run(lab, None, bytes / 4)?;
+    let mut pairs = Vec::new();
+    for round in 0..rounds {
+        let mut pair = (TcpRun::default(), TcpRun::default());
+        for tc_step in [round % 2 == 1, round % 2 == 0] {
+            install(if tc_step {
+                object::BENCH_HANDOFF_OBJECT
+            } else {
+                object::OBJECT
+            })?;
+            let r = one_tcp_run(lab, Some(pins), bytes)
+                .with_context(|| format!("TCP run, round {}", round + 1))?;
+            eprintln!(
+                "    round {:>2}/{rounds} TCP {:<14} {:>8} Mbit/s {:>10} pps {:>7} ns CPU/KiB {:>9} fastpath {:>9} fastpath_tc",
+                round + 1,
+                if tc_step { "TC step" } else { "XDP redirect" },
+                num(r.bits_per_second / 1e6),
+                num(r.pps),
+                num(r.cpu_ns_per_kib),
+                r.fastpath_packets,
+                r.fastpath_tc_packets
+            );
+            if tc_step {
+                pair.1 = r;
+            } else {
+                pair.0 = r;
+            }
+        }
+        pairs.push(pair);
+    }
+    Ok(pairs)
 }
 
 fn redirect_agent_args(config_arg: &str) -> Vec<String> {
