@@ -386,6 +386,14 @@ fn legend_labels(legend: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether `metric` is selected with `label =~ "variable"` (a dashboard variable).
+fn filtered_by(metric: &MetricRef, label: &str, variable: &str) -> bool {
+    metric
+        .matchers
+        .iter()
+        .any(|m| m.label == label && m.op == "=~" && m.value == variable)
+}
+
 /// Every expression parses as PromQL: each becomes a recording rule, and `promtool check
 /// rules` reads them all.
 fn assert_promql_parses(exprs: &[String]) {
@@ -1116,12 +1124,7 @@ fn grafana_fleet_dashboard_reads_the_fleet_rules() {
         check_legend(&scan, available, legend, &context);
         // Every series is filtered by the site selector; gateway series by the gateway too.
         for metric in &scan.metrics {
-            let filtered = |label: &str, variable: &str| {
-                metric
-                    .matchers
-                    .iter()
-                    .any(|m| m.label == label && m.op == "=~" && m.value == variable)
-            };
+            let filtered = |label: &str, variable: &str| filtered_by(metric, label, variable);
             assert!(
                 filtered("site", "$site"),
                 "{context}: {} not filtered by $site",
@@ -1297,12 +1300,7 @@ fn grafana_dashboard_uses_the_exported_metrics() {
         check_legend(&scan, available, legend, &context);
         // The variables filter every query; the ratio is gateway-wide, not per interface.
         for metric in &scan.metrics {
-            let filtered = |label: &str, variable: &str| {
-                metric
-                    .matchers
-                    .iter()
-                    .any(|m| m.label == label && m.op == "=~" && m.value == variable)
-            };
+            let filtered = |label: &str, variable: &str| filtered_by(metric, label, variable);
             assert!(filtered("instance", "$instance"), "{context}: no $instance");
             if exported[&metric.name].contains("interface")
                 && metric.name != "apns_reachability_ratio"

@@ -138,6 +138,26 @@ fn faces_devices(iface: Option<&apns_common::fastpath::IfaceConfig>) -> bool {
     iface.is_some_and(|config| config.flags & iface_flags::DEVICES != 0)
 }
 
+/// Defines the TC programs in a binary of this crate: `apns_tc`, the TC ingress program of
+/// the mark and redirect fast paths (see [`tc`]), and `apns_tc_conns`, the TC egress half of
+/// the connection table on device-facing interfaces (see [`tc_conns`]). Every build of the
+/// datapath (`main.rs`, `probe.rs`, `handoff_bench.rs`) carries them unchanged; only their XDP
+/// program differs.
+#[macro_export]
+macro_rules! tc_programs {
+    () => {
+        #[aya_ebpf::macros::classifier]
+        pub fn apns_tc(ctx: aya_ebpf::programs::TcContext) -> i32 {
+            $crate::tc::handle(&ctx)
+        }
+
+        #[aya_ebpf::macros::classifier]
+        pub fn apns_tc_conns(ctx: aya_ebpf::programs::TcContext) -> i32 {
+            $crate::tc_conns::handle(&ctx)
+        }
+    };
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

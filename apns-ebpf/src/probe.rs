@@ -4,10 +4,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
-use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
-};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn apns_xdp(ctx: XdpContext) -> u32 {
@@ -15,15 +12,7 @@ pub fn apns_xdp(ctx: XdpContext) -> u32 {
     core::hint::black_box(apns_ebpf::handle(&ctx))
 }
 
-#[classifier]
-pub fn apns_tc(ctx: TcContext) -> i32 {
-    apns_ebpf::tc::handle(&ctx)
-}
-
-#[classifier]
-pub fn apns_tc_conns(ctx: TcContext) -> i32 {
-    apns_ebpf::tc_conns::handle(&ctx)
-}
+apns_ebpf::tc_programs!();
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

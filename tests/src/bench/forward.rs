@@ -913,14 +913,15 @@ fn tcp_forwarding(
                     if redirect { "redirect" } else { "no program" }
                 )
             })?;
-            eprintln!(
-                "    round {:>2}/{rounds} TCP {:<30} {:>8} Mbit/s {:>10} pps {:>7} ns CPU/KiB {:>9} fastpath packets",
-                round + 1,
-                if redirect { "apns-agent redirect" } else { "no program" },
-                num(r.bits_per_second / 1e6),
-                num(r.pps),
-                num(r.cpu_ns_per_kib),
-                r.fastpath_packets
+            progress(
+                round,
+                rounds,
+                if redirect {
+                    "apns-agent redirect"
+                } else {
+                    "no program"
+                },
+                &r,
             );
             if redirect {
                 pair.1 = r;
@@ -969,15 +970,11 @@ pub fn tc_step_forwarding(
             })?;
             let r = one_tcp_run(lab, Some(pins), bytes)
                 .with_context(|| format!("TCP run, round {}", round + 1))?;
-            eprintln!(
-                "    round {:>2}/{rounds} TCP {:<14} {:>8} Mbit/s {:>10} pps {:>7} ns CPU/KiB {:>9} fastpath {:>9} fastpath_tc",
-                round + 1,
+            progress(
+                round,
+                rounds,
                 if tc_step { "TC step" } else { "XDP redirect" },
-                num(r.bits_per_second / 1e6),
-                num(r.pps),
-                num(r.cpu_ns_per_kib),
-                r.fastpath_packets,
-                r.fastpath_tc_packets
+                &r,
             );
             if tc_step {
                 pair.1 = r;
@@ -988,6 +985,19 @@ pub fn tc_step_forwarding(
         pairs.push(pair);
     }
     Ok(pairs)
+}
+
+/// The progress line of TCP run `round` (0-based) of `rounds`.
+fn progress(round: usize, rounds: usize, what: &str, r: &TcpRun) {
+    eprintln!(
+        "    round {:>2}/{rounds} TCP {what:<22} {:>8} Mbit/s {:>10} pps {:>7} ns CPU/KiB {:>9} fastpath {:>9} fastpath_tc",
+        round + 1,
+        num(r.bits_per_second / 1e6),
+        num(r.pps),
+        num(r.cpu_ns_per_kib),
+        r.fastpath_packets,
+        r.fastpath_tc_packets
+    );
 }
 
 fn redirect_agent_args(config_arg: &str) -> Vec<String> {
