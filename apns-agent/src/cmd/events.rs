@@ -17,6 +17,7 @@ use crate::{
     privileges,
     settings::Settings,
     telemetry::{
+        class::DropReason,
         clients::{Report, Rules},
         model::interface_name,
     },
@@ -78,7 +79,7 @@ impl Findings<'_> {
 /// The device a drop concerns: the destination of an inbound connection attempt (the
 /// device it was aimed at), the source of any other drop (the host behind the gateway).
 fn concerned(drop: &Drop) -> IpAddr {
-    if drop.reason == "inbound_open" {
+    if drop.reason == DropReason::InboundOpen.as_str() {
         drop.dst
     } else {
         drop.src

@@ -21,6 +21,8 @@ use nix::{
 };
 use serde::Serialize;
 
+use crate::telemetry::class::DropReason;
+
 /// Handles to the event maps of one datapath.
 pub struct EventMaps {
     ring: RingBuf<MapData>,
@@ -102,13 +104,10 @@ impl Drop {
         Drop {
             time: wall_clock(event.time_ns),
             interface: interface_name(event.ifindex),
-            // The drop outcome's label without its `drop_` (telemetry's DropReason words).
-            reason: match Outcome::from_u8(event.outcome) {
-                Some(Outcome::DropPinhole) => "pinhole",
-                Some(Outcome::DropProvider) => "provider",
-                Some(Outcome::DropInboundOpen) => "inbound_open",
-                _ => "unknown",
-            },
+            // The same words as the policy drops' `reason` label.
+            reason: Outcome::from_u8(event.outcome)
+                .and_then(DropReason::of)
+                .map_or("unknown", DropReason::as_str),
             protocol: if event.protocol == 6 { "tcp" } else { "other" },
             src: addr(&event.src),
             sport: event.sport,

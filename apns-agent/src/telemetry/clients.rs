@@ -141,13 +141,6 @@ impl Handshake {
                 | Handshake::RefusedByNetwork
         )
     }
-
-    fn refused(self) -> bool {
-        matches!(
-            self,
-            Handshake::RefusedByApple | Handshake::RefusedByNetwork
-        )
-    }
 }
 
 /// Where a connection stands now.
@@ -692,7 +685,11 @@ impl Device {
             }
         } else if cuts.len() >= rules.idle_cut_repeat as usize && similar(&cuts) {
             Finding::CutWhileIdle
-        } else if resets.by_network > 0 || recent.iter().any(|c| refused_by(c, true)) {
+        } else if resets.by_network > 0
+            || recent
+                .iter()
+                .any(|c| c.handshake == Handshake::RefusedByNetwork)
+        {
             Finding::ResetByNetwork
         } else if resets.by_apple as usize >= APPLE_RESETS {
             Finding::ResetByApple
@@ -727,16 +724,6 @@ impl Device {
             connections: shown,
         })
     }
-
-    /// One line for a person: the address and the finding in words.
-    pub fn line(&self) -> String {
-        format!("device {}: {}", self.address, self.words)
-    }
-}
-
-/// A refused handshake, by the network (`network`) or by Apple.
-fn refused_by(c: &Connection, network: bool) -> bool {
-    c.handshake.refused() && (c.handshake == Handshake::RefusedByNetwork) == network
 }
 
 /// Whether the device's latest fallback (in the window) was not followed by an established

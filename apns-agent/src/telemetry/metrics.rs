@@ -64,10 +64,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use apns_common::fastpath::Fallback;
-
 use crate::{
-    datapath::{policy::Policy, status::InterfaceStatus},
+    datapath::{
+        policy::Policy,
+        status::{InterfaceStatus, PathReport},
+    },
     telemetry::{
         clients::{Finding, Report, Tally},
         model::Model,
@@ -302,27 +303,21 @@ impl Collector for Exposition {
                 other.push((labels, ConstCounter::new(*count)));
             }
             if let Some(totals) = &interface.paths {
+                let report = PathReport::new(totals);
                 let labelled = |label: &'static str, value: &'static str| -> Labels {
                     vec![("interface", name.clone()), (label, value.into())]
                 };
                 for (path, packets) in [
-                    ("xdp_redirect", totals.xdp_redirect),
-                    ("tc_redirect", totals.tc_redirect),
-                    ("stack", totals.stack()),
+                    ("xdp_redirect", report.xdp_redirect),
+                    ("tc_redirect", report.tc_redirect),
+                    ("stack", report.stack),
                 ] {
                     paths.push((labelled("path", path), ConstCounter::new(packets)));
                 }
-                for reason in Fallback::ALL {
-                    let packets = totals.counters.fallback(reason);
-                    fallbacks.push((
-                        labelled("reason", reason.as_str()),
-                        ConstCounter::new(packets),
-                    ));
+                for (reason, packets) in report.stack_by_reason {
+                    fallbacks.push((labelled("reason", reason), ConstCounter::new(packets)));
                 }
-                for (result, packets) in [
-                    ("forwarded", totals.counters.tc_redirected),
-                    ("refused", totals.counters.tc_refused),
-                ] {
+                for (result, packets) in report.tc_handoffs {
                     handoffs.push((labelled("result", result), ConstCounter::new(packets)));
                 }
             }
@@ -642,6 +637,8 @@ fn encode_connections(
 
 #[cfg(test)]
 mod tests {
+    use apns_common::fastpath::Fallback;
+
     use std::{
         io::Write as _,
         process::{Command, Stdio},

@@ -1,8 +1,9 @@
 //! Telemetry: the datapath's counters for ops tooling — Prometheus (`/metrics` and the
 //! node_exporter textfile), JSON for scripts, and tables for a person at a terminal.
 //!
-//! Every output is rendered from one [`model::Model`], built from a counters
-//! [`crate::datapath::counters::Snapshot`], so the three views cannot disagree about what a number means.
+//! Every view of the counters is rendered from one [`model::Model`], built from a counters
+//! [`crate::datapath::counters::Snapshot`], so the three views cannot disagree about what a
+//! number means; every view of the connection table from one [`clients::Report`].
 //! The APNs reachability ratio needs history, which a snapshot has not: [`reachability`] keeps
 //! a sliding window of handshake totals between snapshots.
 
@@ -35,7 +36,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use crate::datapath::{interfaces::InterfaceRole, Datapath, PinDir};
+use crate::datapath::{interfaces::InterfaceRole, status, Datapath, PinDir};
 
 /// What `run` keeps between scrapes: the open datapath (re-opened only when its pins change
 /// underneath, e.g. an `unload` and a new load), the reachability window, and what `run`
@@ -53,8 +54,8 @@ struct Inner {
     /// The `clients` rules, and what only the agent counts from the connection table.
     rules: clients::Rules,
     tally: clients::Tally,
-    /// The highest eviction counts exported so far: a read that races with new entries can
-    /// come out one low, and a counter must never go down.
+    /// The highest eviction counts exported from this datapath so far: a read that races
+    /// with new entries can come out one low, and a counter must never go down.
     evicted: (u64, u64),
 }
 
@@ -75,13 +76,26 @@ pub struct ConfigRecord {
     pub reload_failures: u64,
 }
 
-/// `datapath`, re-opened first if its pins now hold other maps.
-fn current<'a>(datapath: &'a mut Datapath, pins: &PinDir) -> anyhow::Result<&'a Datapath> {
-    if !datapath.is_current() {
-        tracing::info!(pin_dir = %pins.root().display(), "the pinned datapath changed; re-opening it");
-        *datapath = Datapath::open(pins)?;
+impl Inner {
+    /// The datapath, re-opened first if its pins now hold other maps; what was kept of the
+    /// old one's counts (the eviction clamp) starts again with the new one.
+    fn current(&mut self, pins: &PinDir) -> anyhow::Result<&Datapath> {
+        if !self.datapath.is_current() {
+            tracing::info!(pin_dir = %pins.root().display(), "the pinned datapath changed; re-opening it");
+            self.datapath = Datapath::open(pins)?;
+            self.evicted = (0, 0);
+        }
+        Ok(&self.datapath)
     }
-    Ok(datapath)
+
+    /// Reads the connection table, judges it and counts what is new in it (handshake
+    /// failures, 443 connections).
+    fn observe_clients(&mut self, pins: &PinDir) -> anyhow::Result<clients::Report> {
+        let table = self.current(pins)?.conns.read()?;
+        let report = clients::Report::build(&table, &self.rules, model::interface_name);
+        self.tally.observe(&report);
+        Ok(report)
+    }
 }
 
 impl Exporter {
@@ -96,24 +110,19 @@ impl Exporter {
         // between the two count.
         let mut reachability = reachability::Reachability::new(reachability_window);
         reachability.observe(Instant::now(), &datapath.counters.snapshot()?);
+        let mut inner = Inner {
+            datapath,
+            reachability,
+            config,
+            rules,
+            tally: clients::Tally::new(),
+            evicted: (0, 0),
+        };
         // Likewise the tally's: what the table shows now was there before the agent.
-        let mut tally = clients::Tally::new();
-        let table = datapath.conns.read()?;
-        tally.observe(&clients::Report::build(
-            &table,
-            &rules,
-            model::interface_name,
-        ));
+        inner.observe_clients(pins)?;
         Ok(Exporter {
             pins: pins.clone(),
-            inner: Mutex::new(Inner {
-                datapath,
-                reachability,
-                config,
-                rules,
-                tally,
-                evicted: (0, 0),
-            }),
+            inner: Mutex::new(inner),
         })
     }
 
@@ -126,18 +135,9 @@ impl Exporter {
     /// Reads the connection table and counts what is new in it (handshake failures, 443
     /// connections): `run` calls it between scrapes too, so that short-lived entries are
     /// counted before the table evicts them.
-    pub fn observe_clients(&self) -> anyhow::Result<clients::Report> {
-        let mut inner = self.inner()?;
-        let Inner {
-            datapath,
-            rules,
-            tally,
-            ..
-        } = &mut *inner;
-        let table = current(datapath, &self.pins)?.conns.read()?;
-        let report = clients::Report::build(&table, rules, model::interface_name);
-        tally.observe(&report);
-        Ok(report)
+    pub fn observe_clients(&self) -> anyhow::Result<()> {
+        self.inner()?.observe_clients(&self.pins)?;
+        Ok(())
     }
 
     /// `run` applied the config described by `config` (at start-up or on SIGHUP).
@@ -172,17 +172,12 @@ impl Exporter {
         &self,
     ) -> anyhow::Result<std::collections::BTreeMap<(String, &'static str), u64>> {
         let mut inner = self.inner()?;
-        let Inner {
-            datapath,
-            reachability,
-            ..
-        } = &mut *inner;
-        let snapshot = current(datapath, &self.pins)?.counters.snapshot()?;
+        let snapshot = inner.current(&self.pins)?.counters.snapshot()?;
         let model = model::Model::build(
             &snapshot,
             &model::Known::default(),
             model::interface_name,
-            reachability,
+            &inner.reachability,
         );
         Ok(model
             .interfaces
@@ -196,29 +191,29 @@ impl Exporter {
             .collect())
     }
 
-    /// The Prometheus exposition of the datapath now. Costs one map read (O(entries)).
+    /// The Prometheus exposition of the datapath now: one read each of the counters, the
+    /// connection table, the active policy and the interfaces' links (O(entries) of the
+    /// counter and connection maps).
     pub fn render(&self) -> anyhow::Result<String> {
         let mut inner = self.inner()?;
+        let report = inner.observe_clients(&self.pins)?;
         let Inner {
             datapath,
             reachability,
             config,
-            rules,
             tally,
             evicted,
+            ..
         } = &mut *inner;
-        let datapath = current(datapath, &self.pins)?;
         let snapshot = datapath.counters.snapshot()?;
-        let report = clients::Report::build(&datapath.conns.read()?, rules, model::interface_name);
-        tally.observe(&report);
         // Read live: `apns-agent allow add` may have changed the policy under a running agent.
-        let status = datapath.status()?;
         let policy = datapath.policy.read_active()?;
-        let known = model::Known::of(datapath)?;
+        let interfaces = datapath.interface_status()?;
+        let known = model::Known::from_parts(&interfaces, &policy);
         reachability.observe(Instant::now(), &snapshot);
         let model = model::Model::build(&snapshot, &known, model::interface_name, reachability);
-        let program = status.program.context("no XDP program is pinned")?;
-        let mut info = metrics::Info::new(&program.tag, &policy, status.interfaces);
+        let program = status::program(&self.pins)?.context("no XDP program is pinned")?;
+        let mut info = metrics::Info::new(&program.tag, &policy, interfaces);
         info.generation = datapath.policy.active_generation()?;
         info.config = config.clone();
         let devices: Vec<String> = info
@@ -230,7 +225,7 @@ impl Exporter {
             .map(|interface| interface.interface.clone())
             .collect();
         let mut connections = metrics::Connections::of(&report, tally, &devices, &known.ports);
-        // Never down within one agent: keep the highest value exported.
+        // Never down within one datapath: keep the highest value exported.
         evicted.0 = evicted.0.max(connections.evicted);
         connections.evicted = evicted.0;
         if let Some(ended) = connections.ended.get_mut(clients::EVICTED) {

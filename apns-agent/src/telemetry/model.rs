@@ -15,6 +15,8 @@ use crate::{
     datapath::{
         counters::{PathTotals, Snapshot},
         interfaces::FastPath,
+        policy::Policy,
+        status::InterfaceStatus,
         Datapath,
     },
     telemetry::{
@@ -137,27 +139,27 @@ pub struct Known {
 impl Known {
     /// The attached interfaces and the active policy's ports of `datapath`.
     pub fn of(datapath: &Datapath) -> anyhow::Result<Known> {
-        let attached: Vec<_> = datapath
-            .interface_status()?
-            .into_iter()
-            .filter(|interface| interface.attached)
-            .collect();
-        let interfaces = attached
-            .iter()
-            .filter_map(|interface| interface.ifindex)
-            .map(interface_name)
-            .collect();
-        let redirect = attached
-            .iter()
-            .filter(|interface| interface.fastpath == Some(FastPath::Redirect))
-            .filter_map(|interface| interface.ifindex)
-            .collect();
-        let ports = datapath.policy.read_active()?.ports.into_keys().collect();
-        Ok(Known {
-            interfaces,
-            ports,
-            redirect,
-        })
+        Ok(Known::from_parts(
+            &datapath.interface_status()?,
+            &datapath.policy.read_active()?,
+        ))
+    }
+
+    /// The attached ones of `interfaces` (`Datapath::interface_status`) and the ports of
+    /// `policy` (the active one), for a caller that has read both already.
+    pub fn from_parts(interfaces: &[InterfaceStatus], policy: &Policy) -> Known {
+        let attached = || interfaces.iter().filter(|interface| interface.attached);
+        Known {
+            interfaces: attached()
+                .filter_map(|interface| interface.ifindex)
+                .map(interface_name)
+                .collect(),
+            ports: policy.ports.keys().copied().collect(),
+            redirect: attached()
+                .filter(|interface| interface.fastpath == Some(FastPath::Redirect))
+                .filter_map(|interface| interface.ifindex)
+                .collect(),
+        }
     }
 }
 
