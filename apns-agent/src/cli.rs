@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use apns_common::{fastpath::FastPath, policy::Mode};
+use apns_common::{fastpath::FastPath, label::Label, policy::Mode};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
@@ -292,19 +292,21 @@ fn parse_device(text: &str) -> Result<std::net::IpAddr, String> {
 }
 
 fn parse_role(text: &str) -> Result<(String, InterfaceRole), String> {
-    let (interface, role) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not IFACE=ROLE (e.g. lan0=devices)"))?;
-    check_interface_name(interface).map_err(|err| err.to_string())?;
-    Ok((interface.to_owned(), label::parse(role)?))
+    parse_assignment(text, "IFACE=ROLE (e.g. lan0=devices)")
 }
 
 fn parse_fastpath(text: &str) -> Result<(String, FastPath), String> {
-    let (interface, mode) = text
+    parse_assignment(text, "IFACE=MODE (e.g. lan0=redirect)")
+}
+
+/// `IFACE=VALUE`: a valid interface name and one of `T`'s labels; `form` is what the error
+/// says it should look like.
+fn parse_assignment<T: Label>(text: &str, form: &str) -> Result<(String, T), String> {
+    let (interface, value) = text
         .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not IFACE=MODE (e.g. lan0=redirect)"))?;
+        .ok_or_else(|| format!("{text:?} is not {form}"))?;
     check_interface_name(interface).map_err(|err| err.to_string())?;
-    Ok((interface.to_owned(), label::parse(mode)?))
+    Ok((interface.to_owned(), label::parse(value)?))
 }
 
 #[cfg(test)]

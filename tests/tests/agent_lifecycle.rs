@@ -13,7 +13,10 @@ use apns_agent::datapath::{
     reconcile::Desired,
     status, Datapath, Installed, XdpMode,
 };
-use apns_common::counters::{Direction, Outcome};
+use apns_common::{
+    counters::{Direction, Outcome},
+    maps::CONNS_DEFAULT_ENTRIES,
+};
 use apns_tests::{
     agent::{self, run_lan_wan, TestPins},
     lab::{Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
@@ -159,7 +162,8 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
     let pins = TestPins::new();
     pins.dir().prepare().unwrap();
     let lock = pins.dir().lock().unwrap();
-    let (mut datapath, installed) = Datapath::install(pins.dir(), &lock, None).unwrap();
+    let (mut datapath, installed) =
+        Datapath::install(pins.dir(), &lock, None, CONNS_DEFAULT_ENTRIES).unwrap();
     assert_eq!(installed, Installed::Fresh);
     let mut desired: Desired = datapath.live().unwrap();
     desired.xdp_mode = XdpMode::Auto;

@@ -24,9 +24,11 @@ pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyh
     let lock = pins.lock()?;
     // Keep the pinned program's log level: only `run --ebpf-log` changes it.
     let (mut datapath, _) =
-        Datapath::install_sized(pins, &lock, None, settings.config.clients.table_size)?;
+        Datapath::install(pins, &lock, None, settings.config.clients.table_size)?;
     live::change_open(&settings, &mut datapath, &lock, |desired| {
         desired.xdp_mode = xdp_mode;
+        // As `fastpath` does: a `mark` interface takes the config's mark bits.
+        desired.mark = settings.config.mark;
         for interface in interfaces {
             let fastpath = settings
                 .config

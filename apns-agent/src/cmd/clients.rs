@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 
 use crate::{
     cli::Global,
-    datapath::Datapath,
+    datapath::{interfaces::InterfaceRole, Datapath},
     privileges,
     settings::Settings,
     telemetry::{
@@ -25,7 +25,10 @@ pub fn clients(
     let settings = Settings::resolve(global)?;
     let datapath = Datapath::open(&settings.pins)?;
     let rules = settings.config.clients.rules;
-    let has_devices = datapath.live()?.devices;
+    let has_devices = datapath
+        .interface_status()?
+        .iter()
+        .any(|interface| interface.attached && interface.role == Some(InterfaceRole::Devices));
     let report = || -> anyhow::Result<Report> {
         let table = datapath.conns.read()?;
         let mut report = Report::build(&table, &rules, model::interface_name);
@@ -36,7 +39,7 @@ pub fn clients(
     };
     let render = |report: &Report| {
         let mut text = String::new();
-        if has_devices.is_empty() {
+        if !has_devices {
             text.push_str("note: no attached interface has the devices role, so nothing feeds the connection table: set [roles] in the config (docs/clients.md)\n");
         }
         if let (Some(address), true) = (device, report.devices.is_empty()) {

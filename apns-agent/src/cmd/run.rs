@@ -2,7 +2,7 @@
 //! the live changes still in force), serve /metrics, then serve signals until told to stop.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     os::fd::AsFd as _,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -19,6 +19,7 @@ use tokio::{
 use crate::{
     cli::{Global, RunArgs},
     datapath::{
+        interfaces::FastPath,
         links,
         reconcile::{Changes, Desired},
         status::{LinkState, Program},
@@ -73,7 +74,7 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
     pins.prepare()?;
     let mut datapath = {
         let lock = pins.lock()?;
-        let (mut datapath, installed) = Datapath::install_sized(
+        let (mut datapath, installed) = Datapath::install(
             &pins,
             &lock,
             Some(args.ebpf_log),
@@ -448,19 +449,24 @@ fn check(running: &mut Running, reported: &mut BTreeMap<String, LinkState>) -> a
         .load_state()?
         .effective(&running.config)?
         .interfaces;
-    let mut live = datapath.live()?;
-    let mut lost = Vec::new();
-    for (interface, fastpath) in wanted {
-        if !live.interfaces.contains_key(&interface) && links::ifindex(&interface).is_ok() {
-            lost.push(interface.clone());
-            live.interfaces.insert(interface, fastpath);
-        }
-    }
+    // The link pins alone tell what is lost; the rest of the live state is read only then.
+    let pinned: BTreeSet<String> = datapath
+        .pins()
+        .links()?
+        .into_iter()
+        .map(|link| link.interface)
+        .collect();
+    let lost: BTreeMap<String, FastPath> = wanted
+        .into_iter()
+        .filter(|(interface, _)| !pinned.contains(interface) && links::ifindex(interface).is_ok())
+        .collect();
     if !lost.is_empty() {
         tracing::warn!(
             "the link pin of {} was removed by hand (which detaches it); attaching again",
-            lost.join(", ")
+            lost.keys().cloned().collect::<Vec<_>>().join(", ")
         );
+        let mut live = datapath.live()?;
+        live.interfaces.extend(lost);
         live.xdp_mode = running.config.xdp_mode;
         for change in datapath.reconcile(&lock, &live)?.0 {
             tracing::info!("{change}");

@@ -15,12 +15,10 @@ use apns_common::{
     maps::{EVENTS, EVENT_CONFIG},
 };
 use aya::maps::{Array, Map, MapData, RingBuf};
-use nix::{
-    poll::{poll, PollFd, PollFlags, PollTimeout},
-    time::{clock_gettime, ClockId},
-};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::Serialize;
 
+use super::conns::monotonic_now_ns;
 use crate::telemetry::class::DropReason;
 
 /// Handles to the event maps of one datapath.
@@ -141,10 +139,7 @@ impl Drop {
 
 /// Converts a `bpf_ktime_get_ns` timestamp (CLOCK_MONOTONIC) to RFC 3339 UTC.
 fn wall_clock(monotonic_ns: u64) -> String {
-    let now_mono = clock_gettime(ClockId::CLOCK_MONOTONIC)
-        .map(|t| Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32))
-        .unwrap_or_default();
-    let age = now_mono.saturating_sub(Duration::from_nanos(monotonic_ns));
+    let age = Duration::from_nanos(monotonic_now_ns().saturating_sub(monotonic_ns));
     let at = SystemTime::now()
         .checked_sub(age)
         .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -157,12 +152,14 @@ mod tests {
 
     #[test]
     fn event_times_are_wall_clock() {
-        let now = clock_gettime(ClockId::CLOCK_MONOTONIC).unwrap();
-        let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
-        let time = wall_clock(now_ns);
+        // An event a minute old reads as a minute ago.
+        let time = wall_clock(monotonic_now_ns() - 60_000_000_000);
         let parsed = humantime::parse_rfc3339(&time).unwrap();
-        let skew = SystemTime::now().duration_since(parsed).unwrap_or_default();
-        assert!(skew < Duration::from_secs(2), "{time} is {skew:?} off");
+        let age = SystemTime::now().duration_since(parsed).unwrap();
+        assert!(
+            age.abs_diff(Duration::from_secs(60)) < Duration::from_secs(2),
+            "{time} is {age:?} ago"
+        );
     }
 
     #[test]

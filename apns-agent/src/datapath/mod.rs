@@ -16,7 +16,8 @@
 //! layout check), `install`, `migrate` (from the previous layout), `hooks` (test hooks),
 //! `links` (attach and detach), `neighbours` (other XDP programs
 //! on an interface), `netdev` (devices as netlink reports them), `policy` (the policy model),
-//! `policy_maps`, `counters`, `interfaces`, `events` (typed map access), `reconcile`,
+//! `policy_maps`, `counters`, `interfaces`, `events`, `conns` (typed map access; `conns` is
+//! the connection table), `reconcile`,
 //! `status`, `sys` (raw bpf calls aya lacks), `instance` (a private, unpinned instance for
 //! BPF_PROG_TEST_RUN).
 
@@ -131,17 +132,9 @@ impl Datapath {
     /// default policy, never with none; a new one that fails half-way is removed again.
     ///
     /// `log` is the aya-log level to load the program with; `None` keeps the pinned one's.
+    /// A new connection table gets `connections` entries (the config's `[clients]
+    /// table_size`); a pinned one keeps its size.
     pub fn install(
-        pins: &PinDir,
-        lock: &Lock,
-        log: Option<EbpfLog>,
-    ) -> anyhow::Result<(Datapath, Installed)> {
-        Datapath::install_object(pins, lock, object::OBJECT, log)
-    }
-
-    /// [`Datapath::install`] with a connection table of `connections` entries if it makes
-    /// one (the config's `[clients] table_size`; a pinned table keeps its size).
-    pub fn install_sized(
         pins: &PinDir,
         lock: &Lock,
         log: Option<EbpfLog>,
@@ -200,7 +193,7 @@ impl Datapath {
     }
 
     /// Re-creates pins removed by hand while this handle is open: the maps (from the ids
-    /// this handle opened them by) and the two programs (from the programs their links
+    /// this handle opened them by) and the three programs (from the programs their links
     /// run). A datapath whose pins are gone keeps running, but no other command can reach
     /// it and the next `run` could not adopt it. Returns what it re-pinned. The pin
     /// directory must exist ([`PinDir::prepare`]): its lock lives on it.

@@ -8,12 +8,14 @@
 //! program               the XDP program the links run (status reads its id and tag)
 //! links/<ifname>:<ifindex>:<mode>
 //!                       one bpf_link per interface; mode is native or skb
-//! tc-program            the mark fast path's TC ingress program
-//! tc-links/<ifname>     its TCX link, on interfaces whose fast path is `mark`
+//! tc-program            the fast paths' TC ingress program (mark and redirect)
+//! tc-links/<ifname>     its TCX link, on interfaces whose fast path is `mark` or `redirect`
 //! tc-conns-program      the connection table's TC egress program
 //! tc-conns-links/<ifname>
 //!                       its TCX link, on device-facing interfaces (config `[roles]`)
 //! ```
+//!
+//! bpffs refuses dots in names: `<ifname>` spells `.` as `%2E` and `%` as `%25`.
 //!
 //! A link pin records the interface it was made for: its name, and its ifindex in the
 //! agent's network namespace. With what the kernel says of the link (the ifindex it runs on,
@@ -155,12 +157,15 @@ impl PinDir {
     }
 
     pub fn tc_conns_link(&self, interface: &str) -> PathBuf {
-        self.tc_conns_links_dir().join(interface)
+        self.tc_conns_links_dir().join(pin_name(interface))
     }
 
     /// The connection table's TC egress link pins present: (interface, path), sorted.
     pub fn tc_conns_links(&self) -> anyhow::Result<Vec<(String, PathBuf)>> {
-        list(&self.tc_conns_links_dir())
+        Ok(list(&self.tc_conns_links_dir())?
+            .into_iter()
+            .map(|(name, path)| (interface_of(&name), path))
+            .collect())
     }
 
     pub fn link(&self, interface: &str, ifindex: u32, mode: AttachMode) -> PathBuf {
@@ -481,6 +486,10 @@ mod tests {
         assert_eq!(name, "eth0%2E100:9:skb");
         assert_eq!(parse_link_pin(name, &vlan).unwrap().interface, "eth0.100");
         assert_eq!(pins.tc_link("a%b.c").file_name().unwrap(), "a%25b%2Ec");
+        assert_eq!(
+            pins.tc_conns_link("a%b.c").file_name().unwrap(),
+            "a%25b%2Ec"
+        );
         assert_eq!(interface_of("a%25b%2Ec"), "a%b.c");
     }
 }

@@ -11,13 +11,13 @@ use std::{
 use crate::{
     datapath::{
         pins::{self, PinDir, BPFFS_ROOT},
-        Datapath,
+        status, Datapath,
     },
     privileges,
     settings::Settings,
 };
 
-use super::Check;
+use super::{yes_no, Check};
 
 /// Below this, APNs' idle connections (keep-alive every 10 to 20 minutes) fall out of the
 /// connection-tracking table and break through NAT (docs/apns.md).
@@ -104,14 +104,6 @@ fn parse_version(release: &str) -> Option<(u32, u32)> {
     Some((numbers.next()??, numbers.next()??))
 }
 
-fn yes_no(yes: bool) -> &'static str {
-    if yes {
-        "yes"
-    } else {
-        "no"
-    }
-}
-
 /// bpffs at /sys/fs/bpf: mounted, or mountable by the agent.
 pub fn bpffs() -> Check {
     let root = Path::new(BPFFS_ROOT);
@@ -173,12 +165,16 @@ pub fn datapath(pins: &PinDir) -> Check {
             "run doctor as root to check it",
         );
     }
-    match Datapath::open(pins).and_then(|datapath| datapath.status()) {
-        Ok(status) => {
-            let attached = status.interfaces.iter().filter(|i| i.attached).count();
-            let program = status
-                .program
-                .map_or("no program pin".to_owned(), |p| format!("program {}", p.id));
+    // The two pieces of `status` this line needs, not the policy or the counters.
+    let read = || -> anyhow::Result<_> {
+        let interfaces = Datapath::open(pins)?.interface_status()?;
+        Ok((interfaces, status::program(pins)?))
+    };
+    match read() {
+        Ok((interfaces, program)) => {
+            let attached = interfaces.iter().filter(|i| i.attached).count();
+            let program =
+                program.map_or("no program pin".to_owned(), |p| format!("program {}", p.id));
             Check::ok(
                 "pin directory",
                 format!("{root}: a datapath is loaded ({program}, {attached} interfaces attached); `run` adopts it with its counters"),

@@ -12,7 +12,7 @@ use crate::datapath::{
     PinDir,
 };
 
-use super::{host::sysctl, Check};
+use super::{host::sysctl, yes_no, Check};
 
 /// Above this MTU, a single-buffer XDP program (ours) cannot be attached in native mode on
 /// most drivers: a frame must fit one page with XDP's headroom (veth allows 3506 here).
@@ -222,14 +222,6 @@ fn features_check(
         );
     }
     Check::ok(check, detail)
-}
-
-fn yes_no(yes: bool) -> &'static str {
-    if yes {
-        "yes"
-    } else {
-        "no"
-    }
 }
 
 fn programs_check(name: &str, programs: &[Neighbour]) -> Check {

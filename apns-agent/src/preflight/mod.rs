@@ -165,6 +165,15 @@ impl Report {
     }
 }
 
+/// "yes" or "no", as the checks' lines say it.
+fn yes_no(yes: bool) -> &'static str {
+    if yes {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
