@@ -58,9 +58,10 @@ impl crate::label::Label for FastPath {
     }
 }
 
-/// Value of `APNS_IFACES`, an array indexed by ingress ifindex: written by the agent when it
-/// attaches or detaches an interface or changes its fast path; read by the XDP program for
-/// every packet (the counter slot) and for APNs packets (the fast path). An entry the agent
+/// Value of `APNS_IFACES`, an array indexed by ifindex: written by the agent when it
+/// attaches or detaches an interface or changes its fast path or role; read by the XDP
+/// program for every packet (the counter slot) and for APNs packets (the fast path, the
+/// flags), and by the TC programs (see `crate::maps::IFACES`). An entry the agent
 /// never wrote is all zeroes: not attached, counted in the overflow slot, fast path `pass`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,7 +75,7 @@ pub struct IfaceConfig {
     /// (the overflow slot) when it has none.
     pub counter_slot: u16,
     /// [`flags`] bits. The XDP program reads [`flags::DEVICES`] and [`flags::TC_HANDOFF`],
-    /// the TC programs [`flags::DEVICES`].
+    /// `apns_tc_conns` [`flags::DEVICES`].
     pub flags: u16,
 }
 const _: () = assert!(size_of::<IfaceConfig>() == 16);
@@ -197,25 +198,6 @@ impl Fallback {
         Fallback::Other,
     ];
 
-    pub const fn from_u8(code: u8) -> Option<Fallback> {
-        match code {
-            0 => Some(Fallback::Ttl),
-            1 => Some(Fallback::FragNeeded),
-            2 => Some(Fallback::Blackhole),
-            3 => Some(Fallback::Unreachable),
-            4 => Some(Fallback::Prohibit),
-            5 => Some(Fallback::NotForwarded),
-            6 => Some(Fallback::ForwardingDisabled),
-            7 => Some(Fallback::UnsupportedLwt),
-            8 => Some(Fallback::EgressUnmanaged),
-            9 => Some(Fallback::VlanTagged),
-            10 => Some(Fallback::TcNotReady),
-            11 => Some(Fallback::NoMetadata),
-            12 => Some(Fallback::Other),
-            _ => None,
-        }
-    }
-
     pub const fn as_str(self) -> &'static str {
         match self {
             Fallback::Ttl => "ttl",
@@ -255,7 +237,7 @@ const _: () = assert!(Fallback::ALL.len() <= FALLBACK_SLOTS);
 /// break the `pass` ones down by reason and cross-check the TC step. Plain adds: per CPU,
 /// and XDP and TC run with preemption off.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PathCounters {
     /// Packets left to the stack, indexed by [`Fallback`] code. Written by XDP.
     pub fallback: [u64; FALLBACK_SLOTS],
@@ -268,16 +250,6 @@ pub struct PathCounters {
     pub tc_refused: u64,
 }
 const _: () = assert!(size_of::<PathCounters>() == 8 * (FALLBACK_SLOTS + 2));
-
-impl Default for PathCounters {
-    fn default() -> Self {
-        PathCounters {
-            fallback: [0; FALLBACK_SLOTS],
-            tc_redirected: 0,
-            tc_refused: 0,
-        }
-    }
-}
 
 impl PathCounters {
     /// Adds `other` field by field (user space sums per-CPU values with it).

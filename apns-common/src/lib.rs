@@ -29,5 +29,7 @@ pub mod programs;
 /// array by (interface slot, port slot, cell), makes `APNS_IFACES` an array by ifindex,
 /// replaces `APNS_PORTS` by `APNS_TABLES` (per generation: port entries with a counter slot,
 /// and the address prefilter), lists port roles in `APNS_POLICY`, and adds `APNS_CNT_SLOTS`,
-/// and the connection table (`APNS_CONNS`, `APNS_CONN_STATS`, the `apns_tc_conns` program).
+/// `APNS_CNT_CARRIED` (counts carried over by a migration), `APNS_FP_PATHS` (the redirect
+/// fast path's paths), and the connection table (`APNS_CONNS`, `APNS_CONN_STATS`, the
+/// `apns_tc_conns` program).
 pub const LAYOUT_VERSION: u32 = 3;

@@ -4,16 +4,20 @@
 //! macro needs a literal there); a user-space test parses the built object and checks that
 //! each name below exists with the key and value size given here.
 //!
-//! What the XDP program looks up per packet, all arrays (inlined by the verifier): every
-//! packet `APNS_IFACES` and `APNS_COUNTERS`; a TCP packet also `APNS_ACTIVE` and its
-//! generation's `APNS_TABLES` entry (both ports and the prefilter in one value). Only an
-//! address the prefilter cannot settle costs an LPM trie lookup; only a pinhole or provider
-//! port in enforce mode `APNS_POLICY`; only a passed APNs packet on a `redirect` interface
-//! `APNS_TX_PORTS`; only a policy drop the event maps.
+//! What the XDP program looks up per packet: every packet `APNS_IFACES` and
+//! `APNS_COUNTERS`; a TCP packet also `APNS_ACTIVE` and its generation's `APNS_TABLES` entry
+//! (both ports and the prefilter in one value) — all arrays, inlined by the verifier. Only an
+//! address the prefilter cannot settle costs an LPM trie lookup; only a provider port toward
+//! Apple, a pinhole port toward anyone else, or a SYN from Apple reads `APNS_POLICY`; only a
+//! passed APNs packet on a `redirect` interface `APNS_TX_PORTS` (and, if it is left to the
+//! stack, `APNS_FP_PATHS`); only a passed APNs packet entering or XDP-redirected to a
+//! device-facing interface the connection table `APNS_CONNS` (an LRU hash) and
+//! `APNS_CONN_STATS`; only a policy drop the event maps.
 //!
-//! Memory (preallocated, `bytes_memlock`): `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES`
-//! 704 KiB (two generations of 352 KiB); `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the
-//! rest a few KiB. The LPM tries allocate per prefix.
+//! Memory (preallocated, `bytes_memlock`): `APNS_CONNS` 15 MiB at the default 65,536
+//! entries; `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES` 704 KiB (two generations of 352
+//! KiB); `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the rest a few KiB. The LPM tries
+//! allocate per prefix.
 
 /// `Array<u32>`, 1 entry: the policy generation (0 or 1) the datapath judges packets by.
 /// Written by the agent as its last step of a policy change (one aligned 4-byte store, so a
@@ -95,9 +99,11 @@ pub const EVENT_CONFIG: &str = "APNS_EVENT_CFG";
 pub const EVENT_STATE: &str = "APNS_EVENT_ST";
 
 /// `Array<IfaceConfig>`, [`IFACES_MAX_ENTRIES`] entries indexed by ifindex: every attached
-/// interface's counter slot and fast path. Written by the agent (attach, detach,
-/// `fastpath`); read by the XDP program for every packet. A packet whose ifindex is past the
-/// array is counted in the overflow slot and never takes a fast path.
+/// interface's counter slot, fast path and flags. Written by the agent (attach, detach,
+/// `fastpath`, roles); read by the XDP program for every packet (and for the egress of a
+/// redirected one), by `apns_tc` (the counter slot of its cross-check) and by
+/// `apns_tc_conns` (the devices flag). A packet whose ifindex is past the array is counted
+/// in the overflow slot and never takes a fast path.
 pub const IFACES: &str = "APNS_IFACES";
 /// Ifindexes `APNS_IFACES` covers (0 to 16,383): 256 KiB, shared by all CPUs.
 pub const IFACES_MAX_ENTRIES: u32 = 16_384;

@@ -11,7 +11,7 @@ pub const GENERATIONS: u32 = 2;
 pub mod mode {
     /// Classify and count; every packet passes.
     pub const MONITOR: u32 = 0;
-    /// Drop pinhole and provider violations.
+    /// Drop pinhole and provider violations and inbound connection attempts on APNs ports.
     pub const ENFORCE: u32 = 1;
 }
 
@@ -22,7 +22,7 @@ pub enum Mode {
     /// Classify and count; every packet passes.
     #[default]
     Monitor = mode::MONITOR,
-    /// Drop pinhole and provider violations.
+    /// Drop pinhole and provider violations and inbound connection attempts on APNs ports.
     Enforce = mode::ENFORCE,
 }
 

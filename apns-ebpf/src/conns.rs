@@ -5,17 +5,15 @@
 //! other traffic.
 
 use apns_common::conns::{lifetime_bucket, ConnKey, ConnStats, ConnValue, End, RESUME_AFTER_NS};
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
 
 use crate::{
+    events::NS_PER_SEC,
     maps::{APNS_CONNS, APNS_CONN_STATS},
     parse::{tcp_flag, Addrs, Cursor, TcpPacket},
 };
 
-/// `BPF_ANY`: make the entry, or replace the one there.
-const BPF_ANY: u64 = 0;
 const NS_PER_MS: u64 = 1_000_000;
-const NS_PER_SEC: u64 = 1_000_000_000;
 
 /// Writes the key of `packet`'s connection into `key` (zeroed by the caller);
 /// `device_is_source` for the device's own packets. Built by the caller, inlined: the
@@ -222,7 +220,7 @@ fn make(key: &ConnKey, ifindex: u32, bytes: u64, syn: bool, now: u64) {
     value.out_bytes = bytes;
     value.syns = u32::from(syn);
     value.ifindex = ifindex;
-    let made = APNS_CONNS.insert(key, &value, BPF_ANY).is_ok();
+    let made = APNS_CONNS.insert(key, &value, u64::from(BPF_ANY)).is_ok();
     if let Some(stats) = stats() {
         if made {
             stats.made += 1;

@@ -19,18 +19,10 @@ use crate::{
 /// packets that reached the policy.
 #[inline(always)]
 pub fn record(iface_slot: u32, judgement: &Judgement, bytes: u64, tcp_flags: Option<u8>) {
-    // TCP events are only meaningful for APNs connections and pinhole attempts.
-    let flags = match (judgement.outcome, tcp_flags) {
-        (
-            Outcome::Pass
-            | Outcome::Fastpath
-            | Outcome::FastpathTc
-            | Outcome::DropProvider
-            | Outcome::DropPinhole
-            | Outcome::InboundOpen
-            | Outcome::DropInboundOpen,
-            Some(flags),
-        ) => flags,
+    // TCP events are only meaningful for what the policy judged APNs-related: every outcome
+    // of a parsed TCP segment but `not_apns`.
+    let flags = match tcp_flags {
+        Some(flags) if judgement.outcome != Outcome::NotApns => flags,
         _ => 0,
     };
     let cell = cell_of(judgement.direction, judgement.outcome) & (CELLS_PER_BLOCK - 1);

@@ -12,7 +12,7 @@ use crate::{
     parse::{Addrs, TcpPacket},
 };
 
-const NS_PER_SEC: u64 = 1_000_000_000;
+pub(crate) const NS_PER_SEC: u64 = 1_000_000_000;
 const IPPROTO_TCP: u8 = 6;
 
 #[inline(always)]

@@ -17,6 +17,7 @@
 //!   VLAN tag — goes to the stack with its [`Fallback`] reason ([`Forward::Stack`]), which
 //!   knows how to answer (ICMP) and is counted per reason in `APNS_FP_PATHS`.
 
+use apns_common::counters::{usable_slot, OVERFLOW_SLOT};
 use apns_common::fastpath::{
     flags, Fallback, HandoffMeta, IfaceConfig, MarkMeta, FALLBACK_SLOTS, HANDOFF_META_MAGIC,
     MARK_META_MAGIC,
@@ -71,6 +72,18 @@ pub struct Handoff {
 #[inline(always)]
 pub fn interface(ifindex: u32) -> Option<&'static IfaceConfig> {
     APNS_IFACES.get(ifindex)
+}
+
+/// The counter slot of an interface's entry (the overflow slot without one), bounded.
+#[inline(always)]
+pub fn counter_slot(iface: Option<&IfaceConfig>) -> u32 {
+    usable_slot(iface.map_or(OVERFLOW_SLOT, |config| u32::from(config.counter_slot)))
+}
+
+/// Whether an interface faces the devices (config `[roles]`).
+#[inline(always)]
+pub fn faces_devices(iface: Option<&IfaceConfig>) -> bool {
+    iface.is_some_and(|config| config.flags & flags::DEVICES != 0)
 }
 
 /// Puts a [`MarkMeta`] in front of the packet for the TC ingress program to copy into

@@ -27,8 +27,8 @@ pub mod tc_conns;
 
 use apns_common::{
     conns::ConnKey,
-    counters::{usable_slot, Direction, Outcome, OVERFLOW_SLOT},
-    fastpath::{flags as iface_flags, mode as fastpath_mode},
+    counters::{Direction, Outcome},
+    fastpath::mode as fastpath_mode,
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
@@ -52,8 +52,7 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
     let ifindex = ctx.ingress_ifindex() as u32;
     // One array read per packet gives the counter slot and, for APNs, the fast path.
     let iface = fastpath::interface(ifindex);
-    let iface_slot =
-        usable_slot(iface.map_or(OVERFLOW_SLOT, |config| u32::from(config.counter_slot)));
+    let iface_slot = fastpath::counter_slot(iface);
     let mut action = xdp_action::XDP_PASS;
     let mut mark = None;
     let mut handoff = None;
@@ -66,7 +65,7 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
                 action = xdp_action::XDP_DROP;
             } else if judgement.outcome == Outcome::Pass {
                 // The device's packets feed the connection table where they enter.
-                if judgement.direction == Direction::Outbound && faces_devices(iface) {
+                if judgement.direction == Direction::Outbound && fastpath::faces_devices(iface) {
                     let mut key = ConnKey::default();
                     conns::key(&mut key, &tcp, true);
                     conns::apns_conns_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
@@ -87,7 +86,7 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
                                 // them here. (A hand-off goes out through the stack's
                                 // transmit path, TC egress included.)
                                 if judgement.direction == Direction::Inbound
-                                    && faces_devices(fastpath::interface(egress))
+                                    && fastpath::faces_devices(fastpath::interface(egress))
                                 {
                                     let mut key = ConnKey::default();
                                     conns::key(&mut key, &tcp, false);
@@ -130,12 +129,6 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
         fastpath::mark(ctx, config);
     }
     action
-}
-
-/// Whether an interface faces the devices (config `[roles]`).
-#[inline(always)]
-fn faces_devices(iface: Option<&apns_common::fastpath::IfaceConfig>) -> bool {
-    iface.is_some_and(|config| config.flags & iface_flags::DEVICES != 0)
 }
 
 /// Defines the TC programs in a binary of this crate: `apns_tc`, the TC ingress program of

@@ -13,16 +13,13 @@
 //! Both kinds are consumed (their magic zeroed): metadata travels with the skb, and over a
 //! veth it reaches the TC programs of the next namespace, which must not take it for theirs.
 
-use apns_common::{
-    counters::usable_slot,
-    fastpath::{HandoffMeta, MarkMeta, HANDOFF_META_MAGIC, MARK_META_MAGIC},
-};
+use apns_common::fastpath::{HandoffMeta, MarkMeta, HANDOFF_META_MAGIC, MARK_META_MAGIC};
 use aya_ebpf::{bindings::bpf_redir_neigh, helpers::bpf_redirect_neigh, programs::TcContext};
 
-use crate::maps::{APNS_FP_PATHS, APNS_IFACES};
+use crate::{fastpath, maps::APNS_FP_PATHS};
 
 /// TCX_NEXT / TC_ACT_UNSPEC: let the next program or the default action decide.
-const TC_NEXT: i32 = -1;
+pub(crate) const TC_NEXT: i32 = -1;
 /// What `bpf_redirect_neigh` returns when it accepted the target (TCX_REDIRECT).
 const TC_ACT_REDIRECT: i64 = 7;
 
@@ -94,11 +91,7 @@ fn forward(ctx: &TcContext, found: *mut HandoffMeta) -> i32 {
 fn count(ctx: &TcContext, redirected: bool) {
     // SAFETY: `skb` points to the __sk_buff the kernel passed to the program.
     let (ifindex, segments) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).gso_segs) };
-    let slot = usable_slot(
-        APNS_IFACES
-            .get(ifindex)
-            .map_or(0, |config| u32::from(config.counter_slot)),
-    );
+    let slot = fastpath::counter_slot(fastpath::interface(ifindex));
     if let Some(paths) = APNS_FP_PATHS.get_ptr_mut(slot) {
         let segments = u64::from(segments.max(1));
         // SAFETY: this CPU's copy of a per-CPU array value; TC runs with preemption off.

@@ -5,16 +5,10 @@
 //! packet, and counts nothing in the counter maps (the XDP program counted the packet where
 //! it entered).
 
-use apns_common::{
-    counters::{Direction, Outcome},
-    fastpath::flags,
-};
+use apns_common::counters::{Direction, Outcome};
 use aya_ebpf::programs::TcContext;
 
-use crate::{classify, conns, fastpath, parse};
-
-/// TCX_NEXT / TC_ACT_UNSPEC: let the next program or the default action decide.
-const TC_NEXT: i32 = -1;
+use crate::{classify, conns, fastpath, parse, tc::TC_NEXT};
 /// Bytes of headers pulled into the skb's linear part when they are not all there yet: an
 /// Ethernet header with two VLAN tags, IPv6 with extension headers, and TCP with options.
 const HEADERS: u32 = 256;
@@ -27,7 +21,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         (skb.ifindex, skb.len, skb.gso_segs)
     };
     // Attached to device-facing interfaces only; a stale attachment records nothing.
-    if !fastpath::interface(ifindex).is_some_and(|config| config.flags & flags::DEVICES != 0) {
+    if !fastpath::faces_devices(fastpath::interface(ifindex)) {
         return TC_NEXT;
     }
     let linear = ctx.data_end().saturating_sub(ctx.data()) as u32;
