@@ -32,7 +32,7 @@ use apns_tests::{
         stats::median,
         testrun,
     },
-    lab::{self, Lab, LabOptions, Role, APPLE, APPLE_IF, CLIENT_IF, GW_IF_CLIENT, ISP_IF_GW},
+    lab::{self, Lab, LabOptions, Role, APPLE, CLIENT_IF, GW_IF_CLIENT},
 };
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
@@ -43,14 +43,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
-
-const FORWARD_DROP: &str = "table inet filter {
-    chain forward {
-        type filter hook forward priority 0; policy accept;
-        tcp dport { 5223, 2197 } drop
-        tcp sport { 5223, 2197 } drop
-    }
-}";
 
 fn in_ns(lab: &Lab, role: Role, args: &[&str]) -> Result<String> {
     let mut cmd = Command::new("ip");
@@ -76,18 +68,8 @@ fn latency(pairs: usize) -> Result<()> {
     for role in lab.roles() {
         lab.wait_settled(role, Duration::from_secs(5))?;
     }
-    lab::run_with_input(
-        Command::new("ip").args(["netns", "exec", lab.ns_name(Role::Gw), "nft", "-f", "-"]),
-        FORWARD_DROP.as_bytes(),
-    )?;
-    for (role, iface, feature, value) in [
-        (Role::Client, CLIENT_IF.name, "gro", "on"),
-        (Role::Isp, ISP_IF_GW.name, "gro", "on"),
-        (Role::Client, CLIENT_IF.name, "tx", "off"),
-        (Role::Apple, APPLE_IF.name, "tx", "off"),
-    ] {
-        in_ns(&lab, role, &["ethtool", "-K", iface, feature, value])?;
-    }
+    lab.nft(Role::Gw, lab::APNS_FORWARD_DROP)?;
+    lab.redirect_offloads()?;
     let pins = TestPins::new();
     let _agent = spawn_run(
         &lab,

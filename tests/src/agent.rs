@@ -387,6 +387,12 @@ fn tail(log: &Mutex<VecDeque<String>>) -> String {
     Vec::from(log.lock().unwrap_or_else(PoisonError::into_inner).clone()).join("\n")
 }
 
+/// `status --json` of the test's datapath, run in the gateway.
+pub fn status_json(lab: &Lab, pins: &TestPins) -> serde_json::Value {
+    let text = succeed(&mut gw_command(lab, pins, &["status", "--json"])).unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{err}: {text}"))
+}
+
 /// `run` on the lab gateway's LAN and WAN interfaces, then `more` arguments: the agent most
 /// tests start.
 pub fn run_lan_wan<'a>(more: &[&'a str]) -> Vec<&'a str> {
@@ -453,6 +459,24 @@ pub fn spawn_run_with<'lab>(
         .wait_for("READY=1", RUN_READY_TIMEOUT)
         .context("apns-agent run did not become ready")?;
     Ok(agent)
+}
+
+/// The samples of a Prometheus text exposition: each series (name and labels, as written)
+/// to its value.
+pub fn samples(exposition: &str) -> std::collections::BTreeMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("not a sample line: {line}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a number: {line}"));
+            (series.to_owned(), value)
+        })
+        .collect()
 }
 
 /// GET /metrics from the agent serving on `addr` inside the lab's gateway: the body, or an

@@ -2,9 +2,8 @@
 //! upgrade under a flow, live policy edits, bad input, unload. Needs root.
 
 use std::{
-    net::SocketAddr,
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use apns_agent::datapath::{
@@ -19,12 +18,10 @@ use apns_common::{
 };
 use apns_tests::{
     agent::{self, run_lan_wan, TestPins},
-    lab::{Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
+    lab::{self, Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// Short enough that a dropped SYN is not retransmitted (the first retransmission is after 1 s).
-const REFUSED: Duration = Duration::from_millis(600);
 
 fn agent_here(pins: &TestPins, args: &[&str]) -> Command {
     let mut cmd = Command::new(agent::binary());
@@ -32,18 +29,9 @@ fn agent_here(pins: &TestPins, args: &[&str]) -> Command {
     cmd
 }
 
-/// Polls `ready` until it holds or `timeout` passes.
-fn wait_for(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Waits until `pins` holds a datapath attached to lan0 and wan0 with `mode` in force.
 fn wait_attached(pins: &TestPins, mode: Mode) {
-    wait_for(
+    lab::wait_until(
         "the agent to attach and apply its policy",
         Duration::from_secs(30),
         || {
@@ -53,18 +41,6 @@ fn wait_attached(pins: &TestPins, mode: Mode) {
                     .map(|p| p.mode == mode)
                     .unwrap_or(false)
         },
-    );
-}
-
-fn echo_ok(lab: &Lab, to: SocketAddr) {
-    let reply = lab.echo(Role::Client, to, b"ping", TIMEOUT).unwrap();
-    assert_eq!(reply, b"ping", "echo from the client to {to}");
-}
-
-fn refused(lab: &Lab, to: SocketAddr) {
-    assert!(
-        lab.connect(Role::Client, to, REFUSED).is_err(),
-        "connection from the client to {to} should have been dropped"
     );
 }
 
@@ -96,9 +72,9 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
         .unwrap()
         .expect("a pinned program");
     for _ in 0..5 {
-        echo_ok(&lab, apple);
+        lab.echo_ok(Role::Client, apple);
     }
-    refused(&lab, other);
+    lab.refused(Role::Client, other);
     assert_eq!(
         (syns(&pins), synacks(&pins), pinhole_drops(&pins)),
         (5, 5, 1)
@@ -109,9 +85,9 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
     first.child_mut().wait().unwrap();
     assert_eq!(pins.dir().links().unwrap().len(), 2, "links stay pinned");
     for _ in 0..3 {
-        echo_ok(&lab, apple);
+        lab.echo_ok(Role::Client, apple);
     }
-    refused(&lab, other);
+    lab.refused(Role::Client, other);
     assert_eq!(
         (syns(&pins), synacks(&pins), pinhole_drops(&pins)),
         (8, 8, 2)
@@ -129,7 +105,7 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
         (syns(&pins), synacks(&pins), pinhole_drops(&pins)),
         (8, 8, 2)
     );
-    echo_ok(&lab, apple);
+    lab.echo_ok(Role::Client, apple);
     assert_eq!(syns(&pins), 9);
 
     // SIGTERM: the agent exits cleanly and leaves the datapath attached (fail-static).
@@ -139,7 +115,7 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
         "agent exit status after SIGTERM: {status}"
     );
     assert_eq!(pins.dir().links().unwrap().len(), 2);
-    refused(&lab, other);
+    lab.refused(Role::Client, other);
     assert_eq!(pinhole_drops(&pins), 3);
 }
 
@@ -256,19 +232,19 @@ fn allow_list_edits_change_the_next_verdict() {
     .unwrap();
     agent::succeed(&mut agent_here(&pins, &["mode", "enforce"])).unwrap();
     let other = OTHER.socket(false, 5223);
-    refused(&lab, other);
+    lab.refused(Role::Client, other);
     agent::succeed(&mut agent_here(
         &pins,
         &["allow", "add", "203.0.113.128/25"],
     ))
     .unwrap();
-    echo_ok(&lab, other);
+    lab.echo_ok(Role::Client, other);
     agent::succeed(&mut agent_here(
         &pins,
         &["allow", "del", "203.0.113.128/25"],
     ))
     .unwrap();
-    refused(&lab, other);
+    lab.refused(Role::Client, other);
     let listed = agent::succeed(&mut agent_here(&pins, &["allow", "list"])).unwrap();
     assert!(
         !listed.contains("203.0.113.128/25") && listed.contains("17.0.0.0/8"),

@@ -8,13 +8,12 @@ use std::{net::Ipv4Addr, time::Duration};
 use apns_common::counters::{CounterKey, Direction, Outcome};
 use apns_tests::{
     agent::{self, spawn_run, TestPins},
-    lab::{Lab, LabOptions, Role, GW_IF_CLIENT, GW_IF_WAN, OTHER},
+    lab::{Lab, LabOptions, Role, GW_IF_CLIENT, GW_IF_WAN, OTHER, REFUSED},
     packets::{self, SYN},
     xdp::{Classifier, TEST_RUN_IFINDEX, XDP_DROP, XDP_PASS},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-const REFUSED: Duration = Duration::from_millis(600);
 const METRICS: &str = "127.0.0.1:15223";
 
 /// The value of the sample line `series` in an exposition.

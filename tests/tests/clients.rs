@@ -556,14 +556,7 @@ fn findings_through(deployment: Deployment) {
 /// The agent's /metrics in the lab's gateway: each sample line's series to its value.
 fn metrics(lab: &Lab) -> BTreeMap<String, f64> {
     let addr = apns_agent::telemetry::DEFAULT_METRICS_ADDR.parse().unwrap();
-    let text = agent::scrape_metrics(lab, addr).unwrap_or_else(|e| panic!("{e:#}"));
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            Some((series.to_owned(), value.parse().ok()?))
-        })
-        .collect()
+    agent::samples(&agent::scrape_metrics(lab, addr).unwrap_or_else(|e| panic!("{e:#}")))
 }
 
 #[test]

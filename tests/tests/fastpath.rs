@@ -21,34 +21,23 @@ use apns_common::{
 };
 use apns_tests::{
     agent::{
-        counter_key, gw_command, gw_ifindex, run_lan_wan, scrape_metrics, spawn_run, succeed,
+        self, counter_key, gw_command, gw_ifindex, run_lan_wan, scrape_metrics, spawn_run, succeed,
         TestPins,
     },
     lab::{
         self, Lab, LabOptions, Role, APPLE, CLIENT, CLIENT_IF, GW_IF_CLIENT, GW_IF_TRUNK,
-        GW_IF_WAN, GW_LAN_CLIENT, ISP2_IF_GW, ISP2_WAN, ISP_WAN, MDM, OTHER, VLAN_HOST, VLAN_ID,
-        VLAN_IF_TRUNK,
+        GW_IF_WAN, GW_LAN_CLIENT, ISP2_IF_GW, ISP2_WAN, ISP_WAN, MDM, OTHER, REFUSED, VLAN_HOST,
+        VLAN_ID, VLAN_IF_TRUNK,
     },
 };
 use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, VlanId};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-const REFUSED: Duration = Duration::from_millis(600);
 /// The ports the filter drops and the tests use.
 const PORTS: [u16; 2] = [5223, 2197];
 /// How long counts must stay unchanged to be final: longer than Linux's largest delayed-ACK
 /// timeout (200 ms), so no segment of a finished exchange is still to come.
 const SETTLED: Duration = Duration::from_millis(400);
-
-/// A content filter stand-in: the gateway's forward chain drops TCP 5223 and 2197 in both
-/// directions, and counts what it drops.
-const FORWARD_DROP: &str = "table inet filter {
-    chain forward {
-        type filter hook forward priority 0; policy accept;
-        tcp dport { 5223, 2197 } counter drop
-        tcp sport { 5223, 2197 } counter drop
-    }
-}";
 
 /// Runs `args` in `role`'s namespace (`ip netns exec`: fine for iproute2, nft and ethtool).
 fn in_ns(lab: &Lab, role: Role, args: &[&str]) -> String {
@@ -64,11 +53,7 @@ fn filtered_gateway(lab: &Lab) {
     for role in lab.roles() {
         lab.wait_settled(role, TIMEOUT).unwrap();
     }
-    lab::run_with_input(
-        Command::new("ip").args(["netns", "exec", lab.ns_name(Role::Gw), "nft", "-f", "-"]),
-        FORWARD_DROP.as_bytes(),
-    )
-    .unwrap();
+    lab.nft(Role::Gw, lab::APNS_FORWARD_DROP).unwrap();
     lab.redirect_offloads().unwrap();
 }
 
@@ -293,12 +278,6 @@ fn run_on_lan_and_wan<'lab>(lab: &'lab Lab, pins: &TestPins) -> apns_tests::agen
     spawn_run(lab, pins, &args).unwrap()
 }
 
-/// `status --json` in the gateway.
-fn status_json(lab: &Lab, pins: &TestPins) -> serde_json::Value {
-    let text = succeed(&mut gw_command(lab, pins, &["status", "--json"])).unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|err| panic!("{err}: {text}"))
-}
-
 /// Writes `bytes` on `stream` and reads the echo back.
 fn exchange(stream: &mut TcpStream, bytes: &[u8]) {
     stream.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -399,7 +378,7 @@ fn the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches()
     }
 
     // status and stats show the paths of both interfaces.
-    let status = status_json(&lab, &pins);
+    let status = agent::status_json(&lab, &pins);
     for interface in status["interfaces"].as_array().unwrap() {
         let paths = &interface["paths"];
         assert_eq!(paths["tc_redirect"], 2, "{interface}");
@@ -646,7 +625,7 @@ fn what_the_fast_path_cannot_forward_goes_to_the_stack_counted_by_reason() {
         .any(|k| Outcome::from_u8(k.outcome).is_some_and(Outcome::is_drop)));
 
     // The same numbers in status --json and /metrics.
-    let status = status_json(&lab, &pins);
+    let status = agent::status_json(&lab, &pins);
     let lan0 = status["interfaces"]
         .as_array()
         .unwrap()
@@ -719,11 +698,7 @@ fn reply(lab: &Lab, to: std::net::SocketAddr) -> Vec<u8> {
 fn mark_with_the_example_rules_exempts_apns_from_a_proxy_behind_nat() {
     let lab = Lab::new(LabOptions::NAT).unwrap();
     let pins = TestPins::new();
-    lab::run_with_input(
-        Command::new("ip").args(["netns", "exec", lab.ns_name(Role::Gw), "nft", "-f", "-"]),
-        MARK_EXAMPLE.as_bytes(),
-    )
-    .unwrap();
+    lab.nft(Role::Gw, MARK_EXAMPLE).unwrap();
     let _proxy = proxy(&lab, 4);
     let _agent = run_on_lan_and_wan(&lab, &pins);
 

@@ -25,31 +25,11 @@ use apns_tests::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// Short enough that a dropped SYN is not retransmitted (the first retransmission is after 1 s).
-const REFUSED: Duration = Duration::from_millis(600);
 /// How long the agent's periodic check (every 5 s) may take to notice a change.
 const NOTICED: Duration = Duration::from_secs(20);
 
-fn echo_ok(lab: &Lab, from: Role, to: SocketAddr) {
-    let reply = lab.echo(from, to, b"ping", TIMEOUT).unwrap();
-    assert_eq!(reply, b"ping", "echo from {from} to {to}");
-}
-
-fn refused(lab: &Lab, from: Role, to: SocketAddr) {
-    assert!(
-        lab.connect(from, to, REFUSED).is_err(),
-        "the connection from {from} to {to} should have been dropped"
-    );
-}
-
 fn live_policy(pins: &TestPins) -> Policy {
     pins.open().unwrap().policy.read_active().unwrap()
-}
-
-/// `status --json` of the test's datapath, run in the gateway.
-fn status_json(lab: &Lab, pins: &TestPins) -> serde_json::Value {
-    let text = agent::succeed(&mut agent::gw_command(lab, pins, &["status", "--json"])).unwrap();
-    serde_json::from_str(&text).unwrap()
 }
 
 fn interface_status<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -160,9 +140,9 @@ fn a_restart_keeps_what_the_cli_set_until_the_config_changes_it() {
             .unwrap()
             .packets
     };
-    refused(&lab, Role::Client, OTHER.socket(false, 5223));
-    refused(&lab, Role::Client, APPLE.socket(false, 2197));
-    echo_ok(&lab, Role::Mdm, APPLE.socket(false, 2197));
+    lab.refused(Role::Client, OTHER.socket(false, 5223));
+    lab.refused(Role::Client, APPLE.socket(false, 2197));
+    lab.echo_ok(Role::Mdm, APPLE.socket(false, 2197));
     assert_eq!((pinhole_drops(), provider_drops()), (1, 1));
 
     // kill -9, and a restart with the unchanged config: still enforcing, same providers.
@@ -174,10 +154,10 @@ fn a_restart_keeps_what_the_cli_set_until_the_config_changes_it() {
         enforced,
         "a restart changed the live policy"
     );
-    refused(&lab, Role::Client, OTHER.socket(false, 5223));
-    refused(&lab, Role::Client, APPLE.socket(false, 2197));
+    lab.refused(Role::Client, OTHER.socket(false, 5223));
+    lab.refused(Role::Client, APPLE.socket(false, 2197));
     assert_eq!((pinhole_drops(), provider_drops()), (2, 2));
-    let status = status_json(&lab, &pins);
+    let status = agent::status_json(&lab, &pins);
     assert_eq!(status["sources"]["mode"]["source"], "command");
     assert!(
         status["sources"]["mode"]["command"]
@@ -204,7 +184,7 @@ fn a_restart_keeps_what_the_cli_set_until_the_config_changes_it() {
         enforced,
         "an upgrade changed the live policy"
     );
-    refused(&lab, Role::Client, OTHER.socket(false, 5223));
+    lab.refused(Role::Client, OTHER.socket(false, 5223));
     assert_eq!(pinhole_drops(), 3);
 
     // The operator changes the config's mode: the config wins there, the providers stay.
@@ -222,7 +202,7 @@ fn a_restart_keeps_what_the_cli_set_until_the_config_changes_it() {
         "the config's new mode did not apply"
     );
     assert_eq!(now.providers, enforced.providers);
-    echo_ok(&lab, Role::Client, OTHER.socket(false, 5223));
+    lab.echo_ok(Role::Client, OTHER.socket(false, 5223));
     assert_eq!(pinhole_drops(), 3);
     assert!(
         !third.log_tail().contains('\u{1b}'),
@@ -253,7 +233,7 @@ fn kill_9_between_writing_a_policy_and_switching_to_it() {
         "the switch moved before it was flipped"
     );
     // Every packet is judged by the whole old policy: the pinhole use passes and counts.
-    echo_ok(&lab, Role::Client, OTHER.socket(false, 5223));
+    lab.echo_ok(Role::Client, OTHER.socket(false, 5223));
     let not_apns = |pins: &TestPins| {
         pins.counter(lan, Direction::None, 0, Outcome::NotApns)
             .unwrap()
@@ -280,7 +260,7 @@ fn kill_9_between_writing_a_policy_and_switching_to_it() {
     let datapath = pins.open().unwrap();
     let inactive = datapath.policy.active_generation().unwrap() ^ 1;
     assert_eq!(datapath.policy.read_generation(inactive).unwrap(), before);
-    refused(&lab, Role::Client, OTHER.socket(false, 5223));
+    lab.refused(Role::Client, OTHER.socket(false, 5223));
     assert_eq!(
         pins.counter(lan, Direction::None, 5223, Outcome::DropPinhole)
             .unwrap()
@@ -313,7 +293,7 @@ fn kill_9_in_the_middle_of_an_upgrade_of_several_interfaces() {
     }
     let old = status::program(pins.dir()).unwrap().unwrap();
     let link_programs = || -> Vec<u32> {
-        let status = status_json(&lab, &pins);
+        let status = agent::status_json(&lab, &pins);
         interfaces
             .iter()
             .map(|name| {
@@ -335,7 +315,7 @@ fn kill_9_in_the_middle_of_an_upgrade_of_several_interfaces() {
             .unwrap()
             .synack
     };
-    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    lab.echo_ok(Role::Client, APPLE.socket(false, 5223));
     assert_eq!((syns(), synacks()), (1, 1));
 
     // The new agent stops after its program runs behind the first link only.
@@ -351,7 +331,7 @@ fn kill_9_in_the_middle_of_an_upgrade_of_several_interfaces() {
         "one link swapped, two not: {programs:?}"
     );
     // Each packet is judged by one whole program; both count in the same maps.
-    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    lab.echo_ok(Role::Client, APPLE.socket(false, 5223));
     assert_eq!((syns(), synacks()), (2, 2));
     kill_9(half.child_mut());
     drop(half);
@@ -361,7 +341,7 @@ fn kill_9_in_the_middle_of_an_upgrade_of_several_interfaces() {
     let new = status::program(pins.dir()).unwrap().unwrap();
     assert_ne!(new.tag, old.tag);
     assert_eq!(link_programs(), vec![new.id; 3]);
-    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    lab.echo_ok(Role::Client, APPLE.socket(false, 5223));
     assert_eq!((syns(), synacks()), (3, 3));
 }
 
@@ -392,7 +372,7 @@ fn interfaces_deleted_recreated_and_renamed_under_a_running_agent() {
         &run_lan_wan(&["--iface", "apnsx0", "--fastpath", "apnsx0=mark"]),
     )
     .unwrap();
-    let first = interface_status(&status_json(&lab, &pins), "apnsx0")["ifindex"].clone();
+    let first = interface_status(&agent::status_json(&lab, &pins), "apnsx0")["ifindex"].clone();
     let syns = || {
         pins.counter(lan, Direction::Outbound, 5223, Outcome::Pass)
             .unwrap()
@@ -400,7 +380,7 @@ fn interfaces_deleted_recreated_and_renamed_under_a_running_agent() {
     };
     // While the agent moves a link, the interface is briefly not listed at all.
     let state_of = |name: &str| {
-        let status = status_json(&lab, &pins);
+        let status = agent::status_json(&lab, &pins);
         status["interfaces"]
             .as_array()
             .unwrap()
@@ -417,7 +397,7 @@ fn interfaces_deleted_recreated_and_renamed_under_a_running_agent() {
     agent
         .wait_for_log("the interface was deleted", NOTICED)
         .unwrap();
-    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    lab.echo_ok(Role::Client, APPLE.socket(false, 5223));
     assert_eq!(syns(), 1);
 
     // Re-created under the same name: attached again, with its fast path.
@@ -425,7 +405,7 @@ fn interfaces_deleted_recreated_and_renamed_under_a_running_agent() {
     wait_until("apnsx0 to be attached again", NOTICED, || {
         state_of("apnsx0") == "attached"
     });
-    let again = interface_status(&status_json(&lab, &pins), "apnsx0").clone();
+    let again = interface_status(&agent::status_json(&lab, &pins), "apnsx0").clone();
     assert_ne!(again["ifindex"], first, "still the old device");
     assert_eq!(again["fastpath"], "mark");
     assert!(pins.dir().tc_link("apnsx0").exists());
@@ -433,11 +413,11 @@ fn interfaces_deleted_recreated_and_renamed_under_a_running_agent() {
     // Renamed: the link stays with the device, and status says where it went.
     ip(&["link", "set", "apnsx0", "down"]);
     ip(&["link", "set", "apnsx0", "name", "apnsx9"]);
-    let renamed = interface_status(&status_json(&lab, &pins), "apnsx0").clone();
+    let renamed = interface_status(&agent::status_json(&lab, &pins), "apnsx0").clone();
     assert_eq!(renamed["state"], "renamed");
     assert_eq!(renamed["current_name"], "apnsx9");
     agent.wait_for_log("renamed", NOTICED).unwrap();
-    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    lab.echo_ok(Role::Client, APPLE.socket(false, 5223));
     assert_eq!(syns(), 2);
     assert!(agent.wait_timeout(Duration::ZERO).unwrap().is_none());
 }
@@ -448,7 +428,7 @@ fn pins_removed_by_hand_are_pinned_again_and_nothing_is_lost() {
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
     let agent = spawn_run(&lab, &pins, &run_lan_wan(&[])).unwrap();
-    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    lab.echo_ok(Role::Client, APPLE.socket(false, 5223));
     let lan_link = pins.dir().link_of(GW_IF_CLIENT.name).unwrap().unwrap().path;
     let counters = pins.dir().map(apns_common::maps::COUNTERS);
     std::fs::remove_file(&counters).unwrap();
@@ -463,12 +443,12 @@ fn pins_removed_by_hand_are_pinned_again_and_nothing_is_lost() {
     });
     agent.wait_for_log("was removed by hand", TIMEOUT).unwrap();
     // The same map, with the counts made before the removal.
-    echo_ok(&lab, Role::Client, APPLE.socket(false, 5223));
+    lab.echo_ok(Role::Client, APPLE.socket(false, 5223));
     let value = pins
         .counter(lan, Direction::Outbound, 5223, Outcome::Pass)
         .unwrap();
     assert_eq!(value.syn, 2, "counts were lost: {value:?}");
-    let status = status_json(&lab, &pins);
+    let status = agent::status_json(&lab, &pins);
     assert_eq!(
         interface_status(&status, GW_IF_CLIENT.name)["state"],
         "attached"

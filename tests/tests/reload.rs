@@ -12,10 +12,8 @@ use apns_agent::{
 };
 use apns_tests::{
     agent::{spawn_run, TestPins},
-    lab::{Lab, LabOptions, Role, GW_IF_CLIENT, GW_IF_MDM, GW_IF_WAN, OTHER},
+    lab::{Lab, LabOptions, Role, GW_IF_CLIENT, GW_IF_MDM, GW_IF_WAN, OTHER, REFUSED},
 };
-
-const REFUSED: Duration = Duration::from_millis(600);
 
 /// What the datapath must look like for the config `text`.
 fn expected(text: &str) -> Desired {

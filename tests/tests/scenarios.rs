@@ -36,15 +36,12 @@ use apns_tests::{
     agent::{self, TestPins},
     lab::{
         Iface, Lab, LabOptions, Role, APNS_PORTS, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK,
-        GW_IF_WAN, GW_WAN, MDM, NETNS_DIR, OTHER,
+        GW_IF_WAN, GW_WAN, MDM, NETNS_DIR, OTHER, REFUSED,
     },
 };
 
 /// Bounds every connection, echo and wait that should succeed.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a connection that the datapath drops is given: short enough that its SYN is
-/// sent once (Linux retransmits the first SYN after 1 s), so a drop is exactly one packet.
-const REFUSED: Duration = Duration::from_millis(600);
 /// Connections per host, address family and port.
 const CONNECTIONS: u64 = 3;
 /// The LAN hosts and the gateway interface each one's packets arrive on.

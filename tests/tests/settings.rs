@@ -5,7 +5,7 @@ use std::process::Command;
 
 use apns_tests::{
     agent::{self, TestPins},
-    lab::{Lab, LabOptions, Role, GW_IF_CLIENT},
+    lab::{Lab, LabOptions, Role, APPLE, GW_IF_CLIENT},
 };
 
 #[test]
@@ -41,8 +41,32 @@ fn the_configs_pin_dir_counts_for_every_subcommand() {
     assert_eq!(status["loaded"], true);
     assert_eq!(status["interfaces"][0]["interface"], GW_IF_CLIENT.name);
 
+    // The same counters as with the pin directory named on the command line (a datapath at
+    // the default place, as on a live gateway, would show others): lan0's, counting this.
+    lab.echo_ok(Role::Client, APPLE.socket(false, 5223));
     let stats = agent::succeed(&mut agent(&["stats", "--json"])).unwrap();
-    serde_json::from_str::<serde_json::Value>(&stats).unwrap();
+    let named = agent::succeed(&mut agent(&[
+        "--pin-dir",
+        &pins.path().display().to_string(),
+        "stats",
+        "--json",
+    ]))
+    .unwrap();
+    let interfaces = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text).unwrap()["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|interface| interface["interface"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(interfaces(&stats), interfaces(&named));
+    assert!(
+        interfaces(&stats)
+            .iter()
+            .all(|name| name == GW_IF_CLIENT.name),
+        "{stats}"
+    );
 
     agent::succeed(&mut agent(&["allow", "add", "198.51.100.0/24"])).unwrap();
     let policy = pins.open().unwrap().policy.read_active().unwrap();

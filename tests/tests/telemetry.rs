@@ -15,12 +15,11 @@ use std::{
 
 use apns_tests::{
     agent::{self, TestPins},
-    lab::{self, Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER},
+    lab::{self, Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER, REFUSED},
 };
 
 const METRICS: &str = "127.0.0.1:15223";
 const TIMEOUT: Duration = Duration::from_secs(5);
-const REFUSED: Duration = Duration::from_millis(600);
 
 /// Starts `apns-agent run` in the gateway on lan0 and wan0 (enforce) and waits until it runs.
 fn start_agent<'lab>(lab: &'lab Lab, pins: &TestPins, extra: &[&str]) -> agent::Agent<'lab> {
@@ -45,17 +44,6 @@ fn scrape(lab: &Lab) -> anyhow::Result<String> {
 }
 
 /// Sample lines of an exposition: `name{labels}` -> value.
-fn samples(exposition: &str) -> BTreeMap<String, f64> {
-    exposition
-        .lines()
-        .filter(|line| !line.starts_with('#') && !line.is_empty())
-        .map(|line| {
-            let (series, value) = line.rsplit_once(' ').expect("a sample line");
-            (series.to_owned(), value.parse().expect("a number"))
-        })
-        .collect()
-}
-
 fn value(samples: &BTreeMap<String, f64>, series: &str) -> f64 {
     *samples
         .get(series)
@@ -119,7 +107,7 @@ fn metrics_stats_and_textfile_show_the_same_exact_counts() {
     let json = stats_json(&lab, &pins);
     assert_eq!(scraped, written);
 
-    let m = samples(&scraped);
+    let m = agent::samples(&scraped);
     let tcp = |iface: &str, direction: &str, port: u16, event: &str| {
         value(&m, &format!("apns_tcp_events_total{{interface=\"{iface}\",direction=\"{direction}\",port=\"{port}\",event=\"{event}\"}}"))
     };
@@ -235,7 +223,7 @@ fn reachability_falls_to_zero_for_a_port_apple_resets() {
     }
     echo(&lab, APPLE.socket(false, 443), 2);
 
-    let m = samples(&scrape(&lab).unwrap());
+    let m = agent::samples(&scrape(&lab).unwrap());
     assert_eq!(
         value(
             &m,

@@ -1,10 +1,11 @@
 //! `cargo xtask`: the project's driver for setting up a machine, building and testing.
 //!
 //! `main` only parses the command line and dispatches; each subcommand lives in its own module
-//! (`setup.rs`, `build.rs`, `dist.rs`, `test.rs`) with an `Args` struct (if it takes any) and a `run`
-//! function. Shared helpers (progress lines, running commands, PATH) are in `util.rs`.
+//! (`setup.rs`, `build.rs`, `dist.rs`, `test.rs`, `demo.rs`, `bench.rs`) with an `Args` struct
+//! (if it takes any) and a `run` function. Shared helpers (progress lines, running commands,
+//! PATH) are in `util.rs`; `bystander.rs` is the agent `test` runs beside the suite.
 //!
-//! Adding a subcommand (`bench.rs` comes next): write `src/<name>.rs` with
+//! Adding a subcommand: write `src/<name>.rs` with
 //! `pub struct Args` (derive `clap::Args`) and `pub fn run(args: &Args) -> anyhow::Result<()>`,
 //! add `mod <name>;` below and a variant to `Command`, and call `setup::run()` first if it
 //! needs the installed tools.

@@ -22,7 +22,6 @@ use std::{
     ffi::OsStr,
     io::{self, Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpStream},
-    os::fd::BorrowedFd,
     path::PathBuf,
     process::{self, Command},
     sync::atomic::{AtomicU64, Ordering},
@@ -145,11 +144,6 @@ impl Lab {
     /// The path of `role`'s namespace under /run/netns.
     pub fn ns_path(&self, role: Role) -> PathBuf {
         netns::path_of(self.ns_name(role))
-    }
-
-    /// An fd of `role`'s namespace, for setns.
-    pub fn ns_fd(&self, role: Role) -> BorrowedFd<'_> {
-        self.ns(role).fd()
     }
 
     /// The names of all the lab's namespaces; none of them exists any more after drop.
@@ -395,6 +389,48 @@ impl Lab {
                 .args(["-c", "1", "-W", "2", &addr.to_string()]))?;
         }
         Ok(())
+    }
+}
+
+/// A content filter stand-in for the gateway (the very filter the `redirect` fast path
+/// exists to bypass): its forward chain drops TCP 5223 and 2197 in both directions, and
+/// counts what it drops.
+pub const APNS_FORWARD_DROP: &str = "table inet filter {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        tcp dport { 5223, 2197 } counter drop
+        tcp sport { 5223, 2197 } counter drop
+    }
+}";
+
+/// How long a test gives a connection it expects to be dropped: short enough that a dropped
+/// SYN is not retransmitted (the first retransmission is after 1 s).
+pub const REFUSED: Duration = Duration::from_millis(600);
+
+impl Lab {
+    /// Loads the nftables `ruleset` (`nft -f -`) in `role`'s namespace.
+    pub fn nft(&self, role: Role, ruleset: &str) -> Result<()> {
+        run_with_input(
+            self.command(role, "nft").args(["-f", "-"]),
+            ruleset.as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    /// `from` connects to the echo server at `to` and gets its bytes back (5 s at most).
+    pub fn echo_ok(&self, from: Role, to: SocketAddr) {
+        let reply = self
+            .echo(from, to, b"ping", Duration::from_secs(5))
+            .unwrap_or_else(|err| panic!("echo from {from} to {to}: {err}"));
+        assert_eq!(reply, b"ping", "echo from {from} to {to}");
+    }
+
+    /// `from` cannot connect to `to` within [`REFUSED`].
+    pub fn refused(&self, from: Role, to: SocketAddr) {
+        assert!(
+            self.connect(from, to, REFUSED).is_err(),
+            "the connection from {from} to {to} should have been dropped"
+        );
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
     fs::File,
     io::{self, Write as _},
     os::{
-        fd::{AsFd, BorrowedFd, OwnedFd},
+        fd::{AsFd, OwnedFd},
         unix::process::CommandExt as _,
     },
     panic,
@@ -73,10 +73,6 @@ impl Namespace {
 
     pub(super) fn role(&self) -> Role {
         self.role
-    }
-
-    pub(super) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
     }
 
     /// Moves the calling thread (only it) into this namespace.

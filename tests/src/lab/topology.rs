@@ -254,9 +254,6 @@ pub const ISP2_IF_CORE: Iface = iface(Role::Isp2, "core0", 7, 1);
 /// The ISP's link to the second upstream router.
 pub const ISP_IF_ISP2: Iface = iface(Role::Isp, "isp2", 7, 2);
 
-/// The gateway's LAN-side veths, where an agent attaches next to `GW_IF_WAN`.
-pub const GW_LAN_IFS: [Iface; 3] = [GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK];
-
 /// The veth pairs, first end created, second end moved into its namespace by the same command.
 const VETHS: [(Iface, Iface); 6] = [
     (GW_IF_CLIENT, CLIENT_IF),
