@@ -358,7 +358,9 @@ mod tests {
 
     #[test]
     fn a_taken_port_names_its_owner() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // An address of its own in 127/8: once the listener is gone, no other test binding
+        // 127.0.0.1:0 in parallel can take the same port before the second check.
+        let listener = TcpListener::bind("127.77.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let check = metrics(addr);
         assert_eq!(check.status, super::super::Level::Fail, "{check:?}");
