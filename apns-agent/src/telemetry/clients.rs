@@ -132,16 +132,24 @@ pub enum Handshake {
 }
 
 impl Handshake {
+    /// The `reason` label of a failed handshake (`apns_handshake_failures_total`): one of
+    /// [`HANDSHAKE_FAILURES`]; `None` for one that did not fail (yet).
+    pub fn failure(self) -> Option<&'static str> {
+        match self {
+            Handshake::Unanswered => Some("unanswered"),
+            Handshake::RefusedByApple | Handshake::RefusedByNetwork => Some("refused"),
+            Handshake::Incomplete => Some("incomplete"),
+            Handshake::NotSeen | Handshake::Pending | Handshake::Established => None,
+        }
+    }
+
     fn failed(self) -> bool {
-        matches!(
-            self,
-            Handshake::Incomplete
-                | Handshake::Unanswered
-                | Handshake::RefusedByApple
-                | Handshake::RefusedByNetwork
-        )
+        self.failure().is_some()
     }
 }
+
+/// Every [`Handshake::failure`] label.
+pub const HANDSHAKE_FAILURES: [&str; 3] = ["unanswered", "refused", "incomplete"];
 
 /// Where a connection stands now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -811,13 +819,7 @@ impl Tally {
                     present.insert(id);
                     self.seen.insert(id)
                 };
-                let failure = match c.handshake {
-                    Handshake::Unanswered => Some("unanswered"),
-                    Handshake::RefusedByApple | Handshake::RefusedByNetwork => Some("refused"),
-                    Handshake::Incomplete => Some("incomplete"),
-                    _ => None,
-                };
-                if let Some(cause) = failure {
+                if let Some(cause) = c.handshake.failure() {
                     if count("failure") && self.started {
                         *self
                             .handshake_failures

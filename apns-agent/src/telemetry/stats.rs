@@ -182,7 +182,6 @@ pub fn render_json(model: &Model) -> anyhow::Result<String> {
     Ok(json)
 }
 
-/// Right-aligned columns after left-aligned ones, padded to the widest cell.
 /// A plain-text table: the first `left` columns aligned left, the rest right (`clients`
 /// uses it too).
 pub(crate) struct Table {

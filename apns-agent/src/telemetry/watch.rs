@@ -1,6 +1,7 @@
 //! `stats --watch` and `clients --watch`: redraw in place until q, Esc or Ctrl-C.
 //!
-//! The loop only knows how to get a fresh [`Model`] through a closure, so it has no kernel
+//! The loop only knows how to get a fresh [`Model`] (or, for `clients`, fresh text) through a
+//! closure, so it has no kernel
 //! dependency. The terminal is in raw mode while it runs (keys arrive without Enter, and
 //! Ctrl-C arrives as a key instead of killing the process with the terminal left raw); a
 //! guard restores it on every way out, errors and panics included.
