@@ -90,8 +90,8 @@ fn verifier_accepts_the_program() {
 #[test]
 fn disabled_log_calls_cost_no_instruction() {
     let translated = |log: EbpfLog| {
-        let level = log.level();
-        let mut ebpf = object::loader(&level).load(OBJECT).unwrap();
+        let constants = object::Constants::for_this_kernel(log).unwrap();
+        let mut ebpf = object::loader(&constants).load(OBJECT).unwrap();
         let program = object::xdp_program(&mut ebpf).unwrap();
         program.load().unwrap();
         program

@@ -117,13 +117,15 @@ const _: () = assert!(size_of::<MarkMeta>() == 12);
 pub const MARK_META_MAGIC: u32 = 0xa9e5_4d4b;
 
 /// The XDP metadata the `redirect` fast path leaves in front of an APNs packet whose next hop
-/// has no resolved neighbour (`bpf_fib_lookup` answered NO_NEIGH): the TC ingress program
-/// forwards it with `bpf_redirect_neigh(oif, {nh_family, nh})`, and the kernel's neighbour
-/// subsystem resolves the next hop (ARP/ND), queueing the packet meanwhile. The XDP program
-/// has already decremented the TTL or hop limit. 28 bytes: XDP metadata holds at most 32,
-/// in multiples of 4. Native byte order for `magic`, `oif` and `nh_family`; `nh` is the
-/// next hop as `bpf_fib_lookup` returned it (network byte order, an IPv4 address in the
-/// first word).
+/// has no resolved neighbour (`bpf_fib_lookup` answered NO_NEIGH), where the kernel lets XDP
+/// write metadata: the TC ingress program forwards it with `bpf_redirect_neigh(oif)`, and
+/// the kernel routes it to its next hop and resolves the neighbour (ARP/ND), queueing the
+/// packet meanwhile. No next hop is passed: Linux 5.10's `bpf_redirect_neigh` takes none
+/// (it reads a third argument as flags and drops the packet), and the kernel's own route
+/// lookup finds the one the FIB found. The XDP program has already decremented the TTL or
+/// hop limit. Native byte order. (It had 28 bytes before, the next hop after `oif`: the first
+/// two fields kept their places, so during an upgrade, which swaps the TC program first, the
+/// new TC program reads the old XDP program's metadata.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandoffMeta {
@@ -132,12 +134,8 @@ pub struct HandoffMeta {
     pub magic: u32,
     /// Egress ifindex from the FIB.
     pub oif: u32,
-    /// AF_INET (2) or AF_INET6 (10): the family of `nh` (an IPv4 route may have an IPv6
-    /// gateway).
-    pub nh_family: u32,
-    pub nh: [u32; 4],
 }
-const _: () = assert!(size_of::<HandoffMeta>() == 28);
+const _: () = assert!(size_of::<HandoffMeta>() == 8);
 
 pub const HANDOFF_META_MAGIC: u32 = 0xa9e5_4e48;
 const _: () = assert!(HANDOFF_META_MAGIC != MARK_META_MAGIC);

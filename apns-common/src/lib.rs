@@ -16,6 +16,7 @@ pub mod conns;
 pub mod counters;
 pub mod events;
 pub mod fastpath;
+pub mod features;
 pub mod label;
 pub mod maps;
 pub mod policy;

@@ -17,7 +17,7 @@ use crate::{
         APNS_ACTIVE, APNS_ALLOW_V4, APNS_ALLOW_V6, APNS_POLICY, APNS_PROV_V4, APNS_PROV_V6,
         APNS_TABLES,
     },
-    parse::{tcp_flag, Addrs, TcpPacket},
+    parse::{self, tcp_flag, Addrs, TcpPacket},
 };
 
 /// What the datapath made of a packet: the counter key minus the interface, with the port
@@ -57,8 +57,9 @@ pub fn judge(packet: &TcpPacket) -> Judgement {
         return Judgement::class(Outcome::NotApns);
     };
     let generation = Generation { number, tables };
-    // Port numbers index the table whole: a u16 is always in bounds.
-    let dst = tables.ports[usize::from(packet.dport)];
+    // Port numbers index the table whole: a u16 is always in bounds (`bounded` shows the
+    // verifier).
+    let dst = tables.ports[parse::bounded(packet.dport)];
     let dst_roles = dst.roles;
 
     if dst_roles != 0 && is_apple(&generation, &packet.addrs, Endpoint::Destination) {
@@ -77,7 +78,7 @@ pub fn judge(packet: &TcpPacket) -> Judgement {
         };
     }
 
-    let src = tables.ports[usize::from(packet.sport)];
+    let src = tables.ports[parse::bounded(packet.sport)];
     // A SYN without ACK opens a connection; from Apple's side that never happens on APNs.
     let opening = packet.flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
     if (src.roles != 0 || (opening && dst_roles != 0))
@@ -187,7 +188,8 @@ const PROVIDERS_V6: List<PrefixV6> = List {
 /// The prefilter's verdict on the 16-bit bucket made of `high` and `low`.
 #[inline(always)]
 fn prefilter(generation: &Generation, table: usize, high: u8, low: u8) -> u8 {
-    generation.tables.prefilter[table].get(u16::from_be_bytes([high, low]))
+    let bucket = parse::bounded(u16::from_be_bytes([high, low]));
+    generation.tables.prefilter[table].get(bucket as u16)
 }
 
 #[inline(always)]

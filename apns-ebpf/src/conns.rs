@@ -1,14 +1,19 @@
 //! The only writer of the connection table (`APNS_CONNS`, `APNS_CONN_STATS`;
 //! `apns_common::conns` says who records what where). Called for APNs TCP packets that pass
-//! only: [`apns_conns_outbound`] for the device's packets entering a device-facing interface,
+//! only: [`record_outbound`] for the device's packets entering a device-facing interface,
 //! [`apns_conns_inbound`] for Apple's packets leaving through one. Nothing here runs for
 //! other traffic.
 
 use apns_common::conns::{lifetime_bucket, ConnKey, ConnStats, ConnValue, End, RESUME_AFTER_NS};
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
+use apns_common::features::bits;
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 
 use crate::{
     events::NS_PER_SEC,
+    features,
     maps::{APNS_CONNS, APNS_CONN_STATS},
     parse::{tcp_flag, Addrs, Cursor, TcpPacket},
 };
@@ -50,18 +55,26 @@ pub fn key(key: &mut ConnKey, packet: &TcpPacket, device_is_source: bool) {
     };
 }
 
-/// CLOCK_MONOTONIC in nanoseconds at the scheduler tick's resolution (1 to 10 ms): the rules
-/// work in seconds, and the coarse clock costs about 10 ns less per packet than
-/// `bpf_ktime_get_ns` (BENCHMARKS.md).
+/// CLOCK_MONOTONIC in nanoseconds. At the scheduler tick's resolution (1 to 10 ms) where the
+/// kernel has the coarse clock (5.11+): the rules work in seconds, and it costs about 10 ns
+/// less per packet than `bpf_ktime_get_ns` (BENCHMARKS.md), which older kernels use.
 #[inline(always)]
 fn now() -> u64 {
-    // SAFETY: a helper without arguments or side effects.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    // SAFETY: helpers without arguments or side effects; the verifier never visits the one
+    // the kernel lacks (`features`).
+    unsafe {
+        if features::has(bits::COARSE_CLOCK) {
+            bpf_ktime_get_coarse_ns()
+        } else {
+            bpf_ktime_get_ns()
+        }
+    }
 }
 
 /// Adds `n` to a counter other CPUs may add to at the same time (both halves of one
 /// connection can be handled on different CPUs): a BPF atomic add. The BPF target has no
-/// `AtomicU64::fetch_add` in core, hence the intrinsic.
+/// `AtomicU64::fetch_add` in core, hence the intrinsic. Its result is unused, so LLVM emits
+/// the plain `lock +=` (XADD) every kernel takes, not the fetching form of 5.12+.
 #[inline(always)]
 fn add(counter: &mut u64, n: u64) {
     // SAFETY: the map value outlives the program run and u64 fields are 8-byte aligned.
@@ -76,27 +89,19 @@ fn add(counter: &mut u64, n: u64) {
     }
 }
 
-/// Sets `field` from 0 to `code` unless something else set it first (another CPU included):
-/// true if this call did. A BPF compare-and-swap, as for [`add`].
+/// Sets `field` from 0 to `code` unless something set it first: true if this call did.
+///
+/// Not atomic: BPF's compare-and-swap needs Linux 5.12, and the oldest kernel of the matrix
+/// (5.10) refuses any program that holds one, reachable or not. Only the two halves of one
+/// connection can race here (the device's end on one CPU, Apple's on another, within the
+/// same few nanoseconds); then both ends may count in `APNS_CONN_STATS`.
 #[inline(always)]
 fn set_once(field: &mut u64, code: u64) -> bool {
-    #[cfg(target_arch = "bpf")]
-    // SAFETY: as in `add`.
-    unsafe {
-        use core::intrinsics::{atomic_cxchg, AtomicOrdering};
-        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
-            field, 0, code,
-        )
-        .1
+    if *field != 0 {
+        return false;
     }
-    #[cfg(not(target_arch = "bpf"))]
-    {
-        let unset = *field == 0;
-        if unset {
-            *field = code;
-        }
-        unset
-    }
+    *field = code;
+    true
 }
 
 #[inline(always)]
@@ -109,7 +114,7 @@ fn stats() -> Option<&'static mut ConnStats> {
 }
 
 /// Records that the connection ended (`end`, at `now`) unless an earlier FIN or RST did
-/// already: the compare-and-swap makes the first end the only one counted.
+/// already: the first end is the only one counted.
 #[inline(always)]
 fn ended(value: &mut ConnValue, end: End, now: u64) {
     if !set_once(&mut value.end, end as u64) {
@@ -131,41 +136,42 @@ fn ended(value: &mut ConnValue, end: End, now: u64) {
 
 /// A packet from the device (outbound, passed) that entered interface `ifindex`, which faces
 /// the devices: makes the entry on a SYN (or on the first packet of a connection the table
-/// does not know), else updates the device's half.
-///
-/// A *global* BPF function (exported, not inlined): the verifier checks it once, on its own,
-/// rather than again for every path that reaches the call (that tripled the XDP program's
-/// verification); it has a stack frame of its own (the XDP program's would exceed 512 bytes
-/// with the key and a value in it); non-APNs packets never pay for the call. A global
-/// function takes plain values and pointers the verifier sees as "memory or null", and
-/// returns a scalar.
-#[inline(never)]
-#[unsafe(no_mangle)]
-pub extern "C" fn apns_conns_outbound(
-    key: *const ConnKey,
-    flags: u8,
-    ifindex: u32,
-    bytes: u64,
-) -> u32 {
-    // SAFETY: the verifier passes a global function's pointer argument as "memory or null"
-    // of the pointee's size; null is ruled out here.
-    if let Some(key) = unsafe { key.as_ref() } {
-        outbound(key, flags, ifindex, bytes);
+/// does not know), else updates the device's half. Called by the XDP program with the key
+/// on its own stack.
+#[inline(always)]
+pub fn record_outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) {
+    match apns_conns_outbound(key, flags, ifindex, bytes) {
+        MAKE => make(key, ifindex, bytes, false),
+        MAKE_SYN => make(key, ifindex, bytes, true),
+        _ => {}
     }
-    0
 }
 
-#[inline(always)]
-fn outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) {
+/// What [`apns_conns_outbound`] leaves to its caller: nothing, or making the entry (`make`),
+/// for a SYN or another first packet. The caller makes it, so that `make`'s frame (a whole
+/// value) is not stacked on the global function's: the verifier adds up the frames of a call
+/// chain against 512 bytes, and Linux 6.1 rounds each to 32.
+const DONE: u32 = 0;
+const MAKE: u32 = 1;
+const MAKE_SYN: u32 = 2;
+
+/// The device's half of [`record_outbound`], up to making an entry.
+///
+/// A BPF function of its own (not inlined): it has a stack frame of its own, and non-APNs
+/// packets never pay for the call. Static, not global: a global function is checked once
+/// rather than for every path that reaches the call, but Linux 5.10 takes no pointer
+/// argument to one (the key), and 6.1 takes none as a map key.
+#[inline(never)]
+fn apns_conns_outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) -> u32 {
     let syn = flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
-    let now = now();
     let Some(value) = APNS_CONNS.get_ptr_mut(key) else {
         // A stray FIN or RST of a connection the table does not know makes no entry.
-        if flags & (tcp_flag::FIN | tcp_flag::RST) == 0 {
-            make(key, ifindex, bytes, syn, now);
+        if flags & (tcp_flag::FIN | tcp_flag::RST) != 0 {
+            return DONE;
         }
-        return;
+        return if syn { MAKE_SYN } else { MAKE };
     };
+    let now = now();
     // SAFETY: a map value pointer stays valid for the whole program run.
     let value = unsafe { &mut *value };
     if syn {
@@ -177,10 +183,9 @@ fn outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) {
             value.out_last_ns = now;
             add(&mut value.out_packets, 1);
             add(&mut value.out_bytes, bytes);
-            return;
+            return DONE;
         }
-        make(key, ifindex, bytes, true, now);
-        return;
+        return MAKE_SYN;
     }
     if value.synack_ns != 0 || value.syns == 0 {
         let last = if value.in_last_ns > value.out_last_ns {
@@ -207,20 +212,24 @@ fn outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) {
         value.out_rst_ns = now;
         ended(value, End::RstDevice, now);
     }
+    DONE
 }
 
 /// Makes (or replaces) the entry of a connection whose first packet from the device this is.
 /// A function of its own too: the new value's 136 bytes live on its frame only while it runs.
 #[inline(never)]
-fn make(key: &ConnKey, ifindex: u32, bytes: u64, syn: bool, now: u64) {
-    let mut value = ConnValue::default();
-    value.first_ns = now;
-    value.out_last_ns = now;
-    value.out_packets = 1;
-    value.out_bytes = bytes;
-    value.syns = u32::from(syn);
-    value.ifindex = ifindex;
-    let made = APNS_CONNS.insert(key, &value, u64::from(BPF_ANY)).is_ok();
+fn make(key: &ConnKey, ifindex: u32, bytes: u64, syn: bool) {
+    let now = now();
+    let value = ConnValue {
+        first_ns: now,
+        out_last_ns: now,
+        out_packets: 1,
+        out_bytes: bytes,
+        syns: u32::from(syn),
+        ifindex,
+        ..ConnValue::default()
+    };
+    let made = APNS_CONNS.insert(key, value, u64::from(BPF_ANY)).is_ok();
     if let Some(stats) = stats() {
         if made {
             stats.made += 1;
@@ -232,26 +241,10 @@ fn make(key: &ConnKey, ifindex: u32, bytes: u64, syn: bool, now: u64) {
 
 /// A packet from Apple (inbound, passed) on its way out of a device-facing interface, with
 /// its IP `ttl` ([`ttl`]): updates Apple's half of an entry the device made; a packet of a
-/// connection the table does not know is ignored. A global function, as
+/// connection the table does not know is ignored. A static BPF function, as
 /// [`apns_conns_outbound`].
 #[inline(never)]
-#[unsafe(no_mangle)]
-pub extern "C" fn apns_conns_inbound(
-    key: *const ConnKey,
-    flags: u8,
-    ttl: u8,
-    bytes: u64,
-    packets: u64,
-) -> u32 {
-    // SAFETY: as in `apns_conns_outbound`.
-    if let Some(key) = unsafe { key.as_ref() } {
-        inbound(key, flags, ttl, bytes, packets);
-    }
-    0
-}
-
-#[inline(always)]
-fn inbound(key: &ConnKey, flags: u8, ttl: u8, bytes: u64, packets: u64) {
+pub fn apns_conns_inbound(key: &ConnKey, flags: u8, ttl: u8, bytes: u64, packets: u64) {
     let Some(value) = APNS_CONNS.get_ptr_mut(key) else {
         return;
     };

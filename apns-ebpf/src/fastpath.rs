@@ -6,9 +6,12 @@
 //! gets a FIB lookup (bpf_fib_lookup, the kernel's own routing table and neighbour cache):
 //! - success, egress managed: new MACs, TTL or hop limit minus one (IPv4 checksum updated
 //!   incrementally), XDP_REDIRECT through the egress devmap ([`Forward::Xdp`]);
-//! - no resolved neighbour ("NO_NEIGH"), egress managed, TC program ready: TTL or hop limit
-//!   minus one and a [`HandoffMeta`] in front of the packet; the TC program forwards it with
-//!   `bpf_redirect_neigh`, which resolves the neighbour in the kernel ([`Forward::Handoff`]).
+//! - no resolved neighbour ("NO_NEIGH"), egress managed, TC program ready: handed to the TC
+//!   ingress program, which forwards it with `bpf_redirect_neigh`, which resolves the
+//!   neighbour in the kernel ([`Forward::Handoff`]). Where XDP may write metadata
+//!   (`features::bits::XDP_META`), TTL or hop limit minus one and a [`HandoffMeta`] in front
+//!   of the packet; elsewhere the packet passes as it came and the TC program asks the FIB
+//!   again ([`route`], shared) and forwards what it would have been handed.
 //!   XDP cannot resolve a neighbour, and the stack, which could, is exactly what the fast
 //!   path bypasses: a forward chain that drops APNs would drop the very packet that should
 //!   trigger the resolution;
@@ -119,19 +122,97 @@ pub fn redirect<const HAND_OFF_ALL: bool>(
     packet: &TcpPacket,
     config: &IfaceConfig,
 ) -> Forward {
-    if packet.tagged {
-        return Forward::Stack(Fallback::VlanTagged);
+    let route = match route(ctx.as_ptr(), cursor, ifindex, packet, packet.ip_len) {
+        Ok(route) => route,
+        Err(reason) => {
+            debug!(
+                ctx,
+                "fast path: fallback {} on ifindex {}, passing to the stack", reason as u8, ifindex
+            );
+            return Forward::Stack(reason);
+        }
+    };
+    if !route.managed() {
+        return Forward::Stack(Fallback::EgressUnmanaged);
     }
+    if !route.resolved || HAND_OFF_ALL {
+        if config.flags & flags::TC_HANDOFF == 0 {
+            return Forward::Stack(Fallback::TcNotReady);
+        }
+        return Forward::Handoff(Handoff {
+            meta: HandoffMeta {
+                magic: HANDOFF_META_MAGIC,
+                oif: route.egress,
+            },
+            l3: packet.l3,
+            ipv4: route.ipv4,
+        });
+    }
+
+    if decrement_ttl(cursor, packet.l3, route.ipv4).is_err() {
+        return Forward::Stack(Fallback::Other);
+    }
+    let Ok(eth) = cursor.bytes_mut::<{ 2 * ETH_ALEN }>(0) else {
+        return Forward::Stack(Fallback::Other);
+    };
+    eth[..ETH_ALEN].copy_from_slice(&route.dmac);
+    eth[ETH_ALEN..].copy_from_slice(&route.smac);
+    match APNS_TX_PORTS.redirect(route.egress, 0) {
+        Ok(action) => Forward::Xdp {
+            action,
+            egress: route.egress,
+        },
+        Err(_) => Forward::Stack(Fallback::Other),
+    }
+}
+
+/// Where the FIB sends a packet the `redirect` fast path may forward.
+pub struct Route {
+    /// The egress ifindex.
+    pub egress: u32,
+    /// Whether the next hop's neighbour entry is resolved (its MACs are below).
+    pub resolved: bool,
+    pub ipv4: bool,
+    dmac: [u8; ETH_ALEN],
+    smac: [u8; ETH_ALEN],
+}
+
+impl Route {
+    /// Whether the egress is an interface the agent manages (the devmap holds it): the fast
+    /// path forwards only between those.
+    #[inline(always)]
+    pub fn managed(&self) -> bool {
+        APNS_TX_PORTS.get_ifindex(self.egress).is_some()
+    }
+}
+
+/// Asks the kernel's FIB (`bpf_fib_lookup` on the program's context `ctx`, XDP or TC) where
+/// `packet`, which entered `ifindex`, goes; or the reason the stack must have it: a VLAN tag,
+/// a TTL about to expire (the stack sends the ICMP time-exceeded), or what the FIB answered.
+/// `tot_len` is the length the FIB checks the egress MTU with; 0 lets a TC program's FIB check
+/// the skb itself (GSO included).
+#[inline(always)]
+pub fn route(
+    ctx: *mut core::ffi::c_void,
+    cursor: &Cursor,
+    ifindex: u32,
+    packet: &TcpPacket,
+    tot_len: u16,
+) -> Result<Route, Fallback> {
+    if packet.tagged {
+        return Err(Fallback::VlanTagged);
+    }
+    // SAFETY: bpf_fib_lookup is plain data; all zeroes is a valid, empty request.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.l4_protocol = IPPROTO_TCP;
     params.sport = packet.sport.to_be();
     params.dport = packet.dport.to_be();
-    params.__bindgen_anon_1.tot_len = packet.ip_len;
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.ifindex = ifindex;
     let ipv4 = match &packet.addrs {
         Addrs::V4 { src, dst } => {
             let Ok(ip) = cursor.bytes::<20>(packet.l3) else {
-                return Forward::Stack(Fallback::Other);
+                return Err(Fallback::Other);
             };
             params.family = AF_INET;
             params.__bindgen_anon_2.tos = ip[IPV4_TOS];
@@ -146,71 +227,22 @@ pub fn redirect<const HAND_OFF_ALL: bool>(
             false
         }
     };
-    // The stack sends the ICMP time-exceeded a TTL of 1 deserves.
     match cursor.bytes::<1>(packet.ttl_offset()) {
         Ok([ttl]) if *ttl > 1 => {}
-        Ok(_) => return Forward::Stack(Fallback::Ttl),
-        Err(_) => return Forward::Stack(Fallback::Other),
+        Ok(_) => return Err(Fallback::Ttl),
+        Err(_) => return Err(Fallback::Other),
     }
     // SAFETY: `params` is a valid, fully initialised bpf_fib_lookup on our stack.
-    let result = unsafe {
-        fib_lookup(
-            ctx.as_ptr(),
-            &mut params,
-            size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    let neighbour_resolved = match fib_answer(result) {
-        Ok(resolved) => resolved && !HAND_OFF_ALL,
-        Err(reason) => {
-            debug!(
-                ctx,
-                "fast path: FIB result {} on ifindex {}, passing to the stack", result, ifindex
-            );
-            return Forward::Stack(reason);
-        }
-    };
-    // Only out of interfaces the agent manages (and the devmap holds). The FIB fills in the
-    // egress ifindex on NO_NEIGH too.
-    if APNS_TX_PORTS.get_ifindex(params.ifindex).is_none() {
-        return Forward::Stack(Fallback::EgressUnmanaged);
-    }
-    if !neighbour_resolved {
-        if config.flags & flags::TC_HANDOFF == 0 {
-            return Forward::Stack(Fallback::TcNotReady);
-        }
-        return Forward::Handoff(Handoff {
-            meta: HandoffMeta {
-                magic: HANDOFF_META_MAGIC,
-                oif: params.ifindex,
-                // The FIB gives the next hop (the gateway, or the destination on a connected
-                // route) in the destination field, with its family (an IPv4 route may have
-                // an IPv6 gateway).
-                nh_family: u32::from(params.family),
-                // SAFETY: the union's 16 bytes, which cover `ipv4_dst` as their first word.
-                nh: unsafe { params.__bindgen_anon_4.ipv6_dst },
-            },
-            l3: packet.l3,
-            ipv4,
-        });
-    }
-
-    if decrement_ttl(cursor, packet.l3, ipv4).is_err() {
-        return Forward::Stack(Fallback::Other);
-    }
-    let Ok(eth) = cursor.bytes_mut::<{ 2 * ETH_ALEN }>(0) else {
-        return Forward::Stack(Fallback::Other);
-    };
-    eth[..ETH_ALEN].copy_from_slice(&params.dmac);
-    eth[ETH_ALEN..].copy_from_slice(&params.smac);
-    match APNS_TX_PORTS.redirect(params.ifindex, 0) {
-        Ok(action) => Forward::Xdp {
-            action,
-            egress: params.ifindex,
-        },
-        Err(_) => Forward::Stack(Fallback::Other),
-    }
+    let result = unsafe { fib_lookup(ctx, &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
+    // The FIB fills in the egress ifindex on NO_NEIGH too.
+    let resolved = fib_answer(result)?;
+    Ok(Route {
+        egress: params.ifindex,
+        resolved,
+        ipv4,
+        dmac: params.dmac,
+        smac: params.smac,
+    })
 }
 
 /// `Ok(true)` for a resolved next hop, `Ok(false)` for one without a neighbour entry, or the
@@ -282,7 +314,7 @@ pub fn count_fallback(iface_slot: u32, reason: Fallback) {
 
 /// TTL (with the RFC 1624 incremental checksum update) or hop limit minus one, at `l3`.
 #[inline(always)]
-fn decrement_ttl(cursor: &Cursor, l3: usize, ipv4: bool) -> Result<(), ()> {
+pub fn decrement_ttl(cursor: &Cursor, l3: usize, ipv4: bool) -> Result<(), ()> {
     if ipv4 {
         let ip = cursor.bytes_mut::<20>(l3).map_err(drop)?;
         ip[IPV4_TTL] -= 1;

@@ -6,13 +6,15 @@
 //! the ring buffer, `fastpath` forwards (redirect) or marks APNs packets, `tc` is the TC
 //! ingress program of both fast paths (the mark's copy into `skb->mark`, the redirect's
 //! hand-off for unresolved neighbours), `tc_conns` the TC egress half of the connection
-//! table, `maps` holds the map statics. The entry points live in the binaries (`main.rs`;
+//! table, `maps` holds the map statics, `features` the kernel features the agent probed. The entry points live in the binaries (`main.rs`;
 //! `probe.rs` for upgrade tests and `handoff_bench.rs` for the TC step's benchmark) so that
 //! they share every line of this crate.
 #![cfg_attr(target_arch = "bpf", no_std)]
 // The BPF target's core has no atomic read-modify-write methods; the connection table's
 // shared counters use the intrinsics (`conns`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+// `parse::bounded`'s empty asm barrier.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 mod classify;
@@ -20,6 +22,7 @@ mod conns;
 mod counters;
 mod events;
 mod fastpath;
+mod features;
 mod maps;
 mod parse;
 pub mod tc;
@@ -29,6 +32,7 @@ use apns_common::{
     conns::ConnKey,
     counters::{Direction, Outcome},
     fastpath::mode as fastpath_mode,
+    features::bits,
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
@@ -68,7 +72,7 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
                 if judgement.direction == Direction::Outbound && fastpath::faces_devices(iface) {
                     let mut key = ConnKey::default();
                     conns::key(&mut key, &tcp, true);
-                    conns::apns_conns_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
+                    conns::record_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
                 }
                 match iface {
                     Some(config) if config.fastpath == fastpath_mode::REDIRECT => {
@@ -104,7 +108,14 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
                             Forward::Stack(reason) => fallback = Some(reason),
                         }
                     }
-                    Some(config) if config.fastpath == fastpath_mode::MARK => mark = Some(config),
+                    // Without XDP metadata the TC ingress program classifies and marks
+                    // the packet itself.
+                    Some(config)
+                        if config.fastpath == fastpath_mode::MARK
+                            && features::has(bits::XDP_META) =>
+                    {
+                        mark = Some(config)
+                    }
                     _ => {}
                 }
             }
@@ -115,10 +126,15 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
     // Frame length as received: the fast path rewrites bytes, never the length.
     let bytes = cursor.len() as u64;
     if let Some(decided) = handoff {
-        // XDP_PASS either way: the TC program takes over from the metadata, or the stack.
-        match fastpath::handoff(ctx, &decided) {
-            Ok(()) => judgement.outcome = Outcome::FastpathTc,
-            Err(reason) => fallback = Some(reason),
+        // XDP_PASS either way: the TC program takes over (from the metadata, or by
+        // classifying the packet again where XDP has no metadata), or the stack.
+        if !features::has(bits::XDP_META) {
+            judgement.outcome = Outcome::FastpathTc;
+        } else {
+            match fastpath::handoff(ctx, &decided) {
+                Ok(()) => judgement.outcome = Outcome::FastpathTc,
+                Err(reason) => fallback = Some(reason),
+            }
         }
     }
     counters::record(iface_slot, &judgement, bytes, tcp_flags);

@@ -138,6 +138,29 @@ impl Cursor {
     }
 }
 
+/// `value` (a port number, an address's leading 16 bits) as an index the verifier can
+/// bound. A big-endian field is read with a byte swap (`be16`), and kernels before 6.8 lose a
+/// value's bounds through one; a mask restores them, but LLVM, knowing that a `u16` fits,
+/// would drop it. So the mask is written in asm (libbpf's `barrier_var` idea), where LLVM
+/// cannot remove it, and once more in Rust, so that LLVM knows the range too and indexes
+/// without a bounds check: two instructions. (An empty asm statement would not do: it leaves
+/// a second line-info record at the same instruction, which the kernel refuses.)
+#[inline(always)]
+pub fn bounded(value: u16) -> usize {
+    #[cfg(target_arch = "bpf")]
+    let wide = {
+        let mut wide = u64::from(value);
+        // SAFETY: one ALU instruction on a register: no memory, no stack.
+        unsafe {
+            core::arch::asm!("{0} &= 65535", inout(reg) wide, options(pure, nomem, nostack))
+        };
+        wide
+    };
+    #[cfg(not(target_arch = "bpf"))]
+    let wide = u64::from(value);
+    (wide & u64::from(u16::MAX)) as usize
+}
+
 /// The verdict on headers that do not add up. Marked cold: real traffic almost never takes
 /// it, and without the hint the compiler prepares the error value before every bounds check
 /// (two instructions each on the common path).

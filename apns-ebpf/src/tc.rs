@@ -1,30 +1,62 @@
 //! The TC ingress program of the fast paths (`apns_tc`), attached to every `mark` and
-//! `redirect` interface. It acts on the XDP metadata the XDP program left in front of a
-//! packet, and only on its own (each kind has its magic number):
-//! - a [`HandoffMeta`] (`redirect`, next hop without a resolved neighbour): forward the
-//!   packet with `bpf_redirect_neigh` to the egress and next hop the XDP program's FIB lookup
-//!   chose; the kernel's neighbour subsystem resolves the next hop (ARP/ND) and queues the
-//!   packet meanwhile, which XDP cannot do. The XDP program already counted the packet
-//!   (`fastpath_tc`) and decremented its TTL; this program only cross-checks
-//!   (`APNS_FP_PATHS`).
-//! - a [`MarkMeta`] (`mark`): copy it into `skb->mark`, so netfilter and policy routing can
-//!   exempt APNs (from a transparent proxy, say) on gateways where redirect does not fit.
+//! `redirect` interface. It works one of two ways, chosen by the kernel's features
+//! (`features::bits::XDP_META`, a load-time constant):
 //!
-//! Both kinds are consumed (their magic zeroed): metadata travels with the skb, and over a
-//! veth it reaches the TC programs of the next namespace, which must not take it for theirs.
+//! - **From XDP metadata**, where XDP may write it. It acts on the metadata the XDP program
+//!   left in front of a packet, and only on its own (each kind has its magic number):
+//!   - a [`HandoffMeta`] (`redirect`, next hop without a resolved neighbour): forward the
+//!     packet with `bpf_redirect_neigh` to the egress the XDP program's FIB lookup chose;
+//!     the kernel's neighbour subsystem resolves the next hop (ARP/ND) and queues the packet
+//!     meanwhile, which XDP cannot do. The XDP program already counted the packet
+//!     (`fastpath_tc`) and decremented its TTL.
+//!   - a [`MarkMeta`] (`mark`): copy it into `skb->mark`, so netfilter and policy routing can
+//!     exempt APNs (from a transparent proxy, say) on gateways where redirect does not fit.
+//!
+//!   Both kinds are consumed (their magic zeroed): metadata travels with the skb, and over a
+//!   veth it reaches the TC programs of the next namespace, which must not take it for theirs.
+//! - **By classifying the packet itself**, where the kernel refuses `bpf_xdp_adjust_meta` to
+//!   XDP. It parses and judges the packet as the XDP program did (same code, same policy
+//!   maps): an APNs packet that passes gets the interface's mark (`mark`), or, on a
+//!   `redirect` interface, the FIB is asked again; what XDP left to the stack for want of a
+//!   resolved neighbour is forwarded here as above (TTL decremented here). Everything else
+//!   the XDP program left to the stack for a reason of its own (TTL, MTU, route, egress) gets
+//!   the same answer from the FIB here and continues into the stack. Costs a parse and a
+//!   policy lookup per packet on these interfaces (BENCHMARKS.md).
+//!
+//! Either way, what `bpf_redirect_neigh` did is counted in `APNS_FP_PATHS`, a cross-check of
+//! the XDP program's `fastpath_tc` count.
 
-use apns_common::fastpath::{HandoffMeta, MarkMeta, HANDOFF_META_MAGIC, MARK_META_MAGIC};
-use aya_ebpf::{bindings::bpf_redir_neigh, helpers::bpf_redirect_neigh, programs::TcContext};
+use apns_common::{
+    counters::Outcome,
+    fastpath::{
+        flags, mode, HandoffMeta, IfaceConfig, MarkMeta, HANDOFF_META_MAGIC, MARK_META_MAGIC,
+    },
+    features::bits,
+};
+use aya_ebpf::{helpers::bpf_redirect_neigh, programs::TcContext, EbpfContext as _};
 
-use crate::{fastpath, maps::APNS_FP_PATHS};
+use crate::{classify, fastpath, features, maps::APNS_FP_PATHS, parse};
 
 /// TCX_NEXT / TC_ACT_UNSPEC: let the next program or the default action decide.
 pub(crate) const TC_NEXT: i32 = -1;
 /// What `bpf_redirect_neigh` returns when it accepted the target (TCX_REDIRECT).
 const TC_ACT_REDIRECT: i64 = 7;
+/// Bytes of headers pulled into the skb's linear part when they are not all there yet: an
+/// Ethernet header with two VLAN tags, IPv6 with extension headers, and TCP with options.
+pub(crate) const HEADERS: u32 = 256;
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
+    if features::has(bits::XDP_META) {
+        from_metadata(ctx)
+    } else {
+        classify(ctx)
+    }
+}
+
+/// Acts on the metadata the XDP program left (see the module documentation).
+#[inline(always)]
+fn from_metadata(ctx: &TcContext) -> i32 {
     // SAFETY: `skb` points to the __sk_buff the kernel passed to the program.
     let (meta, data) = unsafe {
         (
@@ -35,8 +67,11 @@ pub fn handle(ctx: &TcContext) -> i32 {
     if meta + size_of::<HandoffMeta>() <= data {
         let found = meta as *mut HandoffMeta;
         // SAFETY: bounds checked above; metadata is 4-byte aligned.
-        if unsafe { (*found).magic } == HANDOFF_META_MAGIC {
-            return forward(ctx, found);
+        let handoff = unsafe { *found };
+        if handoff.magic == HANDOFF_META_MAGIC {
+            // SAFETY: as above; consumed before anything else, TC may write the metadata.
+            unsafe { (*found).magic = 0 };
+            return forward(ctx, handoff.oif);
         }
     }
     if meta + size_of::<MarkMeta>() > data {
@@ -48,34 +83,79 @@ pub fn handle(ctx: &TcContext) -> i32 {
     if mark.magic == MARK_META_MAGIC {
         // SAFETY: as above; TC may write the metadata area.
         unsafe { (*found).magic = 0 };
-        // SAFETY: `skb` as above.
-        let current = unsafe { (*ctx.skb.skb).mark };
-        ctx.set_mark((current & !mark.mask) | (mark.mark & mark.mask));
+        set_mark(ctx, mark.mark, mark.mask);
     }
     TC_NEXT
 }
 
-/// Forwards a handed-off packet with `bpf_redirect_neigh`; a refusal (bad parameters, which
-/// the XDP program never writes) lets the packet continue into the stack.
+/// Classifies the packet as the XDP program did and does what its fast path would have
+/// handed over (see the module documentation).
 #[inline(always)]
-fn forward(ctx: &TcContext, found: *mut HandoffMeta) -> i32 {
-    // SAFETY: `found` was bounds-checked by the caller; consume it before anything else.
-    let handoff = unsafe { *found };
-    unsafe { (*found).magic = 0 };
-    // SAFETY: bpf_redir_neigh is plain data (a family and a union of addresses).
-    let mut next_hop: bpf_redir_neigh = unsafe { core::mem::zeroed() };
-    next_hop.nh_family = handoff.nh_family;
-    // The union's 16 bytes also hold an IPv4 next hop in their first word.
-    next_hop.__bindgen_anon_1.ipv6_nh = handoff.nh;
-    // SAFETY: a helper taking a pointer to our own stack copy and its exact size.
-    let result = unsafe {
-        bpf_redirect_neigh(
-            handoff.oif,
-            &mut next_hop,
-            size_of::<bpf_redir_neigh>() as i32,
-            0,
-        )
+fn classify(ctx: &TcContext) -> i32 {
+    // SAFETY: `skb` points to the __sk_buff the kernel passed to the program.
+    let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
+    let Some(config) = fastpath::interface(ifindex) else {
+        return TC_NEXT;
     };
+    if config.fastpath != mode::MARK && config.fastpath != mode::REDIRECT {
+        return TC_NEXT;
+    }
+    if !pull_headers(ctx, len) {
+        return TC_NEXT;
+    }
+    let cursor = parse::Cursor::from_skb(ctx);
+    let Ok(tcp) = parse::parse(&cursor) else {
+        return TC_NEXT;
+    };
+    if classify::judge(&tcp).outcome != Outcome::Pass {
+        return TC_NEXT;
+    }
+    if config.fastpath == mode::MARK {
+        set_mark(ctx, config.mark, config.mark_mask);
+        return TC_NEXT;
+    }
+    let Ok(route) = fastpath::route(ctx.as_ptr(), &cursor, ifindex, &tcp, 0) else {
+        return TC_NEXT;
+    };
+    if !handed_off(config, &route) || fastpath::decrement_ttl(&cursor, tcp.l3, route.ipv4).is_err()
+    {
+        return TC_NEXT;
+    }
+    forward(ctx, route.egress)
+}
+
+/// Whether the XDP program handed this packet over: the same test as its `redirect` path's
+/// (a managed egress whose neighbour it could not resolve, the hand-off ready). A neighbour
+/// resolved since is forwarded here all the same: XDP counted the packet as handed off.
+#[inline(always)]
+fn handed_off(config: &IfaceConfig, route: &fastpath::Route) -> bool {
+    config.flags & flags::TC_HANDOFF != 0 && route.managed()
+}
+
+/// Makes sure the headers of an skb of `len` bytes are in its linear part (a GSO skb's
+/// payload need not be); false when they cannot be.
+#[inline(always)]
+pub(crate) fn pull_headers(ctx: &TcContext, len: u32) -> bool {
+    let linear = ctx.data_end().saturating_sub(ctx.data()) as u32;
+    let wanted = if len < HEADERS { len } else { HEADERS };
+    linear >= wanted || ctx.pull_data(wanted).is_ok()
+}
+
+/// Sets `mark`'s bits of `skb->mark` (the `mask` bits), keeping the others.
+#[inline(always)]
+fn set_mark(ctx: &TcContext, mark: u32, mask: u32) {
+    // SAFETY: `skb` points to the __sk_buff the kernel passed to the program.
+    let current = unsafe { (*ctx.skb.skb).mark };
+    ctx.set_mark((current & !mask) | (mark & mask));
+}
+
+/// Forwards the packet out of `oif` with `bpf_redirect_neigh`, without a next hop: the kernel
+/// routes it and resolves the neighbour (every kernel since 5.10 takes that form). A refusal
+/// (an interface gone) lets the packet continue into the stack.
+#[inline(always)]
+fn forward(ctx: &TcContext, oif: u32) -> i32 {
+    // SAFETY: no parameters (null, length 0), flags 0.
+    let result = unsafe { bpf_redirect_neigh(oif, core::ptr::null_mut(), 0, 0) };
     let redirected = result == TC_ACT_REDIRECT;
     count(ctx, redirected);
     if redirected {

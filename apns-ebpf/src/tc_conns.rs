@@ -8,10 +8,7 @@
 use apns_common::counters::{Direction, Outcome};
 use aya_ebpf::programs::TcContext;
 
-use crate::{classify, conns, fastpath, parse, tc::TC_NEXT};
-/// Bytes of headers pulled into the skb's linear part when they are not all there yet: an
-/// Ethernet header with two VLAN tags, IPv6 with extension headers, and TCP with options.
-const HEADERS: u32 = 256;
+use crate::{classify, conns, fastpath, parse, tc};
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -22,16 +19,14 @@ pub fn handle(ctx: &TcContext) -> i32 {
     };
     // Attached to device-facing interfaces only; a stale attachment records nothing.
     if !fastpath::faces_devices(fastpath::interface(ifindex)) {
-        return TC_NEXT;
+        return tc::TC_NEXT;
     }
-    let linear = ctx.data_end().saturating_sub(ctx.data()) as u32;
-    let wanted = if len < HEADERS { len } else { HEADERS };
-    if linear < wanted && ctx.pull_data(wanted).is_err() {
-        return TC_NEXT;
+    if !tc::pull_headers(ctx, len) {
+        return tc::TC_NEXT;
     }
     let cursor = parse::Cursor::from_skb(ctx);
     let Ok(tcp) = parse::parse(&cursor) else {
-        return TC_NEXT;
+        return tc::TC_NEXT;
     };
     let judgement = classify::judge(&tcp);
     if judgement.outcome == Outcome::Pass && judgement.direction == Direction::Inbound {
@@ -42,5 +37,5 @@ pub fn handle(ctx: &TcContext) -> i32 {
         let ttl = conns::ttl(&cursor, &tcp);
         conns::apns_conns_inbound(&key, tcp.flags, ttl, u64::from(len), packets);
     }
-    TC_NEXT
+    tc::TC_NEXT
 }

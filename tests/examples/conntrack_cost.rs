@@ -68,8 +68,10 @@ fn datapath(role: InterfaceRole) -> Result<Ebpf> {
 /// interface registered: what the agent did with it.
 fn before(path: &str) -> Result<Ebpf> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
+    // An older build: it may predate the load-time constants but the log level.
     let off = 0u8;
-    let mut ebpf = object::loader(&off)
+    let mut ebpf = aya::EbpfLoader::new()
+        .override_global("AYA_LOG_LEVEL", &off, true)
         .load(&bytes)
         .with_context(|| format!("loading {path}"))?;
     object::xdp_program(&mut ebpf)?.load()?;

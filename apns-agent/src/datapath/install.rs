@@ -24,9 +24,12 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 
 use super::{
-    layout, migrate,
+    layout,
+    links::{self, TcHook},
+    migrate,
     object::{self, EbpfLog},
     pins::{restrict, PinDir},
+    sys,
 };
 
 /// What [`install`] did with the programs.
@@ -108,18 +111,29 @@ pub fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     })
 }
 
-/// Swaps the loaded programs of `ebpf` in behind every link pinned in `pins` and pins them
-/// in place of the old ones. The TC halves first: what the fast paths' program reads (XDP metadata)
-/// is written by either XDP version, and the connection table's halves share its layout.
+/// Swaps the loaded programs of `ebpf` in behind every link pinned in `pins` (and into every
+/// netlink TC filter recorded there) and pins them in place of the old ones. The TC halves
+/// first: what the fast paths' program reads (XDP metadata) is written by either XDP
+/// version, and the connection table's halves share its layout.
 pub fn swap_programs(ebpf: &mut Ebpf, pins: &PinDir) -> anyhow::Result<()> {
-    let tc_links = pins.tc_links()?.into_iter().map(|(_, path)| path);
-    swap_in(object::tc_program(ebpf)?, tc_links, &pins.tc_program())?;
-    let conns_links = pins.tc_conns_links()?.into_iter().map(|(_, path)| path);
-    swap_in(
-        object::tc_conns_program(ebpf)?,
-        conns_links,
-        &pins.tc_conns_program(),
-    )?;
+    for hook in [TcHook::FastPath, TcHook::Connections] {
+        let program = object::tc_hook_program(ebpf, hook)?;
+        let mut tcx_links = Vec::new();
+        for (interface, record) in hook.attachments(pins)? {
+            if sys::pins_a_link(&record) {
+                tcx_links.push(record);
+                continue;
+            }
+            links::replace_netlink(program, &interface, hook)?;
+            std::fs::remove_file(&record)
+                .with_context(|| format!("removing the old record {}", record.display()))?;
+            program
+                .pin(&record)
+                .with_context(|| format!("recording the netlink filter at {}", record.display()))?;
+            restrict(&record)?;
+        }
+        swap_in(program, tcx_links.into_iter(), &hook.program_pin(pins))?;
+    }
     let xdp_links = pins.links()?.into_iter().map(|link| link.path);
     swap_in(object::xdp_program(ebpf)?, xdp_links, &pins.program())
 }
@@ -172,8 +186,8 @@ pub fn load(
     version: u32,
     connections: u32,
 ) -> anyhow::Result<Ebpf> {
-    let level = log.level();
-    let mut loader = object::loader(&level);
+    let constants = object::Constants::for_this_kernel(log)?;
+    let mut loader = object::loader(&constants);
     warn_if_resized(maps_at, connections);
     loader.map_max_entries(CONNS, connections);
     let paths: Vec<(&str, PathBuf)> = apns_common::maps::ALL

@@ -24,6 +24,7 @@
 pub mod conns;
 pub mod counters;
 pub mod events;
+pub mod features;
 pub mod hooks;
 mod install;
 pub mod instance;
@@ -53,7 +54,7 @@ use apns_common::{
 };
 
 pub use install::Installed;
-pub use links::XdpMode;
+pub use links::{TcHook, XdpMode};
 pub use object::EbpfLog;
 pub use pins::{Lock, PinDir};
 
@@ -554,11 +555,11 @@ impl Datapath {
     ) -> anyhow::Result<()> {
         match fastpath {
             FastPath::Mark => {
-                links::attach_tc(&self.pins, interface)?;
+                links::attach_tc(&self.pins, interface, TcHook::FastPath)?;
                 self.interfaces.set_fastpath(ifindex, fastpath, Some(mark))
             }
             FastPath::Redirect => {
-                links::attach_tc(&self.pins, interface)?;
+                links::attach_tc(&self.pins, interface, TcHook::FastPath)?;
                 self.interfaces
                     .set_fastpath(ifindex, fastpath, Some(mark))?;
                 self.interfaces.set_handoff(ifindex)
@@ -566,7 +567,7 @@ impl Datapath {
             FastPath::Pass => {
                 self.interfaces
                     .set_fastpath(ifindex, fastpath, Some(mark))?;
-                links::remove(&self.pins.tc_link(interface))
+                links::remove_tc(&self.pins, interface, TcHook::FastPath)
             }
         }
     }
@@ -582,12 +583,12 @@ impl Datapath {
     ) -> anyhow::Result<()> {
         match role {
             InterfaceRole::Devices => {
-                links::attach_tc_conns(&self.pins, interface)?;
+                links::attach_tc(&self.pins, interface, TcHook::Connections)?;
                 self.interfaces.set_role(ifindex, role)
             }
             InterfaceRole::Upstream => {
                 self.interfaces.set_role(ifindex, role)?;
-                links::remove(&self.pins.tc_conns_link(interface))
+                links::remove_tc(&self.pins, interface, TcHook::Connections)
             }
         }
     }
@@ -629,8 +630,8 @@ impl Datapath {
         if ifindex != 0 {
             self.interfaces.unregister(ifindex)?;
         }
-        links::remove(&self.pins.tc_link(interface))?;
-        links::remove(&self.pins.tc_conns_link(interface))
+        links::remove_tc(&self.pins, interface, TcHook::FastPath)?;
+        links::remove_tc(&self.pins, interface, TcHook::Connections)
     }
 }
 
@@ -658,8 +659,11 @@ pub fn status_unloaded(pins: &PinDir) -> Status {
 /// Detaches every interface and removes every pin (programs and maps unload with them).
 /// Works on an incomplete or foreign pin directory too: it needs no layout check.
 pub fn unload(pins: &PinDir, _lock: &Lock) -> anyhow::Result<()> {
-    for (_, path) in pins.tc_links()?.into_iter().chain(pins.tc_conns_links()?) {
-        links::remove(&path)?;
+    for (interface, _) in pins.tc_links()? {
+        links::remove_tc(pins, &interface, TcHook::FastPath)?;
+    }
+    for (interface, _) in pins.tc_conns_links()? {
+        links::remove_tc(pins, &interface, TcHook::Connections)?;
     }
     for link in pins.links()? {
         links::remove(&link.path)?;

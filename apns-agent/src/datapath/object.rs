@@ -1,7 +1,7 @@
 //! The datapath object built from apns-ebpf (by build.rs), and how to load it.
 
 use anyhow::Context as _;
-use apns_common::{label::Label, programs};
+use apns_common::{features, label::Label, programs};
 use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
@@ -85,19 +85,40 @@ impl EbpfLog {
 /// The global aya-log-ebpf reads its level from.
 const LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
 
-/// A loader for the datapath object with its log level set.
-pub fn loader(log: &u8) -> EbpfLoader<'_> {
+/// The load-time constants of the programs: the verifier knows their values and removes the
+/// code they switch off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Constants {
+    /// aya-log-ebpf's level ([`EbpfLog::level`]).
+    pub log: u8,
+    /// The kernel features the programs may use (`apns_common::features::bits`).
+    pub features: u32,
+}
+
+impl Constants {
+    /// The constants for this kernel (its features probed) and log level `log`.
+    pub fn for_this_kernel(log: EbpfLog) -> anyhow::Result<Constants> {
+        Ok(Constants {
+            log: log.level(),
+            features: super::features::Features::probe()?.program_bits(),
+        })
+    }
+}
+
+/// A loader for the datapath object with its load-time constants set.
+pub fn loader(constants: &Constants) -> EbpfLoader<'_> {
     let mut loader = EbpfLoader::new();
-    loader.override_global(LOG_LEVEL_GLOBAL, log, true);
+    loader.override_global(LOG_LEVEL_GLOBAL, &constants.log, true);
+    loader.override_global(features::GLOBAL, &constants.features, true);
     loader
 }
 
 /// Loads the object with fresh, unpinned maps and loads (verifies) the XDP program, without
-/// attaching it anywhere, logging off. Used by tests and benchmarks that drive the program
-/// through BPF_PROG_TEST_RUN.
+/// attaching it anywhere, logging off, with this kernel's features. Used by tests and
+/// benchmarks that drive the program through BPF_PROG_TEST_RUN.
 pub fn load_unpinned() -> anyhow::Result<Ebpf> {
-    let off = EbpfLog::Off.level();
-    let mut ebpf = loader(&off)
+    let constants = Constants::for_this_kernel(EbpfLog::Off)?;
+    let mut ebpf = loader(&constants)
         .load(OBJECT)
         .context("loading the apns-ebpf object (maps and BTF)")?;
     xdp_program(&mut ebpf)?.load().with_context(|| {
@@ -131,4 +152,15 @@ pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
         .with_context(|| format!("the object has no program named {}", programs::TC))?
         .try_into()
         .with_context(|| format!("program {} is not a TC classifier", programs::TC))
+}
+
+/// The TC program of `hook` in a loaded object.
+pub fn tc_hook_program(
+    ebpf: &mut Ebpf,
+    hook: super::links::TcHook,
+) -> anyhow::Result<&mut SchedClassifier> {
+    match hook {
+        super::links::TcHook::FastPath => tc_program(ebpf),
+        super::links::TcHook::Connections => tc_conns_program(ebpf),
+    }
 }

@@ -2,7 +2,8 @@
 //! by id and reading its `bpf_link_info`, whose XDP and TCX members carry the ifindex the
 //! link is attached to (aya's `LinkInfo` keeps that field private); and reading a hash map
 //! in batches (`BPF_MAP_LOOKUP_BATCH`: the connection table in a few calls instead of two
-//! per entry).
+//! per entry); and loading and attaching the tiny programs of the kernel feature probes
+//! (`features`), which are instructions, not an ELF object.
 
 use std::{
     ffi::CString,
@@ -22,6 +23,8 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
 
 /// `union bpf_attr` as BPF_OBJ_GET reads it.
 #[repr(C)]
@@ -49,11 +52,146 @@ pub struct LinkFacts {
     pub ifindex: u32,
 }
 
-/// Reads the pinned link at `path`.
+/// Reads the pinned link at `path`; an error when something else is pinned there (the
+/// program pin that records a netlink TC attachment, see `links`).
 pub fn pinned_link(path: &Path) -> anyhow::Result<LinkFacts> {
     let fd = obj_get(path).with_context(|| format!("opening link pin {}", path.display()))?;
+    if !is_link(&fd) {
+        anyhow::bail!("{} is not a bpf_link", path.display());
+    }
     link_info(&fd)
         .with_context(|| format!("reading link {} (BPF_OBJ_GET_INFO_BY_FD)", path.display()))
+}
+
+/// Whether a pin at `path` holds a bpf_link (rather than a program or a map).
+pub fn pins_a_link(path: &Path) -> bool {
+    obj_get(path).is_ok_and(|fd| is_link(&fd))
+}
+
+/// Whether `fd` is a bpf_link: BPF_OBJ_GET_INFO_BY_FD answers for any BPF object, with the
+/// info of its own kind, so the kind comes from the fd's `fdinfo`, where only links have a
+/// `link_type` line.
+fn is_link(fd: &OwnedFd) -> bool {
+    let path = format!("/proc/self/fdinfo/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+    std::fs::read_to_string(path)
+        .is_ok_and(|info| info.lines().any(|line| line.starts_with("link_type:")))
+}
+
+/// One BPF instruction (`struct bpf_insn`), for the feature probes' tiny programs.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Insn {
+    code: u8,
+    /// dst_reg in the low nibble, src_reg in the high one.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+impl Insn {
+    /// `call helper` (BPF_JMP | BPF_CALL).
+    pub const fn call(helper: i32) -> Insn {
+        Insn {
+            code: 0x85,
+            regs: 0,
+            off: 0,
+            imm: helper,
+        }
+    }
+
+    /// `r0 = value` (BPF_ALU64 | BPF_MOV | BPF_K).
+    pub const fn return_value(value: i32) -> Insn {
+        Insn {
+            code: 0xb7,
+            regs: 0,
+            off: 0,
+            imm: value,
+        }
+    }
+
+    /// `exit` (BPF_JMP | BPF_EXIT).
+    pub const fn exit() -> Insn {
+        Insn {
+            code: 0x95,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        }
+    }
+}
+
+/// Loads a program of type `prog_type` made of `insns` (GPL, so every helper is open to
+/// it); on failure, the error and the verifier's log.
+pub fn load_program(prog_type: u32, insns: &[Insn]) -> Result<OwnedFd, (io::Error, String)> {
+    /// `union bpf_attr` as BPF_PROG_LOAD reads it, up to `expected_attach_type`.
+    #[repr(C)]
+    struct ProgLoad {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        prog_name: [u8; 16],
+        prog_ifindex: u32,
+        expected_attach_type: u32,
+    }
+    let license = c"GPL";
+    let mut log = vec![0u8; 4096];
+    let mut attr = ProgLoad {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 1,
+        log_size: log.len() as u32,
+        log_buf: log.as_mut_ptr() as u64,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: *b"apns_probe\0\0\0\0\0\0",
+        prog_ifindex: 0,
+        expected_attach_type: 0,
+    };
+    match bpf(BPF_PROG_LOAD, &mut attr) {
+        // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nobody else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(err) => {
+            let len = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
+            Err((err, String::from_utf8_lossy(&log[..len]).into_owned()))
+        }
+    }
+}
+
+/// BPF_LINK_CREATE: attaches `program` to interface `ifindex` as `attach_type`, with
+/// `flags`; the link lasts as long as the returned descriptor.
+pub fn link_create(
+    program: &OwnedFd,
+    ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+) -> io::Result<OwnedFd> {
+    /// `union bpf_attr` as BPF_LINK_CREATE reads it, with room for the TCX/XDP extras (zero).
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+        extra: [u64; 4],
+    }
+    let mut attr = LinkCreate {
+        prog_fd: std::os::fd::AsRawFd::as_raw_fd(program) as u32,
+        target_ifindex: ifindex,
+        attach_type,
+        flags,
+        extra: [0; 4],
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: BPF_LINK_CREATE returned a new file descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Reads the link with kernel id `id`.
