@@ -1,7 +1,10 @@
 //! The embedded object agrees with apns-common (no kernel needed), and the kernel's verifier
 //! accepts it.
 
-use apns_agent::datapath::object::{self, EbpfLog, OBJECT};
+use apns_agent::datapath::{
+    features::Features,
+    object::{self, EbpfLog, OBJECT},
+};
 use apns_common::programs::{TC as TC_PROGRAM, TC_CONNS, XDP as XDP_PROGRAM};
 use aya_obj::ProgramSection;
 
@@ -55,37 +58,58 @@ fn object_maps_match_the_shared_layout() {
     }
 }
 
+/// Every program loads with every combination of the optional kernel features this kernel
+/// has (`apns_common::features`): the load-time constant switches code off, and the verifier
+/// must accept each way through (the kernel matrix runs this on 5.10, 6.1, 6.12 and the
+/// host's kernel).
 #[test]
-fn verifier_accepts_the_program() {
-    let mut ebpf = object::load_unpinned().unwrap_or_else(|err| panic!("{err:?}"));
-    let info = object::xdp_program(&mut ebpf).unwrap().info().unwrap();
-    // The baseline the closing notes quote: translated (xlated) instructions are 8 bytes each;
-    // verified_insns is the verifier's processed-instruction count.
-    println!(
-        "{XDP_PROGRAM}: tag {:016x}, {} translated instructions, {} instructions processed by the verifier",
-        info.tag(),
-        info.size_translated().unwrap_or_default() / 8,
-        info.verified_instruction_count().unwrap_or_default()
-    );
-    // The TC programs too: the connection table's egress half parses and judges like XDP.
-    type Get = fn(&mut aya::Ebpf) -> anyhow::Result<&mut aya::programs::SchedClassifier>;
-    let programs: [(&str, Get); 2] = [
-        (TC_PROGRAM, object::tc_program),
-        (TC_CONNS, object::tc_conns_program),
+fn verifier_accepts_every_program_in_every_feature_combination() {
+    let have = Features::probe().unwrap().program_bits();
+    type Get = fn(&mut aya::Ebpf) -> anyhow::Result<&mut dyn Loadable>;
+    let programs: [(&str, Get); 3] = [
+        (XDP_PROGRAM, |ebpf| Ok(object::xdp_program(ebpf)?)),
+        (TC_PROGRAM, |ebpf| Ok(object::tc_program(ebpf)?)),
+        (TC_CONNS, |ebpf| Ok(object::tc_conns_program(ebpf)?)),
     ];
-    for (name, get) in programs {
-        let program = get(&mut ebpf).unwrap();
-        program
-            .load()
-            .unwrap_or_else(|err| panic!("loading {name}: {err:?}"));
-        let info = program.info().unwrap();
-        println!(
-            "{name}: {} translated instructions, {} instructions processed by the verifier",
-            info.size_translated().unwrap_or_default() / 8,
-            info.verified_instruction_count().unwrap_or_default()
-        );
+    for features in (0..=have).filter(|bits| bits & !have == 0) {
+        let constants = object::Constants { log: 0, features };
+        let mut ebpf = object::loader(&constants).load(OBJECT).unwrap();
+        for (name, get) in programs {
+            let program = get(&mut ebpf).unwrap();
+            let (translated, verified) = program.load_and_count().unwrap_or_else(|err| {
+                panic!("loading {name} with features {features:#x}: {err:?}")
+            });
+            // The baseline the closing notes quote: translated (xlated) instructions, and the
+            // verifier's processed-instruction count.
+            println!(
+                "features {features:#x}: {name}: {translated} translated instructions, {verified} instructions processed by the verifier"
+            );
+        }
     }
 }
+
+/// The XDP and TC programs, loaded and measured alike.
+trait Loadable {
+    /// Loads (verifies) the program: its translated instructions and the verifier's count.
+    fn load_and_count(&mut self) -> anyhow::Result<(u32, u32)>;
+}
+
+macro_rules! loadable {
+    ($program:ty) => {
+        impl Loadable for $program {
+            fn load_and_count(&mut self) -> anyhow::Result<(u32, u32)> {
+                self.load()?;
+                let info = self.info()?;
+                Ok((
+                    info.size_translated().unwrap_or_default() / 8,
+                    info.verified_instruction_count().unwrap_or_default(),
+                ))
+            }
+        }
+    };
+}
+loadable!(aya::programs::Xdp);
+loadable!(aya::programs::SchedClassifier);
 
 #[test]
 fn disabled_log_calls_cost_no_instruction() {

@@ -151,9 +151,7 @@ pub fn bounded(value: u16) -> usize {
     let wide = {
         let mut wide = u64::from(value);
         // SAFETY: one ALU instruction on a register: no memory, no stack.
-        unsafe {
-            core::arch::asm!("{0} &= 65535", inout(reg) wide, options(pure, nomem, nostack))
-        };
+        unsafe { core::arch::asm!("{0} &= 65535", inout(reg) wide, options(pure, nomem, nostack)) };
         wide
     };
     #[cfg(not(target_arch = "bpf"))]

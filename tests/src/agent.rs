@@ -421,8 +421,20 @@ pub fn spawn_run_with<'lab>(
     args: &[&str],
     echo: bool,
 ) -> Result<Agent<'lab>> {
+    spawn_run_env(lab, pins, args, echo, &[])
+}
+
+/// [`spawn_run_with`], with `env` added to the agent's environment.
+pub fn spawn_run_env<'lab>(
+    lab: &'lab Lab,
+    pins: &TestPins,
+    args: &[&str],
+    echo: bool,
+    env: &[(&str, &str)],
+) -> Result<Agent<'lab>> {
     let notify = NotifySocket::new()?;
     let mut cmd = gw_command(lab, pins, args);
+    cmd.envs(env.iter().copied());
     cmd.env("NOTIFY_SOCKET", notify.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

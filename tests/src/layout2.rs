@@ -105,6 +105,25 @@ pub fn load(pins: Option<&PinDir>) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
+/// Why the layout-2 datapath cannot run on this kernel, if it cannot: the line of the
+/// verifier's log that refuses its programs. That release assumed what the kernels it ran
+/// on had (`bpf_xdp_adjust_meta` in XDP, BPF atomics of 5.12+, ...); on a kernel without them
+/// it never ran, and there is nothing to migrate from.
+pub fn refused_here() -> Option<String> {
+    let err = load(None).err()?;
+    let refusal =
+        err.chain().find_map(
+            |cause| match cause.downcast_ref::<aya::programs::ProgramError>() {
+                Some(aya::programs::ProgramError::LoadError { verifier_log, .. }) => Some(
+                    apns_agent::datapath::object::refusal_line(&verifier_log.to_string())
+                        .to_owned(),
+                ),
+                _ => None,
+            },
+        );
+    Some(refusal.unwrap_or_else(|| format!("{err:#}")))
+}
+
 /// Registers `ifindex` in the layout-2 interface maps of `ebpf` with the `pass` fast path
 /// and the default mark bits, as that release's attach did. Must run in the interface's
 /// network namespace (the devmap resolves it there).

@@ -159,8 +159,10 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
     };
     let original_tag = tag();
 
-    // One long-lived connection; each message must come back whole while programs swap.
-    const MESSAGES: usize = 400;
+    // One long-lived connection; each message must come back whole while programs swap. Long
+    // enough for several upgrades on a loaded 2-core machine: each loads and verifies the
+    // three programs (about half a second when the machine is idle).
+    const MESSAGES: usize = 2000;
     let flow = lab
         .echo_flow(
             Role::Client,

@@ -32,8 +32,9 @@ pub fn doctor(global: &Global, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
             ),
         ),
     };
+    checks.extend([host::kernel()]);
+    checks.extend(host::verifier());
     checks.extend([
-        host::kernel(),
         host::capabilities(),
         host::bpffs(),
         host::datapath(&pins),

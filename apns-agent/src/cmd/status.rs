@@ -56,6 +56,9 @@ fn print(report: &Report) {
         "apns-agent {}, pins in {}",
         status.agent_version, status.pin_dir
     );
+    for line in status.kernel.lines() {
+        println!("{line}");
+    }
     let Some(policy) = &status.policy else {
         println!("datapath: not loaded");
         return;

@@ -16,7 +16,7 @@
 use std::{io, sync::OnceLock};
 
 use anyhow::bail;
-use apns_common::{features::bits, label::Label};
+use apns_common::{fastpath::FastPath, features::bits, label::Label};
 
 use super::sys::{self, Insn};
 
@@ -160,6 +160,12 @@ impl Features {
             };
             features.switched_off |= bit(feature);
         }
+        // Without the right to load programs every probe fails: say so instead of reporting a
+        // kernel without features.
+        let trivial = [Insn::return_value(XDP_PASS), Insn::exit()];
+        if let Err((err, _)) = sys::load_program(BPF_PROG_TYPE_XDP, &trivial) {
+            bail!("probing the kernel's features needs CAP_BPF and CAP_NET_ADMIN (or root): a two-instruction XDP program did not load ({err})");
+        }
         for &feature in Feature::ALL {
             if feature.probe() {
                 features.present |= bit(feature);
@@ -189,6 +195,38 @@ impl Features {
             program |= bits::COARSE_CLOCK;
         }
         program
+    }
+
+    /// Why `fastpath` cannot work on this kernel, if it cannot: the missing feature and what
+    /// still works.
+    pub fn refusal(self, fastpath: FastPath) -> Option<String> {
+        match fastpath {
+            FastPath::Redirect => self.missing(Feature::FibLookup, "the redirect fast path"),
+            FastPath::Pass | FastPath::Mark => None,
+        }
+    }
+
+    /// Why nothing can be attached on this kernel, if it cannot.
+    pub fn attach_refusal(self) -> Option<String> {
+        self.missing(Feature::XdpLink, "attaching the XDP program")
+    }
+
+    /// What `needing` cannot do without `feature`, if this kernel lacks it (or it is switched
+    /// off).
+    fn missing(self, feature: Feature, needing: &str) -> Option<String> {
+        (!self.has(feature)).then(|| {
+            let state = if self.switched_off(feature) {
+                format!("has, but {FEATURES_OFF_VAR} switched off")
+            } else {
+                "lacks".to_owned()
+            };
+            format!(
+                "{needing} needs {} (kernel feature {}), which this kernel {state}: {}",
+                feature.what(),
+                feature.as_str(),
+                feature.without()
+            )
+        })
     }
 
     /// How TC programs are attached here.

@@ -7,13 +7,13 @@
 
 use anyhow::{bail, Context as _};
 use apns_common::{label::Label, programs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aya::{
     programs::{
         links::{FdLink, Link as _, LinkOrder, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType, TcHandle},
-        SchedClassifier, Xdp, XdpMode as KernelXdpMode,
+        ProgramInfo, SchedClassifier, Xdp, XdpMode as KernelXdpMode,
     },
     sys::NetlinkError,
 };
@@ -21,6 +21,7 @@ use aya_obj::programs::XdpAttachType;
 
 use super::{
     features::{Feature, Features},
+    netdev,
     pins::{restrict, AttachMode, LinkPin, PinDir},
     sys::{self, LinkFacts},
 };
@@ -77,6 +78,9 @@ pub fn attach_xdp(
     ifindex: u32,
     choice: XdpMode,
 ) -> anyhow::Result<AttachMode> {
+    if let Some(refusal) = Features::probe()?.attach_refusal() {
+        bail!("{interface}: {refusal}");
+    }
     let mut program = Xdp::from_pin(pins.program(), XdpAttachType::Interface)
         .with_context(|| format!("opening the pinned program {}", pins.program().display()))?;
     let attempts: &[AttachMode] = match choice {
@@ -320,14 +324,16 @@ fn our_filter(interface: &str, hook: TcHook) -> anyhow::Result<SchedClassifierLi
 }
 
 /// Detaches the TC program of `hook` from `interface` and removes its record: the TCX link
-/// goes with its pin; a netlink filter is deleted (unless the interface is gone, and the
-/// filter with it).
+/// goes with its pin; a netlink filter is deleted if `interface`, in the caller's network
+/// namespace, has our filter running the recorded program. (A filter is named by interface,
+/// priority and handle only: called from another namespace, or after the interface was
+/// deleted, the name may stand for another device, whose filter is not ours to delete.)
 pub fn remove_tc(pins: &PinDir, interface: &str, hook: TcHook) -> anyhow::Result<()> {
     let path = hook.pin(pins, interface);
     if !path.exists() || sys::pins_a_link(&path) {
         return remove(&path);
     }
-    if ifindex(interface).is_ok() {
+    if runs_recorded_program(interface, hook, &path)? {
         match our_filter(interface, hook)?.detach() {
             Ok(()) => {}
             // Deleted already (by `tc filter del`, say): nothing left to detach.
@@ -344,6 +350,24 @@ pub fn remove_tc(pins: &PinDir, interface: &str, hook: TcHook) -> anyhow::Result
         }
     }
     std::fs::remove_file(&path).with_context(|| format!("removing the record {}", path.display()))
+}
+
+/// Whether `interface` has our netlink filter of `hook` and it runs the program recorded at
+/// `record`.
+fn runs_recorded_program(interface: &str, hook: TcHook, record: &Path) -> anyhow::Result<bool> {
+    let Ok(index) = ifindex(interface) else {
+        return Ok(false);
+    };
+    let recorded = ProgramInfo::from_pin(record)
+        .with_context(|| format!("reading the recorded program {}", record.display()))?
+        .id();
+    let running = netdev::tc_filter_program(
+        index,
+        hook.attach_type() == TcAttachType::Ingress,
+        NETLINK_PRIORITY,
+        NETLINK_HANDLE.into(),
+    )?;
+    Ok(running == Some(recorded))
 }
 
 /// The OS error code somewhere in `err`'s chain (aya wraps netlink's in several layers).

@@ -69,7 +69,7 @@ pub struct Contents {
 
 /// The staging pin directory of a migration of `pins`.
 pub fn staging(pins: &PinDir) -> PinDir {
-    PinDir::new(pins.root().join("migrating"))
+    PinDir::new(pins.root().join(super::pins::STAGING))
 }
 
 /// Whether the datapath pinned in `pins` needs (the rest of) a migration: the layout version

@@ -62,6 +62,7 @@ use self::{
     conns::ConnMaps,
     counters::CounterMaps,
     events::EventMaps,
+    features::{Feature, Features},
     interfaces::{FastPath, InterfaceMaps, InterfaceRole, MarkBits},
     pins::LinkPin,
     policy::Policy,
@@ -287,6 +288,7 @@ impl Datapath {
                 self.policy.active_generation()?,
             )),
             interfaces,
+            kernel: status::KernelStatus::probe(),
         })
     }
 
@@ -553,6 +555,10 @@ impl Datapath {
         fastpath: FastPath,
         mark: MarkBits,
     ) -> anyhow::Result<()> {
+        let features = Features::probe()?;
+        if let Some(refusal) = features.refusal(fastpath) {
+            bail!("{interface}: {refusal}");
+        }
         match fastpath {
             FastPath::Mark => {
                 links::attach_tc(&self.pins, interface, TcHook::FastPath)?;
@@ -562,7 +568,12 @@ impl Datapath {
                 links::attach_tc(&self.pins, interface, TcHook::FastPath)?;
                 self.interfaces
                     .set_fastpath(ifindex, fastpath, Some(mark))?;
-                self.interfaces.set_handoff(ifindex)
+                // Without bpf_redirect_neigh the TC program cannot forward what XDP would
+                // hand it: XDP leaves unresolved neighbours to the stack (`tc_not_ready`).
+                if features.has(Feature::RedirectNeigh) {
+                    self.interfaces.set_handoff(ifindex)?;
+                }
+                Ok(())
             }
             FastPath::Pass => {
                 self.interfaces
@@ -607,7 +618,10 @@ impl Datapath {
         Ok(match fastpath {
             FastPath::Pass => true,
             FastPath::Mark => tc,
-            FastPath::Redirect => tc && self.interfaces.handoff_ready(ifindex)?,
+            FastPath::Redirect => {
+                tc && (self.interfaces.handoff_ready(ifindex)?
+                    || !Features::probe()?.has(Feature::RedirectNeigh))
+            }
         })
     }
 
@@ -653,12 +667,16 @@ pub fn status_unloaded(pins: &PinDir) -> Status {
         program: None,
         policy: None,
         interfaces: Vec::new(),
+        kernel: status::KernelStatus::probe(),
     }
 }
 
 /// Detaches every interface and removes every pin (programs and maps unload with them).
-/// Works on an incomplete or foreign pin directory too: it needs no layout check.
+/// Works on an incomplete pin directory too (it needs no layout check), but refuses, changing
+/// nothing, one that holds anything else or is not one at all ([`PinDir::check_ours`]).
 pub fn unload(pins: &PinDir, _lock: &Lock) -> anyhow::Result<()> {
+    // Before anything is detached: a directory that is not a datapath's is left whole.
+    pins.check_ours()?;
     for (interface, _) in pins.tc_links()? {
         links::remove_tc(pins, &interface, TcHook::FastPath)?;
     }

@@ -20,6 +20,7 @@ use netlink_packet_generic::{
 };
 use netlink_packet_route::{
     link::{LinkAttribute, LinkFlags, LinkInfo, LinkMessage, LinkXdp, State, XdpAttached},
+    tc::{TcAttribute, TcFilterBpfOption, TcMessage, TcOption},
     RouteNetlinkMessage,
 };
 use netlink_sys::{
@@ -330,6 +331,69 @@ fn genl_family_id(name: &str) -> anyhow::Result<Option<u16>> {
         Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
         Err(err) => Err(err).with_context(|| format!("resolving generic-netlink family {name:?}")),
     }
+}
+
+/// The id of the BPF program the TC filter at (`priority`, `handle`) of `ifindex`'s clsact
+/// qdisc runs, on ingress or egress (`RTM_GETTFILTER` of one filter); `None` when there is no
+/// such filter (or no such device or qdisc).
+pub fn tc_filter_program(
+    ifindex: u32,
+    ingress: bool,
+    priority: u16,
+    handle: u32,
+) -> anyhow::Result<Option<u32>> {
+    /// The clsact qdisc's ingress and egress hooks (TC_H_CLSACT with TC_H_MIN_INGRESS or
+    /// TC_H_MIN_EGRESS), and the protocol every filter of ours matches (ETH_P_ALL, network
+    /// byte order), as `tcm_info` carries them.
+    const CLSACT_INGRESS: u32 = 0xffff_fff2;
+    const CLSACT_EGRESS: u32 = 0xffff_fff3;
+    const ETH_P_ALL_BE: u32 = 0x0300;
+    /// `TCA_BPF_ID` inside a cls_bpf filter's options.
+    const TCA_BPF_ID: u16 = 11;
+    let mut request = TcMessage::default();
+    request.header.index = ifindex as i32;
+    request.header.parent = if ingress {
+        CLSACT_INGRESS
+    } else {
+        CLSACT_EGRESS
+    }
+    .into();
+    request.header.handle = handle.into();
+    request.header.info = (u32::from(priority) << 16) | ETH_P_ALL_BE;
+    let reply = match route_request(RouteNetlinkMessage::GetTrafficFilter(request)) {
+        Ok(reply) => reply,
+        Err(err)
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!("reading the TC filter {priority}:{handle:#x} of ifindex {ifindex} (RTM_GETTFILTER)")
+            })
+        }
+    };
+    let RouteNetlinkMessage::NewTrafficFilter(message) = reply else {
+        bail!("RTM_GETTFILTER of ifindex {ifindex}: unexpected answer {reply:?}");
+    };
+    let program = message
+        .attributes
+        .iter()
+        .find_map(|attribute| match attribute {
+            TcAttribute::Options(options) => options.iter().find_map(|option| match option {
+                TcOption::Bpf(TcFilterBpfOption::Other(nla)) if nla.kind() == TCA_BPF_ID => {
+                    let mut id = [0u8; 4];
+                    nla.emit_value(&mut id);
+                    Some(u32::from_ne_bytes(id))
+                }
+                _ => None,
+            }),
+            _ => None,
+        });
+    Ok(program)
 }
 
 fn route_request(message: RouteNetlinkMessage) -> io::Result<RouteNetlinkMessage> {

@@ -164,3 +164,82 @@ pub fn tc_hook_program(
         super::links::TcHook::Connections => tc_conns_program(ebpf),
     }
 }
+
+/// What the verifier said of one program: its size once translated, and how many
+/// instructions the verifier processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub translated: u32,
+    pub processed: u32,
+}
+
+/// Loads every program of the object with this kernel's features (fresh, unpinned maps;
+/// nothing attached) and returns the verifier's verdict on each: its counts, or the line of
+/// its log that says why it refused.
+pub fn verify_all() -> anyhow::Result<Vec<(&'static str, Result<Verified, String>)>> {
+    let constants = Constants::for_this_kernel(EbpfLog::Off)?;
+    let mut ebpf = loader(&constants)
+        .load(OBJECT)
+        .context("loading the apns-ebpf object (maps and BTF)")?;
+    let mut verdicts = Vec::new();
+    let xdp = xdp_program(&mut ebpf)?;
+    verdicts.push((programs::XDP, verdict(xdp.load(), || xdp.info())));
+    for name in [programs::TC, programs::TC_CONNS] {
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("the object has no program named {name}"))?
+            .try_into()?;
+        verdicts.push((name, verdict(tc.load(), || tc.info())));
+    }
+    Ok(verdicts)
+}
+
+fn verdict(
+    loaded: Result<(), aya::programs::ProgramError>,
+    info: impl FnOnce() -> Result<aya::programs::ProgramInfo, aya::programs::ProgramError>,
+) -> Result<Verified, String> {
+    match loaded {
+        Ok(()) => {
+            let info = info().map_err(|err| format!("{err}"))?;
+            Ok(Verified {
+                translated: info.size_translated().unwrap_or_default() / 8,
+                processed: info.verified_instruction_count().unwrap_or_default(),
+            })
+        }
+        Err(aya::programs::ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) => Err(format!(
+            "{io_error}: {}",
+            refusal_line(&verifier_log.to_string())
+        )),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+/// The line of a verifier log that says why it refused: the last one before the statistics
+/// the verifier appends (verification time, stack depth, processed instructions).
+pub fn refusal_line(log: &str) -> &str {
+    log.lines()
+        .map(str::trim)
+        .rev()
+        .find(|line| {
+            !line.is_empty()
+                && !line.starts_with("verification time")
+                && !line.starts_with("stack depth")
+                && !line.starts_with("processed ")
+        })
+        .unwrap_or("(the verifier said nothing)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refusal_line;
+
+    #[test]
+    fn the_refusal_is_the_line_before_the_statistics() {
+        let log = "0: (b7) r0 = 0\nR2 type=mem expected=fp, pkt\nverification time 12 usec\nstack depth 8\nprocessed 3 insns (limit 1000000)\n";
+        assert_eq!(refusal_line(log), "R2 type=mem expected=fp, pkt");
+        assert_eq!(refusal_line(""), "(the verifier said nothing)");
+    }
+}

@@ -13,7 +13,15 @@
 //! tc-conns-program      the connection table's TC egress program
 //! tc-conns-links/<ifname>
 //!                       its TCX link, on device-facing interfaces (config `[roles]`)
+//! migrating/            a migration's staging pin directory (datapath::migrate), briefly
 //! ```
+//!
+//! Before Linux 6.6 (no TCX) a TC program is a netlink filter, which is no BPF object: its
+//! entry in `tc-links/` or `tc-conns-links/` is then a second pin of the program it runs.
+//!
+//! `unload` and a failed first install remove only these names, and only from a folder that
+//! holds nothing else ([`PinDir::check_ours`]): a mistyped `--pin-dir` or bpffs' root is
+//! refused, never emptied.
 //!
 //! bpffs refuses dots in names: `<ifname>` spells `.` as `%2E` and `%` as `%25`.
 //!
@@ -29,7 +37,9 @@
 use std::{
     fs,
     io::{Read as _, Seek as _, Write as _},
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{
+        DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
+    },
     path::{Path, PathBuf},
 };
 
@@ -113,7 +123,7 @@ impl PinDir {
     }
 
     pub fn maps_dir(&self) -> PathBuf {
-        self.root.join("maps")
+        self.root.join(MAPS)
     }
 
     pub fn map(&self, name: &str) -> PathBuf {
@@ -121,19 +131,19 @@ impl PinDir {
     }
 
     pub fn program(&self) -> PathBuf {
-        self.root.join("program")
+        self.root.join(PROGRAM)
     }
 
     pub fn links_dir(&self) -> PathBuf {
-        self.root.join("links")
+        self.root.join(LINKS)
     }
 
     pub fn tc_program(&self) -> PathBuf {
-        self.root.join("tc-program")
+        self.root.join(TC_PROGRAM)
     }
 
     pub fn tc_links_dir(&self) -> PathBuf {
-        self.root.join("tc-links")
+        self.root.join(TC_LINKS)
     }
 
     pub fn tc_link(&self, interface: &str) -> PathBuf {
@@ -149,11 +159,11 @@ impl PinDir {
     }
 
     pub fn tc_conns_program(&self) -> PathBuf {
-        self.root.join("tc-conns-program")
+        self.root.join(TC_CONNS_PROGRAM)
     }
 
     pub fn tc_conns_links_dir(&self) -> PathBuf {
-        self.root.join("tc-conns-links")
+        self.root.join(TC_CONNS_LINKS)
     }
 
     pub fn tc_conns_link(&self, interface: &str) -> PathBuf {
@@ -209,6 +219,7 @@ impl PinDir {
     /// creates the pin directory tree with mode 0700.
     pub fn prepare(&self) -> anyhow::Result<()> {
         ensure_bpffs()?;
+        refuse_mount_root(&self.root)?;
         // Check before creating anything: a pin directory elsewhere would leave folders behind.
         let existing = self
             .root
@@ -329,15 +340,127 @@ impl PinDir {
         Ok(Controller { _lock: lock, path })
     }
 
-    /// Removes every pin and the directory tree. Missing pieces are not an error.
+    /// Removes every pin of the datapath and then its folders, once [`PinDir::check_ours`]
+    /// found nothing else there; refuses, removing nothing, otherwise. Folders go only when
+    /// empty. Missing pieces are not an error.
     pub fn remove_all(&self) -> anyhow::Result<()> {
-        match fs::remove_dir_all(&self.root) {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(err).with_context(|| format!("removing {}", self.root.display())),
+        if !self.root.exists() {
+            return Ok(());
         }
+        let ours = self.check_ours()?;
+        // Deepest first: the pins, then their folders, then the root.
+        for path in ours.iter().rev() {
+            let removed = if path.is_dir() {
+                fs::remove_dir(path)
+            } else {
+                fs::remove_file(path)
+            };
+            match removed {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(err).with_context(|| format!("removing {}", path.display()))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that this is a datapath's pin directory, which `unload` and a failed install may
+    /// remove: on bpffs, below the mount's root (never bpffs itself, where every tool pins), and
+    /// holding only the names of the layout above (maps of this layout or of the previous
+    /// one, whose leftovers a migration may leave, the program pins, link pins, and a
+    /// migration's staging folder of the same kind). Returns every path it holds, root
+    /// first, each folder before what it holds; refuses with the foreign entries named.
+    pub fn check_ours(&self) -> anyhow::Result<Vec<PathBuf>> {
+        let root = &self.root;
+        if !is_bpffs(root) {
+            bail!(
+                "{} is not a pin directory on bpffs: refusing to remove anything there",
+                root.display()
+            );
+        }
+        refuse_mount_root(root)?;
+        let mut ours = vec![root.clone()];
+        let mut foreign = Vec::new();
+        self.collect(&mut ours, &mut foreign)?;
+        if !foreign.is_empty() {
+            let named: Vec<String> = foreign
+                .iter()
+                .take(5)
+                .map(|path| path.display().to_string())
+                .collect();
+            bail!(
+                "{} holds what is not apns-agent's ({}{}): refusing to remove anything there; move those away, or point --pin-dir at apns-agent's own directory",
+                root.display(),
+                named.join(", "),
+                if foreign.len() > named.len() { ", ..." } else { "" }
+            );
+        }
+        Ok(ours)
+    }
+
+    /// Sorts what this pin directory holds into `ours` (folders before their contents) and
+    /// `foreign`.
+    fn collect(&self, ours: &mut Vec<PathBuf>, foreign: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+        let known_map = |name: &str| {
+            apns_common::maps::ALL.iter().any(|map| map.name == name)
+                || super::migrate::previous::RETIRED_MAPS.contains(&name)
+        };
+        for (name, path) in list(&self.root)? {
+            let is_dir = path.is_dir();
+            match name.as_str() {
+                PROGRAM | TC_PROGRAM | TC_CONNS_PROGRAM if !is_dir => ours.push(path),
+                MAPS | LINKS | TC_LINKS | TC_CONNS_LINKS if is_dir => {
+                    ours.push(path.clone());
+                    for (entry, entry_path) in list(&path)? {
+                        let fits = !entry_path.is_dir()
+                            && match name.as_str() {
+                                MAPS => known_map(&entry),
+                                LINKS => parse_link_pin(&entry, &entry_path).is_some(),
+                                _ => true,
+                            };
+                        if fits {
+                            ours.push(entry_path);
+                        } else {
+                            foreign.push(entry_path);
+                        }
+                    }
+                }
+                STAGING if is_dir => {
+                    ours.push(path.clone());
+                    PinDir::new(path).collect(ours, foreign)?;
+                }
+                _ => foreign.push(path),
+            }
+        }
+        Ok(())
     }
 }
+
+/// Refuses a pin directory that is the root of a bpffs mount, where every BPF tool pins.
+fn refuse_mount_root(root: &Path) -> anyhow::Result<()> {
+    let device = |path: &Path| fs::metadata(path).map(|meta| meta.dev()).ok();
+    let parent = root.parent().unwrap_or(Path::new("/"));
+    if root == Path::new(BPFFS_ROOT) || (root.exists() && device(root) != device(parent)) {
+        bail!(
+            "pin directory {} is the root of a bpffs mount, where every BPF tool pins: apns-agent's pin directory is a folder below it, such as {DEFAULT_PIN_DIR}",
+            root.display()
+        );
+    }
+    Ok(())
+}
+
+/// The names of the layout above.
+const PROGRAM: &str = "program";
+const TC_PROGRAM: &str = "tc-program";
+const TC_CONNS_PROGRAM: &str = "tc-conns-program";
+const MAPS: &str = "maps";
+const LINKS: &str = "links";
+const TC_LINKS: &str = "tc-links";
+const TC_CONNS_LINKS: &str = "tc-conns-links";
+/// A migration's staging folder (`migrate`), a pin directory of its own.
+pub const STAGING: &str = "migrating";
 
 /// An interface name as a pin name: bpffs refuses names with a dot (VLAN interfaces are
 /// often named `eth0.100`), so `.` is written `%2E` (and `%` itself `%25`).

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{
     counters::PathTotals,
+    features::{Feature, Features},
     interfaces::{FastPath, InterfaceRole},
     links,
     pins::{LinkPin, PinDir},
@@ -24,6 +25,66 @@ pub struct Status {
     pub program: Option<Program>,
     pub policy: Option<PolicySummary>,
     pub interfaces: Vec<InterfaceStatus>,
+    /// The kernel's optional features and the way each fast path takes with them.
+    pub kernel: KernelStatus,
+}
+
+/// The optional kernel features as `status` reports them (`datapath::features`).
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelStatus {
+    /// Feature label → usable (present, not switched off).
+    pub features: BTreeMap<&'static str, bool>,
+    /// How TC programs are attached: "tcx" or "netlink".
+    pub tc_attachment: &'static str,
+    /// Fast path (mark, redirect) → the way it takes here, or why it cannot.
+    pub fastpaths: BTreeMap<&'static str, String>,
+    /// Why the features could not be probed, if they could not.
+    pub error: Option<String>,
+}
+
+impl KernelStatus {
+    pub fn probe() -> KernelStatus {
+        match Features::probe() {
+            Ok(features) => KernelStatus {
+                features: Feature::ALL
+                    .iter()
+                    .map(|&feature| (feature.as_str(), features.has(feature)))
+                    .collect(),
+                tc_attachment: features.tc_attachment(),
+                fastpaths: features.fastpath_ways().into_iter().collect(),
+                error: None,
+            },
+            Err(err) => KernelStatus {
+                features: BTreeMap::new(),
+                tc_attachment: "unknown",
+                fastpaths: BTreeMap::new(),
+                error: Some(format!("{err:#}")),
+            },
+        }
+    }
+
+    /// The features in one line: "kernel: xdp_meta yes, ...; TC by tcx".
+    pub fn lines(&self) -> Vec<String> {
+        if let Some(error) = &self.error {
+            return vec![format!("kernel features: not probed: {error}")];
+        }
+        let listed: Vec<String> = self
+            .features
+            .iter()
+            .map(|(feature, usable)| format!("{feature} {}", if *usable { "yes" } else { "no" }))
+            .collect();
+        let mut lines = vec![format!(
+            "kernel features: {}; TC programs attached by {}",
+            listed.join(", "),
+            self.tc_attachment
+        )];
+        lines.extend(
+            self.fastpaths
+                .iter()
+                .map(|(mode, way)| format!("fast path {mode}: {way}")),
+        );
+        lines
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -8,8 +8,12 @@ use std::{
     path::Path,
 };
 
+use apns_common::{fastpath::FastPath, label::Label as _};
+
 use crate::{
     datapath::{
+        features::{Feature, Features, FEATURES_OFF_VAR},
+        object,
         pins::{self, PinDir, BPFFS_ROOT},
         status, Datapath,
     },
@@ -62,46 +66,89 @@ pub fn config(settings: &anyhow::Result<Settings>) -> Check {
     }
 }
 
-/// The kernel's version against what each mode needs.
+/// The kernel's optional features, probed (never guessed from the version: builds of one
+/// version differ), and the way each fast path takes with them.
 pub fn kernel() -> Check {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|text| text.trim().to_owned())
         .unwrap_or_default();
-    let Some(version) = parse_version(&release) else {
+    if !privileges::missing(privileges::CHANGE).is_empty() {
         return Check::warn(
             "kernel",
-            format!("cannot tell the kernel's version from {release:?}"),
-            "check by hand: the agent needs Linux 5.9+ (XDP through bpf_link), 6.6+ for the mark fast path (TCX)",
+            format!("Linux {release}: features not probed (probing loads BPF programs)"),
+            "run doctor as root (see the capabilities check) to probe them",
         );
+    }
+    let features = match Features::probe() {
+        Ok(features) => features,
+        Err(err) => {
+            return Check::fail(
+                "kernel",
+                format!("{err:#}"),
+                format!("correct or unset {FEATURES_OFF_VAR}"),
+            )
+        }
     };
-    let at_least = |major, minor| version >= (major, minor);
-    let features = format!(
-        "Linux {release}: XDP through bpf_link (5.9+) {}, TCX for the mark fast path (6.6+) {}",
-        yes_no(at_least(5, 9)),
-        yes_no(at_least(6, 6))
+    let listed: Vec<String> = Feature::ALL
+        .iter()
+        .map(|&feature| format!("{} {}", feature.as_str(), yes_no(features.has(feature))))
+        .collect();
+    let ways: Vec<String> = features
+        .fastpath_ways()
+        .iter()
+        .map(|(mode, way)| format!("{mode}: {way}"))
+        .collect();
+    let detail = format!(
+        "Linux {release}: {}; {}",
+        listed.join(", "),
+        ways.join("; ")
     );
-    if !at_least(5, 9) {
-        Check::fail(
-            "kernel",
-            features,
-            "upgrade to Linux 5.9 or later: the agent pins its XDP attachments as bpf_links",
-        )
-    } else if !at_least(6, 6) {
-        Check::warn(
-            "kernel",
-            features,
-            "the mark fast path needs Linux 6.6+; pass and redirect work here",
-        )
+    if let Some(refusal) = features.attach_refusal() {
+        Check::fail("kernel", detail, format!("{refusal}; upgrade the kernel"))
+    } else if let Some(refusal) = features.refusal(FastPath::Redirect) {
+        Check::warn("kernel", detail, refusal)
     } else {
-        Check::ok("kernel", features)
+        Check::ok("kernel", detail)
     }
 }
 
-fn parse_version(release: &str) -> Option<(u32, u32)> {
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|part| part.parse::<u32>().ok());
-    Some((numbers.next()??, numbers.next()??))
+/// The verifier's verdict on every program of the real datapath, loaded with this kernel's
+/// features into a private instance with nothing attached or pinned: one check per program.
+pub fn verifier() -> Vec<Check> {
+    if !privileges::missing(privileges::CHANGE).is_empty() {
+        return vec![Check::warn(
+            "verifier",
+            "not asked (loading programs needs the capabilities above)",
+            "run doctor as root",
+        )];
+    }
+    match object::verify_all() {
+        Ok(verdicts) => verdicts
+            .into_iter()
+            .map(|(program, verdict)| {
+                let check = format!("verifier {program}");
+                match verdict {
+                    Ok(counts) => Check::ok(
+                        check,
+                        format!(
+                            "accepted: {} instructions, {} processed",
+                            counts.translated, counts.processed
+                        ),
+                    ),
+                    Err(line) => Check::fail(
+                        check,
+                        format!("refused: {line}"),
+                        "report it with `apns-agent doctor --json` and `uname -a`; the datapath will not load on this kernel",
+                    ),
+                }
+            })
+            .collect(),
+        Err(err) => vec![Check::fail(
+            "verifier",
+            format!("{err:#}"),
+            "report it with `apns-agent doctor --json` and `uname -a`",
+        )],
+    }
 }
 
 /// bpffs at /sys/fs/bpf: mounted, or mountable by the agent.
@@ -348,13 +395,6 @@ fn listener_owner(port: u16) -> Option<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn kernel_versions_parse() {
-        assert_eq!(parse_version("6.18.44-fc-v509"), Some((6, 18)));
-        assert_eq!(parse_version("5.10.0-28-amd64"), Some((5, 10)));
-        assert_eq!(parse_version("weird"), None);
-    }
 
     #[test]
     fn a_taken_port_names_its_owner() {

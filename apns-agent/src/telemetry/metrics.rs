@@ -23,6 +23,7 @@
 //! | `apns_config_reload_failures_total` | — | SIGHUP reloads refused since `run` started |
 //! | `apns_policy_sources_info` | config_file, apple, allow_files, provider_files | where `run`'s policy comes from; always 1 |
 //! | `apns_agent_info` | version, program_tag | always 1 |
+//! | `apns_kernel_feature` | feature (xdp_meta, fib_lookup, redirect_neigh, coarse_clock, xdp_link, tcx) | 1 if the kernel has the optional feature and it is not switched off, else 0 (docs/platform.md) |
 //! | `apns_connections_open` | interface, port | APNs connections open now, by device-facing interface and Apple port (docs/clients.md) |
 //! | `apns_connections_ended_total` | reason (fin_device, fin_apple, rst_device, rst_apple, evicted) | connections by how they ended: the first FIN or RST and its side, or evicted from the table before their end was seen |
 //! | `apns_connection_lifetime_seconds` | — | histogram of ended connections' lifetimes, first packet to end |
@@ -65,6 +66,7 @@ use prometheus_client::{
 };
 
 use crate::{
+    datapath::features::{Feature, Features},
     datapath::{
         policy::Policy,
         status::{InterfaceStatus, PathReport},
@@ -110,6 +112,8 @@ pub struct Info {
     /// What the connection table shows (`/metrics` always has it; `None` renders none of
     /// its families).
     pub connections: Option<Connections>,
+    /// The optional kernel features (`datapath::features`), by label: present and usable.
+    pub kernel_features: Vec<(&'static str, bool)>,
 }
 
 /// What the connection table says, for the exposition (docs/clients.md): built from a
@@ -206,6 +210,14 @@ impl Info {
             generation: 0,
             config: ConfigRecord::default(),
             connections: None,
+            kernel_features: Features::probe()
+                .map(|features| {
+                    Feature::ALL
+                        .iter()
+                        .map(|&feature| (feature.as_str(), features.has(feature)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -436,6 +448,23 @@ impl Collector for Exposition {
             "1 if the datapath is attached to the interface (its link is live), 0 if only a stale link pin is left",
             Gauge,
             attached,
+        )?;
+        let kernel = info
+            .kernel_features
+            .iter()
+            .map(|&(feature, present)| {
+                (
+                    vec![("feature", feature.into())],
+                    ConstGauge::new(u32::from(present)),
+                )
+            })
+            .collect();
+        family(
+            &mut encoder,
+            "apns_kernel_feature",
+            "Optional kernel features the datapath uses, as probed on this kernel: 1 present, 0 missing or switched off by APNS_AGENT_FEATURES_OFF (xdp_meta, fib_lookup, redirect_neigh, coarse_clock, xdp_link, tcx; docs/platform.md says what each changes)",
+            Gauge,
+            kernel,
         )?;
         family(
             &mut encoder,
