@@ -37,17 +37,7 @@ use apns_tests::{
     packets::{self, ACK, PSH, SYN},
     xdp::{map_handle, TEST_RUN_IFINDEX},
 };
-use aya::{
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
-    Ebpf,
-};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use aya::{programs::Xdp, Ebpf};
 
 /// A fresh datapath (XDP and the TC egress half loaded), Apple's default policy, the test-run
 /// interface registered with `role`.
@@ -88,30 +78,18 @@ fn xdp(ebpf: &Ebpf) -> Result<&Xdp> {
         .try_into()?)
 }
 
-fn tc(ebpf: &Ebpf) -> Result<&SchedClassifier> {
-    Ok(ebpf
-        .program(programs::TC_CONNS)
-        .context("no TC program")?
-        .try_into()?)
-}
-
-/// The TC program's mean ns per run on `frame` (TC_ACT_UNSPEC, -1, is its only answer).
-fn tc_run(program: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {
-    let mut options = TestRunOptions::new();
-    options.data_in = Some(frame);
-    options.repeat = repeat;
-    let result = program.test_run(options)?;
-    ensure!(
-        result.return_value as i32 == -1,
-        "TC returned {}",
-        result.return_value
-    );
-    Ok(result.duration.as_nanos() as f64)
+/// The connection table's TC program's mean ns per run on `frame` (TC_ACT_UNSPEC, -1, is its
+/// only answer).
+fn conns_run(ebpf: &Ebpf, frame: &[u8], repeat: u32) -> Result<f64> {
+    let program = testrun::tc_program(ebpf, programs::TC_CONNS)?;
+    let (verdict, ns) = testrun::tc_test_run(program, frame, repeat)?;
+    ensure!(verdict == -1, "TC returned {verdict}");
+    Ok(ns)
 }
 
 fn main() -> Result<()> {
-    let runs: usize = env_or("RUNS", 11);
-    let repeat: u32 = env_or("REPEAT", 1_000_000);
+    let runs: usize = testrun::env_or("RUNS", 11);
+    let repeat: u32 = testrun::env_or("REPEAT", 1_000_000);
     testrun::pin_current_thread(1)?;
     let mut classes = testrun::classes();
     // The device's established data toward Apple: the packet the table sees most of at XDP.
@@ -144,7 +122,7 @@ fn main() -> Result<()> {
     if let Some(previous) = &previous {
         programs.push(xdp(previous)?);
     }
-    let tcs: [&SchedClassifier; 2] = [tc(&upstream)?, tc(&devices)?];
+    let tcs: [&Ebpf; 2] = [&upstream, &devices];
     let frames: Vec<(&str, &[u8])> = classes.iter().map(|c| (c.key, &c.frame[..])).collect();
     let samples = testrun::in_turns(&programs, &frames, runs, repeat)?;
     let mut tc_samples = vec![[Vec::new(), Vec::new()]; classes.len()];
@@ -152,7 +130,7 @@ fn main() -> Result<()> {
         for (c, class) in classes.iter().enumerate() {
             for turn in 0..tcs.len() {
                 let p = (turn + run) % tcs.len();
-                tc_samples[c][p].push(tc_run(tcs[p], &class.frame, repeat)?);
+                tc_samples[c][p].push(conns_run(tcs[p], &class.frame, repeat)?);
             }
         }
     }

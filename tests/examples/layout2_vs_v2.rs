@@ -17,13 +17,6 @@ use apns_tests::bench::{
 };
 use aya::{programs::Xdp, Ebpf};
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The layout-2 object with Apple's defaults in generation 0 (active), monitor mode, and the
 /// interface entry an attach of the test-run interface would have made.
 fn layout2() -> Result<Ebpf> {
@@ -33,8 +26,8 @@ fn layout2() -> Result<Ebpf> {
 }
 
 fn main() -> Result<()> {
-    let runs: usize = env_or("RUNS", 11);
-    let repeat: u32 = env_or("REPEAT", 1_000_000);
+    let runs: usize = testrun::env_or("RUNS", 11);
+    let repeat: u32 = testrun::env_or("REPEAT", 1_000_000);
     testrun::pin_current_thread(1)?;
     let old = layout2()?;
     let old_xdp: &Xdp = old.program("apns_xdp").context("no apns_xdp")?.try_into()?;

@@ -37,13 +37,6 @@ use apns_tests::{
 use aya::programs::{SchedClassifier, TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn in_ns(lab: &Lab, role: Role, args: &[&str]) -> Result<String> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", lab.ns_name(role)]).args(args);
@@ -254,11 +247,11 @@ fn tc_step_forwarding(rounds: usize, bytes: u64) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let pairs: usize = env_or("PAIRS", 20);
-    let runs: usize = env_or("RUNS", 11);
-    let repeat: u32 = env_or("REPEAT", 1_000_000);
-    let rounds: usize = env_or("ROUNDS", 6);
-    let bytes: u64 = env_or("BYTES", 1_000_000_000);
+    let pairs: usize = testrun::env_or("PAIRS", 20);
+    let runs: usize = testrun::env_or("RUNS", 11);
+    let repeat: u32 = testrun::env_or("REPEAT", 1_000_000);
+    let rounds: usize = testrun::env_or("ROUNDS", 6);
+    let bytes: u64 = testrun::env_or("BYTES", 1_000_000_000);
     latency(pairs)?;
     tc_cost(runs, repeat)?;
     tc_step_forwarding(rounds, bytes)?;

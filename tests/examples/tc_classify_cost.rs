@@ -21,17 +21,7 @@ use apns_tests::{
     bench::{stats::median, testrun},
     xdp::{map_handle, TEST_RUN_IFINDEX},
 };
-use aya::{
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
-    Ebpf,
-};
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use aya::Ebpf;
 
 /// A fresh datapath with the TC program loaded with `features`, Apple's default policy, the
 /// test-run interface registered with `fastpath` (the interface a TC test run reports).
@@ -49,24 +39,9 @@ fn datapath(features: u32, fastpath: FastPath) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-fn tc(ebpf: &Ebpf) -> Result<&SchedClassifier> {
-    Ok(ebpf
-        .program(programs::TC)
-        .context("no TC program")?
-        .try_into()?)
-}
-
-/// The TC program's mean ns per run on `frame`.
-fn tc_run(program: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<f64> {
-    let mut options = TestRunOptions::new();
-    options.data_in = Some(frame);
-    options.repeat = repeat;
-    Ok(program.test_run(options)?.duration.as_nanos() as f64)
-}
-
 fn main() -> Result<()> {
-    let runs: usize = env_or("RUNS", 11);
-    let repeat: u32 = env_or("REPEAT", 1_000_000);
+    let runs: usize = testrun::env_or("RUNS", 11);
+    let repeat: u32 = testrun::env_or("REPEAT", 1_000_000);
     testrun::pin_current_thread(1)?;
     let classes = testrun::classes();
     let setups = [
@@ -87,7 +62,14 @@ fn main() -> Result<()> {
     for _ in 0..runs {
         for (class, per_setup) in classes.iter().zip(&mut samples) {
             for (ebpf, column) in datapaths.iter().zip(per_setup.iter_mut()) {
-                column.push(tc_run(tc(ebpf)?, &class.frame, repeat)?);
+                column.push(
+                    testrun::tc_test_run(
+                        testrun::tc_program(ebpf, programs::TC)?,
+                        &class.frame,
+                        repeat,
+                    )?
+                    .1,
+                );
             }
         }
     }

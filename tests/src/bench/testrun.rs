@@ -26,7 +26,7 @@ use apns_agent::datapath::{
 use apns_common::programs;
 use aya::{
     maps::{Map, PerCpuArray, PerCpuValues},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -210,6 +210,40 @@ pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> 
         )
     })?;
     Ok((result.return_value, result.duration.as_nanos() as f64))
+}
+
+/// Runs the TC `program` `repeat` times on `frame`: its return value and the kernel's mean ns
+/// per run.
+pub fn tc_test_run(program: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<(i32, f64)> {
+    let mut options = TestRunOptions::new();
+    options.data_in = Some(frame);
+    options.repeat = repeat;
+    let result = program.test_run(options).with_context(|| {
+        format!(
+            "BPF_PROG_TEST_RUN of a TC program on a {}-byte frame, repeat {repeat}",
+            frame.len()
+        )
+    })?;
+    Ok((
+        result.return_value as i32,
+        result.duration.as_nanos() as f64,
+    ))
+}
+
+/// The TC program `name` of a loaded object.
+pub fn tc_program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier> {
+    Ok(ebpf
+        .program(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?)
+}
+
+/// The value of the environment variable `name`, or `default` (the examples' RUNS, REPEAT).
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Runs each of `frames` through each of `programs` `runs` times, `repeat` times a call, the
