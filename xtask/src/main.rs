@@ -1,9 +1,10 @@
 //! `cargo xtask`: the project's driver for setting up a machine, building and testing.
 //!
 //! `main` only parses the command line and dispatches; each subcommand lives in its own module
-//! (`setup.rs`, `build.rs`, `dist.rs`, `test.rs`, `demo.rs`, `bench.rs`) with an `Args` struct
-//! (if it takes any) and a `run` function. Shared helpers (progress lines, running commands,
-//! PATH) are in `util.rs`; `bystander.rs` is the agent `test` runs beside the suite.
+//! (`setup.rs`, `build.rs`, `dist.rs`, `test.rs`, `demo.rs`, `bench.rs`, `vm.rs`) with an `Args`
+//! struct (if it takes any) and a `run` function. Shared helpers (progress lines, running
+//! commands, PATH) are in `util.rs`; `bystander.rs` is the agent `test` runs beside the suite;
+//! `vm.rs` also owns the guest kernels and the kernel matrix `test` runs.
 //!
 //! Adding a subcommand: write `src/<name>.rs` with
 //! `pub struct Args` (derive `clap::Args`) and `pub fn run(args: &Args) -> anyhow::Result<()>`,
@@ -18,6 +19,7 @@ mod dist;
 mod setup;
 mod test;
 mod util;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -37,7 +39,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what the build and the tests need: rust-src for nightly, bpf-linker 0.13.0
-    /// built against nightly's LLVM, cargo-deb, and the Debian packages. Idempotent.
+    /// built against nightly's LLVM, cargo-deb, the Debian packages, virtme-ng and the guest
+    /// kernels (Debian's 5.10, 6.1 and 6.12, in target/kernels/). Idempotent.
     Setup,
     /// Run setup, then build the agent in release mode (`cargo build --release -p apns-agent`).
     Build,
@@ -48,7 +51,8 @@ enum Command {
     /// benchmark smoke run (`bench --quick`), all beside a bystander agent the tests did not
     /// start, then build the .deb and install, use and purge it and run the Ansible role on
     /// this machine (APNS_AGENT_PACKAGE_TESTS=skip skips that), then check nothing was left
-    /// behind. Needs root.
+    /// behind; then the kernel matrix: the tests of xtask/src/vm.rs's GUEST_TESTS in a QEMU
+    /// guest of each Debian kernel (`--kernel` picks: host, 5.10, 6.1, 6.12). Needs root.
     Test(test::Args),
     /// Run setup, then the demo: a gateway in network namespaces with apns-agent enforcing,
     /// some APNs and other traffic, the counters and /metrics. Needs root.
@@ -57,17 +61,23 @@ enum Command {
     /// plane) against a floor, xdp-filter and nftables; writes report.md and report.json into
     /// target/bench/. Needs root.
     Bench(bench::Args),
+    /// Run setup, then boot a Debian kernel in a QEMU guest (virtme-ng, TCG, the host's root
+    /// read-only) and run a command, a script or a host-built test binary in it as root,
+    /// printing its output: `cargo xtask vm --kernel 6.1 -- uname -r`,
+    /// `cargo xtask vm --kernel 5.10 --test object -- --nocapture`.
+    Vm(vm::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup => setup::all(),
         Command::Build => build::run(),
         Command::Dist => dist::run(),
         Command::Test(args) => test::run(args),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(args),
+        Command::Vm(args) => vm::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,10 +5,18 @@
 //! 3. cargo-deb [`CARGO_DEB_VERSION`], which `cargo xtask dist` packages the agent with.
 //! 4. The Debian packages in [`APT_PACKAGES`].
 //!
+//! and, for the kernel matrix ([`guests`]: `cargo xtask setup`, `test` and `vm` call it),
+//! 5. virtme-ng [`vm::VIRTME_NG_VERSION`] in a Python venv ([`vm::virtme_ng_venv`]);
+//! 6. the Debian kernels of [`vm::GUEST_KERNELS`], downloaded with `apt-get download` (from the
+//!    system's sources, or from a suite they lack through a private source list and apt state
+//!    in `target/kernels/apt-<suite>/`, never touching the system's), unpacked into
+//!    `target/kernels/<release>/` and indexed with `depmod`.
+//!
 //! Each step first checks what is there and says so; a second run takes about a second.
 //! It never runs `rustup update` and never installs another nightly: bpf-linker is tied to
 //! the installed nightly's LLVM.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::symlink;
@@ -18,6 +26,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::util::{self, cargo, command, elapsed, output, step, tilde};
+use crate::vm::{self, GuestKernel};
 
 /// The bpf-linker release that fits the pinned aya family and the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -66,6 +75,14 @@ const APT_PACKAGES: &[&str] = &[
     "ansible-core",
     "ansible-lint",
     "python3-apt",
+    // The kernel matrix (xtask/src/vm.rs): QEMU for the guests; kmod's depmod for the unpacked
+    // kernels' modules; busybox-static, which virtme-ng puts in the initramfs that Debian's
+    // kernels need (their 9p is a module); python3-venv for virtme-ng's venv (virtme-ng is
+    // not in Debian 12, and pip refuses system-wide installs there).
+    "qemu-system-x86",
+    "kmod",
+    "busybox-static",
+    "python3-venv",
 ];
 
 pub fn run() -> Result<()> {
@@ -79,6 +96,374 @@ pub fn run() -> Result<()> {
     apt_packages()?;
     step(format!("setup done ({})", elapsed(start.elapsed())));
     Ok(())
+}
+
+/// `cargo xtask setup`: [`run`], then what the guests of every kernel need.
+pub fn all() -> Result<()> {
+    run()?;
+    let kernels: Vec<&GuestKernel> = vm::GUEST_KERNELS.iter().collect();
+    guests(&kernels)
+}
+
+/// What booting `kernels` in guests needs: virtme-ng and the kernels, unpacked. Needs the
+/// Debian packages of [`run`] (QEMU, kmod, busybox-static, python3-venv).
+pub fn guests(kernels: &[&GuestKernel]) -> Result<()> {
+    let start = Instant::now();
+    virtme_ng()?;
+    for kernel in kernels {
+        guest_kernel(kernel)?;
+    }
+    step(format!(
+        "guests ready: {} ({})",
+        kernels
+            .iter()
+            .map(|kernel| kernel.name)
+            .collect::<Vec<_>>()
+            .join(", "),
+        elapsed(start.elapsed())
+    ));
+    Ok(())
+}
+
+/// virtme-ng [`vm::VIRTME_NG_VERSION`] in its venv, made with Debian's python3 (whose venv
+/// module python3-venv provides; another python3 earlier on PATH, such as pyenv's, may come
+/// and go).
+fn virtme_ng() -> Result<()> {
+    let venv = vm::virtme_ng_venv()?;
+    let vng = venv.join("bin/vng");
+    let wanted = format!("virtme-ng {}", vm::VIRTME_NG_VERSION);
+    if vng.is_file() {
+        match output(std::process::Command::new(&vng).arg("--version")) {
+            Ok(found) if found.trim() == wanted => {
+                step(format!("{wanted}: already installed ({})", tilde(&venv)));
+                return Ok(());
+            }
+            Ok(found) => step(format!(
+                "{} is {}, not {wanted}: reinstalling",
+                tilde(&vng),
+                found.trim()
+            )),
+            Err(err) => step(format!(
+                "{} does not run ({err:#}): reinstalling",
+                tilde(&vng)
+            )),
+        }
+    }
+    step(format!(
+        "installing {wanted} into a venv at {} (about 10 s)",
+        tilde(&venv)
+    ));
+    util::run(
+        std::process::Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv),
+    )
+    .context("making virtme-ng's venv needs Debian's python3 and python3-venv")?;
+    util::run(
+        std::process::Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("virtme-ng=={}", vm::VIRTME_NG_VERSION)),
+    )?;
+    let found = output(std::process::Command::new(&vng).arg("--version"))
+        .with_context(|| format!("the freshly installed {} does not run", vng.display()))?;
+    if found.trim() != wanted {
+        bail!(
+            "installed {wanted}, but {} says {}",
+            vng.display(),
+            found.trim()
+        );
+    }
+    step(format!("{wanted} installed ({})", tilde(&venv)));
+    Ok(())
+}
+
+/// One kernel of the matrix, unpacked into [`GuestKernel::dir`] with its modules indexed.
+/// It is unpacked beside its place first and moved there once complete, so a tree that is
+/// there is whole.
+fn guest_kernel(kernel: &GuestKernel) -> Result<()> {
+    let dir = kernel.dir();
+    let package = kernel.package();
+    if kernel.vmlinuz().is_file() && kernel.modules().join("modules.dep").is_file() {
+        step(format!(
+            "kernel {} ({package}): already installed ({})",
+            kernel.name,
+            tilde(&dir)
+        ));
+        return Ok(());
+    }
+    let kernels = vm::kernels_dir();
+    let download = kernels.join(format!(".download-{}", kernel.release));
+    let partial = kernels.join(format!(".partial-{}", kernel.release));
+    for stale in [&download, &partial] {
+        if stale.exists() {
+            fs::remove_dir_all(stale)
+                .with_context(|| format!("cannot remove {}", stale.display()))?;
+        }
+    }
+    fs::create_dir_all(&download)
+        .with_context(|| format!("cannot create {}", download.display()))?;
+    let start = Instant::now();
+    match kernel.suite {
+        None => {
+            step(format!(
+                "downloading kernel {} ({package}, 60 to 110 MB)",
+                kernel.name
+            ));
+            let mut get = apt_get();
+            get.args(["-o", "APT::Sandbox::User=root", "download", &package])
+                .current_dir(&download);
+            if util::run(&mut get).is_err() {
+                step(format!(
+                    "apt-get download {package} failed: apt-get update, then once more"
+                ));
+                util::run(apt_get().arg("update"))?;
+                util::run(&mut get).with_context(|| {
+                    format!(
+                        "the system's sources have no {package}: if Debian has moved on to a new                          ABI, change its release in GUEST_KERNELS (xtask/src/vm.rs);                          `apt-cache search linux-image-{}` lists what there is",
+                        kernel.name
+                    )
+                })?;
+            }
+        }
+        Some(suite) => {
+            let options = private_suite(suite)?;
+            step(format!(
+                "downloading kernel {} ({package}, 60 to 110 MB) from {suite}",
+                kernel.name
+            ));
+            util::run(
+                apt_get()
+                    .args(&options)
+                    .args(["download", &package])
+                    .current_dir(&download),
+            )
+            .with_context(|| {
+                format!(
+                    "{suite} has no {package}: if Debian has moved on to a new ABI, change its                      release in GUEST_KERNELS (xtask/src/vm.rs)"
+                )
+            })?;
+        }
+    }
+    let deb = single_deb(&download)?;
+    step(format!(
+        "unpacking {} into {} and indexing its modules",
+        deb.file_name().unwrap_or_default().to_string_lossy(),
+        tilde(&dir)
+    ));
+    util::run(command("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
+    let modules = vm::modules_dir(&partial, kernel.release);
+    // depmod's base is the folder holding lib/modules.
+    let base = modules
+        .ancestors()
+        .nth(3)
+        .context("the modules folder has no base")?;
+    util::run(command("depmod").arg("-b").arg(base).arg(kernel.release))?;
+    let vmlinuz = partial
+        .join("boot")
+        .join(format!("vmlinuz-{}", kernel.release));
+    if !vmlinuz.is_file() || !modules.join("modules.dep").is_file() {
+        bail!(
+            "{} unpacked without {} or {}",
+            deb.display(),
+            vmlinuz.display(),
+            modules.join("modules.dep").display()
+        );
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("cannot remove {}", dir.display()))?;
+    }
+    fs::rename(&partial, &dir)
+        .with_context(|| format!("cannot move {} to {}", partial.display(), dir.display()))?;
+    fs::remove_dir_all(&download)
+        .with_context(|| format!("cannot remove {}", download.display()))?;
+    step(format!(
+        "kernel {} installed ({}, {})",
+        kernel.name,
+        tilde(&dir),
+        elapsed(start.elapsed())
+    ));
+    Ok(())
+}
+
+/// The one .deb `apt-get download` left in `dir`.
+fn single_deb(dir: &Path) -> Result<PathBuf> {
+    let debs: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .collect();
+    match debs.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!(
+            "expected one .deb in {} after apt-get download, found {}",
+            dir.display(),
+            debs.len()
+        ),
+    }
+}
+
+/// apt options that read `suite` of the system's Debian mirror, with the system's keyring,
+/// through a source list and apt state of their own in `target/kernels/apt-<suite>/` (updated
+/// here): the system's sources and lists stay as they are.
+fn private_suite(suite: &str) -> Result<Vec<String>> {
+    let state = vm::kernels_dir().join(format!("apt-{suite}"));
+    let lists = state.join("lists");
+    let cache = state.join("cache");
+    for dir in [lists.join("partial"), cache.join("archives/partial")] {
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let archive = debian_archive()?;
+    let list = state.join("sources.list");
+    let line = format!(
+        "deb [signed-by={}] {} {suite} main\n",
+        archive.keyring.display(),
+        archive.uri
+    );
+    fs::write(&list, &line).with_context(|| format!("cannot write {}", list.display()))?;
+    let options = vec![
+        "-o".to_owned(),
+        format!("Dir::Etc::SourceList={}", list.display()),
+        "-o".to_owned(),
+        "Dir::Etc::SourceParts=/dev/null".to_owned(),
+        "-o".to_owned(),
+        format!("Dir::State::Lists={}", lists.display()),
+        "-o".to_owned(),
+        format!("Dir::Cache={}", cache.display()),
+        // Downloads land in a folder apt's sandbox user cannot write.
+        "-o".to_owned(),
+        "APT::Sandbox::User=root".to_owned(),
+    ];
+    step(format!(
+        "apt-get update of a private {suite} list ({} {suite} main, keyring {})",
+        archive.uri,
+        archive.keyring.display()
+    ));
+    util::run(apt_get().args(&options).arg("update"))?;
+    Ok(options)
+}
+
+/// The Debian archive the system's sources use for its own release, and its keyring.
+struct Archive {
+    uri: String,
+    keyring: PathBuf,
+}
+
+/// Debian's keyring, which holds the archive keys of earlier releases too.
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// Reads /etc/apt/sources.list and /etc/apt/sources.list.d/*.{list,sources} for the entry of
+/// the system's release (`VERSION_CODENAME` of /etc/os-release, e.g. `bookworm`); Debian's
+/// own mirror and keyring when there is none.
+fn debian_archive() -> Result<Archive> {
+    let os_release = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let codename = os_release
+        .lines()
+        .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
+        .map(|name| name.trim_matches('"').to_owned())
+        .unwrap_or_default();
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(entries) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut more: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .collect();
+        more.sort();
+        files.extend(more);
+    }
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        let name = file.to_string_lossy();
+        let found = if name.ends_with(".sources") {
+            deb822_archive(&text, &codename)
+        } else if name.ends_with(".list") {
+            one_line_archive(&text, &codename)
+        } else {
+            None
+        };
+        if let Some(archive) = found {
+            return Ok(archive);
+        }
+    }
+    step(format!(
+        "no {codename} entry in the system's apt sources: using http://deb.debian.org/debian"
+    ));
+    Ok(Archive {
+        uri: "http://deb.debian.org/debian".to_owned(),
+        keyring: PathBuf::from(DEBIAN_KEYRING),
+    })
+}
+
+/// A keyring named by `Signed-By`/`signed-by=` if it is a file, else Debian's.
+fn keyring(signed_by: Option<&str>) -> PathBuf {
+    signed_by
+        .map(str::trim)
+        .filter(|path| path.starts_with('/') && Path::new(path).is_file())
+        .map_or_else(|| PathBuf::from(DEBIAN_KEYRING), PathBuf::from)
+}
+
+/// The first enabled `Types: deb` stanza of a deb822 .sources file whose Suites name
+/// `codename` exactly.
+fn deb822_archive(text: &str, codename: &str) -> Option<Archive> {
+    // Stanzas are separated by blank lines; a field continues on lines that start with a
+    // space (an inline key), which only the first line of matters here.
+    let mut stanzas = vec![BTreeMap::new()];
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            stanzas.push(BTreeMap::new());
+        } else if !line.starts_with(['#', ' ', '\t']) {
+            if let (Some((key, value)), Some(fields)) = (line.split_once(':'), stanzas.last_mut()) {
+                fields.insert(key.trim().to_lowercase(), value.trim().to_owned());
+            }
+        }
+    }
+    stanzas.into_iter().find_map(|fields| {
+        let has = |key: &str, word: &str| {
+            fields
+                .get(key)
+                .is_some_and(|value| value.split_whitespace().any(|w| w == word))
+        };
+        if !has("types", "deb")
+            || !has("suites", codename)
+            || fields.get("enabled").is_some_and(|v| v == "no")
+        {
+            return None;
+        }
+        Some(Archive {
+            uri: fields.get("uris")?.split_whitespace().next()?.to_owned(),
+            keyring: keyring(fields.get("signed-by").map(String::as_str)),
+        })
+    })
+}
+
+/// The first `deb [options] URI SUITE COMPONENTS...` line with SUITE `codename`.
+fn one_line_archive(text: &str, codename: &str) -> Option<Archive> {
+    for line in text.lines() {
+        let line = line.trim();
+        let Some(rest) = line.strip_prefix("deb ") else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        let (options, rest) = match rest.strip_prefix('[') {
+            Some(inner) => inner.split_once(']')?,
+            None => ("", rest),
+        };
+        let mut words = rest.split_whitespace();
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
+        if suite != codename {
+            continue;
+        }
+        let signed_by = options
+            .split_whitespace()
+            .find_map(|option| option.strip_prefix("signed-by="));
+        return Some(Archive {
+            uri: uri.to_owned(),
+            keyring: keyring(signed_by),
+        });
+    }
+    None
 }
 
 /// The nightly toolchain must already be installed; this is the message when it is not.
@@ -429,6 +814,27 @@ fn missing_packages() -> Result<Vec<&'static str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_release_archive_in_deb822_sources() {
+        let sources = "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\nTypes: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\nComponents: main\n";
+        let archive = deb822_archive(sources, "bookworm").unwrap();
+        assert_eq!(archive.uri, "http://deb.debian.org/debian");
+        assert_eq!(archive.keyring, Path::new(DEBIAN_KEYRING));
+        assert!(deb822_archive(sources, "trixie").is_none());
+        let disabled = "Enabled: no\nTypes: deb\nURIs: http://x/debian\nSuites: bookworm\n";
+        assert!(deb822_archive(disabled, "bookworm").is_none());
+    }
+
+    #[test]
+    fn finds_the_release_archive_in_one_line_sources() {
+        let list = "# deb http://old/debian bookworm main\ndeb-src http://src/debian bookworm main\ndeb [arch=amd64 signed-by=/nonexistent.gpg] http://mirror/debian bookworm main contrib\n";
+        let archive = one_line_archive(list, "bookworm").unwrap();
+        assert_eq!(archive.uri, "http://mirror/debian");
+        // A keyring that is not there falls back to Debian's.
+        assert_eq!(archive.keyring, Path::new(DEBIAN_KEYRING));
+        assert!(one_line_archive(list, "bullseye").is_none());
+    }
 
     #[test]
     fn reads_llvm_major() {

@@ -4,6 +4,10 @@
 //! (ignored by a plain `cargo test`) installs, uses and purges it and runs the Ansible role.
 //! `APNS_AGENT_PACKAGE_TESTS=skip` skips the latter (on a machine whose apns-agent must not
 //! be touched), and the summary says so.
+//!
+//! Then the kernel matrix (`vm::matrix`): the tests of `vm::GUEST_TESTS`, built on the host,
+//! in a QEMU guest of each kernel of `vm::GUEST_KERNELS`. `--kernel` picks what runs: `host`
+//! (everything above) and the guest kernels by name; all of them by default.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -16,14 +20,55 @@ use anyhow::{bail, Context, Result};
 use crate::{
     bystander::Bystander,
     util::{cargo, describe, elapsed, is_root, step, target_dir, workspace_root},
+    vm::{self, GuestKernel},
 };
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Extra arguments for `cargo test`, after `--`
+    /// Where the tests run: `host` (the whole suite, the benchmark's smoke run and the package
+    /// tests on this machine's kernel), or a guest kernel: 5.10, 6.1, 6.12 (the kernel matrix).
+    /// Repeat it or give a comma list [default: all]
+    #[arg(long = "kernel", value_name = "K", value_delimiter = ',', value_parser = parse_kernel)]
+    kernels: Vec<Kernel>,
+    /// Extra arguments for the host's `cargo test`, after `--`
     /// (e.g. `cargo xtask test -- -p apns-tests -- --nocapture`).
     #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
     cargo_test_args: Vec<OsString>,
+}
+
+/// A value of `--kernel`.
+#[derive(Clone, Copy)]
+enum Kernel {
+    Host,
+    Guest(&'static GuestKernel),
+}
+
+fn parse_kernel(name: &str) -> std::result::Result<Kernel, String> {
+    if name == "host" {
+        return Ok(Kernel::Host);
+    }
+    vm::parse_guest_kernel(name)
+        .map(Kernel::Guest)
+        .map_err(|err| format!("{err}, or host"))
+}
+
+impl Args {
+    /// Whether the host suite runs, and the guest kernels of the matrix, in table order.
+    fn selection(&self) -> (bool, Vec<&'static GuestKernel>) {
+        if self.kernels.is_empty() {
+            return (true, vm::GUEST_KERNELS.iter().collect());
+        }
+        let host = self.kernels.iter().any(|k| matches!(k, Kernel::Host));
+        let guests = vm::GUEST_KERNELS
+            .iter()
+            .filter(|kernel| {
+                self.kernels
+                    .iter()
+                    .any(|k| matches!(k, Kernel::Guest(g) if g.name == kernel.name))
+            })
+            .collect();
+        (host, guests)
+    }
 }
 
 pub fn run(args: &Args) -> Result<()> {
@@ -42,6 +87,10 @@ pub fn run(args: &Args) -> Result<()> {
              (APNS_AGENT_PACKAGE_TESTS=skip) ({})",
             elapsed(start.elapsed())
         )),
+        Ok(PackageTests::NoHost) => step(format!(
+            "cargo xtask test: PASSED, guest kernels only (--kernel without host) ({})",
+            elapsed(start.elapsed())
+        )),
         Err(err) => step(format!(
             "cargo xtask test: FAILED after {}: {err:#}",
             elapsed(start.elapsed())
@@ -57,10 +106,32 @@ pub fn run(args: &Args) -> Result<()> {
 enum PackageTests {
     Ran,
     Skipped,
+    /// Nor did anything else on the host.
+    NoHost,
 }
 
 fn setup_and_test(args: &Args) -> Result<PackageTests> {
+    let (host, guests) = args.selection();
     crate::setup::run().context("setup failed")?;
+    if !guests.is_empty() {
+        crate::setup::guests(&guests).context("setting up the guests failed")?;
+    }
+    let package = if host {
+        host_tests(args)?
+    } else {
+        step("not running the host's tests (--kernel without host)");
+        PackageTests::NoHost
+    };
+    if !guests.is_empty() {
+        let binaries = vm::build_tests(None)?;
+        vm::matrix(&guests, &binaries)?;
+    }
+    Ok(package)
+}
+
+/// The whole suite on this machine's kernel, beside a bystander agent, then the benchmark's
+/// smoke run and the package tests, then the check that nothing was left behind.
+fn host_tests(args: &Args) -> Result<PackageTests> {
     // What exists before is not this run's: a crashed earlier run's leftovers are the tests'
     // own sweeps to remove, and must not fail this run.
     let before = test_artifacts();
