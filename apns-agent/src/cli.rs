@@ -63,10 +63,12 @@ pub enum Command {
         interfaces: Vec<String>,
     },
     /// Detach from every interface and remove every pin: programs, links and maps (counters
-    /// are lost), and the record of live changes.
+    /// are lost), and the record of live changes. Refuses, removing nothing, a pin directory
+    /// that holds anything but apns-agent's pins, is not on bpffs, or is bpffs' root.
     Unload,
-    /// Show interfaces, XDP mode, programs, policy mode and allow-list sizes, and where each
-    /// part of the live policy came from.
+    /// Show interfaces, XDP mode, programs, policy mode and allow-list sizes, where each
+    /// part of the live policy came from, and the kernel's optional features (probed) with the
+    /// way each fast path takes.
     Status {
         #[arg(long)]
         json: bool,
@@ -102,12 +104,14 @@ pub enum Command {
     },
     /// Validate a config file without touching the kernel.
     CheckConfig { file: PathBuf },
-    /// Check, changing nothing, whether the agent will work on this host: kernel, bpffs,
-    /// BTF, capabilities, config, forwarding, conntrack, the metrics address, and per
-    /// interface its link, MTU, driver and XDP features, the XDP programs already on it
-    /// and rp_filter. One line per check: ok, warn or fail, and the fix. Sends nothing
-    /// unless --probe. Exit 0: all ok; 1: warnings; 2: failures (a command-line error
-    /// exits 2 too, with nothing on standard output).
+    /// Check, changing nothing, whether the agent will work on this host: the kernel's
+    /// features (probed), the verifier's verdict on every program of the datapath (loaded
+    /// into a private instance, attached nowhere), bpffs, BTF, capabilities, config,
+    /// forwarding, conntrack, the metrics address, and per interface its link, MTU, driver
+    /// and XDP features, the XDP programs already on it and rp_filter. One line per check:
+    /// ok, warn or fail, and the fix. Sends nothing unless --probe. Exit 0: all ok; 1:
+    /// warnings; 2: failures (a command-line error exits 2 too, with nothing on standard
+    /// output).
     Doctor(DoctorArgs),
     /// A dry run: every frame of a pcap or pcapng capture (Ethernet, or Linux cooked from
     /// `tcpdump -i any`) through the real XDP program in a private instance loaded with the
