@@ -149,7 +149,7 @@ pub fn record_outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) {
 
 /// What [`apns_conns_outbound`] leaves to its caller: nothing, or making the entry (`make`),
 /// for a SYN or another first packet. The caller makes it, so that `make`'s frame (a whole
-/// value) is not stacked on the global function's: the verifier adds up the frames of a call
+/// value) is not stacked on the recorder's: the verifier adds up the frames of a call
 /// chain against 512 bytes, and Linux 6.1 rounds each to 32.
 const DONE: u32 = 0;
 const MAKE: u32 = 1;
