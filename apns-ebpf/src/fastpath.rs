@@ -234,8 +234,10 @@ pub fn route(
     }
     // SAFETY: `params` is a valid, fully initialised bpf_fib_lookup on our stack.
     let result = unsafe { fib_lookup(ctx, &mut params, size_of::<bpf_fib_lookup>() as i32, 0) };
-    // The FIB fills in the egress ifindex on NO_NEIGH too.
-    let resolved = fib_answer(result)?;
+    // The FIB fills in the egress ifindex on NO_NEIGH too. Older kernels (5.10 does) also
+    // answer SUCCESS for a neighbour entry still being resolved (INCOMPLETE, or FAILED), with
+    // its all-zero address: a frame sent there is lost, so that is no resolved neighbour.
+    let resolved = fib_answer(result)? && params.dmac != [0; ETH_ALEN];
     Ok(Route {
         egress: params.ifindex,
         resolved,

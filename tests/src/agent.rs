@@ -36,6 +36,12 @@ use crate::lab::{Lab, LabChild, Role, GW_IF_CLIENT, GW_IF_WAN};
 
 /// How long `spawn_run` waits for the agent to report READY=1.
 const RUN_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// [`RUN_READY_TIMEOUT`], times [`crate::time_scale`].
+fn run_ready_timeout() -> Duration {
+    RUN_READY_TIMEOUT * crate::time_scale()
+}
+
 /// Log lines of an agent kept for the message when it fails.
 const LOG_TAIL: usize = 200;
 
@@ -354,8 +360,8 @@ impl Agent<'_> {
     /// reload did, it is done when this returns.
     pub fn reload(&mut self) -> Result<()> {
         self.signal(Signal::SIGHUP)?;
-        self.wait_for("RELOADING=1", RUN_READY_TIMEOUT)?;
-        self.wait_for("READY=1", RUN_READY_TIMEOUT)?;
+        self.wait_for("RELOADING=1", run_ready_timeout())?;
+        self.wait_for("READY=1", run_ready_timeout())?;
         Ok(())
     }
 
@@ -468,7 +474,7 @@ pub fn spawn_run_env<'lab>(
         lines,
     };
     agent
-        .wait_for("READY=1", RUN_READY_TIMEOUT)
+        .wait_for("READY=1", run_ready_timeout())
         .context("apns-agent run did not become ready")?;
     Ok(agent)
 }

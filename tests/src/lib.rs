@@ -10,3 +10,14 @@ pub mod packets;
 pub mod reference;
 pub mod scratch;
 pub mod xdp;
+
+/// How many times longer than on the host the tests' waits may last: `APNS_TEST_TIME_SCALE`
+/// (a whole number, 1 when unset). The kernel matrix sets it for its guests, whose emulated
+/// CPUs (QEMU's TCG) verify programs and build namespaces several times slower.
+pub fn time_scale() -> u32 {
+    std::env::var("APNS_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .filter(|&scale| scale >= 1)
+        .unwrap_or(1)
+}

@@ -32,7 +32,11 @@ use apns_tests::{
 };
 use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, VlanId};
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection or wait may take (longer in the kernel matrix's guests).
+fn timeout() -> Duration {
+    Duration::from_secs(5) * apns_tests::time_scale()
+}
+
 /// The ports the filter drops and the tests use.
 const PORTS: [u16; 2] = [5223, 2197];
 /// How long counts must stay unchanged to be final: longer than Linux's largest delayed-ACK
@@ -51,7 +55,7 @@ fn in_ns(lab: &Lab, role: Role, args: &[&str]) -> String {
 /// retransmission).
 fn filtered_gateway(lab: &Lab) {
     for role in lab.roles() {
-        lab.wait_settled(role, TIMEOUT).unwrap();
+        lab.wait_settled(role, timeout()).unwrap();
     }
     lab.nft(Role::Gw, lab::APNS_FORWARD_DROP).unwrap();
     lab.redirect_offloads().unwrap();
@@ -87,7 +91,7 @@ fn echo_every_port(lab: &Lab, payload: &[u8]) {
         for port in PORTS {
             let to = APPLE.socket(ipv6, port);
             assert_eq!(
-                lab.echo(Role::Client, to, payload, TIMEOUT).unwrap(),
+                lab.echo(Role::Client, to, payload, timeout()).unwrap(),
                 payload,
                 "to {to}"
             );
@@ -177,7 +181,7 @@ impl Gateway {
     /// send, retransmissions included: equality means every one crossed the gateway's XDP
     /// program and was counted exactly once.
     fn settle(self, lab: &Lab, pins: &TestPins, before: &Ledger) -> Ledger {
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout();
         let balanced = |now: &Ledger| {
             let lan = counted_all(&now.snapshot, self.lan, Direction::Outbound)
                 - counted_all(&before.snapshot, self.lan, Direction::Outbound);
@@ -280,7 +284,7 @@ fn run_on_lan_and_wan<'lab>(lab: &'lab Lab, pins: &TestPins) -> apns_tests::agen
 
 /// Writes `bytes` on `stream` and reads the echo back.
 fn exchange(stream: &mut TcpStream, bytes: &[u8]) {
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_read_timeout(Some(timeout())).unwrap();
     stream.write_all(bytes).unwrap();
     let mut echoed = vec![0; bytes.len()];
     stream
@@ -404,7 +408,7 @@ fn a_live_flow_survives_a_lost_neighbour_and_a_new_next_hop() {
         let family = if ipv6 { "-6" } else { "-4" };
         let (isp, isp2) = (ISP_WAN.ip(ipv6).to_string(), ISP2_WAN.ip(ipv6).to_string());
         let mut stream = lab
-            .connect(Role::Client, APPLE.socket(ipv6, 5223), TIMEOUT)
+            .connect(Role::Client, APPLE.socket(ipv6, 5223), timeout())
             .unwrap();
         exchange(&mut stream, b"warm");
         let mut before = gw.settle(&lab, &pins, &gw.ledger(&lab, &pins));
@@ -586,7 +590,7 @@ fn what_the_fast_path_cannot_forward_goes_to_the_stack_counted_by_reason() {
             lab.send_frames(Role::Client, CLIENT_IF.name, &[frame])
                 .unwrap();
         }
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout();
         while fallback(ifindex, reason) == reasons_before {
             assert!(Instant::now() < deadline, "{what}: never counted");
             std::thread::sleep(Duration::from_millis(20));
@@ -600,7 +604,7 @@ fn what_the_fast_path_cannot_forward_goes_to_the_stack_counted_by_reason() {
         );
         // The lost ones reach the forward chain and die there; the others are answered (or
         // dropped by the route) before it.
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout();
         while lost && forward_drops(&lab) == dropped {
             assert!(
                 Instant::now() < deadline,
@@ -669,7 +673,8 @@ fn proxy(lab: &Lab, connections: usize) -> std::thread::JoinHandle<()> {
         .unwrap();
     listener.set_nonblocking(true).unwrap();
     std::thread::spawn(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline =
+            std::time::Instant::now() + Duration::from_secs(30) * apns_tests::time_scale();
         let mut served = 0;
         while served < connections && std::time::Instant::now() < deadline {
             match listener.accept() {
@@ -677,7 +682,7 @@ fn proxy(lab: &Lab, connections: usize) -> std::thread::JoinHandle<()> {
                     use std::io::{Read as _, Write as _};
                     // Read the request first: closing with unread data would reset.
                     let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(TIMEOUT));
+                    let _ = stream.set_read_timeout(Some(timeout()));
                     let _ = stream.read_to_end(&mut Vec::new());
                     let _ = stream.write_all(PROXY_GREETING);
                     served += 1;
@@ -691,7 +696,7 @@ fn proxy(lab: &Lab, connections: usize) -> std::thread::JoinHandle<()> {
 /// What the client gets back when it says "ping" to `to`: the echo (it reached the host) or
 /// the proxy's greeting (it was redirected).
 fn reply(lab: &Lab, to: std::net::SocketAddr) -> Vec<u8> {
-    lab.echo(Role::Client, to, b"ping", TIMEOUT).unwrap()
+    lab.echo(Role::Client, to, b"ping", timeout()).unwrap()
 }
 
 #[test]

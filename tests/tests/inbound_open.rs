@@ -23,7 +23,11 @@ use apns_tests::{
     },
 };
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection or wait may take (longer in the kernel matrix's guests).
+fn timeout() -> Duration {
+    Duration::from_secs(5) * apns_tests::time_scale()
+}
+
 /// How long a capture file must stop growing before the capture is read.
 const QUIET: Duration = Duration::from_millis(500);
 /// Crafted SYNs per address family.
@@ -114,7 +118,7 @@ impl<'lab> Capture<'lab> {
         // The packets a test waits for were counted on wan0; the stack forwards them and
         // tcpdump writes them a moment later: stop once the file stopped growing.
         let size = || std::fs::metadata(&self.file).map_or(0, |meta| meta.len());
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout();
         let (mut last, mut since) = (size(), Instant::now());
         while since.elapsed() < QUIET && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -122,7 +126,7 @@ impl<'lab> Capture<'lab> {
                 (last, since) = (size(), Instant::now());
             }
         }
-        self.child.stop(TIMEOUT).unwrap();
+        self.child.stop(timeout()).unwrap();
         // A capture that lost packets proves nothing about what arrived.
         let said = self.stderr.join().unwrap();
         assert!(
@@ -162,7 +166,7 @@ fn inbound_syns_are_dropped_in_enforce_and_delivered_in_monitor_counted_exactly(
     for ipv6 in [false, true] {
         let to = APPLE.socket(ipv6, 5223);
         assert_eq!(
-            lab.echo(Role::Client, to, b"apns", TIMEOUT).unwrap(),
+            lab.echo(Role::Client, to, b"apns", timeout()).unwrap(),
             b"apns"
         );
     }
@@ -179,7 +183,7 @@ fn inbound_syns_are_dropped_in_enforce_and_delivered_in_monitor_counted_exactly(
             .unwrap();
     }
     let total = u64::from(2 * SYNS);
-    lab::wait_until("the drops to be counted", TIMEOUT, || {
+    lab::wait_until("the drops to be counted", timeout(), || {
         counted(Outcome::DropInboundOpen).packets >= total
     });
     assert_eq!(capture.packets(), 0, "a dropped SYN reached the device");
@@ -202,7 +206,7 @@ fn inbound_syns_are_dropped_in_enforce_and_delivered_in_monitor_counted_exactly(
         assert_eq!(event["device"]["finding"], "ok", "{event}");
     }
     assert!(events
-        .wait_timeout(TIMEOUT)
+        .wait_timeout(timeout())
         .unwrap()
         .is_some_and(|s| s.success()));
     let metrics = agent::scrape_metrics(
@@ -230,7 +234,7 @@ fn inbound_syns_are_dropped_in_enforce_and_delivered_in_monitor_counted_exactly(
         lab.send_frames(Role::Isp, ISP_IF_GW.name, &inbound_syns(ipv6))
             .unwrap();
     }
-    lab::wait_until("the attempts to be counted", TIMEOUT, || {
+    lab::wait_until("the attempts to be counted", timeout(), || {
         counted(Outcome::InboundOpen).packets >= total
     });
     assert_eq!(

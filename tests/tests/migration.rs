@@ -14,7 +14,11 @@ use apns_tests::{
     layout2,
 };
 
-const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one connection or wait may take (longer in the kernel matrix's guests).
+fn timeout() -> Duration {
+    Duration::from_secs(5) * apns_tests::time_scale()
+}
+
 const QUIET: Duration = Duration::from_millis(300);
 /// Messages of the long-lived flow, one every few milliseconds: a few seconds of traffic,
 /// the migration in the middle.
@@ -24,9 +28,9 @@ const MESSAGES: usize = 600;
 /// quiet moment: read again until neither peer sent anything while the counters were read.
 fn baseline(lab: &Lab, pins: &TestPins) -> (LinkStats, LinkStats, BTreeMap<u32, u64>) {
     loop {
-        lab.wait_quiet(Role::Client, CLIENT_IF.name, QUIET, TIMEOUT)
+        lab.wait_quiet(Role::Client, CLIENT_IF.name, QUIET, timeout())
             .unwrap();
-        lab.wait_quiet(Role::Isp, ISP_IF_GW.name, QUIET, TIMEOUT)
+        lab.wait_quiet(Role::Isp, ISP_IF_GW.name, QUIET, timeout())
             .unwrap();
         let stats = || {
             (
@@ -77,13 +81,13 @@ fn a_new_agent_migrates_the_previous_releases_datapath_under_a_live_flow() {
             APPLE.socket(false, 5223),
             MESSAGES,
             Duration::from_millis(5),
-            TIMEOUT,
+            timeout(),
         )
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let mut agent = spawn_run(&lab, &pins, &["run", "--iface", lan0, "--iface", wan0]).unwrap();
     agent
-        .wait_for_log("migrated the datapath from map layout 2 to 3", TIMEOUT)
+        .wait_for_log("migrated the datapath from map layout 2 to 3", timeout())
         .unwrap();
     assert!(
         !flow.is_finished(),
@@ -118,12 +122,12 @@ fn a_new_agent_migrates_the_previous_releases_datapath_under_a_live_flow() {
 
     // Every packet that entered lan0 and wan0, before, during and after the migration, is
     // counted exactly once: the peers' transmit counters say how many there were.
-    drop(agent.stop(TIMEOUT));
+    drop(agent.stop(timeout()));
     let client_after = lab
-        .wait_quiet(Role::Client, CLIENT_IF.name, QUIET, TIMEOUT)
+        .wait_quiet(Role::Client, CLIENT_IF.name, QUIET, timeout())
         .unwrap();
     let isp_after = lab
-        .wait_quiet(Role::Isp, ISP_IF_GW.name, QUIET, TIMEOUT)
+        .wait_quiet(Role::Isp, ISP_IF_GW.name, QUIET, timeout())
         .unwrap();
     let snapshot = datapath.counters.snapshot().unwrap();
     let counted = |ifindex: u32| -> u64 {
