@@ -24,6 +24,14 @@ const QUIET: Duration = Duration::from_millis(300);
 /// the migration in the middle.
 const MESSAGES: usize = 600;
 
+/// [`MESSAGES`], times the square of [`apns_tests::time_scale`]: in the kernel matrix's guests
+/// the migration loads and verifies programs, which their emulated CPUs slow down far more than
+/// the rest (the flow must outlast it).
+fn messages() -> usize {
+    let scale = apns_tests::time_scale() as usize;
+    MESSAGES * scale * scale
+}
+
 /// The peers' transmit counters and what the layout-2 datapath counted, read together at a
 /// quiet moment: read again until neither peer sent anything while the counters were read.
 fn baseline(lab: &Lab, pins: &TestPins) -> (LinkStats, LinkStats, BTreeMap<u32, u64>) {
@@ -79,7 +87,7 @@ fn a_new_agent_migrates_the_previous_releases_datapath_under_a_live_flow() {
         .echo_flow(
             Role::Client,
             APPLE.socket(false, 5223),
-            MESSAGES,
+            messages(),
             Duration::from_millis(5),
             timeout(),
         )
@@ -93,7 +101,7 @@ fn a_new_agent_migrates_the_previous_releases_datapath_under_a_live_flow() {
         !flow.is_finished(),
         "the flow ended before the migration: make it longer"
     );
-    assert_eq!(flow.join().unwrap(), MESSAGES, "the flow stalled");
+    assert_eq!(flow.join().unwrap(), messages(), "the flow stalled");
 
     // Nothing of the old layout is left: the layout check passes, the retired map and the
     // staging folder are gone, link pins have this layout's names.
@@ -162,7 +170,7 @@ fn a_new_agent_migrates_the_previous_releases_datapath_under_a_live_flow() {
         Outcome::Pass,
     ));
     assert_eq!((syn.syn, synack.synack), (1, 1), "one connection");
-    assert!(syn.packets >= MESSAGES as u64);
+    assert!(syn.packets >= messages() as u64);
 
     // A layout the agent cannot migrate from (older than the previous, or newer) is refused
     // with the fix, and nothing is touched.

@@ -48,6 +48,14 @@ fn tree(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Mounts bpffs at /sys/fs/bpf where it is not (a guest of the kernel matrix boots without
+/// it), as the agent would, once per test process: tests running in parallel that each saw
+/// it missing would mount it twice, one over the other, hiding what the first had pinned.
+fn bpffs_mounted() {
+    static MOUNT: std::sync::Once = std::sync::Once::new();
+    MOUNT.call_once(|| TestPins::new().dir().prepare().unwrap());
+}
+
 #[test]
 fn unload_of_a_plain_folder_is_refused_and_removes_nothing() {
     let scratch = Scratch::new("unload-plain");
@@ -66,6 +74,7 @@ fn unload_of_a_plain_folder_is_refused_and_removes_nothing() {
 #[test]
 fn unload_and_install_at_bpffs_root_are_refused() {
     let root = Path::new("/sys/fs/bpf");
+    bpffs_mounted();
     let before = tree(root);
     let stderr = refused(agent_at(root, &["unload"]));
     assert!(stderr.contains("root of a bpffs mount"), "{stderr}");
@@ -90,7 +99,9 @@ fn unload_and_install_at_bpffs_root_are_refused() {
 #[test]
 fn unload_of_a_pin_directory_holding_a_foreign_map_is_refused_and_removes_nothing() {
     let pins = TestPins::new();
-    std::fs::create_dir_all(pins.path()).unwrap();
+    // An empty pin directory of ours.
+    bpffs_mounted();
+    pins.dir().prepare().unwrap();
     let foreign = pins.path().join("foreign_map");
     let made = Command::new("bpftool")
         .args(["map", "create"])

@@ -229,7 +229,7 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         test: "migration",
         args: &[],
         env: &[TIME_SCALE],
-        timeout_secs: 300,
+        timeout_secs: 420,
         known_failures: &[],
     },
 ];
