@@ -6,11 +6,14 @@ pub mod mode {
     pub const PASS: u32 = 0;
     /// Mark APNs packets for netfilter and policy routing: the XDP program puts a
     /// [`super::MarkMeta`] in front of the packet (XDP metadata) and the TC ingress program
-    /// `apns_tc` on the same interface copies it into `skb->mark`.
+    /// `apns_tc` on the same interface copies it into `skb->mark`; where the kernel lets XDP
+    /// write no metadata (`crate::features::bits::XDP_META`), `apns_tc` classifies the
+    /// packet and marks it itself.
     pub const MARK: u32 = 1;
     /// Forward APNs packets from XDP (FIB lookup, MAC rewrite, TTL/hop limit decrement,
     /// XDP_REDIRECT), past netfilter. A next hop without a resolved neighbour is handed to
-    /// the TC ingress program `apns_tc` ([`super::HandoffMeta`]), which forwards with
+    /// the TC ingress program `apns_tc` (in a [`super::HandoffMeta`], or, without XDP
+    /// metadata, by `apns_tc` classifying the packet again), which forwards with
     /// `bpf_redirect_neigh`. Whatever else the FIB cannot settle goes to the stack
     /// ([`super::Fallback`]).
     pub const REDIRECT: u32 = 2;
@@ -24,8 +27,8 @@ pub enum FastPath {
     /// Classify and count; the kernel stack forwards.
     #[default]
     Pass = mode::PASS,
-    /// Set `skb->mark` on APNs packets (XDP metadata + a TC ingress program), for netfilter
-    /// and policy routing; works with NAT.
+    /// Set `skb->mark` on APNs packets (a TC ingress program, from XDP metadata where the
+    /// kernel allows it), for netfilter and policy routing; works with NAT.
     Mark = mode::MARK,
     /// Forward from XDP (routed gateways, no NAT on the APNs path).
     Redirect = mode::REDIRECT,
@@ -171,7 +174,7 @@ pub enum Fallback {
     /// An 802.1Q/802.1ad tagged frame (lost).
     VlanTagged = 9,
     /// No resolved neighbour and the TC program is not attached (yet) on the ingress
-    /// interface (lost).
+    /// interface, or the kernel has no `bpf_redirect_neigh` (lost).
     TcNotReady = 10,
     /// No resolved neighbour and the driver gives XDP no metadata room (lost).
     NoMetadata = 11,

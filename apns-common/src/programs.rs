@@ -7,7 +7,8 @@ pub const XDP: &str = "apns_xdp";
 
 /// The TC ingress program of the fast paths, attached to every `mark` and `redirect`
 /// interface: copies the `mark` path's metadata into `skb->mark`, and forwards the packets
-/// the `redirect` path hands it (next hop not resolved) with `bpf_redirect_neigh`.
+/// the `redirect` path hands it (next hop not resolved) with `bpf_redirect_neigh`; where XDP
+/// can write no metadata, it classifies those interfaces' packets itself to do both.
 pub const TC: &str = "apns_tc";
 
 /// The TC egress half of the connection table, on device-facing interfaces: records Apple's

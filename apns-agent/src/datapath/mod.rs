@@ -12,7 +12,8 @@
 //! - [`Datapath::reconcile`] is the only way its state changes ([`reconcile`]); it and the
 //!   other changing calls take the pin directory's [`Lock`] as proof that the caller holds it.
 //!
-//! Submodules: `object` (the embedded ELF), `pins` (paths and locks), `layout` (the map
+//! Submodules: `object` (the embedded ELF), `features` (the kernel's optional features,
+//! probed), `pins` (paths and locks), `layout` (the map
 //! layout check), `install`, `migrate` (from the previous layout), `hooks` (test hooks),
 //! `links` (attach and detach), `neighbours` (other XDP programs
 //! on an interface), `netdev` (devices as netlink reports them), `policy` (the policy model),
