@@ -4,14 +4,16 @@
 pub mod mode {
     /// Classify and count only; the kernel stack forwards the packet.
     pub const PASS: u32 = 0;
-    /// Mark APNs packets for netfilter and policy routing: the XDP program puts a
+    /// Mark the devices' APNs packets (outbound, to Apple) for netfilter and policy routing;
+    /// Apple's replies are left to conntrack. The XDP program puts a
     /// [`super::MarkMeta`] in front of the packet (XDP metadata) and the TC ingress program
     /// `apns_tc` on the same interface copies it into `skb->mark`; where the kernel lets XDP
     /// write no metadata (`crate::features::bits::XDP_META`), `apns_tc` classifies the
     /// packet and marks it itself.
     pub const MARK: u32 = 1;
     /// Forward APNs packets from XDP (FIB lookup, MAC rewrite, TTL/hop limit decrement,
-    /// XDP_REDIRECT), past netfilter. A next hop without a resolved neighbour is handed to
+    /// XDP_REDIRECT), past netfilter: the devices' packets, and Apple's of the flows they
+    /// opened (`crate::maps::FLOWS`; any other is [`super::Fallback::Unsolicited`]). A next hop without a resolved neighbour is handed to
     /// the TC ingress program `apns_tc` (in a [`super::HandoffMeta`], or, without XDP
     /// metadata, by `apns_tc` classifying the packet again), which forwards with
     /// `bpf_redirect_neigh`. Whatever else the FIB cannot settle goes to the stack
@@ -27,8 +29,9 @@ pub enum FastPath {
     /// Classify and count; the kernel stack forwards.
     #[default]
     Pass = mode::PASS,
-    /// Set `skb->mark` on APNs packets (a TC ingress program, from XDP metadata where the
-    /// kernel allows it), for netfilter and policy routing; works with NAT.
+    /// Set `skb->mark` on the devices' APNs packets (a TC ingress program, from XDP metadata
+    /// where the kernel allows it), for netfilter and policy routing; works with NAT.
+    /// Apple's replies are never marked: conntrack sees them, as every packet of this path.
     Mark = mode::MARK,
     /// Forward from XDP (routed gateways, no NAT on the APNs path).
     Redirect = mode::REDIRECT,
@@ -180,10 +183,15 @@ pub enum Fallback {
     NoMetadata = 11,
     /// Any other FIB answer, or a frame the fast path could not rewrite (lost).
     Other = 12,
+    /// An inbound packet (from Apple) of no flow a device behind the gateway opened through
+    /// the fast path (`crate::maps::FLOWS`), or routed elsewhere than where that flow was
+    /// opened: forged, or of a connection the flow table never saw or forgot. The
+    /// operator's firewall judges it (lost only if the firewall drops it: that is its job).
+    Unsolicited = 13,
 }
 
 impl Fallback {
-    pub const ALL: [Fallback; 13] = [
+    pub const ALL: [Fallback; 14] = [
         Fallback::Ttl,
         Fallback::FragNeeded,
         Fallback::Blackhole,
@@ -197,6 +205,7 @@ impl Fallback {
         Fallback::TcNotReady,
         Fallback::NoMetadata,
         Fallback::Other,
+        Fallback::Unsolicited,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -214,6 +223,7 @@ impl Fallback {
             Fallback::TcNotReady => "tc_not_ready",
             Fallback::NoMetadata => "no_metadata",
             Fallback::Other => "other",
+            Fallback::Unsolicited => "unsolicited",
         }
     }
 }

@@ -10,12 +10,12 @@
 //! address the prefilter cannot settle costs an LPM trie lookup; only a provider port toward
 //! Apple, a pinhole port toward anyone else, or a SYN from Apple reads `APNS_POLICY`; only a
 //! passed APNs packet on a `redirect` interface `APNS_TX_PORTS` (and, if it is left to the
-//! stack, `APNS_FP_PATHS`); only a passed APNs packet entering or XDP-redirected to a
+//! stack, `APNS_FP_PATHS`) and the flow table `APNS_FLOWS` (an LRU hash; one lookup); only a passed APNs packet entering or XDP-redirected to a
 //! device-facing interface the connection table `APNS_CONNS` (an LRU hash) and
 //! `APNS_CONN_STATS`; only a policy drop the event maps.
 //!
 //! Memory (preallocated, `bytes_memlock`): `APNS_CONNS` 15 MiB at the default 65,536
-//! entries; `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES` 704 KiB (two generations of 352
+//! entries; `APNS_FLOWS` about 7 MiB; `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES` 704 KiB (two generations of 352
 //! KiB); `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the rest a few KiB. The LPM tries
 //! allocate per prefix.
 
@@ -129,6 +129,19 @@ pub const META: &str = "APNS_META";
 /// by the agent (`status`, /metrics, `stats`). Added to layout 3 before its release.
 pub const FASTPATH_PATHS: &str = "APNS_FP_PATHS";
 
+/// `LruHashMap<ConnKey, u32>`: the flows the `redirect` fast path may forward inbound
+/// (`apns-ebpf/src/flows.rs`), keyed like the connection table (the device's address and
+/// port, Apple's address and port); the value is the ifindex where the device's packets
+/// enter. Written by the XDP program for every APNs packet from a device (outbound, passed)
+/// entering a `redirect` interface, once per flow (a lookup finds it afterwards); read by
+/// the XDP program, and by `apns_tc` where it classifies itself, for every inbound APNs
+/// packet on such an interface: without an entry opened on another interface, the packet
+/// takes no fast path. The agent never writes it. An LRU, so that a flood of new flows evicts the
+/// idlest; looked-up entries stay. About 7 MiB preallocated.
+pub const FLOWS: &str = "APNS_FLOWS";
+/// Flows `APNS_FLOWS` holds: as many as the connection table's default.
+pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
+
 /// Kernel map type numbers (`enum bpf_map_type`, stable UAPI) of the maps above.
 pub mod map_type {
     pub const HASH: u32 = 1;
@@ -141,7 +154,7 @@ pub mod map_type {
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 20] = {
+pub const ALL: [MapLayout; 21] = {
     use crate::{
         conns::{ConnKey, ConnStats, ConnValue},
         counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
@@ -240,6 +253,7 @@ pub const ALL: [MapLayout; 20] = {
             size_of::<crate::fastpath::PathCounters>(),
             crate::counters::IFACE_SLOTS,
         ),
+        MapLayout::new(FLOWS, LRU_HASH, size_of::<ConnKey>(), 4, FLOWS_MAX_ENTRIES),
     ]
 };
 

@@ -2,6 +2,9 @@
 //! for a next hop without a resolved neighbour, by the TC program) and `mark` (tagged for
 //! netfilter and policy routing through XDP metadata).
 //!
+//! Both carry a device's packets, and Apple's only for flows a device opened (`flows`); any
+//! other inbound packet goes to the stack ([`Fallback::Unsolicited`]).
+//!
 //! For an interface whose fast path is `redirect`, an untagged APNs packet with a TTL above 1
 //! gets a FIB lookup (bpf_fib_lookup, the kernel's own routing table and neighbour cache):
 //! - success, egress managed: new MACs, TTL or hop limit minus one (IPv4 checksum updated
@@ -16,8 +19,9 @@
 //!   path bypasses: a forward chain that drops APNs would drop the very packet that should
 //!   trigger the resolution;
 //! - anything else — fragmentation needed, a local destination, a blackhole/unreachable/
-//!   prohibit route, a TTL about to expire, an egress interface the agent does not manage, a
-//!   VLAN tag — goes to the stack with its [`Fallback`] reason ([`Forward::Stack`]), which
+//!   prohibit route, a TTL about to expire, an egress interface the agent does not manage, an
+//!   inbound packet routed elsewhere than to where its flow was opened, a VLAN tag — goes to
+//!   the stack with its [`Fallback`] reason ([`Forward::Stack`]), which
 //!   knows how to answer (ICMP) and is counted per reason in `APNS_FP_PATHS`.
 
 use apns_common::counters::{usable_slot, OVERFLOW_SLOT};
@@ -113,7 +117,9 @@ pub fn mark(ctx: &XdpContext, config: &IfaceConfig) {
 }
 
 /// Decides what the `redirect` fast path does with `packet` (see the module documentation)
-/// and, for [`Forward::Xdp`], rewrites the frame.
+/// and, for [`Forward::Xdp`], rewrites the frame. `opened_on`: for an inbound packet, the
+/// interface where its flow's device packets enter (`flows::admit`), the only egress it may
+/// take.
 #[inline(always)]
 pub fn redirect<const HAND_OFF_ALL: bool>(
     ctx: &XdpContext,
@@ -121,6 +127,7 @@ pub fn redirect<const HAND_OFF_ALL: bool>(
     ifindex: u32,
     packet: &TcpPacket,
     config: &IfaceConfig,
+    opened_on: Option<u32>,
 ) -> Forward {
     let route = match route(ctx.as_ptr(), cursor, ifindex, packet, packet.ip_len) {
         Ok(route) => route,
@@ -132,8 +139,8 @@ pub fn redirect<const HAND_OFF_ALL: bool>(
             return Forward::Stack(reason);
         }
     };
-    if !route.managed() {
-        return Forward::Stack(Fallback::EgressUnmanaged);
+    if let Err(reason) = route.toward(opened_on) {
+        return Forward::Stack(reason);
     }
     if !route.resolved || HAND_OFF_ALL {
         if config.flags & flags::TC_HANDOFF == 0 {
@@ -183,6 +190,19 @@ impl Route {
     #[inline(always)]
     pub fn managed(&self) -> bool {
         APNS_TX_PORTS.get_ifindex(self.egress).is_some()
+    }
+
+    /// Whether the fast path may forward there: a managed egress and, for an inbound packet,
+    /// the interface its flow was opened on (`opened_on`), or the reason it may not.
+    #[inline(always)]
+    pub fn toward(&self, opened_on: Option<u32>) -> Result<(), Fallback> {
+        if !self.managed() {
+            return Err(Fallback::EgressUnmanaged);
+        }
+        match opened_on {
+            Some(ifindex) if ifindex != self.egress => Err(Fallback::Unsolicited),
+            _ => Ok(()),
+        }
     }
 }
 

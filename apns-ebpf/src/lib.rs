@@ -3,7 +3,8 @@
 //! The contract is docs/classification.md; the code is split by concern: `parse` reads
 //! headers, `classify` applies the policy maps, `counters` is the only writer of the counter
 //! maps, `conns` of the connection table (docs/clients.md), `events` reports policy drops to
-//! the ring buffer, `fastpath` forwards (redirect) or marks APNs packets, `tc` is the TC
+//! the ring buffer, `flows` admits inbound packets to the fast paths only for flows a device
+//! opened, `fastpath` forwards (redirect) or marks APNs packets, `tc` is the TC
 //! ingress program of both fast paths (the mark's copy into `skb->mark`, the redirect's
 //! hand-off for unresolved neighbours), `tc_conns` the TC egress half of the connection
 //! table, `maps` holds the map statics, `features` the kernel features the agent probed. The entry points live in the binaries (`main.rs`;
@@ -23,6 +24,7 @@ mod counters;
 mod events;
 mod fastpath;
 mod features;
+mod flows;
 mod maps;
 mod parse;
 pub mod tc;
@@ -31,17 +33,21 @@ pub mod tc_conns;
 use apns_common::{
     conns::ConnKey,
     counters::{Direction, Outcome},
-    fastpath::mode as fastpath_mode,
+    fastpath::{mode as fastpath_mode, Fallback, IfaceConfig},
     features::bits,
 };
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 
-use crate::{classify::Judgement, fastpath::Forward, parse::Cursor};
+use crate::{
+    classify::Judgement,
+    fastpath::{Forward, Handoff},
+    parse::{Cursor, TcpPacket},
+};
 
 /// Classifies, counts and returns the XDP action for one frame. Every packet leaves through
 /// the single counter update below, so what is counted and what is returned cannot disagree:
 /// a hand-off to the TC program is counted (`fastpath_tc`) only once its metadata is
-/// written, and a packet the redirect path leaves to the stack also has its reason counted.
+/// written, and a packet the fast path leaves to the stack also has its reason counted.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
     handle_with::<false>(ctx)
@@ -57,94 +63,145 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
     // One array read per packet gives the counter slot and, for APNs, the fast path.
     let iface = fastpath::interface(ifindex);
     let iface_slot = fastpath::counter_slot(iface);
-    let mut action = xdp_action::XDP_PASS;
-    let mut mark = None;
-    let mut handoff = None;
-    let mut fallback = None;
-    let (mut judgement, tcp_flags) = match parse::parse(&cursor) {
-        Ok(tcp) => {
-            let mut judgement = classify::judge(&tcp);
-            if judgement.outcome.is_drop() {
-                events::report_drop(ctx, ifindex, &judgement, &tcp);
-                action = xdp_action::XDP_DROP;
-            } else if judgement.outcome == Outcome::Pass {
-                // The device's packets feed the connection table where they enter.
-                if judgement.direction == Direction::Outbound && fastpath::faces_devices(iface) {
-                    let mut key = ConnKey::default();
-                    conns::key(&mut key, &tcp, true);
-                    conns::record_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
-                }
-                match iface {
-                    Some(config) if config.fastpath == fastpath_mode::REDIRECT => {
-                        match fastpath::redirect::<HAND_OFF_ALL>(
-                            ctx, &cursor, ifindex, &tcp, config,
-                        ) {
-                            Forward::Xdp {
-                                action: redirected,
-                                egress,
-                            } => {
-                                judgement.outcome = Outcome::Fastpath;
-                                action = redirected;
-                                // Apple's packets redirected by XDP to the devices skip TC
-                                // egress, where the table would otherwise see them: record
-                                // them here. (A hand-off goes out through the stack's
-                                // transmit path, TC egress included.)
-                                if judgement.direction == Direction::Inbound
-                                    && fastpath::faces_devices(fastpath::interface(egress))
-                                {
-                                    let mut key = ConnKey::default();
-                                    conns::key(&mut key, &tcp, false);
-                                    let ttl = conns::ttl(&cursor, &tcp);
-                                    conns::apns_conns_inbound(
-                                        &key,
-                                        tcp.flags,
-                                        ttl,
-                                        cursor.len() as u64,
-                                        1,
-                                    );
-                                }
-                            }
-                            Forward::Handoff(decided) => handoff = Some(decided),
-                            Forward::Stack(reason) => fallback = Some(reason),
-                        }
-                    }
-                    // Without XDP metadata the TC ingress program classifies and marks
-                    // the packet itself.
-                    Some(config)
-                        if config.fastpath == fastpath_mode::MARK
-                            && features::has(bits::XDP_META) =>
-                    {
-                        mark = Some(config)
-                    }
-                    _ => {}
-                }
-            }
-            (judgement, Some(tcp.flags))
-        }
-        Err(class) => (Judgement::class(class), None),
-    };
     // Frame length as received: the fast path rewrites bytes, never the length.
     let bytes = cursor.len() as u64;
-    if let Some(decided) = handoff {
+    let (mut judgement, tcp_flags, mut next) = match parse::parse(&cursor) {
+        Ok(tcp) => {
+            let mut judgement = classify::judge(&tcp);
+            let next = if judgement.outcome.is_drop() {
+                events::report_drop(ctx, ifindex, &judgement, &tcp);
+                Next::verdict(xdp_action::XDP_DROP)
+            } else if judgement.outcome == Outcome::Pass {
+                passed_apns::<HAND_OFF_ALL>(ctx, &cursor, ifindex, iface, &tcp, &mut judgement)
+            } else {
+                Next::verdict(xdp_action::XDP_PASS)
+            };
+            (judgement, Some(tcp.flags), next)
+        }
+        Err(class) => (
+            Judgement::class(class),
+            None,
+            Next::verdict(xdp_action::XDP_PASS),
+        ),
+    };
+    if let Some(decided) = next.handoff {
         // XDP_PASS either way: the TC program takes over (from the metadata, or by
         // classifying the packet again where XDP has no metadata), or the stack.
-        if !features::has(bits::XDP_META) {
-            judgement.outcome = Outcome::FastpathTc;
-        } else {
-            match fastpath::handoff(ctx, &decided) {
-                Ok(()) => judgement.outcome = Outcome::FastpathTc,
-                Err(reason) => fallback = Some(reason),
-            }
+        match hand_off(ctx, &decided) {
+            Ok(()) => judgement.outcome = Outcome::FastpathTc,
+            Err(reason) => next.fallback = Some(reason),
         }
     }
     counters::record(iface_slot, &judgement, bytes, tcp_flags);
-    if let Some(reason) = fallback {
+    if let Some(reason) = next.fallback {
         fastpath::count_fallback(iface_slot, reason);
     }
-    if let Some(config) = mark {
+    if let Some(config) = next.mark {
         fastpath::mark(ctx, config);
     }
-    action
+    next.action
+}
+
+/// What is left to do with a frame once it is judged: its XDP action, and at most one of a
+/// mark, a hand-off to the TC program, or the reason the fast path left it to the stack.
+struct Next {
+    action: u32,
+    mark: Option<&'static IfaceConfig>,
+    handoff: Option<Handoff>,
+    fallback: Option<Fallback>,
+}
+
+impl Next {
+    #[inline(always)]
+    fn verdict(action: u32) -> Self {
+        Next {
+            action,
+            mark: None,
+            handoff: None,
+            fallback: None,
+        }
+    }
+
+    #[inline(always)]
+    fn fallback(reason: Fallback) -> Self {
+        Next {
+            fallback: Some(reason),
+            ..Next::verdict(xdp_action::XDP_PASS)
+        }
+    }
+}
+
+/// An APNs packet the policy passes, which entered `ifindex`: recorded in the connection
+/// table where it enters from the devices, then given to the interface's fast path: `mark`
+/// marks the device's packets, `redirect` forwards the device's packets and Apple's of the
+/// flows they opened (`flows`). Sets the outcome of what the fast path did.
+#[inline(always)]
+fn passed_apns<const HAND_OFF_ALL: bool>(
+    ctx: &XdpContext,
+    cursor: &Cursor,
+    ifindex: u32,
+    iface: Option<&'static IfaceConfig>,
+    tcp: &TcpPacket,
+    judgement: &mut Judgement,
+) -> Next {
+    let outbound = judgement.direction == Direction::Outbound;
+    let recorded = outbound && fastpath::faces_devices(iface);
+    let fast = iface.filter(|config| config.fastpath != fastpath_mode::PASS);
+    if !recorded && fast.is_none() {
+        return Next::verdict(xdp_action::XDP_PASS);
+    }
+    // The connection's key, for the connection table and the flow table alike.
+    let mut key = ConnKey::default();
+    conns::key(&mut key, tcp, outbound);
+    // The device's packets feed the connection table where they enter.
+    if recorded {
+        conns::record_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
+    }
+    let Some(config) = fast else {
+        return Next::verdict(xdp_action::XDP_PASS);
+    };
+    if config.fastpath == fastpath_mode::MARK {
+        // Only the device's packets are marked: Apple's replies pass the stack's conntrack,
+        // which the mark path never bypasses. Without XDP metadata the TC ingress program
+        // classifies and marks the packet itself.
+        return Next {
+            mark: (outbound && features::has(bits::XDP_META)).then_some(config),
+            ..Next::verdict(xdp_action::XDP_PASS)
+        };
+    }
+    let opened_on = match flows::admit(&key, judgement.direction, ifindex) {
+        Ok(opened_on) => opened_on,
+        Err(reason) => return Next::fallback(reason),
+    };
+    match fastpath::redirect::<HAND_OFF_ALL>(ctx, cursor, ifindex, tcp, config, opened_on) {
+        Forward::Xdp { action, egress } => {
+            judgement.outcome = Outcome::Fastpath;
+            // Apple's packets redirected by XDP to the devices skip TC egress, where the
+            // table would otherwise see them: record them here. (A hand-off goes out through
+            // the stack's transmit path, TC egress included.)
+            if !outbound && fastpath::faces_devices(fastpath::interface(egress)) {
+                let ttl = conns::ttl(cursor, tcp);
+                conns::apns_conns_inbound(&key, tcp.flags, ttl, cursor.len() as u64, 1);
+            }
+            Next::verdict(action)
+        }
+        Forward::Handoff(decided) => Next {
+            handoff: Some(decided),
+            ..Next::verdict(xdp_action::XDP_PASS)
+        },
+        Forward::Stack(reason) => Next::fallback(reason),
+    }
+}
+
+/// Hands a `redirect` packet to the TC program: with its metadata where XDP may write it;
+/// elsewhere the TC program classifies the packet again, and there is nothing to write.
+#[inline(always)]
+fn hand_off(ctx: &XdpContext, decided: &Handoff) -> Result<(), Fallback> {
+    if features::has(bits::XDP_META) {
+        fastpath::handoff(ctx, decided)
+    } else {
+        Ok(())
+    }
 }
 
 /// Defines the TC programs in a binary of this crate: `apns_tc`, the TC ingress program of

@@ -9,8 +9,8 @@ use apns_common::{
     fastpath::{IfaceConfig, PathCounters},
     maps::{
         ALLOW_MAX_ENTRIES, CONNS_DEFAULT_ENTRIES, COUNTERS_CARRIED_MAX_ENTRIES, EVENTS_RING_BYTES,
-        IFACES_MAX_ENTRIES, MAX_INTERFACES, POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES,
-        TABLES_MAX_ENTRIES,
+        FLOWS_MAX_ENTRIES, IFACES_MAX_ENTRIES, MAX_INTERFACES, POLICY_MAX_ENTRIES,
+        PROVIDERS_MAX_ENTRIES, TABLES_MAX_ENTRIES,
     },
     policy::{GenerationTables, PolicyConfig, PrefixV4, PrefixV6},
 };
@@ -88,3 +88,7 @@ pub static APNS_CONN_STATS: PerCpuArray<ConnStats> = PerCpuArray::with_max_entri
 /// Written by the XDP program (fallbacks) and the TC program (the hand-off cross-check).
 #[map]
 pub static APNS_FP_PATHS: PerCpuArray<PathCounters> = PerCpuArray::with_max_entries(IFACE_SLOTS, 0);
+
+#[map]
+pub static APNS_FLOWS: LruHashMap<ConnKey, u32> =
+    LruHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);

@@ -16,8 +16,8 @@
 //!   veth it reaches the TC programs of the next namespace, which must not take it for theirs.
 //! - **By classifying the packet itself**, where the kernel refuses `bpf_xdp_adjust_meta` to
 //!   XDP. It parses and judges the packet as the XDP program did (same code, same policy
-//!   maps): an APNs packet that passes gets the interface's mark (`mark`), or, on a
-//!   `redirect` interface, the FIB is asked again; what XDP left to the stack for want of a
+//!   maps): a device's APNs packet that passes gets the interface's mark (`mark`), or, on a
+//!   `redirect` interface, the flow table (`flows`) and the FIB are asked again; what XDP left to the stack for want of a
 //!   resolved neighbour is forwarded here as above (TTL decremented here). Everything else
 //!   the XDP program left to the stack for a reason of its own (TTL, MTU, route, egress) gets
 //!   the same answer from the FIB here and continues into the stack. Costs a parse and a
@@ -27,7 +27,8 @@
 //! the XDP program's `fastpath_tc` count.
 
 use apns_common::{
-    counters::Outcome,
+    conns::ConnKey,
+    counters::{Direction, Outcome},
     fastpath::{
         flags, mode, HandoffMeta, IfaceConfig, MarkMeta, HANDOFF_META_MAGIC, MARK_META_MAGIC,
     },
@@ -35,7 +36,7 @@ use apns_common::{
 };
 use aya_ebpf::{helpers::bpf_redirect_neigh, programs::TcContext, EbpfContext as _};
 
-use crate::{classify, fastpath, features, maps::APNS_FP_PATHS, parse};
+use crate::{classify, conns, fastpath, features, flows, maps::APNS_FP_PATHS, parse};
 
 /// TCX_NEXT / TC_ACT_UNSPEC: let the next program or the default action decide.
 pub(crate) const TC_NEXT: i32 = -1;
@@ -107,17 +108,28 @@ fn classify(ctx: &TcContext) -> i32 {
     let Ok(tcp) = parse::parse(&cursor) else {
         return TC_NEXT;
     };
-    if classify::judge(&tcp).outcome != Outcome::Pass {
+    let judgement = classify::judge(&tcp);
+    if judgement.outcome != Outcome::Pass {
         return TC_NEXT;
     }
+    let outbound = judgement.direction == Direction::Outbound;
     if config.fastpath == mode::MARK {
-        set_mark(ctx, config.mark, config.mark_mask);
+        if outbound {
+            set_mark(ctx, config.mark, config.mark_mask);
+        }
         return TC_NEXT;
     }
+    // The XDP program's flow check, with the same answer (it opened the device's flows).
+    let mut key = ConnKey::default();
+    conns::key(&mut key, &tcp, outbound);
+    let Ok(opened_on) = flows::admit(&key, judgement.direction, ifindex) else {
+        return TC_NEXT;
+    };
     let Ok(route) = fastpath::route(ctx.as_ptr(), &cursor, ifindex, &tcp, 0) else {
         return TC_NEXT;
     };
-    if !handed_off(config, &route) || fastpath::decrement_ttl(&cursor, tcp.l3, route.ipv4).is_err()
+    if !handed_off(config, &route, opened_on)
+        || fastpath::decrement_ttl(&cursor, tcp.l3, route.ipv4).is_err()
     {
         return TC_NEXT;
     }
@@ -125,11 +137,12 @@ fn classify(ctx: &TcContext) -> i32 {
 }
 
 /// Whether the XDP program handed this packet over: the same test as its `redirect` path's
-/// (a managed egress whose neighbour it could not resolve, the hand-off ready). A neighbour
-/// resolved since is forwarded here all the same: XDP counted the packet as handed off.
+/// (an egress it may forward to whose neighbour it could not resolve, the hand-off ready). A
+/// neighbour resolved since is forwarded here all the same: XDP counted the packet as handed
+/// off.
 #[inline(always)]
-fn handed_off(config: &IfaceConfig, route: &fastpath::Route) -> bool {
-    config.flags & flags::TC_HANDOFF != 0 && route.managed()
+fn handed_off(config: &IfaceConfig, route: &fastpath::Route, opened_on: Option<u32>) -> bool {
+    config.flags & flags::TC_HANDOFF != 0 && route.toward(opened_on).is_ok()
 }
 
 /// Makes sure the headers of an skb of `len` bytes are in its linear part (a GSO skb's

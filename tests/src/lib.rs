@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bench;
 pub mod lab;
 pub mod layout2;
+pub mod ledger;
 pub mod neighbours;
 pub mod packets;
 pub mod reference;

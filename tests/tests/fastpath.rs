@@ -14,7 +14,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apns_agent::datapath::counters::Snapshot;
 use apns_common::{
     counters::{CounterValue, Direction, Outcome},
     fastpath::Fallback,
@@ -29,6 +28,7 @@ use apns_tests::{
         GW_IF_WAN, GW_LAN_CLIENT, ISP2_IF_GW, ISP2_WAN, ISP_WAN, MDM, OTHER, REFUSED, VLAN_HOST,
         VLAN_ID, VLAN_IF_TRUNK,
     },
+    ledger::Gateway,
 };
 use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, VlanId};
 
@@ -39,9 +39,6 @@ fn timeout() -> Duration {
 
 /// The ports the filter drops and the tests use.
 const PORTS: [u16; 2] = [5223, 2197];
-/// How long counts must stay unchanged to be final: longer than Linux's largest delayed-ACK
-/// timeout (200 ms), so no segment of a finished exchange is still to come.
-const SETTLED: Duration = Duration::from_millis(400);
 
 /// Runs `args` in `role`'s namespace (`ip netns exec`: fine for iproute2, nft and ethtool).
 fn in_ns(lab: &Lab, role: Role, args: &[&str]) -> String {
@@ -114,128 +111,16 @@ fn forward_drops(lab: &Lab) -> u64 {
     .sum()
 }
 
-/// APNs packets counted on `ifindex` in `direction` over [`PORTS`], with `outcome`.
-fn counted(snapshot: &Snapshot, ifindex: u32, direction: Direction, outcome: Outcome) -> u64 {
-    PORTS
-        .iter()
-        .map(|&port| {
-            snapshot
-                .get(&counter_key(ifindex, direction, port, outcome))
-                .packets
-        })
-        .sum()
-}
-
-/// APNs packets counted on `ifindex` in `direction` over [`PORTS`], every outcome.
-fn counted_all(snapshot: &Snapshot, ifindex: u32, direction: Direction) -> u64 {
-    Outcome::ALL
-        .iter()
-        .map(|&outcome| counted(snapshot, ifindex, direction, outcome))
-        .sum()
-}
-
-/// What the gateway counted and what the hosts sent, at one moment.
-#[derive(Clone, Debug, PartialEq)]
-struct Ledger {
-    snapshot: Snapshot,
-    /// TCP segments the client and the Apple host have sent.
-    client_sent: u64,
-    apple_sent: u64,
-    /// Of those, retransmissions.
-    client_retransmitted: u64,
-    apple_retransmitted: u64,
-}
-
-/// The interfaces a ledger balances: lan0 (client → Apple) and wan0 (Apple → client).
-#[derive(Clone, Copy)]
-struct Gateway {
-    lan: u32,
-    wan: u32,
-}
-
-impl Gateway {
-    fn of(lab: &Lab) -> Gateway {
-        Gateway {
-            lan: gw_ifindex(lab, GW_IF_CLIENT.name).unwrap(),
-            wan: gw_ifindex(lab, GW_IF_WAN.name).unwrap(),
-        }
-    }
-
-    fn ledger(self, lab: &Lab, pins: &TestPins) -> Ledger {
-        let (client, apple) = (
-            lab.tcp_segments(Role::Client).unwrap(),
-            lab.tcp_segments(Role::Apple).unwrap(),
-        );
-        Ledger {
-            snapshot: pins.snapshot().unwrap(),
-            client_sent: client.sent(),
-            apple_sent: apple.sent(),
-            client_retransmitted: client.retrans_segs,
-            apple_retransmitted: apple.retrans_segs,
-        }
-    }
-
-    /// Waits until every segment the client and the Apple host sent since `before` has been
-    /// counted on the gateway (lan0 outbound, wan0 inbound), and nothing moved for
-    /// [`SETTLED`]; returns the ledger then. The hosts' TCP stacks count each segment they
-    /// send, retransmissions included: equality means every one crossed the gateway's XDP
-    /// program and was counted exactly once.
-    fn settle(self, lab: &Lab, pins: &TestPins, before: &Ledger) -> Ledger {
-        let deadline = Instant::now() + timeout();
-        let balanced = |now: &Ledger| {
-            let lan = counted_all(&now.snapshot, self.lan, Direction::Outbound)
-                - counted_all(&before.snapshot, self.lan, Direction::Outbound);
-            let wan = counted_all(&now.snapshot, self.wan, Direction::Inbound)
-                - counted_all(&before.snapshot, self.wan, Direction::Inbound);
-            (
-                lan,
-                now.client_sent - before.client_sent,
-                wan,
-                now.apple_sent - before.apple_sent,
-            )
-        };
-        let mut last = self.ledger(lab, pins);
-        let mut since = Instant::now();
-        loop {
-            let (lan, client, wan, apple) = balanced(&last);
-            if lan == client && wan == apple && since.elapsed() >= SETTLED {
-                return last;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "counted on lan0 {lan} of the client's {client} segments, on wan0 {wan} of Apple's {apple}: {last:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-            let now = self.ledger(lab, pins);
-            if now != last {
-                (last, since) = (now, Instant::now());
-            }
-        }
-    }
-}
-
-/// `outcome` packets on `ifindex` in `direction` between two ledgers.
-fn delta(
-    before: &Ledger,
-    after: &Ledger,
-    ifindex: u32,
-    direction: Direction,
-    outcome: Outcome,
-) -> u64 {
-    counted(&after.snapshot, ifindex, direction, outcome)
-        - counted(&before.snapshot, ifindex, direction, outcome)
-}
-
 #[test]
 fn redirect_delivers_apns_past_a_forward_drop_rule() {
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let _agent = gateway(&lab, &pins, &[]);
-    let gw = Gateway::of(&lab);
+    let gw = Gateway::of(&lab, &PORTS);
     let before = gw.ledger(&lab, &pins);
 
     echo_every_port(&lab, b"apns");
-    let after = gw.settle(&lab, &pins, &before);
+    let after = gw.settle(&lab, &pins, &before, timeout());
     for ipv6 in [false, true] {
         let blocked = OTHER.socket(ipv6, 5223);
         assert!(
@@ -268,7 +153,7 @@ fn redirect_delivers_apns_past_a_forward_drop_rule() {
     for (ifindex, direction) in [(gw.lan, Direction::Outbound), (gw.wan, Direction::Inbound)] {
         for outcome in [Outcome::Pass, Outcome::FastpathTc] {
             assert_eq!(
-                delta(&before, &after, ifindex, direction, outcome),
+                gw.delta(&before, &after, ifindex, direction, outcome),
                 0,
                 "{outcome:?}"
             );
@@ -291,11 +176,6 @@ fn exchange(stream: &mut TcpStream, bytes: &[u8]) {
         .read_exact(&mut echoed)
         .unwrap_or_else(|err| panic!("echo of {:?}: {err}", String::from_utf8_lossy(bytes)));
     assert_eq!(echoed, bytes);
-}
-
-/// The redirect paths of `ifindex` as the datapath counts them.
-fn paths(ledger: &Ledger, ifindex: u32) -> apns_agent::datapath::counters::PathTotals {
-    ledger.snapshot.paths(ifindex)
 }
 
 #[test]
@@ -329,14 +209,14 @@ fn the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches()
     // The gateway forgets every neighbour: its first packet to each must resolve it.
     in_ns(&lab, Role::Gw, &["ip", "-4", "neigh", "flush", "all"]);
     in_ns(&lab, Role::Gw, &["ip", "-6", "neigh", "flush", "all"]);
-    let gw = Gateway::of(&lab);
+    let gw = Gateway::of(&lab, &PORTS);
     let before = gw.ledger(&lab, &pins);
     let dropped = forward_drops(&lab);
 
     // The first connection of each port and family.
     echo_every_port(&lab, b"first");
 
-    let after = gw.settle(&lab, &pins, &before);
+    let after = gw.settle(&lab, &pins, &before, timeout());
     // Per family, the first SYN found the upstream next hop unresolved and its SYN-ACK the
     // client: both were handed to TC, which resolved them; everything after went by XDP.
     let syn = |ifindex, direction, port| {
@@ -350,16 +230,19 @@ fn the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches()
     assert_eq!((handed.packets, handed.synack), (2, 2), "their SYN-ACKs");
     for (ifindex, direction) in [(gw.lan, Direction::Outbound), (gw.wan, Direction::Inbound)] {
         assert_eq!(syn(ifindex, direction, 2197).packets, 0, "2197 came second");
-        assert_eq!(delta(&before, &after, ifindex, direction, Outcome::Pass), 0);
+        assert_eq!(
+            gw.delta(&before, &after, ifindex, direction, Outcome::Pass),
+            0
+        );
         // The TC program saw exactly what XDP handed it, and nothing reached the stack.
-        let totals = paths(&after, ifindex);
+        let totals = after.paths(ifindex);
         assert_eq!(totals.counters.tc_redirected, 2);
         assert_eq!(totals.counters.tc_refused, 0);
         assert_eq!(totals.stack(), 0);
         assert_eq!(totals.tc_redirect, 2);
         assert_eq!(
             totals.xdp_redirect,
-            delta(&before, &after, ifindex, direction, Outcome::Fastpath)
+            gw.delta(&before, &after, ifindex, direction, Outcome::Fastpath)
         );
     }
     assert_eq!(
@@ -402,7 +285,7 @@ fn a_live_flow_survives_a_lost_neighbour_and_a_new_next_hop() {
     .unwrap();
     let pins = TestPins::new();
     let _agent = gateway(&lab, &pins, &[]);
-    let gw = Gateway::of(&lab);
+    let gw = Gateway::of(&lab, &PORTS);
 
     for ipv6 in [false, true] {
         let family = if ipv6 { "-6" } else { "-4" };
@@ -411,7 +294,7 @@ fn a_live_flow_survives_a_lost_neighbour_and_a_new_next_hop() {
             .connect(Role::Client, APPLE.socket(ipv6, 5223), timeout())
             .unwrap();
         exchange(&mut stream, b"warm");
-        let mut before = gw.settle(&lab, &pins, &gw.ledger(&lab, &pins));
+        let mut before = gw.settle(&lab, &pins, &gw.ledger(&lab, &pins), timeout());
         let isp2_before = lab.link_stats(Role::Isp2, ISP2_IF_GW.name).unwrap();
         let wan = GW_IF_WAN.name;
         let changes: [(&str, Vec<&str>); 3] = [
@@ -435,16 +318,16 @@ fn a_live_flow_survives_a_lost_neighbour_and_a_new_next_hop() {
         for (what, change) in changes {
             in_ns(&lab, Role::Gw, &change);
             exchange(&mut stream, what.as_bytes());
-            let after = gw.settle(&lab, &pins, &before);
+            let after = gw.settle(&lab, &pins, &before, timeout());
             // The first segment after the change found no resolved neighbour and went by
             // TC, which resolved it; the rest by XDP; none to the stack.
-            let out = |outcome| delta(&before, &after, gw.lan, Direction::Outbound, outcome);
+            let out = |outcome| gw.delta(&before, &after, gw.lan, Direction::Outbound, outcome);
             assert_eq!(out(Outcome::FastpathTc), 1, "ipv6 {ipv6}, next hop {what}");
             assert_eq!(out(Outcome::Pass), 0, "ipv6 {ipv6}, next hop {what}");
-            let back = |outcome| delta(&before, &after, gw.wan, Direction::Inbound, outcome);
+            let back = |outcome| gw.delta(&before, &after, gw.wan, Direction::Inbound, outcome);
             assert_eq!(back(Outcome::FastpathTc) + back(Outcome::Pass), 0, "{what}");
-            let handed = paths(&after, gw.lan).counters.tc_redirected
-                - paths(&before, gw.lan).counters.tc_redirected;
+            let handed = after.paths(gw.lan).counters.tc_redirected
+                - before.paths(gw.lan).counters.tc_redirected;
             assert_eq!(
                 handed, 1,
                 "the TC program forwarded it, ipv6 {ipv6}, {what}"

@@ -199,6 +199,16 @@ pub const GUEST_TESTS: &[GuestTest] = &[
             "the handshake completes but the data after it is lost when the TC step (bpf_redirect_neigh from TC ingress) forwards the first packets",
         )],
     },
+    // The fast paths' trust: forged Apple segments never reach a device (redirect's flow
+    // table, mark's device-only marks).
+    GuestTest {
+        package: "apns-tests",
+        test: "fastpath_trust",
+        args: &[],
+        env: &[TIME_SCALE],
+        timeout_secs: 420,
+        known_failures: &[],
+    },
     // Each optional feature switched off in a lab of its own: loads, exact counters, the
     // connection table, status and /metrics, redirect refused without bpf_fib_lookup.
     GuestTest {

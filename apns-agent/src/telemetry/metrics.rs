@@ -410,7 +410,7 @@ impl Collector for Exposition {
         family(
             &mut encoder,
             "apns_fastpath_fallback_packets",
-            "APNs packets the redirect fast path left to the kernel stack, by reason; where the stack's forward path drops APNs, the reasons egress_unmanaged, vlan_tagged, tc_not_ready, no_metadata, unsupported_lwt and other are lost there (docs/fastpath.md)",
+            "APNs packets the redirect fast path left to the kernel stack, by reason; where the stack's forward path drops APNs, the reasons egress_unmanaged, vlan_tagged, tc_not_ready, no_metadata, unsupported_lwt and other are lost there; unsolicited (from Apple, of no flow a device opened: forged, or forgotten) is for the firewall to judge (docs/fastpath.md)",
             Counter,
             fallbacks,
         )?;
