@@ -29,7 +29,7 @@ pub struct Cli {
 pub struct Global {
     /// Config file. Default: /etc/apns-agent/config.toml when it exists, else the built-in
     /// defaults (Apple's prefixes and ports, monitor mode). Every subcommand reads it (for
-    /// pin_dir, at least); `run` applies it.
+    /// pin_dir, at least; `unload` reads nothing else of it); `run` applies it.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -64,7 +64,8 @@ pub enum Command {
     },
     /// Detach from every interface and remove every pin: programs, links and maps (counters
     /// are lost), and the record of live changes. Refuses, removing nothing, a pin directory
-    /// that holds anything but apns-agent's pins, is not on bpffs, or is bpffs' root.
+    /// that holds anything but apns-agent's pins, is not on bpffs, or is bpffs' root. Reads
+    /// only pin_dir from the config: a config with broken lists or prefixes still unloads.
     Unload,
     /// Show interfaces, XDP mode, programs, policy mode and allow-list sizes, where each
     /// part of the live policy came from, and the kernel's optional features (probed) with the
