@@ -222,7 +222,8 @@ impl State {
         Ok(state)
     }
 
-    /// Writes `path` atomically (a temporary file in the same folder, then a rename).
+    /// Writes `path` atomically and durably ([`crate::durable`]: the file and its directory
+    /// are synced), readable by root only.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
@@ -232,14 +233,8 @@ impl State {
             ..self.clone()
         };
         let text = serde_json::to_string_pretty(&state).expect("the state serializes to JSON");
-        let mut file = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        std::io::Write::write_all(&mut file, text.as_bytes())
-            .and_then(|()| file.as_file().sync_all())
-            .with_context(|| format!("writing state file {}", path.display()))?;
-        file.persist(path)
-            .with_context(|| format!("replacing state file {}", path.display()))?;
-        Ok(())
+        crate::durable::write_atomically(path, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing state file {}", path.display()))
     }
 
     /// What `run` applies: the config's `desired` with the overrides still in force. Drops
