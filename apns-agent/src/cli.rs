@@ -48,7 +48,10 @@ pub enum Command {
     /// Load (or adopt) the datapath, attach it, apply the config, and stay in the foreground.
     /// SIGHUP re-reads the config; SIGTERM/SIGINT leave the datapath attached and enforcing
     /// unless --detach-on-exit. Live changes made with the other subcommands survive a
-    /// restart until the config's same setting changes (see `status`).
+    /// restart until the config's same setting changes (see `status`). An interface that
+    /// does not exist is reported as missing (log, `status`, /metrics) and attached when it
+    /// appears; the others are attached and enforced all the same (and `run` starts even
+    /// when none exists yet).
     Run(RunArgs),
     /// Attach the datapath to interfaces (loading it if nothing is pinned yet).
     Attach {
@@ -57,7 +60,8 @@ pub enum Command {
         #[arg(required = true, value_name = "IFACE")]
         interfaces: Vec<String>,
     },
-    /// Detach the datapath from interfaces.
+    /// Detach the datapath from interfaces. A missing interface (wanted but not there: see
+    /// `status`) is no longer wanted afterwards.
     Detach {
         #[arg(required = true, value_name = "IFACE")]
         interfaces: Vec<String>,
