@@ -681,6 +681,36 @@ fn a_read_only_state_directory_refuses_live_changes_and_changes_nothing() {
         "pass"
     );
     assert!(!pins.dir().tc_link(GW_IF_CLIENT.name).exists());
+    // An attach that would make a datapath: none is left behind.
+    let other = TestPins::new();
+    let output = agent::fail(&mut with_read_only_state(
+        &lab,
+        &other,
+        &["attach", GW_IF_MDM.name],
+    ))
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nothing changed"), "{stderr}");
+    assert!(
+        !other.path().exists(),
+        "the attach left {}",
+        other.path().display()
+    );
+    assert!(!state::path(other.dir()).exists());
+    assert_eq!(
+        state_in_status(&lab, &pins, GW_IF_MDM.name),
+        serde_json::Value::Null
+    );
+    let links = lab::run(Command::new("ip").args([
+        "-n",
+        lab.ns_name(Role::Gw),
+        "link",
+        "show",
+        "dev",
+        GW_IF_MDM.name,
+    ]))
+    .unwrap();
+    assert!(!links.contains("prog/xdp"), "{links}");
     // Still monitoring: the pinhole use passes, nothing is dropped.
     let pinhole_drops = || {
         pins.counter(lan, Direction::None, 5223, Outcome::DropPinhole)
