@@ -29,7 +29,7 @@ pub struct Cli {
 pub struct Global {
     /// Config file. Default: /etc/apns-agent/config.toml when it exists, else the built-in
     /// defaults (Apple's prefixes and ports, monitor mode). Every subcommand reads it (for
-    /// pin_dir, at least); `run` applies it.
+    /// pin_dir, at least; `unload` reads nothing else of it); `run` applies it.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -48,7 +48,10 @@ pub enum Command {
     /// Load (or adopt) the datapath, attach it, apply the config, and stay in the foreground.
     /// SIGHUP re-reads the config; SIGTERM/SIGINT leave the datapath attached and enforcing
     /// unless --detach-on-exit. Live changes made with the other subcommands survive a
-    /// restart until the config's same setting changes (see `status`).
+    /// restart until the config's same setting changes (see `status`). An interface that
+    /// does not exist is reported as missing (log, `status`, /metrics) and attached when it
+    /// appears; the others are attached and enforced all the same (and `run` starts even
+    /// when none exists yet).
     Run(RunArgs),
     /// Attach the datapath to interfaces (loading it if nothing is pinned yet).
     Attach {
@@ -57,14 +60,16 @@ pub enum Command {
         #[arg(required = true, value_name = "IFACE")]
         interfaces: Vec<String>,
     },
-    /// Detach the datapath from interfaces.
+    /// Detach the datapath from interfaces. A missing interface (wanted but not there: see
+    /// `status`) is no longer wanted afterwards.
     Detach {
         #[arg(required = true, value_name = "IFACE")]
         interfaces: Vec<String>,
     },
     /// Detach from every interface and remove every pin: programs, links and maps (counters
     /// are lost), and the record of live changes. Refuses, removing nothing, a pin directory
-    /// that holds anything but apns-agent's pins, is not on bpffs, or is bpffs' root.
+    /// that holds anything but apns-agent's pins, is not on bpffs, or is bpffs' root. Reads
+    /// only pin_dir from the config: a config with broken lists or prefixes still unloads.
     Unload,
     /// Show interfaces, XDP mode, programs, policy mode and allow-list sizes, where each
     /// part of the live policy came from, and the kernel's optional features (probed) with the

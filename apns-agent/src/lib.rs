@@ -9,7 +9,7 @@
 //!            ├─ telemetry counters for Prometheus, JSON and terminals
 //!            ├─ preflight doctor's checks (reads settings, privileges and the datapath door)
 //!            ├─ capture  pcap/pcapng frames as Ethernet, for replay
-//!            ├─ readiness, privileges
+//!            ├─ readiness, privileges, durable (files replaced atomically and durably)
 //!            └─ datapath the one door to the pinned programs, maps, links and pins
 //!                 └─ label   (parsing the kernel contract's labels) ─ apns-common
 //! ```
@@ -18,6 +18,7 @@ pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod datapath;
+pub mod durable;
 pub mod label;
 pub mod preflight;
 pub mod privileges;

@@ -205,11 +205,6 @@ fn bad_input_is_refused_in_one_line_and_changes_nothing() {
             p,
             "lan1 is not attached",
         ),
-        (
-            vec!["run", "--iface", "nosuch0"],
-            p,
-            "unknown interface \"nosuch0\"",
-        ),
         (vec!["run", "--config", &missing], p, "reading config file"),
         (vec!["run", "--config", &host_bits], p, "line 2"),
         (vec!["run", "--config", &not_toml], p, "line 1"),

@@ -1,7 +1,8 @@
 //! An operator's day, as faults a gateway meets: restarts that must not change what is
 //! enforced, a kill -9 exactly between two steps of a change, interfaces and pins that change
-//! under a running agent, a second agent, a read-only textfile directory, a closed stdout,
-//! `ip netns exec`. Each asserts exact counters and the live policy. Needs root.
+//! under a running agent, an interface gone after a reboot, a second agent, a read-only
+//! textfile or state directory, a closed stdout, `ip netns exec`. Each asserts exact counters
+//! and the live policy. Needs root (and unshare, mount: util-linux).
 
 use std::{
     io::Read as _,
@@ -11,9 +12,12 @@ use std::{
     time::Duration,
 };
 
-use apns_agent::datapath::{
-    hooks, object::UPGRADE_PROBE_OBJECT, policy::Mode, policy::Policy, reconcile::Desired, status,
-    Datapath, XdpMode,
+use apns_agent::{
+    datapath::{
+        self, hooks, object::UPGRADE_PROBE_OBJECT, policy::Mode, policy::Policy,
+        reconcile::Desired, status, Datapath, XdpMode,
+    },
+    settings::state,
 };
 use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
@@ -580,4 +584,251 @@ fn ip_netns_exec_is_refused_before_it_pins_into_a_private_bpffs() {
     let links =
         lab::run(Command::new("ip").args(["-n", lab.ns_name(Role::Gw), "link", "show"])).unwrap();
     assert!(!links.contains("prog/xdp"), "{links}");
+}
+
+/// `ip -n GW ARGS` in the lab's gateway.
+fn gw_ip(lab: &Lab, args: &[&str]) {
+    lab::run(
+        Command::new("ip")
+            .args(["-n", lab.ns_name(Role::Gw)])
+            .args(args),
+    )
+    .unwrap();
+}
+
+/// A veth pair `name` (and its peer `name`p), up, in the lab's gateway.
+fn make_veth(lab: &Lab, name: &str) {
+    let peer = format!("{name}p");
+    gw_ip(
+        lab,
+        &["link", "add", name, "type", "veth", "peer", "name", &peer],
+    );
+    gw_ip(lab, &["link", "set", name, "up"]);
+    gw_ip(lab, &["link", "set", &peer, "up"]);
+}
+
+/// `state` of `name` in `status --json`, or null when it is not listed.
+fn state_in_status(lab: &Lab, pins: &TestPins, name: &str) -> serde_json::Value {
+    let status = agent::status_json(lab, pins);
+    status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|interface| interface["interface"] == name)
+        .map_or(serde_json::Value::Null, |interface| {
+            interface["state"].clone()
+        })
+}
+
+/// `apns-agent ARGS` in the lab's gateway and in a mount namespace of its own where the state
+/// directory is read-only, as on a gateway whose /var/lib is full or mounted read-only. The
+/// rest of the host's mounts (bpffs among them) are the same; the namespace goes with the
+/// command.
+fn with_read_only_state(lab: &Lab, pins: &TestPins, args: &[&str]) -> Command {
+    let dir = state::STATE_DIR;
+    let mut cmd = lab.command(Role::Gw, "unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-ec"])
+        .arg(format!(
+            "mount --bind {dir} {dir}; mount -o remount,bind,ro {dir}; exec \"$0\" \"$@\""
+        ))
+        .arg(agent::binary());
+    agent::command(&mut cmd, pins, args);
+    cmd
+}
+
+#[test]
+fn a_read_only_state_directory_refuses_live_changes_and_changes_nothing() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
+    let _agent = spawn_run(&lab, &pins, &run_lan_wan(&[])).unwrap();
+    let state_file = state::path(pins.dir());
+    let recorded = std::fs::read_to_string(&state_file).unwrap();
+    let pinned = pins.pinned().unwrap();
+    assert_eq!(
+        pinned.policies[pinned.generation as usize].mode,
+        Mode::Monitor
+    );
+    let mdm = format!("{}/32", MDM.v4);
+    for args in [
+        &["mode", "enforce"][..],
+        &["providers", "add", &mdm],
+        &["detach", GW_IF_WAN.name],
+        &["fastpath", GW_IF_CLIENT.name, "mark"],
+    ] {
+        let output = agent::fail(&mut with_read_only_state(&lab, &pins, args)).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.starts_with("apns-agent: nothing changed")
+                && stderr.contains(&state_file.display().to_string())
+                && stderr.contains("Read-only file system"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            pins.pinned().unwrap(),
+            pinned,
+            "{args:?} changed the datapath"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&state_file).unwrap(),
+            recorded,
+            "{args:?} changed the record"
+        );
+    }
+    let status = agent::status_json(&lab, &pins);
+    assert_eq!(
+        interface_status(&status, GW_IF_CLIENT.name)["fastpath"],
+        "pass"
+    );
+    assert!(!pins.dir().tc_link(GW_IF_CLIENT.name).exists());
+    // An attach that would make a datapath: none is left behind.
+    let other = TestPins::new();
+    let output = agent::fail(&mut with_read_only_state(
+        &lab,
+        &other,
+        &["attach", GW_IF_MDM.name],
+    ))
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("nothing changed"), "{stderr}");
+    assert!(
+        !other.path().exists(),
+        "the attach left {}",
+        other.path().display()
+    );
+    assert!(!state::path(other.dir()).exists());
+    assert_eq!(
+        state_in_status(&lab, &pins, GW_IF_MDM.name),
+        serde_json::Value::Null
+    );
+    let links = lab::run(Command::new("ip").args([
+        "-n",
+        lab.ns_name(Role::Gw),
+        "link",
+        "show",
+        "dev",
+        GW_IF_MDM.name,
+    ]))
+    .unwrap();
+    assert!(!links.contains("prog/xdp"), "{links}");
+    // Still monitoring: the pinhole use passes, nothing is dropped.
+    let pinhole_drops = || {
+        pins.counter(lan, Direction::None, 5223, Outcome::DropPinhole)
+            .unwrap()
+            .packets
+    };
+    lab.echo_ok(Role::Client, OTHER.socket(false, 5223));
+    assert_eq!(pinhole_drops(), 0);
+
+    // The same change where the directory is writable: recorded and applied.
+    agent::succeed(&mut agent::gw_command(&lab, &pins, &["mode", "enforce"])).unwrap();
+    assert_ne!(std::fs::read_to_string(&state_file).unwrap(), recorded);
+    lab.refused(Role::Client, OTHER.socket(false, 5223));
+    assert_eq!(pinhole_drops(), 1);
+}
+
+#[test]
+fn an_interface_gone_after_a_reboot_is_reported_and_the_others_enforce() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
+    let metrics: SocketAddr = telemetry_addr();
+    make_veth(&lab, "apnsm0");
+    let run = run_lan_wan(&["--mode", "enforce"]);
+    let mut first = spawn_run(&lab, &pins, &run).unwrap();
+    // Added live, as the issue found it: recorded, so that a restart attaches it again.
+    agent::succeed(&mut agent::gw_command(&lab, &pins, &["attach", "apnsm0"])).unwrap();
+    kill_9(first.child_mut());
+    drop(first);
+
+    // The reboot: the interface is gone, and so is everything in bpffs; the record stays.
+    gw_ip(&lab, &["link", "del", "apnsm0"]);
+    {
+        let lock = pins.dir().lock().unwrap();
+        datapath::unload(pins.dir(), &lock).unwrap();
+    }
+    let agent = spawn_run(&lab, &pins, &run).unwrap();
+    let line = agent.wait_for_log("apnsm0: NOT attached", TIMEOUT).unwrap();
+    assert!(line.contains("WARN"), "{line}");
+
+    // Enforcing on the rest, from a fresh datapath: exact counts.
+    lab.refused(Role::Client, OTHER.socket(false, 5223));
+    lab.echo_ok(Role::Client, APPLE.socket(false, 5223));
+    assert_eq!(
+        pins.counter(lan, Direction::None, 5223, Outcome::DropPinhole)
+            .unwrap()
+            .packets,
+        1
+    );
+    assert_eq!(
+        pins.counter(lan, Direction::Outbound, 5223, Outcome::Pass)
+            .unwrap()
+            .syn,
+        1
+    );
+    let status = agent::status_json(&lab, &pins);
+    let missing = interface_status(&status, "apnsm0");
+    assert_eq!(missing["state"], "missing", "{status}");
+    assert_eq!(missing["attached"], false);
+    for name in [GW_IF_CLIENT.name, GW_IF_WAN.name] {
+        assert_eq!(interface_status(&status, name)["state"], "attached");
+    }
+    let text = agent::succeed(&mut agent::gw_command(&lab, &pins, &["status"])).unwrap();
+    assert!(
+        text.contains("interface apnsm0: NOT attached: missing"),
+        "{text}"
+    );
+    let exposition = agent::scrape_metrics(&lab, metrics).unwrap();
+    let samples = agent::samples(&exposition);
+    assert_eq!(
+        samples.get(r#"apns_datapath_attached{interface="apnsm0",xdp_mode="none"}"#),
+        Some(&0.0),
+        "{exposition}"
+    );
+    assert_eq!(
+        samples
+            .iter()
+            .filter(
+                |(series, value)| series.starts_with("apns_datapath_attached{") && **value == 1.0
+            )
+            .count(),
+        2,
+        "{exposition}"
+    );
+
+    // It comes back: attached, and counted.
+    make_veth(&lab, "apnsm0");
+    wait_until("apnsm0 to be attached", NOTICED, || {
+        state_in_status(&lab, &pins, "apnsm0") == "attached"
+    });
+    agent
+        .wait_for_log("apnsm0: the interface is here now", TIMEOUT)
+        .unwrap();
+    assert!(agent::scrape_metrics(&lab, metrics)
+        .unwrap()
+        .lines()
+        .any(
+            |line| line.starts_with(r#"apns_datapath_attached{interface="apnsm0""#)
+                && line.ends_with(" 1")
+        ));
+}
+
+#[test]
+fn run_with_every_interface_missing_starts_and_attaches_each_when_it_appears() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let agent = spawn_run(&lab, &pins, &["run", "--iface", "apnsn0"]).unwrap();
+    agent.wait_for_log("apnsn0: NOT attached", TIMEOUT).unwrap();
+    assert_eq!(state_in_status(&lab, &pins, "apnsn0"), "missing");
+    assert!(pins.dir().links().unwrap().is_empty());
+    make_veth(&lab, "apnsn0");
+    wait_until("apnsn0 to be attached", NOTICED, || {
+        state_in_status(&lab, &pins, "apnsn0") == "attached"
+    });
+    assert_eq!(pins.dir().links().unwrap().len(), 1);
+}
+
+/// Where `run` serves /metrics by default, in the lab's gateway.
+fn telemetry_addr() -> SocketAddr {
+    apns_agent::telemetry::DEFAULT_METRICS_ADDR.parse().unwrap()
 }

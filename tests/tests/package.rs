@@ -402,9 +402,11 @@ fn check_control(deb: &Path) {
     let stop = prerm
         .find("deb-systemd-invoke stop apns-agent.service")
         .expect("prerm stops the unit");
+    // The binary finds the pin directory in the config: no TOML is parsed in shell.
     let unload = prerm
-        .find("/usr/bin/apns-agent --pin-dir \"$dir\" unload")
+        .find("timeout 60 /usr/bin/apns-agent unload")
         .expect("prerm unloads");
+    assert!(!prerm.contains("pin_dir"), "{prerm}");
     assert!(stop < unload, "{prerm}");
     assert!(
         prerm.contains("if [ -d /run/systemd/system ] && [ \"$1\" = remove ]"),
@@ -555,11 +557,13 @@ fn deb_installs_works_and_purges_without_a_trace() {
     );
 
     // A datapath attached by the installed agent to the lab gateway's interfaces, pinned
-    // where the config says: the removal must unload it.
+    // where the config says (a TOML literal string), beside an allow-list file that is gone:
+    // the removal must unload it all the same.
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let mut config = fs::OpenOptions::new().append(true).open(CONFIG).unwrap();
-    writeln!(config, "pin_dir = \"{}\"", pins.path().display()).unwrap();
+    writeln!(config, "pin_dir = '{}'", pins.path().display()).unwrap();
+    writeln!(config, "allow_files = ['/etc/apns-agent/lists/gone.txt']").unwrap();
     drop(config);
     for interface in [GW_IF_CLIENT.name, GW_IF_WAN.name] {
         run(lab

@@ -4,7 +4,7 @@
 use crate::{
     cli::Global,
     cmd::live,
-    datapath::{interfaces::InterfaceRole, links, neighbours, Datapath, XdpMode},
+    datapath::{self, interfaces::InterfaceRole, links, neighbours, Datapath, Installed, XdpMode},
     privileges,
     settings::Settings,
 };
@@ -23,9 +23,9 @@ pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyh
     pins.prepare()?;
     let lock = pins.lock()?;
     // Keep the pinned program's log level: only `run --ebpf-log` changes it.
-    let (mut datapath, _) =
+    let (mut datapath, installed) =
         Datapath::install(pins, &lock, None, settings.config.clients.table_size)?;
-    live::change_open(&settings, &mut datapath, &lock, |desired| {
+    let attached = live::change_open(&settings, &mut datapath, &lock, |desired| {
         desired.xdp_mode = xdp_mode;
         // As `fastpath` does: a `mark` interface takes the config's mark bits.
         desired.mark = settings.config.mark;
@@ -47,7 +47,17 @@ pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyh
             }
         }
         Ok(())
-    })?;
+    });
+    if let Err(err) = attached {
+        // A datapath made for this attach goes with it: a refused command changes nothing.
+        if installed == Installed::Fresh {
+            drop(datapath);
+            if let Err(cleanup) = datapath::unload(pins, &lock) {
+                tracing::warn!("removing the datapath made for the failed attach: {cleanup:#}");
+            }
+        }
+        return Err(err);
+    }
     for interface in interfaces {
         let mode = pins
             .link_of(interface)?

@@ -21,8 +21,8 @@ use crate::{
     datapath::{
         interfaces::FastPath,
         links,
-        reconcile::{Changes, Desired},
-        status::{LinkState, Program},
+        reconcile::{Change, Changes, Desired},
+        status::{InterfaceStatus, LinkState, Program},
         Datapath, EbpfLog, PinDir,
     },
     privileges, readiness,
@@ -49,9 +49,6 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
         !config.interfaces.is_empty(),
         "no interface to attach to: give --iface IFACE or set `interfaces` in the config"
     );
-    for interface in config.interfaces.keys() {
-        links::ifindex(interface)?;
-    }
     let pins = settings.pins.clone();
     // Before anything is touched: a second `run` on this datapath stops here.
     let controller = pins.become_controller()?;
@@ -92,11 +89,22 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
     let mut record = config_record(&settings);
     record.applied_at = Some(SystemTime::now());
     record.last_reload_ok = true;
+    let wanted = {
+        let settings = settings.clone();
+        move || {
+            Ok(settings
+                .load_state()?
+                .wanted_interfaces()?
+                .into_keys()
+                .collect())
+        }
+    };
     let exporter = Arc::new(Exporter::open(
         &pins,
         Duration::from_secs(args.reachability_window),
         record,
         running_rules,
+        Box::new(wanted),
     )?);
     let attached = runtime.block_on(async {
         let (stop, stopped) = oneshot::channel::<()>();
@@ -176,8 +184,9 @@ fn config_record(settings: &Settings) -> ConfigRecord {
     }
 }
 
-/// Brings the datapath to the config's `desired` state with the live changes still in force
-/// (`settings::state`), and records what was applied. The caller holds `lock`.
+/// Records, then brings the datapath to, the config's `desired` state with the live changes
+/// still in force (`settings::state`). An interface that does not exist is reported and left
+/// out; the others are attached. The caller holds `lock`.
 fn apply(
     settings: &Settings,
     datapath: &mut Datapath,
@@ -189,12 +198,19 @@ fn apply(
     for note in notes {
         tracing::info!("{note}");
     }
+    // Intent before action; but `run`'s record is what the config says, which the next start
+    // derives again, and refusing would leave the gateway unenforced (settings::state).
+    if let Err(err) = settings.save_state(&state) {
+        tracing::error!("{err:#}; applying the config all the same");
+    }
     // `run` runs where its interfaces are: it may move links to re-created interfaces.
     let mut changes = datapath.move_stale_links(lock)?;
     changes.0.extend(datapath.reconcile(lock, &desired)?.0);
-    settings.save_state(&state)?;
     for change in &changes.0 {
-        tracing::info!("{change}");
+        match change {
+            Change::Missing { .. } => tracing::warn!("{change}"),
+            _ => tracing::info!("{change}"),
+        }
     }
     Ok(changes)
 }
@@ -404,12 +420,13 @@ fn reload(global: &Global, args: &RunArgs, running: &mut Running) -> anyhow::Res
 /// What an operator's day does to a running datapath, checked every few seconds:
 /// - pins removed by hand are re-pinned from the open handles (else no other command could
 ///   reach the datapath, and no later `run` adopt it);
-/// - an interface whose link state changed is reported (deleted, renamed, back);
+/// - an interface whose link state changed is reported (deleted, renamed, missing, back);
 /// - the link of an interface that was re-created (or whose name another device took) moves
 ///   to the device that has the name now;
 /// - an interface that should be attached but whose link pin was removed by hand (which
-///   detaches it) is attached again. What "should" means is what `run` applies: the config
-///   with the live changes still in force (`settings::state`), so a `detach` stays detached.
+///   detaches it), or that was missing and has appeared, is attached. What "should" means is
+///   what `run` applies: the config with the live changes still in force
+///   (`settings::state`), so a `detach` stays detached.
 fn check(running: &mut Running, reported: &mut BTreeMap<String, LinkState>) -> anyhow::Result<()> {
     let datapath = &mut *running.datapath;
     // The whole pin directory may have been removed: the lock lives on it.
@@ -423,7 +440,14 @@ fn check(running: &mut Running, reported: &mut BTreeMap<String, LinkState>) -> a
     for pin in datapath.repair_pins(&lock)? {
         tracing::warn!("{pin} was removed by hand; pinned again from the running datapath");
     }
-    let statuses = datapath.interface_status()?;
+    let wanted = running
+        .settings
+        .load_state()?
+        .effective(&running.config)?
+        .interfaces;
+    let mut statuses = datapath.interface_status()?;
+    let missing = datapath.missing(wanted.keys())?;
+    statuses.extend(missing.into_iter().map(InterfaceStatus::missing));
     let mut moved = false;
     for status in &statuses {
         if reported.get(&status.interface) != Some(&status.state) {
@@ -444,11 +468,6 @@ fn check(running: &mut Running, reported: &mut BTreeMap<String, LinkState>) -> a
             tracing::info!("{change}");
         }
     }
-    let wanted = running
-        .settings
-        .load_state()?
-        .effective(&running.config)?
-        .interfaces;
     // The link pins alone tell what is lost; the rest of the live state is read only then.
     let pinned: BTreeSet<String> = datapath
         .pins()
@@ -461,11 +480,30 @@ fn check(running: &mut Running, reported: &mut BTreeMap<String, LinkState>) -> a
         .filter(|(interface, _)| !pinned.contains(interface) && links::ifindex(interface).is_ok())
         .collect();
     if !lost.is_empty() {
-        tracing::warn!(
-            "the link pin of {} was removed by hand (which detaches it); attaching again",
-            lost.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
+        // Missing until now (or not seen yet), or last seen with a link pin.
+        let (appeared, unpinned): (Vec<&str>, Vec<&str>) =
+            lost.keys().map(String::as_str).partition(|interface| {
+                matches!(reported.get(*interface), None | Some(LinkState::Missing))
+            });
+        if !appeared.is_empty() {
+            tracing::info!(
+                "{}: the interface is here now; attaching it",
+                appeared.join(", ")
+            );
+        }
+        if !unpinned.is_empty() {
+            tracing::warn!(
+                "the link pin of {} was removed by hand (which detaches it); attaching again",
+                unpinned.join(", ")
+            );
+        }
         let mut live = datapath.live()?;
+        // Roles come from the config alone (`live` knows only the attached interfaces').
+        live.devices.extend(
+            lost.keys()
+                .filter(|interface| running.config.devices.contains(*interface))
+                .cloned(),
+        );
         live.interfaces.extend(lost);
         live.xdp_mode = running.config.xdp_mode;
         for change in datapath.reconcile(&lock, &live)?.0 {

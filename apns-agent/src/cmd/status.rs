@@ -7,7 +7,11 @@ use serde::Serialize;
 
 use crate::{
     cli::Global,
-    datapath::{self, status::Status, Datapath},
+    datapath::{
+        self,
+        status::{InterfaceStatus, Status},
+        Datapath,
+    },
     privileges,
     settings::{state::Source, Settings},
 };
@@ -28,12 +32,24 @@ pub fn status(global: &Global, json: bool) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent status")?;
     let settings = Settings::resolve(global)?;
     let pins = &settings.pins;
+    let state = settings.load_state();
     let status = if pins.is_loaded() {
-        Datapath::open(pins)?.status()?
+        let datapath = Datapath::open(pins)?;
+        let mut status = datapath.status()?;
+        // What the record wants that is neither attached nor here: the interfaces `run` left
+        // out as missing.
+        if let Ok(state) = &state {
+            let wanted = state.wanted_interfaces()?;
+            let missing = datapath.missing(wanted.keys())?;
+            status
+                .interfaces
+                .extend(missing.into_iter().map(InterfaceStatus::missing));
+        }
+        status
     } else {
         datapath::status_unloaded(pins)
     };
-    let (sources, sources_error) = match settings.load_state() {
+    let (sources, sources_error) = match state {
         Ok(state) => (state.sources(), None),
         Err(err) => (BTreeMap::new(), Some(format!("{err:#}"))),
     };
@@ -76,7 +92,7 @@ fn print(report: &Report) {
         policy.providers_ipv6,
         policy.ports
     );
-    if status.interfaces.is_empty() {
+    if !status.interfaces.iter().any(|interface| interface.attached) {
         println!("interfaces: none attached");
     }
     for interface in &status.interfaces {

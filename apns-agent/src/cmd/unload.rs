@@ -1,4 +1,6 @@
-//! `apns-agent unload`: detach everywhere, remove every pin and the live-state record.
+//! `apns-agent unload`: detach everywhere, remove every pin and the live-state record. Of
+//! the config it reads only `pin_dir` (the package's prerm relies on it: a config whose
+//! lists are broken must not leave the datapath attached after a removal).
 
 use crate::{
     cli::Global,
@@ -8,8 +10,7 @@ use crate::{
 
 pub fn unload(global: &Global) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent unload")?;
-    let settings = Settings::resolve(global)?;
-    let pins = &settings.pins;
+    let pins = &Settings::resolve_pins(global)?;
     if !pins.root().exists() {
         state::remove(pins)?;
         println!("nothing to unload at {}", pins.root().display());

@@ -310,6 +310,23 @@ impl Datapath {
             .collect()
     }
 
+    /// Those of `wanted` that have no link pin and no device of that name in the caller's
+    /// network namespace: what [`Datapath::reconcile`] leaves out as missing.
+    pub fn missing<'a>(
+        &self,
+        wanted: impl IntoIterator<Item = &'a String>,
+    ) -> anyhow::Result<Vec<String>> {
+        let pinned = self.pins.links()?;
+        Ok(wanted
+            .into_iter()
+            .filter(|interface| {
+                !pinned.iter().any(|link| link.interface == **interface)
+                    && links::ifindex(interface).is_err()
+            })
+            .cloned()
+            .collect())
+    }
+
     /// The live state, in the shape [`Datapath::reconcile`] takes: what a CLI verb changes
     /// one part of.
     pub fn live(&self) -> anyhow::Result<Desired> {
@@ -364,23 +381,29 @@ impl Datapath {
     /// order and why. Interfaces are found by name only when they are attached: one that is
     /// attached already is known by the ifindex its link runs on (so a change of policy or
     /// fast path works from any network namespace, and never moves a link). An interface of
-    /// `desired` that is not attached and does not exist here is an error.
+    /// `desired` that is not attached and does not exist here is left out and reported
+    /// ([`Change::Missing`]): the others are attached and enforced all the same.
     pub fn reconcile(&mut self, _lock: &Lock, desired: &Desired) -> anyhow::Result<Changes> {
         desired.policy.validate()?;
         desired.mark.validate()?;
         let present = self.pins.links()?;
+        let mut changes = Changes::default();
         let mut new = Vec::new();
         for (interface, &fastpath) in &desired.interfaces {
             links::check_interface_name(interface)?;
             if !present.iter().any(|link| link.interface == *interface) {
-                let ifindex = links::ifindex(interface)?;
+                let Ok(ifindex) = links::ifindex(interface) else {
+                    changes.0.push(Change::Missing {
+                        interface: interface.clone(),
+                    });
+                    continue;
+                };
                 // Never clobber someone else's XDP program: refuse before anything changes.
                 neighbours::check_free(interface, ifindex, &self.pins)?;
                 new.push((interface.as_str(), ifindex, fastpath));
             }
         }
 
-        let mut changes = Changes::default();
         let mut attached_here = Vec::new();
         for &(interface, ifindex, fastpath) in &new {
             let attached = self.attach(

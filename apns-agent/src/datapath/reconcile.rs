@@ -6,8 +6,10 @@
 //! change one part and reconcile.
 //!
 //! Order, and why:
-//! 1. Everything is checked first (policy, mark bits, interface names and presence, and that
-//!    no other XDP program runs on a new interface: `neighbours`): bad input changes nothing.
+//! 1. Everything is checked first (policy, mark bits, interface names, and that no other XDP
+//!    program runs on a new interface: `neighbours`): bad input changes nothing. A new
+//!    interface that does not exist here is left out and reported ([`Change::Missing`]), not
+//!    an error: an interface gone after a reboot must not leave every other one unenforced.
 //! 2. New interfaces are attached (their fast path is written before the link exists, so
 //!    their first packet already takes it); links whose interface was re-created under the
 //!    same name are moved to the new one. If any attach fails, the ones made by this call
@@ -64,6 +66,10 @@ pub enum Change {
     Detached {
         interface: String,
     },
+    /// Wanted, but neither attached nor present in this network namespace: left out.
+    Missing {
+        interface: String,
+    },
     FastPath {
         interface: String,
         from: FastPath,
@@ -95,6 +101,10 @@ impl fmt::Display for Change {
                 mode.as_str()
             ),
             Change::Detached { interface } => write!(f, "{interface}: detached"),
+            Change::Missing { interface } => write!(
+                f,
+                "{interface}: NOT attached: no such interface here (`run` attaches it when it appears)"
+            ),
             Change::FastPath {
                 interface,
                 from,
@@ -123,7 +133,7 @@ impl fmt::Display for Change {
     }
 }
 
-/// What one reconcile changed, in the order it changed it.
+/// What one reconcile changed, in the order it changed it (and the interfaces it left out).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes(pub Vec<Change>);
 

@@ -135,6 +135,10 @@ pub enum LinkState {
     OtherNamespace,
     /// The pin exists but its link cannot be read.
     Unreadable,
+    /// No link pin and no device of that name in this network namespace, though the config
+    /// (or `attach`) wants the interface: it is attached when it appears. (`run` goes on with
+    /// the others rather than leave every interface unenforced.)
+    Missing,
 }
 
 impl LinkState {
@@ -145,6 +149,7 @@ impl LinkState {
             LinkState::InterfaceGone => "interface_gone",
             LinkState::OtherNamespace => "other_namespace",
             LinkState::Unreadable => "unreadable",
+            LinkState::Missing => "missing",
         }
     }
 }
@@ -267,6 +272,25 @@ impl InterfaceStatus {
         })
     }
 
+    /// An interface that is wanted but neither attached nor present
+    /// ([`LinkState::Missing`]): no link, no mode (`xdp_mode` "none"), no pin.
+    pub fn missing(interface: String) -> InterfaceStatus {
+        InterfaceStatus {
+            interface,
+            attached: false,
+            state: LinkState::Missing,
+            ifindex: None,
+            current_name: None,
+            xdp_mode: "none",
+            fastpath: None,
+            role: None,
+            program_id: None,
+            link_id: None,
+            link_pin: String::new(),
+            paths: None,
+        }
+    }
+
     /// One line for a person, and a second with the paths of a `redirect` interface.
     pub fn line(&self) -> String {
         let state = match self.state {
@@ -283,7 +307,14 @@ impl InterfaceStatus {
                 self.ifindex.unwrap_or(0)
             ),
             LinkState::Unreadable => "NOT attached (stale pin)".to_owned(),
+            LinkState::Missing => {
+                "NOT attached: missing (no such interface here; the config or `attach` wants it, and `run` attaches it when it appears)".to_owned()
+            }
         };
+        // No link, so no mode, program or pin to show.
+        if self.state == LinkState::Missing {
+            return format!("interface {}: {state}", self.interface);
+        }
         let mut line = format!(
             "interface {}: {state}, {} mode, fast path {}, role {}, program {}, link {} ({})",
             self.interface,

@@ -418,6 +418,26 @@ impl Config {
     }
 }
 
+/// The one key of the file that `unload` reads: every other key, valid or not, is ignored.
+#[derive(Deserialize)]
+struct PinDirOnly {
+    pin_dir: Option<String>,
+}
+
+/// The `pin_dir` of the config file at `path` (the default when it has none), without
+/// reading or checking anything else in it: `unload` must work with a config whose lists or
+/// prefixes are broken (a package removal must not leave the datapath attached because an
+/// allow-list file is gone). A file that is not TOML, or whose `pin_dir` is not a string,
+/// is an error naming its line.
+pub fn load_pin_dir(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let file: PinDirOnly = toml::from_str(&text)
+        .map_err(|err| one_line(&err, &text))
+        .with_context(|| format!("config file {}: reading pin_dir", path.display()))?;
+    Ok(file.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.to_owned()))
+}
+
 /// Reads a prefix list file: one prefix per line; `#` starts a comment, blank lines are
 /// skipped (the shape cron jobs and configuration management write). Any bad line fails the
 /// whole file, naming it, the line and the key that listed it.
@@ -631,6 +651,34 @@ mod tests {
         std::fs::write(&config_path, "apple = \"none\"\n").unwrap();
         assert!(Config::load(&config_path).unwrap().policy.allow.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn pin_dir_alone_is_read_whatever_else_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let pin_dir = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            load_pin_dir(&path).map_err(|err| format!("{err:#}"))
+        };
+        // A literal string, a missing list file, a bad prefix and an unknown key: Config::load
+        // refuses each of them, the pin directory is read all the same.
+        let broken = "allow_files = ['missing.txt']\nproviders = [\"10.0.0.0/33\"]\ncolour = 1\npin_dir = '/sys/fs/bpf/a\\b'\n";
+        assert_eq!(pin_dir(broken).unwrap(), "/sys/fs/bpf/a\\b");
+        assert!(Config::load(&path).is_err());
+        assert_eq!(pin_dir("mode = \"enforce\"\n").unwrap(), DEFAULT_PIN_DIR);
+        let err = pin_dir("mode = \"enforce\"\npin_dir = 5\n").unwrap_err();
+        assert!(
+            err.contains("line 2")
+                && err.contains("pin_dir")
+                && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+        let err = pin_dir("pin_dir = \"/sys/fs/bpf/x\n").unwrap_err();
+        assert!(err.contains("line 1"), "{err}");
+        let missing = dir.path().join("none.toml");
+        let err = format!("{:#}", load_pin_dir(&missing).unwrap_err());
+        assert!(err.contains(&missing.display().to_string()), "{err}");
     }
 
     #[test]

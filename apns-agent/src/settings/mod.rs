@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     cli::{Global, RunArgs},
-    datapath::{interfaces::InterfaceRole, reconcile::Desired, PinDir},
+    datapath::{interfaces::InterfaceRole, pins::DEFAULT_PIN_DIR, reconcile::Desired, PinDir},
 };
 
 use self::{
@@ -34,26 +34,27 @@ pub struct Settings {
 impl Settings {
     /// Reads the config (if any) and resolves the pin directory.
     pub fn resolve(global: &Global) -> anyhow::Result<Settings> {
-        let config_file = match &global.config {
-            Some(path) => Some(path.clone()),
-            None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.exists()),
-        };
+        let config_file = config_file(global);
         let config = match &config_file {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
-        let pins = PinDir::new(
-            global
-                .pin_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(&config.pin_dir)),
-        );
+        let pins = pin_dir(global, || Ok(config.pin_dir.clone()))?;
         let state_file = state::path(&pins);
         Ok(Settings {
             config_file,
             config,
             pins,
             state_file,
+        })
+    }
+
+    /// The pin directory alone, as [`Settings::resolve`] finds it, reading nothing of the
+    /// config but its `pin_dir` (and not even that under `--pin-dir`): what `unload` needs.
+    pub fn resolve_pins(global: &Global) -> anyhow::Result<PinDir> {
+        pin_dir(global, || match config_file(global) {
+            Some(path) => config::load_pin_dir(&path),
+            None => Ok(DEFAULT_PIN_DIR.to_owned()),
         })
     }
 
@@ -111,4 +112,24 @@ impl Settings {
     pub fn save_state(&self, state: &State) -> anyhow::Result<()> {
         state.save(&self.state_file)
     }
+}
+
+/// The config file to read: `--config`, else the default path when it exists.
+fn config_file(global: &Global) -> Option<PathBuf> {
+    match &global.config {
+        Some(path) => Some(path.clone()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.exists()),
+    }
+}
+
+/// `--pin-dir`, else the config's `pin_dir` (read only when needed).
+fn pin_dir(
+    global: &Global,
+    from_config: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<PinDir> {
+    let dir = match &global.pin_dir {
+        Some(dir) => dir.clone(),
+        None => PathBuf::from(from_config()?),
+    };
+    Ok(PinDir::new(dir))
 }

@@ -19,9 +19,21 @@
 //! # The file
 //!
 //! JSON at `/var/lib/apns-agent/<pin dir>.json` (systemd's `StateDirectory=apns-agent`;
-//! `<pin dir>` as [`crate::datapath::PinDir::file_stem`] names it), replaced atomically on
-//! every change. `unload` removes it with the datapath. A file that cannot be read is an
-//! error naming it, never silently ignored: ignoring it could change what is enforced.
+//! `<pin dir>` as [`crate::datapath::PinDir::file_stem`] names it), replaced atomically and
+//! durably ([`crate::durable`]) on every change. `unload` removes it with the datapath. A
+//! file that cannot be read is an error naming it, never silently ignored: ignoring it could
+//! change what is enforced.
+//!
+//! # Intent before action
+//!
+//! A live change is written here *before* the kernel changes (`cmd::live`): a file that
+//! cannot be written (a full or read-only /var/lib) refuses the change, and the datapath
+//! stays as it was; the command says so, naming the file. If the kernel then refuses the
+//! change, the previous record is written back: a change that failed must not become a
+//! decision the next start imposes (an `attach` refused because another XDP program runs
+//! there would make every later `run` fail). `run` writes its record first too, but goes on
+//! when it cannot: its record is what the config says, which the next start derives again,
+//! and refusing would leave a gateway that boots with a read-only /var/lib unenforced.
 
 use std::{
     collections::BTreeMap,
@@ -111,26 +123,36 @@ impl Section {
             Section::Allow => policy.allow = serde_json::from_value(value)?,
             Section::Providers => policy.providers = serde_json::from_value(value)?,
             Section::Ports => policy.ports = serde_json::from_value(value)?,
-            Section::Interfaces => {
-                let names: Vec<String> = serde_json::from_value(value)?;
-                let previous = std::mem::take(&mut desired.interfaces);
-                desired.interfaces = names
-                    .into_iter()
-                    .map(|name| {
-                        let fastpath = previous.get(&name).copied().unwrap_or_default();
-                        (name, fastpath)
-                    })
-                    .collect();
-            }
-            Section::FastPath => {
-                let fastpaths: BTreeMap<String, Labeled<FastPath>> = serde_json::from_value(value)?;
-                for (interface, fastpath) in desired.interfaces.iter_mut() {
-                    *fastpath = fastpaths.get(interface).map_or(FastPath::Pass, |f| f.0);
-                }
-            }
+            Section::Interfaces => set_interfaces(&mut desired.interfaces, value)?,
+            Section::FastPath => set_fastpaths(&mut desired.interfaces, value)?,
         }
         Ok(())
     }
+}
+
+/// Makes `interfaces` the names of `value` (the [`Section::Interfaces`] value), keeping the
+/// fast path of those it had.
+fn set_interfaces(interfaces: &mut BTreeMap<String, FastPath>, value: Value) -> anyhow::Result<()> {
+    let names: Vec<String> = serde_json::from_value(value)?;
+    let previous = std::mem::take(interfaces);
+    *interfaces = names
+        .into_iter()
+        .map(|name| {
+            let fastpath = previous.get(&name).copied().unwrap_or_default();
+            (name, fastpath)
+        })
+        .collect();
+    Ok(())
+}
+
+/// Gives each of `interfaces` its fast path in `value` (the [`Section::FastPath`] value:
+/// the interfaces not listed pass).
+fn set_fastpaths(interfaces: &mut BTreeMap<String, FastPath>, value: Value) -> anyhow::Result<()> {
+    let fastpaths: BTreeMap<String, Labeled<FastPath>> = serde_json::from_value(value)?;
+    for (interface, fastpath) in interfaces.iter_mut() {
+        *fastpath = fastpaths.get(interface).map_or(FastPath::Pass, |f| f.0);
+    }
+    Ok(())
 }
 
 /// What `run` last applied.
@@ -222,7 +244,8 @@ impl State {
         Ok(state)
     }
 
-    /// Writes `path` atomically (a temporary file in the same folder, then a rename).
+    /// Writes `path` atomically and durably ([`crate::durable`]: the file and its directory
+    /// are synced), readable by root only.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let dir = path.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir)
@@ -232,14 +255,8 @@ impl State {
             ..self.clone()
         };
         let text = serde_json::to_string_pretty(&state).expect("the state serializes to JSON");
-        let mut file = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        std::io::Write::write_all(&mut file, text.as_bytes())
-            .and_then(|()| file.as_file().sync_all())
-            .with_context(|| format!("writing state file {}", path.display()))?;
-        file.persist(path)
-            .with_context(|| format!("replacing state file {}", path.display()))?;
-        Ok(())
+        crate::durable::write_atomically(path, text.as_bytes(), 0o600)
+            .with_context(|| format!("writing state file {}", path.display()))
     }
 
     /// What `run` applies: the config's `desired` with the overrides still in force. Drops
@@ -296,6 +313,31 @@ impl State {
     pub fn effective(&self, config: &Desired) -> anyhow::Result<Desired> {
         let (desired, _) = self.clone().merge(config, None, SystemTime::now())?;
         Ok(desired)
+    }
+
+    /// The interfaces, with their fast path, that the datapath should be attached to as this
+    /// record stands: what `run` last applied (its config and flags), with the live changes
+    /// in force over it. Empty when nothing is recorded. `status`, /metrics and the live
+    /// verbs compare it with what is attached to find the interfaces that are missing.
+    pub fn wanted_interfaces(&self) -> anyhow::Result<BTreeMap<String, FastPath>> {
+        let recorded = |section: Section| {
+            self.overrides
+                .get(&Labeled(section))
+                .map(|change| &change.value)
+                .or_else(|| {
+                    self.applied
+                        .as_ref()
+                        .and_then(|applied| applied.sections.get(&Labeled(section)))
+                })
+        };
+        let mut interfaces = BTreeMap::new();
+        if let Some(names) = recorded(Section::Interfaces) {
+            set_interfaces(&mut interfaces, names.clone()).context("the recorded interfaces")?;
+        }
+        if let Some(fastpaths) = recorded(Section::FastPath) {
+            set_fastpaths(&mut interfaces, fastpaths.clone()).context("the recorded fast paths")?;
+        }
+        Ok(interfaces)
     }
 
     /// Records a live change a subcommand (`command`) made, from `before` to `after`.
@@ -447,6 +489,31 @@ mod tests {
                 at: rfc3339(t0)
             }
         );
+    }
+
+    #[test]
+    fn wanted_interfaces_are_the_config_with_the_live_changes_over_it() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let mut state = State::default();
+        assert!(state.wanted_interfaces().unwrap().is_empty());
+        let config = desired(
+            Mode::Monitor,
+            &[("lan0", FastPath::Pass), ("wan0", FastPath::Mark)],
+        );
+        let (applied, _) = state.merge(&config, None, t0).unwrap();
+        assert_eq!(state.wanted_interfaces().unwrap(), config.interfaces);
+        // `attach usb0`, then `fastpath usb0 redirect`: both in the record, whether or not
+        // usb0 exists when it is read.
+        let attached = desired(
+            Mode::Monitor,
+            &[
+                ("lan0", FastPath::Pass),
+                ("wan0", FastPath::Mark),
+                ("usb0", FastPath::Redirect),
+            ],
+        );
+        state.record(&applied, &attached, "apns-agent attach usb0", t0);
+        assert_eq!(state.wanted_interfaces().unwrap(), attached.interfaces);
     }
 
     #[test]

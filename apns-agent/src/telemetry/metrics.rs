@@ -16,7 +16,7 @@
 //! | `apns_uncounted_packets_total` | — | packets not counted because the counter map was full: non-zero means every other counter is an undercount |
 //! | `apns_reachability_ratio` | interface (always `all`), port | SYN-ACKs in / SYNs out over the reachability window, for the whole gateway; absent when no SYN was sent in it |
 //! | `apns_allowlist_prefixes` | family (ipv4, ipv6) | prefixes in the active allow-list |
-//! | `apns_datapath_attached` | interface, xdp_mode | 1 if the interface's link is live, 0 if its pin is stale |
+//! | `apns_datapath_attached` | interface, xdp_mode | 1 if the interface's link is live, 0 if its pin is stale or the interface is missing (wanted, but no such interface: xdp_mode `none`) |
 //! | `apns_policy_generation` | — | the active policy generation (0 or 1); flips on every policy change |
 //! | `apns_config_applied_timestamp_seconds` | — | when `run` last applied its config (start-up or SIGHUP) |
 //! | `apns_config_last_reload_successful` | — | 0 if the last SIGHUP reload was refused |
@@ -445,7 +445,7 @@ impl Collector for Exposition {
         family(
             &mut encoder,
             "apns_datapath_attached",
-            "1 if the datapath is attached to the interface (its link is live), 0 if only a stale link pin is left",
+            "1 if the datapath is attached to the interface (its link is live), 0 if only a stale link pin is left or the interface is missing (the config or `attach` wants it but it does not exist; xdp_mode=\"none\")",
             Gauge,
             attached,
         )?;

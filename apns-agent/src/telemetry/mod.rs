@@ -45,7 +45,12 @@ use crate::datapath::{interfaces::InterfaceRole, status, Datapath, PinDir};
 pub struct Exporter {
     pins: PinDir,
     inner: Mutex<Inner>,
+    wanted: WantedInterfaces,
 }
+
+/// The interfaces `run` wants attached, read at each render: those of them that are neither
+/// attached nor present are exported as missing (`apns_datapath_attached` 0).
+pub type WantedInterfaces = Box<dyn Fn() -> anyhow::Result<Vec<String>> + Send + Sync>;
 
 struct Inner {
     datapath: Datapath,
@@ -104,6 +109,7 @@ impl Exporter {
         reachability_window: Duration,
         config: ConfigRecord,
         rules: clients::Rules,
+        wanted: WantedInterfaces,
     ) -> anyhow::Result<Exporter> {
         let datapath = Datapath::open(pins)?;
         // The window's first baseline is the agent's start, not its first scrape: handshakes
@@ -123,6 +129,7 @@ impl Exporter {
         Ok(Exporter {
             pins: pins.clone(),
             inner: Mutex::new(inner),
+            wanted,
         })
     }
 
@@ -208,7 +215,17 @@ impl Exporter {
         let snapshot = datapath.counters.snapshot()?;
         // Read live: `apns-agent allow add` may have changed the policy under a running agent.
         let policy = datapath.policy.read_active()?;
-        let interfaces = datapath.interface_status()?;
+        let mut interfaces = datapath.interface_status()?;
+        match (self.wanted)() {
+            Ok(wanted) => interfaces.extend(
+                datapath
+                    .missing(&wanted)?
+                    .into_iter()
+                    .map(status::InterfaceStatus::missing),
+            ),
+            // The traffic's metrics are worth more than this one family's missing rows.
+            Err(err) => tracing::warn!("which interfaces are missing is unknown: {err:#}"),
+        }
         let known = model::Known::from_parts(&interfaces, &policy);
         reachability.observe(Instant::now(), &snapshot);
         let model = model::Model::build(&snapshot, &known, model::interface_name, reachability);
