@@ -54,7 +54,8 @@ pub enum Outcome {
     NotApns = 5,
     /// A non-first IP fragment: it carries no L4 header, so it is counted and passed.
     Fragment = 6,
-    /// Truncated or inconsistent headers, or more IPv6 extension headers than parsed.
+    /// Truncated or inconsistent headers that no receiver would take either (a packet
+    /// truncated inside its headers, a TCP header length past the IP payload).
     Malformed = 7,
     /// An inbound connection attempt on an APNs port (a SYN without ACK from the allow-list,
     /// from an APNs port or to one inside), counted and passed (monitor mode). APNs
@@ -67,10 +68,18 @@ pub enum Outcome {
     /// with `bpf_redirect_neigh` (the kernel resolves the neighbour, queueing the packet
     /// meanwhile). Counted here, by XDP, once; see docs/fastpath.md.
     FastpathTc = 10,
+    /// Headers the parser cannot finish that a receiver would still take, so they could hide
+    /// an APNs-port packet from the policy: a first fragment that does not hold the whole
+    /// TCP header (or, for IPv6, the whole header chain), or an IPv6 header chain longer
+    /// than the parser follows. Counted and passed (monitor mode).
+    Unfinished = 11,
+    /// The same packet, dropped (enforce mode): no legitimate sender splits the headers
+    /// (RFC 7112 forbids it for IPv6; RFC 1858 advises dropping tiny fragments).
+    DropUnfinished = 12,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Pass,
         Outcome::DropProvider,
         Outcome::DropPinhole,
@@ -82,6 +91,8 @@ impl Outcome {
         Outcome::InboundOpen,
         Outcome::DropInboundOpen,
         Outcome::FastpathTc,
+        Outcome::Unfinished,
+        Outcome::DropUnfinished,
     ];
 
     pub const fn from_u8(code: u8) -> Option<Outcome> {
@@ -97,6 +108,8 @@ impl Outcome {
             8 => Some(Outcome::InboundOpen),
             9 => Some(Outcome::DropInboundOpen),
             10 => Some(Outcome::FastpathTc),
+            11 => Some(Outcome::Unfinished),
+            12 => Some(Outcome::DropUnfinished),
             _ => None,
         }
     }
@@ -114,6 +127,8 @@ impl Outcome {
             Outcome::InboundOpen => "inbound_open",
             Outcome::DropInboundOpen => "drop_inbound_open",
             Outcome::FastpathTc => "fastpath_tc",
+            Outcome::Unfinished => "unfinished",
+            Outcome::DropUnfinished => "drop_unfinished",
         }
     }
 
@@ -121,7 +136,10 @@ impl Outcome {
     pub const fn is_drop(self) -> bool {
         matches!(
             self,
-            Outcome::DropProvider | Outcome::DropPinhole | Outcome::DropInboundOpen
+            Outcome::DropProvider
+                | Outcome::DropPinhole
+                | Outcome::DropInboundOpen
+                | Outcome::DropUnfinished
         )
     }
 }
@@ -258,8 +276,9 @@ pub const CELLS_PER_BLOCK: usize = 16;
 
 /// The (direction, outcome) pair each cell of a block counts, by cell number. Never reorder:
 /// append. Outcomes without a port ([`Outcome::NotIp`] ...) only occur in port slot
-/// [`OVERFLOW_SLOT`], the others in any port slot.
-pub const CELLS: [(Direction, Outcome); 14] = [
+/// [`OVERFLOW_SLOT`], the others in any port slot. Every cell is named now: the two cells
+/// the unfinished outcomes took were the last unused ones.
+pub const CELLS: [(Direction, Outcome); 16] = [
     (Direction::None, Outcome::NotIp),
     (Direction::None, Outcome::NotApns),
     (Direction::None, Outcome::Fragment),
@@ -274,12 +293,14 @@ pub const CELLS: [(Direction, Outcome); 14] = [
     (Direction::Inbound, Outcome::DropInboundOpen),
     (Direction::Outbound, Outcome::FastpathTc),
     (Direction::Inbound, Outcome::FastpathTc),
+    (Direction::None, Outcome::Unfinished),
+    (Direction::None, Outcome::DropUnfinished),
 ];
 const _: () = assert!(CELLS.len() <= CELLS_PER_BLOCK);
 
 /// The cell counting `(direction, outcome)`. A pair the datapath never produces (say an
-/// inbound pinhole drop) lands in the last cell, which [`CELLS`] leaves unnamed, so even a
-/// bug is counted and visible (user space reports it as malformed).
+/// inbound pinhole drop) lands in the malformed cell ([`INCONSISTENT_CELL`]), so even a bug
+/// is counted and visible.
 #[inline(always)]
 pub const fn cell_of(direction: Direction, outcome: Outcome) -> usize {
     match (direction, outcome) {
@@ -297,15 +318,17 @@ pub const fn cell_of(direction: Direction, outcome: Outcome) -> usize {
         (Direction::Inbound, Outcome::DropInboundOpen) => 11,
         (Direction::Outbound, Outcome::FastpathTc) => 12,
         (Direction::Inbound, Outcome::FastpathTc) => 13,
-        _ => UNNAMED_CELL,
+        (Direction::None, Outcome::Unfinished) => 14,
+        (Direction::None, Outcome::DropUnfinished) => 15,
+        _ => INCONSISTENT_CELL,
     }
 }
 
-/// The cell of pairs that should not happen (see [`cell_of`]).
-pub const UNNAMED_CELL: usize = CELLS_PER_BLOCK - 1;
+/// The cell of pairs that should not happen (see [`cell_of`]): the malformed one.
+pub const INCONSISTENT_CELL: usize = 3;
 
-/// The (direction, outcome) pair of `cell`, for readers. The unnamed cells read as
-/// `(None, Malformed)`: they can only hold packets the datapath judged inconsistently.
+/// The (direction, outcome) pair of `cell`, for readers. A cell past [`CELLS`] (none today)
+/// reads as `(None, Malformed)`.
 pub const fn cell_key(cell: usize) -> (Direction, Outcome) {
     if cell < CELLS.len() {
         CELLS[cell]
@@ -416,9 +439,12 @@ mod tests {
         }
         assert_eq!(
             cell_of(Direction::Inbound, Outcome::DropPinhole),
-            UNNAMED_CELL
+            INCONSISTENT_CELL
         );
-        assert!(UNNAMED_CELL >= CELLS.len());
+        assert_eq!(
+            CELLS[INCONSISTENT_CELL],
+            (Direction::None, Outcome::Malformed)
+        );
     }
 
     #[test]

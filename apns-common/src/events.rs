@@ -9,7 +9,7 @@ pub struct DropEvent {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub time_ns: u64,
     pub ifindex: u32,
-    /// The drop's [`crate::counters::Outcome`] code (`DropPinhole`, `DropProvider` or `DropInboundOpen`).
+    /// The drop's [`crate::counters::Outcome`] code (`DropPinhole`, `DropProvider` or `DropInboundOpen`; an unfinished packet has no ports to report, so `DropUnfinished` makes no event).
     pub outcome: u8,
     /// IP protocol number (6 for TCP: only TCP is ever dropped).
     pub protocol: u8,

@@ -48,10 +48,27 @@ struct Generation {
     tables: &'static GenerationTables,
 }
 
+/// The policy generation packets are judged by now (0 or 1).
+#[inline(always)]
+fn active() -> u32 {
+    // A corrupt switch value still selects one of the two generations.
+    APNS_ACTIVE.get(0).copied().unwrap_or(0) & 1
+}
+
+/// The judgement on a packet parsing alone settled (`outcome`): its class, but an
+/// `unfinished` packet, which could hide an APNs-port packet from [`judge`], is dropped in
+/// enforce mode (docs/classification.md, section 4).
+#[inline(always)]
+pub fn settled(outcome: Outcome) -> Judgement {
+    if outcome == Outcome::Unfinished && enforcing(active()) {
+        return Judgement::class(Outcome::DropUnfinished);
+    }
+    Judgement::class(outcome)
+}
+
 #[inline(always)]
 pub fn judge(packet: &TcpPacket) -> Judgement {
-    // A corrupt switch value still selects one of the two generations.
-    let number = APNS_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let number = active();
     let Some(tables) = APNS_TABLES.get(number) else {
         // Unreachable: the array holds both generations. No tables, no APNs port.
         return Judgement::class(Outcome::NotApns);

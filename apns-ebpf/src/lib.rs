@@ -78,11 +78,15 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
             };
             (judgement, Some(tcp.flags), next)
         }
-        Err(class) => (
-            Judgement::class(class),
-            None,
-            Next::verdict(xdp_action::XDP_PASS),
-        ),
+        Err(class) => {
+            let judgement = classify::settled(class);
+            let action = if judgement.outcome.is_drop() {
+                xdp_action::XDP_DROP
+            } else {
+                xdp_action::XDP_PASS
+            };
+            (judgement, None, Next::verdict(action))
+        }
     };
     if let Some(decided) = next.handoff {
         // XDP_PASS either way: the TC program takes over (from the metadata, or by

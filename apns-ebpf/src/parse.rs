@@ -2,7 +2,10 @@
 //! to six extension headers, then TCP or UDP (docs/classification.md, sections 1 to 4).
 //!
 //! Convention: every function returns `Ok` with what the next step needs, or `Err(outcome)`
-//! when parsing alone settles the packet (`not_ip`, `not_apns`, `fragment`, `malformed`). Every
+//! when parsing alone settles the packet (`not_ip`, `not_apns`, `fragment`, `malformed`,
+//! `unfinished`). A packet cut short inside its headers is `malformed` when no receiver would
+//! take it either, and `unfinished` when one would: a first fragment (the rest of the headers
+//! follow in the next one), or an IPv6 chain longer than the parser follows (section 4). Every
 //! read goes through [`Cursor::bytes`] / [`Cursor::bytes_within`], which check the frame end
 //! and, inside IP, the end of the IP payload. Multi-byte fields are big-endian on the wire and
 //! converted with `u16::from_be_bytes`; addresses stay in network byte order.
@@ -21,13 +24,16 @@ const ETH_P_8021AD: u16 = 0x88a8;
 
 const IPV4_MIN_HLEN: usize = 20;
 const IPV4_FRAG_OFFSET_MASK: u16 = 0x1fff;
+const IPV4_MORE_FRAGMENTS: u16 = 0x2000;
 const IPV6_HLEN: usize = 40;
 /// Offsets of the TTL in the IPv4 header and of the hop limit in the IPv6 header.
 pub const IPV4_TTL: usize = 8;
 pub const IPV6_HOP_LIMIT: usize = 7;
-/// Extension headers walked before the packet is judged too deep (`malformed`).
+/// Extension headers walked before the packet is judged too deep (`unfinished`).
 const MAX_IPV6_EXT_HEADERS: usize = 6;
 const IPV6_FRAG_HLEN: usize = 8;
+/// The M (more fragments) bit of the IPv6 fragment header's offset field.
+const IPV6_MORE_FRAGMENTS: u16 = 0x0001;
 
 const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_TCP: u8 = 6;
@@ -218,6 +224,19 @@ struct Payload {
     end: usize,
     l3: usize,
     tagged: bool,
+    /// A first fragment: more of the packet follows in other fragments.
+    first_fragment: bool,
+}
+
+/// The verdict on headers that end before the IP payload (or the fragment) does: a first
+/// fragment's receiver would read the rest from the next fragment, so it is `unfinished`;
+/// any other packet is `malformed`.
+#[inline(always)]
+fn cut_short<T>(first_fragment: bool) -> Result<T, Outcome> {
+    if first_fragment {
+        return Err(Outcome::Unfinished);
+    }
+    malformed()
 }
 
 #[inline(always)]
@@ -259,7 +278,8 @@ fn parse_ipv4(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket<'_>,
     if header_len < IPV4_MIN_HLEN || total_len < header_len || l3 + total_len > cursor.len() {
         return malformed();
     }
-    if u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAG_OFFSET_MASK != 0 {
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]);
+    if fragment & IPV4_FRAG_OFFSET_MASK != 0 {
         return Err(Outcome::Fragment);
     }
     let addrs = Addrs::V4 {
@@ -271,6 +291,7 @@ fn parse_ipv4(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket<'_>,
         end: l3 + total_len,
         l3,
         tagged,
+        first_fragment: fragment & IPV4_MORE_FRAGMENTS != 0,
     };
     parse_l4(cursor, ip[9], &payload, addrs)
 }
@@ -288,17 +309,24 @@ fn parse_ipv6(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket<'_>,
     }
     let mut next_header = ip[6];
     let mut offset = l3 + IPV6_HLEN;
+    let mut first_fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         if !is_ipv6_extension(next_header) {
             break;
         }
-        let ext = cursor.bytes_within::<2>(offset, end)?;
+        let Ok(ext) = cursor.bytes_within::<2>(offset, end) else {
+            return cut_short(first_fragment);
+        };
         let ext_len = match next_header {
             IPPROTO_FRAGMENT => {
-                let frag = cursor.bytes_within::<IPV6_FRAG_HLEN>(offset, end)?;
-                if u16::from_be_bytes([frag[2], frag[3]]) >> 3 != 0 {
+                let Ok(frag) = cursor.bytes_within::<IPV6_FRAG_HLEN>(offset, end) else {
+                    return cut_short(first_fragment);
+                };
+                let offset_and_flags = u16::from_be_bytes([frag[2], frag[3]]);
+                if offset_and_flags >> 3 != 0 {
                     return Err(Outcome::Fragment);
                 }
+                first_fragment = offset_and_flags & IPV6_MORE_FRAGMENTS != 0;
                 IPV6_FRAG_HLEN
             }
             IPPROTO_AH => {
@@ -310,13 +338,14 @@ fn parse_ipv6(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket<'_>,
             _ => (ext[1] as usize + 1) * 8,
         };
         if offset + ext_len > end {
-            return malformed();
+            return cut_short(first_fragment);
         }
         next_header = ext[0];
         offset += ext_len;
     }
+    // A receiver follows a longer chain; the policy cannot see what it ends in.
     if is_ipv6_extension(next_header) {
-        return malformed();
+        return Err(Outcome::Unfinished);
     }
     let addrs = Addrs::V6 {
         src: field(ip, 8)?,
@@ -327,6 +356,7 @@ fn parse_ipv6(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket<'_>,
         end,
         l3,
         tagged,
+        first_fragment,
     };
     parse_l4(cursor, next_header, &payload, addrs)
 }
@@ -359,10 +389,15 @@ fn parse_l4<'a>(
 ) -> Result<TcpPacket<'a>, Outcome> {
     match protocol {
         IPPROTO_TCP => {
-            let tcp = cursor.bytes_within::<TCP_MIN_HLEN>(payload.start, payload.end)?;
+            let Ok(tcp) = cursor.bytes_within::<TCP_MIN_HLEN>(payload.start, payload.end) else {
+                return cut_short(payload.first_fragment);
+            };
             let header_len = (tcp[12] >> 4) as usize * 4;
-            if header_len < TCP_MIN_HLEN || payload.start + header_len > payload.end {
+            if header_len < TCP_MIN_HLEN {
                 return malformed();
+            }
+            if payload.start + header_len > payload.end {
+                return cut_short(payload.first_fragment);
             }
             Ok(TcpPacket {
                 addrs,

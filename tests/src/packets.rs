@@ -496,6 +496,71 @@ pub fn icmpv6_neighbour_solicitation() -> Frame {
     )
 }
 
+/// `built`'s IP packet ending at frame offset `at` (inside its IP payload), with the IPv4
+/// total length or the IPv6 payload length saying so: the first fragment of a packet split
+/// there, when `built` is marked as one (more fragments, offset 0).
+pub fn cut_at(built: &Built, at: usize) -> Vec<u8> {
+    let mut bytes = built.bytes[..at].to_vec();
+    let ip = built.l3;
+    if bytes[ip] >> 4 == 4 {
+        let total = (at - ip) as u16;
+        bytes[ip + 2..ip + 4].copy_from_slice(&total.to_be_bytes());
+    } else {
+        let payload = (at - ip - 40) as u16;
+        bytes[ip + 4..ip + 6].copy_from_slice(&payload.to_be_bytes());
+    }
+    bytes
+}
+
+/// `built`, an IPv4 packet, as the fragments a sender splitting its payload into `size`-byte
+/// pieces (a multiple of 8) sends: each with the IP header (checksum recomputed), its
+/// offset, and MF on all but the last. The tiny-fragment attack of RFC 1858 uses 8.
+pub fn ipv4_fragments(built: &Built, size: usize) -> Vec<Vec<u8>> {
+    assert!(size.is_multiple_of(8) && size > 0, "fragment size {size}");
+    let ip = built.l3;
+    let header_len = usize::from(built.bytes[ip] & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([
+        built.bytes[ip + 2],
+        built.bytes[ip + 3],
+    ]));
+    let payload = &built.bytes[ip + header_len..ip + total];
+    let pieces = payload.len().div_ceil(size);
+    payload
+        .chunks(size)
+        .enumerate()
+        .map(|(index, piece)| {
+            let mut header = built.bytes[ip..ip + header_len].to_vec();
+            header[2..4].copy_from_slice(&((header_len + piece.len()) as u16).to_be_bytes());
+            let more = if index + 1 < pieces { 0x2000 } else { 0 };
+            let offset = (index * size / 8) as u16;
+            header[6..8].copy_from_slice(&(more | offset).to_be_bytes());
+            header[10..12].copy_from_slice(&[0, 0]);
+            let sum = internet_checksum(&[&header]);
+            header[10..12].copy_from_slice(&sum.to_be_bytes());
+            [&built.bytes[..ip], &header[..], piece].concat()
+        })
+        .collect()
+}
+
+/// A little-endian, microsecond pcap file of Ethernet `frames` (link type `linktype`: 1 for
+/// Ethernet), every record at time 0.
+pub fn pcap_bytes(linktype: u32, frames: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(0xa1b2_c3d4u32.to_le_bytes());
+    out.extend(2u16.to_le_bytes());
+    out.extend(4u16.to_le_bytes());
+    out.extend([0; 8]);
+    out.extend(262_144u32.to_le_bytes());
+    out.extend(linktype.to_le_bytes());
+    for frame in frames {
+        out.extend([0; 8]);
+        out.extend((frame.len() as u32).to_le_bytes());
+        out.extend((frame.len() as u32).to_le_bytes());
+        out.extend(frame);
+    }
+    out
+}
+
 /// 192.0.2.1 asking who has 192.0.2.2.
 pub fn arp_request() -> Vec<u8> {
     let mut arp = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1]; // Ethernet, IPv4, request
@@ -551,6 +616,8 @@ impl Generator {
         } else if self.percent(4) {
             let built = self.inbound_open().build();
             (built.bytes, built.boundaries, built.steering)
+        } else if self.percent(4) {
+            self.evasion()
         } else {
             let built = self.ip_frame().build();
             (built.bytes, built.boundaries, built.steering)
@@ -660,6 +727,74 @@ impl Generator {
             }
         }
         frame
+    }
+
+    /// A pinhole SYN (to anyone, on an APNs port) hidden from a parser that stops early
+    /// (contract §4, "Unfinished headers"): a first fragment cut inside its TCP header or,
+    /// for IPv6, inside the chain after its fragment header; a chain of 7 to 9 extension
+    /// headers; or one of its later fragments. With its boundaries and steering bytes (those
+    /// of the whole packet: a mutation past the cut is a no-op).
+    fn evasion(&mut self) -> (Vec<u8>, Vec<usize>, Vec<usize>) {
+        let v6 = self.percent(50);
+        let addrs = if v6 {
+            Addrs::V6(self.addr_v6(), self.addr_v6())
+        } else {
+            Addrs::V4(self.addr_v4(), self.addr_v4())
+        };
+        let option_words = self.rng.random_range(0..=10);
+        let syn = Frame::new(
+            addrs,
+            Transport::Tcp {
+                sport: self.rng.random_range(1024..=65535),
+                dport: self.pick(&APNS_PORTS),
+                flags: SYN,
+                option_words,
+            },
+        );
+        let (frame, cut) = match self.rng.random_range(0..3) {
+            0 => (syn.fragment(0, true), true),
+            1 if v6 => {
+                let mut frame = syn;
+                frame.ipv6_exts = (0..self.rng.random_range(7..=9))
+                    .map(|_| Ext::DestinationOptions(self.rng.random_range(0..2)))
+                    .collect();
+                (frame, false)
+            }
+            1 => {
+                // IPv4 has no chains: a first fragment cut short instead.
+                (syn.fragment(0, true), true)
+            }
+            _ => (
+                syn.fragment(self.rng.random_range(1..=0x1fff), self.rng.random()),
+                false,
+            ),
+        };
+        let frame = if cut && v6 && self.percent(50) {
+            // A destination options header after the fragment header, so the cut can
+            // land inside the chain too.
+            Frame {
+                ipv6_exts: vec![
+                    Ext::Fragment {
+                        offset: 0,
+                        more: true,
+                    },
+                    Ext::DestinationOptions(self.rng.random_range(0..2)),
+                ],
+                ..frame
+            }
+        } else {
+            frame
+        };
+        let built = frame.build();
+        let bytes = if cut {
+            let tcp_end = built.l4 + 20 + 4 * usize::from(option_words);
+            // From just past the fixed IP header (IPv4) or the fragment header (IPv6).
+            let first = if v6 { built.l3 + 40 + 8 } else { built.l4 };
+            cut_at(&built, self.rng.random_range(first..tcp_end))
+        } else {
+            built.bytes
+        };
+        (bytes, built.boundaries, built.steering)
     }
 
     /// An inbound connection attempt (contract §5 step 2): a SYN, without ACK most of the

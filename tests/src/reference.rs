@@ -170,7 +170,19 @@ impl Expected {
 pub fn classify(frame: &[u8], policy: &Policy) -> Expected {
     match tcp_segment(frame) {
         Ok(seg) => apply_policy(&seg, policy),
+        // Contract §4, unfinished headers: dropped in enforce mode, whatever the addresses.
+        Err(Outcome::Unfinished) if policy.enforce => Expected::unmatched(Outcome::DropUnfinished),
         Err(outcome) => Expected::unmatched(outcome),
+    }
+}
+
+/// Headers that end before the IP payload (or the fragment) does: `unfinished` in a first
+/// fragment, whose receiver reads on in the next one; `malformed` anywhere else.
+fn cut_short(first_fragment: bool) -> Outcome {
+    if first_fragment {
+        Outcome::Unfinished
+    } else {
+        Outcome::Malformed
     }
 }
 
@@ -188,7 +200,7 @@ struct TcpSegment {
 }
 
 /// Parsing either reaches a TCP segment or settles the outcome on the way (`Err`): not IP,
-/// not APNs, a fragment, malformed.
+/// not APNs, a fragment, malformed, unfinished.
 type Parsed<T> = Result<T, Outcome>;
 
 /// Contract §1: Ethernet, at most two VLAN tags, then IPv4 or IPv6.
@@ -233,7 +245,7 @@ fn ipv4(packet: &[u8]) -> Parsed<TcpSegment> {
         header.source_addr().into(),
         header.destination_addr().into(),
     );
-    transport(header.protocol(), payload, addrs)
+    transport(header.protocol(), payload, addrs, header.more_fragments())
 }
 
 /// Contract §3: the fixed header, then up to [`MAX_IPV6_EXT_HEADERS`] extension headers.
@@ -246,6 +258,9 @@ fn ipv6(packet: &[u8]) -> Parsed<TcpSegment> {
     let end = fixed_len + usize::from(header.payload_length());
     let mut payload = packet.get(fixed_len..end).ok_or(Outcome::Malformed)?;
     let mut next = header.next_header();
+    // Set by a fragment header of a first fragment (offset 0, M set): what follows it may
+    // continue in the next fragment.
+    let mut first_fragment = false;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         // Each arm parses one header inside the remaining payload and returns its length.
         // etherparse's chain parser (Ipv6Extensions) would insist on hop-by-hop coming first;
@@ -254,24 +269,29 @@ fn ipv6(packet: &[u8]) -> Parsed<TcpSegment> {
             IpNumber::IPV6_HEADER_HOP_BY_HOP
             | IpNumber::IPV6_ROUTE_HEADER
             | IpNumber::IPV6_DESTINATION_OPTIONS => {
-                let ext =
-                    Ipv6RawExtHeaderSlice::from_slice(payload).map_err(|_| Outcome::Malformed)?;
+                let ext = Ipv6RawExtHeaderSlice::from_slice(payload)
+                    .map_err(|_| cut_short(first_fragment))?;
                 next = ext.next_header();
                 ext.slice().len()
             }
             IpNumber::IPV6_FRAGMENTATION_HEADER => {
-                let frag =
-                    Ipv6FragmentHeaderSlice::from_slice(payload).map_err(|_| Outcome::Malformed)?;
+                let frag = Ipv6FragmentHeaderSlice::from_slice(payload)
+                    .map_err(|_| cut_short(first_fragment))?;
                 if u16::from(frag.fragment_offset()) != 0 {
                     return Err(Outcome::Fragment);
                 }
+                first_fragment = frag.more_fragments();
                 next = frag.next_header();
                 frag.slice().len()
             }
             IpNumber::AUTHENTICATION_HEADER => {
-                // Also rejects a length byte of 0, as the contract does.
-                let auth =
-                    IpAuthHeaderSlice::from_slice(payload).map_err(|_| Outcome::Malformed)?;
+                // A length byte of 0 is malformed wherever it is; any other error is a header
+                // cut short.
+                if payload.len() >= 2 && payload[1] == 0 {
+                    return Err(Outcome::Malformed);
+                }
+                let auth = IpAuthHeaderSlice::from_slice(payload)
+                    .map_err(|_| cut_short(first_fragment))?;
                 next = auth.next_header();
                 auth.slice().len()
             }
@@ -279,14 +299,15 @@ fn ipv6(packet: &[u8]) -> Parsed<TcpSegment> {
         };
         payload = &payload[len..];
     }
+    // Too deep to follow, but a receiver would.
     if is_walked_ext_header(next) {
-        return Err(Outcome::Malformed);
+        return Err(Outcome::Unfinished);
     }
     let addrs = (
         header.source_addr().into(),
         header.destination_addr().into(),
     );
-    transport(next, payload, addrs)
+    transport(next, payload, addrs, first_fragment)
 }
 
 /// The five extension headers of the contract's table.
@@ -302,16 +323,24 @@ fn is_walked_ext_header(next: IpNumber) -> bool {
 }
 
 /// Contract §4. `payload` is the IP payload after any extension headers: the L4 header must
-/// fit in it.
+/// fit in it (or the packet is a `first_fragment` cut short: unfinished).
 fn transport(
     protocol: IpNumber,
     payload: &[u8],
     (src, dst): (IpAddr, IpAddr),
+    first_fragment: bool,
 ) -> Parsed<TcpSegment> {
     match protocol {
         IpNumber::TCP => {
-            // Checks the 20 bytes, data offset >= 5 and data offset * 4 bytes being present.
-            let tcp = TcpHeaderSlice::from_slice(payload).map_err(|_| Outcome::Malformed)?;
+            // 20 bytes first; then a data offset below 5 is malformed wherever it is, and
+            // data offset * 4 bytes must be present.
+            if payload.len() < 20 {
+                return Err(cut_short(first_fragment));
+            }
+            if payload[12] >> 4 < 5 {
+                return Err(Outcome::Malformed);
+            }
+            let tcp = TcpHeaderSlice::from_slice(payload).map_err(|_| cut_short(first_fragment))?;
             Ok(TcpSegment {
                 src,
                 dst,
@@ -819,6 +848,56 @@ mod tests {
         assert_eq!(classify(&bytes, &enforce()).outcome, Outcome::Malformed);
     }
 
+    /// The tiny-fragment evasion (RFC 1858, RFC 7112): a pinhole SYN whose first fragment
+    /// ends inside its TCP header, or (IPv6) inside the chain after the fragment header.
+    #[test]
+    fn first_fragments_cut_inside_their_headers_are_unfinished() {
+        for base in [
+            tcp_v4(CLIENT_V4, OTHER_V4, 50000, 5223, SYN),
+            tcp_v6(CLIENT_V6, OTHER_V6, 50000, 5223, SYN),
+        ] {
+            let whole = base.clone().fragment(0, true).build();
+            for tcp_bytes in [0, 4, 8, 16, 19] {
+                let bytes = crate::packets::cut_at(&whole, whole.l4 + tcp_bytes);
+                assert_eq!(
+                    classify(&bytes, &monitor()).outcome,
+                    Outcome::Unfinished,
+                    "{tcp_bytes} bytes of TCP"
+                );
+                assert_eq!(
+                    classify(&bytes, &enforce()),
+                    Expected::unmatched(Outcome::DropUnfinished)
+                );
+            }
+            // The same cut without more fragments to come is truncated, no receiver takes it.
+            let alone = base.clone().fragment(0, false).build();
+            let bytes = crate::packets::cut_at(&alone, alone.l4 + 8);
+            assert_eq!(classify(&bytes, &enforce()).outcome, Outcome::Malformed);
+            // The whole header in the first fragment: judged (a pinhole drop).
+            assert_eq!(
+                classify(&whole.bytes, &enforce()).outcome,
+                Outcome::DropPinhole
+            );
+        }
+        // IPv6: the chain after the fragment header cut short.
+        let frame = tcp_v6(CLIENT_V6, OTHER_V6, 50000, 5223, SYN)
+            .fragment(0, true)
+            .ext(Ext::DestinationOptions(1));
+        let built = frame.build();
+        let bytes = crate::packets::cut_at(&built, built.l3 + 40 + 8 + 4);
+        assert_eq!(
+            classify(&bytes, &enforce()).outcome,
+            Outcome::DropUnfinished
+        );
+        // A TCP data offset below 5 is malformed in a first fragment too.
+        let built = tcp_v4(CLIENT_V4, OTHER_V4, 50000, 5223, SYN)
+            .fragment(0, true)
+            .build();
+        let mut bytes = built.bytes.clone();
+        bytes[built.l4 + 12] = 0x40;
+        assert_eq!(classify(&bytes, &enforce()).outcome, Outcome::Malformed);
+    }
+
     #[test]
     fn ipv4_other_protocols_are_not_apns() {
         let icmp = Frame::new(Addrs::V4(CLIENT_V4, APPLE_V4), Transport::Echo);
@@ -856,7 +935,7 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_extension_chains_up_to_six_then_malformed() {
+    fn ipv6_extension_chains_up_to_six_then_unfinished() {
         let kinds = all_ext_kinds();
         for depth in 0..=7 {
             // Every rotation of the kinds, so hop-by-hop also sits in later positions.
@@ -868,12 +947,13 @@ mod tests {
                     ipv6_exts: exts.clone(),
                     ..tcp_v6(CLIENT_V6, APPLE_V6, 50000, 5223, SYN)
                 };
-                let want = if depth <= MAX_IPV6_EXT_HEADERS {
-                    Outcome::Pass
+                let (monitored, enforced) = if depth <= MAX_IPV6_EXT_HEADERS {
+                    (Outcome::Pass, Outcome::Pass)
                 } else {
-                    Outcome::Malformed
+                    (Outcome::Unfinished, Outcome::DropUnfinished)
                 };
-                assert_eq!(outcome(&frame, &monitor()), want, "{exts:?}");
+                assert_eq!(outcome(&frame, &monitor()), monitored, "{exts:?}");
+                assert_eq!(outcome(&frame, &enforce()), enforced, "{exts:?}");
             }
         }
         // A seventh header is too deep even if it would have made the packet a fragment.
@@ -886,7 +966,7 @@ mod tests {
             ipv6_exts: exts,
             ..tcp_v6(CLIENT_V6, APPLE_V6, 1, 443, 0)
         };
-        assert_eq!(outcome(&frame, &monitor()), Outcome::Malformed);
+        assert_eq!(outcome(&frame, &monitor()), Outcome::Unfinished);
         // Six headers then ICMPv6: not APNs.
         let frame = Frame {
             ipv6_exts: vec![Ext::HopByHop(0); 6],

@@ -261,7 +261,7 @@ fn enforcing_cases() -> Vec<(&'static str, Frame, Expect)> {
         (
             "v6 7 extension headers",
             six_exts(tcp6(CLIENT6, APPLE6, EPHEMERAL, 5223, SYN)).ext(Ext::DestinationOptions(0)),
-            class(Malformed),
+            class(DropUnfinished),
         ),
         (
             "v6 AH length 0",
@@ -346,6 +346,15 @@ fn crafted_packets_get_their_verdict_and_counters() {
         );
         check(&classifier, name, &bytes, &expect);
     }
+    for (name, bytes) in tiny_first_fragments() {
+        let expect = class(Outcome::DropUnfinished);
+        assert_eq!(
+            reference::classify(&bytes, &policy).outcome,
+            Outcome::DropUnfinished,
+            "{name}: reference classifier"
+        );
+        check(&classifier, &name, &bytes, &expect);
+    }
     check(
         &classifier,
         "ARP request",
@@ -354,6 +363,24 @@ fn crafted_packets_get_their_verdict_and_counters() {
     );
     let lldp = packets::ethernet_frame(&[], 0x88cc, &[0; 32]);
     check(&classifier, "LLDP", &lldp, &class(Outcome::NotIp));
+}
+
+/// The tiny-fragment evasion (docs/classification.md, "Unfinished headers"): a pinhole SYN
+/// whose first fragment ends after 8 bytes of its TCP header, over IPv4 and IPv6.
+fn tiny_first_fragments() -> Vec<(String, Vec<u8>)> {
+    [
+        ("v4", tcp4(CLIENT, OTHER, EPHEMERAL, 5223, SYN)),
+        ("v6", tcp6(CLIENT6, OTHER6, EPHEMERAL, 5223, SYN)),
+    ]
+    .into_iter()
+    .map(|(family, frame)| {
+        let built = frame.fragment(0, true).build();
+        (
+            format!("{family} first fragment with 8 bytes of TCP"),
+            packets::cut_at(&built, built.l4 + 8),
+        )
+    })
+    .collect()
 }
 
 #[test]
@@ -379,6 +406,18 @@ fn monitor_mode_never_drops() {
     ];
     for (name, frame, expect) in cases {
         check(&classifier, name, &frame.bytes(), &expect);
+    }
+    let deep =
+        six_exts(tcp6(CLIENT6, OTHER6, EPHEMERAL, 5223, SYN)).ext(Ext::DestinationOptions(0));
+    let unfinished = class(Outcome::Unfinished);
+    check(
+        &classifier,
+        "v6 7 extension headers",
+        &deep.bytes(),
+        &unfinished,
+    );
+    for (name, bytes) in tiny_first_fragments() {
+        check(&classifier, &name, &bytes, &unfinished);
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use apns_common::counters::{CounterKey, CounterValue};
+use apns_common::counters::{CounterKey, CounterValue, Outcome};
 use apns_tests::{
     packets::{self, Generator, ACK, FIN, RST, SYN},
     reference::{self, Policy},
@@ -119,6 +119,18 @@ fn kernel_and_reference_agree_on_generated_frames() {
     assert_eq!(
         mismatches, 0,
         "kernel and reference disagree (seed {seed:#x})"
+    );
+    // The frames include the evasions enforce must drop (tiny first fragments, deep chains).
+    let mut generator = Generator::new(seed);
+    let evasions = (0..frames)
+        .filter(|_| {
+            reference::classify(&generator.next_frame(), &enforcing).outcome
+                == Outcome::DropUnfinished
+        })
+        .count();
+    assert!(
+        evasions >= frames / 100,
+        "only {evasions} of {frames} frames were unfinished headers"
     );
 }
 

@@ -34,6 +34,7 @@ use apns_tests::{
         Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_VLAN,
         GW_IF_WAN, OTHER,
     },
+    packets::pcap_bytes,
     scratch::Scratch,
 };
 
@@ -234,24 +235,6 @@ fn pcapng_bytes(linktype: u32, records: &[(u64, u32, Vec<u8>)]) -> Vec<u8> {
         packet.extend(frame);
         packet.resize(packet.len().next_multiple_of(4), 0);
         block(&mut out, 6, &packet);
-    }
-    out
-}
-
-/// A little-endian, microsecond pcap file of `frames`.
-fn pcap_bytes(linktype: u32, frames: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend(0xa1b2_c3d4u32.to_le_bytes());
-    out.extend(2u16.to_le_bytes());
-    out.extend(4u16.to_le_bytes());
-    out.extend([0; 8]);
-    out.extend(262_144u32.to_le_bytes());
-    out.extend(linktype.to_le_bytes());
-    for frame in frames {
-        out.extend([0; 8]);
-        out.extend((frame.len() as u32).to_le_bytes());
-        out.extend((frame.len() as u32).to_le_bytes());
-        out.extend(frame);
     }
     out
 }

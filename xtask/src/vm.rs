@@ -199,6 +199,15 @@ pub const GUEST_TESTS: &[GuestTest] = &[
             "the handshake completes but the data after it is lost when the TC step (bpf_redirect_neigh from TC ingress) forwards the first packets",
         )],
     },
+    // Enforce against header tricks: tiny first fragments and deep IPv6 chains.
+    GuestTest {
+        package: "apns-tests",
+        test: "evasion",
+        args: &[],
+        env: &[TIME_SCALE],
+        timeout_secs: 300,
+        known_failures: &[],
+    },
     // The fast paths' trust: forged Apple segments never reach a device (redirect's flow
     // table, mark's device-only marks).
     GuestTest {

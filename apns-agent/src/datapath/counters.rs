@@ -356,7 +356,8 @@ fn cells_of_key(key: &CounterKey) -> Vec<usize> {
         return Vec::new();
     };
     let cell = cell_of(direction, outcome);
-    if cell >= CELLS.len() {
+    // A pair the datapath never writes shares the malformed cell; it owns none.
+    if CELLS.get(cell) != Some(&(direction, outcome)) {
         return Vec::new();
     }
     let mut cells = vec![cell];

@@ -46,13 +46,17 @@ pub enum DropReason {
     Provider,
     /// An inbound connection attempt on an APNs port (`drop_inbound_open`).
     InboundOpen,
+    /// Headers the parser cannot finish, which could hide an APNs-port packet
+    /// (`drop_unfinished`).
+    Unfinished,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::Pinhole,
         DropReason::Provider,
         DropReason::InboundOpen,
+        DropReason::Unfinished,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -60,6 +64,7 @@ impl DropReason {
             DropReason::Pinhole => "pinhole",
             DropReason::Provider => "provider",
             DropReason::InboundOpen => "inbound_open",
+            DropReason::Unfinished => "unfinished",
         }
     }
 
@@ -69,6 +74,7 @@ impl DropReason {
             Outcome::DropPinhole => Some(DropReason::Pinhole),
             Outcome::DropProvider => Some(DropReason::Provider),
             Outcome::DropInboundOpen => Some(DropReason::InboundOpen),
+            Outcome::DropUnfinished => Some(DropReason::Unfinished),
             Outcome::Pass
             | Outcome::Fastpath
             | Outcome::FastpathTc
@@ -76,6 +82,7 @@ impl DropReason {
             | Outcome::NotApns
             | Outcome::Fragment
             | Outcome::Malformed
+            | Outcome::Unfinished
             | Outcome::InboundOpen => None,
         }
     }
@@ -122,11 +129,12 @@ impl TcpEvent {
 
 /// Outcomes that are neither APNs traffic nor a policy drop (the `class` label is their
 /// [`Outcome::as_str`]).
-pub const OTHER_CLASSES: [Outcome; 4] = [
+pub const OTHER_CLASSES: [Outcome; 5] = [
     Outcome::NotIp,
     Outcome::NotApns,
     Outcome::Fragment,
     Outcome::Malformed,
+    Outcome::Unfinished,
 ];
 
 /// What a counter entry is, for reporting.
@@ -138,8 +146,9 @@ pub enum Class {
         port: u16,
         verdict: Verdict,
     },
-    /// Dropped by the pinhole rule (no direction: the peer is not Apple).
-    PinholeDrop,
+    /// Dropped by a rule that judges no APNs flow (no direction): the pinhole rule (the peer
+    /// is not Apple) or the unfinished-headers rule (no ports were read).
+    Dropped(DropReason),
     /// An inbound connection attempt on an APNs `port` (a SYN from Apple's side: APNs never
     /// opens a connection inbound), passed (monitor) or dropped (enforce). Not APNs traffic:
     /// kept out of the APNs flows.
@@ -171,7 +180,8 @@ pub fn classify(key: &CounterKey) -> Option<Class> {
         Outcome::DropProvider => apns(Verdict::Drop),
         Outcome::Fastpath => apns(Verdict::Fastpath),
         Outcome::FastpathTc => apns(Verdict::FastpathTc),
-        Outcome::DropPinhole => Some(Class::PinholeDrop),
+        Outcome::DropPinhole => Some(Class::Dropped(DropReason::Pinhole)),
+        Outcome::DropUnfinished => Some(Class::Dropped(DropReason::Unfinished)),
         Outcome::InboundOpen | Outcome::DropInboundOpen => match direction {
             Direction::Inbound => Some(Class::InboundOpen {
                 port: key.port,
@@ -183,8 +193,10 @@ pub fn classify(key: &CounterKey) -> Option<Class> {
             }),
             Direction::Outbound | Direction::None => None,
         },
-        Outcome::NotIp | Outcome::NotApns | Outcome::Fragment | Outcome::Malformed => {
-            Some(Class::Other(outcome))
-        }
+        Outcome::NotIp
+        | Outcome::NotApns
+        | Outcome::Fragment
+        | Outcome::Malformed
+        | Outcome::Unfinished => Some(Class::Other(outcome)),
     }
 }

@@ -7,9 +7,9 @@
 //! |---|---|---|
 //! | `apns_packets_total`, `apns_bytes_total` | interface, direction (outbound, inbound), port, verdict (pass, drop, fastpath, fastpath_tc) | APNs traffic; bytes are frame bytes from the Ethernet header on |
 //! | `apns_tcp_events_total` | interface, direction, port, event (syn, synack, rst, fin) | TCP flags on APNs traffic, over all verdicts |
-//! | `apns_policy_drops_total` | interface, reason (pinhole, provider, inbound_open) | packets the policy dropped |
+//! | `apns_policy_drops_total` | interface, reason (pinhole, provider, inbound_open, unfinished) | packets the policy dropped |
 //! | `apns_inbound_opens_total` | interface, port, verdict (pass, drop) | inbound connection attempts on an APNs port (SYNs from Apple's side); only ports that saw one |
-//! | `apns_other_packets_total` | interface, class (not_ip, not_apns, fragment, malformed) | packets that are not APNs traffic |
+//! | `apns_other_packets_total` | interface, class (not_ip, not_apns, fragment, malformed, unfinished) | packets that are not APNs traffic |
 //! | `apns_fastpath_packets_total` | interface, path (xdp_redirect, tc_redirect, stack) | per `redirect` interface, how its APNs packets left: forwarded by XDP, forwarded by the TC step (next hop not resolved yet), or left to the kernel stack |
 //! | `apns_fastpath_fallback_packets_total` | interface, reason (`apns_common::fastpath::Fallback`: ttl, frag_needed, blackhole, ...) | the `stack` packets above by reason; where the stack path is blocked, packets of the reasons docs/fastpath.md marks *lost* are dropped there |
 //! | `apns_fastpath_tc_handoffs_total` | interface, result (forwarded, refused) | the TC program's own count of the packets handed to it (a cross-check of `tc_redirect`, by segment) |
@@ -382,7 +382,7 @@ impl Collector for Exposition {
         family(
             &mut encoder,
             "apns_policy_drops",
-            "Packets dropped by the enforce-mode policy: pinhole (TCP to a pinhole port of an address outside the allow-list), provider (to a provider port from outside the provider list), inbound_open (a connection attempt from Apple's side, which APNs never makes)",
+            "Packets dropped by the enforce-mode policy: pinhole (TCP to a pinhole port of an address outside the allow-list), provider (to a provider port from outside the provider list), inbound_open (a connection attempt from Apple's side, which APNs never makes), unfinished (headers the parser cannot finish that could hide an APNs-port packet: a first fragment without the whole TCP header, an IPv6 header chain too long to follow)",
             Counter,
             drops,
         )?;
@@ -396,7 +396,7 @@ impl Collector for Exposition {
         family(
             &mut encoder,
             "apns_other_packets",
-            "Packets that are not APNs traffic: not_ip, not_apns (IP touching no rule), fragment (non-first IP fragment), malformed",
+            "Packets that are not APNs traffic: not_ip, not_apns (IP touching no rule), fragment (non-first IP fragment), malformed, unfinished (headers that could hide an APNs-port packet, passed in monitor mode; dropped in enforce mode, see apns_policy_drops_total)",
             Counter,
             other,
         )?;

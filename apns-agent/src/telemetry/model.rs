@@ -221,11 +221,8 @@ impl Model {
                             .or_default() += value.packets;
                     }
                 }
-                Class::PinholeDrop => {
-                    *interface
-                        .policy_drops
-                        .entry(DropReason::Pinhole)
-                        .or_default() += value.packets;
+                Class::Dropped(reason) => {
+                    *interface.policy_drops.entry(reason).or_default() += value.packets;
                 }
                 Class::InboundOpen { port, verdict } => {
                     *interface.inbound_opens.entry((port, verdict)).or_default() += value.packets;
@@ -463,7 +460,8 @@ pub(crate) mod tests {
             BTreeMap::from([
                 (DropReason::Pinhole, 6),
                 (DropReason::Provider, 4),
-                (DropReason::InboundOpen, 3)
+                (DropReason::InboundOpen, 3),
+                (DropReason::Unfinished, 0)
             ])
         );
         assert_eq!(
@@ -473,6 +471,7 @@ pub(crate) mod tests {
                 (Outcome::NotApns, 100),
                 (Outcome::Fragment, 0),
                 (Outcome::Malformed, 1),
+                (Outcome::Unfinished, 0),
             ])
         );
         let eth2 = &model.interfaces["eth2"];
@@ -606,7 +605,7 @@ pub(crate) mod tests {
         assert_eq!(Verdict::Fastpath.as_str(), "fastpath");
         assert_eq!(
             OTHER_CLASSES.map(Outcome::as_str),
-            ["not_ip", "not_apns", "fragment", "malformed"]
+            ["not_ip", "not_apns", "fragment", "malformed", "unfinished"]
         );
     }
 }

@@ -450,7 +450,7 @@ mod tests {
         assert_eq!(eth1.get("reachability"), None);
         assert_eq!(
             eth1["policy_drops"],
-            serde_json::json!({"pinhole": 6, "provider": 4, "inbound_open": 3})
+            serde_json::json!({"pinhole": 6, "provider": 4, "inbound_open": 3, "unfinished": 0})
         );
         // Attempts from Apple's side, kept out of `traffic`.
         assert_eq!(
@@ -459,7 +459,7 @@ mod tests {
         );
         assert_eq!(
             eth1["other"],
-            serde_json::json!({"not_ip": 9, "not_apns": 100, "fragment": 0, "malformed": 1})
+            serde_json::json!({"not_ip": 9, "not_apns": 100, "fragment": 0, "malformed": 1, "unfinished": 0})
         );
         // Not a redirect interface.
         assert_eq!(eth1["fastpath"], serde_json::Value::Null);
@@ -491,9 +491,9 @@ eth1       inbound    5223        5    900    0       3    0    1      0
 eth2       outbound   5223        2    140    2       0    0    0      0
 eth2       inbound    5223        1     74    0       1    0    0      0
 
-interface  pinhole_drops  provider_drops  inbound_open_drops  inbound_opens  not_ip  not_apns  fragment  malformed
-eth1                   6               4                   3              3       9       100         0          1
-eth2                   0               0                   0              2       0         0         8          0
+interface  pinhole_drops  provider_drops  inbound_open_drops  unfinished_drops  inbound_opens  not_ip  not_apns  fragment  malformed  unfinished
+eth1                   6               4                   3                 0              3       9       100         0          1           0
+eth2                   0               0                   0                 0              2       0         0         8          0           0
 
 11 packets not counted: the counter map is full (all counts above are low)
 ";
