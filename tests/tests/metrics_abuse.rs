@@ -168,8 +168,8 @@ const SLOW_EVERY: Duration = Duration::from_secs(2);
 const GUESSERS: u8 = 4;
 /// Scrapes with the right credentials during the attack, a second apart.
 const SCRAPES_UNDER_ATTACK: usize = 5;
-/// The hashes' bcrypt cost: the debug agent the tests run takes about 40 ms to check one,
-/// about what the release agent takes for cost 10.
+/// The hashes' bcrypt cost: the debug agent the tests run takes some 40 ms to check one, of
+/// the order the release agent takes for cost 10 (BENCHMARKS.md).
 const BCRYPT_COST: u32 = 6;
 /// The agent's failed logins per source before it throttles the source (auth.rs).
 const FAILED_LOGINS_BURST: u64 = 5;
