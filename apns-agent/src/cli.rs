@@ -217,7 +217,8 @@ pub struct RunArgs {
     pub metrics_addr: SocketAddr,
     /// TLS and basic auth for /metrics, from a web config file in Prometheus exporter-toolkit's
     /// format (tls_server_config: cert_file, key_file, client_auth_type, client_ca_file;
-    /// basic_auth_users: user: bcrypt hash). Read at start only: restart to change it.
+    /// basic_auth_users: user: bcrypt hash). Re-read on SIGHUP (a bad file is logged and the
+    /// one in force stays). An address that fails 5 logins is refused (429) for a while.
     #[arg(long, value_name = "FILE")]
     pub web_config_file: Option<PathBuf>,
     /// Also write the metrics to this file (atomically) for node_exporter's textfile

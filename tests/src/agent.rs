@@ -500,19 +500,42 @@ pub fn samples(exposition: &str) -> std::collections::BTreeMap<String, f64> {
 /// GET /metrics from the agent serving on `addr` inside the lab's gateway: the body, or an
 /// error when nothing answers there (yet) or the answer is not 200.
 pub fn scrape_metrics(lab: &Lab, addr: std::net::SocketAddr) -> Result<String> {
+    let (status, body) = get_metrics(lab, addr, None)?;
+    anyhow::ensure!(status == 200, "GET http://{addr}/metrics: {status} {body}");
+    Ok(body)
+}
+
+/// GET /metrics over a new connection from inside the lab's gateway, with an
+/// `Authorization` header if given: the status code and the body.
+pub fn get_metrics(
+    lab: &Lab,
+    addr: std::net::SocketAddr,
+    authorization: Option<&str>,
+) -> Result<(u16, String)> {
     use std::io::{Read as _, Write as _};
     let timeout = std::time::Duration::from_secs(5);
     let mut stream = lab.connect(Role::Gw, addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let header = authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: localhost\r\n{header}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response
         .split_once("\r\n\r\n")
         .with_context(|| format!("GET http://{addr}/metrics: no HTTP header"))?;
-    anyhow::ensure!(
-        head.starts_with("HTTP/1.1 200"),
-        "GET http://{addr}/metrics: {head}"
-    );
-    Ok(body.to_owned())
+    let status = head
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("GET http://{addr}/metrics: no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// The `Authorization` header value of HTTP basic auth.
+pub fn basic_credentials(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
 }

@@ -1,8 +1,8 @@
 //! Counters as ops tooling reads them, from a real agent on the lab gateway: /metrics,
 //! `stats --json` and the node_exporter textfile show exactly the connections the test made,
 //! and all three agree; promtool accepts a real scrape; the reachability ratio falls to 0 for
-//! a port Apple resets while another stays at 1. Needs root (and promtool, which
-//! `cargo xtask setup` installs).
+//! a port Apple resets while another stays at 1; SIGHUP re-reads /metrics' web config. Needs
+//! root (and promtool, which `cargo xtask setup` installs).
 
 use std::{
     collections::BTreeMap,
@@ -16,6 +16,7 @@ use std::{
 use apns_tests::{
     agent::{self, TestPins},
     lab::{self, Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_WAN, OTHER, REFUSED},
+    scratch::Scratch,
 };
 
 const METRICS: &str = "127.0.0.1:15223";
@@ -307,4 +308,52 @@ fn ebpf_log_flag_forwards_the_datapaths_log_and_off_removes_it() {
         pins.open().unwrap().ebpf_log().unwrap(),
         apns_agent::datapath::EbpfLog::Off
     );
+}
+
+#[test]
+fn sighup_rereads_the_web_config_and_a_bad_one_keeps_the_one_in_force() {
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    let scratch = Scratch::new("web-reload");
+    let users = |password: &str| {
+        let hash = bcrypt::hash(password, 4).unwrap();
+        format!("basic_auth_users:\n  prometheus: '{hash}'\n")
+    };
+    let web = scratch.file("web.yml", &users("old"));
+    let web_arg = web.display().to_string();
+    // A config file, so that the config's own reload succeeds: the web config is the subject.
+    let config = scratch.file("config.toml", "").display().to_string();
+    let mut agent = start_agent(
+        &lab,
+        &pins,
+        &["--config", &config, "--web-config-file", &web_arg],
+    );
+    let status = |password: &str| {
+        let credentials = agent::basic_credentials("prometheus", password);
+        agent::get_metrics(&lab, METRICS.parse().unwrap(), Some(&credentials))
+            .unwrap()
+            .0
+    };
+    assert_eq!(status("old"), 200);
+    assert_eq!(status("new"), 401);
+
+    scratch.file("web.yml", &users("new"));
+    agent.reload().unwrap();
+    let line = agent.wait_for_log("web config reloaded", TIMEOUT).unwrap();
+    assert!(line.contains(&web_arg), "{line}");
+    // The old password passed before the reload, and is refused after it.
+    assert_eq!(status("old"), 401);
+    assert_eq!(status("new"), 200);
+
+    scratch.file("web.yml", "basic_auth_users:\n  prometheus: plain\n");
+    agent.reload().unwrap();
+    let line = agent
+        .wait_for_log("web config not reloaded", TIMEOUT)
+        .unwrap();
+    assert!(
+        line.contains(&web_arg) && line.contains("not a bcrypt hash"),
+        "{line}"
+    );
+    assert_eq!(status("old"), 401);
+    assert_eq!(status("new"), 200);
 }

@@ -27,7 +27,7 @@ use crate::{
     },
     privileges, readiness,
     settings::Settings,
-    telemetry::{server, textfile, web_config::WebConfig, ConfigRecord, Exporter},
+    telemetry::{server, textfile, ConfigRecord, Exporter},
 };
 
 /// How often `run` checks that every attached interface is still the device its pin names
@@ -63,10 +63,7 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
     let signals = runtime.block_on(async { Signals::install() })?;
     // A taken metrics port or a bad web config fails here, before the kernel is touched.
     let listener = runtime.block_on(server::bind(args.metrics_addr))?;
-    let web = Arc::new(match &args.web_config_file {
-        Some(path) => WebConfig::load(path)?,
-        None => WebConfig::default(),
-    });
+    let web = server::Web::load(args.web_config_file.as_deref())?;
 
     pins.prepare()?;
     let mut datapath = {
@@ -112,7 +109,7 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
             let exporter = exporter.clone();
             move || exporter.render()
         };
-        let server = tokio::spawn(server::serve(listener, render, web, async move {
+        let server = tokio::spawn(server::serve(listener, render, web.clone(), async move {
             let _ = stopped.await;
         }));
         if args.ebpf_log != EbpfLog::Off {
@@ -130,6 +127,7 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
                 config,
             },
             &exporter,
+            &web,
         )
         .await;
         let _ = stop.send(());
@@ -293,14 +291,16 @@ struct Running<'a> {
     config: Desired,
 }
 
-/// Serves SIGHUP (reload), the textfile, the drop log and the interface check until SIGTERM
-/// or SIGINT; returns the interfaces the config in force at exit wants attached.
+/// Serves SIGHUP (reload of the config and the web config), the textfile, the drop log and
+/// the interface check until SIGTERM or SIGINT; returns the interfaces the config in force
+/// at exit wants attached.
 async fn serve_signals(
     signals: Signals,
     global: &Global,
     args: &RunArgs,
     mut running: Running<'_>,
     exporter: &Exporter,
+    web: &server::Web,
 ) -> anyhow::Result<Vec<String>> {
     let Signals {
         mut hangup,
@@ -379,6 +379,7 @@ async fn serve_signals(
                 if let Err(err) = recorded {
                     tracing::warn!("recording the reload for /metrics: {err:#}");
                 }
+                web.reload();
                 readiness::ready(&format!("attached to {}", interfaces.join(", ")));
             }
             _ = terminate.recv() => break,

@@ -7,9 +7,10 @@
 //! The APNs reachability ratio needs history, which a snapshot has not: [`reachability`] keeps
 //! a sliding window of handshake totals between snapshots.
 
+pub mod admission;
+pub mod auth;
 pub mod class;
 pub mod clients;
-pub mod connections;
 pub mod metrics;
 pub mod model;
 pub mod reachability;

@@ -4,14 +4,25 @@
 //! axum would add tower, its middleware layers and a router to the agent for a `match` on
 //! the path. It runs on `run`'s current-thread runtime next to the signal handling.
 //!
-//! What a client may hold is bounded (`connections`): a cap on connections, the oldest idle
-//! one evicted for a new one, a lifetime, and hyper's header read timeout.
+//! What clients may hold of the agent is bounded (`admission`): a cap on connections, at
+//! which the one with least claim makes room (refused and slow clients first, authenticated
+//! scrapers last), a lifetime, and hyper's header read timeout. Basic auth (`auth`) runs
+//! bcrypt on a thread of its own and throttles sources of failed logins. The web config is
+//! re-read on SIGHUP ([`Web::reload`]).
 //!
 //! GET (and HEAD) `/metrics` answer 200 with the exposition, any other method there 405,
-//! any other path 404. A failed render answers 500 with the error text and logs it.
+//! any other path 404. A failed render answers 500 with the error text and logs it. With
+//! basic auth configured, a request without the right credentials gets 401, or 429 while its
+//! source has failed too many logins lately (503 while too many logins wait for a check).
 
 use std::{
-    convert::Infallible, future::Future, net::SocketAddr, pin::pin, sync::Arc, time::Duration,
+    convert::Infallible,
+    future::Future,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    pin::pin,
+    sync::{Arc, PoisonError, RwLock},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -30,9 +41,10 @@ use hyper_util::{
 use tokio::net::TcpListener;
 
 use crate::telemetry::{
-    connections::{Admitted, Connections, CONNECTION_LIFETIME},
+    admission::{Admission, Standing, CONNECTION_LIFETIME},
+    auth::{Authenticator, Verdict, FAILED_LOGIN_REFILL, MAX_WAITING},
     metrics::CONTENT_TYPE,
-    web_config::{Verdict, WebConfig},
+    web_config::WebConfig,
 };
 
 /// A client that has not sent its request headers by then is dropped, so idle or slow
@@ -51,6 +63,84 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     })
 }
 
+/// How /metrics is secured: the web config in force, read at start and again by
+/// [`Web::reload`], and the authenticator, whose thread and failure records outlive reloads.
+/// Clones share them.
+#[derive(Clone)]
+pub struct Web(Arc<WebState>);
+
+struct WebState {
+    file: Option<PathBuf>,
+    config: RwLock<Arc<WebConfig>>,
+    auth: Authenticator,
+}
+
+impl Web {
+    /// Reads the web config `file` (none: plain HTTP without authentication); a bad file is
+    /// an error that names it.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Web> {
+        let config = match file {
+            Some(file) => WebConfig::load(file)?,
+            None => WebConfig::default(),
+        };
+        Ok(Web(Arc::new(WebState {
+            file: file.map(Path::to_owned),
+            config: RwLock::new(Arc::new(config)),
+            auth: Authenticator::start()?,
+        })))
+    }
+
+    /// Re-reads the web config file, if `run` was given one (SIGHUP): connections made from
+    /// now on get its TLS setup, and every request its users (credentials that passed under
+    /// the old file are checked again). A bad file is logged, naming it, and the config in
+    /// force stays.
+    pub fn reload(&self) {
+        let Some(file) = &self.0.file else {
+            return;
+        };
+        match WebConfig::load(file) {
+            Ok(config) => {
+                tracing::info!(
+                    "web config reloaded from {}: serving /metrics ({})",
+                    file.display(),
+                    security(&config)
+                );
+                *self
+                    .0
+                    .config
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+            }
+            Err(err) => {
+                tracing::error!("web config not reloaded, the one in force stays: {err:#}")
+            }
+        }
+    }
+
+    fn current(&self) -> Arc<WebConfig> {
+        self.0
+            .config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// "http", "https", with ", basic auth" when users are configured.
+fn security(config: &WebConfig) -> String {
+    let scheme = if config.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let auth = if config.requires_auth() {
+        ", basic auth"
+    } else {
+        ""
+    };
+    format!("{scheme}{auth}")
+}
+
 /// Serves `/metrics` on `listener` until `shutdown` completes, then lets requests in flight
 /// finish for up to 5 s. With `web`'s TLS, connections are TLS; with its users, requests
 /// need basic auth.
@@ -61,22 +151,16 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
 pub async fn serve<R>(
     listener: TcpListener,
     render: R,
-    web: Arc<WebConfig>,
+    web: Web,
     shutdown: impl Future<Output = ()>,
 ) where
     R: Fn() -> anyhow::Result<String> + Clone + Send + 'static,
 {
     if let Ok(addr) = listener.local_addr() {
-        let tls = if web.tls().is_some() { "https" } else { "http" };
-        let auth = if web.requires_auth() {
-            ", basic auth"
-        } else {
-            ""
-        };
-        tracing::info!(%addr, "serving /metrics ({tls}{auth})");
+        tracing::info!(%addr, "serving /metrics ({})", security(&web.current()));
     }
     let graceful = GracefulShutdown::new();
-    let connections = Connections::default();
+    let admission = Admission::default();
     let mut shutdown = pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -90,27 +174,29 @@ pub async fn serve<R>(
             },
             () = &mut shutdown => break,
         };
-        let Some(admitted) = connections.admit() else {
-            tracing::debug!(%peer, "/metrics: every connection is serving a request; closing this one");
+        let Some(mut admitted) = admission.admit() else {
+            tracing::debug!(%peer, "/metrics: every connection is answering a request; closing this one");
             continue;
         };
-        let render = render.clone();
-        let (table, id) = (connections.clone(), admitted.id);
-        let web = web.clone();
+        let connection = Connection {
+            admission: admission.clone(),
+            id: admitted.id,
+            peer: peer.ip(),
+            web: web.clone(),
+        };
         let service = {
-            let web = web.clone();
+            let render = render.clone();
             service_fn(move |request: Request<Incoming>| {
-                table.serving(id);
-                let (render, web) = (render.clone(), web.clone());
-                async move { Ok::<_, Infallible>(respond(&request, render, web).await) }
+                let (connection, render) = (connection.clone(), render.clone());
+                async move { Ok::<_, Infallible>(connection.respond(&request, render).await) }
             })
         };
+        let tls = web.current().tls().cloned();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            // Held until the connection ends: dropping it frees the connection's place.
-            let mut admitted: Admitted = admitted;
+            // `admitted` is held until the connection ends: dropping it frees the place.
             let served = async {
-                match web.tls() {
+                match tls {
                     None => http(TokioIo::new(stream), service, watcher).await,
                     Some(acceptor) => {
                         let tls =
@@ -130,9 +216,7 @@ pub async fn serve<R>(
                 served = served => if let Err(err) = served {
                     tracing::debug!(%peer, "/metrics connection: {err:#}");
                 },
-                // A request makes the connection unevictable: its sender is dropped then,
-                // which ends this branch with Err, and select! disables it.
-                Ok(()) = &mut admitted.evicted => tracing::debug!(%peer, "/metrics connection evicted (idle, at the cap)"),
+                Ok(()) = &mut admitted.evicted => tracing::debug!(%peer, "/metrics connection cut to make room (at the cap)"),
                 () = tokio::time::sleep(CONNECTION_LIFETIME) => {
                     tracing::debug!(%peer, "/metrics connection closed after {CONNECTION_LIFETIME:?}");
                 }
@@ -162,32 +246,75 @@ where
     watcher.watch(connection).await.map_err(anyhow::Error::from)
 }
 
-async fn respond<B, R>(
-    request: &Request<B>,
-    render: R,
-    web: Arc<WebConfig>,
-) -> Response<Full<Bytes>>
-where
-    R: Fn() -> anyhow::Result<String> + Send + 'static,
-{
-    if web.requires_auth() {
+/// What answering a request on one admitted connection needs.
+#[derive(Clone)]
+struct Connection {
+    admission: Admission,
+    id: u64,
+    peer: IpAddr,
+    web: Web,
+}
+
+impl Connection {
+    /// Authenticates the request, then answers it; the connection's standing in the
+    /// admission table follows (refused, checking, answering, trusted).
+    async fn respond<B, R>(&self, request: &Request<B>, render: R) -> Response<Full<Bytes>>
+    where
+        R: Fn() -> anyhow::Result<String> + Send + 'static,
+    {
+        self.admission.stand(self.id, Standing::Checking);
         let authorization = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_owned);
-        // bcrypt takes milliseconds: off the runtime's thread.
-        let verdict =
-            tokio::task::spawn_blocking(move || web.check(authorization.as_deref())).await;
-        if !matches!(verdict, Ok(Verdict::Allowed)) {
-            let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"apns-agent\""),
-            );
-            return response;
+            .and_then(|value| value.to_str().ok());
+        let config = self.web.current();
+        let verdict = self.web.0.auth.check(&config, authorization, self.peer);
+        if let Some(refusal) = refusal(verdict.await) {
+            self.admission.stand(self.id, Standing::Refused);
+            return refusal;
         }
+        self.admission.stand(self.id, Standing::Answering);
+        let response = answer(request, render).await;
+        self.admission.stand(self.id, Standing::Trusted);
+        response
     }
+}
+
+/// The answer to a request whose credentials got `verdict`, unless they passed.
+fn refusal(verdict: Verdict) -> Option<Response<Full<Bytes>>> {
+    let (mut response, name, value) = match verdict {
+        Verdict::Allowed => return None,
+        Verdict::Denied => (
+            text(StatusCode::UNAUTHORIZED, "unauthorized\n"),
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"apns-agent\""),
+        ),
+        Verdict::Throttled => (
+            text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins from this address; retry later\n",
+            ),
+            header::RETRY_AFTER,
+            HeaderValue::from(FAILED_LOGIN_REFILL.as_secs()),
+        ),
+        Verdict::Busy => (
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{MAX_WAITING} logins wait for a check; retry later\n"),
+            ),
+            header::RETRY_AFTER,
+            HeaderValue::from(1),
+        ),
+    };
+    response.headers_mut().insert(name, value);
+    Some(response)
+}
+
+/// The answer to an authenticated request.
+async fn answer<B, R>(request: &Request<B>, render: R) -> Response<Full<Bytes>>
+where
+    R: Fn() -> anyhow::Result<String> + Send + 'static,
+{
     if request.uri().path() != "/metrics" {
         return text(
             StatusCode::NOT_FOUND,
@@ -274,7 +401,7 @@ mod tests {
             }
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, render, Arc::default(), async {
+        let server = tokio::spawn(serve(listener, render, Web::load(None).unwrap(), async {
             let _ = stopped.await;
         }));
 
@@ -336,8 +463,13 @@ mod tests {
         assert!(std::net::TcpStream::connect(addr).is_err());
     }
 
-    /// GET /metrics over TLS, trusting `cert_pem`, with an Authorization header if given.
-    async fn fetch_tls(addr: SocketAddr, cert_pem: &str, authorization: Option<&str>) -> String {
+    /// GET /metrics over TLS, trusting `cert_pem`, with an Authorization header if given; an
+    /// error when the handshake fails.
+    async fn fetch_tls(
+        addr: SocketAddr,
+        cert_pem: &str,
+        authorization: Option<&str>,
+    ) -> std::io::Result<String> {
         use rustls_pki_types::{pem::PemObject as _, CertificateDer, ServerName};
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let mut roots = rustls::RootCertStore::empty();
@@ -354,7 +486,7 @@ mod tests {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let server = ServerName::try_from("localhost").unwrap();
-        let mut tls = connector.connect(server, tcp).await.unwrap();
+        let mut tls = connector.connect(server, tcp).await?;
         let header =
             authorization.map_or(String::new(), |value| format!("Authorization: {value}\r\n"));
         let request = format!(
@@ -364,7 +496,7 @@ mod tests {
         let mut response = Vec::new();
         // The server closes without close_notify at times; what arrived is the answer.
         let _ = tls.read_to_end(&mut response).await;
-        String::from_utf8_lossy(&response).into_owned()
+        Ok(String::from_utf8_lossy(&response).into_owned())
     }
 
     #[tokio::test]
@@ -381,7 +513,7 @@ mod tests {
             format!("tls_server_config:\n  cert_file: metrics.crt\n  key_file: metrics.key\nbasic_auth_users:\n  prom: '{hash}'\n"),
         )
         .unwrap();
-        let web = Arc::new(WebConfig::load(&dir.join("web.yml")).unwrap());
+        let web = Web::load(Some(&dir.join("web.yml"))).unwrap();
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let render = || Ok("apns_uncounted_packets_total 0\n".to_owned());
@@ -390,7 +522,7 @@ mod tests {
             let _ = stopped.await;
         }));
 
-        let denied = fetch_tls(addr, &cert, None).await;
+        let denied = fetch_tls(addr, &cert, None).await.unwrap();
         assert!(
             denied.starts_with("HTTP/1.1 401 Unauthorized\r\n"),
             "{denied}"
@@ -399,9 +531,13 @@ mod tests {
             denied.contains("\r\nwww-authenticate: Basic realm=\"apns-agent\"\r\n"),
             "{denied}"
         );
-        let wrong = fetch_tls(addr, &cert, Some(&basic("prom", "guess"))).await;
+        let wrong = fetch_tls(addr, &cert, Some(&basic("prom", "guess")))
+            .await
+            .unwrap();
         assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
-        let ok = fetch_tls(addr, &cert, Some(&basic("prom", "s3cret"))).await;
+        let ok = fetch_tls(addr, &cert, Some(&basic("prom", "s3cret")))
+            .await
+            .unwrap();
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(
             ok.ends_with("\r\n\r\napns_uncounted_packets_total 0\n"),
@@ -412,6 +548,60 @@ mod tests {
             .await
             .unwrap();
         assert!(!plain.starts_with("HTTP/1.1 200"), "{plain}");
+
+        stop.send(()).unwrap();
+        server.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_reload_rotates_the_certificate_and_the_users_and_a_bad_file_changes_nothing() {
+        use crate::telemetry::web_config::tests::{basic, self_signed};
+        let dir = std::env::temp_dir().join(format!("apns-web-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("web.yml");
+        let write = |cert: &str, key: &str, password: &str| {
+            std::fs::write(dir.join("metrics.crt"), cert).unwrap();
+            std::fs::write(dir.join("metrics.key"), key).unwrap();
+            let hash = bcrypt::hash(password, 4).unwrap();
+            std::fs::write(
+                &file,
+                format!("tls_server_config:\n  cert_file: metrics.crt\n  key_file: metrics.key\nbasic_auth_users:\n  prom: '{hash}'\n"),
+            )
+            .unwrap();
+        };
+        let (old_cert, old_key) = self_signed();
+        write(&old_cert, &old_key, "old");
+        let web = Web::load(Some(&file)).unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let render = || Ok("apns_uncounted_packets_total 0\n".to_owned());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, render, web.clone(), async {
+            let _ = stopped.await;
+        }));
+        let (old, new) = (basic("prom", "old"), basic("prom", "new"));
+        let ok = fetch_tls(addr, &old_cert, Some(&old)).await.unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+
+        let (new_cert, new_key) = self_signed();
+        write(&new_cert, &new_key, "new");
+        web.reload();
+        // A client that trusts only the old certificate no longer completes a handshake.
+        assert!(fetch_tls(addr, &old_cert, Some(&old)).await.is_err());
+        // The old password passed before, and is checked again under the new file.
+        let refused = fetch_tls(addr, &new_cert, Some(&old)).await.unwrap();
+        assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+        let ok = fetch_tls(addr, &new_cert, Some(&new)).await.unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+
+        // A bad file (here: a hash that is not bcrypt) changes nothing.
+        std::fs::write(&file, "basic_auth_users:\n  prom: plain\n").unwrap();
+        web.reload();
+        let ok = fetch_tls(addr, &new_cert, Some(&new)).await.unwrap();
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        let refused = fetch_tls(addr, &new_cert, Some(&old)).await.unwrap();
+        assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
 
         stop.send(()).unwrap();
         server.await.unwrap();

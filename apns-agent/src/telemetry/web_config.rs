@@ -12,12 +12,15 @@
 //!   prometheus: $2y$10$...            # bcrypt hashes (`htpasswd -nBC 10 prometheus`)
 //! ```
 //!
-//! Relative paths are relative to the file's folder. The file is read when `run` starts; a
-//! bad one stops it with the key named. SIGHUP does not re-read it: restart to change it.
+//! Relative paths are relative to the file's folder. The file is read when `run` starts (a
+//! bad one stops it with the key named) and again on SIGHUP (`server::Web::reload`).
 //!
+//! This module decides what credentials need ([`WebConfig::judge`]); `auth` runs the checks.
 //! bcrypt is slow on purpose (tens of milliseconds a check), so a scrape load would burn CPU
 //! on it: a successful check is remembered (at most [`AUTH_CACHE`] credentials), a failed
-//! one never is, so wrong passwords cannot fill the memory.
+//! one never is, so wrong passwords cannot fill the memory. An unknown user name costs the
+//! same check as a known one with a wrong password ([`Check`]), so the time to refuse tells
+//! no user names, as exporter-toolkit's dummy hash intends.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -68,16 +71,34 @@ pub struct WebConfig {
     tls: Option<TlsAcceptor>,
     /// User to bcrypt hash; empty: no authentication.
     users: BTreeMap<String, String>,
+    /// The hash an unknown user's password is checked against: the configured hash of the
+    /// highest cost, so refusing an unknown user costs what refusing a known one costs.
+    /// `None` exactly when there are no users.
+    stand_in: Option<String>,
     /// `Authorization` header values that passed.
     passed: Mutex<HashSet<String>>,
 }
 
-/// What an `Authorization` header gets.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+/// What a request's `Authorization` header needs before the request is answered.
+pub enum Judgement {
+    /// Let in: no authentication is configured, or these credentials passed before.
     Allowed,
-    Denied,
+    /// Refused without a check: no header, or not basic credentials (no user name, so
+    /// nothing to tell by timing).
+    Refused,
+    /// bcrypt decides.
+    Check(Check),
 }
+
+/// One bcrypt check of a user's password: the same work whether the user is known or not.
+pub struct Check {
+    password: String,
+    hash: String,
+    known_user: bool,
+}
+
+/// bcrypt's costs (the crate does not export its bounds): 2^4 to 2^31 rounds.
+const BCRYPT_COSTS: std::ops::RangeInclusive<u32> = 4..=31;
 
 impl WebConfig {
     /// Reads and checks `path` (certificates and key included).
@@ -90,12 +111,27 @@ impl WebConfig {
 
     fn parse(text: &str, dir: &Path) -> anyhow::Result<WebConfig> {
         let file: File = serde_yaml_ng::from_str(text).context("not a web config")?;
+        let mut stand_in: Option<(u32, &String)> = None;
         for (user, hash) in &file.basic_auth_users {
-            // A hash that is not bcrypt would deny every request: refuse it now.
-            bcrypt::verify("", hash).with_context(|| {
-                format!("basic_auth_users: {user}: not a bcrypt hash (make one with `htpasswd -nBC 10 {user}`)")
-            })?;
+            // A hash that is not bcrypt would deny every request: refuse it now. Parsing it
+            // is the check bcrypt::verify makes first, without the hashing (a SIGHUP re-reads
+            // this file on the thread that serves /metrics).
+            let cost = hash
+                .parse::<bcrypt::HashParts>()
+                .map_err(anyhow::Error::from)
+                .map(|parts| parts.get_cost())
+                .and_then(|cost| {
+                    anyhow::ensure!(BCRYPT_COSTS.contains(&cost), "cost {cost} is out of range");
+                    Ok(cost)
+                })
+                .with_context(|| {
+                    format!("basic_auth_users: {user}: not a bcrypt hash (make one with `htpasswd -nBC 10 {user}`)")
+                })?;
+            if stand_in.is_none_or(|(highest, _)| cost > highest) {
+                stand_in = Some((cost, hash));
+            }
         }
+        let stand_in = stand_in.map(|(_, hash)| hash.clone());
         let tls = match file.tls_server_config {
             Some(tls) => Some(acceptor(&tls, dir).context("tls_server_config")?),
             None => None,
@@ -103,6 +139,7 @@ impl WebConfig {
         Ok(WebConfig {
             tls,
             users: file.basic_auth_users,
+            stand_in,
             passed: Mutex::default(),
         })
     }
@@ -115,34 +152,53 @@ impl WebConfig {
         !self.users.is_empty()
     }
 
-    /// Checks a request's `Authorization` header (absent: `None`). Slow on a first
-    /// success (bcrypt): call it off the runtime's thread.
-    pub fn check(&self, authorization: Option<&str>) -> Verdict {
-        if !self.requires_auth() {
-            return Verdict::Allowed;
-        }
-        let Some(header) = authorization else {
-            return Verdict::Denied;
+    /// What a request's `Authorization` header (absent: `None`) needs. Fast: the bcrypt
+    /// check, if any, is left to the caller ([`Check::passes`]).
+    pub fn judge(&self, authorization: Option<&str>) -> Judgement {
+        let Some(stand_in) = &self.stand_in else {
+            // No users: no authentication.
+            return Judgement::Allowed;
         };
-        let passed = || self.passed.lock().unwrap_or_else(PoisonError::into_inner);
-        if passed().contains(header) {
-            return Verdict::Allowed;
+        let Some(header) = authorization else {
+            return Judgement::Refused;
+        };
+        if self.passed().contains(header) {
+            return Judgement::Allowed;
         }
         let Some((user, password)) = credentials(header) else {
-            return Verdict::Denied;
+            return Judgement::Refused;
         };
-        let Some(hash) = self.users.get(&user) else {
-            return Verdict::Denied;
+        let (hash, known_user) = match self.users.get(&user) {
+            Some(hash) => (hash.clone(), true),
+            None => (stand_in.clone(), false),
         };
-        if !bcrypt::verify(&password, hash).unwrap_or(false) {
-            return Verdict::Denied;
-        }
-        let mut passed = passed();
+        Judgement::Check(Check {
+            password,
+            hash,
+            known_user,
+        })
+    }
+
+    /// `header` passed its check: later requests with it need none.
+    pub fn remember(&self, header: &str) {
+        let mut passed = self.passed();
         if passed.len() >= AUTH_CACHE {
             passed.clear();
         }
         passed.insert(header.to_owned());
-        Verdict::Allowed
+    }
+
+    fn passed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.passed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Check {
+    /// Runs bcrypt (slow on purpose: off the runtime's thread): true for a known user's
+    /// right password only.
+    pub fn passes(&self) -> bool {
+        let matches = bcrypt::verify(&self.password, &self.hash).unwrap_or(false);
+        matches && self.known_user
     }
 }
 
@@ -217,43 +273,71 @@ pub(crate) mod tests {
         (cert.cert.pem(), cert.signing_key.serialize_pem())
     }
 
+    /// A config with one user whose password is `password` (bcrypt's cheapest cost).
+    pub(crate) fn basic_auth(user: &str, password: &str) -> WebConfig {
+        let hash = bcrypt::hash(password, 4).unwrap();
+        WebConfig::parse(
+            &format!("basic_auth_users:\n  {user}: '{hash}'\n"),
+            Path::new("."),
+        )
+        .unwrap()
+    }
+
     pub(crate) fn basic(user: &str, password: &str) -> String {
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         format!("Basic {encoded}")
     }
 
+    /// What `authorization` gets, with bcrypt run when needed (and a pass remembered, as
+    /// `auth` does).
+    fn outcome(config: &WebConfig, authorization: Option<&str>) -> &'static str {
+        match config.judge(authorization) {
+            Judgement::Allowed => "allowed",
+            Judgement::Refused => "refused",
+            Judgement::Check(check) if check.passes() => {
+                config.remember(authorization.unwrap());
+                "passed"
+            }
+            Judgement::Check(_) => "failed",
+        }
+    }
+
     #[test]
     fn basic_auth_allows_the_right_password_only() {
-        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let config = basic_auth("prom", "s3cret");
+        assert_eq!(outcome(&config, None), "refused");
+        assert_eq!(outcome(&config, Some("Bearer x")), "refused");
+        assert_eq!(outcome(&config, Some("Basic !!")), "refused");
+        assert_eq!(outcome(&config, Some(&basic("prom", "wrong"))), "failed");
+        assert_eq!(outcome(&config, Some(&basic("other", "s3cret"))), "failed");
+        assert_eq!(outcome(&config, Some(&basic("prom", "s3cret"))), "passed");
+        // Remembered: the second time needs no bcrypt.
+        assert_eq!(outcome(&config, Some(&basic("prom", "s3cret"))), "allowed");
+        // Failures are never remembered.
+        assert_eq!(config.passed().len(), 1);
+        assert_eq!(outcome(&config, Some(&basic("prom", "wrong"))), "failed");
+        // Without users, everything is allowed.
+        assert_eq!(outcome(&WebConfig::default(), None), "allowed");
+    }
+
+    #[test]
+    fn an_unknown_user_costs_the_check_of_the_costliest_known_one() {
+        let cheap = bcrypt::hash("cheap", 4).unwrap();
+        let costly = bcrypt::hash("costly", 5).unwrap();
         let config = WebConfig::parse(
-            &format!("basic_auth_users:\n  prom: '{hash}'\n"),
+            &format!("basic_auth_users:\n  a: '{cheap}'\n  b: '{costly}'\n  c: '{cheap}'\n"),
             Path::new("."),
         )
         .unwrap();
-        assert_eq!(config.check(None), Verdict::Denied);
-        assert_eq!(config.check(Some(&basic("prom", "wrong"))), Verdict::Denied);
-        assert_eq!(
-            config.check(Some(&basic("other", "s3cret"))),
-            Verdict::Denied
-        );
-        assert_eq!(config.check(Some("Bearer x")), Verdict::Denied);
-        assert_eq!(
-            config.check(Some(&basic("prom", "s3cret"))),
-            Verdict::Allowed
-        );
-        // Remembered: the second check needs no bcrypt.
-        assert!(config
-            .passed
-            .lock()
-            .unwrap()
-            .contains(&basic("prom", "s3cret")));
-        assert_eq!(
-            config.check(Some(&basic("prom", "s3cret"))),
-            Verdict::Allowed
-        );
-        // Failures are never remembered.
-        assert_eq!(config.passed.lock().unwrap().len(), 1);
+        let Judgement::Check(check) = config.judge(Some(&basic("nobody", "costly"))) else {
+            panic!("an unknown user is checked");
+        };
+        assert_eq!(check.hash, costly);
+        assert!(!check.known_user);
+        // Even the stand-in hash's own password lets no unknown user in.
+        assert!(!check.passes());
+        assert_eq!(outcome(&config, Some(&basic("b", "costly"))), "passed");
     }
 
     #[test]
@@ -267,6 +351,10 @@ pub(crate) mod tests {
         assert!(WebConfig::parse(ok, &dir).unwrap().tls().is_some());
         for (text, says) in [
             ("basic_auth_users:\n  prom: plain\n", "not a bcrypt hash"),
+            (
+                "basic_auth_users:\n  prom: $2y$99$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi\n",
+                "cost 99 is out of range",
+            ),
             ("tls_server_config:\n  cert_file: missing.pem\n  key_file: k.pem\n", "missing.pem"),
             ("tls_server_config:\n  cert_file: k.pem\n  key_file: k.pem\n", "no certificate"),
             (
