@@ -687,7 +687,7 @@ impl TcpForwarding {
 /// Bytes per TCP run.
 fn tcp_bytes(plan: &Plan) -> u64 {
     if plan.quick {
-        200_000_000
+        50_000_000
     } else {
         1_000_000_000
     }

@@ -7,7 +7,7 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
-use super::stats::num;
+use super::stats::{num, Estimate, DECISIVE_HALF_WIDTH};
 
 /// The machine the figures were measured on.
 #[derive(Clone, Debug)]
@@ -19,6 +19,20 @@ pub struct Machine {
     /// The first `model name` of /proc/cpuinfo.
     pub cpu_model: String,
     pub memory_mib: u64,
+}
+
+/// The 1-, 5- and 15-minute load averages (/proc/loadavg), as `uptime` shows them: how busy
+/// the machine was around the figures.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".to_owned(),
+        |text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+    )
 }
 
 /// `git describe`-like: the commit the workspace is at, and whether it has uncommitted
@@ -93,8 +107,27 @@ pub struct Figure {
     /// Stable dotted name, e.g. `per_packet.apns_v4_syn.agent_ns`.
     pub key: String,
     pub value: f64,
+    /// The 95 % confidence interval of a median, where the figure has one.
+    pub interval: Option<(f64, f64)>,
     pub unit: &'static str,
     pub how: String,
+}
+
+impl Figure {
+    /// A ratio whose interval is wider than ±[`DECISIVE_HALF_WIDTH`] (or missing): the
+    /// figures that decide goals and, when noisy, cannot.
+    fn noisy_ratio(&self) -> bool {
+        self.unit == "x"
+            && self.interval.is_some_and(|(low, high)| {
+                let estimate = Estimate {
+                    median: self.value,
+                    low,
+                    high,
+                    n: 0,
+                };
+                !estimate.decisive()
+            })
+    }
 }
 
 /// A table as the markdown report shows it (the figures themselves are in `figures`).
@@ -148,10 +181,29 @@ impl Section {
         self.figures.push(Figure {
             key,
             value,
+            interval: None,
             unit,
             how: how.to_owned(),
         });
         value
+    }
+
+    /// Records a median with its 95 % interval and returns it.
+    pub fn estimate(
+        &mut self,
+        key: String,
+        estimate: Estimate,
+        unit: &'static str,
+        how: &str,
+    ) -> Estimate {
+        self.figures.push(Figure {
+            key,
+            value: estimate.median,
+            interval: Some((estimate.low, estimate.high)),
+            unit,
+            how: how.to_owned(),
+        });
+        estimate
     }
 }
 
@@ -159,6 +211,8 @@ impl Section {
 pub enum Verdict {
     Met,
     NotMet,
+    /// The 95 % interval of a figure straddles the goal: the run cannot tell.
+    Undecided,
     /// The thing to measure does not exist yet (e.g. `redirect` mode).
     NotAvailable,
 }
@@ -172,10 +226,30 @@ impl Verdict {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    /// Met with 95 % confidence ([`Estimate::at_most`]'s `Some(true)`), not met, or
+    /// undecided.
+    pub fn from_confidence(met: Option<bool>) -> Verdict {
+        met.map_or(Verdict::Undecided, Verdict::from_met)
+    }
+
+    /// The verdict on a goal every one of `parts` must meet: not met if one is not met,
+    /// undecided if none is not met but one is undecided.
+    pub fn all(parts: impl IntoIterator<Item = Verdict>) -> Verdict {
+        parts
+            .into_iter()
+            .fold(Verdict::Met, |all, part| match (all, part) {
+                (Verdict::NotMet, _) | (_, Verdict::NotMet) => Verdict::NotMet,
+                (Verdict::NotAvailable, _) | (_, Verdict::NotAvailable) => Verdict::NotAvailable,
+                (Verdict::Undecided, _) | (_, Verdict::Undecided) => Verdict::Undecided,
+                (Verdict::Met, Verdict::Met) => Verdict::Met,
+            })
+    }
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Met => "met",
             Verdict::NotMet => "not met",
+            Verdict::Undecided => "undecided (the 95 % interval straddles the goal)",
             Verdict::NotAvailable => "not yet available",
         }
     }
@@ -203,6 +277,8 @@ pub struct Report {
     /// Seconds since the Unix epoch when the run started.
     pub started_unix: u64,
     pub elapsed: Duration,
+    /// Load averages (1, 5, 15 minutes) when the run started and when it ended.
+    pub load: (String, String),
     pub sections: Vec<Section>,
     pub goals: Vec<Goal>,
 }
@@ -245,10 +321,45 @@ impl Report {
         self.sections.iter().map(|s| s.figures.len()).sum()
     }
 
+    /// Ratios with an interval, and those of them wider than ±5 %: what says whether the
+    /// machine was quiet enough for the run to decide.
+    pub fn noise(&self) -> (usize, Vec<&str>) {
+        let ratios: Vec<&Figure> = self
+            .sections
+            .iter()
+            .flat_map(|s| &s.figures)
+            .filter(|f| f.unit == "x" && f.interval.is_some())
+            .collect();
+        let noisy = ratios
+            .iter()
+            .filter(|f| f.noisy_ratio())
+            .map(|f| f.key.as_str())
+            .collect();
+        (ratios.len(), noisy)
+    }
+
+    /// One line on the run's noise, for the report and the terminal.
+    pub fn noise_line(&self) -> String {
+        let (ratios, noisy) = self.noise();
+        let limit = DECISIVE_HALF_WIDTH * 100.0;
+        if noisy.is_empty() {
+            format!(
+                "every ratio's 95 % interval is within ±{limit:.0} % of its median ({ratios} ratios): quiet enough to decide"
+            )
+        } else {
+            format!(
+                "TOO NOISY TO DECIDE: {} of {ratios} ratios have a 95 % interval wider than ±{limit:.0} % ({})",
+                noisy.len(),
+                noisy.join(", ")
+            )
+        }
+    }
+
     pub fn markdown(&self) -> String {
         let mut md = String::new();
         let mode = if self.quick {
-            "quick (smoke run: too short for the figures to mean much)"
+            "quick (per-packet figures from short rounds, with their intervals; forwarding and \
+             the soak too short to mean much)"
         } else {
             "full"
         };
@@ -261,10 +372,16 @@ impl Report {
         let _ = writeln!(md, "- source: {}", self.source);
         let _ = writeln!(
             md,
-            "- started: {} (Unix time), took {:.0} s\n",
+            "- started: {} (Unix time), took {:.0} s",
             self.started_unix,
             self.elapsed.as_secs_f64()
         );
+        let _ = writeln!(
+            md,
+            "- load average (1, 5, 15 min): {} at the start, {} at the end",
+            self.load.0, self.load.1
+        );
+        let _ = writeln!(md, "- noise: {}\n", self.noise_line());
         let _ = writeln!(md, "## Goals\n");
         let _ = writeln!(md, "| goal | measured | verdict |");
         let _ = writeln!(md, "|---|---|---|");
@@ -298,12 +415,15 @@ impl Report {
             }
         }
         let _ = writeln!(md, "\n## Every figure\n");
-        let _ = writeln!(md, "| figure | value | unit | how |");
-        let _ = writeln!(md, "|---|---|---|---|");
+        let _ = writeln!(md, "| figure | value | 95 % interval | unit | how |");
+        let _ = writeln!(md, "|---|---|---|---|---|");
         for figure in self.sections.iter().flat_map(|s| &s.figures) {
+            let interval = figure.interval.map_or("—".to_owned(), |(low, high)| {
+                format!("{}–{}", num(low), num(high))
+            });
             let _ = writeln!(
                 md,
-                "| `{}` | {} | {} | {} |",
+                "| `{}` | {} | {interval} | {} | {} |",
                 figure.key,
                 num(figure.value),
                 figure.unit,
@@ -328,6 +448,8 @@ impl Report {
             "source": self.source,
             "started_unix": self.started_unix,
             "elapsed_secs": self.elapsed.as_secs_f64(),
+            "load_average": { "start": self.load.0, "end": self.load.1 },
+            "noise": self.noise_line(),
             "goals": self.effective_goals().iter().map(|g| json!({
                 "goal": g.goal,
                 "measured": g.measured,
@@ -346,6 +468,7 @@ impl Report {
                 "figures": s.figures.iter().map(|f| json!({
                     "key": f.key,
                     "value": number(f.value),
+                    "interval_95": f.interval.map(|(low, high)| json!([number(low), number(high)])),
                     "unit": f.unit,
                     "how": f.how,
                 })).collect::<Vec<_>>(),

@@ -1,4 +1,5 @@
-//! Small statistics and formatting helpers shared by the sections.
+//! Small statistics and formatting helpers shared by the sections: medians, the median's
+//! 95 % confidence interval, and number formatting.
 
 /// The median of `values` (the mean of the two middle values for an even count); NaN for
 /// none, so that a missing figure shows up as such in the report and in the final check.
@@ -14,6 +15,137 @@ pub fn median(values: &[f64]) -> f64 {
     } else {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     }
+}
+
+/// How wide a 95 % interval may be, either side of its median, for the figure to decide
+/// anything: wider, and the report says the machine was too noisy.
+pub const DECISIVE_HALF_WIDTH: f64 = 0.05;
+
+/// A median with its 95 % confidence interval, from `n` samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    pub median: f64,
+    pub low: f64,
+    pub high: f64,
+    pub n: usize,
+}
+
+impl Estimate {
+    /// Nothing measured: NaN throughout, so it shows up as a missing figure.
+    pub const MISSING: Estimate = Estimate {
+        median: f64::NAN,
+        low: f64::NAN,
+        high: f64::NAN,
+        n: 0,
+    };
+
+    /// The median of `samples` and its 95 % confidence interval by order statistics: the
+    /// k-th smallest and k-th largest sample, with k the largest rank for which a
+    /// Binomial(n, ½) count falls below k with probability at most 2.5 % (the number of
+    /// samples under the true median is Binomial(n, ½) whatever their distribution, so
+    /// the interval holds it with probability at least 95 %). Needs 6 samples; with fewer
+    /// the bounds are NaN. NaN samples are left out.
+    pub fn of(samples: &[f64]) -> Estimate {
+        let mut sorted: Vec<f64> = samples.iter().copied().filter(|v| !v.is_nan()).collect();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = median(&sorted);
+        match interval_rank(n) {
+            Some(k) => Estimate {
+                median,
+                low: sorted[k - 1],
+                high: sorted[n - k],
+                n,
+            },
+            None => Estimate {
+                median,
+                low: f64::NAN,
+                high: f64::NAN,
+                n,
+            },
+        }
+    }
+
+    /// The interval's larger distance from the median, as a fraction of the median (0.03
+    /// for ±3 %); NaN without an interval.
+    pub fn half_width(&self) -> f64 {
+        (self.high - self.median).max(self.median - self.low) / self.median
+    }
+
+    /// Whether the interval is within ±[`DECISIVE_HALF_WIDTH`] of the median.
+    pub fn decisive(&self) -> bool {
+        self.half_width() <= DECISIVE_HALF_WIDTH
+    }
+
+    /// Where the figure stands against an upper limit: below it with 95 % confidence
+    /// (`Some(true)`), above it (`Some(false)`), or the interval straddles it (`None`).
+    pub fn at_most(&self, limit: f64) -> Option<bool> {
+        if self.high <= limit {
+            Some(true)
+        } else if self.low > limit {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// [`Estimate::at_most`] for a lower limit.
+    pub fn at_least(&self, limit: f64) -> Option<bool> {
+        if self.low >= limit {
+            Some(true)
+        } else if self.high < limit {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    /// `38.2 ns [37.9–38.6]`-like text: the median and its interval with `format`.
+    pub fn show(&self, format: impl Fn(f64) -> String) -> String {
+        if self.low.is_finite() && self.high.is_finite() {
+            format!(
+                "{} [{}–{}]",
+                format(self.median),
+                format(self.low),
+                format(self.high)
+            )
+        } else {
+            format!("{} [no interval]", format(self.median))
+        }
+    }
+
+    /// `±1.2 %`, and "too noisy" past [`DECISIVE_HALF_WIDTH`].
+    pub fn show_half_width(&self) -> String {
+        let half = self.half_width();
+        if !half.is_finite() {
+            "no interval".to_owned()
+        } else if self.decisive() {
+            format!("±{:.1} %", half * 100.0)
+        } else {
+            format!("±{:.1} % (too noisy)", half * 100.0)
+        }
+    }
+}
+
+/// The rank k (1-based) of the 95 % interval's lower bound among `n` sorted samples, or
+/// `None` when `n` is too small for any (fewer than 6).
+fn interval_rank(n: usize) -> Option<usize> {
+    // P(Binomial(n, ½) ≤ j), summed in log space (½^n underflows past n = 1074).
+    let ln_half_n = n as f64 * 0.5f64.ln();
+    let mut ln_choose = 0.0; // ln C(n, 0)
+    let mut below = 0.0; // P(count ≤ j - 1)
+    let mut rank = None;
+    for j in 0..n {
+        let at_most_j = below + (ln_choose + ln_half_n).exp();
+        if at_most_j > 0.025 {
+            break;
+        }
+        // A count of at most j lies under x_(j+1) with probability at most 2.5 %.
+        rank = Some(j + 1);
+        below = at_most_j;
+        ln_choose += ((n - j) as f64).ln() - ((j + 1) as f64).ln();
+    }
+    rank
 }
 
 /// Smallest and largest value, for the spread column of a table.
@@ -87,6 +219,49 @@ mod tests {
         assert!(median(&[]).is_nan());
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn median_intervals_by_order_statistics() {
+        // Too few samples for a 95 % interval: 2 x ½^5 = 6.25 % > 5 %.
+        assert_eq!(interval_rank(5), None);
+        // n = 6: the extremes (2 x ½^6 = 3.1 %).
+        assert_eq!(interval_rank(6), Some(1));
+        // The textbook ranks: n = 100 gives [x(40), x(61)], n = 20 [x(6), x(15)].
+        assert_eq!(interval_rank(100), Some(40));
+        assert_eq!(interval_rank(20), Some(6));
+        // Large n: no underflow, and close to n/2 - 0.98 sqrt(n).
+        assert_eq!(interval_rank(10_000), Some(4902));
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        let estimate = Estimate::of(&samples);
+        assert_eq!(
+            (estimate.median, estimate.low, estimate.high, estimate.n),
+            (50.5, 40.0, 61.0, 100)
+        );
+        assert!(Estimate::of(&[1.0, 2.0]).low.is_nan());
+    }
+
+    #[test]
+    fn verdicts_against_limits() {
+        let estimate = Estimate {
+            median: 1.5,
+            low: 1.45,
+            high: 1.55,
+            n: 100,
+        };
+        assert_eq!(estimate.at_most(1.6), Some(true));
+        assert_eq!(estimate.at_most(1.5), None);
+        assert_eq!(estimate.at_most(1.4), Some(false));
+        assert_eq!(estimate.at_least(1.4), Some(true));
+        assert_eq!(estimate.at_least(1.6), Some(false));
+        assert!(estimate.decisive());
+        assert!((estimate.half_width() - 0.05 / 1.5).abs() < 1e-12);
+        let wide = Estimate {
+            low: 1.3,
+            ..estimate
+        };
+        assert!(!wide.decisive());
+        assert_eq!(wide.show_half_width(), "±13.3 % (too noisy)");
     }
 
     #[test]

@@ -1,13 +1,17 @@
-//! Sections 1 and 2: what one packet costs, measured by the kernel itself through
-//! BPF_PROG_TEST_RUN, for our classifier, the floor program and xdp-filter on the very same
-//! frames; and how the cost of an APNs packet grows with the allow-list.
+//! Sections 1 and 2: what one packet costs through BPF_PROG_TEST_RUN, for our classifier,
+//! the floor program and xdp-filter on the very same frames; and how the cost of an APNs
+//! packet grows with the allow-list.
 //!
-//! The figure is the kernel's own per-run duration (total time / repeat, whole
-//! nanoseconds), never wall time: with repeat > 1 the kernel swaps the XDP dispatcher around
-//! each call, a fixed ~16 ms per call that would swamp a per-packet figure. The calling
-//! thread is pinned to one CPU so the runs of one figure share caches and frequency, and the
-//! programs take turns within each run (rotating who goes first), so drift over the run hits
-//! them alike.
+//! The programs take turns in many short rounds (each program once per frame a round, the
+//! first rotating from round to round), so that the programs of one round see the same
+//! machine; each ratio (agent / floor, ...) is taken within its round, and the report gives
+//! the median of the rounds with its 95 % interval. On a shared machine the absolute figures
+//! move with the load; the within-round ratios much less. The calling thread is pinned to one
+//! CPU, and every timed program is held in the kernel's XDP dispatcher
+//! ([`DispatcherHold`]) so that a call costs microseconds, not the dispatcher's rebuild.
+//!
+//! A figure is the calling thread's CPU time across one BPF_PROG_TEST_RUN call divided by
+//! its repeat count ([`cpu_timed_run`]).
 
 use std::{
     collections::BTreeSet,
@@ -39,9 +43,9 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{
     report::{Section, Table},
-    scratch::XdpFilter,
-    stats::{median, num, range, ratio, times},
-    Plan,
+    scratch::{DispatcherHold, XdpFilter},
+    stats::{num, ratio, Estimate},
+    Plan, Rounds,
 };
 use crate::{
     lab::{APPLE, CLIENT, OTHER},
@@ -212,6 +216,39 @@ pub fn test_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> 
     Ok((result.return_value, result.duration.as_nanos() as f64))
 }
 
+/// Runs `program` `repeat` times on `frame`: the XDP action and the nanoseconds per packet
+/// as the calling thread's CPU time across the call (CLOCK_THREAD_CPUTIME_ID) divided by
+/// `repeat`. Finer than the kernel's own figure ([`test_run`]), which is whole nanoseconds
+/// rounded down: a ±1 ns step on a floor of about 30 ns. The CPU time also holds the
+/// syscall's own cost, a few microseconds a call (a fraction of a nanosecond per packet at
+/// the repeat counts used here, the same for every program), and leaves out time the thread
+/// spent switched out.
+pub fn cpu_timed_run(program: &Xdp, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
+    let before = thread_cpu_ns()?;
+    let (action, _) = test_run(program, frame, repeat)?;
+    let spent = thread_cpu_ns()? - before;
+    Ok((action, spent / f64::from(repeat)))
+}
+
+/// The calling thread's CPU time, in nanoseconds.
+fn thread_cpu_ns() -> Result<f64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .context("clock_gettime(CLOCK_THREAD_CPUTIME_ID)")?;
+    Ok(now.tv_sec() as f64 * 1e9 + now.tv_nsec() as f64)
+}
+
+/// Runs `round(i)` for i = 0, 1, ... until at least `rounds.min` rounds are done and
+/// `rounds.budget` is spent; returns how many ran.
+fn run_rounds(rounds: &Rounds, mut round: impl FnMut(usize) -> Result<()>) -> Result<usize> {
+    let started = Instant::now();
+    let mut done = 0;
+    while done < rounds.min || started.elapsed() < rounds.budget {
+        round(done)?;
+        done += 1;
+    }
+    Ok(done)
+}
+
 /// Runs the TC `program` `repeat` times on `frame`: its return value and the kernel's mean ns
 /// per run.
 pub fn tc_test_run(program: &SchedClassifier, frame: &[u8], repeat: u32) -> Result<(i32, f64)> {
@@ -323,6 +360,10 @@ impl OurProgram {
             .context("not an XDP program")
     }
 
+    pub fn xdp_mut(&mut self) -> Result<&mut Xdp> {
+        object::xdp_program(&mut self.ebpf)
+    }
+
     /// The ids of the maps the program uses (for bpftool and for second handles).
     pub fn map_ids(&self) -> Result<Vec<u32>> {
         let info = self.xdp()?.info().context("reading the program's info")?;
@@ -419,23 +460,57 @@ fn check_classes(ours: &OurProgram, classes: &[PacketClass]) -> Result<Vec<&'sta
     Ok(outcomes)
 }
 
-/// One row of section 1: medians of one packet class.
+/// The three programs of section 1, in the order of their samples.
+const PROGRAMS: [&str; 3] = ["floor", "agent", "xdp-filter"];
+
+/// One program's figures against another's: both medians and the round-by-round ratio.
+#[derive(Clone, Copy, Debug)]
+pub struct Costs {
+    pub floor: Estimate,
+    pub agent: Estimate,
+    pub filter: Estimate,
+    pub agent_per_floor: Estimate,
+    pub filter_per_floor: Estimate,
+    pub filter_per_agent: Estimate,
+}
+
+impl Costs {
+    /// From per-round samples `[floor, agent, xdp-filter]` of one class (or of the mix).
+    fn of(samples: &[Vec<f64>; 3]) -> Costs {
+        let per_round = |a: usize, b: usize| -> Vec<f64> {
+            samples[a]
+                .iter()
+                .zip(&samples[b])
+                .map(|(x, y)| ratio(*x, *y))
+                .collect()
+        };
+        Costs {
+            floor: Estimate::of(&samples[0]),
+            agent: Estimate::of(&samples[1]),
+            filter: Estimate::of(&samples[2]),
+            agent_per_floor: Estimate::of(&per_round(1, 0)),
+            filter_per_floor: Estimate::of(&per_round(2, 0)),
+            filter_per_agent: Estimate::of(&per_round(2, 1)),
+        }
+    }
+}
+
+/// One row of section 1: one packet class.
 #[derive(Clone, Debug)]
 pub struct ClassCost {
     pub key: &'static str,
     pub label: &'static str,
     pub apns: bool,
-    pub agent_ns: f64,
-    pub floor_ns: f64,
-    pub filter_ns: f64,
+    pub costs: Costs,
 }
 
 /// Section 1's numbers that the goals look at.
 #[derive(Clone, Debug, Default)]
 pub struct PerPacket {
     pub rows: Vec<ClassCost>,
-    /// The gateway mix ([`GATEWAY_MIX`]): (agent, floor, xdp-filter) weighted means.
-    pub mix: Option<(f64, f64, f64)>,
+    /// The gateway mix ([`GATEWAY_MIX`]).
+    pub mix: Option<Costs>,
+    pub rounds: usize,
 }
 
 fn xdp_action_name(action: u32) -> &'static str {
@@ -451,54 +526,99 @@ fn xdp_action_name(action: u32) -> &'static str {
 
 /// Section 1: ns per packet for every class, ours against the floor and xdp-filter.
 pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
+    let rounds = &plan.per_packet;
     let classes = classes();
-    let ours = OurProgram::with_policy(&Policy::apple_defaults())?;
-    let outcomes = check_classes(&ours, &classes)?;
-    let floor = FloorProgram::load()?;
+    // xdp-filter is attached by its own loader, so it is in the dispatcher already.
     let xdp_filter = XdpFilter::load()?;
-    let floor_before = floor.packets()?;
+    let mut hold = DispatcherHold::new()?;
+    let mut floors = Vec::new();
+    let mut ours = Vec::new();
+    let mut outcomes = Vec::new();
+    for _ in 0..rounds.instances.max(1) {
+        let mut floor = FloorProgram::load()?;
+        hold.hold(floor.xdp_mut()?)?;
+        floors.push(floor);
+        let mut agent = OurProgram::with_policy(&Policy::apple_defaults())?;
+        outcomes = check_classes(&agent, &classes)?;
+        hold.hold(agent.xdp_mut()?)?;
+        ours.push(agent);
+    }
+    let floor_before = floors
+        .iter()
+        .map(FloorProgram::packets)
+        .sum::<Result<u64>>()?;
 
-    const PROGRAMS: [&str; 3] = ["floor", "agent", "xdp-filter"];
-    let programs: [&Xdp; 3] = [floor.xdp()?, ours.xdp()?, xdp_filter.xdp()];
-    // samples[class][program]: one median input per run.
+    // programs[instance]: [floor, agent, xdp-filter].
+    let programs = floors
+        .iter()
+        .zip(&ours)
+        .map(|(floor, agent)| Ok([floor.xdp()?, agent.xdp()?, xdp_filter.xdp()]))
+        .collect::<Result<Vec<[&Xdp; 3]>>>()?;
+    // samples[class][program]: one per round.
     let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; classes.len()];
     let mut actions = vec![[0u32; 3]; classes.len()];
-    for run in 0..plan.test_runs {
+    let started = Instant::now();
+    let done = run_rounds(rounds, |round| {
+        let programs = programs[round % programs.len()];
         for (c, class) in classes.iter().enumerate() {
             for turn in 0..PROGRAMS.len() {
-                let p = (turn + run) % PROGRAMS.len();
-                let (action, ns) = test_run(programs[p], &class.frame, plan.repeat)
+                let p = (turn + round) % PROGRAMS.len();
+                let (action, ns) = cpu_timed_run(programs[p], &class.frame, rounds.repeat)
                     .with_context(|| format!("{} on {}", PROGRAMS[p], class.label))?;
                 samples[c][p].push(ns);
                 actions[c][p] = action;
             }
         }
-    }
-    let floor_runs = floor.packets()? - floor_before;
-    let expected_runs = plan.test_runs as u64 * classes.len() as u64 * u64::from(plan.repeat);
+        Ok(())
+    })?;
+    let took = started.elapsed();
+    let floor_runs = floors
+        .iter()
+        .map(FloorProgram::packets)
+        .sum::<Result<u64>>()?
+        - floor_before;
+    let expected_runs = done as u64 * classes.len() as u64 * u64::from(rounds.repeat);
     if floor_runs < expected_runs {
         bail!("the floor counted {floor_runs} packets, expected at least {expected_runs}: it did not run every time");
     }
+    drop(hold);
 
     let how = format!(
-        "BPF_PROG_TEST_RUN via aya, repeat {}, median of {} runs, thread pinned to CPU {cpu}",
-        plan.repeat, plan.test_runs
+        "BPF_PROG_TEST_RUN via aya, thread CPU time / repeat {}, median of {done} rounds with its 95 % interval, thread pinned to CPU {cpu}",
+        rounds.repeat
     );
     let mut section = Section::new("per_packet", "Per-packet cost through BPF_PROG_TEST_RUN");
     section.method = vec![
         format!(
-            "Each figure is the kernel's own duration per run (total / repeat, whole nanoseconds) \
-             of one BPF_PROG_TEST_RUN call with repeat {}, the median of {} calls; the thread is \
-             pinned to CPU {cpu}. The three programs run the same frame in turn within each run.",
-            group(plan.repeat),
-            plan.test_runs
+            "{done} rounds in {:.0} s (at least {} rounds, and until {} s had passed); in each \
+             round every packet class runs through the three programs in turn (the first \
+             rotating from round to round), one BPF_PROG_TEST_RUN call of repeat {} each, on the \
+             same frame. The floor and our program are loaded {} times each (fresh maps, \
+             Apple's default policy), and the rounds take the instances in turn: two loads of \
+             one object differ by a few percent per packet (where the kernel placed their code \
+             and maps), which the rounds of one load would not show. A figure is the calling thread's CPU time across the call divided by \
+             the repeat count (sub-nanosecond; the kernel's own figure is whole nanoseconds \
+             rounded down, and they agree within about 1 ns); the thread is pinned to CPU \
+             {cpu}. Ratios are taken within each round (the same machine state for the three \
+             programs), and every figure is the median over the rounds with its 95 % \
+             confidence interval (order statistics: distribution-free). An interval wider \
+             than ±5 % is marked \"too noisy\": the machine moved too much for that figure \
+             to decide a goal. The floor and our program are held in the kernel's XDP \
+             dispatcher for the run (attached in generic mode to a veth of a scratch \
+             namespace, as xdp-filter is by its loader), so a call does not rebuild the \
+             dispatcher (a wait of about 20 ms each otherwise).",
+            took.as_secs_f64(),
+            rounds.min,
+            rounds.budget.as_secs(),
+            group(rounds.repeat),
+            ours.len(),
         ),
         "- **agent**: apns-agent's XDP classifier (the embedded object), Apple's default policy \
          (17.0.0.0/8, the four IPv6 /48s, ports 5223 443 2197 2195 2196), monitor mode."
             .to_owned(),
         format!(
             "- **floor**: `{FLOOR_PROGRAM}` from the bench-floor object: bumps one per-CPU counter and \
-             returns XDP_PASS (it counted {} packets here, so every run really ran it).",
+             returns XDP_PASS (its instances counted {} packets here, so every run really ran it).",
             group(floor_runs)
         ),
         format!(
@@ -515,7 +635,7 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
         ),
     ];
     let mut table = Table::new(
-        "ns per packet (median) and ratio to the floor:",
+        "ns per packet and ratios to the floor (medians of the rounds; the ratios' 95 % intervals in brackets):",
         &[
             "packet class",
             "frame",
@@ -523,132 +643,100 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
             "floor ns",
             "agent ns",
             "agent / floor",
+            "its interval",
             "xdp-filter ns",
             "xdp-filter / floor",
             "xdp-filter / agent",
             "xdp-filter action",
-            "agent ns range",
         ],
     );
-    let mut result = PerPacket::default();
-    for (c, class) in classes.iter().enumerate() {
-        let [floor_ns, agent_ns, filter_ns] = [0, 1, 2].map(|p| median(&samples[c][p]));
-        let key = |what: &str| format!("per_packet.{}.{what}", class.key);
-        section.figure(key("floor_ns"), floor_ns, "ns", &how);
-        section.figure(key("agent_ns"), agent_ns, "ns", &how);
-        section.figure(key("xdp_filter_ns"), filter_ns, "ns", &how);
-        let agent_ratio = section.figure(
+    let mut result = PerPacket {
+        rounds: done,
+        ..PerPacket::default()
+    };
+    let record = |section: &mut Section, key: &str, costs: &Costs| {
+        let key = |what: &str| format!("per_packet.{key}.{what}");
+        section.estimate(key("floor_ns"), costs.floor, "ns", &how);
+        section.estimate(key("agent_ns"), costs.agent, "ns", &how);
+        section.estimate(key("xdp_filter_ns"), costs.filter, "ns", &how);
+        section.estimate(
             key("agent_per_floor"),
-            ratio(agent_ns, floor_ns),
+            costs.agent_per_floor,
             "x",
-            "agent ns / floor ns",
+            "agent ns / floor ns, round by round",
         );
-        let filter_ratio = section.figure(
+        section.estimate(
             key("xdp_filter_per_floor"),
-            ratio(filter_ns, floor_ns),
+            costs.filter_per_floor,
             "x",
-            "xdp-filter ns / floor ns",
+            "xdp-filter ns / floor ns, round by round",
         );
-        let filter_per_agent = section.figure(
+        section.estimate(
             key("xdp_filter_per_agent"),
-            ratio(filter_ns, agent_ns),
+            costs.filter_per_agent,
             "x",
-            "xdp-filter ns / agent ns (how many times cheaper the agent is)",
+            "xdp-filter ns / agent ns, round by round (how many times cheaper the agent is)",
         );
-        let (lo, hi) = range(&samples[c][1]);
+    };
+    let ratio_cell = |e: &Estimate| e.show(|v| format!("{v:.2}"));
+    for (c, class) in classes.iter().enumerate() {
+        let costs = Costs::of(&samples[c]);
+        record(&mut section, class.key, &costs);
         table.row(vec![
             class.label.to_owned(),
             format!("{} B", class.frame.len()),
             outcomes[c].to_owned(),
-            num(floor_ns),
-            num(agent_ns),
-            times(agent_ratio),
-            num(filter_ns),
-            times(filter_ratio),
-            times(filter_per_agent),
+            num(costs.floor.median),
+            num(costs.agent.median),
+            ratio_cell(&costs.agent_per_floor),
+            costs.agent_per_floor.show_half_width(),
+            num(costs.filter.median),
+            ratio_cell(&costs.filter_per_floor),
+            ratio_cell(&costs.filter_per_agent),
             xdp_action_name(actions[c][2]).to_owned(),
-            format!("{}–{}", num(lo), num(hi)),
         ]);
         result.rows.push(ClassCost {
             key: class.key,
             label: class.label,
             apns: class.apns,
-            agent_ns,
-            floor_ns,
-            filter_ns,
+            costs,
         });
     }
-    // The gateway mix: the per-class medians weighted by the mix's shares.
-    let weighted = |program: usize| {
-        let total: u32 = classes.iter().map(|c| c.mix_percent).sum();
-        classes
-            .iter()
-            .enumerate()
-            .map(|(c, class)| f64::from(class.mix_percent) * median(&samples[c][program]))
-            .sum::<f64>()
-            / f64::from(total)
-    };
-    let [floor_mix, agent_mix, filter_mix] = [0, 1, 2].map(weighted);
-    let how_mix = format!("weighted mean of the per-class medians: {GATEWAY_MIX}");
-    section.figure(
-        "per_packet.gateway_mix.floor_ns".into(),
-        floor_mix,
-        "ns",
-        &how_mix,
-    );
-    section.figure(
-        "per_packet.gateway_mix.agent_ns".into(),
-        agent_mix,
-        "ns",
-        &how_mix,
-    );
-    section.figure(
-        "per_packet.gateway_mix.xdp_filter_ns".into(),
-        filter_mix,
-        "ns",
-        &how_mix,
-    );
-    let mix_ratio = section.figure(
-        "per_packet.gateway_mix.agent_per_floor".into(),
-        ratio(agent_mix, floor_mix),
-        "x",
-        "agent ns / floor ns, gateway mix",
-    );
-    let mix_filter_ratio = section.figure(
-        "per_packet.gateway_mix.xdp_filter_per_floor".into(),
-        ratio(filter_mix, floor_mix),
-        "x",
-        "xdp-filter ns / floor ns, gateway mix",
-    );
-    let mix_filter_per_agent = section.figure(
-        "per_packet.gateway_mix.xdp_filter_per_agent".into(),
-        ratio(filter_mix, agent_mix),
-        "x",
-        "xdp-filter ns / agent ns, gateway mix",
-    );
+    // The gateway mix, round by round: each program's per-class figures of the round
+    // weighted by the mix's shares.
+    let total: u32 = classes.iter().map(|c| c.mix_percent).sum();
+    let mix_samples: [Vec<f64>; 3] = [0, 1, 2].map(|p| {
+        (0..done)
+            .map(|round| {
+                classes
+                    .iter()
+                    .enumerate()
+                    .map(|(c, class)| f64::from(class.mix_percent) * samples[c][p][round])
+                    .sum::<f64>()
+                    / f64::from(total)
+            })
+            .collect()
+    });
+    let mix = Costs::of(&mix_samples);
+    record(&mut section, "gateway_mix", &mix);
     table.row(vec![
         "**gateway mix** (weighted, see below)".to_owned(),
         "—".to_owned(),
         "—".to_owned(),
-        num(floor_mix),
-        num(agent_mix),
-        times(mix_ratio),
-        num(filter_mix),
-        times(mix_filter_ratio),
-        times(mix_filter_per_agent),
-        "—".to_owned(),
+        num(mix.floor.median),
+        num(mix.agent.median),
+        ratio_cell(&mix.agent_per_floor),
+        mix.agent_per_floor.show_half_width(),
+        num(mix.filter.median),
+        ratio_cell(&mix.filter_per_floor),
+        ratio_cell(&mix.filter_per_agent),
         "—".to_owned(),
     ]);
-    result.mix = Some((agent_mix, floor_mix, filter_mix));
+    result.mix = Some(mix);
     section.tables.push(table);
-    section.notes.push(
-        "The kernel reports whole nanoseconds per run, so a ratio between two small figures \
-         carries ±1 ns of rounding on each side."
-            .to_owned(),
-    );
     section.notes.push(format!(
         "Gateway mix: {GATEWAY_MIX}. Each class runs on its own (hot caches, one frame \
-         repeated), so the mix is the weighted mean of the per-class medians of each program, \
+         repeated), so the mix is the weighted mean of the classes' figures of each round, \
          not a run of mixed frames."
     ));
     drop(xdp_filter);
@@ -780,11 +868,29 @@ impl Family {
     }
 }
 
+/// One point of section 2: a family and allow-list size.
+#[derive(Clone, Copy, Debug)]
+pub struct ScalingPoint {
+    pub family: Family,
+    pub prefixes: usize,
+    /// The APNs SYN's ns.
+    pub apns: Estimate,
+    /// The non-Apple HTTPS packet's ns.
+    pub https: Estimate,
+    /// The APNs SYN against the same family with 1 prefix, round by round.
+    pub per_one: Estimate,
+    /// The APNs SYN against the floor, round by round.
+    pub per_floor: Estimate,
+}
+
 /// Section 2's numbers the goals and section 4 look at.
 #[derive(Clone, Debug, Default)]
 pub struct Scaling {
-    /// (family, prefixes, APNs SYN ns, non-Apple HTTPS ns) medians.
-    pub cost: Vec<(Family, usize, f64, f64)>,
+    pub points: Vec<ScalingPoint>,
+    /// The floor's ns in the same rounds, per family.
+    pub floor: Vec<(Family, Estimate)>,
+    /// Rounds per family.
+    pub rounds: usize,
     /// (prefixes, apply into an empty generation), IPv4.
     pub apply: Vec<(usize, Duration)>,
     /// The same for IPv6.
@@ -794,100 +900,106 @@ pub struct Scaling {
 }
 
 impl Scaling {
-    /// APNs SYN ns with the fewest and the most prefixes of `family`.
-    pub fn ends(&self, family: Family) -> (f64, f64) {
-        let costs: Vec<f64> = self
-            .cost
-            .iter()
-            .filter(|c| c.0 == family)
-            .map(|c| c.2)
-            .collect();
-        (
-            costs.first().copied().unwrap_or(f64::NAN),
-            costs.last().copied().unwrap_or(f64::NAN),
-        )
+    /// The APNs SYN with the most prefixes of `family` against 1 prefix.
+    pub fn growth(&self, family: Family) -> Option<&ScalingPoint> {
+        self.points.iter().rfind(|p| p.family == family)
     }
 }
 
 /// Section 2: the APNs SYN (and a non-Apple HTTPS packet) with 1 to 100,000 long prefixes
 /// (IPv4 /24s, IPv6 /64s) in the allow-list.
 pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)> {
-    let floor = FloorProgram::load()?;
+    let rounds = &plan.scaling;
+    let instances = rounds.instances.max(1);
+    let mut hold = DispatcherHold::new()?;
+    let mut floors = Vec::new();
+    for _ in 0..instances {
+        let mut floor = FloorProgram::load()?;
+        hold.hold(floor.xdp_mut()?)?;
+        floors.push(floor);
+    }
     let mut scaling = Scaling::default();
     let mut section = Section::new("allow_list", "Allow-list scaling");
-    section.method = vec![format!(
-        "The APNs SYN (IPv4 to 17.249.1.10, IPv6 to 2620:149:a44::10) through datapaths whose \
-         allow-list holds 1 to 100,000 distinct long prefixes of one family, applied with \
-         `PolicyMaps::apply`: IPv4 /24s (the packet matched by 17.249.1.0/24, the others drawn \
-         from a fixed seed outside 17.0.0.0/8), IPv6 /64s (matched by 2620:149:a44::/64, the \
-         others drawn in 2000::/3 outside 2620::/16). Every prefix is longer than the \
-         prefilter settles, so each size, one prefix included, pays for an LPM trie lookup. \
-         The non-Apple HTTPS packet (to 203.0.113.130:443 / 2001:db8:ff::10:443) runs through \
-         the same datapaths: whether its address reaches the trie depends on whether a drawn \
-         prefix shares its leading bits (column \"non-Apple HTTPS\"). Same method as section 1 \
-         ({} runs of {} repeats, the floor in the same turns).",
-        plan.test_runs,
-        group(plan.repeat)
-    )];
+    let mut took = Duration::ZERO;
     for family in Family::ALL {
         let (apns_frame, other_frame) = family.frames();
-        let mut loaded = Vec::new();
+        // loaded[instance][size].
+        let mut loaded: Vec<Vec<OurProgram>> = Vec::new();
         let mut asks = Vec::new();
-        for n in ALLOW_LIST_SIZES {
-            let mut program = OurProgram::load()?;
-            let list = family.list(n);
-            asks.push(family.other_asks_trie(&list));
-            let took = program
-                .apply(&policy_with(list))
-                .with_context(|| format!("applying {n} {family:?} prefixes"))?;
-            match family {
-                Family::V4 => scaling.apply.push((n, took)),
-                Family::V6 => scaling.apply_v6.push((n, took)),
+        for instance in 0..instances {
+            let mut sizes = Vec::new();
+            for n in ALLOW_LIST_SIZES {
+                let mut program = OurProgram::load()?;
+                let list = family.list(n);
+                if instance == 0 {
+                    asks.push(family.other_asks_trie(&list));
+                }
+                let took = program
+                    .apply(&policy_with(list))
+                    .with_context(|| format!("applying {n} {family:?} prefixes"))?;
+                if instance == 0 {
+                    match family {
+                        Family::V4 => scaling.apply.push((n, took)),
+                        Family::V6 => scaling.apply_v6.push((n, took)),
+                    }
+                }
+                hold.hold(program.xdp_mut()?)?;
+                sizes.push(program);
             }
-            loaded.push(program);
+            loaded.push(sizes);
         }
         if family == Family::V4 {
-            if let Some(largest) = loaded.last() {
+            if let Some(largest) = loaded.first().and_then(|sizes| sizes.last()) {
                 scaling.largest_maps_bytes = super::control::maps_memlock(&largest.map_ids()?)?;
             }
         }
-        // samples[0] the floor, then (APNs, HTTPS) per size.
-        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 1 + 2 * loaded.len()];
-        for run in 0..plan.test_runs {
+        // samples[0] the floor, then (APNs, HTTPS) per size; one per round.
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); 1 + 2 * ALLOW_LIST_SIZES.len()];
+        let started = Instant::now();
+        let done = run_rounds(rounds, |round| {
+            let (floor, loaded) = (&floors[round % instances], &loaded[round % instances]);
             for turn in 0..samples.len() {
-                let i = (turn + run) % samples.len();
+                let i = (turn + round) % samples.len();
                 let (program, frame) = match i {
                     0 => (floor.xdp()?, &apns_frame),
-                    _ => {
-                        let program = loaded[(i - 1) / 2].xdp()?;
-                        (
-                            program,
-                            if i % 2 == 1 {
-                                &apns_frame
-                            } else {
-                                &other_frame
-                            },
-                        )
-                    }
+                    _ => (
+                        loaded[(i - 1) / 2].xdp()?,
+                        if i % 2 == 1 {
+                            &apns_frame
+                        } else {
+                            &other_frame
+                        },
+                    ),
                 };
-                let (action, ns) = test_run(program, frame, plan.repeat)?;
+                let (action, ns) = cpu_timed_run(program, frame, rounds.repeat)?;
                 ensure!(
                     action == XDP_PASS,
                     "a {family:?} frame was not passed (action {action})"
                 );
                 samples[i].push(ns);
             }
-        }
+            Ok(())
+        })?;
+        took += started.elapsed();
+        scaling.rounds = done;
+        let per_round = |a: &[f64], b: &[f64]| -> Vec<f64> {
+            a.iter().zip(b).map(|(x, y)| ratio(*x, *y)).collect()
+        };
         let how = format!(
-            "BPF_PROG_TEST_RUN via aya, APNs {family:?} SYN, repeat {}, median of {} runs, CPU {cpu}",
-            plan.repeat, plan.test_runs
+            "BPF_PROG_TEST_RUN via aya, APNs {family:?} SYN, thread CPU time / repeat {}, median of {done} rounds with its 95 % interval, CPU {cpu}",
+            rounds.repeat
         );
-        let floor_ns = median(&samples[0]);
         let fkey = family.key();
-        section.figure(format!("allow_list.{fkey}.floor_ns"), floor_ns, "ns", &how);
+        let floor_ns = section.estimate(
+            format!("allow_list.{fkey}.floor_ns"),
+            Estimate::of(&samples[0]),
+            "ns",
+            &how,
+        );
+        scaling.floor.push((family, floor_ns));
         let mut table = Table::new(
             format!(
-                "ns per packet by {} allow-list size ({}):",
+                "ns per packet by {} allow-list size ({}), medians of {done} rounds; ratios with their 95 % intervals:",
                 match family {
                     Family::V4 => "IPv4",
                     Family::V6 => "IPv6",
@@ -901,58 +1013,89 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
                 "prefixes",
                 "APNs SYN ns",
                 "vs 1 prefix",
+                "its interval",
                 "vs floor",
                 "non-Apple HTTPS ns",
                 "apply time (empty generation)",
             ],
         );
-        let base = median(&samples[1]);
         for (i, n) in ALLOW_LIST_SIZES.into_iter().enumerate() {
-            let ns = median(&samples[1 + 2 * i]);
-            let https = median(&samples[2 + 2 * i]);
-            scaling.cost.push((family, n, ns, https));
-            section.figure(format!("allow_list.{fkey}.{n}.agent_ns"), ns, "ns", &how);
-            section.figure(
-                format!("allow_list.{fkey}.{n}.https_ns"),
-                https,
-                "ns",
-                &how.replace("APNs", "non-Apple HTTPS"),
-            );
-            let vs_one = section.figure(
-                format!("allow_list.{fkey}.{n}.per_one_prefix"),
-                ratio(ns, base),
-                "x",
-                "agent ns / agent ns with 1 prefix",
-            );
+            let apns = &samples[1 + 2 * i];
+            let key = |what: &str| format!("allow_list.{fkey}.{n}.{what}");
+            let point = ScalingPoint {
+                family,
+                prefixes: n,
+                apns: section.estimate(key("agent_ns"), Estimate::of(apns), "ns", &how),
+                https: section.estimate(
+                    key("https_ns"),
+                    Estimate::of(&samples[2 + 2 * i]),
+                    "ns",
+                    &how.replace("APNs", "non-Apple HTTPS"),
+                ),
+                per_one: section.estimate(
+                    key("per_one_prefix"),
+                    Estimate::of(&per_round(apns, &samples[1])),
+                    "x",
+                    "agent ns / agent ns with 1 prefix, round by round",
+                ),
+                per_floor: section.estimate(
+                    key("per_floor"),
+                    Estimate::of(&per_round(apns, &samples[0])),
+                    "x",
+                    "agent ns / floor ns, round by round",
+                ),
+            };
             let apply = match family {
                 Family::V4 => scaling.apply[i].1,
                 Family::V6 => scaling.apply_v6[i].1,
             };
             section.figure(
-                format!("allow_list.{fkey}.{n}.apply_ms"),
+                key("apply_ms"),
                 apply.as_secs_f64() * 1e3,
                 "ms",
                 "wall time of PolicyMaps::apply into a freshly loaded datapath",
             );
             table.row(vec![
                 group(n as u64),
-                num(ns),
-                times(vs_one),
-                times(ratio(ns, floor_ns)),
+                num(point.apns.median),
+                point.per_one.show(|v| format!("{v:.2}")),
+                point.per_one.show_half_width(),
+                point.per_floor.show(|v| format!("{v:.2}")),
                 format!(
                     "{} ({})",
-                    num(https),
+                    num(point.https.median),
                     if asks[i] { "trie" } else { "prefilter" }
                 ),
                 format!("{} ms", num(apply.as_secs_f64() * 1e3)),
             ]);
+            scaling.points.push(point);
         }
         section.tables.push(table);
         section.notes.push(format!(
-            "{family:?}: floor in the same turns {} ns.",
-            num(floor_ns)
+            "{family:?}: floor in the same rounds {} ns.",
+            floor_ns.show(num)
         ));
     }
+    section.method = vec![format!(
+        "The APNs SYN (IPv4 to 17.249.1.10, IPv6 to 2620:149:a44::10) through datapaths whose \
+         allow-list holds 1 to 100,000 distinct long prefixes of one family, applied with \
+         `PolicyMaps::apply`: IPv4 /24s (the packet matched by 17.249.1.0/24, the others drawn \
+         from a fixed seed outside 17.0.0.0/8), IPv6 /64s (matched by 2620:149:a44::/64, the \
+         others drawn in 2000::/3 outside 2620::/16). Every prefix is longer than the \
+         prefilter settles, so each size, one prefix included, pays for an LPM trie lookup. \
+         The non-Apple HTTPS packet (to 203.0.113.130:443 / 2001:db8:ff::10:443) runs through \
+         the same datapaths: whether its address reaches the trie depends on whether a drawn \
+         prefix shares its leading bits (column \"non-Apple HTTPS\"). Same method as section 1: \
+         per family, rounds of the floor and the four datapaths on both packets in turn \
+         (repeat {}, at least {} rounds and until {} s had passed; {:.0} s for both \
+         families; {instances} instance(s) of each datapath and of the floor, taken in turn), \
+         ratios within each round, medians with their 95 % intervals.",
+        group(rounds.repeat),
+        rounds.min,
+        rounds.budget.as_secs(),
+        took.as_secs_f64()
+    )];
+    drop(hold);
     Ok((section, scaling))
 }
 
