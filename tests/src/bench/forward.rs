@@ -27,8 +27,9 @@ use apns_common::counters::Outcome;
 use aya::programs::{xdp::XdpLinkId, XdpMode};
 
 use super::{
+    charts::{BarChart, Chart, Series, Value},
     report::{Goal, Section, Table, Verdict},
-    stats::{median, num, range, ratio, times},
+    stats::{median, num, range, ratio, times, Estimate},
     testrun::FloorProgram,
     Plan,
 };
@@ -626,7 +627,80 @@ fn describe(plan: &Plan, result: &Forwarding) -> Section {
         nft_ruleset()
     ));
     describe_tcp(plan, &result.tcp, &mut section);
+    section.charts = charts(result);
     section
+}
+
+/// Section 3's pictures: UDP packet rates per configuration and payload size, and the APNs
+/// TCP throughput with and without `redirect`; medians of the rounds, whiskers the 95 %
+/// interval of the median where there are 6 rounds or more.
+fn charts(result: &Forwarding) -> Vec<Chart> {
+    let rounds = result
+        .runs
+        .first()
+        .and_then(|configs| configs.first())
+        .map_or(0, Vec::len);
+    let udp_title =
+        format!("UDP packets per second through the lab gateway (medians of {rounds} rounds)");
+    let udp = BarChart {
+        title: udp_title.clone(),
+        unit: "packets per second leaving the gateway's wan0".to_owned(),
+        series: result
+            .sizes
+            .iter()
+            .enumerate()
+            .map(|(s, payload)| Series::new(format!("{payload}-byte payloads"), s + 1))
+            .collect(),
+        groups: Config::ALL
+            .into_iter()
+            .map(|config| {
+                (
+                    config.label().to_owned(),
+                    (0..result.sizes.len())
+                        .map(|s| {
+                            Some(Value::from(Estimate::of(&result.figures(
+                                s,
+                                config,
+                                |run| run.pps,
+                            ))))
+                        })
+                        .collect(),
+                )
+            })
+            .collect(),
+    };
+    let tcp_title = format!(
+        "APNs TCP throughput, kernel forwarding and redirect (medians of {} rounds)",
+        result.tcp.rounds.len()
+    );
+    let mbits = |redirect: bool| {
+        let column: Vec<f64> = result.tcp.column(redirect, |r| r.bits_per_second / 1e6);
+        Some(Value::from(Estimate::of(&column)))
+    };
+    let tcp = BarChart {
+        title: tcp_title.clone(),
+        unit: "Mbit/s received by the Apple host".to_owned(),
+        series: vec![Series::new("one TCP stream", 1)],
+        groups: vec![
+            (
+                "no program (kernel forwarding)".to_owned(),
+                vec![mbits(false)],
+            ),
+            ("apns-agent, redirect".to_owned(), vec![mbits(true)]),
+        ],
+    };
+    vec![
+        Chart {
+            file: "forwarding_udp.svg".to_owned(),
+            svg: udp.svg(),
+            title: udp_title,
+        },
+        Chart {
+            file: "forwarding_tcp.svg".to_owned(),
+            svg: tcp.svg(),
+            title: tcp_title,
+        },
+    ]
 }
 
 /// The APNs port the TCP load goes to.

@@ -12,9 +12,10 @@
 //!    /metrics scraped every second, memory of the pinned maps.
 //!
 //! [`report`] turns the figures into a markdown and a JSON report, with the goals of the
-//! issue shown as met, not met or undecided (an interval straddling the goal). Nothing here
-//! asserts a timing: a benchmark only reports.
+//! issue shown as met, not met or undecided (an interval straddling the goal), and
+//! [`charts`] draws its pictures. Nothing here asserts a timing: a benchmark only reports.
 
+pub mod charts;
 pub mod control;
 pub mod forward;
 pub mod report;

@@ -7,7 +7,10 @@ use std::{fmt::Write as _, path::Path, time::Duration};
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
-use super::stats::{num, Estimate, DECISIVE_HALF_WIDTH};
+use super::{
+    charts::Chart,
+    stats::{num, Estimate, DECISIVE_HALF_WIDTH},
+};
 
 /// The machine the figures were measured on.
 #[derive(Clone, Debug)]
@@ -162,6 +165,8 @@ pub struct Section {
     pub tables: Vec<Table>,
     pub notes: Vec<String>,
     pub figures: Vec<Figure>,
+    /// Pictures of the section's figures, shown after its tables.
+    pub charts: Vec<Chart>,
     /// Goals this section measured itself: each replaces the report's goal of the same
     /// wording (see [`Report::effective_goals`]), or is added if there is none.
     pub goals: Vec<Goal>,
@@ -407,6 +412,9 @@ impl Report {
                     let _ = writeln!(md, "| {} |", row.join(" | "));
                 }
             }
+            for chart in &section.charts {
+                let _ = writeln!(md, "\n![{}]({})", chart.title, chart.file);
+            }
             if !section.notes.is_empty() {
                 md.push('\n');
                 for note in &section.notes {
@@ -472,14 +480,20 @@ impl Report {
                     "unit": f.unit,
                     "how": f.how,
                 })).collect::<Vec<_>>(),
+                "charts": s.charts.iter().map(|c| &c.file).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })
     }
 
-    /// Writes `report.md` and `report.json` into `dir` (created if missing) and returns
-    /// their paths.
+    /// Writes `report.md`, `report.json` and the charts (SVG) into `dir` (created if
+    /// missing) and returns the paths of the first two.
     pub fn write(&self, dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for chart in self.sections.iter().flat_map(|s| &s.charts) {
+            let path = dir.join(&chart.file);
+            std::fs::write(&path, &chart.svg)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         let md = dir.join("report.md");
         let js = dir.join("report.json");
         std::fs::write(&md, self.markdown())

@@ -42,6 +42,7 @@ use rand::{RngExt as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 
 use super::{
+    charts::{BarChart, Chart, LineChart, Series, Value},
     report::{Section, Table},
     scratch::{DispatcherHold, XdpFilter},
     stats::{num, ratio, Estimate},
@@ -734,6 +735,7 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
     ]);
     result.mix = Some(mix);
     section.tables.push(table);
+    section.charts.push(per_class_chart(&result));
     section.notes.push(format!(
         "Gateway mix: {GATEWAY_MIX}. Each class runs on its own (hot caches, one frame \
          repeated), so the mix is the weighted mean of the classes' figures of each round, \
@@ -741,6 +743,52 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
     ));
     drop(xdp_filter);
     Ok((section, result))
+}
+
+/// Section 1's picture: ns per class for the three programs, with their intervals.
+fn per_class_chart(result: &PerPacket) -> Chart {
+    let series: Vec<Series> = PROGRAMS
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Series::new(*name, i))
+        .collect();
+    let mut groups: Vec<(String, Vec<Option<Value>>)> = result
+        .rows
+        .iter()
+        .map(|row| {
+            (
+                row.key.to_owned(),
+                [row.costs.floor, row.costs.agent, row.costs.filter]
+                    .into_iter()
+                    .map(|e| Some(Value::from(e)))
+                    .collect(),
+            )
+        })
+        .collect();
+    if let Some(mix) = &result.mix {
+        groups.push((
+            "gateway mix".to_owned(),
+            [mix.floor, mix.agent, mix.filter]
+                .into_iter()
+                .map(|e| Some(Value::from(e)))
+                .collect(),
+        ));
+    }
+    let title = format!(
+        "ns per packet through BPF_PROG_TEST_RUN (medians of {} rounds, 95 % intervals)",
+        result.rounds
+    );
+    Chart {
+        file: "ns_per_class.svg".to_owned(),
+        svg: BarChart {
+            title: title.clone(),
+            unit: "ns per packet (thread CPU time / repeat)".to_owned(),
+            series,
+            groups,
+        }
+        .svg(),
+        title,
+    }
 }
 
 /// `n` IPv4 prefixes: [`MATCHING_V4`] and `n - 1` other /24s drawn from a fixed seed, none
@@ -1095,8 +1143,71 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
         rounds.budget.as_secs(),
         took.as_secs_f64()
     )];
+    section.charts.push(scaling_chart(&scaling));
     drop(hold);
     Ok((section, scaling))
+}
+
+/// Section 2's picture: ns per packet against the allow-list's size.
+fn scaling_chart(scaling: &Scaling) -> Chart {
+    let mut series = Vec::new();
+    let mut points = Vec::new();
+    for (s, (family, packet)) in [
+        (Family::V4, "APNs SYN"),
+        (Family::V6, "APNs SYN"),
+        (Family::V4, "non-Apple HTTPS"),
+        (Family::V6, "non-Apple HTTPS"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let name = match family {
+            Family::V4 => "IPv4 /24s",
+            Family::V6 => "IPv6 /64s",
+        };
+        series.push(Series::new(format!("{packet}, {name}"), s + 1));
+        points.push(
+            scaling
+                .points
+                .iter()
+                .filter(|p| p.family == family)
+                .map(|p| {
+                    let estimate = if packet == "APNs SYN" {
+                        p.apns
+                    } else {
+                        p.https
+                    };
+                    (p.prefixes as f64, Value::from(estimate))
+                })
+                .collect(),
+        );
+    }
+    // One floor line: the two families' floors differ by the frame only.
+    if let Some((family, floor)) = scaling.floor.first() {
+        series.push(Series::new(format!("floor ({family:?} rounds)"), 0));
+        points.push(
+            ALLOW_LIST_SIZES
+                .iter()
+                .map(|&n| (n as f64, Value::from(*floor)))
+                .collect(),
+        );
+    }
+    let title = format!(
+        "ns per packet against the allow-list's size (medians of {} rounds, 95 % intervals)",
+        scaling.rounds
+    );
+    Chart {
+        file: "prefix_scaling.svg".to_owned(),
+        svg: LineChart {
+            title: title.clone(),
+            x_unit: "prefixes in the allow-list (logarithmic)".to_owned(),
+            y_unit: "ns per packet".to_owned(),
+            series,
+            points,
+        }
+        .svg(),
+        title,
+    }
 }
 
 /// Median wall time of applying `n` prefixes into freshly loaded datapaths (section 4).

@@ -1,6 +1,7 @@
 //! `apns-bench`: the benchmark `cargo xtask bench` builds and runs (issue 7). Measures
 //! apns-agent side by side with a floor program, xdp-filter and nftables, and writes
-//! `report.md` and `report.json` into `--out` (see `apns_tests::bench` for the sections).
+//! `report.md`, `report.json` and the charts into `--out` (see `apns_tests::bench` for the
+//! sections).
 //!
 //! ```text
 //! apns-bench [--quick] [--out DIR] [--soak-secs N]
