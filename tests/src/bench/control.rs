@@ -1,7 +1,7 @@
 //! Section 4: the control plane. How long a policy apply and a full counter read take, how
-//! much memory the agent holds after a soak with /metrics scraped every second, and how much
-//! kernel memory its pinned maps take (bpftool's `bytes_memlock`, which on this kernel is
-//! the maps' actual memory use).
+//! much memory the agent holds after a soak with /metrics scraped every second, its peak
+//! through start, reload, upgrade and migration, and how much kernel memory its pinned maps
+//! take (bpftool's `bytes_memlock`, which on this kernel is the maps' actual memory use).
 
 use std::{
     io::{Read as _, Write as _},
@@ -302,6 +302,84 @@ pub fn soak(plan: &Plan, lab: &Lab, config_file: &Path) -> Result<Soak> {
     Ok(soak)
 }
 
+/// The agent's peak resident memory (VmHWM) through the events that load the datapath
+/// object: start, a reload, an upgrade and a migration, each its own step.
+#[derive(Clone, Debug, Default)]
+pub struct Lifecycle {
+    /// (what happened, the VmHWM of the agent that did it, KiB).
+    pub peaks: Vec<(&'static str, u64)>,
+    /// Why the migration step was left out, if it was (the previous release's datapath
+    /// cannot run on this kernel).
+    pub skipped_migration: Option<String>,
+}
+
+impl Lifecycle {
+    pub fn peak_kib(&self) -> u64 {
+        self.peaks.iter().map(|&(_, kib)| kib).max().unwrap_or(0)
+    }
+}
+
+/// What [`lifecycle`] runs and reads, for the report.
+pub const LIFECYCLE_STEPS: &str = "(1) `apns-agent run` on a fresh pin directory, VmHWM once \
+    it is ready; (2) SIGHUP to it, VmHWM once the reload is done (the same process, so the \
+    peak so far); (3) it stops (the datapath stays, `--detach-on-exit`) and a new agent \
+    starts on the same pins and adopts the datapath, as after a package upgrade: its VmHWM \
+    once ready; (4) the previous release's datapath (map layout 2, \
+    `tests/fixtures/apns-layout2.o`) installed on fresh pins, and a new agent migrating it: \
+    its VmHWM once ready. The same agent arguments as the soak.";
+
+/// Runs the agent through [`LIFECYCLE_STEPS`] in the lab's gateway.
+pub fn lifecycle(lab: &Lab, config_file: &Path) -> Result<Lifecycle> {
+    let config_arg = config_file.to_string_lossy().into_owned();
+    let args = [
+        "run",
+        "--config",
+        &config_arg,
+        "--mode",
+        "monitor",
+        "--iface",
+        GW_IF_CLIENT.name,
+        "--iface",
+        GW_IF_WAN.name,
+        "--detach-on-exit",
+        "--metrics-addr",
+        METRICS_ADDR,
+    ];
+    let hwm = |agent: &crate::agent::Agent<'_>| proc_status_kib(agent.id(), "VmHWM");
+    let mut lifecycle = Lifecycle::default();
+    let pins = TestPins::new();
+    let mut first = spawn_agent(lab, &pins, &args)?;
+    lifecycle.peaks.push(("start", hwm(&first)?));
+    first.reload().context("reloading the agent (SIGHUP)")?;
+    lifecycle.peaks.push(("reload (SIGHUP)", hwm(&first)?));
+    first.stop(TIMEOUT).context("stopping the first agent")?;
+    let adopting = spawn_agent(lab, &pins, &args)?;
+    lifecycle
+        .peaks
+        .push(("upgrade (a new agent adopts the datapath)", hwm(&adopting)?));
+    drop(adopting);
+    drop(pins);
+
+    if let Some(refusal) = crate::layout2::refused_here() {
+        lifecycle.skipped_migration = Some(refusal);
+        return Ok(lifecycle);
+    }
+    let pins = TestPins::new();
+    lab.in_ns(Role::Gw, || {
+        crate::layout2::install(pins.dir(), &[GW_IF_CLIENT.name, GW_IF_WAN.name])
+    })?
+    .context("installing the previous release's datapath (layout 2)")?;
+    let migrating = spawn_agent(lab, &pins, &args)?;
+    migrating
+        .wait_for_log("migrated the datapath from map layout 2", TIMEOUT)
+        .context("the agent did not migrate the layout-2 datapath")?;
+    lifecycle.peaks.push((
+        "migration (a new agent over the previous release's datapath)",
+        hwm(&migrating)?,
+    ));
+    Ok(lifecycle)
+}
+
 /// Section 4's inputs gathered by the other steps.
 pub struct ControlInputs<'a> {
     pub apply_10k: &'a [Duration],
@@ -311,6 +389,7 @@ pub struct ControlInputs<'a> {
     pub snapshot_realistic: &'a [Duration],
     pub snapshot_full: &'a [Duration],
     pub soak: &'a Soak,
+    pub lifecycle: &'a Lifecycle,
 }
 
 pub fn describe(cpu: usize, inputs: &ControlInputs<'_>) -> Section {
@@ -431,6 +510,18 @@ pub fn describe(cpu: usize, inputs: &ControlInputs<'_>) -> Section {
         "agent peak resident memory (VmHWM)".into(),
         format!("{peak:.1} MiB"),
     ]);
+    for (i, (step, kib)) in inputs.lifecycle.peaks.iter().enumerate() {
+        let peak = section.figure(
+            format!("control.agent_peak_mib.step_{}", i + 1),
+            mib(*kib),
+            "MiB",
+            &format!("VmHWM of the agent after: {step} (steps below)"),
+        );
+        table.row(vec![
+            format!("agent peak resident memory (VmHWM), {step}"),
+            format!("{peak:.1} MiB"),
+        ]);
+    }
     table.row(vec![
         "scrapes / failed / APNs connections during the soak".into(),
         format!(
@@ -459,6 +550,15 @@ pub fn describe(cpu: usize, inputs: &ControlInputs<'_>) -> Section {
         format!("{largest:.2} MiB"),
     ]);
     section.tables.push(table);
+    section.notes.push(format!(
+        "Peak memory through the lifecycle: {LIFECYCLE_STEPS}"
+    ));
+    if let Some(refusal) = &inputs.lifecycle.skipped_migration {
+        section.notes.push(format!(
+            "The migration step was left out: the previous release's datapath cannot run on \
+             this kernel ({refusal})."
+        ));
+    }
     let mut per_map = Table::new("The agent's pinned maps:", &["map", "bytes_memlock"]);
     for (name, bytes) in &soak.maps {
         per_map.row(vec![name.clone(), group_thousands(*bytes as i64)]);

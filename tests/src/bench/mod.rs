@@ -9,7 +9,8 @@
 //! 2. [`forward`]: packets per second through the lab gateway with no program, a floor, the
 //!    agent and an nftables ruleset, interleaved A B A B.
 //! 3. [`control`]: policy apply time, counter read time, agent memory after a soak with
-//!    /metrics scraped every second, memory of the pinned maps.
+//!    /metrics scraped every second and its peak through start, reload, upgrade and
+//!    migration, memory of the pinned maps.
 //!
 //! [`report`] turns the figures into a markdown and a JSON report, with the goals of the
 //! issue shown as met, not met or undecided (an interval straddling the goal), and
