@@ -399,8 +399,46 @@ pub fn iperf_client_args(payload: usize, packets: u64) -> Vec<String> {
     .collect()
 }
 
+/// How many times a run is tried while the iperf3 server is still busy with the one before.
+const BUSY_TRIES: usize = 20;
+/// How long to wait before trying again.
+const BUSY_WAIT: Duration = Duration::from_millis(250);
+
+/// iperf3's JSON output of one client run: `Ok(None)` when the server was still busy with
+/// the previous run (it ends its side of a test a moment after the client; a loaded machine
+/// makes the moment longer), an error for any other failure.
+fn iperf_output(output: &str) -> Result<Option<serde_json::Value>> {
+    let json: serde_json::Value =
+        serde_json::from_str(output).context("parsing iperf3's JSON output")?;
+    match json["error"].as_str() {
+        Some(error) if error.contains("server is busy") => Ok(None),
+        Some(error) => bail!("iperf3: {error}"),
+        None => Ok(Some(json)),
+    }
+}
+
+/// Runs `attempt` until it does not find the iperf3 server busy ([`iperf_output`]), at most
+/// [`BUSY_TRIES`] times.
+fn while_server_busy<T>(mut attempt: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    for _ in 0..BUSY_TRIES {
+        if let Some(done) = attempt()? {
+            return Ok(done);
+        }
+        thread::sleep(BUSY_WAIT);
+    }
+    bail!(
+        "iperf3: the server stayed busy with an earlier run for {:?}",
+        BUSY_WAIT * BUSY_TRIES as u32
+    )
+}
+
 /// Sends `packets` UDP datagrams of `payload` bytes from the client to the Apple host.
 fn one_run(lab: &Lab, payload: usize, packets: u64) -> Result<RunResult> {
+    while_server_busy(|| try_one_run(lab, payload, packets))
+}
+
+/// [`one_run`], once; `None` if the server was busy.
+fn try_one_run(lab: &Lab, payload: usize, packets: u64) -> Result<Option<RunResult>> {
     let before_link = lab.link_stats(Role::Gw, GW_IF_WAN.name)?;
     let before_cpu = forwarding_cpu_ticks()?;
     let mut client = lab.command(Role::Client, "iperf3");
@@ -410,11 +448,9 @@ fn one_run(lab: &Lab, payload: usize, packets: u64) -> Result<RunResult> {
         .with_context(|| format!("iperf3 client in {}", lab.ns_name(Role::Client)))?;
     let after_cpu = forwarding_cpu_ticks()?;
     let after_link = lab.link_stats(Role::Gw, GW_IF_WAN.name)?;
-    let json: serde_json::Value =
-        serde_json::from_str(&output).context("parsing iperf3's JSON output")?;
-    if let Some(error) = json["error"].as_str() {
-        bail!("iperf3: {error}");
-    }
+    let Some(json) = iperf_output(&output)? else {
+        return Ok(None);
+    };
     let sum = &json["end"]["sum"];
     let seconds = sum["seconds"]
         .as_f64()
@@ -428,11 +464,11 @@ fn one_run(lab: &Lab, payload: usize, packets: u64) -> Result<RunResult> {
         );
     }
     let cpu_ns = after_cpu.saturating_sub(before_cpu) as f64 * 1e9 / USER_HZ;
-    Ok(RunResult {
+    Ok(Some(RunResult {
         pps: forwarded as f64 / seconds,
         cpu_ns_per_packet: cpu_ns / forwarded as f64,
         forwarded,
-    })
+    }))
 }
 
 /// Section 3. `lab` is a fresh lab without NAT; `config_file` an agent config (see
@@ -913,6 +949,11 @@ fn fastpath_counts(pins: &TestPins) -> (u64, u64) {
 
 /// One TCP stream of `bytes` from the client to the Apple host's APNs port.
 fn one_tcp_run(lab: &Lab, pins: Option<&TestPins>, bytes: u64) -> Result<TcpRun> {
+    while_server_busy(|| try_one_tcp_run(lab, pins, bytes))
+}
+
+/// [`one_tcp_run`], once; `None` if the server was busy.
+fn try_one_tcp_run(lab: &Lab, pins: Option<&TestPins>, bytes: u64) -> Result<Option<TcpRun>> {
     let before_fast = pins.map_or((0, 0), fastpath_counts);
     let before_link = lab.link_stats(Role::Isp, ISP_IF_GW.name)?;
     let before_cpu = forwarding_cpu_ticks()?;
@@ -924,11 +965,9 @@ fn one_tcp_run(lab: &Lab, pins: Option<&TestPins>, bytes: u64) -> Result<TcpRun>
     let after_cpu = forwarding_cpu_ticks()?;
     let after_link = lab.link_stats(Role::Isp, ISP_IF_GW.name)?;
     let after_fast = pins.map_or((0, 0), fastpath_counts);
-    let json: serde_json::Value =
-        serde_json::from_str(&output).context("parsing iperf3's JSON output")?;
-    if let Some(error) = json["error"].as_str() {
-        bail!("iperf3: {error}");
-    }
+    let Some(json) = iperf_output(&output)? else {
+        return Ok(None);
+    };
     let sum = &json["end"]["sum_received"];
     let (Some(seconds), Some(bits_per_second), Some(received)) = (
         sum["seconds"].as_f64().filter(|s| *s > 0.0),
@@ -939,13 +978,13 @@ fn one_tcp_run(lab: &Lab, pins: Option<&TestPins>, bytes: u64) -> Result<TcpRun>
     };
     let packets = after_link.rx_packets.saturating_sub(before_link.rx_packets);
     let cpu_ns = after_cpu.saturating_sub(before_cpu) as f64 * 1e9 / USER_HZ;
-    Ok(TcpRun {
+    Ok(Some(TcpRun {
         bits_per_second,
         pps: packets as f64 / seconds,
         cpu_ns_per_kib: cpu_ns / (received / 1024.0),
         fastpath_packets: after_fast.0.saturating_sub(before_fast.0),
         fastpath_tc_packets: after_fast.1.saturating_sub(before_fast.1),
-    })
+    }))
 }
 
 /// The TCP part: rounds of (no program, agent with redirect on lan0 and wan0), the order
