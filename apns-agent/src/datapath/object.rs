@@ -105,7 +105,11 @@ impl Constants {
     }
 }
 
-/// A loader for the datapath object with its load-time constants set.
+/// A loader for the datapath object with its load-time constants set. It never reads the
+/// kernel's BTF: the object has no BTF (CO-RE) relocations, and aya (patched,
+/// third_party/README.md) parses the kernel's BTF only for an object that has some. Kernel
+/// features are probed without it; the object's own BTF (function and line info) is loaded
+/// as before.
 pub fn loader(constants: &Constants) -> EbpfLoader<'_> {
     let mut loader = EbpfLoader::new();
     loader.override_global(LOG_LEVEL_GLOBAL, &constants.log, true);

@@ -116,7 +116,7 @@ pub fn features() -> &'static Features {
 /// ```
 #[derive(Debug)]
 pub struct EbpfLoader<'a> {
-    btf: Option<Cow<'a, Btf>>,
+    btf: TargetBtf<'a>,
     default_map_pin_directory: Option<PathBuf>,
     globals: HashMap<&'a str, (&'a [u8], bool)>,
     // Max entries overrides the max_entries field of the map that matches the provided name
@@ -156,11 +156,22 @@ impl Default for VerifierLogLevel {
     }
 }
 
+/// The BTF an [`EbpfLoader`] relocates against.
+#[derive(Debug)]
+enum TargetBtf<'a> {
+    /// The kernel's (`/sys/kernel/btf/vmlinux`), read and parsed by
+    /// [`EbpfLoader::load`] only if the object has BTF relocations, and dropped when it
+    /// returns: parsed, it takes tens of megabytes.
+    Kernel,
+    /// Set by [`EbpfLoader::btf`]; `None` disables BTF relocations.
+    Given(Option<Cow<'a, Btf>>),
+}
+
 impl<'a> EbpfLoader<'a> {
     /// Creates a new loader instance.
     pub fn new() -> Self {
         Self {
-            btf: Btf::from_sys_fs().ok().map(Cow::Owned),
+            btf: TargetBtf::Kernel,
             default_map_pin_directory: None,
             globals: HashMap::new(),
             max_entries: HashMap::new(),
@@ -173,7 +184,9 @@ impl<'a> EbpfLoader<'a> {
 
     /// Sets the target [BTF](Btf) info.
     ///
-    /// The loader defaults to loading `BTF` info using [`Btf::from_sys_fs`].
+    /// The loader defaults to loading `BTF` info using [`Btf::from_sys_fs`], when
+    /// [`load`](Self::load) finds that the object has BTF relocations (and not
+    /// before: parsing the kernel's BTF takes tens of megabytes).
     /// Use this method if you want to load `BTF` from a custom location or
     /// pass `None` to disable `BTF` relocations entirely.
     /// # Example
@@ -189,7 +202,7 @@ impl<'a> EbpfLoader<'a> {
     /// # Ok::<(), aya::EbpfError>(())
     /// ```
     pub fn btf(&mut self, btf: Option<&'a Btf>) -> &mut Self {
-        self.btf = btf.map(Cow::Borrowed);
+        self.btf = TargetBtf::Given(btf.map(Cow::Borrowed));
         self
     }
 
@@ -492,8 +505,18 @@ impl<'a> EbpfLoader<'a> {
             None
         };
 
-        if let Some(btf) = &btf {
-            obj.relocate_btf(btf)?;
+        match btf {
+            TargetBtf::Given(btf) => {
+                if let Some(btf) = btf {
+                    obj.relocate_btf(btf)?;
+                }
+            }
+            TargetBtf::Kernel if obj.has_btf_relocations() => {
+                if let Ok(btf) = Btf::from_sys_fs() {
+                    obj.relocate_btf(&btf)?;
+                }
+            }
+            TargetBtf::Kernel => {}
         }
 
         const fn is_map_of_maps(map_type: bpf_map_type) -> bool {
@@ -988,9 +1011,7 @@ impl Ebpf {
     /// # Ok::<(), aya::EbpfError>(())
     /// ```
     pub fn load_file<P: AsRef<Path>>(path: P) -> Result<Self, EbpfError> {
-        EbpfLoader::new()
-            .btf(Btf::from_sys_fs().ok().as_ref())
-            .load_file(path)
+        EbpfLoader::new().load_file(path)
     }
 
     /// Loads eBPF bytecode from a buffer.
@@ -1017,9 +1038,7 @@ impl Ebpf {
     /// # Ok::<(), aya::EbpfError>(())
     /// ```
     pub fn load(data: &[u8]) -> Result<Self, EbpfError> {
-        EbpfLoader::new()
-            .btf(Btf::from_sys_fs().ok().as_ref())
-            .load(data)
+        EbpfLoader::new().load(data)
     }
 
     /// Returns a reference to the map with the given name.
