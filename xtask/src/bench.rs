@@ -1,7 +1,7 @@
 //! `cargo xtask bench [--quick] [--out DIR] [--soak-secs N]`: setup, build the agent and the
 //! benchmark in release mode, run the benchmark (`tests/src/bin/apns-bench.rs`), which writes
 //! `report.md`, `report.json` and its charts into DIR (default `target/bench/`). `--quick`
-//! takes about a minute: its per-packet figures come from about 12 s of rounds, with 95 %
+//! takes about a minute: its per-packet figures come from about 8 s of rounds, with 95 %
 //! intervals that say whether they decide anything; the other sections do little.
 
 use std::{

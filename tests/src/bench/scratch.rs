@@ -30,9 +30,10 @@ use crate::lab::{run, NETNS_DIR};
 const NS_PREFIX: &str = "apnsbench-";
 /// The `<n>` of the next scratch namespace of this process.
 static NEXT_NS: AtomicUsize = AtomicUsize::new(0);
-/// The veth xdp-filter is loaded on (and its peer), inside the scratch namespace.
-const IFACE: &str = "xfb0";
-const PEER: &str = "xfb1";
+/// The veths xdp-filter is loaded on inside the scratch namespace, `xfb<i>` (one per
+/// instance), and their peers `xfp<i>`.
+const IFACE_PREFIX: &str = "xfb";
+const PEER_PREFIX: &str = "xfp";
 
 /// The rules xdp-filter gets: the closest it can express to our policy. It has no prefixes
 /// (exact addresses only) and no notion of direction beyond src/dst, so: the APNs device port
@@ -127,66 +128,76 @@ fn sweep_stale() {
             name: name.clone(),
             fd: file.into(),
         };
-        // Fails harmlessly when xdp-filter was never loaded there.
-        let _ = stale.run_in(|| run(Command::new("xdp-filter").args(["unload", IFACE])));
+        unload(&stale);
         eprintln!("apns-bench: removing stale namespace {name} (pid {pid} is gone)");
         drop(stale);
     }
 }
 
-/// xdp-filter loaded with [`XDP_FILTER_RULES`] on a veth of a scratch namespace. Dropping it
-/// unloads xdp-filter (removing its pins) and deletes the namespace.
+/// xdp-filter loaded with [`XDP_FILTER_RULES`] on veths of a scratch namespace, once per
+/// instance (each load is a program of its own; the rules are xdp-filter's shared maps).
+/// Dropping it unloads xdp-filter (removing its pins) and deletes the namespace.
 pub struct XdpFilter {
-    /// Our handle on xdp-filter's program; dropped first (fields drop in order).
-    program: Xdp,
-    pub program_id: u32,
+    /// Our handles on xdp-filter's programs, one per instance; dropped first (fields drop in
+    /// order).
+    programs: Vec<Xdp>,
+    pub program_ids: Vec<u32>,
     pub program_name: String,
     ns: ScratchNs,
 }
 
 impl XdpFilter {
-    pub fn load() -> Result<XdpFilter> {
+    pub fn load(instances: usize) -> Result<XdpFilter> {
         let ns = ScratchNs::create()?;
-        ns.ip(&["link", "add", IFACE, "type", "veth", "peer", "name", PEER])?;
-        ns.ip(&["link", "set", IFACE, "up"])?;
-        ns.ip(&["link", "set", PEER, "up"])?;
         // From here on, an error unloads xdp-filter again (a load that failed half-way may
         // have pinned something): the guard comes before the load.
         let mut guard = Unloader {
             ns: &ns,
             armed: true,
         };
-        // Generic (skb) mode: the benchmark never sends a packet through the interface, it
-        // only needs xdp-filter to load and configure its program.
-        // `run_in` and `run` name the namespace and the command line in their errors.
-        ns.run_in(|| run(Command::new("xdp-filter").args(["load", IFACE, "--mode", "skb"])))?;
+        let mut program_ids = Vec::new();
+        for i in 0..instances.max(1) {
+            let (iface, peer) = (format!("{IFACE_PREFIX}{i}"), format!("{PEER_PREFIX}{i}"));
+            ns.ip(&["link", "add", &iface, "type", "veth", "peer", "name", &peer])?;
+            ns.ip(&["link", "set", &iface, "up"])?;
+            ns.ip(&["link", "set", &peer, "up"])?;
+            // Generic (skb) mode: the benchmark never sends a packet through the interface,
+            // it only needs xdp-filter to load and configure its program. `run_in` and `run`
+            // name the namespace and the command line in their errors.
+            ns.run_in(|| run(Command::new("xdp-filter").args(["load", &iface, "--mode", "skb"])))?;
+            program_ids.push(xdp_program_id(&ns, &iface)?);
+        }
         for rule in XDP_FILTER_RULES {
             ns.run_in(|| run(Command::new("xdp-filter").args(rule)))?;
         }
-        let id = xdp_program_id(&ns)?;
-        let info = loaded_programs()
-            .filter_map(Result::ok)
-            .find(|info| info.id() == id)
-            .with_context(|| format!("program id {id} (xdp-filter's) is not loaded"))?;
-        let program_name = info.name_as_str().unwrap_or("?").to_owned();
-        let program = program_from_info(info, &program_name)?;
+        let mut programs = Vec::new();
+        let mut program_name = String::new();
+        for &id in &program_ids {
+            let info = loaded_programs()
+                .filter_map(Result::ok)
+                .find(|info| info.id() == id)
+                .with_context(|| format!("program id {id} (xdp-filter's) is not loaded"))?;
+            program_name = info.name_as_str().unwrap_or("?").to_owned();
+            programs.push(program_from_info(info, &program_name)?);
+        }
         guard.armed = false;
         drop(guard);
         Ok(XdpFilter {
-            program,
-            program_id: id,
+            programs,
+            program_ids,
             program_name,
             ns,
         })
     }
 
-    pub fn xdp(&self) -> &Xdp {
-        &self.program
+    /// The program of `instance`.
+    pub fn xdp(&self, instance: usize) -> &Xdp {
+        &self.programs[instance % self.programs.len()]
     }
 
     /// How xdp-filter was loaded and configured, for the report.
     pub fn commands() -> Vec<String> {
-        let mut commands = vec![format!("xdp-filter load {IFACE} --mode skb")];
+        let mut commands = vec![format!("xdp-filter load {IFACE_PREFIX}<i> --mode skb")];
         commands.extend(
             XDP_FILTER_RULES
                 .iter()
@@ -201,21 +212,21 @@ fn program_from_info(info: ProgramInfo, name: &str) -> Result<Xdp> {
         .with_context(|| format!("opening xdp-filter's program {name} as an XDP program"))
 }
 
-/// The id of the XDP program attached to [`IFACE`], from `ip -j link show`.
-fn xdp_program_id(ns: &ScratchNs) -> Result<u32> {
-    let text = ns.ip(&["-j", "link", "show", "dev", IFACE])?;
+/// The id of the XDP program attached to `iface`, from `ip -j link show`.
+fn xdp_program_id(ns: &ScratchNs, iface: &str) -> Result<u32> {
+    let text = ns.ip(&["-j", "link", "show", "dev", iface])?;
     let links: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("parsing `ip -n {} -j link show dev {IFACE}`", ns.name()))?;
+        .with_context(|| format!("parsing `ip -n {} -j link show dev {iface}`", ns.name()))?;
     let Some(id) = links[0]["xdp"]["prog"]["id"].as_u64() else {
         bail!(
-            "no XDP program on {IFACE} in {} after xdp-filter load: {text}",
+            "no XDP program on {iface} in {} after xdp-filter load: {text}",
             ns.name()
         );
     };
     u32::try_from(id).context("program id out of range")
 }
 
-/// Unloads xdp-filter from [`IFACE`] unless disarmed: covers errors between load and the
+/// Unloads xdp-filter from the namespace's veths unless disarmed: covers errors between load and the
 /// `XdpFilter` that owns the cleanup from then on.
 struct Unloader<'a> {
     ns: &'a ScratchNs,
@@ -233,9 +244,28 @@ impl Drop for Unloader<'_> {
 /// Where libxdp (under xdp-filter) pins its dispatchers; it leaves the folder itself behind.
 const LIBXDP_PIN_DIR: &str = "/sys/fs/bpf/xdp";
 
+/// Unloads xdp-filter from every `xfb<i>` veth of `ns` that has an XDP program (a
+/// namespace left by a crashed run may hold some).
 fn unload(ns: &ScratchNs) {
-    if let Err(err) = ns.run_in(|| run(Command::new("xdp-filter").args(["unload", IFACE]))) {
-        eprintln!("apns-bench: xdp-filter unload {IFACE}: {err:#}");
+    let listed = ns.ip(&["-j", "link", "show"]).and_then(|text| {
+        serde_json::from_str::<serde_json::Value>(&text)
+            .with_context(|| format!("parsing `ip -n {} -j link show`", ns.name()))
+    });
+    let links = match listed {
+        Ok(links) => links,
+        Err(err) => {
+            eprintln!("apns-bench: {err:#}");
+            return;
+        }
+    };
+    let loaded = links.as_array().into_iter().flatten().filter_map(|link| {
+        let name = link["ifname"].as_str()?;
+        (name.starts_with(IFACE_PREFIX) && !link["xdp"].is_null()).then_some(name)
+    });
+    for iface in loaded {
+        if let Err(err) = ns.run_in(|| run(Command::new("xdp-filter").args(["unload", iface]))) {
+            eprintln!("apns-bench: xdp-filter unload {iface}: {err:#}");
+        }
     }
     // Only an empty folder goes: another libxdp user's pins stay where they are.
     let _ = std::fs::remove_dir(LIBXDP_PIN_DIR);

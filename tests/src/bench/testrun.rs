@@ -476,8 +476,9 @@ pub struct Costs {
 }
 
 impl Costs {
-    /// From per-round samples `[floor, agent, xdp-filter]` of one class (or of the mix).
-    fn of(samples: &[Vec<f64>; 3]) -> Costs {
+    /// From per-round samples `[floor, agent, xdp-filter]` of one class (or of the mix),
+    /// round r on instance r % `instances` of each program.
+    fn of(samples: &[Vec<f64>; 3], instances: usize) -> Costs {
         let per_round = |a: usize, b: usize| -> Vec<f64> {
             samples[a]
                 .iter()
@@ -485,13 +486,14 @@ impl Costs {
                 .map(|(x, y)| ratio(*x, *y))
                 .collect()
         };
+        let estimate = |values: &[f64]| Estimate::of_rotating(values, instances);
         Costs {
-            floor: Estimate::of(&samples[0]),
-            agent: Estimate::of(&samples[1]),
-            filter: Estimate::of(&samples[2]),
-            agent_per_floor: Estimate::of(&per_round(1, 0)),
-            filter_per_floor: Estimate::of(&per_round(2, 0)),
-            filter_per_agent: Estimate::of(&per_round(2, 1)),
+            floor: estimate(&samples[0]),
+            agent: estimate(&samples[1]),
+            filter: estimate(&samples[2]),
+            agent_per_floor: estimate(&per_round(1, 0)),
+            filter_per_floor: estimate(&per_round(2, 0)),
+            filter_per_agent: estimate(&per_round(2, 1)),
         }
     }
 }
@@ -529,13 +531,14 @@ fn xdp_action_name(action: u32) -> &'static str {
 pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
     let rounds = &plan.per_packet;
     let classes = classes();
+    let instances = rounds.instances.max(1);
     // xdp-filter is attached by its own loader, so it is in the dispatcher already.
-    let xdp_filter = XdpFilter::load()?;
+    let xdp_filter = XdpFilter::load(instances)?;
     let mut hold = DispatcherHold::new()?;
     let mut floors = Vec::new();
     let mut ours = Vec::new();
     let mut outcomes = Vec::new();
-    for _ in 0..rounds.instances.max(1) {
+    for _ in 0..instances {
         let mut floor = FloorProgram::load()?;
         hold.hold(floor.xdp_mut()?)?;
         floors.push(floor);
@@ -553,7 +556,8 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
     let programs = floors
         .iter()
         .zip(&ours)
-        .map(|(floor, agent)| Ok([floor.xdp()?, agent.xdp()?, xdp_filter.xdp()]))
+        .enumerate()
+        .map(|(i, (floor, agent))| Ok([floor.xdp()?, agent.xdp()?, xdp_filter.xdp(i)]))
         .collect::<Result<Vec<[&Xdp; 3]>>>()?;
     // samples[class][program]: one per round.
     let mut samples = vec![[Vec::new(), Vec::new(), Vec::new()]; classes.len()];
@@ -594,10 +598,11 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
             "{done} rounds in {:.0} s (at least {} rounds, and until {} s had passed); in each \
              round every packet class runs through the three programs in turn (the first \
              rotating from round to round), one BPF_PROG_TEST_RUN call of repeat {} each, on the \
-             same frame. The floor and our program are loaded {} times each (fresh maps, \
-             Apple's default policy), and the rounds take the instances in turn: two loads of \
-             one object differ by a few percent per packet (where the kernel placed their code \
-             and maps), which the rounds of one load would not show. A figure is the calling thread's CPU time across the call divided by \
+             same frame. Each of the three programs is loaded {instances} times (ours with \
+             fresh maps and Apple's default policy), and the rounds take the instances in \
+             turn: two loads of one object differ by a few percent per packet (where the kernel \
+             placed their code and maps), which the rounds of one load would not show; each \
+             interval is widened, where needed, to take in every instance's own median. A figure is the calling thread's CPU time across the call divided by \
              the repeat count (sub-nanosecond; the kernel's own figure is whole nanoseconds \
              rounded down, and they agree within about 1 ns); the thread is pinned to CPU \
              {cpu}. Ratios are taken within each round (the same machine state for the three \
@@ -612,7 +617,6 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
             rounds.min,
             rounds.budget.as_secs(),
             group(rounds.repeat),
-            ours.len(),
         ),
         "- **agent**: apns-agent's XDP classifier (the embedded object), Apple's default policy \
          (17.0.0.0/8, the four IPv6 /48s, ports 5223 443 2197 2195 2196), monitor mode."
@@ -623,15 +627,21 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
             group(floor_runs)
         ),
         format!(
-            "- **xdp-filter**: Debian's xdp-tools {} (program `{}`, id {}), loaded in a scratch \
-             network namespace with `{}` and run by its program id. Its closest rules: a port \
+            "- **xdp-filter**: Debian's xdp-tools {} (program `{}`, ids {}), loaded in a scratch \
+             network namespace with `{}` (a veth and a load per instance) and run by its \
+             program ids. Its closest rules: a port \
              and one exact address (it has no prefixes), default features (all) and policy \
              (allow: it drops what matches). It checks the MAC addresses, then the IP addresses, \
              then the ports, so an APNs packet to 17.249.1.10 walks every lookup before its \
              port matches.",
             xdp_tools_version(),
             xdp_filter.program_name,
-            xdp_filter.program_id,
+            xdp_filter
+                .program_ids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             XdpFilter::commands().join("`, `")
         ),
     ];
@@ -681,7 +691,7 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
     };
     let ratio_cell = |e: &Estimate| e.show(|v| format!("{v:.2}"));
     for (c, class) in classes.iter().enumerate() {
-        let costs = Costs::of(&samples[c]);
+        let costs = Costs::of(&samples[c], instances);
         record(&mut section, class.key, &costs);
         table.row(vec![
             class.label.to_owned(),
@@ -718,7 +728,7 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
             })
             .collect()
     });
-    let mix = Costs::of(&mix_samples);
+    let mix = Costs::of(&mix_samples, instances);
     record(&mut section, "gateway_mix", &mix);
     table.row(vec![
         "**gateway mix** (weighted, see below)".to_owned(),
@@ -1033,6 +1043,7 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
         let per_round = |a: &[f64], b: &[f64]| -> Vec<f64> {
             a.iter().zip(b).map(|(x, y)| ratio(*x, *y)).collect()
         };
+        let estimate = |values: &[f64]| Estimate::of_rotating(values, instances);
         let how = format!(
             "BPF_PROG_TEST_RUN via aya, APNs {family:?} SYN, thread CPU time / repeat {}, median of {done} rounds with its 95 % interval, CPU {cpu}",
             rounds.repeat
@@ -1040,7 +1051,7 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
         let fkey = family.key();
         let floor_ns = section.estimate(
             format!("allow_list.{fkey}.floor_ns"),
-            Estimate::of(&samples[0]),
+            estimate(&samples[0]),
             "ns",
             &how,
         );
@@ -1073,22 +1084,22 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
             let point = ScalingPoint {
                 family,
                 prefixes: n,
-                apns: section.estimate(key("agent_ns"), Estimate::of(apns), "ns", &how),
+                apns: section.estimate(key("agent_ns"), estimate(apns), "ns", &how),
                 https: section.estimate(
                     key("https_ns"),
-                    Estimate::of(&samples[2 + 2 * i]),
+                    estimate(&samples[2 + 2 * i]),
                     "ns",
                     &how.replace("APNs", "non-Apple HTTPS"),
                 ),
                 per_one: section.estimate(
                     key("per_one_prefix"),
-                    Estimate::of(&per_round(apns, &samples[1])),
+                    estimate(&per_round(apns, &samples[1])),
                     "x",
                     "agent ns / agent ns with 1 prefix, round by round",
                 ),
                 per_floor: section.estimate(
                     key("per_floor"),
-                    Estimate::of(&per_round(apns, &samples[0])),
+                    estimate(&per_round(apns, &samples[0])),
                     "x",
                     "agent ns / floor ns, round by round",
                 ),
@@ -1137,7 +1148,8 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
          per family, rounds of the floor and the four datapaths on both packets in turn \
          (repeat {}, at least {} rounds and until {} s had passed; {:.0} s for both \
          families; {instances} instance(s) of each datapath and of the floor, taken in turn), \
-         ratios within each round, medians with their 95 % intervals.",
+         ratios within each round, medians with their 95 % intervals (widened to take in \
+         every instance's own median).",
         group(rounds.repeat),
         rounds.min,
         rounds.budget.as_secs(),
