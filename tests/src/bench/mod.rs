@@ -41,7 +41,8 @@ pub struct Rounds {
     /// Separately loaded instances of each program (ours, the floor, xdp-filter) that the
     /// rounds take in turn: two loads of one object differ by a few percent per packet
     /// (where the kernel put their code and maps), a difference no number of rounds on one
-    /// load would show; the intervals take in every instance's median.
+    /// load would show; the intervals take in a 95 % interval for the instances
+    /// (`stats::Estimate::of_rotating`).
     pub instances: usize,
 }
 

@@ -67,26 +67,42 @@ impl Estimate {
     }
 
     /// [`Estimate::of`] `samples` that came from `sources` taken in turn (sample i from
-    /// source i % `sources`), the interval widened where needed to take in each source's
-    /// own median. The benchmark's sources are separately loaded instances of one program,
-    /// which differ by a few percent per packet: the rounds of one run, all on the same few
-    /// instances, cannot show that by themselves. (With 6 or more sources, the smallest and
-    /// largest of their medians are a 95 % interval for the median source's.)
+    /// source i % `sources`), the interval widened where needed to take in a 95 % interval
+    /// for the sources themselves. The benchmark's sources are separately loaded instances of
+    /// one program, which differ by a few percent per packet: the rounds of one run, all on
+    /// the same few instances, cannot show that by themselves. The sources' interval, from
+    /// their own medians: with 6 or more, the smallest and the largest (order statistics, as
+    /// [`Estimate::of`]); with 2 to 5, too few for that, their mean ± Student's t times its
+    /// standard error.
     pub fn of_rotating(samples: &[f64], sources: usize) -> Estimate {
         let mut estimate = Estimate::of(samples);
-        for source in 0..sources {
-            let own: Vec<f64> = samples
-                .iter()
-                .skip(source)
-                .step_by(sources)
-                .copied()
-                .collect();
-            let own = median(&own);
-            if own.is_finite() {
-                estimate.low = estimate.low.min(own);
-                estimate.high = estimate.high.max(own);
+        let medians: Vec<f64> = (0..sources)
+            .map(|source| {
+                let own: Vec<f64> = samples
+                    .iter()
+                    .skip(source)
+                    .step_by(sources)
+                    .copied()
+                    .collect();
+                median(&own)
+            })
+            .filter(|m| m.is_finite())
+            .collect();
+        let (low, high) = match medians.len() {
+            0 | 1 => return estimate,
+            k if k >= 6 => range(&medians),
+            k => {
+                let mean = medians.iter().sum::<f64>() / k as f64;
+                let variance =
+                    medians.iter().map(|m| (m - mean).powi(2)).sum::<f64>() / (k - 1) as f64;
+                // Student's t, two-sided 95 %, for k - 1 = 1 to 4 degrees of freedom.
+                let t = [12.706, 4.303, 3.182, 2.776][k - 2];
+                let half = t * (variance / k as f64).sqrt();
+                (mean - half, mean + half)
             }
-        }
+        };
+        estimate.low = estimate.low.min(low);
+        estimate.high = estimate.high.max(high);
         estimate
     }
 
@@ -266,18 +282,26 @@ mod tests {
     }
 
     #[test]
-    fn intervals_take_in_every_source() {
-        // Two sources taken in turn, one 10 % dearer: the rounds alone give a narrow
-        // interval around 1.0 or 1.1; the sources' medians widen it to both.
-        let samples: Vec<f64> = (0..40)
-            .map(|i| if i % 2 == 0 { 1.0 } else { 1.1 } + (i % 3) as f64 * 0.001)
+    fn intervals_take_in_the_sources() {
+        // Six sources taken in turn, one 10 % dearer: the rounds alone give a narrow interval
+        // near 1.0; the sources' extremes widen it to the dear one.
+        let samples: Vec<f64> = (0..120)
+            .map(|i| if i % 6 == 5 { 1.1 } else { 1.0 } + (i % 7) as f64 * 0.001)
             .collect();
         let rounds = Estimate::of(&samples);
-        let sources = Estimate::of_rotating(&samples, 2);
+        assert!(rounds.high < 1.01);
+        let sources = Estimate::of_rotating(&samples, 6);
         assert_eq!(sources.median, rounds.median);
-        assert!(sources.low <= 1.001 && sources.high >= 1.1);
-        // One source: the same as the rounds alone.
-        assert_eq!(Estimate::of_rotating(&samples, 1), rounds);
+        assert!(sources.low <= rounds.low && sources.high >= 1.1);
+        // Three sources at 1.0, 1.0 and 1.1: mean 1.0333, standard error 0.0333, t 4.303.
+        let samples: Vec<f64> = (0..60)
+            .map(|i| if i % 3 == 2 { 1.1 } else { 1.0 })
+            .collect();
+        let sources = Estimate::of_rotating(&samples, 3);
+        assert!((sources.high - (1.0 + 0.1 / 3.0 + 4.303 * 0.1 / 3.0)).abs() < 1e-9);
+        assert!((sources.low - (1.0 + 0.1 / 3.0 - 4.303 * 0.1 / 3.0)).abs() < 1e-9);
+        // One source: the rounds alone.
+        assert_eq!(Estimate::of_rotating(&samples, 1), Estimate::of(&samples));
     }
 
     #[test]

@@ -602,8 +602,9 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
              fresh maps and Apple's default policy), and the rounds take the instances in \
              turn: two loads of one object differ by a few percent per packet (where the kernel \
              placed their code and maps), which the rounds of one load would not show; each \
-             interval is widened, where needed, to take in every instance's own median. A figure is the calling thread's CPU time across the call divided by \
-             the repeat count (sub-nanosecond; the kernel's own figure is whole nanoseconds \
+             interval is widened, where needed, to take in a 95 % interval for the instances \
+             (from their own medians: the extremes with 6 or more, Student's t with fewer). A \
+             figure is the calling thread's CPU time across the call divided by the repeat count (sub-nanosecond; the kernel's own figure is whole nanoseconds \
              rounded down, and they agree within about 1 ns); the thread is pinned to CPU \
              {cpu}. Ratios are taken within each round (the same machine state for the three \
              programs), and every figure is the median over the rounds with its 95 % \
@@ -1149,7 +1150,7 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
          (repeat {}, at least {} rounds and until {} s had passed; {:.0} s for both \
          families; {instances} instance(s) of each datapath and of the floor, taken in turn), \
          ratios within each round, medians with their 95 % intervals (widened to take in \
-         every instance's own median).",
+         the instances', as in section 1).",
         group(rounds.repeat),
         rounds.min,
         rounds.budget.as_secs(),
