@@ -17,6 +17,7 @@ pub mod counters;
 pub mod events;
 pub mod fastpath;
 pub mod features;
+pub mod ip;
 pub mod label;
 pub mod maps;
 pub mod policy;
