@@ -15,6 +15,7 @@ mod child;
 mod link;
 mod netns;
 mod servers;
+mod tcpdump;
 mod topology;
 mod vlan;
 
@@ -36,6 +37,7 @@ pub use child::LabChild;
 pub use link::{LinkStats, TcpSegments};
 pub use netns::{run, run_with_input, NETNS_DIR, NETNS_PREFIX};
 pub use servers::Accepted;
+pub use tcpdump::Tcpdump;
 pub use topology::*;
 
 use netns::Namespace;
