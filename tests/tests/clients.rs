@@ -32,7 +32,6 @@ use apns_tests::{
     lab::{self, Lab, LabOptions, Role, APPLE, APPLE_IF, CLIENT_IF, GW_IF_CLIENT, GW_IF_WAN},
 };
 use serde_json::Value;
-use socket2::{Domain, Socket, Type};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The middlebox's established timeout (seconds) toward [`CUTTING`], and how long the
@@ -278,13 +277,7 @@ fn connect(
     to: SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    lab.in_ns(Role::Client, || -> std::io::Result<TcpStream> {
-        let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
-        socket.bind(&SocketAddr::new(from, 0).into())?;
-        socket.connect_timeout(&to.into(), timeout)?;
-        Ok(socket.into())
-    })
-    .map_err(|e| std::io::Error::other(format!("{e:#}")))?
+    lab.connect_from(Role::Client, from, to, timeout)
 }
 
 /// Sends `bytes` on `stream` and reads them back.

@@ -54,8 +54,10 @@ enum Command {
     /// behind; then the kernel matrix: the tests of xtask/src/vm.rs's GUEST_TESTS in a QEMU
     /// guest of each Debian kernel (`--kernel` picks: host, 5.10, 6.1, 6.12). Needs root.
     Test(test::Args),
-    /// Run setup, then the demo: a gateway in network namespaces with apns-agent enforcing,
-    /// some APNs and other traffic, the counters and /metrics. Needs root.
+    /// Run setup, then the demo: a gateway in network namespaces with apns-agent on it, in
+    /// order: doctor, traffic, a live policy change, the fast path passing a filter that
+    /// blocks 5223, two devices' findings in `clients`, the counters, /metrics, and a
+    /// replay of a capture of the run. Needs root.
     Demo,
     /// Run setup, then the benchmarks (per-packet cost, allow-list scaling, forwarding, control
     /// plane) against a floor, xdp-filter and nftables; writes report.md and report.json into

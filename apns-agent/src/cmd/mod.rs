@@ -51,9 +51,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events { json, count } => events::events(&global, json, count),
         Command::Stats {
             json,
+            all,
             interface,
             watch,
-        } => stats::stats(&global, json, interface.as_deref(), watch),
+        } => stats::stats(&global, json, all, interface.as_deref(), watch),
         Command::Clients {
             json,
             watch,
