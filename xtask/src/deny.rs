@@ -39,7 +39,7 @@ pub fn check() -> Result<()> {
         step(format!(
             "SKIPPING cargo deny's advisories check: no RustSec advisory database here (these \
              machines cannot fetch it; set {ADVISORY_DB_VAR} to a git clone of it, or see the \
-             README's \"Supply chain\")"
+             README's \"Supply chain and fuzzing\")"
         ));
         return Ok(());
     };

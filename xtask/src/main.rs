@@ -1,7 +1,7 @@
 //! `cargo xtask`: the project's driver for setting up a machine, building and testing.
 //!
 //! `main` only parses the command line and dispatches; each subcommand lives in its own module
-//! (`setup.rs`, `build.rs`, `dist.rs`, `test.rs`, `deny.rs`, `demo.rs`, `bench.rs`,
+//! (`setup.rs`, `build.rs`, `dist.rs`, `test.rs`, `deny.rs`, `fuzz.rs`, `demo.rs`, `bench.rs`,
 //! `vm.rs`) with an `Args`
 //! struct (if it takes any) and a `run` function. Shared helpers (progress lines, running
 //! commands, PATH) are in `util.rs`; `bystander.rs` is the agent `test` runs beside the suite;
@@ -18,6 +18,7 @@ mod bystander;
 mod demo;
 mod deny;
 mod dist;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -41,7 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what the build and the tests need: rust-src for nightly, bpf-linker 0.13.0
-    /// built against nightly's LLVM, cargo-deb, cargo-deny, the Debian packages,
+    /// built against nightly's LLVM, cargo-deb, cargo-deny, cargo-fuzz, the Debian packages,
     /// virtme-ng and the guest kernels (Debian's 5.10, 6.1 and 6.12, in target/kernels/).
     /// Idempotent.
     Setup,
@@ -51,7 +52,7 @@ enum Command {
     /// (agent, unit, conffile, man pages, completions, rules, dashboards; cargo-deb).
     Dist,
     /// Run setup, then the supply-chain checks (`deny`), every test (`cargo test --workspace
-    /// --exclude apns-ebpf`), then the benchmark smoke run
+    /// --exclude apns-ebpf`), each fuzz target for 12 s, then the benchmark smoke run
     /// (`bench --quick`), all beside a bystander agent the tests did not
     /// start, then build the .deb and install, use and purge it and run the Ansible role on
     /// this machine (APNS_AGENT_PACKAGE_TESTS=skip skips that), then check nothing was left
@@ -62,6 +63,11 @@ enum Command {
     /// licences, bans and sources (deny.toml), and of advisories when a copy of the RustSec
     /// advisory database is at hand (APNS_ADVISORY_DB: a git clone of it).
     Deny,
+    /// Run setup, then the fuzz targets of fuzz/ (cargo-fuzz, libFuzzer, the nightly's
+    /// AddressSanitizer) on the parsers of untrusted input: captures, the config and list
+    /// files, the web config, prefixes; each for --secs seconds. A crash fails the run and
+    /// leaves its input in fuzz/artifacts/<target>/.
+    Fuzz(fuzz::Args),
     /// Run setup, then the demo: a gateway in network namespaces with apns-agent enforcing,
     /// some APNs and other traffic, the counters and /metrics. Needs root.
     Demo,
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         Command::Dist => dist::run(),
         Command::Test(args) => test::run(args),
         Command::Deny => deny::run(),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::Demo => demo::run(),
         Command::Bench(args) => bench::run(args),
         Command::Vm(args) => vm::run(args),

@@ -3,7 +3,8 @@
 //! 1. `rust-src` for the installed nightly (the eBPF crate is built with `-Z build-std=core`).
 //! 2. bpf-linker 0.13.0 built against the nightly toolchain's own libLLVM (docs/platform.md).
 //! 3. The cargo subcommands of [`CARGO_TOOLS`]: cargo-deb, which `cargo xtask dist` packages
-//!    the agent with; cargo-deny, the supply-chain checks of `cargo xtask test`.
+//!    the agent with; cargo-deny, the supply-chain checks of `cargo xtask test`; cargo-fuzz,
+//!    which builds and runs the fuzz targets of `fuzz/`.
 //! 4. The Debian packages in [`APT_PACKAGES`].
 //!
 //! and, for the kernel matrix ([`guests`]: `cargo xtask setup`, `test` and `vm` call it),
@@ -65,8 +66,17 @@ pub const CARGO_DENY: CargoTool = CargoTool {
     takes: "about 20 min on 2 cores shared with other builds",
 };
 
+/// cargo-fuzz, which builds the fuzz targets of `fuzz/` with the nightly toolchain's
+/// sanitizers and runs them under libFuzzer (`fuzz.rs`).
+pub const CARGO_FUZZ: CargoTool = CargoTool {
+    name: "cargo-fuzz",
+    version: "0.13.2",
+    install_args: &[],
+    takes: "about 4 min on 2 cores",
+};
+
 /// The cargo subcommands setup installs.
-const CARGO_TOOLS: &[&CargoTool] = &[&CARGO_DEB, &CARGO_DENY];
+const CARGO_TOOLS: &[&CargoTool] = &[&CARGO_DEB, &CARGO_DENY, &CARGO_FUZZ];
 
 /// Debian packages the tests and the demo use, grouped by who uses them.
 const APT_PACKAGES: &[&str] = &[
