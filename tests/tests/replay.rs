@@ -2,12 +2,15 @@
 //! Linux cooked SLL and SLL2 from `-i any`; pcap, and the same frames rewritten as pcapng,
 //! as tcpdump 4.99 writes pcap only) replay to exactly the counters the attached datapath
 //! counted for the same traffic, per outcome, direction and port; crafted bad captures each
-//! get their error, naming the frame; and replay leaves no pin, program or link behind.
+//! get their error, naming the frame; a capture many times larger than replay's read buffer
+//! replays to exactly its parts' counters in the memory a small one takes; and replay leaves
+//! no pin, program or link behind.
 //! Needs root and tcpdump (`cargo xtask setup` installs it).
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
+    net::Ipv4Addr,
     path::Path,
     process::{Command, Stdio},
     sync::mpsc,
@@ -34,7 +37,7 @@ use apns_tests::{
         Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_VLAN,
         GW_IF_WAN, OTHER,
     },
-    packets::pcap_bytes,
+    packets::{self, pcap_bytes, ACK, SYN},
     scratch::Scratch,
 };
 
@@ -540,4 +543,154 @@ fn bad_captures_get_an_error_naming_the_frame_and_print_nothing() {
     }
     assert!(!pins.path().exists(), "replay made a pin directory");
     assert_no_leftovers(&objects);
+}
+
+/// `replay --json --mode enforce CAPTURE`, parsed, and the replay's peak resident memory in
+/// KiB (VmHWM), read while it waits to write its report into a pipe that holds less than the
+/// report: by then it has read the whole capture and run every frame. Its own figure:
+/// `wait4`'s ru_maxrss would include this test process's, which the child starts as.
+fn replay_measured(pins: &TestPins, capture: &Path) -> (serde_json::Value, u64) {
+    let mut cmd = Command::new(agent::binary());
+    agent::command(&mut cmd, pins, &["replay", "--json", "--mode", "enforce"]);
+    // The smallest pipe, one page, made before the child can write to it.
+    let (mut stdout, writer) = std::io::pipe().unwrap();
+    nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES)).unwrap();
+    cmd.arg(capture).stdout(writer).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Only the child may hold the writing end, or the reads below never see its end.
+    drop(cmd);
+    let mut report = vec![0u8; 1];
+    // Its first byte comes once the report is being written: nothing more is read or run.
+    stdout.read_exact(&mut report).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    stdout.read_to_end(&mut report).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "replay of {}: {}: {}",
+        capture.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        report.len() > PIPE_BYTES as usize + 1,
+        "the report ({} bytes) is larger than the pipe, so replay waited to write it",
+        report.len()
+    );
+    let peak = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    let report = serde_json::from_slice(&report)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&report)));
+    (report, peak)
+}
+
+/// A page: the smallest pipe Linux makes.
+const PIPE_BYTES: i32 = 4096;
+
+/// Every number of a replay's counters and enforce drops, by its path in the report.
+fn counters(report: &serde_json::Value) -> Vec<(String, u64)> {
+    fn walk(path: String, value: &serde_json::Value, out: &mut Vec<(String, u64)>) {
+        match value {
+            serde_json::Value::Number(number) => {
+                out.push((path, number.as_u64().expect("a count")))
+            }
+            serde_json::Value::Object(fields) => {
+                for (key, value) in fields {
+                    walk(format!("{path}.{key}"), value, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (index, value) in items.iter().enumerate() {
+                    walk(format!("{path}[{index}]"), value, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        "stats".to_owned(),
+        &report["stats"]["interfaces"][0],
+        &mut out,
+    );
+    walk(
+        "enforce_drops".to_owned(),
+        &report["enforce_drops"],
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn a_capture_larger_than_the_read_buffer_replays_whole_in_bounded_memory() {
+    let pins = TestPins::new();
+    let scratch = Scratch::new("replay-large");
+    let device = Ipv4Addr::new(192, 0, 2, 10);
+    let apple = Ipv4Addr::new(17, 249, 1, 10);
+    let other = Ipv4Addr::new(203, 0, 113, 130);
+    // A mix of what replay tells apart, in full-size frames: APNs to Apple, a pinhole
+    // violation (5223 to a host that is not Apple: enforce drops it), web traffic, DNS.
+    let mix = [
+        packets::tcp_v4(device, apple, 40000, 5223, SYN).bytes(),
+        packets::tcp_v4(device, apple, 40000, 5223, ACK)
+            .payload(1400)
+            .bytes(),
+        packets::tcp_v4(device, other, 40001, 5223, SYN)
+            .payload(1400)
+            .bytes(),
+        packets::tcp_v4(device, other, 40002, 443, ACK)
+            .payload(1400)
+            .bytes(),
+        packets::udp_v4(device, other, 40003, 53)
+            .payload(100)
+            .bytes(),
+    ];
+    let record_bytes: usize = mix.iter().map(|frame| frame.len() + 16).sum();
+    // Two captures of the mix repeated: one of 1 MiB, the size of replay's read buffer, and
+    // one 16 times larger.
+    let capture = |name: &str, copies: usize| {
+        let path = scratch.path(name);
+        let frames: Vec<Vec<u8>> = (0..copies).flat_map(|_| mix.clone()).collect();
+        std::fs::write(&path, pcap_bytes(1, &frames)).unwrap();
+        path
+    };
+    let small_copies = (1 << 20) / record_bytes;
+    let small = capture("small.pcap", small_copies);
+    let large = capture("large.pcap", small_copies * 16);
+    let size = std::fs::metadata(&large).unwrap().len();
+
+    let (small_report, small_rss) = replay_measured(&pins, &small);
+    let (large_report, large_rss) = replay_measured(&pins, &large);
+    assert_eq!(small_report["frames"], mix.len() * small_copies);
+    assert_eq!(large_report["frames"], mix.len() * small_copies * 16);
+    let small_counters = counters(&small_report);
+    assert!(
+        small_counters
+            .iter()
+            .any(|(key, n)| key == "enforce_drops.pinhole" && *n == small_copies as u64),
+        "the pinhole violations are dropped: {small_counters:?}"
+    );
+    let scaled: Vec<(String, u64)> = small_counters
+        .into_iter()
+        // Port numbers name a row; everything else counts.
+        .map(|(key, n)| match key.ends_with(".port") {
+            true => (key, n),
+            false => (key, n * 16),
+        })
+        .collect();
+    assert_eq!(
+        counters(&large_report),
+        scaled,
+        "16 times the small capture"
+    );
+    // Holding it whole would add its 16 MiB; streamed, the large capture costs no more than
+    // a few read buffers over the small one.
+    assert!(
+        large_rss < small_rss + 8 * 1024,
+        "replay of {size} bytes peaked at {large_rss} KiB, of 1 MiB at {small_rss} KiB"
+    );
+    assert!(!pins.path().exists(), "replay made a pin directory");
 }

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: setup, then every test of the workspace (unit, integration and the
-//! kernel tests, which load XDP programs and therefore need root), the benchmark's smoke run,
+//! `cargo xtask test`: setup, then the supply-chain checks (`deny.rs`), every test of the
+//! workspace (unit, integration and the kernel tests, which load XDP programs and therefore
+//! need root), a short run of each fuzz target (`fuzz.rs`), the benchmark's smoke run,
 //! and the package tests: `cargo xtask dist` builds the .deb, then tests/tests/package.rs
 //! (ignored by a plain `cargo test`) installs, uses and purges it and runs the Ansible role.
 //! `APNS_AGENT_PACKAGE_TESTS=skip` skips the latter (on a machine whose apns-agent must not
@@ -135,6 +136,7 @@ fn host_tests(args: &Args) -> Result<PackageTests> {
     // What exists before is not this run's: a crashed earlier run's leftovers are the tests'
     // own sweeps to remove, and must not fail this run.
     let before = test_artifacts();
+    crate::deny::check().context("the supply-chain checks (cargo deny) failed")?;
     // The release agent the benchmark runs anyway, started first as a bystander: the suite
     // must pass beside an agent it did not start, as on a live gateway.
     crate::util::build_release_with_agent("apns-bench")?;
@@ -151,6 +153,8 @@ fn host_tests(args: &Args) -> Result<PackageTests> {
     if !status.success() {
         bail!("`{}` failed ({status})", describe(&cmd));
     }
+    let targets: Vec<_> = crate::fuzz::TARGETS.iter().collect();
+    crate::fuzz::fuzz(&targets, crate::fuzz::TEST_SECS).context("fuzzing failed")?;
     // The benchmark's smoke run: checks that every figure is still produced (never how good
     // the figures are: speed goals are reported, not tested).
     crate::bench::run(&crate::bench::Args {
