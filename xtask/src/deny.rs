@@ -27,7 +27,7 @@ const DB_DIR: &str = "advisory-db-3157b0e258782691";
 
 /// `cargo xtask deny`: setup, then [`check`].
 pub fn run() -> Result<()> {
-    crate::setup::run().context("setup failed")?;
+    crate::setup::checkers().context("setup failed")?;
     check()
 }
 

@@ -73,7 +73,7 @@ fn parse_target(name: &str) -> std::result::Result<&'static Target, String> {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    crate::setup::run().context("setup failed")?;
+    crate::setup::checkers().context("setup failed")?;
     let targets: Vec<&Target> = if args.targets.is_empty() {
         TARGETS.iter().collect()
     } else {

@@ -2,9 +2,10 @@
 //!
 //! 1. `rust-src` for the installed nightly (the eBPF crate is built with `-Z build-std=core`).
 //! 2. bpf-linker 0.13.0 built against the nightly toolchain's own libLLVM (docs/platform.md).
-//! 3. The cargo subcommands of [`CARGO_TOOLS`]: cargo-deb, which `cargo xtask dist` packages
-//!    the agent with; cargo-deny, the supply-chain checks of `cargo xtask test`; cargo-fuzz,
-//!    which builds and runs the fuzz targets of `fuzz/`.
+//! 3. cargo-deb, which `cargo xtask dist` packages the agent with; and, only for the commands
+//!    that use them ([`checkers`]: `setup`, `test`, `deny`, `fuzz`), cargo-deny, the
+//!    supply-chain checks of `cargo xtask test`, and cargo-fuzz, which builds and runs the
+//!    fuzz targets of `fuzz/`: they take minutes to build, which `demo` need not wait for.
 //! 4. The Debian packages in [`APT_PACKAGES`].
 //!
 //! and, for the kernel matrix ([`guests`]: `cargo xtask setup`, `test` and `vm` call it),
@@ -75,8 +76,8 @@ pub const CARGO_FUZZ: CargoTool = CargoTool {
     takes: "about 4 min on 2 cores",
 };
 
-/// The cargo subcommands setup installs.
-const CARGO_TOOLS: &[&CargoTool] = &[&CARGO_DEB, &CARGO_DENY, &CARGO_FUZZ];
+/// The cargo subcommands of [`checkers`].
+const CHECKERS: &[&CargoTool] = &[&CARGO_DENY, &CARGO_FUZZ];
 
 /// Debian packages the tests and the demo use, grouped by who uses them.
 const APT_PACKAGES: &[&str] = &[
@@ -133,17 +134,25 @@ pub fn run() -> Result<()> {
     }
     rust_src()?;
     bpf_linker()?;
-    for tool in CARGO_TOOLS {
-        cargo_tool(tool)?;
-    }
+    cargo_tool(&CARGO_DEB)?;
     apt_packages()?;
     step(format!("setup done ({})", elapsed(start.elapsed())));
     Ok(())
 }
 
-/// `cargo xtask setup`: [`run`], then what the guests of every kernel need.
-pub fn all() -> Result<()> {
+/// [`run`], then the checkers of `cargo xtask test` (`deny`, `fuzz`): cargo-deny and
+/// cargo-fuzz.
+pub fn checkers() -> Result<()> {
     run()?;
+    for tool in CHECKERS {
+        cargo_tool(tool)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask setup`: [`checkers`], then what the guests of every kernel need.
+pub fn all() -> Result<()> {
+    checkers()?;
     let kernels: Vec<&GuestKernel> = vm::GUEST_KERNELS.iter().collect();
     guests(&kernels)
 }

@@ -113,7 +113,7 @@ enum PackageTests {
 
 fn setup_and_test(args: &Args) -> Result<PackageTests> {
     let (host, guests) = args.selection();
-    crate::setup::run().context("setup failed")?;
+    crate::setup::checkers().context("setup failed")?;
     if !guests.is_empty() {
         crate::setup::guests(&guests).context("setting up the guests failed")?;
     }

@@ -263,7 +263,7 @@ pub const PARALLEL_GUESTS: usize = 2;
 const MATRIX_CPUS: u32 = 1;
 /// The whole matrix's wall-clock budget: runs not started by then are reported as not run, and
 /// a run's timeout never reaches past it.
-pub const MATRIX_BUDGET: Duration = Duration::from_secs(25 * 60);
+pub const MATRIX_BUDGET: Duration = Duration::from_secs(35 * 60);
 /// Guest memory: the tests' namespaces, the agent, and the guest's overlays (which live in
 /// its RAM, under /run/tmp).
 const MEMORY: &str = "2G";
