@@ -11,7 +11,7 @@ use std::{path::Path, process::Command, time::Duration};
 use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
     agent::{self, counter_key, gw_command, gw_ifindex, run_lan_wan, spawn_run, succeed, TestPins},
-    lab::{self, wait_until, Lab, LabOptions, Role, CLIENT, CLIENT_IF, GW_IF_CLIENT, OTHER},
+    lab::{wait_until, Lab, LabOptions, Role, CLIENT, CLIENT_IF, GW_IF_CLIENT, OTHER},
     packets::{self, ipv4_fragments, pcap_bytes, tcp_v4, tcp_v6, Ext, SYN},
     scratch::Scratch,
 };
@@ -71,17 +71,9 @@ const QUIET_CLIENT: &str = "table inet quiet {
 }";
 
 fn arrivals(lab: &Lab) -> u64 {
-    let listing = lab::run(
-        lab.command(Role::Other, "nft")
-            .args(["list", "table", "inet", "arrivals"]),
-    )
-    .unwrap();
-    listing
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .filter(|pair| pair[0] == "packets")
-        .map(|pair| pair[1].parse::<u64>().unwrap())
+    lab.nft_counters(Role::Other, &["table", "inet", "arrivals"])
+        .unwrap()
+        .iter()
         .sum()
 }
 

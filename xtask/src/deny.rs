@@ -9,11 +9,11 @@
 //! advisories` fetches it there) is used the same way. With neither, the check is skipped
 //! with one line. cargo-deny refuses a copy last updated more than 90 days ago.
 
-use std::{os::unix::fs::symlink, path::PathBuf, process::Stdio};
+use std::{os::unix::fs::symlink, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::util::{cargo, describe, step, tilde, workspace_root};
+use crate::util::{cargo, run_step, step, tilde, workspace_root};
 
 /// The environment variable that names a copy of the RustSec advisory database.
 pub const ADVISORY_DB_VAR: &str = "APNS_ADVISORY_DB";
@@ -54,20 +54,11 @@ fn cargo_deny(options: &[&str], checks: &[&str]) -> Result<()> {
         .args(options)
         .arg("check")
         .args(checks)
-        .current_dir(workspace_root())
-        .stdin(Stdio::null());
-    step(describe(&cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{}`", describe(&cmd)))?;
-    if !status.success() {
-        bail!(
-            "`{}` failed ({status}); cargo-deny said why above (deny.toml holds the rules, \
-             each with its reason)",
-            describe(&cmd)
-        );
-    }
-    Ok(())
+        .current_dir(workspace_root());
+    run_step(
+        &mut cmd,
+        "cargo-deny said why above (deny.toml holds the rules, each with its reason)",
+    )
 }
 
 /// The advisory database cargo-deny will read, if there is one: the copy `APNS_ADVISORY_DB`

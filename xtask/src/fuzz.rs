@@ -8,11 +8,11 @@
 //! the run; libFuzzer leaves the input in `fuzz/artifacts/<target>/`, and
 //! `cargo fuzz run <target> <file>` replays it.
 
-use std::{path::PathBuf, process::Stdio, time::Instant};
+use std::{path::PathBuf, time::Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::util::{command, describe, elapsed, step, workspace_root};
+use crate::util::{command, describe, elapsed, run_step, step, workspace_root};
 
 /// A fuzz target of `fuzz/fuzz_targets/`.
 pub struct Target {
@@ -130,19 +130,14 @@ fn run_target(target: &Target, secs: u64) -> Result<()> {
         .arg("--")
         .arg(format!("-max_total_time={secs}"))
         .arg(format!("-timeout={TIMEOUT_SECS}"))
-        .arg("-print_final_stats=1")
-        .stdin(Stdio::null());
-    step(describe(&cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{}`", describe(&cmd)))?;
-    if !status.success() {
-        bail!(
-            "fuzz target {} failed ({status}): the input is in {}; fix the crash and add a \
-             regression test (fuzz/README.md)",
+        .arg("-print_final_stats=1");
+    run_step(
+        &mut cmd,
+        &format!(
+            "fuzz target {} failed: the input is in {}; fix the crash and add a regression \
+             test (fuzz/README.md)",
             target.name,
             fuzz_dir.join("artifacts").join(target.name).display()
-        );
-    }
-    Ok(())
+        ),
+    )
 }

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     bystander::Bystander,
-    util::{cargo, describe, elapsed, is_root, step, target_dir, workspace_root},
+    util::{cargo, describe, elapsed, is_root, run_step, step, target_dir, workspace_root},
     vm::{self, GuestKernel},
 };
 
@@ -144,15 +144,8 @@ fn host_tests(args: &Args) -> Result<PackageTests> {
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "apns-ebpf"])
         .args(&args.cargo_test_args)
-        .current_dir(workspace_root())
-        .stdin(Stdio::null());
-    step(describe(&cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{}`", describe(&cmd)))?;
-    if !status.success() {
-        bail!("`{}` failed ({status})", describe(&cmd));
-    }
+        .current_dir(workspace_root());
+    run_step(&mut cmd, "the tests above say which failed")?;
     let targets: Vec<_> = crate::fuzz::TARGETS.iter().collect();
     crate::fuzz::fuzz(&targets, crate::fuzz::TEST_SECS).context("fuzzing failed")?;
     // The benchmark's smoke run: checks that every figure is still produced (never how good

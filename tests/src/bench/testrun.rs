@@ -238,6 +238,14 @@ pub fn tc_program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier>
         .try_into()?)
 }
 
+/// The XDP program of a loaded datapath object.
+pub fn xdp_program(ebpf: &Ebpf) -> Result<&Xdp> {
+    Ok(ebpf
+        .program(programs::XDP)
+        .context("no XDP program")?
+        .try_into()?)
+}
+
 /// The value of the environment variable `name`, or `default` (the examples' RUNS, REPEAT).
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

@@ -409,6 +409,23 @@ impl Lab {
         Ok(())
     }
 
+    /// The packet counters of the rules of nftables `object` (`["table", "inet", NAME]` or
+    /// `["chain", "inet", TABLE, NAME]`) in `role`'s namespace, in rule order.
+    pub fn nft_counters(&self, role: Role, object: &[&str]) -> Result<Vec<u64>> {
+        let listing = run(self.command(role, "nft").arg("list").args(object))?;
+        listing
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|pair| pair[0] == "packets")
+            .map(|pair| {
+                pair[1]
+                    .parse()
+                    .with_context(|| format!("nft counter {:?} in {object:?}", pair[1]))
+            })
+            .collect()
+    }
+
     /// The gateway resolves the ISP and `neighbours` (one ping each).
     pub fn resolve_neighbours(&self, neighbours: &[std::net::IpAddr]) -> Result<()> {
         let isp = [ISP_WAN.v4.into(), ISP_WAN.v6.into()];
