@@ -396,7 +396,7 @@ fn captures_replay_to_the_counters_the_attached_datapath_counted() {
             assert_eq!(report["outgoing_left_out"], 0);
             assert_eq!(
                 report["enforce_drops"],
-                serde_json::json!({"pinhole": pinhole, "provider": 0, "inbound_open": 0}),
+                serde_json::json!({"pinhole": pinhole, "provider": 0, "inbound_open": 0, "unfinished": 0}),
                 "{name}: enforce drops the pinhole violation's frames"
             );
         } else {

@@ -595,9 +595,9 @@ eth1       inbound    5223        5    900    0       3    0    1      0
 eth2       outbound   5223        2    140    2       0    0    0      0
 eth2       inbound    5223        1     74    0       1    0    0      0
 
-interface  pinhole_drops  provider_drops  inbound_open_drops  inbound_opens  not_ip  not_apns  fragment  malformed
-eth1                   6               4                   3              3       9       100         0          1
-eth2                   0               0                   0              2       0         0         8          0
+interface  pinhole_drops  provider_drops  inbound_open_drops  unfinished_drops  inbound_opens  not_ip  not_apns  fragment  malformed  unfinished
+eth1                   6               4                   3                 0              3       9       100         0          1           0
+eth2                   0               0                   0                 0              2       0         0         8          0           0
 
 5 all-zero rows not shown (`stats --all` shows every row)
 
