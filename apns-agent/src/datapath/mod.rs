@@ -165,7 +165,7 @@ impl Datapath {
     ) -> anyhow::Result<(Datapath, Installed)> {
         pins.prepare()?;
         let fresh = !pins.is_loaded();
-        let installed = install::install(pins, object, log, connections).and_then(|installed| {
+        let installed = migrate_or_install(pins, object, log, connections).and_then(|installed| {
             let mut datapath = Datapath::open(pins)?;
             if fresh {
                 datapath.policy.apply(&Policy::apple_defaults())?;
@@ -671,6 +671,22 @@ impl Datapath {
         links::remove_tc(&self.pins, interface, TcHook::FastPath)?;
         links::remove_tc(&self.pins, interface, TcHook::Connections)
     }
+}
+
+/// Migrates a datapath of the previous map layout in place ([`migrate`]), or else creates,
+/// adopts or upgrades it ([`install`]). Here rather than in `install`: a migration uses
+/// `install`'s steps, and the two would otherwise call each other.
+fn migrate_or_install(
+    pins: &PinDir,
+    object: &[u8],
+    log: Option<EbpfLog>,
+    connections: u32,
+) -> anyhow::Result<Installed> {
+    if let Some(from) = migrate::needed(pins)? {
+        migrate::migrate(pins, object, log, connections)?;
+        return Ok(Installed::Migrated { from });
+    }
+    install::install(pins, object, log, connections)
 }
 
 /// The device `link` runs on or was made for: the kernel's word while the device exists,
