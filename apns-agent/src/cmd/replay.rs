@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context as _;
 use apns_common::{
-    counters::{CounterKey, Direction, Outcome},
+    counters::{CounterKey, Direction, DropReason, Outcome},
     label::Label as _,
     policy::Mode,
 };
@@ -27,7 +27,6 @@ use crate::{
     privileges,
     settings::Settings,
     telemetry::{
-        class::DropReason,
         model::{Known, Model},
         reachability::Reachability,
         stats,

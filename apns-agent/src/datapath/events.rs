@@ -1,6 +1,6 @@
-//! Drop events from the datapath's ring buffer: decoding, wall-clock time, and the two ways
-//! `apns-agent events` prints them. The ring has one consumer: `events` (run only reports
-//! drop counts, from the counters).
+//! Drop events from the datapath's ring buffer: decoding and wall-clock time (`apns-agent
+//! events` prints them). The ring has one consumer: `events` (run only reports drop counts,
+//! from the counters).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -10,8 +10,9 @@ use std::{
 
 use anyhow::Context as _;
 use apns_common::{
-    counters::Outcome,
+    counters::{DropReason, Outcome},
     events::{DropEvent, EventConfig},
+    label::Label,
     maps::{EVENTS, EVENT_CONFIG},
 };
 use aya::maps::{Array, Map, MapData, RingBuf};
@@ -19,7 +20,6 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::Serialize;
 
 use super::conns::monotonic_now_ns;
-use crate::telemetry::class::DropReason;
 
 /// Handles to the event maps of one datapath.
 pub struct EventMaps {
@@ -33,7 +33,7 @@ pub struct Drop {
     /// RFC 3339, UTC.
     pub time: String,
     pub interface: String,
-    /// `pinhole`, `provider` or `inbound_open`.
+    /// `pinhole`, `provider` or `inbound_open` ([`DropReason`]'s label).
     pub reason: &'static str,
     pub protocol: &'static str,
     pub src: IpAddr,
@@ -114,27 +114,6 @@ impl Drop {
             suppressed: event.suppressed,
         }
     }
-
-    /// One line for a person: time, interface, reason, flow, and how many were suppressed.
-    pub fn line(&self) -> String {
-        let endpoint = |addr: &IpAddr, port: u16| match addr {
-            IpAddr::V4(addr) => format!("{addr}:{port}"),
-            IpAddr::V6(addr) => format!("[{addr}]:{port}"),
-        };
-        let mut line = format!(
-            "{} {} drop {} {} {} -> {}",
-            self.time,
-            self.interface,
-            self.reason,
-            self.protocol,
-            endpoint(&self.src, self.sport),
-            endpoint(&self.dst, self.dport)
-        );
-        if self.suppressed > 0 {
-            line.push_str(&format!(" (+{} more not reported)", self.suppressed));
-        }
-        line
-    }
 }
 
 /// Converts a `bpf_ktime_get_ns` timestamp (CLOCK_MONOTONIC) to RFC 3339 UTC.
@@ -163,7 +142,7 @@ mod tests {
     }
 
     #[test]
-    fn events_read_as_lines_and_json() {
+    fn events_read_as_json() {
         let mut event = DropEvent {
             ifindex: 7,
             outcome: Outcome::DropPinhole as u8,
@@ -177,11 +156,6 @@ mod tests {
         event.src[..4].copy_from_slice(&[192, 0, 2, 10]);
         event.dst[..4].copy_from_slice(&[203, 0, 113, 130]);
         let drop = Drop::from_event(&event, |_| "lan0".into());
-        let line = drop.line();
-        assert!(
-            line.ends_with("lan0 drop pinhole tcp 192.0.2.10:40000 -> 203.0.113.130:5223 (+3 more not reported)"),
-            "{line}"
-        );
         let json = serde_json::to_value(&drop).unwrap();
         assert_eq!(json["dst"], "203.0.113.130");
         assert_eq!(json["reason"], "pinhole");

@@ -62,12 +62,13 @@
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use anyhow::Context as _;
+use apns_common::{counters::DropReason, label::Label as _};
 use serde::Serialize;
 
 use crate::{
     datapath::status::PathReport,
     telemetry::{
-        class::{DropReason, TcpEvent, Verdict, OTHER_CLASSES},
+        class::{TcpEvent, Verdict, OTHER_CLASSES},
         model::{FlowKey, Model, Volume},
     },
 };
@@ -257,7 +258,7 @@ pub fn render_table(model: &Model) -> String {
         out.push_str("no counters yet (nothing attached, or no traffic)\n");
     }
     let mut header = vec!["interface", "direction", "port", "packets", "bytes"];
-    header.extend(TcpEvent::ALL.map(TcpEvent::as_str));
+    header.extend(TcpEvent::ALL.iter().map(|event| event.as_str()));
     header.push("drops");
     let mut traffic = Table::new(2, &header);
     for (name, interface) in &model.interfaces {
@@ -270,7 +271,11 @@ pub fn render_table(model: &Model) -> String {
                 total.packets.to_string(),
                 total.bytes.to_string(),
             ];
-            row.extend(TcpEvent::ALL.map(|event| flow.event(event).to_string()));
+            row.extend(
+                TcpEvent::ALL
+                    .iter()
+                    .map(|&event| flow.event(event).to_string()),
+            );
             row.push(flow.get(Verdict::Drop).packets.to_string());
             traffic.row(row);
         }
@@ -281,7 +286,11 @@ pub fn render_table(model: &Model) -> String {
     }
 
     let mut header = vec!["interface".to_owned()];
-    header.extend(DropReason::ALL.map(|reason| format!("{}_drops", reason.as_str())));
+    header.extend(
+        DropReason::ALL
+            .iter()
+            .map(|reason| format!("{}_drops", reason.as_str())),
+    );
     // Inbound connection attempts, dropped or (monitor mode) passed.
     header.push("inbound_opens".to_owned());
     header.extend(OTHER_CLASSES.map(|c| c.as_str().to_owned()));
