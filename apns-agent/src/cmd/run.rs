@@ -454,10 +454,10 @@ fn check(running: &mut Running, reported: &mut BTreeMap<String, LinkState>) -> a
         if reported.get(&status.interface) != Some(&status.state) {
             match status.state {
                 LinkState::Attached if reported.contains_key(&status.interface) => {
-                    tracing::info!("{}", status.line())
+                    tracing::info!("{}", super::status::interface_line(status))
                 }
                 LinkState::Attached => {}
-                _ => tracing::warn!("{}", status.line()),
+                _ => tracing::warn!("{}", super::status::interface_line(status)),
             }
             reported.insert(status.interface.clone(), status.state);
         }

@@ -62,7 +62,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use anyhow::Context as _;
-use apns_common::{counters::DropReason, label::Label as _};
+use apns_common::{counters::DropReason, fastpath::Fallback, label::Label as _};
 use serde::Serialize;
 
 use crate::{
@@ -325,7 +325,7 @@ pub fn render_table(model: &Model) -> String {
             totals.xdp_redirect.to_string(),
             totals.tc_redirect.to_string(),
             totals.stack().to_string(),
-            totals.fallback_words(),
+            fallback_words(|reason| totals.counters.fallback(reason)),
         ]);
     }
     if paths.rows.len() > 1 {
@@ -345,6 +345,22 @@ pub fn render_table(model: &Model) -> String {
 /// `stats --watch`: packets/s and bytes/s per interface, direction and port between two
 /// models taken `elapsed` apart. A total that went down (the datapath was reloaded in
 /// between) counts from zero, as Prometheus' `rate()` does.
+/// "ttl 1, frag_needed 2": the fallback reasons with `packets`, or "-" (the stats table's
+/// and `status`' words for where redirect packets were left to the stack).
+pub fn fallback_words(packets: impl Fn(Fallback) -> u64) -> String {
+    let words: Vec<String> = Fallback::ALL
+        .iter()
+        .map(|&reason| (reason, packets(reason)))
+        .filter(|&(_, packets)| packets > 0)
+        .map(|(reason, packets)| format!("{} {packets}", reason.as_str()))
+        .collect();
+    if words.is_empty() {
+        "-".to_owned()
+    } else {
+        words.join(", ")
+    }
+}
+
 pub fn render_rates(before: &Model, after: &Model, elapsed: Duration) -> String {
     let mut out = String::new();
     let seconds = elapsed.as_secs_f64();
