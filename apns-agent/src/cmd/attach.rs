@@ -11,7 +11,7 @@ use crate::{
 
 pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent attach")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let pins = &settings.pins;
     // Every name first, and what runs there: a typo or someone else's XDP program must not
     // leave a half-made datapath behind.

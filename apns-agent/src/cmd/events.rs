@@ -109,7 +109,7 @@ fn concerned(drop: &Drop) -> IpAddr {
 
 pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent events")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let Datapath {
         events: mut maps,
         conns,

@@ -101,7 +101,7 @@ pub fn replay(
     frames: bool,
 ) -> anyhow::Result<()> {
     privileges::require(NEEDED, "apns-agent replay")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     // Read and check the whole capture before running anything.
     let capture = capture::read(file)?;
     let mut policy = settings.config.policy.clone();

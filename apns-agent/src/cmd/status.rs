@@ -32,7 +32,7 @@ struct Report {
 
 pub fn status(global: &Global, json: bool) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent status")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let pins = &settings.pins;
     let state = settings.load_state();
     let status = if pins.is_loaded() {
