@@ -97,8 +97,7 @@ impl PolicySummary {
 }
 
 /// Where an interface's link stands, as the kernel reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkState {
     /// The link runs on the interface its pin names.
     Attached,
@@ -118,8 +117,17 @@ pub enum LinkState {
     Missing,
 }
 
-impl LinkState {
-    pub const fn as_str(self) -> &'static str {
+impl Label for LinkState {
+    const WHAT: &'static str = "link state";
+    const ALL: &'static [LinkState] = &[
+        LinkState::Attached,
+        LinkState::Renamed,
+        LinkState::InterfaceGone,
+        LinkState::OtherNamespace,
+        LinkState::Unreadable,
+        LinkState::Missing,
+    ];
+    fn as_str(self) -> &'static str {
         match self {
             LinkState::Attached => "attached",
             LinkState::Renamed => "renamed",
@@ -138,6 +146,7 @@ pub struct InterfaceStatus {
     pub interface: String,
     /// Whether the program runs on a live device through this link.
     pub attached: bool,
+    #[serde(serialize_with = "crate::label::serialize_label")]
     pub state: LinkState,
     /// The device the link runs on (0 once it was deleted).
     pub ifindex: Option<u32>,
