@@ -6,7 +6,7 @@ pub mod bench;
 pub mod lab;
 pub mod layout2;
 pub mod ledger;
-pub mod neighbours;
+pub mod occupants;
 pub mod packets;
 pub mod reference;
 pub mod scratch;

@@ -14,7 +14,7 @@ use std::{
 use apns_tests::{
     agent::{self, gw_command, TestPins},
     lab::{run, Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_WAN},
-    neighbours::{on, FloorOn, XdpFilterOn},
+    occupants::{on, FloorOn, XdpFilterOn},
     scratch::Scratch,
 };
 

@@ -4,7 +4,7 @@
 use crate::{
     cli::Global,
     cmd::live,
-    datapath::{self, interfaces::InterfaceRole, links, neighbours, Datapath, Installed, XdpMode},
+    datapath::{self, interfaces::InterfaceRole, links, occupants, Datapath, Installed, XdpMode},
     privileges,
     settings::Settings,
 };
@@ -18,7 +18,7 @@ pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyh
     for interface in interfaces {
         links::check_interface_name(interface)?;
         let ifindex = links::ifindex(interface)?;
-        neighbours::check_free(interface, ifindex, pins)?;
+        occupants::check_free(interface, ifindex, pins)?;
     }
     pins.prepare()?;
     let lock = pins.lock()?;

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::{
     cli::Global,
-    datapath::{conns::ConnMaps, events::Drop, Datapath},
+    datapath::{conns::ConnMaps, events::PolicyDrop, Datapath},
     privileges,
     settings::Settings,
     telemetry::{
@@ -32,7 +32,7 @@ const FINDINGS_MAX_AGE: Duration = Duration::from_secs(5);
 #[derive(Serialize)]
 struct Event<'a> {
     #[serde(flatten)]
-    drop: &'a Drop,
+    drop: &'a PolicyDrop,
     /// The device the drop concerns, if the connection table knows it.
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<DeviceNote>,
@@ -77,7 +77,7 @@ impl Findings<'_> {
 }
 
 /// One line for a person: time, interface, reason, flow, and how many were suppressed.
-fn line(drop: &Drop) -> String {
+fn line(drop: &PolicyDrop) -> String {
     let endpoint = |addr: &IpAddr, port: u16| match addr {
         IpAddr::V4(addr) => format!("{addr}:{port}"),
         IpAddr::V6(addr) => format!("[{addr}]:{port}"),
@@ -99,7 +99,7 @@ fn line(drop: &Drop) -> String {
 
 /// The device a drop concerns: the destination of an inbound connection attempt (the
 /// device it was aimed at), the source of any other drop (the host behind the gateway).
-fn concerned(drop: &Drop) -> IpAddr {
+fn concerned(drop: &PolicyDrop) -> IpAddr {
     if drop.reason == DropReason::InboundOpen.as_str() {
         drop.dst
     } else {
@@ -124,7 +124,7 @@ pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result
     let mut printed = 0u64;
     loop {
         for event in maps.drain() {
-            let drop = Drop::from_event(&event, interface_name);
+            let drop = PolicyDrop::from_event(&event, interface_name);
             let device = findings.of(concerned(&drop));
             let line = if json {
                 serde_json::to_string(&Event {
@@ -175,7 +175,7 @@ mod tests {
         };
         event.src[..4].copy_from_slice(&[192, 0, 2, 10]);
         event.dst[..4].copy_from_slice(&[203, 0, 113, 130]);
-        let line = line(&Drop::from_event(&event, |_| "lan0".into()));
+        let line = line(&PolicyDrop::from_event(&event, |_| "lan0".into()));
         assert!(
             line.ends_with("lan0 drop pinhole tcp 192.0.2.10:40000 -> 203.0.113.130:5223 (+3 more not reported)"),
             "{line}"

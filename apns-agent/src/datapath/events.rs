@@ -29,7 +29,7 @@ pub struct EventMaps {
 
 /// A drop event as operators read it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Drop {
+pub struct PolicyDrop {
     /// RFC 3339, UTC.
     pub time: String,
     pub interface: String,
@@ -92,14 +92,14 @@ impl EventMaps {
     }
 }
 
-impl Drop {
+impl PolicyDrop {
     /// `event` as operators read it; `interface_name` turns an ifindex into a name.
-    pub fn from_event(event: &DropEvent, interface_name: impl Fn(u32) -> String) -> Drop {
+    pub fn from_event(event: &DropEvent, interface_name: impl Fn(u32) -> String) -> PolicyDrop {
         let addr = |bytes: &[u8; 16]| match event.ip_version {
             4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
             _ => IpAddr::V6(Ipv6Addr::from(*bytes)),
         };
-        Drop {
+        PolicyDrop {
             time: wall_clock(event.time_ns),
             interface: interface_name(event.ifindex),
             // The same words as the policy drops' `reason` label.
@@ -155,7 +155,7 @@ mod tests {
         };
         event.src[..4].copy_from_slice(&[192, 0, 2, 10]);
         event.dst[..4].copy_from_slice(&[203, 0, 113, 130]);
-        let drop = Drop::from_event(&event, |_| "lan0".into());
+        let drop = PolicyDrop::from_event(&event, |_| "lan0".into());
         let json = serde_json::to_value(&drop).unwrap();
         assert_eq!(json["dst"], "203.0.113.130");
         assert_eq!(json["reason"], "pinhole");

@@ -15,7 +15,7 @@
 //! Submodules: `object` (the embedded ELF), `features` (the kernel's optional features,
 //! probed), `pins` (paths and locks), `layout` (the map
 //! layout check), `install`, `migrate` (from the previous layout), `hooks` (test hooks),
-//! `links` (attach and detach), `neighbours` (other XDP programs
+//! `links` (attach and detach), `occupants` (other XDP programs
 //! on an interface), `netdev` (devices as netlink reports them), `policy` (the policy model),
 //! `policy_maps`, `counters`, `interfaces`, `events`, `conns` (typed map access; `conns` is
 //! the connection table), `reconcile`,
@@ -33,9 +33,9 @@ pub mod interfaces;
 mod layout;
 pub mod links;
 pub mod migrate;
-pub mod neighbours;
 pub mod netdev;
 pub mod object;
+pub mod occupants;
 pub mod pins;
 pub mod policy;
 pub mod policy_maps;
@@ -399,7 +399,7 @@ impl Datapath {
                     continue;
                 };
                 // Never clobber someone else's XDP program: refuse before anything changes.
-                neighbours::check_free(interface, ifindex, &self.pins)?;
+                occupants::check_free(interface, ifindex, &self.pins)?;
                 new.push((interface.as_str(), ifindex, fastpath));
             }
         }
@@ -509,7 +509,7 @@ impl Datapath {
             if links::facts(&link).map(|facts| facts.ifindex) == Some(ifindex) {
                 continue;
             }
-            neighbours::check_free(&link.interface, ifindex, &self.pins)?;
+            occupants::check_free(&link.interface, ifindex, &self.pins)?;
             let (fastpath, mark) = self.fastpath_of(&link)?.unwrap_or_default();
             let role = self.role_of(&link)?;
             self.drop_interface(&link.interface, running_on(&link).unwrap_or(0), &link.path)?;

@@ -3,7 +3,7 @@
 //! Every check reads state and changes none: the kernel and its features, bpffs, BTF, this
 //! process's capabilities, the config, IP forwarding, conntrack, the metrics address, and
 //! per interface its link, MTU, driver and XDP features, the XDP programs already on it
-//! ([`crate::datapath::neighbours`]) and reverse-path filtering. Nothing is sent on the
+//! ([`crate::datapath::occupants`]) and reverse-path filtering. Nothing is sent on the
 //! network unless a probe is asked for ([`probe`]). Each check is one [`Check`]: ok, warn or
 //! fail, what was found, and the fix in words.
 
