@@ -21,6 +21,7 @@ const BUDGET: u32 = 50;
 
 #[test]
 fn a_flood_of_violations_yields_the_configured_number_of_events() {
+    apns_tests::require_root!();
     let policy = reference::Policy {
         enforce: true,
         ..reference::Policy::apple_defaults()
@@ -101,6 +102,7 @@ fn a_flood_of_violations_yields_the_configured_number_of_events() {
 
 #[test]
 fn events_can_be_turned_off_and_sampled() {
+    apns_tests::require_root!();
     let policy = reference::Policy {
         enforce: true,
         ..reference::Policy::apple_defaults()

@@ -70,6 +70,7 @@ fn only(occupants: Vec<Occupant>) -> Occupant {
 
 #[test]
 fn attach_refuses_an_interface_that_runs_another_xdp_program_and_changes_nothing() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     agent::succeed(&mut gw_command(&lab, &pins, &["attach", GW_IF_WAN.name])).unwrap();
