@@ -35,3 +35,7 @@ pub mod programs;
 /// fast path's paths), and the connection table (`APNS_CONNS`, `APNS_CONN_STATS`, the
 /// `apns_tc_conns` program).
 pub const LAYOUT_VERSION: u32 = 3;
+
+/// The map layout the agent migrates from in place (the previous release's; the agent's
+/// `datapath::migrate::previous` reads it). Older and newer layouts are refused.
+pub const PREVIOUS_LAYOUT_VERSION: u32 = 2;

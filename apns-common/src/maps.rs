@@ -117,6 +117,11 @@ pub const MAX_INTERFACES: u32 = 256;
 /// buffer and the constants section (which holds the log level).
 pub const UNPINNED: [&str; 2] = ["AYA_LOGS", ".rodata"];
 
+/// Maps of [`crate::PREVIOUS_LAYOUT_VERSION`] this layout no longer has (`APNS_PORTS`, which
+/// `APNS_TABLES` replaced; its other maps are replaced by this layout's maps of the same
+/// name). A pin directory holding them is still apns-agent's; a migration removes them.
+pub const RETIRED: [&str; 1] = ["APNS_PORTS"];
+
 /// `Array<Meta>`, 1 entry: written once by the agent when it creates the maps, read by the
 /// agent before it adopts pinned maps. The XDP program never touches it.
 pub const META: &str = "APNS_META";

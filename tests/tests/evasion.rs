@@ -79,6 +79,7 @@ fn arrivals(lab: &Lab) -> u64 {
 
 #[test]
 fn evasions_are_dropped_in_enforce_and_counted_in_monitor_on_the_gateway() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     for role in lab.roles() {
@@ -151,6 +152,7 @@ fn replay(pins: &TestPins, capture: &Path, mode: &str) -> Vec<(String, String)> 
 
 #[test]
 fn replay_says_what_enforce_would_drop_of_the_evasions() {
+    apns_tests::require_root!();
     let pins = TestPins::new();
     let scratch = Scratch::new("evasion");
     let capture = scratch.path("evasions.pcap");

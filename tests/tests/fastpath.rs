@@ -106,6 +106,7 @@ fn forward_drops(lab: &Lab) -> u64 {
 
 #[test]
 fn redirect_delivers_apns_past_a_forward_drop_rule() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let _agent = gateway(&lab, &pins, &[]);
@@ -173,6 +174,7 @@ fn exchange(stream: &mut TcpStream, bytes: &[u8]) {
 
 #[test]
 fn the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     filtered_gateway(&lab);
@@ -271,6 +273,7 @@ fn the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches()
 
 #[test]
 fn a_live_flow_survives_a_lost_neighbour_and_a_new_next_hop() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions {
         second_upstream: true,
         ..LabOptions::default()
@@ -377,6 +380,7 @@ fn tagged_syn_frame() -> Vec<u8> {
 
 #[test]
 fn what_the_fast_path_cannot_forward_goes_to_the_stack_counted_by_reason() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let _agent = gateway(&lab, &pins, &[GW_IF_TRUNK.name]);
@@ -577,6 +581,7 @@ fn reply(lab: &Lab, to: std::net::SocketAddr) -> Vec<u8> {
 
 #[test]
 fn mark_with_the_example_rules_exempts_apns_from_a_proxy_behind_nat() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::NAT).unwrap();
     let pins = TestPins::new();
     lab.nft(Role::Gw, MARK_EXAMPLE).unwrap();

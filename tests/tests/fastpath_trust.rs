@@ -166,6 +166,7 @@ fn forge(lab: &Lab, pins: &TestPins, gw: Gateway) -> u64 {
 
 #[test]
 fn forged_apple_segments_never_reach_a_device_while_its_own_apns_takes_the_fast_path() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     for role in lab.roles() {

@@ -294,6 +294,7 @@ fn kernel_objects() -> Objects {
 
 #[test]
 fn captures_replay_to_the_counters_the_attached_datapath_counted() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let scratch = Scratch::new("replay-lab");
@@ -461,6 +462,7 @@ fn assert_no_leftovers(before: &Objects) {
 
 #[test]
 fn bad_captures_get_an_error_naming_the_frame_and_print_nothing() {
+    apns_tests::require_root!();
     let pins = TestPins::new();
     let scratch = Scratch::new("replay-bad");
     let frame = vec![0u8; 60];

@@ -52,7 +52,8 @@ enum Command {
     /// (agent, unit, conffile, man pages, completions, rules, dashboards; cargo-deb).
     Dist,
     /// Run setup, then the supply-chain checks (`deny`), every test (`cargo test --workspace
-    /// --exclude apns-ebpf`), each fuzz target for 12 s, then the benchmark smoke run
+    /// --exclude apns-ebpf`, with APNS_TESTS_NO_SKIP=1: a root-only test that cannot run
+    /// fails, never skips), each fuzz target for 12 s, then the benchmark smoke run
     /// (`bench --quick`), all beside a bystander agent the tests did not
     /// start, then build the .deb and install, use and purge it and run the Ansible role on
     /// this machine (APNS_AGENT_PACKAGE_TESTS=skip skips that), then check nothing was left

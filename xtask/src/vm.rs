@@ -737,6 +737,9 @@ impl TestBinary {
     fn script(&self, args: &[String], env: &[(&str, &str)]) -> String {
         let package_dir = shell_quote(&self.package_dir.display().to_string());
         let mut line = format!("cd {package_dir} && CARGO_MANIFEST_DIR={package_dir}");
+        // As root in the guest, a root-only test that cannot run fails instead of skipping.
+        let (no_skip, on) = crate::test::NO_SKIP;
+        line.push_str(&format!(" {no_skip}={on}"));
         for (name, value) in env {
             line.push_str(&format!(" {name}={}", shell_quote(value)));
         }

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::Context as _;
 use apns_common::{
-    counters::{CounterKey, Direction, Outcome},
+    counters::{CounterKey, Direction, DropReason, Outcome},
     label::Label as _,
     policy::Mode,
 };
@@ -37,7 +37,6 @@ use crate::{
     privileges,
     settings::Settings,
     telemetry::{
-        class::DropReason,
         model::{Known, Model},
         reachability::Reachability,
         stats,
@@ -112,7 +111,7 @@ pub fn replay(
     frames: bool,
 ) -> anyhow::Result<()> {
     privileges::require(NEEDED, "apns-agent replay")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     // The header is checked before anything is loaded; the frames are read as they run.
     let mut capture = Reader::open(file)?;
     let mut policy = settings.config.policy.clone();

@@ -27,7 +27,7 @@ pub fn stats(
     watch_secs: Option<u64>,
 ) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent stats")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let datapath = Datapath::open(&settings.pins)?;
     if let Some(interface) = interface {
         let known =

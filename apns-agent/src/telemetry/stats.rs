@@ -64,12 +64,13 @@
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use anyhow::Context as _;
+use apns_common::{counters::DropReason, fastpath::Fallback, label::Label as _};
 use serde::Serialize;
 
 use crate::{
     datapath::status::PathReport,
     telemetry::{
-        class::{DropReason, TcpEvent, Verdict, OTHER_CLASSES},
+        class::{TcpEvent, Verdict, OTHER_CLASSES},
         model::{FlowKey, Model, Volume},
     },
 };
@@ -285,14 +286,14 @@ pub fn render_table_rows(model: &Model, rows: Rows) -> String {
         show
     };
     let mut header = vec!["interface", "direction", "port", "packets", "bytes"];
-    header.extend(TcpEvent::ALL.map(TcpEvent::as_str));
+    header.extend(TcpEvent::ALL.iter().map(|event| event.as_str()));
     header.push("drops");
     let mut traffic = Table::new(2, &header);
     for (name, interface) in &model.interfaces {
         for (key, flow) in &interface.flows {
             let total = flow.total();
             let mut counts = vec![total.packets, total.bytes];
-            counts.extend(TcpEvent::ALL.map(|event| flow.event(event)));
+            counts.extend(TcpEvent::ALL.iter().map(|&event| flow.event(event)));
             counts.push(flow.get(Verdict::Drop).packets);
             if !shown(&counts) {
                 continue;
@@ -312,7 +313,11 @@ pub fn render_table_rows(model: &Model, rows: Rows) -> String {
     }
 
     let mut header = vec!["interface".to_owned()];
-    header.extend(DropReason::ALL.map(|reason| format!("{}_drops", reason.as_str())));
+    header.extend(
+        DropReason::ALL
+            .iter()
+            .map(|reason| format!("{}_drops", reason.as_str())),
+    );
     // Inbound connection attempts, dropped or (monitor mode) passed.
     header.push("inbound_opens".to_owned());
     header.extend(OTHER_CLASSES.map(|c| c.as_str().to_owned()));
@@ -354,7 +359,7 @@ pub fn render_table_rows(model: &Model, rows: Rows) -> String {
             totals.xdp_redirect.to_string(),
             totals.tc_redirect.to_string(),
             totals.stack().to_string(),
-            totals.fallback_words(),
+            fallback_words(|reason| totals.counters.fallback(reason)),
         ]);
     }
     if paths.rows.len() > 1 {
@@ -382,6 +387,22 @@ pub fn render_table_rows(model: &Model, rows: Rows) -> String {
 /// `stats --watch`: packets/s and bytes/s per interface, direction and port between two
 /// models taken `elapsed` apart. A total that went down (the datapath was reloaded in
 /// between) counts from zero, as Prometheus' `rate()` does.
+/// "ttl 1, frag_needed 2": the fallback reasons with `packets`, or "-" (the stats table's
+/// and `status`' words for where redirect packets were left to the stack).
+pub fn fallback_words(packets: impl Fn(Fallback) -> u64) -> String {
+    let words: Vec<String> = Fallback::ALL
+        .iter()
+        .map(|&reason| (reason, packets(reason)))
+        .filter(|&(_, packets)| packets > 0)
+        .map(|(reason, packets)| format!("{} {packets}", reason.as_str()))
+        .collect();
+    if words.is_empty() {
+        "-".to_owned()
+    } else {
+        words.join(", ")
+    }
+}
+
 pub fn render_rates(before: &Model, after: &Model, elapsed: Duration) -> String {
     let mut out = String::new();
     let seconds = elapsed.as_secs_f64();

@@ -39,8 +39,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{
     report::{Section, Table},
-    scratch::XdpFilter,
     stats::{median, num, range, ratio, times},
+    xdp_filter::XdpFilter,
     Plan,
 };
 use crate::{
