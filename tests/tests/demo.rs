@@ -364,6 +364,7 @@ fn check(transcript: &Transcript) {
 
 #[test]
 fn the_demo_shows_every_step_with_the_redirect_fast_path() {
+    apns_tests::require_root!();
     let transcript = run_demo(&[]);
     check(&transcript);
     line(transcript.step("apns-agent doctor"), "ok    kernel: Linux ");
@@ -388,6 +389,7 @@ fn the_demo_shows_every_step_with_the_redirect_fast_path() {
 
 #[test]
 fn the_demo_takes_the_mark_fast_path_where_the_kernel_cannot_redirect() {
+    apns_tests::require_root!();
     let transcript = run_demo(&[("APNS_AGENT_FEATURES_OFF", "fib_lookup")]);
     check(&transcript);
     assert!(

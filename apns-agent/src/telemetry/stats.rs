@@ -631,7 +631,7 @@ eth2                   0               0                   0                 0  
             "eth2       outbound    443        0      0    0       0    0    0      0",
             "eth2       inbound     443        0      0    0       0    0    0      0",
             "eth3       outbound    443        0      0    0       0    0    0      0",
-            "eth3                   0               0                   0              0       0         0         0          0",
+            "eth3                   0               0                   0                 0              0       0         0         0          0           0",
             "eth3                  0            0      0                -",
         ] {
             assert!(all.lines().any(|line| line == row), "no {row:?} in:\n{all}");
