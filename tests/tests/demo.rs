@@ -337,7 +337,7 @@ fn check(transcript: &Transcript) {
     );
     line(
         replay,
-        "enforce would have dropped 2 frames (inbound_open 0, pinhole 1, provider 1)",
+        "enforce would have dropped 2 frames (inbound_open 0, pinhole 1, provider 1, unfinished 0)",
     );
     // The frames the devices on lan0 sent are the APNs frames lan0 counted live: the
     // replay's counts are the live table's.
