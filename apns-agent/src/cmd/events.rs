@@ -157,24 +157,12 @@ pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result
 
 #[cfg(test)]
 mod tests {
-    use apns_common::{counters::Outcome, events::DropEvent};
 
     use super::*;
 
     #[test]
     fn events_read_as_lines() {
-        let mut event = DropEvent {
-            ifindex: 7,
-            outcome: Outcome::DropPinhole as u8,
-            protocol: 6,
-            ip_version: 4,
-            sport: 40000,
-            dport: 5223,
-            suppressed: 3,
-            ..DropEvent::default()
-        };
-        event.src[..4].copy_from_slice(&[192, 0, 2, 10]);
-        event.dst[..4].copy_from_slice(&[203, 0, 113, 130]);
+        let event = crate::datapath::events::tests::sample_event();
         let line = line(&PolicyDrop::from_event(&event, |_| "lan0".into()));
         assert!(
             line.ends_with("lan0 drop pinhole tcp 192.0.2.10:40000 -> 203.0.113.130:5223 (+3 more not reported)"),

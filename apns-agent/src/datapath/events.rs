@@ -126,7 +126,7 @@ fn wall_clock(monotonic_ns: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -141,12 +141,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn events_read_as_json() {
+    /// A pinhole drop of 192.0.2.10:40000 -> 203.0.113.130:5223 on ifindex 7, with 3 more
+    /// not reported (also the renderer's tests' sample).
+    pub(crate) fn sample_event() -> DropEvent {
         let mut event = DropEvent {
             ifindex: 7,
             outcome: Outcome::DropPinhole as u8,
-            protocol: 6,
+            protocol: apns_common::ip::TCP,
             ip_version: 4,
             sport: 40000,
             dport: 5223,
@@ -155,6 +156,12 @@ mod tests {
         };
         event.src[..4].copy_from_slice(&[192, 0, 2, 10]);
         event.dst[..4].copy_from_slice(&[203, 0, 113, 130]);
+        event
+    }
+
+    #[test]
+    fn events_read_as_json() {
+        let event = sample_event();
         let drop = PolicyDrop::from_event(&event, |_| "lan0".into());
         let json = serde_json::to_value(&drop).unwrap();
         assert_eq!(json["dst"], "203.0.113.130");
