@@ -2,8 +2,9 @@
 //! for a next hop without a resolved neighbour, by the TC program) and `mark` (tagged for
 //! netfilter and policy routing through XDP metadata).
 //!
-//! Both carry a device's packets, and Apple's only for flows a device opened (`flows`); any
-//! other inbound packet goes to the stack ([`Fallback::Unsolicited`]).
+//! Both take a device's packets. `redirect` forwards Apple's only for flows a device opened
+//! (`flows`; any other inbound packet goes to the stack, [`Fallback::Unsolicited`]); `mark`
+//! never marks them (they pass the stack's conntrack).
 //!
 //! For an interface whose fast path is `redirect`, an untagged APNs packet with a TTL above 1
 //! gets a FIB lookup (bpf_fib_lookup, the kernel's own routing table and neighbour cache):

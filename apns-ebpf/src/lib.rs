@@ -71,24 +71,20 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
     let (mut judgement, tcp_flags, mut next) = match parse::parse(&cursor) {
         Ok(tcp) => {
             let mut judgement = classify::judge(&tcp);
-            let next = if judgement.outcome.is_drop() {
+            if judgement.outcome.is_drop() {
                 events::report_drop(ctx, ifindex, &judgement, &tcp);
-                Next::verdict(xdp_action::XDP_DROP)
-            } else if judgement.outcome == Outcome::Pass {
+            }
+            let next = if judgement.outcome == Outcome::Pass {
                 passed_apns::<HAND_OFF_ALL>(ctx, &cursor, ifindex, iface, &tcp, &mut judgement)
             } else {
-                Next::verdict(xdp_action::XDP_PASS)
+                Next::of(&judgement)
             };
             (judgement, Some(tcp.flags), next)
         }
         Err(class) => {
             let judgement = classify::settled(class);
-            let action = if judgement.outcome.is_drop() {
-                xdp_action::XDP_DROP
-            } else {
-                xdp_action::XDP_PASS
-            };
-            (judgement, None, Next::verdict(action))
+            let next = Next::of(&judgement);
+            (judgement, None, next)
         }
     };
     if let Some(decided) = next.handoff {
@@ -127,6 +123,16 @@ impl Next {
             handoff: None,
             fallback: None,
         }
+    }
+
+    /// Drop or pass, as the judgement says, and nothing else.
+    #[inline(always)]
+    fn of(judgement: &Judgement) -> Self {
+        Next::verdict(if judgement.outcome.is_drop() {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        })
     }
 
     #[inline(always)]

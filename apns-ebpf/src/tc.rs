@@ -14,14 +14,14 @@
 //!
 //!   Both kinds are consumed (their magic zeroed): metadata travels with the skb, and over a
 //!   veth it reaches the TC programs of the next namespace, which must not take it for theirs.
-//! - **By classifying the packet itself**, where the kernel refuses `bpf_xdp_adjust_meta` to
-//!   XDP. It parses and judges the packet as the XDP program did (same code, same policy
-//!   maps): a device's APNs packet that passes gets the interface's mark (`mark`), or, on a
-//!   `redirect` interface, the flow table (`flows`) and the FIB are asked again; what XDP left to the stack for want of a
-//!   resolved neighbour is forwarded here as above (TTL decremented here). Everything else
-//!   the XDP program left to the stack for a reason of its own (TTL, MTU, route, egress) gets
-//!   the same answer from the FIB here and continues into the stack. Costs a parse and a
-//!   policy lookup per packet on these interfaces (BENCHMARKS.md).
+//! - **By classifying the packet itself**, where the kernel refuses `bpf_xdp_adjust_meta` to XDP.
+//!   It parses and judges the packet as the XDP program did (same code, same policy maps): a
+//!   device's APNs packet that passes gets the interface's mark (`mark`), or, on a `redirect`
+//!   interface, the flow table (`flows`) and the FIB are asked again; what XDP left to the stack
+//!   for want of a resolved neighbour is forwarded here as above (TTL decremented here). Everything
+//!   else the XDP program left to the stack for a reason of its own (TTL, MTU, route, egress) gets
+//!   the same answer from the FIB here and continues into the stack. Costs a parse and a policy
+//!   lookup per packet on these interfaces (BENCHMARKS.md).
 //!
 //! Either way, what `bpf_redirect_neigh` did is counted in `APNS_FP_PATHS`, a cross-check of
 //! the XDP program's `fastpath_tc` count.
