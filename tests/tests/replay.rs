@@ -9,11 +9,10 @@
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader, Read as _},
+    io::Read as _,
     net::Ipv4Addr,
     path::Path,
     process::{Command, Stdio},
-    sync::mpsc,
     thread,
     time::Duration,
 };
@@ -34,8 +33,8 @@ use apns_common::counters::CounterValue;
 use apns_tests::{
     agent::{self, gw_command, gw_ifindex, TestPins},
     lab::{
-        Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_VLAN,
-        GW_IF_WAN, OTHER,
+        CaptureMarker, Lab, LabOptions, Role, Tcpdump, APPLE, CLIENT_IF, GW_IF_CLIENT, GW_IF_MDM,
+        GW_IF_TRUNK, GW_IF_VLAN, GW_IF_WAN, OTHER,
     },
     packets::{self, pcap_bytes, ACK, SYN},
     scratch::Scratch,
@@ -51,65 +50,6 @@ const GW_IFACES: [&str; 4] = [
     GW_IF_TRUNK.name,
     GW_IF_WAN.name,
 ];
-
-/// tcpdump writing `path` in the gateway; stopped (SIGTERM) on drop.
-struct Tcpdump<'lab> {
-    child: LabChild<'lab>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl<'lab> Tcpdump<'lab> {
-    /// Starts `tcpdump ARGS -w PATH` and returns once it is capturing.
-    fn start(lab: &'lab Lab, args: &[&str], path: &Path) -> Tcpdump<'lab> {
-        let mut cmd = lab.command(Role::Gw, "tcpdump");
-        // -Z root: keep writing as root (Debian's tcpdump drops to its own user otherwise);
-        // -U and --immediate-mode: every frame reaches the file as it is captured.
-        cmd.args([
-            "-n",
-            "-Z",
-            "root",
-            "-U",
-            "--immediate-mode",
-            "-s",
-            "0",
-            "-B",
-            "8192",
-        ])
-        .args(args)
-        .arg("-w")
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let mut child = lab.spawn(&mut cmd).unwrap();
-        let stderr = child.child_mut().stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Drains tcpdump's stderr until it exits, so it never blocks or dies on a closed pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(line) if line.contains("listening on") => break,
-                Ok(_) => {}
-                Err(err) => panic!("tcpdump {args:?} did not start capturing: {err}"),
-            }
-        }
-        Tcpdump { child, lines: rx }
-    }
-
-    /// Stops it and returns what it said at the end (how many frames it captured, and
-    /// dropped).
-    fn stop(mut self) -> String {
-        self.child.stop(Duration::from_secs(5)).unwrap();
-        let mut said = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            said.push(line);
-        }
-        said.join("; ")
-    }
-}
 
 /// Counters added between two snapshots.
 fn delta(before: &Snapshot, after: &Snapshot) -> Snapshot {
@@ -322,10 +262,11 @@ fn captures_replay_to_the_counters_the_attached_datapath_counted() {
     };
     quiet();
     let dumps = [
-        Tcpdump::start(&lab, &["-i", GW_IF_CLIENT.name, "-Q", "in"], &ethernet),
-        Tcpdump::start(&lab, &["-i", "any", "-y", "LINUX_SLL"], &sll),
-        Tcpdump::start(&lab, &["-i", "any", "-y", "LINUX_SLL2"], &sll2),
-    ];
+        (&["-i", GW_IF_CLIENT.name, "-Q", "in"][..], &ethernet),
+        (&["-i", "any", "-y", "LINUX_SLL"], &sll),
+        (&["-i", "any", "-y", "LINUX_SLL2"], &sll2),
+    ]
+    .map(|(args, path)| Tcpdump::start(&lab, Role::Gw, args, path).unwrap());
     quiet();
     let before = pins.snapshot().unwrap();
 
@@ -342,10 +283,12 @@ fn captures_replay_to_the_counters_the_attached_datapath_counted() {
         let payload = format!("{from} -> {addr}").into_bytes();
         assert_eq!(lab.echo(from, addr, &payload, TIMEOUT).unwrap(), payload);
     }
+    // Every capture sees the marker on lan0 (and the datapath counts it, as replay does).
+    let marker = CaptureMarker::send(&lab, Role::Client, CLIENT_IF.name).unwrap();
     quiet();
     let counted = delta(&before, &pins.snapshot().unwrap());
     for dump in dumps {
-        let said = dump.stop();
+        let said = dump.stop_after(&marker).unwrap();
         // A frame the kernel dropped before tcpdump saw it would make the comparison moot.
         assert!(
             said.contains(" 0 packets dropped by kernel"),

@@ -23,8 +23,8 @@ use apns_agent::datapath::features::Features;
 use apns_tests::{
     agent::{self, TestPins},
     lab::{
-        self, Lab, LabOptions, Role, Tcpdump, APPLE, CLIENT, CLIENT_IF, GW_IF_CLIENT, GW_IF_MDM,
-        GW_IF_TRUNK, GW_IF_WAN, MDM, OTHER,
+        self, CaptureMarker, Lab, LabOptions, Role, Tcpdump, APPLE, CLIENT, CLIENT_IF,
+        GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_WAN, MDM, OTHER,
     },
     scratch::Scratch,
 };
@@ -371,7 +371,9 @@ fn demo() -> Result<()> {
     }
 
     step("replay of what the devices on lan0 sent, captured during the run: what the config's policy (monitor) would drop in enforce mode");
-    println!("    tcpdump: {}", tcpdump.stop()?);
+    // The capture holds every frame the devices sent once it holds a marker sent after them.
+    let marker = CaptureMarker::send(&lab, Role::Client, CLIENT_IF.name)?;
+    println!("    tcpdump: {}", tcpdump.stop_after(&marker)?);
     let capture = capture
         .to_str()
         .context("the capture's path is not UTF-8")?;

@@ -37,7 +37,7 @@ pub use child::LabChild;
 pub use link::{LinkStats, TcpSegments};
 pub use netns::{run, run_with_input, NETNS_DIR, NETNS_PREFIX};
 pub use servers::Accepted;
-pub use tcpdump::Tcpdump;
+pub use tcpdump::{CaptureMarker, Tcpdump};
 pub use topology::*;
 
 use netns::Namespace;
