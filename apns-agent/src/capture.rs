@@ -4,19 +4,23 @@
 //! SLL2, what `tcpdump -i any` writes) get an Ethernet header in place of theirs, and their
 //! outgoing frames are left out: XDP runs on receive only, so the datapath never sees them.
 //!
-//! The whole file is read and checked before anything is run, so a truncated, corrupt or
-//! unsupported file fails with the frame it stopped at, and nothing is half-reported.
+//! The file is streamed, one frame at a time: `replay` runs as root on captures that may come
+//! from anywhere, so its memory is the parser's buffer ([`BUFFER`]) and one frame, whatever
+//! the file's size. A truncated, corrupt or unsupported file fails at the frame it stopped
+//! at, naming the byte its record starts at; the caller reports nothing until the last frame
+//! is read.
 
-use std::{collections::BTreeSet, fs::File, path::Path};
+use std::{collections::BTreeSet, fs::File, io::Read, path::Path};
 
 use anyhow::{bail, Context as _};
 use pcap_parser::{
-    create_reader, traits::PcapNGPacketBlock as _, Block, Linktype, PcapBlockOwned, PcapError,
+    create_reader, traits::PcapNGPacketBlock as _, traits::PcapReaderIterator, Block, Linktype,
+    PcapBlockOwned, PcapError,
 };
 
-/// The read buffer; a block larger than this is taken for corruption (Linux's largest
-/// snaplen is 262144).
-const BUFFER: usize = 1 << 20;
+/// The read buffer, the most of the file held in memory at once; a block larger than this
+/// is taken for corruption (Linux's largest snaplen is 262144).
+pub const BUFFER: usize = 1 << 20;
 /// Ethernet header: two MACs and the EtherType.
 const ETH_HLEN: usize = 14;
 /// `struct sll_header` and `struct sll2_header` (pcap-linktype(7)).
@@ -37,128 +41,226 @@ pub struct Frame {
     pub cut: bool,
 }
 
-/// A capture, read whole.
+/// What the frames read so far were: the whole capture's once [`Reader`] has ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Capture {
+pub struct Summary {
     /// "pcap" or "pcapng".
     pub format: &'static str,
-    pub frames: Vec<Frame>,
     /// Link types met, by name.
     pub link_types: BTreeSet<&'static str>,
+    /// Frames handed out.
+    pub frames: usize,
+    /// Of those, the ones cut short by the capture's snap length.
+    pub cut_frames: usize,
     /// Frames of a cooked capture that this host sent, left out.
     pub outgoing: usize,
 }
 
-/// Reads the capture at `path`.
-pub fn read(path: &Path) -> anyhow::Result<Capture> {
-    let file = File::open(path).with_context(|| format!("opening capture {}", path.display()))?;
-    read_from(file).with_context(|| format!("capture {}", path.display()))
+/// A capture being read: an iterator of its frames, each read from the file when asked for.
+/// It ends after the last frame or the first error.
+pub struct Reader<'r> {
+    /// The file's name, for errors.
+    name: String,
+    parser: Box<dyn PcapReaderIterator + Send + 'r>,
+    summary: Summary,
+    /// pcapng: the link type of each interface of the current section, by interface id.
+    interfaces: Vec<Linktype>,
+    /// pcap: the one link type of the file.
+    legacy: Option<Linktype>,
+    /// Packet records read, those left out included.
+    records: usize,
+    /// Bytes of the file read and accepted so far: where the next record starts.
+    position: usize,
+    ended: bool,
 }
 
-/// Reads a capture from any reader (the file, or bytes in tests).
-pub fn read_from(input: impl std::io::Read + Send) -> anyhow::Result<Capture> {
-    let mut reader = match create_reader(BUFFER, input) {
-        Ok(reader) => reader,
-        Err(PcapError::Eof) => bail!("the file is empty"),
-        Err(PcapError::HeaderNotRecognized) => {
-            bail!("not a pcap or pcapng file (its first bytes are no capture header)")
-        }
-        Err(PcapError::Incomplete(_)) => bail!("the file ends inside its header"),
-        Err(err) => bail!("reading its header: {err}"),
-    };
-    let mut capture = Capture::default();
-    // pcapng: the link type of each interface of the current section, by interface id.
-    let mut interfaces: Vec<Linktype> = Vec::new();
-    // pcap: the one link type of the file.
-    let mut legacy: Option<Linktype> = None;
-    let mut records = 0usize;
-    // Bytes of the file read and accepted so far: where a corrupt block starts.
-    let mut position = 0usize;
-    loop {
-        let next = records + 1;
-        match reader.next() {
-            Ok((consumed, block)) => {
-                let packet = match block {
-                    PcapBlockOwned::LegacyHeader(header) => {
-                        capture.format = "pcap";
-                        legacy = Some(header.network);
-                        None
-                    }
-                    PcapBlockOwned::Legacy(block) => {
-                        let linktype = legacy.context("a frame before the file header")?;
-                        Some((linktype, block.data.to_vec(), block.caplen < block.origlen))
-                    }
-                    PcapBlockOwned::NG(Block::SectionHeader(_)) => {
-                        capture.format = "pcapng";
-                        interfaces.clear();
-                        None
-                    }
-                    PcapBlockOwned::NG(Block::InterfaceDescription(interface)) => {
-                        interfaces.push(interface.linktype);
-                        None
-                    }
-                    PcapBlockOwned::NG(Block::EnhancedPacket(block)) => {
-                        let linktype =
-                            *interfaces.get(block.if_id as usize).with_context(|| {
-                                format!(
-                                    "frame {next}: interface {} was never described (corrupt file)",
-                                    block.if_id
-                                )
-                            })?;
-                        Some((
-                            linktype,
-                            block.packet_data().to_vec(),
-                            block.caplen < block.origlen,
-                        ))
-                    }
-                    PcapBlockOwned::NG(Block::SimplePacket(block)) => {
-                        let linktype = *interfaces.first().with_context(|| {
-                            format!("frame {next}: no interface was described (corrupt file)")
-                        })?;
-                        let data = block.packet_data().to_vec();
-                        let cut = data.len() < block.origlen as usize;
-                        Some((linktype, data, cut))
-                    }
-                    // Statistics, name resolution, comments, ...: nothing to replay.
-                    PcapBlockOwned::NG(_) => None,
-                };
-                if let Some((linktype, data, cut)) = packet {
-                    records = next;
-                    capture.link_types.insert(linktype_name(linktype));
-                    match ethernet(linktype, &data).with_context(|| format!("frame {next}"))? {
-                        Some(data) => capture.frames.push(Frame {
-                            number: next,
-                            data,
-                            cut,
-                        }),
-                        None => capture.outgoing += 1,
-                    }
+impl Reader<'static> {
+    /// Opens the capture at `path` and reads its header.
+    pub fn open(path: &Path) -> anyhow::Result<Reader<'static>> {
+        let name = format!("capture {}", path.display());
+        let file = File::open(path).with_context(|| format!("opening {name}"))?;
+        Reader::new(file, name)
+    }
+}
+
+impl<'r> Reader<'r> {
+    /// Reads the header of a capture from any reader (a file, or bytes in tests); `name`
+    /// starts every error.
+    pub fn new(input: impl Read + Send + 'r, name: String) -> anyhow::Result<Reader<'r>> {
+        let parser = match create_reader(BUFFER, input) {
+            Ok(parser) => parser,
+            Err(PcapError::Eof) => bail!("{name}: the file is empty"),
+            Err(PcapError::HeaderNotRecognized) => {
+                bail!("{name}: not a pcap or pcapng file (its first bytes are no capture header)")
+            }
+            Err(PcapError::Incomplete(_)) => bail!("{name}: the file ends inside its header"),
+            Err(err) => bail!("{name}: reading its header: {err}"),
+        };
+        Ok(Reader {
+            name,
+            parser,
+            summary: Summary::default(),
+            interfaces: Vec::new(),
+            legacy: None,
+            records: 0,
+            position: 0,
+            ended: false,
+        })
+    }
+
+    /// What the frames read so far were.
+    pub fn summary(&self) -> &Summary {
+        &self.summary
+    }
+
+    /// The next frame the datapath would receive, reading (and skipping) blocks until one.
+    fn next_frame(&mut self) -> anyhow::Result<Option<Frame>> {
+        loop {
+            let next = self.records + 1;
+            let position = self.position;
+            // The error of a record that is there but wrong.
+            let bad = |err: anyhow::Error| {
+                anyhow::anyhow!("frame {next}: {err:#}; its record starts at byte {position}")
+            };
+            // A block still incomplete in a full buffer can never be read whole (the parser
+            // says Incomplete without a size for some).
+            let buffer_full = self.parser.data().len() >= BUFFER;
+            let read = match self.parser.next() {
+                Ok((consumed, block)) => {
+                    let packet = match &block {
+                        PcapBlockOwned::LegacyHeader(header) => {
+                            self.summary.format = "pcap";
+                            self.legacy = Some(header.network);
+                            None
+                        }
+                        PcapBlockOwned::Legacy(block) => {
+                            let linktype = self
+                                .legacy
+                                .context("a frame before the file header")
+                                .map_err(bad)?;
+                            Some((linktype, block.data, block.caplen < block.origlen))
+                        }
+                        PcapBlockOwned::NG(Block::SectionHeader(_)) => {
+                            self.summary.format = "pcapng";
+                            self.interfaces.clear();
+                            None
+                        }
+                        PcapBlockOwned::NG(Block::InterfaceDescription(interface)) => {
+                            self.interfaces.push(interface.linktype);
+                            None
+                        }
+                        PcapBlockOwned::NG(Block::EnhancedPacket(block)) => {
+                            let linktype = *self
+                                .interfaces
+                                .get(block.if_id as usize)
+                                .with_context(|| {
+                                    format!(
+                                        "interface {} was never described (corrupt file)",
+                                        block.if_id
+                                    )
+                                })
+                                .map_err(bad)?;
+                            Some((
+                                linktype,
+                                block.packet_data(),
+                                block.caplen < block.origlen,
+                            ))
+                        }
+                        PcapBlockOwned::NG(Block::SimplePacket(block)) => {
+                            let linktype = *self
+                                .interfaces
+                                .first()
+                                .context("no interface was described (corrupt file)")
+                                .map_err(bad)?;
+                            let data = block.packet_data();
+                            Some((linktype, data, data.len() < block.origlen as usize))
+                        }
+                        // Statistics, name resolution, comments, ...: nothing to replay.
+                        PcapBlockOwned::NG(_) => None,
+                    };
+                    let frame = match packet {
+                        Some((linktype, data, cut)) => {
+                            self.records = next;
+                            self.summary.link_types.insert(linktype_name(linktype));
+                            match ethernet(linktype, data).map_err(bad)? {
+                                Some(data) => Some(Frame {
+                                    number: next,
+                                    data,
+                                    cut,
+                                }),
+                                None => {
+                                    self.summary.outgoing += 1;
+                                    None
+                                }
+                            }
+                        }
+                        None => None,
+                    };
+                    self.parser.consume(consumed);
+                    self.position += consumed;
+                    frame
                 }
-                reader.consume(consumed);
-                position += consumed;
-            }
-            Err(PcapError::Eof) => break,
-            Err(PcapError::Incomplete(_)) => {
-                if let Err(err) = reader.refill() {
-                    bail!("reading frame {next}: {err}");
+                Err(PcapError::Eof) => {
+                    if self.summary.format.is_empty() {
+                        self.summary.format = "pcap";
+                    }
+                    return Ok(None);
                 }
+                Err(PcapError::Incomplete(_)) if buffer_full => {
+                    bail!(too_large(next, position))
+                }
+                Err(PcapError::Incomplete(_)) => {
+                    if let Err(err) = self.parser.refill() {
+                        bail!("reading frame {next} at byte {position}: {err}");
+                    }
+                    None
+                }
+                Err(PcapError::UnexpectedEof) => bail!(
+                    "truncated: the file ends inside frame {next} (after {} complete frames), \
+                     whose record starts at byte {position}",
+                    self.records
+                ),
+                Err(PcapError::BufferTooSmall) => bail!(too_large(next, position)),
+                Err(err) => bail!(
+                    "frame {next} is corrupt (the block at byte {position} {}; after {} good frames)",
+                    describe(&err),
+                    self.records
+                ),
+            };
+            if let Some(frame) = read {
+                self.summary.frames += 1;
+                if frame.cut {
+                    self.summary.cut_frames += 1;
+                }
+                return Ok(Some(frame));
             }
-            Err(PcapError::UnexpectedEof) => bail!(
-                "truncated: the file ends inside frame {next} (after {records} complete frames)"
-            ),
-            Err(PcapError::BufferTooSmall) => {
-                bail!("frame {next} claims more than {BUFFER} bytes: the file is corrupt")
-            }
-            Err(err) => bail!(
-                "frame {next} is corrupt (the block at byte {position} {}; after {records} good frames)",
-                describe(&err)
-            ),
         }
     }
-    if capture.format.is_empty() {
-        capture.format = "pcap";
+}
+
+impl Iterator for Reader<'_> {
+    type Item = anyhow::Result<Frame>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ended {
+            return None;
+        }
+        let next = self
+            .next_frame()
+            .with_context(|| self.name.clone())
+            .transpose();
+        if !matches!(next, Some(Ok(_))) {
+            self.ended = true;
+        }
+        next
     }
-    Ok(capture)
+}
+
+fn too_large(number: usize, position: usize) -> String {
+    format!(
+        "frame {number} (the record at byte {position}) claims more than {BUFFER} bytes: \
+         the file is corrupt"
+    )
 }
 
 fn describe(err: &PcapError<&[u8]>) -> String {
@@ -289,6 +391,17 @@ mod tests {
         vec![0x45; 20]
     }
 
+    /// Every frame of `file` and the summary, or the first error.
+    fn read_all(file: &[u8]) -> anyhow::Result<(Vec<Frame>, Summary)> {
+        let mut reader = Reader::new(file, "capture t.pcap".to_owned())?;
+        let frames = reader.by_ref().collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((frames, reader.summary().clone()))
+    }
+
+    fn error(file: &[u8]) -> String {
+        format!("{:#}", read_all(file).unwrap_err())
+    }
+
     #[test]
     fn cooked_frames_become_ethernet_and_outgoing_ones_are_left_out() {
         let mut sll_in = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 7, 0, 0, 0x08, 0x00];
@@ -298,11 +411,12 @@ mod tests {
         let mut file = pcap_header(113);
         file.extend(record(&sll_in));
         file.extend(record(&sll_out));
-        let capture = read_from(&file[..]).unwrap();
-        assert_eq!(capture.format, "pcap");
-        assert_eq!(capture.outgoing, 1);
-        assert_eq!(capture.frames.len(), 1);
-        let frame = &capture.frames[0];
+        let (frames, summary) = read_all(&file).unwrap();
+        assert_eq!(summary.format, "pcap");
+        assert_eq!(summary.outgoing, 1);
+        assert_eq!(summary.frames, 1);
+        assert_eq!(frames.len(), 1);
+        let frame = &frames[0];
         assert_eq!(frame.number, 1);
         assert_eq!(
             &frame.data[..14],
@@ -312,37 +426,75 @@ mod tests {
     }
 
     #[test]
-    fn bad_files_name_the_frame() {
+    fn a_capture_larger_than_the_buffer_streams_whole() {
+        // Frames of every length from 60 to 1513 bytes, each filled with its number, until
+        // the file is three buffers long.
+        let mut file = pcap_header(1);
+        let mut sent = Vec::new();
+        while file.len() < 3 * BUFFER {
+            let number = sent.len() + 1;
+            let frame = vec![number as u8; 60 + number % 1454];
+            file.extend(record(&frame));
+            sent.push(frame);
+        }
+        let (frames, summary) = read_all(&file).unwrap();
+        assert_eq!(summary.frames, sent.len());
+        assert_eq!(frames.len(), sent.len());
+        for (index, (frame, data)) in frames.iter().zip(&sent).enumerate() {
+            assert_eq!(frame.number, index + 1);
+            assert_eq!(&frame.data, data, "frame {}", index + 1);
+        }
+        assert_eq!(summary.link_types, BTreeSet::from(["ethernet"]));
+        assert_eq!((summary.cut_frames, summary.outgoing), (0, 0));
+    }
+
+    #[test]
+    fn bad_files_name_the_file_the_frame_and_where_its_record_starts() {
         let frame = [0u8; 60];
         let mut file = pcap_header(1);
         file.extend(record(&frame));
         file.extend(record(&frame));
-        let cut = &file[..file.len() - 10];
-        let err = format!("{:#}", read_from(cut).unwrap_err());
-        assert!(
-            err.contains("ends inside frame 2 (after 1 complete frames)"),
-            "{err}"
+        // The header is 24 bytes, a record 16 and its frame: the second starts at 100.
+        assert_eq!(
+            error(&file[..file.len() - 10]),
+            "capture t.pcap: truncated: the file ends inside frame 2 (after 1 complete frames), \
+             whose record starts at byte 100"
         );
 
         let mut usb = pcap_header(189);
         usb.extend(record(&frame));
-        let err = format!("{:#}", read_from(&usb[..]).unwrap_err());
         assert!(
-            err.starts_with("frame 1: link type 189 is not supported"),
-            "{err}"
+            error(&usb).starts_with("capture t.pcap: frame 1: link type 189 is not supported"),
+            "{}",
+            error(&usb)
         );
+        assert!(error(&usb).ends_with("; its record starts at byte 24"));
 
         let mut runt = pcap_header(1);
+        runt.extend(record(&frame));
         runt.extend(record(&[0; 10]));
-        let err = format!("{:#}", read_from(&runt[..]).unwrap_err());
-        assert!(
-            err.starts_with("frame 1: 10 bytes, shorter than an Ethernet header"),
-            "{err}"
+        assert_eq!(
+            error(&runt),
+            "capture t.pcap: frame 2: 10 bytes, shorter than an Ethernet header (14 bytes): \
+             the capture is corrupt; its record starts at byte 100"
         );
 
-        let err = format!("{:#}", read_from(&b"hello, not a capture"[..]).unwrap_err());
-        assert!(err.contains("not a pcap or pcapng file"), "{err}");
-        let err = format!("{:#}", read_from(&b""[..]).unwrap_err());
-        assert!(err.contains("empty"), "{err}");
+        // A record claiming 16 MiB, more than the buffer holds: refused, never allocated.
+        let mut huge = pcap_header(1);
+        huge.extend(record(&frame));
+        let mut claim = record(&frame);
+        claim[8..16].copy_from_slice(&[0, 0, 0, 1, 0, 0, 0, 1]);
+        huge.extend(claim);
+        huge.extend(vec![0; 2 * BUFFER]);
+        assert_eq!(
+            error(&huge),
+            format!(
+                "capture t.pcap: frame 2 (the record at byte 100) claims more than {BUFFER} \
+                 bytes: the file is corrupt"
+            )
+        );
+
+        assert!(error(b"hello, not a capture").contains("not a pcap or pcapng file"));
+        assert_eq!(error(b""), "capture t.pcap: the file is empty");
     }
 }

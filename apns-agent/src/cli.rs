@@ -149,10 +149,15 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
-    /// Print the counters: a table, JSON (--json), or a live view of rates (--watch).
+    /// Print the counters: a table, JSON (--json), or a live view of rates (--watch). The
+    /// table leaves out rows whose counts are all zero and says how many; --all shows every
+    /// row. JSON and /metrics always have every series.
     Stats {
         #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Every row of the table, all-zero ones included.
+        #[arg(long, conflicts_with_all = ["json", "watch"])]
+        all: bool,
         /// Only this interface.
         #[arg(long, value_name = "IFACE")]
         interface: Option<String>,
@@ -383,6 +388,30 @@ mod tests {
         assert!(
             Cli::try_parse_from(["apns-agent", "replay", "x.pcap", "--mode", "block"]).is_err()
         );
+    }
+
+    #[test]
+    fn stats_all_is_for_the_table_only() {
+        let cli =
+            Cli::try_parse_from(["apns-agent", "stats", "--all", "--interface", "lan0"]).unwrap();
+        let Command::Stats {
+            json,
+            all,
+            interface,
+            watch,
+        } = cli.command
+        else {
+            panic!("not stats")
+        };
+        assert!(all && !json && watch.is_none());
+        assert_eq!(interface.as_deref(), Some("lan0"));
+        // JSON and the live view have every series anyway: --all with them is a mistake.
+        for other in ["--json", "--watch"] {
+            assert!(
+                Cli::try_parse_from(["apns-agent", "stats", "--all", other]).is_err(),
+                "{other}"
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! The embedded object agrees with apns-common (no kernel needed), and the kernel's verifier
-//! accepts it.
+//! accepts it (needs root: skipped, saying so, where doctor says the agent cannot load).
+
+/// The tests crate's skip of root-only tests (this crate cannot depend on that one).
+#[path = "../../tests/src/root_only.rs"]
+mod root_only;
 
 use apns_agent::datapath::{
     features::Features,
@@ -64,6 +68,9 @@ fn object_maps_match_the_shared_layout() {
 /// host's kernel).
 #[test]
 fn verifier_accepts_every_program_in_every_feature_combination() {
+    if root_only::skip() {
+        return;
+    }
     let have = Features::probe().unwrap().program_bits();
     type Get = fn(&mut aya::Ebpf) -> anyhow::Result<&mut dyn Loadable>;
     let programs: [(&str, Get); 3] = [
@@ -113,6 +120,9 @@ loadable!(aya::programs::SchedClassifier);
 
 #[test]
 fn disabled_log_calls_cost_no_instruction() {
+    if root_only::skip() {
+        return;
+    }
     let translated = |log: EbpfLog| {
         let constants = object::Constants::for_this_kernel(log).unwrap();
         let mut ebpf = object::loader(&constants).load(OBJECT).unwrap();

@@ -23,6 +23,7 @@ use std::{
 use apns_agent::{
     cli::{Cli, Command as CliCommand},
     datapath::{
+        features::Feature,
         pins::{BPFFS_ROOT, DEFAULT_PIN_DIR},
         policy::Policy,
         status::{InterfaceStatus, LinkState},
@@ -37,7 +38,7 @@ use apns_agent::{
         DEFAULT_METRICS_ADDR,
     },
 };
-use apns_common::counters::Direction;
+use apns_common::{counters::Direction, label::Label as _};
 use clap::Parser as _;
 
 const UNIT: &str = "apns-agent.service";
@@ -109,6 +110,11 @@ fn exported() -> BTreeMap<String, BTreeSet<String>> {
             paths: None,
         }],
     );
+    // Every kernel feature, whatever this process could probe (a normal user probes none).
+    info.kernel_features = Feature::ALL
+        .iter()
+        .map(|&feature| (feature.as_str(), true))
+        .collect();
     // The connection table's families, one sample each (labels are read from samples).
     info.connections = Some(metrics::Connections {
         open: [(("eth1".to_owned(), 5223), 1)].into(),

@@ -152,6 +152,62 @@ impl crate::label::Label for Outcome {
     }
 }
 
+/// Why the policy dropped a packet: the four drop [`Outcome`]s as one word each (the
+/// `reason` label of the policy-drop metrics, `stats`, `replay` and drop events). Never
+/// stored: derived from the outcome ([`DropReason::of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// TCP to a pinhole port of an address outside the allow-list (`drop_pinhole`).
+    Pinhole,
+    /// APNs traffic to a provider port from outside the provider list (`drop_provider`).
+    Provider,
+    /// An inbound connection attempt on an APNs port (`drop_inbound_open`).
+    InboundOpen,
+    /// Headers the parser cannot finish, which could hide an APNs-port packet
+    /// (`drop_unfinished`).
+    Unfinished,
+}
+
+impl DropReason {
+    /// The reason of a drop outcome; `None` for outcomes that do not drop. Without a
+    /// wildcard: a new outcome must say here whether it drops.
+    pub const fn of(outcome: Outcome) -> Option<DropReason> {
+        match outcome {
+            Outcome::DropPinhole => Some(DropReason::Pinhole),
+            Outcome::DropProvider => Some(DropReason::Provider),
+            Outcome::DropInboundOpen => Some(DropReason::InboundOpen),
+            Outcome::DropUnfinished => Some(DropReason::Unfinished),
+            Outcome::Pass
+            | Outcome::Fastpath
+            | Outcome::FastpathTc
+            | Outcome::NotIp
+            | Outcome::NotApns
+            | Outcome::Fragment
+            | Outcome::Malformed
+            | Outcome::Unfinished
+            | Outcome::InboundOpen => None,
+        }
+    }
+}
+
+impl crate::label::Label for DropReason {
+    const WHAT: &'static str = "drop reason";
+    const ALL: &'static [DropReason] = &[
+        DropReason::Pinhole,
+        DropReason::Provider,
+        DropReason::InboundOpen,
+        DropReason::Unfinished,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Pinhole => "pinhole",
+            DropReason::Provider => "provider",
+            DropReason::InboundOpen => "inbound_open",
+            DropReason::Unfinished => "unfinished",
+        }
+    }
+}
+
 /// Direction of APNs traffic. Stored in [`CounterKey::direction`]; never renumber.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -445,6 +501,18 @@ mod tests {
             CELLS[INCONSISTENT_CELL],
             (Direction::None, Outcome::Malformed)
         );
+    }
+
+    #[test]
+    fn a_drop_reason_is_its_drop_outcome_without_drop() {
+        use crate::label::Label as _;
+        for outcome in Outcome::ALL {
+            let reason = DropReason::of(outcome);
+            assert_eq!(reason.is_some(), outcome.is_drop(), "{outcome:?}");
+            if let Some(reason) = reason {
+                assert_eq!(format!("drop_{}", reason.as_str()), outcome.as_str());
+            }
+        }
     }
 
     #[test]

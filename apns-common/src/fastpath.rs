@@ -13,10 +13,10 @@ pub mod mode {
     pub const MARK: u32 = 1;
     /// Forward APNs packets from XDP (FIB lookup, MAC rewrite, TTL/hop limit decrement,
     /// XDP_REDIRECT), past netfilter: the devices' packets, and Apple's of the flows they
-    /// opened (`crate::maps::FLOWS`; any other is [`super::Fallback::Unsolicited`]). A next hop without a resolved neighbour is handed to
-    /// the TC ingress program `apns_tc` (in a [`super::HandoffMeta`], or, without XDP
-    /// metadata, by `apns_tc` classifying the packet again), which forwards with
-    /// `bpf_redirect_neigh`. Whatever else the FIB cannot settle goes to the stack
+    /// opened (`crate::maps::FLOWS`; any other is [`super::Fallback::Unsolicited`]). A next
+    /// hop without a resolved neighbour is handed to the TC ingress program `apns_tc` (in a
+    /// [`super::HandoffMeta`], or, without XDP metadata, by `apns_tc` classifying the packet
+    /// again), which forwards with `bpf_redirect_neigh`. Whatever else the FIB cannot settle goes to the stack
     /// ([`super::Fallback`]).
     pub const REDIRECT: u32 = 2;
 }

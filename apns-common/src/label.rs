@@ -1,7 +1,8 @@
 //! The words user space shows for the codes of the kernel contract, and the way back.
 //!
 //! Every enum whose code the datapath stores or reads (policy mode, fast path, port role,
-//! outcome, direction, connection end, fast-path fallback reason) implements [`Label`]: one list of values, one label per value. The
+//! outcome, direction, connection end, fast-path fallback reason), and the drop reason an
+//! outcome implies, implements [`Label`]: one list of values, one label per value. The
 //! agent's command line, config file, JSON and metrics all print and parse through it, so a
 //! label cannot mean one thing in the config and another in `/metrics`.
 

@@ -17,6 +17,7 @@ pub mod counters;
 pub mod events;
 pub mod fastpath;
 pub mod features;
+pub mod ip;
 pub mod label;
 pub mod maps;
 pub mod policy;
@@ -31,6 +32,11 @@ pub mod programs;
 /// replaces `APNS_PORTS` by `APNS_TABLES` (per generation: port entries with a counter slot,
 /// and the address prefilter), lists port roles in `APNS_POLICY`, and adds `APNS_CNT_SLOTS`,
 /// `APNS_CNT_CARRIED` (counts carried over by a migration), `APNS_FP_PATHS` (the redirect
-/// fast path's paths), and the connection table (`APNS_CONNS`, `APNS_CONN_STATS`, the
-/// `apns_tc_conns` program).
+/// fast path's paths), the connection table (`APNS_CONNS`, `APNS_CONN_STATS`, the
+/// `apns_tc_conns` program), and the redirect fast path's flow table (`APNS_FLOWS`). Layout 3
+/// is not released yet; maps added to it since need no migration from an earlier layout 3.
 pub const LAYOUT_VERSION: u32 = 3;
+
+/// The map layout the agent migrates from in place (the previous release's; the agent's
+/// `datapath::migrate::previous` reads it). Older and newer layouts are refused.
+pub const PREVIOUS_LAYOUT_VERSION: u32 = 2;

@@ -10,13 +10,13 @@
 //! address the prefilter cannot settle costs an LPM trie lookup; only a provider port toward
 //! Apple, a pinhole port toward anyone else, or a SYN from Apple reads `APNS_POLICY`; only a
 //! passed APNs packet on a `redirect` interface `APNS_TX_PORTS` (and, if it is left to the
-//! stack, `APNS_FP_PATHS`) and the flow table `APNS_FLOWS` (an LRU hash; one lookup); only a passed APNs packet entering or XDP-redirected to a
-//! device-facing interface the connection table `APNS_CONNS` (an LRU hash) and
+//! stack, `APNS_FP_PATHS`) and the flow table `APNS_FLOWS` (an LRU hash; one lookup); only
+//! a passed APNs packet entering or XDP-redirected to a device-facing interface the connection table `APNS_CONNS` (an LRU hash) and
 //! `APNS_CONN_STATS`; only a policy drop the event maps.
 //!
 //! Memory (preallocated, `bytes_memlock`): `APNS_CONNS` 15 MiB at the default 65,536
-//! entries; `APNS_FLOWS` about 7 MiB; `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES` 704 KiB (two generations of 352
-//! KiB); `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the rest a few KiB. The LPM tries
+//! entries; `APNS_FLOWS` 7 MiB; `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES` 704 KiB (two
+//! generations of 352 KiB); `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the rest a few KiB. The LPM tries
 //! allocate per prefix.
 
 /// `Array<u32>`, 1 entry: the policy generation (0 or 1) the datapath judges packets by.
@@ -117,6 +117,11 @@ pub const MAX_INTERFACES: u32 = 256;
 /// buffer and the constants section (which holds the log level).
 pub const UNPINNED: [&str; 2] = ["AYA_LOGS", ".rodata"];
 
+/// Maps of [`crate::PREVIOUS_LAYOUT_VERSION`] this layout no longer has (`APNS_PORTS`, which
+/// `APNS_TABLES` replaced; its other maps are replaced by this layout's maps of the same
+/// name). A pin directory holding them is still apns-agent's; a migration removes them.
+pub const RETIRED: [&str; 1] = ["APNS_PORTS"];
+
 /// `Array<Meta>`, 1 entry: written once by the agent when it creates the maps, read by the
 /// agent before it adopts pinned maps. The XDP program never touches it.
 pub const META: &str = "APNS_META";
@@ -136,8 +141,9 @@ pub const FASTPATH_PATHS: &str = "APNS_FP_PATHS";
 /// entering a `redirect` interface, once per flow (a lookup finds it afterwards); read by
 /// the XDP program, and by `apns_tc` where it classifies itself, for every inbound APNs
 /// packet on such an interface: without an entry opened on another interface, the packet
-/// takes no fast path. The agent never writes it. An LRU, so that a flood of new flows evicts the
-/// idlest; looked-up entries stay. About 7 MiB preallocated.
+/// takes no fast path. The agent never writes it. An LRU, so that a flood of new flows
+/// evicts the idlest; looked-up entries stay. 7 MiB preallocated (7,340,928 bytes of
+/// memlock, BENCHMARKS.md). Added to layout 3 before its release.
 pub const FLOWS: &str = "APNS_FLOWS";
 /// Flows `APNS_FLOWS` holds: as many as the connection table's default.
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;

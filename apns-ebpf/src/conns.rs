@@ -20,10 +20,12 @@ use crate::{
 
 const NS_PER_MS: u64 = 1_000_000;
 
-/// Writes the key of `packet`'s connection into `key` (zeroed by the caller);
-/// `device_is_source` for the device's own packets. Built by the caller, inlined: the
-/// recording functions take plain values, never pointers into the packet (a packet pointer
-/// handed to a function of its own may reach it through arithmetic the verifier refuses).
+/// Writes the key of `packet`'s connection into `key` (zeroed by the caller;
+/// `device_is_source` for the device's own packets), for the connection table and the flow
+/// table alike. Filled in place: a key returned by value costs the XDP program a second copy
+/// on its stack, past the 512 bytes. Inlined: the recording functions take plain values,
+/// never pointers into the packet (a packet pointer handed to a function of its own may
+/// reach it through arithmetic the verifier refuses).
 #[inline(always)]
 pub fn key(key: &mut ConnKey, packet: &TcpPacket, device_is_source: bool) {
     match &packet.addrs {

@@ -13,7 +13,6 @@ use crate::{
 };
 
 pub(crate) const NS_PER_SEC: u64 = 1_000_000_000;
-const IPPROTO_TCP: u8 = 6;
 
 #[inline(always)]
 pub fn report_drop(ctx: &XdpContext, ifindex: u32, judgement: &Judgement, packet: &TcpPacket) {
@@ -66,7 +65,7 @@ pub fn report_drop(ctx: &XdpContext, ifindex: u32, judgement: &Judgement, packet
         time_ns: now,
         ifindex,
         outcome: judgement.outcome as u8,
-        protocol: IPPROTO_TCP,
+        protocol: apns_common::ip::TCP,
         ip_version,
         _pad: 0,
         sport: packet.sport,

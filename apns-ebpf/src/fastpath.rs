@@ -2,8 +2,9 @@
 //! for a next hop without a resolved neighbour, by the TC program) and `mark` (tagged for
 //! netfilter and policy routing through XDP metadata).
 //!
-//! Both carry a device's packets, and Apple's only for flows a device opened (`flows`); any
-//! other inbound packet goes to the stack ([`Fallback::Unsolicited`]).
+//! Both take a device's packets. `redirect` forwards Apple's only for flows a device opened
+//! (`flows`; any other inbound packet goes to the stack, [`Fallback::Unsolicited`]); `mark`
+//! never marks them (they pass the stack's conntrack).
 //!
 //! For an interface whose fast path is `redirect`, an untagged APNs packet with a TTL above 1
 //! gets a FIB lookup (bpf_fib_lookup, the kernel's own routing table and neighbour cache):
@@ -24,7 +25,6 @@
 //!   the stack with its [`Fallback`] reason ([`Forward::Stack`]), which
 //!   knows how to answer (ICMP) and is counted per reason in `APNS_FP_PATHS`.
 
-use apns_common::counters::{usable_slot, OVERFLOW_SLOT};
 use apns_common::fastpath::{
     flags, Fallback, HandoffMeta, IfaceConfig, MarkMeta, FALLBACK_SLOTS, HANDOFF_META_MAGIC,
     MARK_META_MAGIC,
@@ -44,13 +44,12 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 
 use crate::{
-    maps::{APNS_FP_PATHS, APNS_IFACES, APNS_TX_PORTS},
+    maps::{APNS_FP_PATHS, APNS_TX_PORTS},
     parse::{Addrs, Cursor, TcpPacket, IPV4_TTL, IPV6_HOP_LIMIT},
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-const IPPROTO_TCP: u8 = 6;
 /// Offsets inside the IPv4 header (the TTL's and the hop limit's are `parse`'s).
 const IPV4_TOS: usize = 1;
 const IPV4_CHECKSUM: usize = 10;
@@ -72,25 +71,6 @@ pub struct Handoff {
     meta: HandoffMeta,
     l3: usize,
     ipv4: bool,
-}
-
-/// The entry of `ifindex` (counter slot and fast path); `None` past the array. An interface
-/// the agent never attached reads as zeroes: overflow slot, fast path `pass`.
-#[inline(always)]
-pub fn interface(ifindex: u32) -> Option<&'static IfaceConfig> {
-    APNS_IFACES.get(ifindex)
-}
-
-/// The counter slot of an interface's entry (the overflow slot without one), bounded.
-#[inline(always)]
-pub fn counter_slot(iface: Option<&IfaceConfig>) -> u32 {
-    usable_slot(iface.map_or(OVERFLOW_SLOT, |config| u32::from(config.counter_slot)))
-}
-
-/// Whether an interface faces the devices (config `[roles]`).
-#[inline(always)]
-pub fn faces_devices(iface: Option<&IfaceConfig>) -> bool {
-    iface.is_some_and(|config| config.flags & flags::DEVICES != 0)
 }
 
 /// Puts a [`MarkMeta`] in front of the packet for the TC ingress program to copy into
@@ -224,7 +204,7 @@ pub fn route(
     }
     // SAFETY: bpf_fib_lookup is plain data; all zeroes is a valid, empty request.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.l4_protocol = IPPROTO_TCP;
+    params.l4_protocol = apns_common::ip::TCP;
     params.sport = packet.sport.to_be();
     params.dport = packet.dport.to_be();
     params.__bindgen_anon_1.tot_len = tot_len;

@@ -1,15 +1,17 @@
 //! apns-agent's XDP classifier: parse, judge, count, return the verdict.
 //!
 //! The contract is docs/classification.md; the code is split by concern: `parse` reads
-//! headers, `classify` applies the policy maps, `counters` is the only writer of the counter
-//! maps, `conns` of the connection table (docs/clients.md), `events` reports policy drops to
-//! the ring buffer, `flows` admits inbound packets to the fast paths only for flows a device
-//! opened, `fastpath` forwards (redirect) or marks APNs packets, `tc` is the TC
-//! ingress program of both fast paths (the mark's copy into `skb->mark`, the redirect's
-//! hand-off for unresolved neighbours), `tc_conns` the TC egress half of the connection
-//! table, `maps` holds the map statics, `features` the kernel features the agent probed. The entry points live in the binaries (`main.rs`;
-//! `probe.rs` for upgrade tests and `handoff_bench.rs` for the TC step's benchmark) so that
-//! they share every line of this crate.
+//! headers, `classify` applies the policy maps, `counters` is the only writer of
+//! `APNS_COUNTERS`, `conns` of the connection table (docs/clients.md), `events` reports
+//! policy drops to the ring buffer, `ifaces` reads the interface entries, `flows` admits
+//! inbound packets to the redirect fast path only for flows a device opened, `fastpath`
+//! forwards (redirect) or marks APNs packets and counts what it leaves to the stack
+//! (`APNS_FP_PATHS`), `tc` is the TC ingress program of both fast paths (the mark's copy
+//! into `skb->mark`, the redirect's hand-off for unresolved neighbours; it also counts in
+//! `APNS_FP_PATHS`), `tc_conns` the TC egress half of the connection table, `maps` holds the
+//! map statics, `features` the kernel features the agent probed. The entry points live in
+//! the binaries (`main.rs`; `probe.rs` for upgrade tests and `handoff_bench.rs` for the TC
+//! step's benchmark) so that they share every line of this crate.
 #![cfg_attr(target_arch = "bpf", no_std)]
 // The BPF target's core has no atomic read-modify-write methods; the connection table's
 // shared counters use the intrinsics (`conns`).
@@ -25,6 +27,7 @@ mod events;
 mod fastpath;
 mod features;
 mod flows;
+mod ifaces;
 mod maps;
 mod parse;
 pub mod tc;
@@ -61,31 +64,27 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
     let cursor = Cursor::new(ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
     // One array read per packet gives the counter slot and, for APNs, the fast path.
-    let iface = fastpath::interface(ifindex);
-    let iface_slot = fastpath::counter_slot(iface);
+    let iface = ifaces::interface(ifindex);
+    let iface_slot = ifaces::counter_slot(iface);
     // Frame length as received: the fast path rewrites bytes, never the length.
     let bytes = cursor.len() as u64;
     let (mut judgement, tcp_flags, mut next) = match parse::parse(&cursor) {
         Ok(tcp) => {
             let mut judgement = classify::judge(&tcp);
-            let next = if judgement.outcome.is_drop() {
+            if judgement.outcome.is_drop() {
                 events::report_drop(ctx, ifindex, &judgement, &tcp);
-                Next::verdict(xdp_action::XDP_DROP)
-            } else if judgement.outcome == Outcome::Pass {
+            }
+            let next = if judgement.outcome == Outcome::Pass {
                 passed_apns::<HAND_OFF_ALL>(ctx, &cursor, ifindex, iface, &tcp, &mut judgement)
             } else {
-                Next::verdict(xdp_action::XDP_PASS)
+                Next::of(&judgement)
             };
             (judgement, Some(tcp.flags), next)
         }
         Err(class) => {
             let judgement = classify::settled(class);
-            let action = if judgement.outcome.is_drop() {
-                xdp_action::XDP_DROP
-            } else {
-                xdp_action::XDP_PASS
-            };
-            (judgement, None, Next::verdict(action))
+            let next = Next::of(&judgement);
+            (judgement, None, next)
         }
     };
     if let Some(decided) = next.handoff {
@@ -126,6 +125,16 @@ impl Next {
         }
     }
 
+    /// Drop or pass, as the judgement says, and nothing else.
+    #[inline(always)]
+    fn of(judgement: &Judgement) -> Self {
+        Next::verdict(if judgement.outcome.is_drop() {
+            xdp_action::XDP_DROP
+        } else {
+            xdp_action::XDP_PASS
+        })
+    }
+
     #[inline(always)]
     fn fallback(reason: Fallback) -> Self {
         Next {
@@ -149,19 +158,11 @@ fn passed_apns<const HAND_OFF_ALL: bool>(
     judgement: &mut Judgement,
 ) -> Next {
     let outbound = judgement.direction == Direction::Outbound;
-    let recorded = outbound && fastpath::faces_devices(iface);
-    let fast = iface.filter(|config| config.fastpath != fastpath_mode::PASS);
-    if !recorded && fast.is_none() {
-        return Next::verdict(xdp_action::XDP_PASS);
-    }
-    // The connection's key, for the connection table and the flow table alike.
-    let mut key = ConnKey::default();
-    conns::key(&mut key, tcp, outbound);
     // The device's packets feed the connection table where they enter.
-    if recorded {
-        conns::record_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
+    if outbound && ifaces::faces_devices(iface) {
+        record_outbound(cursor, ifindex, tcp);
     }
-    let Some(config) = fast else {
+    let Some(config) = iface.filter(|config| config.fastpath != fastpath_mode::PASS) else {
         return Next::verdict(xdp_action::XDP_PASS);
     };
     if config.fastpath == fastpath_mode::MARK {
@@ -173,7 +174,7 @@ fn passed_apns<const HAND_OFF_ALL: bool>(
             ..Next::verdict(xdp_action::XDP_PASS)
         };
     }
-    let opened_on = match flows::admit(&key, judgement.direction, ifindex) {
+    let opened_on = match admit(ifindex, tcp, judgement.direction) {
         Ok(opened_on) => opened_on,
         Err(reason) => return Next::fallback(reason),
     };
@@ -183,7 +184,9 @@ fn passed_apns<const HAND_OFF_ALL: bool>(
             // Apple's packets redirected by XDP to the devices skip TC egress, where the
             // table would otherwise see them: record them here. (A hand-off goes out through
             // the stack's transmit path, TC egress included.)
-            if !outbound && fastpath::faces_devices(fastpath::interface(egress)) {
+            if !outbound && ifaces::faces_devices(ifaces::interface(egress)) {
+                let mut key = ConnKey::default();
+                conns::key(&mut key, tcp, false);
                 let ttl = conns::ttl(cursor, tcp);
                 conns::apns_conns_inbound(&key, tcp.flags, ttl, cursor.len() as u64, 1);
             }
@@ -195,6 +198,25 @@ fn passed_apns<const HAND_OFF_ALL: bool>(
         },
         Forward::Stack(reason) => Next::fallback(reason),
     }
+}
+
+/// The device's packet (outbound) that entered `ifindex`, a device-facing interface, in the
+/// connection table. Each step that needs the connection's key builds its own, in its own
+/// scope: a key kept alive across the fast path's FIB lookup would push the XDP program's
+/// frames past the 512 bytes Linux 6.1 sums over a call chain.
+#[inline(always)]
+fn record_outbound(cursor: &Cursor, ifindex: u32, tcp: &TcpPacket) {
+    let mut key = ConnKey::default();
+    conns::key(&mut key, tcp, true);
+    conns::record_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
+}
+
+/// [`flows::admit`] for the packet of `tcp` that entered `ifindex` in `direction`.
+#[inline(always)]
+fn admit(ifindex: u32, tcp: &TcpPacket, direction: Direction) -> Result<Option<u32>, Fallback> {
+    let mut key = ConnKey::default();
+    conns::key(&mut key, tcp, direction == Direction::Outbound);
+    flows::admit(&key, direction, ifindex)
 }
 
 /// Hands a `redirect` packet to the TC program: with its metadata where XDP may write it;

@@ -10,7 +10,7 @@
 //! and, inside IP, the end of the IP payload. Multi-byte fields are big-endian on the wire and
 //! converted with `u16::from_be_bytes`; addresses stay in network byte order.
 
-use apns_common::counters::Outcome;
+use apns_common::{counters::Outcome, ip};
 use aya_ebpf::programs::{TcContext, XdpContext};
 
 const ETH_HLEN: usize = 14;
@@ -34,14 +34,6 @@ const MAX_IPV6_EXT_HEADERS: usize = 6;
 const IPV6_FRAG_HLEN: usize = 8;
 /// The M (more fragments) bit of the IPv6 fragment header's offset field.
 const IPV6_MORE_FRAGMENTS: u16 = 0x0001;
-
-const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ROUTING: u8 = 43;
-const IPPROTO_FRAGMENT: u8 = 44;
-const IPPROTO_AH: u8 = 51;
-const IPPROTO_DSTOPTS: u8 = 60;
 
 const TCP_MIN_HLEN: usize = 20;
 
@@ -318,7 +310,7 @@ fn parse_ipv6(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket<'_>,
             return cut_short(first_fragment);
         };
         let ext_len = match next_header {
-            IPPROTO_FRAGMENT => {
+            ip::FRAGMENT => {
                 let Ok(frag) = cursor.bytes_within::<IPV6_FRAG_HLEN>(offset, end) else {
                     return cut_short(first_fragment);
                 };
@@ -329,7 +321,7 @@ fn parse_ipv6(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket<'_>,
                 first_fragment = offset_and_flags & IPV6_MORE_FRAGMENTS != 0;
                 IPV6_FRAG_HLEN
             }
-            IPPROTO_AH => {
+            ip::AH => {
                 if ext[1] == 0 {
                     return malformed();
                 }
@@ -365,7 +357,7 @@ fn parse_ipv6(cursor: &Cursor, l3: usize, tagged: bool) -> Result<TcpPacket<'_>,
 fn is_ipv6_extension(next_header: u8) -> bool {
     matches!(
         next_header,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT | IPPROTO_AH
+        ip::HOPOPTS | ip::ROUTING | ip::DSTOPTS | ip::FRAGMENT | ip::AH
     )
 }
 
@@ -388,7 +380,7 @@ fn parse_l4<'a>(
     addrs: Addrs<'a>,
 ) -> Result<TcpPacket<'a>, Outcome> {
     match protocol {
-        IPPROTO_TCP => {
+        ip::TCP => {
             let Ok(tcp) = cursor.bytes_within::<TCP_MIN_HLEN>(payload.start, payload.end) else {
                 return cut_short(payload.first_fragment);
             };
@@ -409,7 +401,7 @@ fn parse_l4<'a>(
                 flags: tcp[13],
             })
         }
-        IPPROTO_UDP => {
+        ip::UDP => {
             cursor.bytes_within::<UDP_HLEN>(payload.start, payload.end)?;
             Err(Outcome::NotApns)
         }

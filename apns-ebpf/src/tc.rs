@@ -14,14 +14,14 @@
 //!
 //!   Both kinds are consumed (their magic zeroed): metadata travels with the skb, and over a
 //!   veth it reaches the TC programs of the next namespace, which must not take it for theirs.
-//! - **By classifying the packet itself**, where the kernel refuses `bpf_xdp_adjust_meta` to
-//!   XDP. It parses and judges the packet as the XDP program did (same code, same policy
-//!   maps): a device's APNs packet that passes gets the interface's mark (`mark`), or, on a
-//!   `redirect` interface, the flow table (`flows`) and the FIB are asked again; what XDP left to the stack for want of a
-//!   resolved neighbour is forwarded here as above (TTL decremented here). Everything else
-//!   the XDP program left to the stack for a reason of its own (TTL, MTU, route, egress) gets
-//!   the same answer from the FIB here and continues into the stack. Costs a parse and a
-//!   policy lookup per packet on these interfaces (BENCHMARKS.md).
+//! - **By classifying the packet itself**, where the kernel refuses `bpf_xdp_adjust_meta` to XDP.
+//!   It parses and judges the packet as the XDP program did (same code, same policy maps): a
+//!   device's APNs packet that passes gets the interface's mark (`mark`), or, on a `redirect`
+//!   interface, the flow table (`flows`) and the FIB are asked again; what XDP left to the stack
+//!   for want of a resolved neighbour is forwarded here as above (TTL decremented here). Everything
+//!   else the XDP program left to the stack for a reason of its own (TTL, MTU, route, egress) gets
+//!   the same answer from the FIB here and continues into the stack. Costs a parse and a policy
+//!   lookup per packet on these interfaces (BENCHMARKS.md).
 //!
 //! Either way, what `bpf_redirect_neigh` did is counted in `APNS_FP_PATHS`, a cross-check of
 //! the XDP program's `fastpath_tc` count.
@@ -36,7 +36,7 @@ use apns_common::{
 };
 use aya_ebpf::{helpers::bpf_redirect_neigh, programs::TcContext, EbpfContext as _};
 
-use crate::{classify, conns, fastpath, features, flows, maps::APNS_FP_PATHS, parse};
+use crate::{classify, conns, fastpath, features, flows, ifaces, maps::APNS_FP_PATHS, parse};
 
 /// TCX_NEXT / TC_ACT_UNSPEC: let the next program or the default action decide.
 pub(crate) const TC_NEXT: i32 = -1;
@@ -95,7 +95,7 @@ fn from_metadata(ctx: &TcContext) -> i32 {
 fn classify(ctx: &TcContext) -> i32 {
     // SAFETY: `skb` points to the __sk_buff the kernel passed to the program.
     let (ifindex, len) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) };
-    let Some(config) = fastpath::interface(ifindex) else {
+    let Some(config) = ifaces::interface(ifindex) else {
         return TC_NEXT;
     };
     if config.fastpath != mode::MARK && config.fastpath != mode::REDIRECT {
@@ -184,7 +184,7 @@ fn forward(ctx: &TcContext, oif: u32) -> i32 {
 fn count(ctx: &TcContext, redirected: bool) {
     // SAFETY: `skb` points to the __sk_buff the kernel passed to the program.
     let (ifindex, segments) = unsafe { ((*ctx.skb.skb).ingress_ifindex, (*ctx.skb.skb).gso_segs) };
-    let slot = fastpath::counter_slot(fastpath::interface(ifindex));
+    let slot = ifaces::counter_slot(ifaces::interface(ifindex));
     if let Some(paths) = APNS_FP_PATHS.get_ptr_mut(slot) {
         let segments = u64::from(segments.max(1));
         // SAFETY: this CPU's copy of a per-CPU array value; TC runs with preemption off.

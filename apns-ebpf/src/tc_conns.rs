@@ -5,10 +5,13 @@
 //! packet, and counts nothing in the counter maps (the XDP program counted the packet where
 //! it entered).
 
-use apns_common::counters::{Direction, Outcome};
+use apns_common::{
+    conns::ConnKey,
+    counters::{Direction, Outcome},
+};
 use aya_ebpf::programs::TcContext;
 
-use crate::{classify, conns, fastpath, parse, tc};
+use crate::{classify, conns, ifaces, parse, tc};
 
 #[inline(always)]
 pub fn handle(ctx: &TcContext) -> i32 {
@@ -18,7 +21,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         (skb.ifindex, skb.len, skb.gso_segs)
     };
     // Attached to device-facing interfaces only; a stale attachment records nothing.
-    if !fastpath::faces_devices(fastpath::interface(ifindex)) {
+    if !ifaces::faces_devices(ifaces::interface(ifindex)) {
         return tc::TC_NEXT;
     }
     if !tc::pull_headers(ctx, len) {
@@ -32,7 +35,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
     if judgement.outcome == Outcome::Pass && judgement.direction == Direction::Inbound {
         // A GSO skb carries several segments; a plain one reports 0.
         let packets = if segments > 1 { u64::from(segments) } else { 1 };
-        let mut key = apns_common::conns::ConnKey::default();
+        let mut key = ConnKey::default();
         conns::key(&mut key, &tcp, false);
         let ttl = conns::ttl(&cursor, &tcp);
         conns::apns_conns_inbound(&key, tcp.flags, ttl, u64::from(len), packets);

@@ -71,13 +71,6 @@ fn before(path: &str) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-fn xdp(ebpf: &Ebpf) -> Result<&Xdp> {
-    Ok(ebpf
-        .program(programs::XDP)
-        .context("no XDP program")?
-        .try_into()?)
-}
-
 /// The connection table's TC program's mean ns per run on `frame` (TC_ACT_UNSPEC, -1, is its
 /// only answer).
 fn conns_run(ebpf: &Ebpf, frame: &[u8], repeat: u32) -> Result<f64> {
@@ -115,12 +108,16 @@ fn main() -> Result<()> {
     // The connections exist before timing: each SYN once, on both instances.
     for ebpf in [&upstream, &devices] {
         for class in classes.iter().filter(|c| c.key.ends_with("_syn")) {
-            testrun::test_run(xdp(ebpf)?, &class.frame, 1)?;
+            testrun::test_run(testrun::xdp_program(ebpf)?, &class.frame, 1)?;
         }
     }
-    let mut programs: Vec<&Xdp> = vec![floor.xdp()?, xdp(&upstream)?, xdp(&devices)?];
+    let mut programs: Vec<&Xdp> = vec![
+        floor.xdp()?,
+        testrun::xdp_program(&upstream)?,
+        testrun::xdp_program(&devices)?,
+    ];
     if let Some(previous) = &previous {
-        programs.push(xdp(previous)?);
+        programs.push(testrun::xdp_program(previous)?);
     }
     let tcs: [&Ebpf; 2] = [&upstream, &devices];
     let frames: Vec<(&str, &[u8])> = classes.iter().map(|c| (c.key, &c.frame[..])).collect();
@@ -192,7 +189,7 @@ fn main() -> Result<()> {
 fn full_table(devices: &Ebpf) -> Result<()> {
     let conns = ConnMaps::open(|name| map_handle(devices, name))?;
     let size = conns.size();
-    let program = xdp(devices)?;
+    let program = testrun::xdp_program(devices)?;
     let mut made = 0u32;
     'fill: for host in 1..=255u8 {
         for port in 1024..=65535u16 {

@@ -19,7 +19,7 @@ use apns_agent::datapath::{
     policy::Policy,
     policy_maps::PolicyMaps,
 };
-use apns_common::{conns::ConnKey, maps::FLOWS, programs};
+use apns_common::{conns::ConnKey, maps::FLOWS};
 use apns_tests::{
     bench::{
         stats::{median, ratio},
@@ -29,7 +29,7 @@ use apns_tests::{
     packets::{self, ACK, PSH},
     xdp::{map_handle, TEST_RUN_IFINDEX},
 };
-use aya::{maps::HashMap, programs::Xdp, Ebpf};
+use aya::{maps::HashMap, Ebpf};
 
 /// The device's port of the flow the table knows, and of the one it does not.
 const KNOWN_PORT: u16 = 50_000;
@@ -62,13 +62,6 @@ fn datapath(fastpath: FastPath) -> Result<Ebpf> {
     Ok(ebpf)
 }
 
-fn xdp(ebpf: &Ebpf) -> Result<&Xdp> {
-    Ok(ebpf
-        .program(programs::XDP)
-        .context("no XDP program")?
-        .try_into()?)
-}
-
 fn main() -> Result<()> {
     let runs: usize = testrun::env_or("RUNS", 11);
     let repeat: u32 = testrun::env_or("REPEAT", 1_000_000);
@@ -95,7 +88,11 @@ fn main() -> Result<()> {
     let pass = datapath(FastPath::Pass)?;
     let redirect = datapath(FastPath::Redirect)?;
     let floor = FloorProgram::load()?;
-    let programs = [floor.xdp()?, xdp(&pass)?, xdp(&redirect)?];
+    let programs = [
+        floor.xdp()?,
+        testrun::xdp_program(&pass)?,
+        testrun::xdp_program(&redirect)?,
+    ];
     let borrowed: Vec<(&str, &[u8])> = frames.iter().map(|(k, f)| (*k, &f[..])).collect();
     let samples = testrun::in_turns(&programs, &borrowed, runs, repeat)?;
     println!("BPF_PROG_TEST_RUN, repeat {repeat}, median of {runs} runs, CPU 1\n");

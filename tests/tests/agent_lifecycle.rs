@@ -46,6 +46,7 @@ fn wait_attached(pins: &TestPins, mode: Mode) {
 
 #[test]
 fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
@@ -121,6 +122,7 @@ fn kill_9_leaves_the_datapath_enforcing_and_run_adopts_it() {
 
 #[test]
 fn detach_on_exit_detaches_what_run_attached() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let mut agent = agent::spawn_run(&lab, &pins, &run_lan_wan(&["--detach-on-exit"])).unwrap();
@@ -134,6 +136,7 @@ fn detach_on_exit_detaches_what_run_attached() {
 
 #[test]
 fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     pins.dir().prepare().unwrap();
@@ -224,6 +227,7 @@ fn upgrade_under_a_flow_loses_no_packet_and_no_counter() {
 
 #[test]
 fn allow_list_edits_change_the_next_verdict() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     agent::succeed(&mut agent::gw_command(
@@ -256,6 +260,7 @@ fn allow_list_edits_change_the_next_verdict() {
 
 #[test]
 fn unload_leaves_no_pin_link_or_program() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     agent::succeed(&mut agent::gw_command(
@@ -313,6 +318,7 @@ fn unload_leaves_no_pin_link_or_program() {
 
 #[test]
 fn an_interface_with_a_dot_in_its_name_attaches_and_detaches() {
+    apns_tests::require_root!();
     // VLAN interfaces are often named `lan2.100`; bpffs refuses dots in pin names.
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();

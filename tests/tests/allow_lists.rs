@@ -27,6 +27,7 @@ fn sample(exposition: &str, series: &str) -> String {
 
 #[test]
 fn a_list_file_reread_on_sighup_changes_the_next_verdict_and_a_bad_line_changes_nothing() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let dir = std::env::temp_dir().join(format!("{}-lists", lab.id()));
@@ -97,6 +98,7 @@ fn a_list_file_reread_on_sighup_changes_the_next_verdict_and_a_bad_line_changes_
 
 #[test]
 fn the_narrow_preset_is_apples_narrow_list() {
+    apns_tests::require_root!();
     let config =
         apns_agent::settings::config::Config::parse("apple = \"narrow\"\nmode = \"enforce\"\n")
             .unwrap();

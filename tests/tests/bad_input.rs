@@ -40,6 +40,7 @@ const NOBODY: u32 = 65534;
 
 #[test]
 fn bad_input_is_refused_in_one_line_and_changes_nothing() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let empty = TestPins::new();

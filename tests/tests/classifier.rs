@@ -333,6 +333,7 @@ fn six_exts(frame: Frame) -> Frame {
 
 #[test]
 fn crafted_packets_get_their_verdict_and_counters() {
+    apns_tests::require_root!();
     let policy = enforcing();
     let classifier = Classifier::load(&agent_policy(&policy)).unwrap();
     for (name, frame, expect) in enforcing_cases() {
@@ -385,6 +386,7 @@ fn tiny_first_fragments() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn monitor_mode_never_drops() {
+    apns_tests::require_root!();
     let classifier = Classifier::load(&agent_policy(&monitoring())).unwrap();
     use Direction::Outbound;
     let cases = [
@@ -423,6 +425,7 @@ fn monitor_mode_never_drops() {
 
 #[test]
 fn every_truncation_at_a_header_boundary_is_malformed() {
+    apns_tests::require_root!();
     let classifier = Classifier::load(&agent_policy(&enforcing())).unwrap();
     let mut truncations = 0;
     for (name, frame, expect) in enforcing_cases() {
@@ -451,6 +454,7 @@ fn every_truncation_at_a_header_boundary_is_malformed() {
 
 #[test]
 fn policy_swap_changes_the_next_verdict() {
+    apns_tests::require_root!();
     let mut policy = enforcing();
     let mut classifier = Classifier::load(&agent_policy(&policy)).unwrap();
     let frame = tcp4(CLIENT, OTHER, EPHEMERAL, 5223, SYN).bytes();

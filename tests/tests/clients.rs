@@ -32,7 +32,6 @@ use apns_tests::{
     lab::{self, Lab, LabOptions, Role, APPLE, APPLE_IF, CLIENT_IF, GW_IF_CLIENT, GW_IF_WAN},
 };
 use serde_json::Value;
-use socket2::{Domain, Socket, Type};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The middlebox's established timeout (seconds) toward [`CUTTING`], and how long the
@@ -278,13 +277,7 @@ fn connect(
     to: SocketAddr,
     timeout: Duration,
 ) -> std::io::Result<TcpStream> {
-    lab.in_ns(Role::Client, || -> std::io::Result<TcpStream> {
-        let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
-        socket.bind(&SocketAddr::new(from, 0).into())?;
-        socket.connect_timeout(&to.into(), timeout)?;
-        Ok(socket.into())
-    })
-    .map_err(|e| std::io::Error::other(format!("{e:#}")))?
+    lab.connect_from(Role::Client, from, to, timeout)
 }
 
 /// Sends `bytes` on `stream` and reads them back.
@@ -561,21 +554,25 @@ fn metrics(lab: &Lab) -> BTreeMap<String, f64> {
 
 #[test]
 fn findings_routed() {
+    apns_tests::require_root!();
     findings_through(Deployment::Routed);
 }
 
 #[test]
 fn findings_behind_nat() {
+    apns_tests::require_root!();
     findings_through(Deployment::Nat);
 }
 
 #[test]
 fn findings_with_the_redirect_fast_path() {
+    apns_tests::require_root!();
     findings_through(Deployment::Redirect);
 }
 
 #[test]
 fn findings_with_the_redirect_fast_path_and_cold_neighbour_caches() {
+    apns_tests::require_root!();
     findings_through(Deployment::RedirectColdNeighbours);
 }
 
@@ -610,6 +607,7 @@ const FLOOD_PORTS: u16 = 20_000;
 
 #[test]
 fn a_flood_bigger_than_the_table_keeps_everything_healthy_and_evictions_exact() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let _servers = populate(&lab);
     let pins = TestPins::new();
@@ -695,6 +693,7 @@ fn a_flood_bigger_than_the_table_keeps_everything_healthy_and_evictions_exact() 
 
 #[test]
 fn clients_works_after_kill_9_and_a_restart() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::NAT).unwrap();
     let _servers = populate(&lab);
     let pins = TestPins::new();
@@ -759,6 +758,7 @@ fn clients_works_after_kill_9_and_a_restart() {
 
 #[test]
 fn bad_input_to_clients_gets_a_clear_error() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let config = config_file(&lab);
@@ -799,6 +799,7 @@ fn bad_input_to_clients_gets_a_clear_error() {
 
 #[test]
 fn a_device_that_falls_back_to_443_is_told_from_one_that_only_uses_443() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let _servers = populate(&lab);
     // The upstream router blocks 5223 toward the lab's Apple host (dropped, not refused).

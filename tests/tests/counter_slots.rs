@@ -114,6 +114,7 @@ fn ip(lab: &Lab, args: &[&str]) {
 
 #[test]
 fn interfaces_without_a_counter_slot_are_counted_under_interface_zero() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap_or_else(|e| panic!("building a lab: {e:#}"));
     // One veth more than there are slots, and one whose ifindex is past APNS_IFACES.
     let slots = LAST_ASSIGNABLE_SLOT as usize;
@@ -205,6 +206,7 @@ fn interfaces_without_a_counter_slot_are_counted_under_interface_zero() {
 
 #[test]
 fn ports_beyond_their_counter_slots_are_counted_under_port_zero_and_recycling_loses_nothing() {
+    apns_tests::require_root!();
     let slots = LAST_ASSIGNABLE_SLOT as u16;
     // More ports than slots: the last five have none.
     let first: RangeInclusive<u16> = 2001..=2000 + slots + 5;

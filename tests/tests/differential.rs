@@ -104,6 +104,7 @@ fn compare_frames(
 
 #[test]
 fn kernel_and_reference_agree_on_generated_frames() {
+    apns_tests::require_root!();
     let seed = env_number("APNS_DIFF_SEED", DEFAULT_SEED);
     let frames = env_number("APNS_DIFF_FRAMES", DEFAULT_FRAMES as u64) as usize;
     let enforcing = Generator::policy();
@@ -278,6 +279,7 @@ impl PrefixFrames {
 
 #[test]
 fn kernel_and_reference_agree_on_prefixes_of_every_length() {
+    apns_tests::require_root!();
     let seed = env_number("APNS_DIFF_SEED", DEFAULT_SEED) ^ 0x9f;
     let frames = env_number("APNS_DIFF_FRAMES", DEFAULT_FRAMES as u64) as usize / 2;
     let mut mismatches = 0;

@@ -14,7 +14,7 @@ use std::{
 use apns_tests::{
     agent::{self, gw_command, TestPins},
     lab::{run, Lab, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_WAN},
-    neighbours::{on, FloorOn, XdpFilterOn},
+    occupants::{on, FloorOn, XdpFilterOn},
     scratch::Scratch,
 };
 
@@ -75,6 +75,7 @@ fn sysctl(lab: &Lab, path: &'static str, value: &str) {
 
 #[test]
 fn each_check_fails_and_passes_on_purpose() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let scratch = Scratch::new("doctor-checks");
@@ -289,6 +290,7 @@ fn without_capabilities_doctor_says_which_are_missing() {
 
 #[test]
 fn doctor_sends_nothing_unless_probe() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let scratch = Scratch::new("doctor-quiet");

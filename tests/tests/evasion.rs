@@ -11,7 +11,7 @@ use std::{path::Path, process::Command, time::Duration};
 use apns_common::counters::{Direction, Outcome};
 use apns_tests::{
     agent::{self, counter_key, gw_command, gw_ifindex, run_lan_wan, spawn_run, succeed, TestPins},
-    lab::{self, wait_until, Lab, LabOptions, Role, CLIENT, CLIENT_IF, GW_IF_CLIENT, OTHER},
+    lab::{wait_until, Lab, LabOptions, Role, CLIENT, CLIENT_IF, GW_IF_CLIENT, OTHER},
     packets::{self, ipv4_fragments, pcap_bytes, tcp_v4, tcp_v6, Ext, SYN},
     scratch::Scratch,
 };
@@ -71,22 +71,15 @@ const QUIET_CLIENT: &str = "table inet quiet {
 }";
 
 fn arrivals(lab: &Lab) -> u64 {
-    let listing = lab::run(
-        lab.command(Role::Other, "nft")
-            .args(["list", "table", "inet", "arrivals"]),
-    )
-    .unwrap();
-    listing
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .filter(|pair| pair[0] == "packets")
-        .map(|pair| pair[1].parse::<u64>().unwrap())
+    lab.nft_counters(Role::Other, &["table", "inet", "arrivals"])
+        .unwrap()
+        .iter()
         .sum()
 }
 
 #[test]
 fn evasions_are_dropped_in_enforce_and_counted_in_monitor_on_the_gateway() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     for role in lab.roles() {
@@ -159,6 +152,7 @@ fn replay(pins: &TestPins, capture: &Path, mode: &str) -> Vec<(String, String)> 
 
 #[test]
 fn replay_says_what_enforce_would_drop_of_the_evasions() {
+    apns_tests::require_root!();
     let pins = TestPins::new();
     let scratch = Scratch::new("evasion");
     let capture = scratch.path("evasions.pcap");

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use apns_agent::datapath::events::Drop;
+use apns_agent::datapath::events::PolicyDrop;
 use apns_common::{
     counters::{CounterKey, Direction, Outcome},
     events::EventConfig,
@@ -21,6 +21,7 @@ const BUDGET: u32 = 50;
 
 #[test]
 fn a_flood_of_violations_yields_the_configured_number_of_events() {
+    apns_tests::require_root!();
     let policy = reference::Policy {
         enforce: true,
         ..reference::Policy::apple_defaults()
@@ -66,7 +67,7 @@ fn a_flood_of_violations_yields_the_configured_number_of_events() {
         .packets;
     assert_eq!(drops, u64::from(FLOOD), "every drop counted");
 
-    let first = Drop::from_event(&events[0], |index| format!("if{index}"));
+    let first = PolicyDrop::from_event(&events[0], |index| format!("if{index}"));
     assert_eq!(
         (
             first.reason,
@@ -101,6 +102,7 @@ fn a_flood_of_violations_yields_the_configured_number_of_events() {
 
 #[test]
 fn events_can_be_turned_off_and_sampled() {
+    apns_tests::require_root!();
     let policy = reference::Policy {
         enforce: true,
         ..reference::Policy::apple_defaults()

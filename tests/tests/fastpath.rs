@@ -98,21 +98,15 @@ fn echo_every_port(lab: &Lab, payload: &[u8]) {
 
 /// Packets the forward chain's rules have dropped so far.
 fn forward_drops(lab: &Lab) -> u64 {
-    in_ns(
-        lab,
-        Role::Gw,
-        &["nft", "list", "chain", "inet", "filter", "forward"],
-    )
-    .split_whitespace()
-    .collect::<Vec<_>>()
-    .windows(2)
-    .filter(|pair| pair[0] == "packets")
-    .map(|pair| pair[1].parse::<u64>().unwrap())
-    .sum()
+    lab.nft_counters(Role::Gw, &["chain", "inet", "filter", "forward"])
+        .unwrap()
+        .iter()
+        .sum()
 }
 
 #[test]
 fn redirect_delivers_apns_past_a_forward_drop_rule() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let _agent = gateway(&lab, &pins, &[]);
@@ -180,6 +174,7 @@ fn exchange(stream: &mut TcpStream, bytes: &[u8]) {
 
 #[test]
 fn the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     filtered_gateway(&lab);
@@ -278,6 +273,7 @@ fn the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches()
 
 #[test]
 fn a_live_flow_survives_a_lost_neighbour_and_a_new_next_hop() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions {
         second_upstream: true,
         ..LabOptions::default()
@@ -384,6 +380,7 @@ fn tagged_syn_frame() -> Vec<u8> {
 
 #[test]
 fn what_the_fast_path_cannot_forward_goes_to_the_stack_counted_by_reason() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let _agent = gateway(&lab, &pins, &[GW_IF_TRUNK.name]);
@@ -584,6 +581,7 @@ fn reply(lab: &Lab, to: std::net::SocketAddr) -> Vec<u8> {
 
 #[test]
 fn mark_with_the_example_rules_exempts_apns_from_a_proxy_behind_nat() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::NAT).unwrap();
     let pins = TestPins::new();
     lab.nft(Role::Gw, MARK_EXAMPLE).unwrap();

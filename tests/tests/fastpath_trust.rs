@@ -18,9 +18,7 @@ use apns_common::{
 };
 use apns_tests::{
     agent::{gw_command, spawn_run, succeed, TestPins},
-    lab::{
-        self, wait_until, Lab, LabOptions, Role, APPLE, CLIENT, GW_IF_CLIENT, GW_IF_WAN, ISP_IF_GW,
-    },
+    lab::{wait_until, Lab, LabOptions, Role, APPLE, CLIENT, GW_IF_CLIENT, GW_IF_WAN, ISP_IF_GW},
     ledger::{Gateway, Ledger},
 };
 use etherparse::PacketBuilder;
@@ -75,20 +73,10 @@ const MARKED: &str = "table inet marked {
 /// 5223 to :3128, where nothing listens, and a filter dropping 5223, both exempting the mark).
 const MARK_EXAMPLE: &str = include_str!("../../packaging/nftables/apns-mark.nft");
 
-/// The counters of `chain` in `role`'s namespace, in rule order.
+/// The counters of `chain` of inet `table` in `role`'s namespace, in rule order.
 fn rule_counts(lab: &Lab, role: Role, table: &str, chain: &str) -> Vec<u64> {
-    let listing = lab::run(
-        lab.command(role, "nft")
-            .args(["list", "chain", "inet", table, chain]),
-    )
-    .unwrap();
-    listing
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .windows(2)
-        .filter(|pair| pair[0] == "packets")
-        .map(|pair| pair[1].parse().unwrap())
-        .collect()
+    lab.nft_counters(role, &["chain", "inet", table, chain])
+        .unwrap()
 }
 
 /// Forged segments that reached the device.
@@ -178,6 +166,7 @@ fn forge(lab: &Lab, pins: &TestPins, gw: Gateway) -> u64 {
 
 #[test]
 fn forged_apple_segments_never_reach_a_device_while_its_own_apns_takes_the_fast_path() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     for role in lab.roles() {

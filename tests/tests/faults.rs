@@ -112,6 +112,7 @@ fn kill_9(child: &mut std::process::Child) {
 
 #[test]
 fn a_restart_keeps_what_the_cli_set_until_the_config_changes_it() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
@@ -216,6 +217,7 @@ fn a_restart_keeps_what_the_cli_set_until_the_config_changes_it() {
 
 #[test]
 fn kill_9_between_writing_a_policy_and_switching_to_it() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
@@ -275,6 +277,7 @@ fn kill_9_between_writing_a_policy_and_switching_to_it() {
 
 #[test]
 fn kill_9_in_the_middle_of_an_upgrade_of_several_interfaces() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let interfaces = [GW_IF_CLIENT.name, GW_IF_MDM.name, GW_IF_WAN.name];
@@ -351,6 +354,7 @@ fn kill_9_in_the_middle_of_an_upgrade_of_several_interfaces() {
 
 #[test]
 fn interfaces_deleted_recreated_and_renamed_under_a_running_agent() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let ip = |args: &[&str]| {
@@ -428,6 +432,7 @@ fn interfaces_deleted_recreated_and_renamed_under_a_running_agent() {
 
 #[test]
 fn pins_removed_by_hand_are_pinned_again_and_nothing_is_lost() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
@@ -461,6 +466,7 @@ fn pins_removed_by_hand_are_pinned_again_and_nothing_is_lost() {
 
 #[test]
 fn a_read_only_textfile_directory_is_reported_and_the_agent_keeps_serving() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let dir = std::env::temp_dir().join(format!("{}-textfile", lab.id()));
@@ -501,6 +507,7 @@ fn a_read_only_textfile_directory_is_reported_and_the_agent_keeps_serving() {
 
 #[test]
 fn a_second_run_on_the_same_datapath_is_refused() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let run = [
@@ -526,6 +533,7 @@ fn a_second_run_on_the_same_datapath_is_refused() {
 
 #[test]
 fn a_reader_that_goes_away_ends_the_command_quietly() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     agent::succeed(&mut agent::gw_command(
@@ -563,6 +571,7 @@ fn libc_sigpipe() -> i32 {
 
 #[test]
 fn ip_netns_exec_is_refused_before_it_pins_into_a_private_bpffs() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let output = agent::fail(
@@ -638,6 +647,7 @@ fn with_read_only_state(lab: &Lab, pins: &TestPins, args: &[&str]) -> Command {
 
 #[test]
 fn a_read_only_state_directory_refuses_live_changes_and_changes_nothing() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
@@ -729,6 +739,7 @@ fn a_read_only_state_directory_refuses_live_changes_and_changes_nothing() {
 
 #[test]
 fn an_interface_gone_after_a_reboot_is_reported_and_the_others_enforce() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let lan = agent::gw_ifindex(&lab, GW_IF_CLIENT.name).unwrap();
@@ -815,6 +826,7 @@ fn an_interface_gone_after_a_reboot_is_reported_and_the_others_enforce() {
 
 #[test]
 fn run_with_every_interface_missing_starts_and_attaches_each_when_it_appears() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let agent = spawn_run(&lab, &pins, &["run", "--iface", "apnsn0"]).unwrap();

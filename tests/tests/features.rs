@@ -33,6 +33,7 @@ const RUNNABLE_WITHOUT: [&str; 5] = [
 
 #[test]
 fn each_optional_feature_off_loads_counts_exactly_and_says_what_changed() {
+    apns_tests::require_root!();
     for feature in RUNNABLE_WITHOUT {
         feature_off(feature);
     }
@@ -151,6 +152,7 @@ fn status_json(lab: &Lab, pins: &TestPins, env: &[(&str, &str)]) -> serde_json::
 
 #[test]
 fn without_xdp_link_nothing_attaches_and_the_refusal_names_it() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let mut cmd = gw_command(&lab, &pins, &["attach", GW_IF_CLIENT.name]);

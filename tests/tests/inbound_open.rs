@@ -147,6 +147,7 @@ impl<'lab> Capture<'lab> {
 
 #[test]
 fn inbound_syns_are_dropped_in_enforce_and_delivered_in_monitor_counted_exactly() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let device_facing = format!("{}=devices", GW_IF_CLIENT.name);

@@ -68,6 +68,7 @@ fn peers(lab: &Lab, host: Role) -> BTreeMap<IpAddr, BTreeSet<u16>> {
 
 #[test]
 fn routed_lab_carries_every_apns_port_from_every_lan_host() {
+    apns_tests::require_root!();
     let lab = lab(false);
     echo_everywhere(&lab);
     // Without NAT each server sees each LAN host's own address, on every port.
@@ -88,6 +89,7 @@ fn routed_lab_carries_every_apns_port_from_every_lan_host() {
 
 #[test]
 fn nat_lab_carries_every_apns_port_and_hides_the_lan() {
+    apns_tests::require_root!();
     let lab = lab(true);
     let ruleset = run(lab.command(Role::Gw, "nft").args(["list", "ruleset"])).expect("nft");
     assert!(ruleset.contains("masquerade"), "{ruleset}");
@@ -130,6 +132,7 @@ fn wait_rx(lab: &Lab, role: Role, ifname: &str, want: u64) -> apns_tests::lab::L
 
 #[test]
 fn raw_frames_reach_the_gateway_exactly() {
+    apns_tests::require_root!();
     let lab = lab(false);
     for iface in [GW_IF_CLIENT, CLIENT_IF, GW_IF_VLAN, VLAN_IF_TRUNK] {
         assert_eq!(
@@ -201,6 +204,7 @@ fn raw_frames_reach_the_gateway_exactly() {
 
 #[test]
 fn commands_run_in_the_namespace_and_drop_cleans_up() {
+    apns_tests::require_root!();
     let lab = lab(false);
     let names = lab.namespaces();
     assert_eq!(names.len(), Role::ALL.len());
@@ -265,6 +269,7 @@ impl Drop for NetnsGuard {
 
 #[test]
 fn new_lab_sweeps_namespaces_of_dead_processes_only() {
+    apns_tests::require_root!();
     // 4000000000 is above the kernel's largest pid_max (4194304): no such process can exist.
     // Our own pid in the rest of the name keeps concurrent runs of this test apart.
     let stale = format!("{NETNS_PREFIX}4000000000-{}-stale", process::id());

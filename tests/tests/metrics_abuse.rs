@@ -67,6 +67,7 @@ fn scrape(mut stream: TcpStream) -> std::io::Result<usize> {
 
 #[test]
 fn half_open_connections_and_a_scrape_flood_leave_the_agent_small_and_answering() {
+    apns_tests::require_root!();
     // Enough descriptors for the half-open connections and the scrapers.
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536), hard).unwrap();
@@ -298,6 +299,7 @@ fn guesser(lab: &Lab, from: Ipv4Addr, to: SocketAddr, stop: &AtomicBool, tally: 
 
 #[test]
 fn unauthenticated_clients_and_a_flood_of_wrong_passwords_cannot_lock_out_a_scraper() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let scratch = Scratch::new("metrics-lockout");

@@ -65,6 +65,7 @@ fn layout2_counted(pins: &TestPins) -> BTreeMap<u32, u64> {
 
 #[test]
 fn a_new_agent_migrates_the_previous_releases_datapath_under_a_live_flow() {
+    apns_tests::require_root!();
     if let Some(refusal) = layout2::refused_here() {
         eprintln!("skipped: the previous release's datapath cannot run on this kernel, so there is nothing to migrate from (its verifier refusal: {refusal})");
         return;

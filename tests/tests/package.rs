@@ -490,6 +490,7 @@ fn xdp_attached(lab: &Lab, interface: &str) -> bool {
 #[test]
 #[ignore = "needs the .deb: cargo xtask test builds it and runs this with --ignored"]
 fn deb_installs_works_and_purges_without_a_trace() {
+    apns_tests::require_root!();
     let deb = deb();
     check_contents(&deb);
     check_control(&deb);
@@ -694,6 +695,7 @@ fn recap_count(recap: &str, key: &str) -> u32 {
 #[test]
 #[ignore = "needs the .deb: cargo xtask test builds it and runs this with --ignored"]
 fn ansible_role_installs_idempotently_and_refuses_a_bad_config() {
+    apns_tests::require_root!();
     let deb = deb();
     let mut session = PackageSession::begin();
     session.made(STAGE);

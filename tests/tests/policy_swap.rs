@@ -70,6 +70,7 @@ fn key(direction: Direction, port: u16, outcome: Outcome) -> CounterKey {
 
 #[test]
 fn swaps_under_traffic_never_judge_by_a_half_applied_policy() {
+    apns_tests::require_root!();
     let a = |variant| agent_policy(&policy_a(variant));
     let b = |variant| agent_policy(&policy_b(variant));
     let probe = packets::tcp_v4(CLIENT, PROBE_DST, 40_000, PROBE_PORT, SYN).bytes();

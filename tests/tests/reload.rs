@@ -59,6 +59,7 @@ fn live(pins: &TestPins) -> (Desired, Vec<String>) {
 
 #[test]
 fn sighup_reconciles_each_config_section_and_refuses_a_bad_file() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let file = std::env::temp_dir().join(format!("{}-config.toml", lab.id()));

@@ -2,15 +2,17 @@
 //! Linux cooked SLL and SLL2 from `-i any`; pcap, and the same frames rewritten as pcapng,
 //! as tcpdump 4.99 writes pcap only) replay to exactly the counters the attached datapath
 //! counted for the same traffic, per outcome, direction and port; crafted bad captures each
-//! get their error, naming the frame; and replay leaves no pin, program or link behind.
+//! get their error, naming the frame; a capture many times larger than replay's read buffer
+//! replays to exactly its parts' counters in the memory a small one takes; and replay leaves
+//! no pin, program or link behind.
 //! Needs root and tcpdump (`cargo xtask setup` installs it).
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader},
+    io::Read as _,
+    net::Ipv4Addr,
     path::Path,
     process::{Command, Stdio},
-    sync::mpsc,
     thread,
     time::Duration,
 };
@@ -31,10 +33,10 @@ use apns_common::counters::CounterValue;
 use apns_tests::{
     agent::{self, gw_command, gw_ifindex, TestPins},
     lab::{
-        Lab, LabChild, LabOptions, Role, APPLE, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_VLAN,
-        GW_IF_WAN, OTHER,
+        CaptureMarker, Lab, LabOptions, Role, Tcpdump, APPLE, CLIENT_IF, GW_IF_CLIENT, GW_IF_MDM,
+        GW_IF_TRUNK, GW_IF_VLAN, GW_IF_WAN, OTHER,
     },
-    packets::pcap_bytes,
+    packets::{self, pcap_bytes, ACK, SYN},
     scratch::Scratch,
 };
 
@@ -48,65 +50,6 @@ const GW_IFACES: [&str; 4] = [
     GW_IF_TRUNK.name,
     GW_IF_WAN.name,
 ];
-
-/// tcpdump writing `path` in the gateway; stopped (SIGTERM) on drop.
-struct Tcpdump<'lab> {
-    child: LabChild<'lab>,
-    lines: mpsc::Receiver<String>,
-}
-
-impl<'lab> Tcpdump<'lab> {
-    /// Starts `tcpdump ARGS -w PATH` and returns once it is capturing.
-    fn start(lab: &'lab Lab, args: &[&str], path: &Path) -> Tcpdump<'lab> {
-        let mut cmd = lab.command(Role::Gw, "tcpdump");
-        // -Z root: keep writing as root (Debian's tcpdump drops to its own user otherwise);
-        // -U and --immediate-mode: every frame reaches the file as it is captured.
-        cmd.args([
-            "-n",
-            "-Z",
-            "root",
-            "-U",
-            "--immediate-mode",
-            "-s",
-            "0",
-            "-B",
-            "8192",
-        ])
-        .args(args)
-        .arg("-w")
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let mut child = lab.spawn(&mut cmd).unwrap();
-        let stderr = child.child_mut().stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        // Drains tcpdump's stderr until it exits, so it never blocks or dies on a closed pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        loop {
-            match rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(line) if line.contains("listening on") => break,
-                Ok(_) => {}
-                Err(err) => panic!("tcpdump {args:?} did not start capturing: {err}"),
-            }
-        }
-        Tcpdump { child, lines: rx }
-    }
-
-    /// Stops it and returns what it said at the end (how many frames it captured, and
-    /// dropped).
-    fn stop(mut self) -> String {
-        self.child.stop(Duration::from_secs(5)).unwrap();
-        let mut said = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            said.push(line);
-        }
-        said.join("; ")
-    }
-}
 
 /// Counters added between two snapshots.
 fn delta(before: &Snapshot, after: &Snapshot) -> Snapshot {
@@ -291,6 +234,7 @@ fn kernel_objects() -> Objects {
 
 #[test]
 fn captures_replay_to_the_counters_the_attached_datapath_counted() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let scratch = Scratch::new("replay-lab");
@@ -318,10 +262,11 @@ fn captures_replay_to_the_counters_the_attached_datapath_counted() {
     };
     quiet();
     let dumps = [
-        Tcpdump::start(&lab, &["-i", GW_IF_CLIENT.name, "-Q", "in"], &ethernet),
-        Tcpdump::start(&lab, &["-i", "any", "-y", "LINUX_SLL"], &sll),
-        Tcpdump::start(&lab, &["-i", "any", "-y", "LINUX_SLL2"], &sll2),
-    ];
+        (&["-i", GW_IF_CLIENT.name, "-Q", "in"][..], &ethernet),
+        (&["-i", "any", "-y", "LINUX_SLL"], &sll),
+        (&["-i", "any", "-y", "LINUX_SLL2"], &sll2),
+    ]
+    .map(|(args, path)| Tcpdump::start(&lab, Role::Gw, args, path).unwrap());
     quiet();
     let before = pins.snapshot().unwrap();
 
@@ -338,10 +283,12 @@ fn captures_replay_to_the_counters_the_attached_datapath_counted() {
         let payload = format!("{from} -> {addr}").into_bytes();
         assert_eq!(lab.echo(from, addr, &payload, TIMEOUT).unwrap(), payload);
     }
+    // Every capture sees the marker on lan0 (and the datapath counts it, as replay does).
+    let marker = CaptureMarker::send(&lab, Role::Client, CLIENT_IF.name).unwrap();
     quiet();
     let counted = delta(&before, &pins.snapshot().unwrap());
     for dump in dumps {
-        let said = dump.stop();
+        let said = dump.stop_after(&marker).unwrap();
         // A frame the kernel dropped before tcpdump saw it would make the comparison moot.
         assert!(
             said.contains(" 0 packets dropped by kernel"),
@@ -393,7 +340,7 @@ fn captures_replay_to_the_counters_the_attached_datapath_counted() {
             assert_eq!(report["outgoing_left_out"], 0);
             assert_eq!(
                 report["enforce_drops"],
-                serde_json::json!({"pinhole": pinhole, "provider": 0, "inbound_open": 0}),
+                serde_json::json!({"pinhole": pinhole, "provider": 0, "inbound_open": 0, "unfinished": 0}),
                 "{name}: enforce drops the pinhole violation's frames"
             );
         } else {
@@ -458,6 +405,7 @@ fn assert_no_leftovers(before: &Objects) {
 
 #[test]
 fn bad_captures_get_an_error_naming_the_frame_and_print_nothing() {
+    apns_tests::require_root!();
     let pins = TestPins::new();
     let scratch = Scratch::new("replay-bad");
     let frame = vec![0u8; 60];
@@ -540,4 +488,154 @@ fn bad_captures_get_an_error_naming_the_frame_and_print_nothing() {
     }
     assert!(!pins.path().exists(), "replay made a pin directory");
     assert_no_leftovers(&objects);
+}
+
+/// `replay --json --mode enforce CAPTURE`, parsed, and the replay's peak resident memory in
+/// KiB (VmHWM), read while it waits to write its report into a pipe that holds less than the
+/// report: by then it has read the whole capture and run every frame. Its own figure:
+/// `wait4`'s ru_maxrss would include this test process's, which the child starts as.
+fn replay_measured(pins: &TestPins, capture: &Path) -> (serde_json::Value, u64) {
+    let mut cmd = Command::new(agent::binary());
+    agent::command(&mut cmd, pins, &["replay", "--json", "--mode", "enforce"]);
+    // The smallest pipe, one page, made before the child can write to it.
+    let (mut stdout, writer) = std::io::pipe().unwrap();
+    nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES)).unwrap();
+    cmd.arg(capture).stdout(writer).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Only the child may hold the writing end, or the reads below never see its end.
+    drop(cmd);
+    let mut report = vec![0u8; 1];
+    // Its first byte comes once the report is being written: nothing more is read or run.
+    stdout.read_exact(&mut report).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    stdout.read_to_end(&mut report).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "replay of {}: {}: {}",
+        capture.display(),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        report.len() > PIPE_BYTES as usize + 1,
+        "the report ({} bytes) is larger than the pipe, so replay waited to write it",
+        report.len()
+    );
+    let peak = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|kib| kib.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    let report = serde_json::from_slice(&report)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&report)));
+    (report, peak)
+}
+
+/// A page: the smallest pipe Linux makes.
+const PIPE_BYTES: i32 = 4096;
+
+/// Every number of a replay's counters and enforce drops, by its path in the report.
+fn counters(report: &serde_json::Value) -> Vec<(String, u64)> {
+    fn walk(path: String, value: &serde_json::Value, out: &mut Vec<(String, u64)>) {
+        match value {
+            serde_json::Value::Number(number) => {
+                out.push((path, number.as_u64().expect("a count")))
+            }
+            serde_json::Value::Object(fields) => {
+                for (key, value) in fields {
+                    walk(format!("{path}.{key}"), value, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (index, value) in items.iter().enumerate() {
+                    walk(format!("{path}[{index}]"), value, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(
+        "stats".to_owned(),
+        &report["stats"]["interfaces"][0],
+        &mut out,
+    );
+    walk(
+        "enforce_drops".to_owned(),
+        &report["enforce_drops"],
+        &mut out,
+    );
+    out
+}
+
+#[test]
+fn a_capture_larger_than_the_read_buffer_replays_whole_in_bounded_memory() {
+    let pins = TestPins::new();
+    let scratch = Scratch::new("replay-large");
+    let device = Ipv4Addr::new(192, 0, 2, 10);
+    let apple = Ipv4Addr::new(17, 249, 1, 10);
+    let other = Ipv4Addr::new(203, 0, 113, 130);
+    // A mix of what replay tells apart, in full-size frames: APNs to Apple, a pinhole
+    // violation (5223 to a host that is not Apple: enforce drops it), web traffic, DNS.
+    let mix = [
+        packets::tcp_v4(device, apple, 40000, 5223, SYN).bytes(),
+        packets::tcp_v4(device, apple, 40000, 5223, ACK)
+            .payload(1400)
+            .bytes(),
+        packets::tcp_v4(device, other, 40001, 5223, SYN)
+            .payload(1400)
+            .bytes(),
+        packets::tcp_v4(device, other, 40002, 443, ACK)
+            .payload(1400)
+            .bytes(),
+        packets::udp_v4(device, other, 40003, 53)
+            .payload(100)
+            .bytes(),
+    ];
+    let record_bytes: usize = mix.iter().map(|frame| frame.len() + 16).sum();
+    // Two captures of the mix repeated: one of 1 MiB, the size of replay's read buffer, and
+    // one 16 times larger.
+    let capture = |name: &str, copies: usize| {
+        let path = scratch.path(name);
+        let frames: Vec<Vec<u8>> = (0..copies).flat_map(|_| mix.clone()).collect();
+        std::fs::write(&path, pcap_bytes(1, &frames)).unwrap();
+        path
+    };
+    let small_copies = (1 << 20) / record_bytes;
+    let small = capture("small.pcap", small_copies);
+    let large = capture("large.pcap", small_copies * 16);
+    let size = std::fs::metadata(&large).unwrap().len();
+
+    let (small_report, small_rss) = replay_measured(&pins, &small);
+    let (large_report, large_rss) = replay_measured(&pins, &large);
+    assert_eq!(small_report["frames"], mix.len() * small_copies);
+    assert_eq!(large_report["frames"], mix.len() * small_copies * 16);
+    let small_counters = counters(&small_report);
+    assert!(
+        small_counters
+            .iter()
+            .any(|(key, n)| key == "enforce_drops.pinhole" && *n == small_copies as u64),
+        "the pinhole violations are dropped: {small_counters:?}"
+    );
+    let scaled: Vec<(String, u64)> = small_counters
+        .into_iter()
+        // Port numbers name a row; everything else counts.
+        .map(|(key, n)| match key.ends_with(".port") {
+            true => (key, n),
+            false => (key, n * 16),
+        })
+        .collect();
+    assert_eq!(
+        counters(&large_report),
+        scaled,
+        "16 times the small capture"
+    );
+    // Holding it whole would add its 16 MiB; streamed, the large capture costs no more than
+    // a few read buffers over the small one.
+    assert!(
+        large_rss < small_rss + 8 * 1024,
+        "replay of {size} bytes peaked at {large_rss} KiB, of 1 MiB at {small_rss} KiB"
+    );
+    assert!(!pins.path().exists(), "replay made a pin directory");
 }

@@ -328,6 +328,7 @@ fn dropped(lab: &Lab, from: Role, to: SocketAddr) {
 /// Connections to the non-Apple host on 443 touch no APNs counter: they are `not_apns`.
 #[test]
 fn monitor_counts_every_apns_connection_per_interface_direction_and_port() {
+    apns_tests::require_root!();
     scenario(LabOptions::default(), "monitor", |lab, pins| {
         let mut datapath = Datapath::new(lab, pins);
 
@@ -396,6 +397,7 @@ fn monitor_counts_every_apns_connection_per_interface_direction_and_port() {
 /// works for the client. IPv4 and IPv6.
 #[test]
 fn enforce_drops_pinhole_and_provider_violations_and_passes_the_rest() {
+    apns_tests::require_root!();
     scenario(LabOptions::default(), "enforce", |lab, pins| {
         let mut datapath = Datapath::new(lab, pins);
         let pinhole = (
@@ -460,6 +462,7 @@ fn enforce_drops_pinhole_and_provider_violations_and_passes_the_rest() {
 /// address and port, which NAT does not change). Enforce mode: NAT'd answers are not dropped.
 #[test]
 fn nat_keeps_both_sides_counted() {
+    apns_tests::require_root!();
     scenario(LabOptions::NAT, "enforce", |lab, pins| {
         let mut datapath = Datapath::new(lab, pins);
         for ipv6 in [false, true] {
@@ -499,6 +502,7 @@ fn nat_keeps_both_sides_counted() {
 /// orderly close.
 #[test]
 fn idle_5223_connection_survives_with_one_syn() {
+    apns_tests::require_root!();
     /// Long enough to be idle, short enough to keep the test under 10 s.
     const IDLE: Duration = Duration::from_secs(4);
     scenario(LabOptions::default(), "enforce", |lab, pins| {

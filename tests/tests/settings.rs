@@ -10,6 +10,7 @@ use apns_tests::{
 
 #[test]
 fn the_configs_pin_dir_counts_for_every_subcommand() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let file = std::env::temp_dir().join(format!("{}-pin-dir.toml", lab.id()));

@@ -72,6 +72,7 @@ fn modified(path: &Path) -> Option<std::time::SystemTime> {
 
 #[test]
 fn metrics_stats_and_textfile_show_the_same_exact_counts() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let textfile: PathBuf = std::env::temp_dir().join(format!("{}.prom", lab.id()));
@@ -205,6 +206,7 @@ fn metrics_stats_and_textfile_show_the_same_exact_counts() {
 
 #[test]
 fn reachability_falls_to_zero_for_a_port_apple_resets() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     // The Apple host answers SYNs on 5223 with a reset from now on.
     lab::run(Command::new("ip").args([
@@ -250,6 +252,7 @@ fn reachability_falls_to_zero_for_a_port_apple_resets() {
 
 #[test]
 fn events_stream_names_each_refused_flow() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let _agent = start_agent(&lab, &pins, &[]);
@@ -285,6 +288,7 @@ fn events_stream_names_each_refused_flow() {
 
 #[test]
 fn ebpf_log_flag_forwards_the_datapaths_log_and_off_removes_it() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let mut agent = start_agent(&lab, &pins, &["--ebpf-log", "debug"]);
@@ -312,6 +316,7 @@ fn ebpf_log_flag_forwards_the_datapaths_log_and_off_removes_it() {
 
 #[test]
 fn sighup_rereads_the_web_config_and_a_bad_one_keeps_the_one_in_force() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let scratch = Scratch::new("web-reload");

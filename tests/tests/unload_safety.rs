@@ -63,6 +63,7 @@ fn bpffs_mounted() {
 
 #[test]
 fn unload_of_a_plain_folder_is_refused_and_removes_nothing() {
+    apns_tests::require_root!();
     let scratch = Scratch::new("unload-plain");
     scratch.file("config.toml", "mode = \"monitor\"\n");
     std::fs::create_dir_all(scratch.path("maps")).unwrap();
@@ -78,6 +79,7 @@ fn unload_of_a_plain_folder_is_refused_and_removes_nothing() {
 
 #[test]
 fn unload_and_install_at_bpffs_root_are_refused() {
+    apns_tests::require_root!();
     let root = Path::new("/sys/fs/bpf");
     bpffs_mounted();
     let before = tree(root);
@@ -103,6 +105,7 @@ fn unload_and_install_at_bpffs_root_are_refused() {
 
 #[test]
 fn unload_of_a_pin_directory_holding_a_foreign_map_is_refused_and_removes_nothing() {
+    apns_tests::require_root!();
     let pins = TestPins::new();
     // An empty pin directory of ours.
     bpffs_mounted();
@@ -159,6 +162,7 @@ fn agent_with(config: &Path, args: &[&str]) -> Command {
 
 #[test]
 fn unload_reads_only_the_pin_dir_of_the_config() {
+    apns_tests::require_root!();
     let scratch = Scratch::new("unload-config");
     let pins = TestPins::new();
     let config = scratch.path("config.toml");
@@ -211,6 +215,7 @@ fn unload_reads_only_the_pin_dir_of_the_config() {
 
 #[test]
 fn prerm_unloads_the_datapath_where_the_config_says() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     let scratch = Scratch::new("prerm");

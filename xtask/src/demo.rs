@@ -1,5 +1,7 @@
 //! `cargo xtask demo`: setup, build the agent and the demo in release mode, run the demo (a
-//! gateway in network namespaces with apns-agent on it; `tests/src/bin/apns-demo.rs`).
+//! gateway in network namespaces with apns-agent on it: doctor, traffic, a policy change,
+//! the fast path past a filter, `clients`' findings, counters, /metrics and a replay;
+//! `tests/src/bin/apns-demo.rs`, checked by `tests/tests/demo.rs`).
 
 use std::process::Stdio;
 

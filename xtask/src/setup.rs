@@ -2,7 +2,10 @@
 //!
 //! 1. `rust-src` for the installed nightly (the eBPF crate is built with `-Z build-std=core`).
 //! 2. bpf-linker 0.13.0 built against the nightly toolchain's own libLLVM (docs/platform.md).
-//! 3. cargo-deb [`CARGO_DEB_VERSION`], which `cargo xtask dist` packages the agent with.
+//! 3. cargo-deb, which `cargo xtask dist` packages the agent with; and, only for the commands
+//!    that use them ([`checkers`]: `setup`, `test`, `deny`, `fuzz`), cargo-deny, the
+//!    supply-chain checks of `cargo xtask test`, and cargo-fuzz, which builds and runs the
+//!    fuzz targets of `fuzz/`: they take minutes to build, which `demo` need not wait for.
 //! 4. The Debian packages in [`APT_PACKAGES`].
 //!
 //! and, for the kernel matrix ([`guests`]: `cargo xtask setup`, `test` and `vm` call it),
@@ -31,11 +34,50 @@ use crate::vm::{self, GuestKernel};
 /// The bpf-linker release that fits the pinned aya family and the nightly's LLVM 22.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// The cargo-deb release `cargo xtask dist` uses: pinned, so the maintainer scripts it
-/// generates (and the package test checks) do not change under us. Built without its default
-/// features (the bundled liblzma and debug-id support), so there is less to compile: `dist`
-/// compresses with the system's `xz` (`--compress-system`) instead.
-pub const CARGO_DEB_VERSION: &str = "3.8.0";
+/// A cargo subcommand `cargo install` builds from crates.io, pinned, so that what it does
+/// (and what the tests check of it) does not change under us.
+pub struct CargoTool {
+    /// The crate, and the binary it installs.
+    pub name: &'static str,
+    pub version: &'static str,
+    /// More arguments for `cargo install`.
+    install_args: &'static [&'static str],
+    /// How long installing it took here, for the progress line.
+    takes: &'static str,
+}
+
+/// cargo-deb, which `cargo xtask dist` packages the agent with: pinned, so the maintainer
+/// scripts it generates (and the package test checks) do not change. Built without its
+/// default features (the bundled liblzma and debug-id support), so there is less to compile:
+/// `dist` compresses with the system's `xz` (`--compress-system`) instead.
+pub const CARGO_DEB: CargoTool = CargoTool {
+    name: "cargo-deb",
+    version: "3.8.0",
+    install_args: &["--no-default-features"],
+    takes: "40 to 90 s on 2 cores",
+};
+
+/// cargo-deny, the licence, ban, source and advisory checks of `cargo xtask test`
+/// (deny.toml, `deny.rs`). 0.20.2 declares rust-version 1.88: it builds with the stable
+/// toolchain.
+pub const CARGO_DENY: CargoTool = CargoTool {
+    name: "cargo-deny",
+    version: "0.20.2",
+    install_args: &[],
+    takes: "about 20 min on 2 cores shared with other builds",
+};
+
+/// cargo-fuzz, which builds the fuzz targets of `fuzz/` with the nightly toolchain's
+/// sanitizers and runs them under libFuzzer (`fuzz.rs`).
+pub const CARGO_FUZZ: CargoTool = CargoTool {
+    name: "cargo-fuzz",
+    version: "0.13.2",
+    install_args: &[],
+    takes: "about 4 min on 2 cores",
+};
+
+/// The cargo subcommands of [`checkers`].
+const CHECKERS: &[&CargoTool] = &[&CARGO_DENY, &CARGO_FUZZ];
 
 /// Debian packages the tests and the demo use, grouped by who uses them.
 const APT_PACKAGES: &[&str] = &[
@@ -92,15 +134,25 @@ pub fn run() -> Result<()> {
     }
     rust_src()?;
     bpf_linker()?;
-    cargo_deb()?;
+    cargo_tool(&CARGO_DEB)?;
     apt_packages()?;
     step(format!("setup done ({})", elapsed(start.elapsed())));
     Ok(())
 }
 
-/// `cargo xtask setup`: [`run`], then what the guests of every kernel need.
-pub fn all() -> Result<()> {
+/// [`run`], then the checkers of `cargo xtask test` (`deny`, `fuzz`): cargo-deny and
+/// cargo-fuzz.
+pub fn checkers() -> Result<()> {
     run()?;
+    for tool in CHECKERS {
+        cargo_tool(tool)?;
+    }
+    Ok(())
+}
+
+/// `cargo xtask setup`: [`checkers`], then what the guests of every kernel need.
+pub fn all() -> Result<()> {
+    checkers()?;
     let kernels: Vec<&GuestKernel> = vm::GUEST_KERNELS.iter().collect();
     guests(&kernels)
 }
@@ -683,59 +735,65 @@ fn linker_version(path: &Path) -> Result<String> {
         .with_context(|| format!("unexpected `bpf-linker --version` output: {}", out.trim()))
 }
 
-fn cargo_deb() -> Result<()> {
-    if let Some(path) = util::which("cargo-deb") {
-        match cargo_deb_version(&path) {
-            Ok(found) if found == CARGO_DEB_VERSION => {
+/// `tool`, installed with `cargo install` unless the one on PATH is that version.
+fn cargo_tool(tool: &CargoTool) -> Result<()> {
+    let CargoTool { name, version, .. } = tool;
+    if let Some(path) = util::which(name) {
+        match tool_version(&path) {
+            Ok(found) if found == *version => {
                 step(format!(
-                    "cargo-deb {found}: already installed ({})",
+                    "{name} {found}: already installed ({})",
                     tilde(&path)
                 ));
                 return Ok(());
             }
             Ok(found) => step(format!(
-                "cargo-deb at {} is {found}, not {CARGO_DEB_VERSION}: reinstalling",
+                "{name} at {} is {found}, not {version}: reinstalling",
                 tilde(&path)
             )),
             Err(err) => step(format!(
-                "cargo-deb at {} does not run ({err:#}): reinstalling",
+                "{name} at {} does not run ({err:#}): reinstalling",
                 tilde(&path)
             )),
         }
     }
-    step(format!(
-        "installing cargo-deb {CARGO_DEB_VERSION} (40 to 90 s on 2 cores)"
-    ));
+    step(format!("installing {name} {version} ({})", tool.takes));
     let home = util::home()?;
     util::run(
         cargo()
-            .args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION])
-            .args(["--locked", "--force", "--no-default-features"])
+            .args(["install", name, "--version", version, "--locked", "--force"])
+            .args(tool.install_args)
             // Away from the workspace, so none of its cargo configuration applies.
             .current_dir(&home),
     )?;
-    let path =
-        util::which("cargo-deb").context("`cargo install` finished but no cargo-deb is on PATH")?;
-    let found = cargo_deb_version(&path)
+    let path = util::which(name)
+        .with_context(|| format!("`cargo install` finished but no {name} is on PATH"))?;
+    let found = tool_version(&path)
         .with_context(|| format!("the freshly installed {} does not run", path.display()))?;
-    if found != CARGO_DEB_VERSION {
+    if found != *version {
         bail!(
-            "installed cargo-deb {CARGO_DEB_VERSION}, but the one found first on PATH ({}) is {found}",
+            "installed {name} {version}, but the one found first on PATH ({}) is {found}",
             path.display()
         );
     }
-    step(format!("cargo-deb {found} installed ({})", tilde(&path)));
+    step(format!("{name} {found} installed ({})", tilde(&path)));
     Ok(())
 }
 
-/// The version `cargo-deb --version` reports (`cargo-deb 3.8.0` → `3.8.0`; older releases
-/// print `cargo-deb v3.8.0`).
-fn cargo_deb_version(path: &Path) -> Result<String> {
+/// The version `<tool> --version` reports (`cargo-deb 3.8.0` → `3.8.0`; older releases of
+/// cargo-deb print `cargo-deb v3.8.0`).
+fn tool_version(path: &Path) -> Result<String> {
     let out = output(command(&path.to_string_lossy()).arg("--version"))?;
     out.split_whitespace()
         .nth(1)
         .map(|version| version.trim_start_matches('v').to_owned())
-        .with_context(|| format!("unexpected `cargo-deb --version` output: {}", out.trim()))
+        .with_context(|| {
+            format!(
+                "unexpected `{} --version` output: {}",
+                path.display(),
+                out.trim()
+            )
+        })
 }
 
 fn apt_packages() -> Result<()> {

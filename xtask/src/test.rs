@@ -1,5 +1,6 @@
-//! `cargo xtask test`: setup, then every test of the workspace (unit, integration and the
-//! kernel tests, which load XDP programs and therefore need root), the benchmark's smoke run,
+//! `cargo xtask test`: setup, then the supply-chain checks (`deny.rs`), every test of the
+//! workspace (unit, integration and the kernel tests, which load XDP programs and therefore
+//! need root), a short run of each fuzz target (`fuzz.rs`), the benchmark's smoke run,
 //! and the package tests: `cargo xtask dist` builds the .deb, then tests/tests/package.rs
 //! (ignored by a plain `cargo test`) installs, uses and purges it and runs the Ansible role.
 //! `APNS_AGENT_PACKAGE_TESTS=skip` skips the latter (on a machine whose apns-agent must not
@@ -19,7 +20,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{
     bystander::Bystander,
-    util::{cargo, describe, elapsed, is_root, step, target_dir, workspace_root},
+    util::{cargo, describe, elapsed, is_root, run_step, step, target_dir, workspace_root},
     vm::{self, GuestKernel},
 };
 
@@ -35,6 +36,10 @@ pub struct Args {
     #[arg(last = true, value_name = "CARGO_TEST_ARGS")]
     cargo_test_args: Vec<OsString>,
 }
+
+/// Root-only tests skip, saying why, where they cannot run (tests/src/root_only.rs); run
+/// here as root, one that cannot run fails instead: nothing is skipped unnoticed.
+pub const NO_SKIP: (&str, &str) = ("APNS_TESTS_NO_SKIP", "1");
 
 /// A value of `--kernel`.
 #[derive(Clone, Copy)]
@@ -112,7 +117,7 @@ enum PackageTests {
 
 fn setup_and_test(args: &Args) -> Result<PackageTests> {
     let (host, guests) = args.selection();
-    crate::setup::run().context("setup failed")?;
+    crate::setup::checkers().context("setup failed")?;
     if !guests.is_empty() {
         crate::setup::guests(&guests).context("setting up the guests failed")?;
     }
@@ -135,6 +140,7 @@ fn host_tests(args: &Args) -> Result<PackageTests> {
     // What exists before is not this run's: a crashed earlier run's leftovers are the tests'
     // own sweeps to remove, and must not fail this run.
     let before = test_artifacts();
+    crate::deny::check().context("the supply-chain checks (cargo deny) failed")?;
     // The release agent the benchmark runs anyway, started first as a bystander: the suite
     // must pass beside an agent it did not start, as on a live gateway.
     crate::util::build_release_with_agent("apns-bench")?;
@@ -142,15 +148,11 @@ fn host_tests(args: &Args) -> Result<PackageTests> {
     let mut cmd = cargo();
     cmd.args(["test", "--workspace", "--exclude", "apns-ebpf"])
         .args(&args.cargo_test_args)
-        .current_dir(workspace_root())
-        .stdin(Stdio::null());
-    step(describe(&cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("could not start `{}`", describe(&cmd)))?;
-    if !status.success() {
-        bail!("`{}` failed ({status})", describe(&cmd));
-    }
+        .env(NO_SKIP.0, NO_SKIP.1)
+        .current_dir(workspace_root());
+    run_step(&mut cmd, "the tests above say which failed")?;
+    let targets: Vec<_> = crate::fuzz::TARGETS.iter().collect();
+    crate::fuzz::fuzz(&targets, crate::fuzz::TEST_SECS).context("fuzzing failed")?;
     // The benchmark's smoke run: checks that every figure is still produced (never how good
     // the figures are: speed goals are reported, not tested).
     crate::bench::run(&crate::bench::Args {
@@ -191,6 +193,7 @@ fn package_tests() -> Result<PackageTests> {
     ])
     .args(["--", "--ignored", "--test-threads", "1"])
     .env("APNS_AGENT_DEB", &deb)
+    .env(NO_SKIP.0, NO_SKIP.1)
     .current_dir(workspace_root())
     .stdin(Stdio::null());
     step(format!(

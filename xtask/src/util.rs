@@ -124,6 +124,13 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Shows a command as a step, then [`run`]s it; a failure also says `what_next` (what to
+/// look at, how to fix it).
+pub fn run_step(cmd: &mut Command, what_next: &str) -> Result<()> {
+    step(describe(cmd));
+    run(cmd).with_context(|| what_next.to_owned())
+}
+
 /// Runs a command and returns its stdout; fails with its stderr unless it exits with 0.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd

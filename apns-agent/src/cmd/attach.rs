@@ -4,21 +4,21 @@
 use crate::{
     cli::Global,
     cmd::live,
-    datapath::{self, interfaces::InterfaceRole, links, neighbours, Datapath, Installed, XdpMode},
+    datapath::{self, interfaces::InterfaceRole, links, occupants, Datapath, Installed, XdpMode},
     privileges,
     settings::Settings,
 };
 
 pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent attach")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let pins = &settings.pins;
     // Every name first, and what runs there: a typo or someone else's XDP program must not
     // leave a half-made datapath behind.
     for interface in interfaces {
         links::check_interface_name(interface)?;
         let ifindex = links::ifindex(interface)?;
-        neighbours::check_free(interface, ifindex, pins)?;
+        occupants::check_free(interface, ifindex, pins)?;
     }
     pins.prepare()?;
     let lock = pins.lock()?;

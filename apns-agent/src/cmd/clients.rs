@@ -22,7 +22,7 @@ pub fn clients(
     device: Option<IpAddr>,
 ) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent clients")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let datapath = Datapath::open(&settings.pins)?;
     let rules = settings.config.clients.rules;
     let has_devices = datapath

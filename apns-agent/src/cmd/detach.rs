@@ -3,7 +3,7 @@
 use crate::{cli::Global, cmd::live, settings::Settings};
 
 pub fn detach(global: &Global, interfaces: &[String]) -> anyhow::Result<()> {
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     live::change(&settings, "apns-agent detach", |desired| {
         for interface in interfaces {
             anyhow::ensure!(

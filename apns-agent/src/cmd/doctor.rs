@@ -17,7 +17,7 @@ use crate::{
 };
 
 pub fn doctor(global: &Global, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(global);
+    let settings = Settings::resolve(&global.into());
     let mut checks = vec![host::config(&settings)];
     // A bad config is one failed check; the others go on with the built-in defaults.
     let (config, pins) = match &settings {

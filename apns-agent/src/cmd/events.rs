@@ -9,15 +9,15 @@ use std::{
 };
 
 use anyhow::Context as _;
+use apns_common::{counters::DropReason, label::Label as _};
 use serde::Serialize;
 
 use crate::{
     cli::Global,
-    datapath::{conns::ConnMaps, events::Drop, Datapath},
+    datapath::{conns::ConnMaps, events::PolicyDrop, Datapath},
     privileges,
     settings::Settings,
     telemetry::{
-        class::DropReason,
         clients::{Report, Rules},
         model::interface_name,
     },
@@ -32,7 +32,7 @@ const FINDINGS_MAX_AGE: Duration = Duration::from_secs(5);
 #[derive(Serialize)]
 struct Event<'a> {
     #[serde(flatten)]
-    drop: &'a Drop,
+    drop: &'a PolicyDrop,
     /// The device the drop concerns, if the connection table knows it.
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<DeviceNote>,
@@ -70,15 +70,36 @@ impl Findings<'_> {
         let device = report.device(address)?;
         Some(DeviceNote {
             address,
-            finding: apns_common::label::Label::as_str(device.finding),
+            finding: device.finding.as_str(),
             words: device.words.clone(),
         })
     }
 }
 
+/// One line for a person: time, interface, reason, flow, and how many were suppressed.
+fn line(drop: &PolicyDrop) -> String {
+    let endpoint = |addr: &IpAddr, port: u16| match addr {
+        IpAddr::V4(addr) => format!("{addr}:{port}"),
+        IpAddr::V6(addr) => format!("[{addr}]:{port}"),
+    };
+    let mut line = format!(
+        "{} {} drop {} {} {} -> {}",
+        drop.time,
+        drop.interface,
+        drop.reason,
+        drop.protocol,
+        endpoint(&drop.src, drop.sport),
+        endpoint(&drop.dst, drop.dport)
+    );
+    if drop.suppressed > 0 {
+        line.push_str(&format!(" (+{} more not reported)", drop.suppressed));
+    }
+    line
+}
+
 /// The device a drop concerns: the destination of an inbound connection attempt (the
 /// device it was aimed at), the source of any other drop (the host behind the gateway).
-fn concerned(drop: &Drop) -> IpAddr {
+fn concerned(drop: &PolicyDrop) -> IpAddr {
     if drop.reason == DropReason::InboundOpen.as_str() {
         drop.dst
     } else {
@@ -88,7 +109,7 @@ fn concerned(drop: &Drop) -> IpAddr {
 
 pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent events")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let Datapath {
         events: mut maps,
         conns,
@@ -103,7 +124,7 @@ pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result
     let mut printed = 0u64;
     loop {
         for event in maps.drain() {
-            let drop = Drop::from_event(&event, interface_name);
+            let drop = PolicyDrop::from_event(&event, interface_name);
             let device = findings.of(concerned(&drop));
             let line = if json {
                 serde_json::to_string(&Event {
@@ -115,12 +136,12 @@ pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result
                     Some(device) => {
                         format!(
                             "{} (device {}: {})",
-                            drop.line(),
+                            line(&drop),
                             device.address,
                             device.words
                         )
                     }
-                    None => drop.line(),
+                    None => line(&drop),
                 }
             };
             writeln!(out, "{line}").context("writing to stdout")?;
@@ -131,5 +152,21 @@ pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result
         }
         out.flush().context("writing to stdout")?;
         maps.wait(POLL)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+
+    use super::*;
+
+    #[test]
+    fn events_read_as_lines() {
+        let event = crate::datapath::events::tests::sample_event();
+        let line = line(&PolicyDrop::from_event(&event, |_| "lan0".into()));
+        assert!(
+            line.ends_with("lan0 drop pinhole tcp 192.0.2.10:40000 -> 203.0.113.130:5223 (+3 more not reported)"),
+            "{line}"
+        );
     }
 }

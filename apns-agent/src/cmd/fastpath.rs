@@ -5,7 +5,7 @@ use apns_common::{fastpath::FastPath, label::Label as _};
 use crate::{cli::Global, cmd::live, settings::Settings};
 
 pub fn fastpath(global: &Global, interface: &str, mode: FastPath) -> anyhow::Result<()> {
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     live::change(&settings, "apns-agent fastpath", |desired| {
         match desired.interfaces.get_mut(interface) {
             Some(fastpath) => *fastpath = mode,

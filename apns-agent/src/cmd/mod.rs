@@ -1,5 +1,6 @@
-//! One file per subcommand; this module only dispatches. `live` holds the protocol the
-//! subcommands that change a running datapath share.
+//! One file per subcommand; this module dispatches, and turns clap's types into settings'
+//! plain values (`settings` knows nothing of the command line). `live` holds the protocol
+//! the subcommands that change a running datapath share.
 
 mod attach;
 mod check_config;
@@ -19,7 +20,10 @@ mod unload;
 
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::{
+    cli::{Cli, Command, Global, RunArgs},
+    settings::{Flags, RunFlags},
+};
 
 /// Runs the subcommand; its exit code on success (only `doctor` has others than 0).
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -51,9 +55,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events { json, count } => events::events(&global, json, count),
         Command::Stats {
             json,
+            all,
             interface,
             watch,
-        } => stats::stats(&global, json, interface.as_deref(), watch),
+        } => stats::stats(&global, json, all, interface.as_deref(), watch),
         Command::Clients {
             json,
             watch,
@@ -62,4 +67,27 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate { args } => generate::generate(&args),
     };
     done.map(|()| ExitCode::SUCCESS)
+}
+
+impl From<&Global> for Flags {
+    fn from(global: &Global) -> Flags {
+        Flags {
+            config: global.config.clone(),
+            pin_dir: global.pin_dir.clone(),
+        }
+    }
+}
+
+impl From<&RunArgs> for RunFlags {
+    fn from(run: &RunArgs) -> RunFlags {
+        RunFlags {
+            interfaces: run.interfaces.clone(),
+            mode: run.mode,
+            xdp_mode: run.xdp_mode,
+            fastpath: run.fastpath.clone(),
+            roles: run.roles.clone(),
+            events_per_second: run.events_per_second,
+            events_sample_every: run.events_sample_every,
+        }
+    }
 }

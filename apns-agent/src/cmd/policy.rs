@@ -44,7 +44,7 @@ impl PrefixList {
 }
 
 pub fn prefixes(global: &Global, list: PrefixList, action: &PrefixAction) -> anyhow::Result<()> {
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     match action {
         PrefixAction::List => {
             let mut policy = read_policy(&settings)?;
@@ -85,7 +85,7 @@ fn parse_unique(texts: &[String]) -> anyhow::Result<Vec<IpNet>> {
 }
 
 pub fn ports(global: &Global, action: &PortAction) -> anyhow::Result<()> {
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     match action {
         PortAction::List => {
             let policy = read_policy(&settings)?;
@@ -140,7 +140,7 @@ pub fn ports(global: &Global, action: &PortAction) -> anyhow::Result<()> {
 }
 
 pub fn mode(global: &Global, mode: Mode) -> anyhow::Result<()> {
-    change(&Settings::resolve(global)?, |policy| {
+    change(&Settings::resolve(&global.into())?, |policy| {
         policy.mode = mode;
         Ok(())
     })

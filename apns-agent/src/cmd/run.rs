@@ -43,8 +43,8 @@ const MAX_BLOCKING_THREADS: usize = 2;
 
 pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent run")?;
-    let settings = Settings::resolve(global)?;
-    let config = settings.desired(args);
+    let settings = Settings::resolve(&global.into())?;
+    let config = settings.desired(&args.into());
     anyhow::ensure!(
         !config.interfaces.is_empty(),
         "no interface to attach to: give --iface IFACE or set `interfaces` in the config"
@@ -393,7 +393,7 @@ async fn serve_signals(
 /// Re-reads the config and reconciles to it (live changes still in force stay). Returns the
 /// interfaces now wanted.
 fn reload(global: &Global, args: &RunArgs, running: &mut Running) -> anyhow::Result<Vec<String>> {
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let Some(file) = settings.config_file() else {
         anyhow::bail!("SIGHUP: no config file to re-read (started without one)");
     };
@@ -404,7 +404,7 @@ fn reload(global: &Global, args: &RunArgs, running: &mut Running) -> anyhow::Res
         settings.pins.root().display(),
         datapath.pins().root().display()
     );
-    let config = settings.desired(args);
+    let config = settings.desired(&args.into());
     anyhow::ensure!(
         !config.interfaces.is_empty(),
         "no interface to attach to: set `interfaces` in the config"
@@ -454,10 +454,10 @@ fn check(running: &mut Running, reported: &mut BTreeMap<String, LinkState>) -> a
         if reported.get(&status.interface) != Some(&status.state) {
             match status.state {
                 LinkState::Attached if reported.contains_key(&status.interface) => {
-                    tracing::info!("{}", status.line())
+                    tracing::info!("{}", super::status::interface_line(status))
                 }
                 LinkState::Attached => {}
-                _ => tracing::warn!("{}", status.line()),
+                _ => tracing::warn!("{}", super::status::interface_line(status)),
             }
             reported.insert(status.interface.clone(), status.state);
         }

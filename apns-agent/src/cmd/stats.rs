@@ -1,5 +1,5 @@
-//! `apns-agent stats [--json] [--interface IF] [--watch [SECS]]`: the counters without a
-//! server, from the pinned maps.
+//! `apns-agent stats [--json | --all] [--interface IF] [--watch [SECS]]`: the counters
+//! without a server, from the pinned maps.
 
 use std::time::{Duration, Instant};
 
@@ -22,11 +22,12 @@ const WATCH_REACHABILITY_WINDOW: Duration = Duration::from_secs(300);
 pub fn stats(
     global: &Global,
     json: bool,
+    all: bool,
     interface: Option<&str>,
     watch_secs: Option<u64>,
 ) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent stats")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let datapath = Datapath::open(&settings.pins)?;
     if let Some(interface) = interface {
         let known =
@@ -54,7 +55,12 @@ pub fn stats(
     if json {
         println!("{}", stats::render_json(&model)?.trim_end());
     } else {
-        print!("{}", stats::render_table(&model));
+        let rows = if all {
+            stats::Rows::All
+        } else {
+            stats::Rows::NonZero
+        };
+        print!("{}", stats::render_table_rows(&model, rows));
     }
     Ok(())
 }

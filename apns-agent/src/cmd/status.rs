@@ -3,17 +3,19 @@
 
 use std::collections::BTreeMap;
 
+use apns_common::{fastpath::Fallback, label::Label as _};
 use serde::Serialize;
 
 use crate::{
     cli::Global,
     datapath::{
         self,
-        status::{InterfaceStatus, Status},
+        status::{InterfaceStatus, KernelStatus, LinkState, PathReport, Status},
         Datapath,
     },
     privileges,
     settings::{state::Source, Settings},
+    telemetry::stats::fallback_words,
 };
 
 /// The JSON shape of `status --json` (stable: fields are only ever added).
@@ -30,7 +32,7 @@ struct Report {
 
 pub fn status(global: &Global, json: bool) -> anyhow::Result<()> {
     privileges::require(privileges::READ, "apns-agent status")?;
-    let settings = Settings::resolve(global)?;
+    let settings = Settings::resolve(&global.into())?;
     let pins = &settings.pins;
     let state = settings.load_state();
     let status = if pins.is_loaded() {
@@ -72,7 +74,7 @@ fn print(report: &Report) {
         "apns-agent {}, pins in {}",
         status.agent_version, status.pin_dir
     );
-    for line in status.kernel.lines() {
+    for line in kernel_lines(&status.kernel) {
         println!("{line}");
     }
     let Some(policy) = &status.policy else {
@@ -96,7 +98,7 @@ fn print(report: &Report) {
         println!("interfaces: none attached");
     }
     for interface in &status.interfaces {
-        println!("{}", interface.line());
+        println!("{}", interface_line(interface));
     }
     match &report.sources_error {
         Some(err) => println!("sources: unknown ({err})"),
@@ -106,4 +108,96 @@ fn print(report: &Report) {
             }
         }
     }
+}
+
+/// The features in one line: "kernel: xdp_meta yes, ...; TC by tcx", and a line per fast
+/// path.
+fn kernel_lines(kernel: &KernelStatus) -> Vec<String> {
+    if let Some(error) = &kernel.error {
+        return vec![format!("kernel features: not probed: {error}")];
+    }
+    let listed: Vec<String> = kernel
+        .features
+        .iter()
+        .map(|(feature, usable)| format!("{feature} {}", if *usable { "yes" } else { "no" }))
+        .collect();
+    let mut lines = vec![format!(
+        "kernel features: {}; TC programs attached by {}",
+        listed.join(", "),
+        kernel.tc_attachment
+    )];
+    lines.extend(
+        kernel
+            .fastpaths
+            .iter()
+            .map(|(mode, way)| format!("fast path {mode}: {way}")),
+    );
+    lines
+}
+
+/// One line for a person, and a second with the paths of a `redirect` interface (also what
+/// `run` logs when an interface's state changes).
+pub fn interface_line(interface: &InterfaceStatus) -> String {
+    let state = match interface.state {
+        LinkState::Attached => "attached".to_owned(),
+        LinkState::Renamed => format!(
+            "attached to the device now named {} (renamed)",
+            interface.current_name.as_deref().unwrap_or("?")
+        ),
+        LinkState::InterfaceGone => {
+            "NOT attached: the interface was deleted (the link is defunct)".to_owned()
+        }
+        LinkState::OtherNamespace => format!(
+            "attached to ifindex {}, which is not in this network namespace",
+            interface.ifindex.unwrap_or(0)
+        ),
+        LinkState::Unreadable => "NOT attached (stale pin)".to_owned(),
+        LinkState::Missing => {
+            "NOT attached: missing (no such interface here; the config or `attach` wants it, and `run` attaches it when it appears)".to_owned()
+        }
+    };
+    // No link, so no mode, program or pin to show.
+    if interface.state == LinkState::Missing {
+        return format!("interface {}: {state}", interface.interface);
+    }
+    let mut line = format!(
+        "interface {}: {state}, {} mode, fast path {}, role {}, program {}, link {} ({})",
+        interface.interface,
+        interface.xdp_mode,
+        interface.fastpath.map_or("-", |fastpath| fastpath.as_str()),
+        interface.role.map_or("-", |role| role.as_str()),
+        interface
+            .program_id
+            .map_or("-".to_owned(), |id| id.to_string()),
+        interface
+            .link_id
+            .map_or("-".to_owned(), |id| id.to_string()),
+        interface.link_pin
+    );
+    if let Some(paths) = &interface.paths {
+        line.push('\n');
+        line.push_str(&paths_line(paths));
+    }
+    line
+}
+
+/// How a `redirect` interface's packets left it, in one line.
+fn paths_line(paths: &PathReport) -> String {
+    let by_reason = |reason: Fallback| {
+        paths
+            .stack_by_reason
+            .get(reason.as_str())
+            .copied()
+            .unwrap_or_default()
+    };
+    let handed = |segment: &str| paths.tc_handoffs.get(segment).copied().unwrap_or_default();
+    format!(
+        "  redirect paths: xdp {}, tc {}, stack {} ({}); TC handed {} forwarded, {} refused",
+        paths.xdp_redirect,
+        paths.tc_redirect,
+        paths.stack,
+        fallback_words(by_reason),
+        handed("forwarded"),
+        handed("refused")
+    )
 }

@@ -10,7 +10,7 @@ use crate::{
 
 pub fn unload(global: &Global) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent unload")?;
-    let pins = &Settings::resolve_pins(global)?;
+    let pins = &Settings::resolve_pins(&global.into())?;
     if !pins.root().exists() {
         state::remove(pins)?;
         println!("nothing to unload at {}", pins.root().display());

@@ -12,7 +12,7 @@ use apns_common::{
         Direction, Outcome, CELLS, CELLS_PER_BLOCK, IFACE_SLOTS, LAST_ASSIGNABLE_SLOT,
         OVERFLOW_SLOT, PORT_SLOTS, RETIRED_SLOT,
     },
-    fastpath::{Fallback, PathCounters},
+    fastpath::PathCounters,
     maps::{COUNTERS, COUNTERS_CARRIED, COUNTERS_LOST, COUNTER_SLOTS, FASTPATH_PATHS},
 };
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
@@ -58,21 +58,6 @@ impl PathTotals {
     /// Packets left to the stack, over every reason.
     pub fn stack(&self) -> u64 {
         self.counters.fallback.iter().sum()
-    }
-
-    /// "ttl 1, frag_needed 2": the fallback reasons with packets, or "-".
-    pub fn fallback_words(&self) -> String {
-        let words: Vec<String> = Fallback::ALL
-            .iter()
-            .map(|&reason| (reason, self.counters.fallback(reason)))
-            .filter(|&(_, packets)| packets > 0)
-            .map(|(reason, packets)| format!("{} {packets}", reason.as_str()))
-            .collect();
-        if words.is_empty() {
-            "-".to_owned()
-        } else {
-            words.join(", ")
-        }
     }
 }
 

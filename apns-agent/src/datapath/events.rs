@@ -1,6 +1,6 @@
-//! Drop events from the datapath's ring buffer: decoding, wall-clock time, and the two ways
-//! `apns-agent events` prints them. The ring has one consumer: `events` (run only reports
-//! drop counts, from the counters).
+//! Drop events from the datapath's ring buffer: decoding and wall-clock time (`apns-agent
+//! events` prints them). The ring has one consumer: `events` (run only reports drop counts,
+//! from the counters).
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -10,8 +10,9 @@ use std::{
 
 use anyhow::Context as _;
 use apns_common::{
-    counters::Outcome,
+    counters::{DropReason, Outcome},
     events::{DropEvent, EventConfig},
+    label::Label,
     maps::{EVENTS, EVENT_CONFIG},
 };
 use aya::maps::{Array, Map, MapData, RingBuf};
@@ -19,7 +20,6 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::Serialize;
 
 use super::conns::monotonic_now_ns;
-use crate::telemetry::class::DropReason;
 
 /// Handles to the event maps of one datapath.
 pub struct EventMaps {
@@ -29,11 +29,11 @@ pub struct EventMaps {
 
 /// A drop event as operators read it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Drop {
+pub struct PolicyDrop {
     /// RFC 3339, UTC.
     pub time: String,
     pub interface: String,
-    /// `pinhole`, `provider` or `inbound_open`.
+    /// `pinhole`, `provider` or `inbound_open` ([`DropReason`]'s label).
     pub reason: &'static str,
     pub protocol: &'static str,
     pub src: IpAddr,
@@ -92,14 +92,14 @@ impl EventMaps {
     }
 }
 
-impl Drop {
+impl PolicyDrop {
     /// `event` as operators read it; `interface_name` turns an ifindex into a name.
-    pub fn from_event(event: &DropEvent, interface_name: impl Fn(u32) -> String) -> Drop {
+    pub fn from_event(event: &DropEvent, interface_name: impl Fn(u32) -> String) -> PolicyDrop {
         let addr = |bytes: &[u8; 16]| match event.ip_version {
             4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
             _ => IpAddr::V6(Ipv6Addr::from(*bytes)),
         };
-        Drop {
+        PolicyDrop {
             time: wall_clock(event.time_ns),
             interface: interface_name(event.ifindex),
             // The same words as the policy drops' `reason` label.
@@ -114,27 +114,6 @@ impl Drop {
             suppressed: event.suppressed,
         }
     }
-
-    /// One line for a person: time, interface, reason, flow, and how many were suppressed.
-    pub fn line(&self) -> String {
-        let endpoint = |addr: &IpAddr, port: u16| match addr {
-            IpAddr::V4(addr) => format!("{addr}:{port}"),
-            IpAddr::V6(addr) => format!("[{addr}]:{port}"),
-        };
-        let mut line = format!(
-            "{} {} drop {} {} {} -> {}",
-            self.time,
-            self.interface,
-            self.reason,
-            self.protocol,
-            endpoint(&self.src, self.sport),
-            endpoint(&self.dst, self.dport)
-        );
-        if self.suppressed > 0 {
-            line.push_str(&format!(" (+{} more not reported)", self.suppressed));
-        }
-        line
-    }
 }
 
 /// Converts a `bpf_ktime_get_ns` timestamp (CLOCK_MONOTONIC) to RFC 3339 UTC.
@@ -147,7 +126,7 @@ fn wall_clock(monotonic_ns: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -162,12 +141,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn events_read_as_lines_and_json() {
+    /// A pinhole drop of 192.0.2.10:40000 -> 203.0.113.130:5223 on ifindex 7, with 3 more
+    /// not reported (also the renderer's tests' sample).
+    pub(crate) fn sample_event() -> DropEvent {
         let mut event = DropEvent {
             ifindex: 7,
             outcome: Outcome::DropPinhole as u8,
-            protocol: 6,
+            protocol: apns_common::ip::TCP,
             ip_version: 4,
             sport: 40000,
             dport: 5223,
@@ -176,12 +156,13 @@ mod tests {
         };
         event.src[..4].copy_from_slice(&[192, 0, 2, 10]);
         event.dst[..4].copy_from_slice(&[203, 0, 113, 130]);
-        let drop = Drop::from_event(&event, |_| "lan0".into());
-        let line = drop.line();
-        assert!(
-            line.ends_with("lan0 drop pinhole tcp 192.0.2.10:40000 -> 203.0.113.130:5223 (+3 more not reported)"),
-            "{line}"
-        );
+        event
+    }
+
+    #[test]
+    fn events_read_as_json() {
+        let event = sample_event();
+        let drop = PolicyDrop::from_event(&event, |_| "lan0".into());
         let json = serde_json::to_value(&drop).unwrap();
         assert_eq!(json["dst"], "203.0.113.130");
         assert_eq!(json["reason"], "pinhole");

@@ -26,7 +26,6 @@ use aya_obj::programs::XdpAttachType;
 use super::{
     layout,
     links::{self, TcHook},
-    migrate,
     object::{self, EbpfLog},
     pins::{restrict, PinDir},
     sys,
@@ -48,7 +47,9 @@ pub enum Installed {
 }
 
 /// Makes the datapath pinned in `pins` run `object`'s programs; see the module
-/// documentation. The caller holds the pin directory's lock and has prepared it.
+/// documentation. The caller holds the pin directory's lock and has prepared it, and has
+/// migrated a datapath of the previous map layout first (`migrate`, which uses this
+/// module's steps: so this module never calls it).
 ///
 /// `log` is the aya-log level to load the program with; `None` keeps the pinned program's
 /// (off for a new one). A different level reloads the programs like an upgrade.
@@ -61,10 +62,6 @@ pub fn install(
     log: Option<EbpfLog>,
     connections: u32,
 ) -> anyhow::Result<Installed> {
-    if let Some(from) = migrate::needed(pins)? {
-        migrate::migrate(pins, object, log, connections)?;
-        return Ok(Installed::Migrated { from });
-    }
     let pinned_log = if pins.is_loaded() {
         layout::check(pins)?;
         Some(layout::ebpf_log(pins)?)

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context as _};
 use apns_common::{
     maps::{MapLayout, Meta, META},
-    LAYOUT_VERSION,
+    LAYOUT_VERSION, PREVIOUS_LAYOUT_VERSION,
 };
 use aya::maps::{Array, Map, MapData, MapInfo};
 
@@ -29,7 +29,7 @@ pub fn check(pins: &PinDir) -> anyhow::Result<Vec<(&'static str, u32)>> {
     // The version first: `APNS_META` has the same layout in every version, and a datapath
     // of another version is best refused by its version, not by the first map that differs.
     if let Ok(meta) = read_meta(pins) {
-        if meta.layout_version == super::migrate::previous::VERSION {
+        if meta.layout_version == PREVIOUS_LAYOUT_VERSION {
             bail!(
                 "the datapath pinned at {} has the previous release's map layout ({}): `apns-agent run` (or `attach`) migrates it in place, keeping its policy and counters",
                 pins.root().display(),
@@ -41,7 +41,7 @@ pub fn check(pins: &PinDir) -> anyhow::Result<Vec<(&'static str, u32)>> {
                 "the datapath pinned at {} has map layout version {}; this agent uses version {LAYOUT_VERSION} and migrates only from {}: {FIX}",
                 pins.root().display(),
                 meta.layout_version,
-                super::migrate::previous::VERSION
+                PREVIOUS_LAYOUT_VERSION
             );
         }
     }

@@ -5,7 +5,9 @@
 //! The mechanism is general; what is specific to one layout change lives in [`previous`], the
 //! reader of the previous layout (rewritten at every layout change to read the one before:
 //! today layout 2, the first release). A layout older than the previous one, or newer than
-//! this agent's, is refused by `layout::check` with the fix.
+//! this agent's, is refused by `layout::check` with the fix. The datapath's door
+//! (`Datapath::install`) calls [`needed`] and [`migrate`] before it installs anything;
+//! this module uses `install`'s steps, never the other way round.
 //!
 //! Steps, under the pin directory's lock:
 //! 1. [`previous`] reads what the old datapath holds: the active policy, the fast path and
@@ -161,7 +163,7 @@ fn carry_over(
 
 /// Step 5: the staging pins take the old ones' places, META last.
 fn commit(pins: &PinDir, staging: &PinDir) -> anyhow::Result<()> {
-    for name in previous::RETIRED_MAPS {
+    for name in apns_common::maps::RETIRED {
         remove_pin(&pins.map(name))?;
     }
     for layout in apns_common::maps::ALL {
@@ -212,14 +214,10 @@ pub mod previous {
     use super::*;
 
     /// The layout this module reads.
-    pub const VERSION: u32 = 2;
+    pub const VERSION: u32 = apns_common::PREVIOUS_LAYOUT_VERSION;
 
-    /// Maps of layout 2 that layout 3 no longer has (its other maps are replaced by the
-    /// new layout's maps of the same name).
-    pub const RETIRED_MAPS: [&str; 1] = [PORTS];
-
-    /// `Array<u8>` of role bits by `generation * 65,536 + port`.
-    pub const PORTS: &str = "APNS_PORTS";
+    /// `Array<u8>` of role bits by `generation * 65,536 + port` (retired with this layout).
+    pub const PORTS: &str = apns_common::maps::RETIRED[0];
     /// Ports per generation in [`PORTS`].
     const PORTS_PER_GENERATION: u32 = 1 << 16;
 

@@ -15,7 +15,7 @@
 //! Submodules: `object` (the embedded ELF), `features` (the kernel's optional features,
 //! probed), `pins` (paths and locks), `layout` (the map
 //! layout check), `install`, `migrate` (from the previous layout), `hooks` (test hooks),
-//! `links` (attach and detach), `neighbours` (other XDP programs
+//! `links` (attach and detach), `occupants` (other XDP programs
 //! on an interface), `netdev` (devices as netlink reports them), `policy` (the policy model),
 //! `policy_maps`, `counters`, `interfaces`, `events`, `conns` (typed map access; `conns` is
 //! the connection table), `reconcile`,
@@ -33,9 +33,9 @@ pub mod interfaces;
 mod layout;
 pub mod links;
 pub mod migrate;
-pub mod neighbours;
 pub mod netdev;
 pub mod object;
+pub mod occupants;
 pub mod pins;
 pub mod policy;
 pub mod policy_maps;
@@ -165,7 +165,7 @@ impl Datapath {
     ) -> anyhow::Result<(Datapath, Installed)> {
         pins.prepare()?;
         let fresh = !pins.is_loaded();
-        let installed = install::install(pins, object, log, connections).and_then(|installed| {
+        let installed = migrate_or_install(pins, object, log, connections).and_then(|installed| {
             let mut datapath = Datapath::open(pins)?;
             if fresh {
                 datapath.policy.apply(&Policy::apple_defaults())?;
@@ -399,7 +399,7 @@ impl Datapath {
                     continue;
                 };
                 // Never clobber someone else's XDP program: refuse before anything changes.
-                neighbours::check_free(interface, ifindex, &self.pins)?;
+                occupants::check_free(interface, ifindex, &self.pins)?;
                 new.push((interface.as_str(), ifindex, fastpath));
             }
         }
@@ -509,7 +509,7 @@ impl Datapath {
             if links::facts(&link).map(|facts| facts.ifindex) == Some(ifindex) {
                 continue;
             }
-            neighbours::check_free(&link.interface, ifindex, &self.pins)?;
+            occupants::check_free(&link.interface, ifindex, &self.pins)?;
             let (fastpath, mark) = self.fastpath_of(&link)?.unwrap_or_default();
             let role = self.role_of(&link)?;
             self.drop_interface(&link.interface, running_on(&link).unwrap_or(0), &link.path)?;
@@ -671,6 +671,22 @@ impl Datapath {
         links::remove_tc(&self.pins, interface, TcHook::FastPath)?;
         links::remove_tc(&self.pins, interface, TcHook::Connections)
     }
+}
+
+/// Migrates a datapath of the previous map layout in place ([`migrate`]), or else creates,
+/// adopts or upgrades it ([`install`]). Here rather than in `install`: a migration uses
+/// `install`'s steps, and the two would otherwise call each other.
+fn migrate_or_install(
+    pins: &PinDir,
+    object: &[u8],
+    log: Option<EbpfLog>,
+    connections: u32,
+) -> anyhow::Result<Installed> {
+    if let Some(from) = migrate::needed(pins)? {
+        migrate::migrate(pins, object, log, connections)?;
+        return Ok(Installed::Migrated { from });
+    }
+    install::install(pins, object, log, connections)
 }
 
 /// The device `link` runs on or was made for: the kernel's word while the device exists,

@@ -405,7 +405,7 @@ impl PinDir {
     fn collect(&self, ours: &mut Vec<PathBuf>, foreign: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         let known_map = |name: &str| {
             apns_common::maps::ALL.iter().any(|map| map.name == name)
-                || super::migrate::previous::RETIRED_MAPS.contains(&name)
+                || apns_common::maps::RETIRED.contains(&name)
         };
         for (name, path) in list(&self.root)? {
             let is_dir = path.is_dir();

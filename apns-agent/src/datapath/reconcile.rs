@@ -7,7 +7,7 @@
 //!
 //! Order, and why:
 //! 1. Everything is checked first (policy, mark bits, interface names, and that no other XDP
-//!    program runs on a new interface: `neighbours`): bad input changes nothing. A new
+//!    program runs on a new interface: `occupants`): bad input changes nothing. A new
 //!    interface that does not exist here is left out and reported ([`Change::Missing`]), not
 //!    an error: an interface gone after a reboot must not leave every other one unenforced.
 //! 2. New interfaces are attached (their fast path is written before the link exists, so

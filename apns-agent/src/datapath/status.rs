@@ -62,29 +62,6 @@ impl KernelStatus {
             },
         }
     }
-
-    /// The features in one line: "kernel: xdp_meta yes, ...; TC by tcx".
-    pub fn lines(&self) -> Vec<String> {
-        if let Some(error) = &self.error {
-            return vec![format!("kernel features: not probed: {error}")];
-        }
-        let listed: Vec<String> = self
-            .features
-            .iter()
-            .map(|(feature, usable)| format!("{feature} {}", if *usable { "yes" } else { "no" }))
-            .collect();
-        let mut lines = vec![format!(
-            "kernel features: {}; TC programs attached by {}",
-            listed.join(", "),
-            self.tc_attachment
-        )];
-        lines.extend(
-            self.fastpaths
-                .iter()
-                .map(|(mode, way)| format!("fast path {mode}: {way}")),
-        );
-        lines
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -120,8 +97,7 @@ impl PolicySummary {
 }
 
 /// Where an interface's link stands, as the kernel reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkState {
     /// The link runs on the interface its pin names.
     Attached,
@@ -141,8 +117,17 @@ pub enum LinkState {
     Missing,
 }
 
-impl LinkState {
-    pub const fn as_str(self) -> &'static str {
+impl Label for LinkState {
+    const WHAT: &'static str = "link state";
+    const ALL: &'static [LinkState] = &[
+        LinkState::Attached,
+        LinkState::Renamed,
+        LinkState::InterfaceGone,
+        LinkState::OtherNamespace,
+        LinkState::Unreadable,
+        LinkState::Missing,
+    ];
+    fn as_str(self) -> &'static str {
         match self {
             LinkState::Attached => "attached",
             LinkState::Renamed => "renamed",
@@ -161,6 +146,7 @@ pub struct InterfaceStatus {
     pub interface: String,
     /// Whether the program runs on a live device through this link.
     pub attached: bool,
+    #[serde(serialize_with = "crate::label::serialize_label")]
     pub state: LinkState,
     /// The device the link runs on (0 once it was deleted).
     pub ifindex: Option<u32>,
@@ -193,9 +179,6 @@ pub struct PathReport {
     pub stack: u64,
     pub stack_by_reason: BTreeMap<&'static str, u64>,
     pub tc_handoffs: BTreeMap<&'static str, u64>,
-    /// The reasons with packets, in words ("ttl 1, frag_needed 2" or "-").
-    #[serde(skip)]
-    pub words: String,
 }
 
 impl PathReport {
@@ -212,24 +195,7 @@ impl PathReport {
                 ("forwarded", totals.counters.tc_redirected),
                 ("refused", totals.counters.tc_refused),
             ]),
-            words: totals.fallback_words(),
         }
-    }
-
-    /// One line for a person.
-    pub fn line(&self) -> String {
-        format!(
-            "  redirect paths: xdp {}, tc {}, stack {} ({}); TC handed {} forwarded, {} refused",
-            self.xdp_redirect,
-            self.tc_redirect,
-            self.stack,
-            self.words,
-            self.tc_handoffs
-                .get("forwarded")
-                .copied()
-                .unwrap_or_default(),
-            self.tc_handoffs.get("refused").copied().unwrap_or_default()
-        )
     }
 }
 
@@ -289,47 +255,6 @@ impl InterfaceStatus {
             link_pin: String::new(),
             paths: None,
         }
-    }
-
-    /// One line for a person, and a second with the paths of a `redirect` interface.
-    pub fn line(&self) -> String {
-        let state = match self.state {
-            LinkState::Attached => "attached".to_owned(),
-            LinkState::Renamed => format!(
-                "attached to the device now named {} (renamed)",
-                self.current_name.as_deref().unwrap_or("?")
-            ),
-            LinkState::InterfaceGone => {
-                "NOT attached: the interface was deleted (the link is defunct)".to_owned()
-            }
-            LinkState::OtherNamespace => format!(
-                "attached to ifindex {}, which is not in this network namespace",
-                self.ifindex.unwrap_or(0)
-            ),
-            LinkState::Unreadable => "NOT attached (stale pin)".to_owned(),
-            LinkState::Missing => {
-                "NOT attached: missing (no such interface here; the config or `attach` wants it, and `run` attaches it when it appears)".to_owned()
-            }
-        };
-        // No link, so no mode, program or pin to show.
-        if self.state == LinkState::Missing {
-            return format!("interface {}: {state}", self.interface);
-        }
-        let mut line = format!(
-            "interface {}: {state}, {} mode, fast path {}, role {}, program {}, link {} ({})",
-            self.interface,
-            self.xdp_mode,
-            self.fastpath.map_or("-", |fastpath| fastpath.as_str()),
-            self.role.map_or("-", |role| role.as_str()),
-            self.program_id.map_or("-".to_owned(), |id| id.to_string()),
-            self.link_id.map_or("-".to_owned(), |id| id.to_string()),
-            self.link_pin
-        );
-        if let Some(paths) = &self.paths {
-            line.push('\n');
-            line.push_str(&paths.line());
-        }
-        line
     }
 }
 

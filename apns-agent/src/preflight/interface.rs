@@ -7,8 +7,8 @@ use serde::Serialize;
 use crate::datapath::{
     interfaces::FastPath,
     links::{self, XdpMode},
-    neighbours::{self, Neighbour},
     netdev::{self, xdp_act},
+    occupants::{self, Occupant},
     PinDir,
 };
 
@@ -44,7 +44,7 @@ pub struct Facts {
     /// The kernel's XDP feature names; `None` when this kernel does not say (before 6.3).
     pub xdp_features: Option<Vec<&'static str>>,
     /// The XDP programs attached to it.
-    pub xdp_programs: Vec<Neighbour>,
+    pub xdp_programs: Vec<Occupant>,
 }
 
 /// What the config says of an interface, for the checks that depend on it.
@@ -110,7 +110,7 @@ pub fn check(name: &str, pins: &PinDir, wanted: &Wanted) -> (Vec<Check>, Facts) 
     }
     checks.push(features_check(name, &facts, features, wanted));
 
-    match neighbours::of(ifindex, Some(pins)) {
+    match occupants::of(ifindex, Some(pins)) {
         Ok(programs) => {
             checks.push(programs_check(name, &programs));
             facts.xdp_programs = programs;
@@ -224,12 +224,12 @@ fn features_check(
     Check::ok(check, detail)
 }
 
-fn programs_check(name: &str, programs: &[Neighbour]) -> Check {
+fn programs_check(name: &str, programs: &[Occupant]) -> Check {
     let check = format!("{name} xdp programs");
     if programs.is_empty() {
         return Check::ok(check, "none attached");
     }
-    let described: Vec<String> = programs.iter().map(Neighbour::describe).collect();
+    let described: Vec<String> = programs.iter().map(Occupant::describe).collect();
     match programs.iter().find(|program| !program.ours) {
         None => Check::ok(
             check,

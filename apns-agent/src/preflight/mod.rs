@@ -3,7 +3,7 @@
 //! Every check reads state and changes none: the kernel and its features, bpffs, BTF, this
 //! process's capabilities, the config, IP forwarding, conntrack, the metrics address, and
 //! per interface its link, MTU, driver and XDP features, the XDP programs already on it
-//! ([`crate::datapath::neighbours`]) and reverse-path filtering. Nothing is sent on the
+//! ([`crate::datapath::occupants`]) and reverse-path filtering. Nothing is sent on the
 //! network unless a probe is asked for ([`probe`]). Each check is one [`Check`]: ok, warn or
 //! fail, what was found, and the fix in words.
 
@@ -13,11 +13,12 @@ pub mod probe;
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
+use apns_common::label::Label;
+
 use serde::Serialize;
 
 /// How bad a finding is. Ordered: the worst decides the exit code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Ok,
     /// The agent works, but something will surprise the operator (slower, partial, fragile).
@@ -26,8 +27,10 @@ pub enum Level {
     Fail,
 }
 
-impl Level {
-    pub const fn as_str(self) -> &'static str {
+impl Label for Level {
+    const WHAT: &'static str = "check level";
+    const ALL: &'static [Level] = &[Level::Ok, Level::Warn, Level::Fail];
+    fn as_str(self) -> &'static str {
         match self {
             Level::Ok => "ok",
             Level::Warn => "warn",
@@ -52,6 +55,7 @@ pub mod exit {
 pub struct Check {
     /// What was checked: "kernel", "lan0 xdp", ...
     pub check: String,
+    #[serde(serialize_with = "crate::label::serialize_label")]
     pub status: Level,
     /// What was found.
     pub detail: String,

@@ -438,20 +438,24 @@ pub fn load_pin_dir(path: &Path) -> anyhow::Result<String> {
     Ok(file.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.to_owned()))
 }
 
-/// Reads a prefix list file: one prefix per line; `#` starts a comment, blank lines are
-/// skipped (the shape cron jobs and configuration management write). Any bad line fails the
-/// whole file, naming it, the line and the key that listed it.
+/// Reads a prefix list file ([`parse_list`]); errors name the key that listed it.
 fn read_list(key: &str, path: &Path) -> anyhow::Result<Vec<IpNet>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{key}: reading {}", path.display()))?;
+    parse_list(&text, &format!("{key}: {}", path.display()))
+}
+
+/// Parses a prefix list: one prefix per line; `#` starts a comment, blank lines are skipped
+/// (the shape cron jobs and configuration management write). Any bad line fails the whole
+/// list, naming `origin` and the line.
+pub fn parse_list(text: &str, origin: &str) -> anyhow::Result<Vec<IpNet>> {
     let mut prefixes = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let prefix = line.split('#').next().unwrap_or("").trim();
         if prefix.is_empty() {
             continue;
         }
-        let net = parse_prefix(prefix)
-            .with_context(|| format!("{key}: {} line {}", path.display(), index + 1))?;
+        let net = parse_prefix(prefix).with_context(|| format!("{origin} line {}", index + 1))?;
         prefixes.push(net);
     }
     Ok(prefixes)

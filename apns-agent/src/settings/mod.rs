@@ -2,21 +2,49 @@
 //! the config file over the built-in defaults, the pin directory included. From them `run`
 //! computes the state it wants of the datapath ([`Settings::desired`]); [`state`] says which
 //! live changes made since stay in force.
+//!
+//! The flags come in as plain values ([`Flags`], [`RunFlags`]): `cmd` converts clap's types
+//! at its edge, so this module knows nothing of the command line's parser.
 
 pub mod config;
 pub mod state;
 
 use std::path::{Path, PathBuf};
 
-use crate::{
-    cli::{Global, RunArgs},
-    datapath::{interfaces::InterfaceRole, pins::DEFAULT_PIN_DIR, reconcile::Desired, PinDir},
+use apns_common::{fastpath::FastPath, policy::Mode};
+
+use crate::datapath::{
+    interfaces::InterfaceRole, links::XdpMode, pins::DEFAULT_PIN_DIR, reconcile::Desired, PinDir,
 };
 
 use self::{
     config::{Config, DEFAULT_CONFIG},
     state::State,
 };
+
+/// What every subcommand's flags say of the settings.
+#[derive(Clone, Debug, Default)]
+pub struct Flags {
+    /// The config file to read instead of the default one.
+    pub config: Option<PathBuf>,
+    /// The pin directory, over the config's `pin_dir`.
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// What `run`'s flags say of the datapath, over the config.
+#[derive(Clone, Debug, Default)]
+pub struct RunFlags {
+    /// Replace the config's interfaces when not empty.
+    pub interfaces: Vec<String>,
+    pub mode: Option<Mode>,
+    pub xdp_mode: Option<XdpMode>,
+    /// Added to the config's `[fastpath]` table.
+    pub fastpath: Vec<(String, FastPath)>,
+    /// Added to the config's `[roles]` table.
+    pub roles: Vec<(String, InterfaceRole)>,
+    pub events_per_second: Option<u32>,
+    pub events_sample_every: Option<u32>,
+}
 
 /// What every subcommand works with.
 #[derive(Clone, Debug)]
@@ -33,13 +61,13 @@ pub struct Settings {
 
 impl Settings {
     /// Reads the config (if any) and resolves the pin directory.
-    pub fn resolve(global: &Global) -> anyhow::Result<Settings> {
-        let config_file = config_file(global);
+    pub fn resolve(flags: &Flags) -> anyhow::Result<Settings> {
+        let config_file = config_file(flags);
         let config = match &config_file {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
-        let pins = pin_dir(global, || Ok(config.pin_dir.clone()))?;
+        let pins = pin_dir(flags, || Ok(config.pin_dir.clone()))?;
         let state_file = state::path(&pins);
         Ok(Settings {
             config_file,
@@ -51,15 +79,15 @@ impl Settings {
 
     /// The pin directory alone, as [`Settings::resolve`] finds it, reading nothing of the
     /// config but its `pin_dir` (and not even that under `--pin-dir`): what `unload` needs.
-    pub fn resolve_pins(global: &Global) -> anyhow::Result<PinDir> {
-        pin_dir(global, || match config_file(global) {
+    pub fn resolve_pins(flags: &Flags) -> anyhow::Result<PinDir> {
+        pin_dir(flags, || match config_file(flags) {
             Some(path) => config::load_pin_dir(&path),
             None => Ok(DEFAULT_PIN_DIR.to_owned()),
         })
     }
 
     /// What the config says of the datapath, with `run`'s flags over it.
-    pub fn desired(&self, run: &RunArgs) -> Desired {
+    pub fn desired(&self, run: &RunFlags) -> Desired {
         let config = &self.config;
         let interfaces = if run.interfaces.is_empty() {
             &config.interfaces
@@ -115,8 +143,8 @@ impl Settings {
 }
 
 /// The config file to read: `--config`, else the default path when it exists.
-fn config_file(global: &Global) -> Option<PathBuf> {
-    match &global.config {
+fn config_file(flags: &Flags) -> Option<PathBuf> {
+    match &flags.config {
         Some(path) => Some(path.clone()),
         None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.exists()),
     }
@@ -124,10 +152,10 @@ fn config_file(global: &Global) -> Option<PathBuf> {
 
 /// `--pin-dir`, else the config's `pin_dir` (read only when needed).
 fn pin_dir(
-    global: &Global,
+    flags: &Flags,
     from_config: impl FnOnce() -> anyhow::Result<String>,
 ) -> anyhow::Result<PinDir> {
-    let dir = match &global.pin_dir {
+    let dir = match &flags.pin_dir {
         Some(dir) => dir.clone(),
         None => PathBuf::from(from_config()?),
     };

@@ -1,8 +1,11 @@
 //! What a counter entry is, for reporting: the one place an [`Outcome`] becomes a verdict, a
-//! drop reason or an other-class, and the label words of each. The model and the
-//! reachability window both read counters through it.
+//! drop reason ([`DropReason`], apns-common's) or an other-class, and the label words of each
+//! ([`Label`]). The model and the reachability window both read counters through it.
 
-use apns_common::counters::{CounterKey, CounterValue, Direction, Outcome};
+use apns_common::{
+    counters::{CounterKey, CounterValue, Direction, DropReason, Outcome},
+    label::Label,
+};
 
 /// What happened to APNs traffic (the `verdict` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -16,15 +19,16 @@ pub enum Verdict {
     FastpathTc,
 }
 
-impl Verdict {
-    pub const ALL: [Verdict; 4] = [
+impl Label for Verdict {
+    const WHAT: &'static str = "verdict";
+    const ALL: &'static [Verdict] = &[
         Verdict::Pass,
         Verdict::Drop,
         Verdict::Fastpath,
         Verdict::FastpathTc,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             // The datapath's own words where they are the verdict's.
             Verdict::Pass => Outcome::Pass.as_str(),
@@ -33,57 +37,6 @@ impl Verdict {
             // The only APNs drop is the provider rule; its reason is a separate label, so
             // the verdict says just "drop" (see `classify`).
             Verdict::Drop => "drop",
-        }
-    }
-}
-
-/// Why the policy dropped a packet (the `reason` label).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum DropReason {
-    /// TCP to a pinhole port of an address outside the allow-list (`drop_pinhole`).
-    Pinhole,
-    /// APNs traffic to a provider port from outside the provider list (`drop_provider`).
-    Provider,
-    /// An inbound connection attempt on an APNs port (`drop_inbound_open`).
-    InboundOpen,
-    /// Headers the parser cannot finish, which could hide an APNs-port packet
-    /// (`drop_unfinished`).
-    Unfinished,
-}
-
-impl DropReason {
-    pub const ALL: [DropReason; 4] = [
-        DropReason::Pinhole,
-        DropReason::Provider,
-        DropReason::InboundOpen,
-        DropReason::Unfinished,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Pinhole => "pinhole",
-            DropReason::Provider => "provider",
-            DropReason::InboundOpen => "inbound_open",
-            DropReason::Unfinished => "unfinished",
-        }
-    }
-
-    /// The reason of a drop outcome; `None` for outcomes that do not drop.
-    pub const fn of(outcome: Outcome) -> Option<DropReason> {
-        match outcome {
-            Outcome::DropPinhole => Some(DropReason::Pinhole),
-            Outcome::DropProvider => Some(DropReason::Provider),
-            Outcome::DropInboundOpen => Some(DropReason::InboundOpen),
-            Outcome::DropUnfinished => Some(DropReason::Unfinished),
-            Outcome::Pass
-            | Outcome::Fastpath
-            | Outcome::FastpathTc
-            | Outcome::NotIp
-            | Outcome::NotApns
-            | Outcome::Fragment
-            | Outcome::Malformed
-            | Outcome::Unfinished
-            | Outcome::InboundOpen => None,
         }
     }
 }
@@ -99,15 +52,16 @@ pub enum TcpEvent {
     Fin,
 }
 
-impl TcpEvent {
-    pub const ALL: [TcpEvent; 4] = [
+impl Label for TcpEvent {
+    const WHAT: &'static str = "TCP event";
+    const ALL: &'static [TcpEvent] = &[
         TcpEvent::Syn,
         TcpEvent::Synack,
         TcpEvent::Rst,
         TcpEvent::Fin,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
             TcpEvent::Syn => "syn",
             TcpEvent::Synack => "synack",
@@ -115,7 +69,9 @@ impl TcpEvent {
             TcpEvent::Fin => "fin",
         }
     }
+}
 
+impl TcpEvent {
     /// This event's count in a counter value.
     pub const fn of(self, value: &CounterValue) -> u64 {
         match self {

@@ -111,8 +111,7 @@ impl Label for Finding {
 }
 
 /// How one handshake went.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Handshake {
     /// Picked up after its handshake (older than the datapath, or evicted and seen again).
     NotSeen,
@@ -131,14 +130,40 @@ pub enum Handshake {
     RefusedByNetwork,
 }
 
-impl Handshake {
-    /// The `reason` label of a failed handshake (`apns_handshake_failures_total`): one of
-    /// [`HANDSHAKE_FAILURES`]; `None` for one that did not fail (yet).
-    pub fn failure(self) -> Option<&'static str> {
+impl Label for Handshake {
+    const WHAT: &'static str = "handshake";
+    const ALL: &'static [Handshake] = &[
+        Handshake::NotSeen,
+        Handshake::Pending,
+        Handshake::Established,
+        Handshake::Incomplete,
+        Handshake::Unanswered,
+        Handshake::RefusedByApple,
+        Handshake::RefusedByNetwork,
+    ];
+    fn as_str(self) -> &'static str {
         match self {
-            Handshake::Unanswered => Some("unanswered"),
-            Handshake::RefusedByApple | Handshake::RefusedByNetwork => Some("refused"),
-            Handshake::Incomplete => Some("incomplete"),
+            Handshake::NotSeen => "not_seen",
+            Handshake::Pending => "pending",
+            Handshake::Established => "established",
+            Handshake::Incomplete => "incomplete",
+            Handshake::Unanswered => "unanswered",
+            Handshake::RefusedByApple => "refused_by_apple",
+            Handshake::RefusedByNetwork => "refused_by_network",
+        }
+    }
+}
+
+impl Handshake {
+    /// How a failed handshake failed (`apns_handshake_failures_total`'s `reason`); `None`
+    /// for one that did not fail (yet).
+    pub fn failure(self) -> Option<HandshakeFailure> {
+        match self {
+            Handshake::Unanswered => Some(HandshakeFailure::Unanswered),
+            Handshake::RefusedByApple | Handshake::RefusedByNetwork => {
+                Some(HandshakeFailure::Refused)
+            }
+            Handshake::Incomplete => Some(HandshakeFailure::Incomplete),
             Handshake::NotSeen | Handshake::Pending | Handshake::Established => None,
         }
     }
@@ -148,12 +173,33 @@ impl Handshake {
     }
 }
 
-/// Every [`Handshake::failure`] label.
-pub const HANDSHAKE_FAILURES: [&str; 3] = ["unanswered", "refused", "incomplete"];
+/// How a handshake failed, whoever refused it (the `reason` label of
+/// `apns_handshake_failures_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    Unanswered,
+    Refused,
+    Incomplete,
+}
+
+impl Label for HandshakeFailure {
+    const WHAT: &'static str = "handshake failure";
+    const ALL: &'static [HandshakeFailure] = &[
+        HandshakeFailure::Unanswered,
+        HandshakeFailure::Refused,
+        HandshakeFailure::Incomplete,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Unanswered => "unanswered",
+            HandshakeFailure::Refused => "refused",
+            HandshakeFailure::Incomplete => "incomplete",
+        }
+    }
+}
 
 /// Where a connection stands now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     /// Established, not ended, not abandoned, not stale.
     Open,
@@ -167,6 +213,49 @@ pub enum State {
     Stale,
 }
 
+impl Label for State {
+    const WHAT: &'static str = "connection state";
+    const ALL: &'static [State] = &[
+        State::Open,
+        State::Handshake,
+        State::Ended,
+        State::Abandoned,
+        State::Stale,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Open => "open",
+            State::Handshake => "handshake",
+            State::Ended => "ended",
+            State::Abandoned => "abandoned",
+            State::Stale => "stale",
+        }
+    }
+}
+
+/// Who reset an established connection (not counting idle cuts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetBy {
+    /// A RST from Apple's side with the TTL of Apple's SYN-ACK.
+    Apple,
+    /// A RST from Apple's side with another TTL: something on the path sent it.
+    Network,
+    /// A RST from the device.
+    Device,
+}
+
+impl Label for ResetBy {
+    const WHAT: &'static str = "reset by";
+    const ALL: &'static [ResetBy] = &[ResetBy::Apple, ResetBy::Network, ResetBy::Device];
+    fn as_str(self) -> &'static str {
+        match self {
+            ResetBy::Apple => "apple",
+            ResetBy::Network => "network",
+            ResetBy::Device => "device",
+        }
+    }
+}
+
 /// One connection of the table, as the rules see it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Connection {
@@ -174,7 +263,9 @@ pub struct Connection {
     pub apple: IpAddr,
     pub apple_port: u16,
     pub interface: String,
+    #[serde(serialize_with = "crate::label::serialize_label")]
     pub state: State,
+    #[serde(serialize_with = "crate::label::serialize_label")]
     pub handshake: Handshake,
     /// `fin_device`, `fin_apple`, `rst_device`, `rst_apple`, or `open`.
     #[serde(serialize_with = "crate::label::serialize_label")]
@@ -190,8 +281,11 @@ pub struct Connection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_cut_after_secs: Option<f64>,
     /// A RST after the handshake, not counting idle cuts: who sent it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reset_by: Option<&'static str>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::label::serialize_option"
+    )]
+    pub reset_by: Option<ResetBy>,
     /// A 443 connection opened right after a failed 5223 handshake.
     pub fallback: bool,
     pub packets_out: u64,
@@ -515,12 +609,12 @@ fn judge(
         let reset_by = match (established, idle_cut, end) {
             (true, None, End::RstApple) => Some(
                 if value.synack_ttl != 0 && value.rst_ttl != value.synack_ttl {
-                    "network"
+                    ResetBy::Network
                 } else {
-                    "apple"
+                    ResetBy::Apple
                 },
             ),
-            (true, None, End::RstDevice) => Some("device"),
+            (true, None, End::RstDevice) => Some(ResetBy::Device),
             _ => None,
         };
         let abandoned = later_port[index] > last_packet(value);
@@ -642,9 +736,9 @@ impl Device {
                 }
             }
             match c.reset_by {
-                Some("apple") => resets.by_apple += 1,
-                Some("network") => resets.by_network += 1,
-                Some(_) => resets.by_device += 1,
+                Some(ResetBy::Apple) => resets.by_apple += 1,
+                Some(ResetBy::Network) => resets.by_network += 1,
+                Some(ResetBy::Device) => resets.by_device += 1,
                 None => {}
             }
             if let Some(gap) = c.idle_cut_after_secs {
@@ -823,7 +917,7 @@ impl Tally {
                     if count("failure") && self.started {
                         *self
                             .handshake_failures
-                            .entry((c.apple_port, cause))
+                            .entry((c.apple_port, cause.as_str()))
                             .or_default() += 1;
                     }
                 }
@@ -943,13 +1037,13 @@ pub fn render_table(report: &Report, detail: bool) -> String {
                 rows.row(vec![
                     format!("{}:{}", endpoint(c.apple), c.apple_port),
                     c.device_port.to_string(),
-                    word(&c.state),
-                    word(&c.handshake),
+                    c.state.as_str().to_owned(),
+                    c.handshake.as_str().to_owned(),
                     duration(c.age_secs),
                     duration(c.idle_secs),
                     match (c.idle_cut_after_secs, c.reset_by, c.fallback) {
                         (Some(gap), _, _) => format!("cut after {}", about(gap)),
-                        (None, Some(by), _) => format!("reset by {by}"),
+                        (None, Some(by), _) => format!("reset by {}", by.as_str()),
                         (None, None, true) => "fallback".to_owned(),
                         _ => c.end.as_str().to_owned(),
                     },
@@ -962,14 +1056,6 @@ pub fn render_table(report: &Report, detail: bool) -> String {
         }
     }
     out
-}
-
-/// A serde enum's word (its snake_case name).
-fn word(value: &impl Serialize) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
 }
 
 fn endpoint(address: IpAddr) -> String {

@@ -72,7 +72,7 @@ use crate::{
         status::{InterfaceStatus, PathReport},
     },
     telemetry::{
-        clients::{Finding, Report, Tally, HANDSHAKE_FAILURES},
+        clients::{Finding, HandshakeFailure, Report, Tally},
         model::Model,
         ConfigRecord,
     },
@@ -149,8 +149,10 @@ impl Connections {
             for interface in devices {
                 open.entry((interface.clone(), port)).or_default();
             }
-            for reason in HANDSHAKE_FAILURES {
-                handshake_failures.entry((port, reason)).or_default();
+            for reason in HandshakeFailure::ALL {
+                handshake_failures
+                    .entry((port, reason.as_str()))
+                    .or_default();
             }
         }
         Connections {
@@ -172,7 +174,6 @@ impl Connections {
     }
 }
 
-/// The `reason` label values of `apns_handshake_failures_total`.
 /// A histogram read from elsewhere (the datapath's lifetime buckets): per-bucket counts, as
 /// prometheus-client's encoder wants them (it accumulates).
 #[derive(Debug)]

@@ -36,6 +36,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use apns_common::label::Label as _;
 
 use crate::datapath::{interfaces::InterfaceRole, status, Datapath, PinDir};
 

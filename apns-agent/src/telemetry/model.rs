@@ -4,12 +4,15 @@
 //! (docs/classification.md). Operators read something else: per interface, APNs packets and
 //! bytes per direction, port and verdict; TCP handshake events; policy drops by reason; and
 //! the rest by class; and, for the whole gateway, the reachability ratio per APNs port. [`Model::build`] is the only place that translation happens, and the
-//! label words come from [`Outcome::as_str`], [`Direction::as_str`] and the three small enums
-//! here, so Prometheus, JSON and the terminal views cannot drift apart.
+//! label words come from the [`Label`] trait (of [`Outcome`], [`Direction`], [`DropReason`]
+//! and `class`' enums), so Prometheus, JSON and the terminal views cannot drift apart.
 
 use std::collections::BTreeMap;
 
-use apns_common::counters::{Direction, Outcome};
+use apns_common::{
+    counters::{Direction, DropReason, Outcome},
+    label::Label,
+};
 
 use crate::{
     datapath::{
@@ -20,7 +23,7 @@ use crate::{
         Datapath,
     },
     telemetry::{
-        class::{classify, Class, DropReason, TcpEvent, Verdict, OTHER_CLASSES},
+        class::{classify, Class, TcpEvent, Verdict, OTHER_CLASSES},
         reachability::Reachability,
     },
 };
@@ -45,8 +48,11 @@ pub struct Flow {
 impl Default for Flow {
     fn default() -> Flow {
         Flow {
-            volume: Verdict::ALL.map(|v| (v, Volume::default())).into(),
-            tcp: TcpEvent::ALL.map(|e| (e, 0)).into(),
+            volume: Verdict::ALL
+                .iter()
+                .map(|&v| (v, Volume::default()))
+                .collect(),
+            tcp: TcpEvent::ALL.iter().map(|&e| (e, 0)).collect(),
         }
     }
 }
@@ -102,7 +108,7 @@ impl Default for InterfaceModel {
     fn default() -> InterfaceModel {
         InterfaceModel {
             flows: BTreeMap::new(),
-            policy_drops: DropReason::ALL.map(|r| (r, 0)).into(),
+            policy_drops: DropReason::ALL.iter().map(|&r| (r, 0)).collect(),
             other: OTHER_CLASSES.map(|c| (c, 0)).into(),
             inbound_opens: BTreeMap::new(),
             paths: None,
@@ -211,7 +217,7 @@ impl Model {
                     let volume = flow.volume.entry(verdict).or_default();
                     volume.packets += value.packets;
                     volume.bytes += value.bytes;
-                    for event in TcpEvent::ALL {
+                    for &event in TcpEvent::ALL {
                         *flow.tcp.entry(event).or_default() += event.of(value);
                     }
                     if verdict == Verdict::Drop {

@@ -1,5 +1,7 @@
 //! What `apns-agent stats` prints: JSON for scripts, a table for a person, and rates for
-//! `stats --watch`. All three are built from a [`Model`], like the Prometheus metrics.
+//! `stats --watch`. All three are built from a [`Model`], like the Prometheus metrics. JSON
+//! (like the metrics) has every series; the table leaves out all-zero rows unless asked
+//! for every one ([`Rows`]).
 //!
 //! # JSON (`stats --json`), schema 1
 //!
@@ -62,12 +64,13 @@
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use anyhow::Context as _;
+use apns_common::{counters::DropReason, fastpath::Fallback, label::Label as _};
 use serde::Serialize;
 
 use crate::{
     datapath::status::PathReport,
     telemetry::{
-        class::{DropReason, TcpEvent, Verdict, OTHER_CLASSES},
+        class::{TcpEvent, Verdict, OTHER_CLASSES},
         model::{FlowKey, Model, Volume},
     },
 };
@@ -247,54 +250,91 @@ fn inbound_opens(counts: &BTreeMap<(u16, Verdict), u64>) -> Vec<InboundOpenStats
         .collect()
 }
 
+/// Which rows of the `stats` table are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rows {
+    /// Only rows with a count, and a last line saying how many all-zero rows were left out:
+    /// a gateway's table holds every interface, direction and APNs port from the start (as
+    /// the metrics must), most of them zero, and the rows that matter get lost among them.
+    NonZero,
+    /// Every row (`stats --all`, and `replay`'s table of one capture).
+    All,
+}
+
+/// The `stats` table with every row: what `replay` prints.
+pub fn render_table(model: &Model) -> String {
+    render_table_rows(model, Rows::All)
+}
+
 /// `stats` without `--json`: one line per interface, direction and port with packets,
 /// bytes (all verdicts), the TCP events and the provider drops among them; then, per
 /// interface, policy drops by reason, inbound connection attempts and the other classes;
 /// then, per `redirect` interface, how its APNs packets left; then the lost count if any.
-pub fn render_table(model: &Model) -> String {
+/// With [`Rows::NonZero`], rows whose numbers are all zero are left out and counted.
+pub fn render_table_rows(model: &Model, rows: Rows) -> String {
     let mut out = String::new();
     if model.interfaces.is_empty() {
         out.push_str("no counters yet (nothing attached, or no traffic)\n");
     }
+    let mut hidden = 0;
+    // Whether a row with these counts is printed; counts the ones that are not.
+    let mut shown = |counts: &[u64]| {
+        let show = rows == Rows::All || counts.iter().any(|&count| count > 0);
+        if !show {
+            hidden += 1;
+        }
+        show
+    };
     let mut header = vec!["interface", "direction", "port", "packets", "bytes"];
-    header.extend(TcpEvent::ALL.map(TcpEvent::as_str));
+    header.extend(TcpEvent::ALL.iter().map(|event| event.as_str()));
     header.push("drops");
     let mut traffic = Table::new(2, &header);
     for (name, interface) in &model.interfaces {
         for (key, flow) in &interface.flows {
             let total = flow.total();
+            let mut counts = vec![total.packets, total.bytes];
+            counts.extend(TcpEvent::ALL.iter().map(|&event| flow.event(event)));
+            counts.push(flow.get(Verdict::Drop).packets);
+            if !shown(&counts) {
+                continue;
+            }
             let mut row = vec![
                 name.clone(),
                 key.direction.as_str().to_owned(),
                 key.port.to_string(),
-                total.packets.to_string(),
-                total.bytes.to_string(),
             ];
-            row.extend(TcpEvent::ALL.map(|event| flow.event(event).to_string()));
-            row.push(flow.get(Verdict::Drop).packets.to_string());
+            row.extend(counts.iter().map(u64::to_string));
             traffic.row(row);
         }
     }
-    if model.interfaces.values().any(|i| !i.flows.is_empty()) {
+    if traffic.rows.len() > 1 {
         traffic.write(&mut out);
         out.push('\n');
     }
 
     let mut header = vec!["interface".to_owned()];
-    header.extend(DropReason::ALL.map(|reason| format!("{}_drops", reason.as_str())));
+    header.extend(
+        DropReason::ALL
+            .iter()
+            .map(|reason| format!("{}_drops", reason.as_str())),
+    );
     // Inbound connection attempts, dropped or (monitor mode) passed.
     header.push("inbound_opens".to_owned());
     header.extend(OTHER_CLASSES.map(|c| c.as_str().to_owned()));
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut other = Table::new(1, &header);
     for (name, interface) in &model.interfaces {
+        let mut counts: Vec<u64> = interface.policy_drops.values().copied().collect();
+        counts.push(interface.inbound_opens.values().sum());
+        counts.extend(interface.other.values());
+        if !shown(&counts) {
+            continue;
+        }
         let mut row = vec![name.clone()];
-        row.extend(interface.policy_drops.values().map(u64::to_string));
-        row.push(interface.inbound_opens.values().sum::<u64>().to_string());
-        row.extend(interface.other.values().map(u64::to_string));
+        row.extend(counts.iter().map(u64::to_string));
         other.row(row);
     }
-    if !model.interfaces.is_empty() {
+    if other.rows.len() > 1 {
         other.write(&mut out);
     }
     let mut paths = Table::new(
@@ -311,17 +351,28 @@ pub fn render_table(model: &Model) -> String {
         let Some(totals) = &interface.paths else {
             continue;
         };
+        if !shown(&[totals.xdp_redirect, totals.tc_redirect, totals.stack()]) {
+            continue;
+        }
         paths.row(vec![
             name.clone(),
             totals.xdp_redirect.to_string(),
             totals.tc_redirect.to_string(),
             totals.stack().to_string(),
-            totals.fallback_words(),
+            fallback_words(|reason| totals.counters.fallback(reason)),
         ]);
     }
     if paths.rows.len() > 1 {
         out.push('\n');
         paths.write(&mut out);
+    }
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "{}{hidden} all-zero {} not shown (`stats --all` shows every row)",
+            if out.is_empty() { "" } else { "\n" },
+            if hidden == 1 { "row" } else { "rows" }
+        );
     }
     if model.lost > 0 {
         let _ = writeln!(
@@ -336,6 +387,22 @@ pub fn render_table(model: &Model) -> String {
 /// `stats --watch`: packets/s and bytes/s per interface, direction and port between two
 /// models taken `elapsed` apart. A total that went down (the datapath was reloaded in
 /// between) counts from zero, as Prometheus' `rate()` does.
+/// "ttl 1, frag_needed 2": the fallback reasons with `packets`, or "-" (the stats table's
+/// and `status`' words for where redirect packets were left to the stack).
+pub fn fallback_words(packets: impl Fn(Fallback) -> u64) -> String {
+    let words: Vec<String> = Fallback::ALL
+        .iter()
+        .map(|&reason| (reason, packets(reason)))
+        .filter(|&(_, packets)| packets > 0)
+        .map(|(reason, packets)| format!("{} {packets}", reason.as_str()))
+        .collect();
+    if words.is_empty() {
+        "-".to_owned()
+    } else {
+        words.join(", ")
+    }
+}
+
 pub fn render_rates(before: &Model, after: &Model, elapsed: Duration) -> String {
     let mut out = String::new();
     let seconds = elapsed.as_secs_f64();
@@ -501,6 +568,92 @@ eth2                   0               0                   0                 0  
         assert_eq!(
             render_table(&Model::default()),
             "no counters yet (nothing attached, or no traffic)\n"
+        );
+    }
+
+    /// The sample with what a gateway's table mostly holds: series of attached interfaces
+    /// and APNs ports that saw nothing (eth2's 443 both ways; eth3, a `redirect` interface
+    /// with no traffic at all).
+    fn model_with_zero_rows() -> Model {
+        use apns_common::fastpath::Fallback;
+
+        use crate::telemetry::model::tests::sample_paths;
+
+        let mut model = sample_model();
+        let zero = |direction| FlowKey {
+            direction,
+            port: 443,
+        };
+        let eth2 = model.interfaces.get_mut("eth2").unwrap();
+        for direction in [
+            apns_common::counters::Direction::Outbound,
+            apns_common::counters::Direction::Inbound,
+        ] {
+            eth2.flows.insert(zero(direction), Default::default());
+        }
+        let eth3 = model.interfaces.entry("eth3".to_owned()).or_default();
+        eth3.flows.insert(
+            zero(apns_common::counters::Direction::Outbound),
+            Default::default(),
+        );
+        let mut idle = sample_paths(0, Fallback::Ttl, 0);
+        idle.tc_redirect = 0;
+        idle.counters = Default::default();
+        eth3.paths = Some(idle);
+        model
+    }
+
+    #[test]
+    fn the_table_leaves_out_all_zero_rows_and_counts_them() {
+        let model = model_with_zero_rows();
+        let expected = "\
+interface  direction  port  packets  bytes  syn  synack  rst  fin  drops
+eth1       outbound    443       10   1500    2       0    0    0      0
+eth1       outbound   2197        7    540    5       0    0    0      4
+eth1       outbound   5223        7    700    4       0    1    2      0
+eth1       inbound     443       12   6000    0       2    1    0      0
+eth1       inbound    5223        5    900    0       3    0    1      0
+eth2       outbound   5223        2    140    2       0    0    0      0
+eth2       inbound    5223        1     74    0       1    0    0      0
+
+interface  pinhole_drops  provider_drops  inbound_open_drops  unfinished_drops  inbound_opens  not_ip  not_apns  fragment  malformed  unfinished
+eth1                   6               4                   3                 0              3       9       100         0          1           0
+eth2                   0               0                   0                 0              2       0         0         8          0           0
+
+5 all-zero rows not shown (`stats --all` shows every row)
+
+11 packets not counted: the counter map is full (all counts above are low)
+";
+        assert_eq!(render_table_rows(&model, Rows::NonZero), expected);
+        // --all: every row, and no note.
+        let all = render_table_rows(&model, Rows::All);
+        for row in [
+            "eth2       outbound    443        0      0    0       0    0    0      0",
+            "eth2       inbound     443        0      0    0       0    0    0      0",
+            "eth3       outbound    443        0      0    0       0    0    0      0",
+            "eth3                   0               0                   0                 0              0       0         0         0          0           0",
+            "eth3                  0            0      0                -",
+        ] {
+            assert!(all.lines().any(|line| line == row), "no {row:?} in:\n{all}");
+        }
+        assert!(!all.contains("not shown"), "{all}");
+        assert_eq!(all, render_table(&model));
+        // JSON keeps every series.
+        let json: serde_json::Value = serde_json::from_str(&render_json(&model).unwrap()).unwrap();
+        assert_eq!(
+            json["interfaces"][1]["traffic"].as_array().unwrap().len(),
+            4
+        );
+        assert_eq!(json["interfaces"][2]["interface"], "eth3");
+        assert_eq!(json["interfaces"][2]["fastpath"]["xdp_redirect"], 0);
+        // Nothing but zeros: only the note.
+        let mut quiet = Model::default();
+        quiet
+            .interfaces
+            .insert("eth3".to_owned(), model.interfaces["eth3"].clone());
+        assert_eq!(
+            render_table_rows(&quiet, Rows::NonZero),
+            "3 all-zero rows not shown (`stats --all` shows every row)\n"
         );
     }
 

@@ -110,7 +110,10 @@ impl WebConfig {
     }
 
     fn parse(text: &str, dir: &Path) -> anyhow::Result<WebConfig> {
-        let file: File = serde_yaml_ng::from_str(text).context("not a web config")?;
+        // Without the multi-line source snippet: the error is one log line, naming line and column.
+        let options = serde_saphyr::options! { with_snippet: false };
+        let file: File =
+            serde_saphyr::from_str_with_options(text, options).context("not a web config")?;
         let mut stand_in: Option<(u32, &String)> = None;
         for (user, hash) in &file.basic_auth_users {
             // A hash that is not bcrypt would deny every request: refuse it now. Parsing it

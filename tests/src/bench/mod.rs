@@ -4,7 +4,7 @@
 //!
 //! 1. [`testrun`]: ns per packet through BPF_PROG_TEST_RUN for eleven packet classes and a
 //!    gateway mix, for our classifier, the floor program and xdp-filter (loaded in a scratch
-//!    namespace, see [`scratch`]), in many short rounds with a 95 % interval per figure
+//!    namespace, see [`xdp_filter`]), in many short rounds with a 95 % interval per figure
 //!    ([`stats::Estimate`]); and how the cost grows with the allow-list.
 //! 2. [`forward`]: packets per second through the lab gateway with no program, a floor, the
 //!    agent and an nftables ruleset, interleaved A B A B.
@@ -20,9 +20,9 @@ pub mod charts;
 pub mod control;
 pub mod forward;
 pub mod report;
-pub mod scratch;
 pub mod stats;
 pub mod testrun;
+pub mod xdp_filter;
 
 use std::time::Duration;
 

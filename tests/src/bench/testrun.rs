@@ -44,8 +44,8 @@ use rand_chacha::ChaCha8Rng;
 use super::{
     charts::{BarChart, Chart, LineChart, Series, Value},
     report::{Section, Table},
-    scratch::{DispatcherHold, XdpFilter},
     stats::{num, ratio, Estimate},
+    xdp_filter::{DispatcherHold, XdpFilter},
     Plan, Rounds,
 };
 use crate::{
@@ -273,6 +273,14 @@ pub fn tc_program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier>
     Ok(ebpf
         .program(name)
         .with_context(|| format!("no program {name}"))?
+        .try_into()?)
+}
+
+/// The XDP program of a loaded datapath object.
+pub fn xdp_program(ebpf: &Ebpf) -> Result<&Xdp> {
+    Ok(ebpf
+        .program(programs::XDP)
+        .context("no XDP program")?
         .try_into()?)
 }
 

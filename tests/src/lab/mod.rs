@@ -15,13 +15,14 @@ mod child;
 mod link;
 mod netns;
 mod servers;
+mod tcpdump;
 mod topology;
 mod vlan;
 
 use std::{
     ffi::OsStr,
     io::{self, Read as _, Write as _},
-    net::{Shutdown, SocketAddr, TcpStream},
+    net::{IpAddr, Shutdown, SocketAddr, TcpStream},
     path::PathBuf,
     process::{self, Command},
     sync::atomic::{AtomicU64, Ordering},
@@ -30,11 +31,13 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use socket2::{Domain, Socket, Type};
 
 pub use child::LabChild;
 pub use link::{LinkStats, TcpSegments};
 pub use netns::{run, run_with_input, NETNS_DIR, NETNS_PREFIX};
 pub use servers::Accepted;
+pub use tcpdump::{CaptureMarker, Tcpdump};
 pub use topology::*;
 
 use netns::Namespace;
@@ -187,6 +190,32 @@ impl Lab {
             .run_on_thread(|| TcpStream::connect_timeout(&addr, timeout))
             .flatten()
             .map_err(|e| io::Error::new(e.kind(), format!("connecting from {from} to {addr}: {e}")))
+    }
+
+    /// A TCP connection made from inside `from`'s namespace with `source` as its address
+    /// (one of the namespace's, e.g. an extra device address on the client's eth0).
+    pub fn connect_from(
+        &self,
+        from: Role,
+        source: IpAddr,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> io::Result<TcpStream> {
+        self.ns(from)
+            .run_on_thread(|| -> io::Result<TcpStream> {
+                // std's TcpStream cannot bind before it connects.
+                let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+                socket.bind(&SocketAddr::new(source, 0).into())?;
+                socket.connect_timeout(&addr.into(), timeout)?;
+                Ok(socket.into())
+            })
+            .flatten()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("connecting from {from} ({source}) to {addr}: {e}"),
+                )
+            })
     }
 
     /// One long-lived connection from `from` to the echo server at `addr`, driven by a thread:
@@ -378,6 +407,23 @@ impl Lab {
                 .args(["-K", ifname, feature, setting]))?;
         }
         Ok(())
+    }
+
+    /// The packet counters of the rules of nftables `object` (`["table", "inet", NAME]` or
+    /// `["chain", "inet", TABLE, NAME]`) in `role`'s namespace, in rule order.
+    pub fn nft_counters(&self, role: Role, object: &[&str]) -> Result<Vec<u64>> {
+        let listing = run(self.command(role, "nft").arg("list").args(object))?;
+        listing
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|pair| pair[0] == "packets")
+            .map(|pair| {
+                pair[1]
+                    .parse()
+                    .with_context(|| format!("nft counter {:?} in {object:?}", pair[1]))
+            })
+            .collect()
     }
 
     /// The gateway resolves the ISP and `neighbours` (one ping each).

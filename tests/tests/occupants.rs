@@ -3,11 +3,11 @@
 //! attached by `ip link`; the floor program on a bpf_link) refuses in one line naming the program and the way out, and changes
 //! nothing: our links, maps and policy, and the other program still attached. Needs root.
 
-use apns_agent::datapath::{neighbours::Neighbour, Datapath};
+use apns_agent::datapath::{occupants::Occupant, Datapath};
 use apns_tests::{
     agent::{self, gw_command, gw_ifindex, Pinned, TestPins},
     lab::{Lab, LabOptions, GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_WAN},
-    neighbours::{on, FloorOn, IpLinkOn, XdpFilterOn},
+    occupants::{on, FloorOn, IpLinkOn, XdpFilterOn},
 };
 
 /// What a refused attach may not change.
@@ -46,8 +46,8 @@ fn assert_refused(
     pins: &TestPins,
     before: &State,
     interface: &str,
-    expected: impl Fn(&Neighbour) -> String,
-) -> Neighbour {
+    expected: impl Fn(&Occupant) -> String,
+) -> Occupant {
     let theirs = only(on(lab, interface).unwrap());
     assert_eq!(refused(lab, pins, interface), expected(&theirs));
     assert_eq!(
@@ -63,13 +63,14 @@ fn assert_refused(
     theirs
 }
 
-fn only(neighbours: Vec<Neighbour>) -> Neighbour {
-    assert_eq!(neighbours.len(), 1, "{neighbours:?}");
-    neighbours.into_iter().next().unwrap()
+fn only(occupants: Vec<Occupant>) -> Occupant {
+    assert_eq!(occupants.len(), 1, "{occupants:?}");
+    occupants.into_iter().next().unwrap()
 }
 
 #[test]
 fn attach_refuses_an_interface_that_runs_another_xdp_program_and_changes_nothing() {
+    apns_tests::require_root!();
     let lab = Lab::new(LabOptions::default()).unwrap();
     let pins = TestPins::new();
     agent::succeed(&mut gw_command(&lab, &pins, &["attach", GW_IF_WAN.name])).unwrap();

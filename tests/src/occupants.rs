@@ -17,7 +17,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use apns_agent::datapath::{
     links,
-    neighbours::{self, Neighbour},
+    occupants::{self, Occupant},
 };
 use aya::programs::XdpMode;
 
@@ -131,9 +131,9 @@ impl FloorOn {
 }
 
 /// What runs on gateway interface `interface`, as `attach` and `doctor` read it.
-pub fn on(lab: &Lab, interface: &str) -> Result<Vec<Neighbour>> {
+pub fn on(lab: &Lab, interface: &str) -> Result<Vec<Occupant>> {
     lab.in_ns(Role::Gw, || {
         let ifindex = links::ifindex(interface)?;
-        neighbours::of(ifindex, None)
+        occupants::of(ifindex, None)
     })?
 }

@@ -1,4 +1,4 @@
-//! The XDP neighbours of an interface: whatever XDP program runs on it, who attached it and
+//! The XDP occupants of an interface: whatever XDP program runs on it, who attached it and
 //! how, and whether it is a libxdp multiprog dispatcher (and which components it chains).
 //! `attach` reads it to never clobber someone else's program, and says in one line what is
 //! in the way and how to clear it; `doctor` reports it.
@@ -26,7 +26,7 @@ const LIBXDP_DIR: &str = "xdp";
 
 /// One XDP program on an interface.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Neighbour {
+pub struct Occupant {
     pub program_id: u32,
     /// The kernel's program name (at most 15 bytes); "?" when it cannot be read.
     pub name: String,
@@ -55,7 +55,7 @@ fn serialize_mode<S: serde::Serializer>(mode: &XdpAttachMode, s: S) -> Result<S:
     s.serialize_str(mode.as_str())
 }
 
-impl Neighbour {
+impl Occupant {
     /// "XDP program 42 (xdpfilt_alw_all, tag 2d85…, attached by netlink in skb mode, not a
     /// libxdp dispatcher)".
     pub fn describe(&self) -> String {
@@ -120,7 +120,7 @@ impl Neighbour {
 
 /// The XDP programs on device `ifindex` of the caller's network namespace (empty when there
 /// are none, or no such device). `pins`: the datapath whose program counts as ours.
-pub fn of(ifindex: u32, pins: Option<&PinDir>) -> anyhow::Result<Vec<Neighbour>> {
+pub fn of(ifindex: u32, pins: Option<&PinDir>) -> anyhow::Result<Vec<Occupant>> {
     let Some(link) = netdev::link(ifindex)? else {
         return Ok(Vec::new());
     };
@@ -147,7 +147,7 @@ pub fn of(ifindex: u32, pins: Option<&PinDir>) -> anyhow::Result<Vec<Neighbour>>
                 .map(|facts| facts.link_id);
             let dispatcher = (name == LIBXDP_DISPATCHER)
                 .then(|| dispatcher(Path::new(BPFFS_ROOT), ifindex, program_id));
-            Ok(Neighbour {
+            Ok(Occupant {
                 program_id,
                 name,
                 tag,
@@ -163,9 +163,9 @@ pub fn of(ifindex: u32, pins: Option<&PinDir>) -> anyhow::Result<Vec<Neighbour>>
 /// Refuses, in one line naming the program and the way out, when `interface` (index
 /// `ifindex`) runs an XDP program that is not the one of `pins`. Changes nothing.
 pub fn check_free(interface: &str, ifindex: u32, pins: &PinDir) -> anyhow::Result<()> {
-    let neighbours = of(ifindex, Some(pins))
+    let occupants = of(ifindex, Some(pins))
         .with_context(|| format!("reading the XDP programs of {interface}"))?;
-    match neighbours.iter().find(|neighbour| !neighbour.ours) {
+    match occupants.iter().find(|occupant| !occupant.ours) {
         None => Ok(()),
         Some(other) => anyhow::bail!(
             "{interface} runs {}: {}",
@@ -221,8 +221,8 @@ fn dispatcher(bpffs: &Path, ifindex: u32, program_id: u32) -> Dispatcher {
 mod tests {
     use super::*;
 
-    fn plain(name: &str, link_id: Option<u32>) -> Neighbour {
-        Neighbour {
+    fn plain(name: &str, link_id: Option<u32>) -> Occupant {
+        Occupant {
             program_id: 42,
             name: name.to_owned(),
             tag: "2d8506cc913c856b".to_owned(),
