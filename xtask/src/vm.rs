@@ -144,11 +144,12 @@ pub struct GuestTest {
 /// What runs in every guest kernel (`cargo xtask test --kernel`): one guest per test and kernel,
 /// at most [`PARALLEL_GUESTS`] at once, within [`MATRIX_BUDGET`].
 pub const GUEST_TESTS: &[GuestTest] = &[
-    // The embedded object and the verifier's verdict on it, with no network.
+    // The embedded object and the verifier's verdict on it, with no network. Its output
+    // (`--nocapture`) holds each program's instruction counts, which the summary shows.
     GuestTest {
         package: "apns-agent",
         test: "object",
-        args: &[],
+        args: &["--nocapture"],
         env: &[],
         timeout_secs: 180,
         known_failures: &[],
@@ -1026,6 +1027,12 @@ pub fn matrix(kernels: &[&'static GuestKernel], binaries: &[TestBinary]) -> Resu
         let outcome = mine
             .iter()
             .find_map(|(_, result)| result.and_then(|r| r.outcome.as_ref()));
+        // Only the object test prints instruction counts.
+        let counts: Vec<(String, u64, u64)> = mine
+            .iter()
+            .filter_map(|(_, result)| result.and_then(|r| r.outcome.as_ref()))
+            .flat_map(|outcome| instruction_counts(&outcome.output))
+            .collect();
         let release = outcome
             .and_then(|o| o.release.clone())
             .unwrap_or_else(|| "?".to_owned());
@@ -1046,6 +1053,18 @@ pub fn matrix(kernels: &[&'static GuestKernel], binaries: &[TestBinary]) -> Resu
             }
             eprintln!("      {name:<24} {}", describe_result(result));
         }
+        if !counts.is_empty() {
+            let counts: Vec<String> = counts
+                .iter()
+                .map(|(program, translated, processed)| {
+                    format!("{program} {translated} / {processed}")
+                })
+                .collect();
+            eprintln!(
+                "      instructions (translated / processed by the verifier, every feature this kernel has on): {}",
+                counts.join(", ")
+            );
+        }
     }
     if failures > 0 {
         bail!(
@@ -1055,6 +1074,36 @@ pub fn matrix(kernels: &[&'static GuestKernel], binaries: &[TestBinary]) -> Resu
         );
     }
     Ok(())
+}
+
+/// Each program's instruction counts from the `object` test's output, with every feature of
+/// the kernel on: the last of its lines `features 0x..: NAME: T translated instructions, P
+/// instructions processed by the verifier` (the combinations come in ascending order, all on
+/// last), in the order the programs first appear.
+fn instruction_counts(output: &str) -> Vec<(String, u64, u64)> {
+    let mut counts: Vec<(String, u64, u64)> = Vec::new();
+    for line in output.lines() {
+        let Some(rest) = line.trim().strip_prefix("features ") else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, ": ");
+        let (Some(_), Some(program), Some(figures)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let numbers: Vec<u64> = figures
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|word| word.parse().ok())
+            .collect();
+        let [translated, processed] = numbers[..] else {
+            continue;
+        };
+        match counts.iter_mut().find(|(name, ..)| name == program) {
+            Some(entry) => *entry = (program.to_owned(), translated, processed),
+            None => counts.push((program.to_owned(), translated, processed)),
+        }
+    }
+    counts
 }
 
 /// `ok: 3 of 3 passed (24 s, boot 11 s)`, `FAILED: 1 of 3 passed, 2 failed (...): <first error>`.
@@ -1224,6 +1273,24 @@ mod tests {
             first_error(output).as_deref(),
             Some("called `Result::unwrap()` on an `Err` value: loading XDP program apns_xdp (the verifier log follows) | verifier: Arg#0 type PTR in apns_conns_outbound() is not supported yet.")
         );
+    }
+
+    #[test]
+    fn reads_instruction_counts_with_every_feature_on() {
+        let output = "running 3 tests\n\
+            features 0x0: apns_xdp: 3000 translated instructions, 180000 instructions processed by the verifier\n\
+            features 0x0: apns_tc: 90 translated instructions, 100 instructions processed by the verifier\n\
+            features 0x3: apns_xdp: 3294 translated instructions, 210699 instructions processed by the verifier\n\
+            features 0x3: apns_tc: 101 translated instructions, 122 instructions processed by the verifier\n\
+            test verifier_accepts_every_program_in_every_feature_combination ... ok\n";
+        assert_eq!(
+            instruction_counts(output),
+            [
+                ("apns_xdp".to_owned(), 3294, 210699),
+                ("apns_tc".to_owned(), 101, 122)
+            ]
+        );
+        assert!(instruction_counts("test result: ok. 3 passed").is_empty());
     }
 
     #[test]
