@@ -79,8 +79,9 @@ pub fn run(global: &Global, args: &RunArgs) -> anyhow::Result<()> {
         datapath
     };
 
-    // Loading parsed the kernel's BTF (aya does it for every load, ~17 MiB of heap, most of
-    // the agent's peak); give what was freed back to the system, or the daemon keeps it.
+    // Loading needed memory only while it ran (aya's parse of the object, its sections and
+    // BTF); give what was freed back to the system, or the daemon keeps it. (The kernel's BTF,
+    // once most of the peak, is no longer parsed: datapath/object.rs.)
     release_freed_memory();
     let running_rules = settings.config.clients.rules;
     let mut record = config_record(&settings);
