@@ -23,7 +23,7 @@ use apns_common::{
 use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 
 use super::{
-    forward::{spawn_agent, METRICS_ADDR},
+    forward::{monitor_run_args, spawn_agent, METRICS_ADDR},
     report::{Section, Table},
     stats::{group_thousands, median, num},
     testrun::OurProgram,
@@ -236,24 +236,7 @@ fn scrape(lab: &Lab) -> Result<usize> {
 pub fn soak(plan: &Plan, lab: &Lab, config_file: &Path) -> Result<Soak> {
     let pins = TestPins::new();
     let config_arg = config_file.to_string_lossy().into_owned();
-    let agent = spawn_agent(
-        lab,
-        &pins,
-        &[
-            "run",
-            "--config",
-            &config_arg,
-            "--mode",
-            "monitor",
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-            "--detach-on-exit",
-            "--metrics-addr",
-            METRICS_ADDR,
-        ],
-    )?;
+    let agent = spawn_agent(lab, &pins, &monitor_run_args(&config_arg, &[]))?;
     let pid = agent.id();
     let mut soak = Soak::default();
     let started = Instant::now();
@@ -331,20 +314,7 @@ pub const LIFECYCLE_STEPS: &str = "(1) `apns-agent run` on a fresh pin directory
 /// Runs the agent through [`LIFECYCLE_STEPS`] in the lab's gateway.
 pub fn lifecycle(lab: &Lab, config_file: &Path) -> Result<Lifecycle> {
     let config_arg = config_file.to_string_lossy().into_owned();
-    let args = [
-        "run",
-        "--config",
-        &config_arg,
-        "--mode",
-        "monitor",
-        "--iface",
-        GW_IF_CLIENT.name,
-        "--iface",
-        GW_IF_WAN.name,
-        "--detach-on-exit",
-        "--metrics-addr",
-        METRICS_ADDR,
-    ];
+    let args = monitor_run_args(&config_arg, &[]);
     let hwm = |agent: &crate::agent::Agent<'_>| proc_status_kib(agent.id(), "VmHWM");
     let mut lifecycle = Lifecycle::default();
     let pins = TestPins::new();

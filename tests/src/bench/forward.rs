@@ -187,6 +187,23 @@ impl Forwarding {
 /// (READY=1: its datapath attached and its policy applied). Its log is kept, not shown: the
 /// last lines go into the error if it does not come up. Stopped by SIGTERM when the returned
 /// guard drops.
+/// `run` with `config` in monitor mode on lan0 and wan0, detaching on exit, serving /metrics
+/// on [`METRICS_ADDR`], and `extra` flags: how every section runs the agent.
+pub fn monitor_run_args(config: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["run", "--config", config, "--mode", "monitor"];
+    args.extend(extra);
+    args.extend([
+        "--iface",
+        GW_IF_CLIENT.name,
+        "--iface",
+        GW_IF_WAN.name,
+        "--detach-on-exit",
+        "--metrics-addr",
+        METRICS_ADDR,
+    ]);
+    args.into_iter().map(str::to_owned).collect()
+}
+
 pub fn spawn_agent<'lab>(
     lab: &'lab Lab,
     pins: &TestPins,
@@ -478,25 +495,7 @@ pub fn forwarding(plan: &Plan, lab: &Lab, config_file: &Path) -> Result<(Section
     let mut floor = FloorProgram::load()?;
     let pins = TestPins::new();
     let config_arg = config_file.to_string_lossy().into_owned();
-    let agent_args = |xdp_mode: &'static str| {
-        [
-            "run",
-            "--config",
-            &config_arg,
-            "--mode",
-            "monitor",
-            "--xdp-mode",
-            xdp_mode,
-            "--iface",
-            GW_IF_CLIENT.name,
-            "--iface",
-            GW_IF_WAN.name,
-            "--detach-on-exit",
-            "--metrics-addr",
-            METRICS_ADDR,
-        ]
-        .map(str::to_owned)
-    };
+    let agent_args = |xdp_mode: &str| monitor_run_args(&config_arg, &["--xdp-mode", xdp_mode]);
     let sizes: Vec<usize> = plan.forward_packets.iter().map(|(size, _)| *size).collect();
     let mut result = Forwarding {
         sizes: sizes.clone(),

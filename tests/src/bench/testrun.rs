@@ -699,13 +699,12 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
         );
     };
     let ratio_cell = |e: &Estimate| e.show(|v| format!("{v:.2}"));
-    for (c, class) in classes.iter().enumerate() {
-        let costs = Costs::of(&samples[c], instances);
-        record(&mut section, class.key, &costs);
-        table.row(vec![
-            class.label.to_owned(),
-            format!("{} B", class.frame.len()),
-            outcomes[c].to_owned(),
+    // A row: the class, its frame's size, its outcome, the costs, xdp-filter's action.
+    let row = |label: String, size: String, outcome: &str, costs: &Costs, action: &str| {
+        vec![
+            label,
+            size,
+            outcome.to_owned(),
             num(costs.floor.median),
             num(costs.agent.median),
             ratio_cell(&costs.agent_per_floor),
@@ -713,8 +712,19 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
             num(costs.filter.median),
             ratio_cell(&costs.filter_per_floor),
             ratio_cell(&costs.filter_per_agent),
-            xdp_action_name(actions[c][2]).to_owned(),
-        ]);
+            action.to_owned(),
+        ]
+    };
+    for (c, class) in classes.iter().enumerate() {
+        let costs = Costs::of(&samples[c], instances);
+        record(&mut section, class.key, &costs);
+        table.row(row(
+            class.label.to_owned(),
+            format!("{} B", class.frame.len()),
+            outcomes[c],
+            &costs,
+            xdp_action_name(actions[c][2]),
+        ));
         result.rows.push(ClassCost {
             key: class.key,
             label: class.label,
@@ -739,19 +749,13 @@ pub fn per_packet(plan: &Plan, cpu: usize) -> Result<(Section, PerPacket)> {
     });
     let mix = Costs::of(&mix_samples, instances);
     record(&mut section, "gateway_mix", &mix);
-    table.row(vec![
+    table.row(row(
         "**gateway mix** (weighted, see below)".to_owned(),
         "—".to_owned(),
-        "—".to_owned(),
-        num(mix.floor.median),
-        num(mix.agent.median),
-        ratio_cell(&mix.agent_per_floor),
-        mix.agent_per_floor.show_half_width(),
-        num(mix.filter.median),
-        ratio_cell(&mix.filter_per_floor),
-        ratio_cell(&mix.filter_per_agent),
-        "—".to_owned(),
-    ]);
+        "—",
+        &mix,
+        "—",
+    ));
     result.mix = Some(mix);
     section.tables.push(table);
     section.charts.push(per_class_chart(&result));
