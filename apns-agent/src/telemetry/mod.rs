@@ -16,6 +16,7 @@ pub mod model;
 pub mod reachability;
 pub mod server;
 pub mod stats;
+pub mod table;
 pub mod textfile;
 pub mod watch;
 pub mod web_config;
