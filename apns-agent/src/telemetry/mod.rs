@@ -11,6 +11,7 @@ pub mod admission;
 pub mod auth;
 pub mod class;
 pub mod clients;
+pub mod families;
 pub mod metrics;
 pub mod model;
 pub mod reachability;
