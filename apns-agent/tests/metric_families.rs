@@ -67,18 +67,10 @@ fn exposition() -> String {
     model.interfaces.insert("eth1".to_owned(), interface);
     model.reachability.insert(5223, 1.0);
     let status = InterfaceStatus {
-        interface: "eth1".to_owned(),
         attached: true,
         state: LinkState::Attached,
-        ifindex: Some(2),
-        current_name: None,
         xdp_mode: "native",
-        fastpath: None,
-        role: None,
-        program_id: None,
-        link_id: None,
-        link_pin: String::new(),
-        paths: None,
+        ..InterfaceStatus::missing("eth1".to_owned())
     };
     let mut info = metrics::Info::new("0123456789abcdef", &Policy::apple_defaults(), vec![status]);
     // Every kernel feature, whatever this process could probe (a normal user probes none).

@@ -250,22 +250,14 @@ mod tests {
 
     fn sample_info() -> Info {
         let status = |interface: &str, attached, xdp_mode| InterfaceStatus {
-            interface: interface.to_owned(),
             attached,
             state: if attached {
                 LinkState::Attached
             } else {
                 LinkState::Unreadable
             },
-            ifindex: None,
-            current_name: None,
             xdp_mode,
-            fastpath: None,
-            role: None,
-            program_id: None,
-            link_id: None,
-            link_pin: String::new(),
-            paths: None,
+            ..InterfaceStatus::missing(interface.to_owned())
         };
         Info::new(
             "00abcdef01234567",
