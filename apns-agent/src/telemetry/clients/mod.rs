@@ -1,7 +1,7 @@
 //! Which devices behind the gateway can reach APNs, and why not: the connection table
 //! ([`crate::datapath::conns`]) read per device, each device given one [`Finding`] in words.
 //! `apns-agent clients`, /metrics and `events` all read it from here. docs/clients.md states
-//! every rule below in prose; change both together.
+//! every rule of this module and [`judge`] in prose; change both together.
 //!
 //! All times are the kernel's (CLOCK_MONOTONIC, at the tick's resolution); the report turns
 //! them into ages.
