@@ -6,8 +6,9 @@
 //! - the Prometheus rules pass `promtool check rules` and their unit tests
 //!   (`promtool test rules`), and every alert is shown firing and staying silent;
 //! - the Grafana dashboard's queries are valid PromQL;
-//! - rules and dashboard use only metrics and labels the agent exports. Those are taken from a
-//!   real exposition rendered by `telemetry::metrics::render`, so the checks follow the code.
+//! - rules and dashboard use only metrics and labels the agent exports. Those are taken from
+//!   the one table of metric families, `telemetry::families` (`metric_families.rs` checks
+//!   that the exposition writes exactly its families), so the checks follow the code.
 //!
 //! promtool is installed wherever tests run (`cargo xtask setup`): a missing one fails.
 //! systemd-analyze is used when present; without it the unit is checked by parsing only, and
@@ -22,23 +23,15 @@ use std::{
 
 use apns_agent::{
     cli::{Cli, Command as CliCommand},
-    datapath::{
-        features::Feature,
-        pins::{BPFFS_ROOT, DEFAULT_PIN_DIR},
-        policy::Policy,
-        status::{InterfaceStatus, LinkState},
-    },
+    datapath::pins::{BPFFS_ROOT, DEFAULT_PIN_DIR},
     privileges,
     settings::config::{Config, DEFAULT_CONFIG},
     telemetry::{
-        class::Verdict,
-        clients::Finding,
-        metrics::{self, ALL_INTERFACES},
-        model::{Flow, FlowKey, InterfaceModel, Model},
+        families::{self, Kind},
+        metrics::ALL_INTERFACES,
         DEFAULT_METRICS_ADDR,
     },
 };
-use apns_common::{counters::Direction, label::Label as _};
 use clap::Parser as _;
 
 const UNIT: &str = "apns-agent.service";
@@ -78,92 +71,25 @@ fn family_of<'a>(exported: &BTreeMap<String, BTreeSet<String>>, name: &'a str) -
         .unwrap_or(name)
 }
 
-/// Every metric the agent exports, with its label names, from a real exposition of a model
-/// that has a sample of every family.
+/// Every series the agent exports, with its label names: the families of the one table,
+/// `telemetry::families::ALL` (`metric_families.rs` holds the exposition to it), and a
+/// histogram's `_bucket` (with `le`), `_sum` and `_count` series.
 fn exported() -> BTreeMap<String, BTreeSet<String>> {
-    let mut interface = InterfaceModel::default();
-    for (direction, port) in [(Direction::Outbound, 5223), (Direction::Inbound, 5223)] {
-        interface
-            .flows
-            .insert(FlowKey { direction, port }, Flow::default());
-    }
-    interface.inbound_opens.insert((5223, Verdict::Drop), 0);
-    interface.paths = Some(Default::default());
-    let mut model = Model::default();
-    model.interfaces.insert("eth1".to_owned(), interface);
-    model.reachability.insert(5223, 1.0);
-    let mut info = metrics::Info::new(
-        "0123456789abcdef",
-        &Policy::apple_defaults(),
-        vec![InterfaceStatus {
-            interface: "eth1".to_owned(),
-            attached: true,
-            state: LinkState::Attached,
-            ifindex: Some(2),
-            current_name: None,
-            xdp_mode: "native",
-            fastpath: None,
-            role: None,
-            program_id: None,
-            link_id: None,
-            link_pin: String::new(),
-            paths: None,
-        }],
-    );
-    // Every kernel feature, whatever this process could probe (a normal user probes none).
-    info.kernel_features = Feature::ALL
-        .iter()
-        .map(|&feature| (feature.as_str(), true))
-        .collect();
-    // The connection table's families, one sample each (labels are read from samples).
-    info.connections = Some(metrics::Connections {
-        open: [(("eth1".to_owned(), 5223), 1)].into(),
-        ended: [("fin_device", 1)].into(),
-        lifetimes: (vec![(1.0, 1), (f64::INFINITY, 0)], 0.5),
-        handshake_failures: [((5223, "refused"), 1)].into(),
-        port443: [("fallback", 1)].into(),
-        unhealthy: [(Finding::NoAnswer, 1)].into(),
-        ..metrics::Connections::default()
-    });
-    let text = metrics::render(&model, &info).expect("the exposition renders");
-
-    let mut families: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut histograms = BTreeSet::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut words = rest.split_whitespace();
-            let name = words.next().expect("# TYPE names a metric");
-            families.entry(name.to_owned()).or_default();
-            if words.next() == Some("histogram") {
-                histograms.insert(name.to_owned());
-            }
-        } else if !line.starts_with('#') && !line.is_empty() {
-            let name_end = line.find(['{', ' ']).expect("a sample line has a value");
-            let name = &line[..name_end];
-            // A histogram's series are its name with _bucket (and `le`), _sum and _count.
-            let of_histogram = HISTOGRAM_SERIES
-                .iter()
-                .filter_map(|suffix| name.strip_suffix(suffix))
-                .any(|family| histograms.contains(family));
-            if of_histogram {
-                families.entry(name.to_owned()).or_default();
-            }
-            let labels = families
-                .get_mut(name)
-                .unwrap_or_else(|| panic!("sample of {name} before its # TYPE in:\n{text}"));
-            if line[name_end..].starts_with('{') {
-                let close = line.rfind('}').expect("closed label set");
-                for matcher in parse_matchers(&line[name_end + 1..close]) {
-                    labels.insert(matcher.label);
+    let mut series = BTreeMap::new();
+    for family in families::ALL {
+        let labels: BTreeSet<String> = family.labels.iter().map(|&l| l.to_owned()).collect();
+        if family.kind == Kind::Histogram {
+            for suffix in HISTOGRAM_SERIES {
+                let mut labels = labels.clone();
+                if suffix == "_bucket" {
+                    labels.insert("le".to_owned());
                 }
+                series.insert(format!("{}{suffix}", family.name), labels);
             }
         }
+        series.insert(family.name.to_owned(), labels);
     }
-    assert!(
-        families.len() >= 10 && families.keys().all(|name| name.starts_with("apns_")),
-        "unexpected exposition:\n{text}"
-    );
-    families
+    series
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use apns_common::{
-    counters::{Direction, DropReason, Outcome},
+    counters::{CounterValue, Direction, DropReason, Outcome},
     label::Label,
 };
 
@@ -169,6 +169,45 @@ impl Known {
     }
 }
 
+impl InterfaceModel {
+    /// Counts one counter cell of the interface, of class `class`.
+    fn add(&mut self, class: Class, value: &CounterValue) {
+        match class {
+            Class::Apns {
+                direction,
+                port,
+                verdict,
+            } => {
+                let flow = self.flows.entry(FlowKey { direction, port }).or_default();
+                let volume = flow.volume.entry(verdict).or_default();
+                volume.packets += value.packets;
+                volume.bytes += value.bytes;
+                for &event in TcpEvent::ALL {
+                    *flow.tcp.entry(event).or_default() += event.of(value);
+                }
+                if verdict == Verdict::Drop {
+                    *self.policy_drops.entry(DropReason::Provider).or_default() += value.packets;
+                }
+            }
+            Class::Dropped(reason) => {
+                *self.policy_drops.entry(reason).or_default() += value.packets;
+            }
+            Class::InboundOpen { port, verdict } => {
+                *self.inbound_opens.entry((port, verdict)).or_default() += value.packets;
+                if verdict == Verdict::Drop {
+                    *self
+                        .policy_drops
+                        .entry(DropReason::InboundOpen)
+                        .or_default() += value.packets;
+                }
+            }
+            Class::Other(outcome) => {
+                *self.other.entry(outcome).or_default() += value.packets;
+            }
+        }
+    }
+}
+
 impl Model {
     /// Aggregates `snapshot`, with every series of `known` present. `interface_name` turns
     /// an ifindex into a name (see [`interface_name`]); it is called once per ifindex.
@@ -203,46 +242,10 @@ impl Model {
             let name = names
                 .entry(key.ifindex)
                 .or_insert_with(|| interface_name(key.ifindex));
-            let interface = interfaces.entry(name.clone()).or_default();
-            match class {
-                Class::Apns {
-                    direction,
-                    port,
-                    verdict,
-                } => {
-                    let flow = interface
-                        .flows
-                        .entry(FlowKey { direction, port })
-                        .or_default();
-                    let volume = flow.volume.entry(verdict).or_default();
-                    volume.packets += value.packets;
-                    volume.bytes += value.bytes;
-                    for &event in TcpEvent::ALL {
-                        *flow.tcp.entry(event).or_default() += event.of(value);
-                    }
-                    if verdict == Verdict::Drop {
-                        *interface
-                            .policy_drops
-                            .entry(DropReason::Provider)
-                            .or_default() += value.packets;
-                    }
-                }
-                Class::Dropped(reason) => {
-                    *interface.policy_drops.entry(reason).or_default() += value.packets;
-                }
-                Class::InboundOpen { port, verdict } => {
-                    *interface.inbound_opens.entry((port, verdict)).or_default() += value.packets;
-                    if verdict == Verdict::Drop {
-                        *interface
-                            .policy_drops
-                            .entry(DropReason::InboundOpen)
-                            .or_default() += value.packets;
-                    }
-                }
-                Class::Other(outcome) => {
-                    *interface.other.entry(outcome).or_default() += value.packets;
-                }
-            }
+            interfaces
+                .entry(name.clone())
+                .or_default()
+                .add(class, value);
         }
         let with_paths: std::collections::BTreeSet<u32> = known
             .redirect

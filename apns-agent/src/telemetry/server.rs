@@ -38,7 +38,8 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::{GracefulShutdown, Watcher},
 };
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::telemetry::{
     admission::{Admission, Standing, CONNECTION_LIFETIME},
@@ -195,25 +196,8 @@ pub async fn serve<R>(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             // `admitted` is held until the connection ends: dropping it frees the place.
-            let served = async {
-                match tls {
-                    None => http(TokioIo::new(stream), service, watcher).await,
-                    Some(acceptor) => {
-                        let tls =
-                            tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
-                                .await
-                                .map_err(|_| {
-                                    anyhow::anyhow!(
-                                        "no TLS handshake within {HEADER_READ_TIMEOUT:?}"
-                                    )
-                                })?
-                                .context("TLS handshake")?;
-                        http(TokioIo::new(tls), service, watcher).await
-                    }
-                }
-            };
             tokio::select! {
-                served = served => if let Err(err) = served {
+                served = plain_or_tls(stream, tls, service, watcher) => if let Err(err) = served {
                     tracing::debug!(%peer, "/metrics connection: {err:#}");
                 },
                 Ok(()) = &mut admitted.evicted => tracing::debug!(%peer, "/metrics connection cut to make room (at the cap)"),
@@ -229,6 +213,29 @@ pub async fn serve<R>(
             tracing::debug!("/metrics connections still open at exit, dropped");
         }
     }
+}
+
+/// Serves HTTP/1.1 on `stream`, after a TLS handshake with `tls` if given, until it ends
+/// or shutdown.
+async fn plain_or_tls<S>(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    service: S,
+    watcher: Watcher,
+) -> anyhow::Result<()>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>> + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let Some(acceptor) = tls else {
+        return http(TokioIo::new(stream), service, watcher).await;
+    };
+    let tls = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream))
+        .await
+        .map_err(|_| anyhow::anyhow!("no TLS handshake within {HEADER_READ_TIMEOUT:?}"))?
+        .context("TLS handshake")?;
+    http(TokioIo::new(tls), service, watcher).await
 }
 
 /// Serves HTTP/1.1 on one connection, plain or TLS, until it ends or shutdown.

@@ -72,6 +72,7 @@ use crate::{
     telemetry::{
         class::{TcpEvent, Verdict, OTHER_CLASSES},
         model::{FlowKey, Model, Volume},
+        table::Table,
     },
 };
 
@@ -185,54 +186,6 @@ pub fn render_json(model: &Model) -> anyhow::Result<String> {
     Ok(json)
 }
 
-/// A plain-text table: the first `left` columns aligned left, the rest right (`clients`
-/// uses it too).
-pub(crate) struct Table {
-    left: usize,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    pub(crate) fn new(left: usize, header: &[&str]) -> Table {
-        Table {
-            left,
-            rows: vec![header.iter().map(|cell| cell.to_string()).collect()],
-        }
-    }
-
-    pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    pub(crate) fn write(&self, out: &mut String) {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|c| {
-                self.rows
-                    .iter()
-                    .filter_map(|row| row.get(c).map(String::len))
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        for row in &self.rows {
-            let mut line = String::new();
-            for (c, (cell, width)) in row.iter().zip(&widths).enumerate() {
-                if c > 0 {
-                    line.push_str("  ");
-                }
-                if c < self.left {
-                    line.push_str(&format!("{cell:<width$}"));
-                } else {
-                    line.push_str(&format!("{cell:>width$}"));
-                }
-            }
-            out.push_str(line.trim_end());
-            out.push('\n');
-        }
-    }
-}
-
 /// The inbound connection attempts of one interface, one entry per port.
 fn inbound_opens(counts: &BTreeMap<(u16, Verdict), u64>) -> Vec<InboundOpenStats> {
     let mut ports: BTreeMap<u16, BTreeMap<&'static str, u64>> = BTreeMap::new();
@@ -276,96 +229,22 @@ pub fn render_table_rows(model: &Model, rows: Rows) -> String {
     if model.interfaces.is_empty() {
         out.push_str("no counters yet (nothing attached, or no traffic)\n");
     }
-    let mut hidden = 0;
-    // Whether a row with these counts is printed; counts the ones that are not.
-    let mut shown = |counts: &[u64]| {
-        let show = rows == Rows::All || counts.iter().any(|&count| count > 0);
-        if !show {
-            hidden += 1;
-        }
-        show
-    };
-    let mut header = vec!["interface", "direction", "port", "packets", "bytes"];
-    header.extend(TcpEvent::ALL.iter().map(|event| event.as_str()));
-    header.push("drops");
-    let mut traffic = Table::new(2, &header);
-    for (name, interface) in &model.interfaces {
-        for (key, flow) in &interface.flows {
-            let total = flow.total();
-            let mut counts = vec![total.packets, total.bytes];
-            counts.extend(TcpEvent::ALL.iter().map(|&event| flow.event(event)));
-            counts.push(flow.get(Verdict::Drop).packets);
-            if !shown(&counts) {
-                continue;
-            }
-            let mut row = vec![
-                name.clone(),
-                key.direction.as_str().to_owned(),
-                key.port.to_string(),
-            ];
-            row.extend(counts.iter().map(u64::to_string));
-            traffic.row(row);
-        }
-    }
-    if traffic.rows.len() > 1 {
+    let mut shown = Shown { rows, hidden: 0 };
+    let traffic = traffic_table(model, &mut shown);
+    if !traffic.is_empty() {
         traffic.write(&mut out);
         out.push('\n');
     }
-
-    let mut header = vec!["interface".to_owned()];
-    header.extend(
-        DropReason::ALL
-            .iter()
-            .map(|reason| format!("{}_drops", reason.as_str())),
-    );
-    // Inbound connection attempts, dropped or (monitor mode) passed.
-    header.push("inbound_opens".to_owned());
-    header.extend(OTHER_CLASSES.map(|c| c.as_str().to_owned()));
-    let header: Vec<&str> = header.iter().map(String::as_str).collect();
-    let mut other = Table::new(1, &header);
-    for (name, interface) in &model.interfaces {
-        let mut counts: Vec<u64> = interface.policy_drops.values().copied().collect();
-        counts.push(interface.inbound_opens.values().sum());
-        counts.extend(interface.other.values());
-        if !shown(&counts) {
-            continue;
-        }
-        let mut row = vec![name.clone()];
-        row.extend(counts.iter().map(u64::to_string));
-        other.row(row);
-    }
-    if other.rows.len() > 1 {
+    let other = other_table(model, &mut shown);
+    if !other.is_empty() {
         other.write(&mut out);
     }
-    let mut paths = Table::new(
-        1,
-        &[
-            "interface",
-            "xdp_redirect",
-            "tc_redirect",
-            "stack",
-            "stack by reason",
-        ],
-    );
-    for (name, interface) in &model.interfaces {
-        let Some(totals) = &interface.paths else {
-            continue;
-        };
-        if !shown(&[totals.xdp_redirect, totals.tc_redirect, totals.stack()]) {
-            continue;
-        }
-        paths.row(vec![
-            name.clone(),
-            totals.xdp_redirect.to_string(),
-            totals.tc_redirect.to_string(),
-            totals.stack().to_string(),
-            fallback_words(|reason| totals.counters.fallback(reason)),
-        ]);
-    }
-    if paths.rows.len() > 1 {
+    let paths = paths_table(model, &mut shown);
+    if !paths.is_empty() {
         out.push('\n');
         paths.write(&mut out);
     }
+    let hidden = shown.hidden;
     if hidden > 0 {
         let _ = writeln!(
             out,
@@ -382,6 +261,108 @@ pub fn render_table_rows(model: &Model, rows: Rows) -> String {
         );
     }
     out
+}
+
+/// Which rows of the `stats` table are printed, and how many were not.
+struct Shown {
+    rows: Rows,
+    hidden: usize,
+}
+
+impl Shown {
+    /// Whether a row with these counts is printed; counts the ones that are not.
+    fn row(&mut self, counts: &[u64]) -> bool {
+        let show = self.rows == Rows::All || counts.iter().any(|&count| count > 0);
+        if !show {
+            self.hidden += 1;
+        }
+        show
+    }
+}
+
+/// One line per interface, direction and port: packets, bytes, TCP events, drops.
+fn traffic_table(model: &Model, shown: &mut Shown) -> Table {
+    let mut header = vec!["interface", "direction", "port", "packets", "bytes"];
+    header.extend(TcpEvent::ALL.iter().map(|event| event.as_str()));
+    header.push("drops");
+    let mut traffic = Table::new(2, &header);
+    for (name, interface) in &model.interfaces {
+        for (key, flow) in &interface.flows {
+            let total = flow.total();
+            let mut counts = vec![total.packets, total.bytes];
+            counts.extend(TcpEvent::ALL.iter().map(|&event| flow.event(event)));
+            counts.push(flow.get(Verdict::Drop).packets);
+            if !shown.row(&counts) {
+                continue;
+            }
+            let mut row = vec![
+                name.clone(),
+                key.direction.as_str().to_owned(),
+                key.port.to_string(),
+            ];
+            row.extend(counts.iter().map(u64::to_string));
+            traffic.row(row);
+        }
+    }
+    traffic
+}
+
+/// One line per interface: policy drops by reason, inbound connection attempts, the other
+/// classes.
+fn other_table(model: &Model, shown: &mut Shown) -> Table {
+    let mut header = vec!["interface".to_owned()];
+    header.extend(
+        DropReason::ALL
+            .iter()
+            .map(|reason| format!("{}_drops", reason.as_str())),
+    );
+    // Inbound connection attempts, dropped or (monitor mode) passed.
+    header.push("inbound_opens".to_owned());
+    header.extend(OTHER_CLASSES.map(|c| c.as_str().to_owned()));
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut other = Table::new(1, &header);
+    for (name, interface) in &model.interfaces {
+        let mut counts: Vec<u64> = interface.policy_drops.values().copied().collect();
+        counts.push(interface.inbound_opens.values().sum());
+        counts.extend(interface.other.values());
+        if !shown.row(&counts) {
+            continue;
+        }
+        let mut row = vec![name.clone()];
+        row.extend(counts.iter().map(u64::to_string));
+        other.row(row);
+    }
+    other
+}
+
+/// One line per `redirect` interface: how its APNs packets left.
+fn paths_table(model: &Model, shown: &mut Shown) -> Table {
+    let mut paths = Table::new(
+        1,
+        &[
+            "interface",
+            "xdp_redirect",
+            "tc_redirect",
+            "stack",
+            "stack by reason",
+        ],
+    );
+    for (name, interface) in &model.interfaces {
+        let Some(totals) = &interface.paths else {
+            continue;
+        };
+        if !shown.row(&[totals.xdp_redirect, totals.tc_redirect, totals.stack()]) {
+            continue;
+        }
+        paths.row(vec![
+            name.clone(),
+            totals.xdp_redirect.to_string(),
+            totals.tc_redirect.to_string(),
+            totals.stack().to_string(),
+            fallback_words(|reason| totals.counters.fallback(reason)),
+        ]);
+    }
+    paths
 }
 
 /// `stats --watch`: packets/s and bytes/s per interface, direction and port between two
@@ -437,10 +418,10 @@ pub fn render_rates(before: &Model, after: &Model, elapsed: Duration) -> String 
             ]);
         }
     }
-    if table.rows.len() > 1 {
-        table.write(&mut out);
-    } else {
+    if table.is_empty() {
         out.push_str("no APNs traffic counted yet\n");
+    } else {
+        table.write(&mut out);
     }
     out
 }
