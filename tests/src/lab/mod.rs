@@ -44,6 +44,9 @@ use netns::Namespace;
 use servers::EchoServer;
 use vlan::VlanRelay;
 
+/// How long a new lab's namespaces get to settle (times the tests' time scale).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Makes lab names unique within this process; the pid makes them unique across processes.
 static NEXT_LAB: AtomicU64 = AtomicU64::new(0);
 
@@ -80,7 +83,9 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// Builds a lab. Namespaces of earlier runs whose process is gone are deleted first.
+    /// Builds a lab and returns once every namespace has settled ([`Lab::wait_settled`]):
+    /// a test that counts packets exactly must not see the links' own start-up traffic.
+    /// Namespaces of earlier runs whose process is gone are deleted first.
     pub fn new(options: LabOptions) -> Result<Lab> {
         netns::sweep_stale();
         let id = format!(
@@ -107,6 +112,11 @@ impl Lab {
                 .with_context(|| format!("{role} has no host addresses"))?;
             let server = EchoServer::start(lab.ns(role), addrs, &APNS_PORTS)?;
             lab.servers.push((role, server));
+        }
+        // The links came up within milliseconds of each other (topology.rs batches the
+        // commands); their carriers, and IPv6 with them, follow up to a second later.
+        for role in lab.roles() {
+            lab.wait_settled(role, SETTLE_TIMEOUT * crate::time_scale())?;
         }
         Ok(lab)
     }
