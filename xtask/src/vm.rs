@@ -217,7 +217,11 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         args: &[],
         env: &[TIME_SCALE],
         timeout_secs: 420,
-        known_failures: &[],
+        known_failures: &[(
+            "5.10",
+            "forged_apple_segments_never_reach_a_device_while_its_own_apns_takes_the_fast_path",
+            "the device's own first connection through redirect (the TC step, neighbours cold) times out: seen twice on 2026-12-07, the same TC-step defect as fastpath's cold-neighbour test, or another; not yet understood",
+        )],
     },
     // Each optional feature switched off in a lab of its own: loads, exact counters, the
     // connection table, status and /metrics, redirect refused without bpf_fib_lookup.
@@ -240,7 +244,11 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         args: &[],
         env: &[],
         timeout_secs: 180,
-        known_failures: &[],
+        known_failures: &[(
+            "5.10",
+            "prerm_unloads_the_datapath_where_the_config_says",
+            "`attach --xdp-mode skb lan0` fails there with EINVAL from netlink (seen on 2026-12-07; the other attaches of the matrix on 5.10 work): not yet understood",
+        )],
     },
     // Migration from the previous release's datapath where it could run (it says, and skips,
     // where its verifier refuses the old programs).
