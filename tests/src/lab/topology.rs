@@ -462,9 +462,9 @@ pub(super) fn build(lab: &Lab) -> Result<Vec<VlanRelay>> {
 }
 
 /// `ip` commands gathered per namespace and run as one `ip -n NAMESPACE -batch -` each, in
-/// the order they were added: starting a process costs little on a host, but most of a second
-/// in a QEMU (TCG) guest of the kernel matrix, where the ~70 single `ip` runs this replaced
-/// took most of the 39 s a lab took to build.
+/// the order they were added: starting a process costs little on a host, but much more in a
+/// QEMU (TCG) guest of the kernel matrix; there, replacing the ~70 single `ip` runs took the
+/// demo's lab from 39 s to 27 s (Debian 6.1 guest, BENCHMARKS.md).
 struct IpBatch<'lab> {
     lab: &'lab Lab,
     /// Per namespace, in the order of first use: its command lines.
