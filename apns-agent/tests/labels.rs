@@ -1,12 +1,16 @@
-//! The enums whose words serde's `rename_all = "snake_case"` (or an inherent `as_str`) gave
-//! before the `Label` trait did keep those words: JSON, tables and metrics read the same.
+//! The enums whose words serde's `rename_all = "snake_case"` (or an inherent `as_str`, or a
+//! string literal) gave before the `Label` trait did keep those words: JSON, tables and
+//! metrics read the same.
 
 use apns_agent::{
-    datapath::status::LinkState,
+    datapath::{
+        features::TcAttachment,
+        status::{Handoff, LinkState},
+    },
     preflight::Level,
     telemetry::{
         class::{TcpEvent, Verdict},
-        clients::{Handshake, HandshakeFailure, ResetBy, State},
+        clients::{Handshake, HandshakeFailure, Port443, ResetBy, State},
     },
 };
 use apns_common::{counters::DropReason, label::Label};
@@ -46,6 +50,10 @@ fn labels_that_replaced_serde_keep_its_words() {
     assert_snake_case::<Level>();
     assert_snake_case::<DropReason>();
     assert_snake_case::<TcpEvent>();
+    // Written as literals before they had a Label: the same words.
+    assert_snake_case::<Port443>();
+    assert_snake_case::<Handoff>();
+    assert_snake_case::<TcAttachment>();
     assert_eq!(
         Verdict::ALL
             .iter()

@@ -10,7 +10,7 @@ use crate::{
     cli::Global,
     datapath::{
         self,
-        status::{InterfaceStatus, KernelStatus, LinkState, PathReport, Status},
+        status::{Handoff, InterfaceStatus, KernelStatus, LinkState, PathReport, Status},
         Datapath,
     },
     privileges,
@@ -190,14 +190,20 @@ fn paths_line(paths: &PathReport) -> String {
             .copied()
             .unwrap_or_default()
     };
-    let handed = |segment: &str| paths.tc_handoffs.get(segment).copied().unwrap_or_default();
+    let handed = |result: Handoff| {
+        paths
+            .tc_handoffs
+            .get(result.as_str())
+            .copied()
+            .unwrap_or_default()
+    };
     format!(
         "  redirect paths: xdp {}, tc {}, stack {} ({}); TC handed {} forwarded, {} refused",
         paths.xdp_redirect,
         paths.tc_redirect,
         paths.stack,
         fallback_words(by_reason),
-        handed("forwarded"),
-        handed("refused")
+        handed(Handoff::Forwarded),
+        handed(Handoff::Refused)
     )
 }

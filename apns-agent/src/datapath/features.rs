@@ -81,6 +81,25 @@ impl Label for Feature {
     }
 }
 
+/// How TC programs are attached to an interface: TCX links (6.6+), else a netlink clsact
+/// qdisc with a direct-action filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcAttachment {
+    Tcx,
+    Netlink,
+}
+
+impl Label for TcAttachment {
+    const WHAT: &'static str = "TC attachment";
+    const ALL: &'static [TcAttachment] = &[TcAttachment::Tcx, TcAttachment::Netlink];
+    fn as_str(self) -> &'static str {
+        match self {
+            TcAttachment::Tcx => "tcx",
+            TcAttachment::Netlink => "netlink",
+        }
+    }
+}
+
 impl Feature {
     /// What the feature is, in the kernel's terms.
     pub fn what(self) -> &'static str {
@@ -230,17 +249,17 @@ impl Features {
     }
 
     /// How TC programs are attached here.
-    pub fn tc_attachment(self) -> &'static str {
+    pub fn tc_attachment(self) -> TcAttachment {
         if self.has(Feature::Tcx) {
-            "tcx"
+            TcAttachment::Tcx
         } else {
-            "netlink"
+            TcAttachment::Netlink
         }
     }
 
     /// The way each fast path takes on this kernel, or why it cannot, in words.
     pub fn fastpath_ways(self) -> [(&'static str, String); 2] {
-        let tc = self.tc_attachment();
+        let tc = self.tc_attachment().as_str();
         let mark = if self.has(Feature::XdpMeta) {
             format!("XDP metadata, copied into skb->mark by TC ingress ({tc})")
         } else {
@@ -257,7 +276,10 @@ impl Features {
         } else {
             format!("XDP redirect; unresolved neighbours forwarded by TC ingress ({tc}), which classifies them again")
         };
-        [("mark", mark), ("redirect", redirect)]
+        [
+            (FastPath::Mark.as_str(), mark),
+            (FastPath::Redirect.as_str(), redirect),
+        ]
     }
 }
 
@@ -334,6 +356,6 @@ mod tests {
         assert!(features.switched_off(Feature::XdpMeta));
         assert!(features.has(Feature::Tcx));
         assert_eq!(features.program_bits(), bits::COARSE_CLOCK);
-        assert_eq!(features.tc_attachment(), "tcx");
+        assert_eq!(features.tc_attachment(), TcAttachment::Tcx);
     }
 }

@@ -34,7 +34,7 @@ pub struct Status {
 pub struct KernelStatus {
     /// Feature label → usable (present, not switched off).
     pub features: BTreeMap<&'static str, bool>,
-    /// How TC programs are attached: "tcx" or "netlink".
+    /// How TC programs are attached ([`TcAttachment`](super::features::TcAttachment)'s words), "unknown" if not probed.
     pub tc_attachment: &'static str,
     /// Fast path (mark, redirect) → the way it takes here, or why it cannot.
     pub fastpaths: BTreeMap<&'static str, String>,
@@ -50,7 +50,7 @@ impl KernelStatus {
                     .iter()
                     .map(|&feature| (feature.as_str(), features.has(feature)))
                     .collect(),
-                tc_attachment: features.tc_attachment(),
+                tc_attachment: features.tc_attachment().as_str(),
                 fastpaths: features.fastpath_ways().into_iter().collect(),
                 error: None,
             },
@@ -181,6 +181,27 @@ pub struct PathReport {
     pub tc_handoffs: BTreeMap<&'static str, u64>,
 }
 
+/// What the TC step did with a packet XDP handed it: the keys of
+/// [`PathReport::tc_handoffs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// `bpf_redirect_neigh` accepted it.
+    Forwarded,
+    /// `bpf_redirect_neigh` refused it (the packet went to the stack).
+    Refused,
+}
+
+impl Label for Handoff {
+    const WHAT: &'static str = "TC hand-off result";
+    const ALL: &'static [Handoff] = &[Handoff::Forwarded, Handoff::Refused];
+    fn as_str(self) -> &'static str {
+        match self {
+            Handoff::Forwarded => "forwarded",
+            Handoff::Refused => "refused",
+        }
+    }
+}
+
 impl PathReport {
     pub fn new(totals: &PathTotals) -> PathReport {
         PathReport {
@@ -192,8 +213,8 @@ impl PathReport {
                 .map(|&reason| (reason.as_str(), totals.counters.fallback(reason)))
                 .collect(),
             tc_handoffs: BTreeMap::from([
-                ("forwarded", totals.counters.tc_redirected),
-                ("refused", totals.counters.tc_refused),
+                (Handoff::Forwarded.as_str(), totals.counters.tc_redirected),
+                (Handoff::Refused.as_str(), totals.counters.tc_refused),
             ]),
         }
     }

@@ -210,6 +210,25 @@ impl Label for HandshakeFailure {
     }
 }
 
+/// A 443 connection whose handshake was decided: a fallback (opened right after a failed
+/// 5223 handshake) or a direct one. The `kind` of `apns_port443_connections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Port443 {
+    Fallback,
+    Direct,
+}
+
+impl Label for Port443 {
+    const WHAT: &'static str = "443 connection kind";
+    const ALL: &'static [Port443] = &[Port443::Fallback, Port443::Direct];
+    fn as_str(self) -> &'static str {
+        match self {
+            Port443::Fallback => "fallback",
+            Port443::Direct => "direct",
+        }
+    }
+}
+
 /// Where a connection stands now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {

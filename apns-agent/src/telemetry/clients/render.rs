@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use apns_common::label::Label as _;
 use serde::Serialize;
 
-use super::{Device, Report};
+use super::{Device, Port443, Report};
 use crate::telemetry::table::Table;
 
 /// Version of the JSON shape `clients --json` prints (fields are only ever added).
@@ -130,7 +130,7 @@ fn connections_table(device: &Device, out: &mut String) {
             match (c.idle_cut_after_secs, c.reset_by, c.fallback) {
                 (Some(gap), _, _) => format!("cut after {}", about(gap)),
                 (None, Some(by), _) => format!("reset by {}", by.as_str()),
-                (None, None, true) => "fallback".to_owned(),
+                (None, None, true) => Port443::Fallback.as_str().to_owned(),
                 _ => c.end.as_str().to_owned(),
             },
             c.syns.to_string(),

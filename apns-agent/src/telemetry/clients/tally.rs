@@ -2,9 +2,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use apns_common::{conns::ConnKey, label::Label as _};
+use apns_common::{conns::ConnKey, label::Label};
 
-use super::{Handshake, Report, FALLBACK_PORT};
+use super::{Handshake, Port443, Report, FALLBACK_PORT};
 
 /// Counts that only the agent can make from the table (the datapath cannot tell when a
 /// handshake has timed out, or what a 443 connection followed), each connection counted
@@ -15,7 +15,7 @@ pub struct Tally {
     seen: HashSet<(ConnKey, u64, &'static str)>,
     /// (port, `unanswered` | `refused` | `incomplete`) → handshakes.
     pub handshake_failures: BTreeMap<(u16, &'static str), u64>,
-    /// `fallback` | `direct` → 443 connections.
+    /// [`Port443`] word → 443 connections.
     pub connections_443: BTreeMap<&'static str, u64>,
     started: bool,
 }
@@ -26,7 +26,7 @@ impl Tally {
     pub fn new() -> Tally {
         Tally {
             handshake_failures: BTreeMap::new(),
-            connections_443: ["fallback", "direct"].map(|kind| (kind, 0)).into(),
+            connections_443: Port443::ALL.iter().map(|kind| (kind.as_str(), 0)).collect(),
             ..Tally::default()
         }
     }
@@ -51,9 +51,13 @@ impl Tally {
                 }
                 let decided = !matches!(c.handshake, Handshake::Pending | Handshake::NotSeen);
                 if c.apple_port == FALLBACK_PORT && decided {
-                    let kind = if c.fallback { "fallback" } else { "direct" };
+                    let kind = if c.fallback {
+                        Port443::Fallback
+                    } else {
+                        Port443::Direct
+                    };
                     if count("443") && self.started {
-                        *self.connections_443.entry(kind).or_default() += 1;
+                        *self.connections_443.entry(kind.as_str()).or_default() += 1;
                     }
                 }
             }
