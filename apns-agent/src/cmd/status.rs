@@ -183,20 +183,9 @@ pub fn interface_line(interface: &InterfaceStatus) -> String {
 
 /// How a `redirect` interface's packets left it, in one line.
 fn paths_line(paths: &PathReport) -> String {
-    let by_reason = |reason: Fallback| {
-        paths
-            .stack_by_reason
-            .get(reason.as_str())
-            .copied()
-            .unwrap_or_default()
-    };
-    let handed = |result: Handoff| {
-        paths
-            .tc_handoffs
-            .get(result.as_str())
-            .copied()
-            .unwrap_or_default()
-    };
+    let count = |counts: &BTreeMap<&str, u64>, word: &str| counts.get(word).copied().unwrap_or(0);
+    let by_reason = |reason: Fallback| count(&paths.stack_by_reason, reason.as_str());
+    let handed = |result: Handoff| count(&paths.tc_handoffs, result.as_str());
     format!(
         "  redirect paths: xdp {}, tc {}, stack {} ({}); TC handed {} forwarded, {} refused",
         paths.xdp_redirect,
