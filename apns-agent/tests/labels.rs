@@ -4,6 +4,7 @@
 
 use apns_agent::{
     datapath::{
+        counters::RedirectPath,
         features::TcAttachment,
         status::{Handoff, LinkState},
     },
@@ -54,6 +55,7 @@ fn labels_that_replaced_serde_keep_its_words() {
     assert_snake_case::<Port443>();
     assert_snake_case::<Handoff>();
     assert_snake_case::<TcAttachment>();
+    assert_snake_case::<RedirectPath>();
     assert_eq!(
         Verdict::ALL
             .iter()

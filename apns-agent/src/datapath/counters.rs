@@ -13,6 +13,7 @@ use apns_common::{
         OVERFLOW_SLOT, PORT_SLOTS, RETIRED_SLOT,
     },
     fastpath::PathCounters,
+    label::Label,
     maps::{COUNTERS, COUNTERS_CARRIED, COUNTERS_LOST, COUNTER_SLOTS, FASTPATH_PATHS},
 };
 use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
@@ -58,6 +59,40 @@ impl PathTotals {
     /// Packets left to the stack, over every reason.
     pub fn stack(&self) -> u64 {
         self.counters.fallback.iter().sum()
+    }
+
+    /// The packets that took `path`.
+    pub fn packets(&self, path: RedirectPath) -> u64 {
+        match path {
+            RedirectPath::XdpRedirect => self.xdp_redirect,
+            RedirectPath::TcRedirect => self.tc_redirect,
+            RedirectPath::Stack => self.stack(),
+        }
+    }
+}
+
+/// The ways a `redirect` interface's APNs packets leave it ([`PathTotals`]): the `path` of
+/// `apns_fastpath_packets_total` and the columns of `stats`' paths table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectPath {
+    XdpRedirect,
+    TcRedirect,
+    Stack,
+}
+
+impl Label for RedirectPath {
+    const WHAT: &'static str = "redirect path";
+    const ALL: &'static [RedirectPath] = &[
+        RedirectPath::XdpRedirect,
+        RedirectPath::TcRedirect,
+        RedirectPath::Stack,
+    ];
+    fn as_str(self) -> &'static str {
+        match self {
+            RedirectPath::XdpRedirect => "xdp_redirect",
+            RedirectPath::TcRedirect => "tc_redirect",
+            RedirectPath::Stack => "stack",
+        }
     }
 }
 

@@ -68,7 +68,7 @@ use apns_common::{counters::DropReason, fastpath::Fallback, label::Label as _};
 use serde::Serialize;
 
 use crate::{
-    datapath::status::PathReport,
+    datapath::{counters::RedirectPath, status::PathReport},
     telemetry::{
         class::{TcpEvent, Verdict, OTHER_CLASSES},
         model::{FlowKey, Model, Volume},
@@ -337,30 +337,25 @@ fn other_table(model: &Model, shown: &mut Shown) -> Table {
 
 /// One line per `redirect` interface: how its APNs packets left.
 fn paths_table(model: &Model, shown: &mut Shown) -> Table {
-    let mut paths = Table::new(
-        1,
-        &[
-            "interface",
-            "xdp_redirect",
-            "tc_redirect",
-            "stack",
-            "stack by reason",
-        ],
-    );
+    let mut header = vec!["interface"];
+    header.extend(RedirectPath::ALL.iter().map(|path| path.as_str()));
+    header.push("stack by reason");
+    let mut paths = Table::new(1, &header);
     for (name, interface) in &model.interfaces {
         let Some(totals) = &interface.paths else {
             continue;
         };
-        if !shown.row(&[totals.xdp_redirect, totals.tc_redirect, totals.stack()]) {
+        let packets: Vec<u64> = RedirectPath::ALL
+            .iter()
+            .map(|&path| totals.packets(path))
+            .collect();
+        if !shown.row(&packets) {
             continue;
         }
-        paths.row(vec![
-            name.clone(),
-            totals.xdp_redirect.to_string(),
-            totals.tc_redirect.to_string(),
-            totals.stack().to_string(),
-            fallback_words(|reason| totals.counters.fallback(reason)),
-        ]);
+        let mut row = vec![name.clone()];
+        row.extend(packets.iter().map(u64::to_string));
+        row.push(fallback_words(|reason| totals.counters.fallback(reason)));
+        paths.row(row);
     }
     paths
 }

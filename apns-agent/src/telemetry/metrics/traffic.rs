@@ -9,7 +9,7 @@ use prometheus_client::{
 
 use super::{family, single, Values, ALL_INTERFACES};
 use crate::{
-    datapath::status::PathReport,
+    datapath::{counters::RedirectPath, status::PathReport},
     telemetry::{
         families,
         model::{InterfaceModel, Model},
@@ -86,12 +86,11 @@ impl<'a> Samples<'a> {
         };
         let report = PathReport::new(totals);
         let values = |value: &'static str| -> Values<'a> { vec![name.into(), value.into()] };
-        for (path, packets) in [
-            ("xdp_redirect", report.xdp_redirect),
-            ("tc_redirect", report.tc_redirect),
-            ("stack", report.stack),
-        ] {
-            self.paths.push((values(path), ConstCounter::new(packets)));
+        for &path in RedirectPath::ALL {
+            self.paths.push((
+                values(path.as_str()),
+                ConstCounter::new(totals.packets(path)),
+            ));
         }
         for (reason, packets) in report.stack_by_reason {
             self.fallbacks
