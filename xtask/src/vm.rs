@@ -1065,6 +1065,11 @@ pub fn matrix(kernels: &[&'static GuestKernel], binaries: &[TestBinary]) -> Resu
             let counts: Vec<String> = counts
                 .iter()
                 .map(|(program, translated, processed)| {
+                    // Kernels before 5.16 do not report the verifier's count (it reads 0).
+                    let processed = match processed {
+                        0 => "–".to_owned(),
+                        n => n.to_string(),
+                    };
                     format!("{program} {translated} / {processed}")
                 })
                 .collect();
