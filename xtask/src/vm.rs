@@ -194,11 +194,7 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         ],
         env: &[TIME_SCALE],
         timeout_secs: 480,
-        known_failures: &[(
-            "5.10",
-            "the_first_connection_after_redirect_goes_through_with_cold_neighbour_caches",
-            "the handshake completes but the data after it is lost when the TC step (bpf_redirect_neigh from TC ingress) forwards the first packets",
-        )],
+        known_failures: &[],
     },
     // Enforce against header tricks: tiny first fragments and deep IPv6 chains.
     GuestTest {
@@ -217,11 +213,7 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         args: &[],
         env: &[TIME_SCALE],
         timeout_secs: 420,
-        known_failures: &[(
-            "5.10",
-            "forged_apple_segments_never_reach_a_device_while_its_own_apns_takes_the_fast_path",
-            "the device's own first connection through redirect (the TC step, neighbours cold) times out: seen twice on 2026-12-07, the same TC-step defect as fastpath's cold-neighbour test, or another; not yet understood",
-        )],
+        known_failures: &[],
     },
     // Each optional feature switched off in a lab of its own: loads, exact counters, the
     // connection table, status and /metrics, redirect refused without bpf_fib_lookup.
@@ -231,11 +223,7 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         args: &[],
         env: &[TIME_SCALE],
         timeout_secs: 720,
-        known_failures: &[(
-            "5.10",
-            "each_optional_feature_off_loads_counts_exactly_and_says_what_changed",
-            "with xdp_meta switched off (which 5.10 has) redirect's first packets take the same TC step, and are lost as in fastpath",
-        )],
+        known_failures: &[],
     },
     // unload removes only a datapath's own pins.
     GuestTest {

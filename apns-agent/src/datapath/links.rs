@@ -114,9 +114,13 @@ pub fn attach_xdp(
         }
     }
     let (mode, err) = last_error.expect("at least one attach attempt");
+    let or_skb = match mode {
+        AttachMode::Skb => "",
+        AttachMode::Native => ", or try --xdp-mode skb",
+    };
     Err(anyhow::Error::new(err)).with_context(|| {
         format!(
-            "attaching XDP to {interface} in {} mode (is another XDP program attached? `ip link show {interface}` shows it; detach it first, or try --xdp-mode skb)",
+            "attaching XDP to {interface} in {} mode (is another XDP program attached? `ip link show {interface}` shows it; detach it first{or_skb})",
             mode.as_str()
         )
     })

@@ -25,13 +25,19 @@ use std::{
     net::{IpAddr, Shutdown, SocketAddr, TcpStream},
     path::PathBuf,
     process::{self, Command},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
+use aya::programs::XdpMode;
 use socket2::{Domain, Socket, Type};
+
+use crate::bench::testrun::FloorProgram;
 
 pub use child::LabChild;
 pub use link::{LinkStats, TcpSegments};
@@ -78,6 +84,9 @@ pub struct Lab {
     // namespaces), namespaces last.
     servers: Vec<(Role, EchoServer)>,
     relays: Vec<VlanRelay>,
+    /// XDP programs on the peer ends of the gateway's veths, where the kernel needs one to
+    /// take redirected frames ([`Lab::redirect_offloads`]); detached when dropped.
+    peer_programs: Mutex<Vec<FloorProgram>>,
     /// In [`Lab::roles`] order, one per role.
     namespaces: Vec<Namespace>,
 }
@@ -98,6 +107,7 @@ impl Lab {
             options,
             servers: Vec::new(),
             relays: Vec::new(),
+            peer_programs: Mutex::new(Vec::new()),
             namespaces: Vec::with_capacity(Role::ALL.len() + 1),
         };
         // On any error below, dropping `lab` deletes what was made so far.
@@ -391,7 +401,8 @@ impl Lab {
 impl Lab {
     /// Gets the lab ready for the redirect fast path on the gateway's lan0 and wan0
     /// (docs/fastpath.md): XDP_REDIRECT into a veth needs NAPI on the peer end (GRO on the
-    /// client's eth0 and the ISP's gw0), and a redirected frame loses veth's checksum-offload
+    /// client's eth0 and the ISP's gw0; before Linux 5.13 an XDP program there, as
+    /// [`Lab::redirect_offloads`] says), and a redirected frame loses veth's checksum-offload
     /// note, so the hosts that send across it (client, Apple, and the ISP for the resets it
     /// sends itself) compute full checksums; the fast path only forwards to resolved
     /// neighbours, so the gateway resolves the ISP and `neighbours` first.
@@ -401,8 +412,28 @@ impl Lab {
     }
 
     /// The offload settings of [`Lab::prepare_redirect`] alone (the gateway's neighbour
-    /// caches left as they are).
+    /// caches left as they are). Before Linux 5.13, veth takes redirected frames only into a
+    /// peer that runs an XDP program (GRO does not give it NAPI yet; a frame redirected
+    /// there is dropped with ENXIO), so on those kernels the client's eth0 and the ISP's gw0
+    /// also get the benchmarks' floor program (count and pass), in native mode.
     pub fn redirect_offloads(&self) -> Result<()> {
+        if veth_needs_peer_xdp()? {
+            for (role, ifname) in [(Role::Client, CLIENT_IF.name), (Role::Isp, ISP_IF_GW.name)] {
+                let mut floor = FloorProgram::load()?;
+                let program = floor.xdp_mut()?;
+                self.in_ns(role, || program.attach(ifname, XdpMode::Driver))?
+                    .with_context(|| {
+                        format!(
+                            "attaching the floor program to {ifname} in {}",
+                            self.ns_name(role)
+                        )
+                    })?;
+                self.peer_programs
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("the lab's peer programs: a test panicked"))?
+                    .push(floor);
+            }
+        }
         let steps: [(Role, &str, &str); 5] = [
             (Role::Client, CLIENT_IF.name, "gro"),
             (Role::Isp, ISP_IF_GW.name, "gro"),
@@ -519,5 +550,21 @@ fn read_until_closed(mut stream: &TcpStream, deadline: Instant) -> io::Result<Ve
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Whether this kernel (before 5.13) takes XDP_REDIRECT frames into a veth only when its peer
+/// runs an XDP program; from 5.13 on GRO on the peer is enough ("veth: allow enabling NAPI
+/// even without XDP").
+fn veth_needs_peer_xdp() -> Result<bool> {
+    const RELEASE: &str = "/proc/sys/kernel/osrelease";
+    let release = std::fs::read_to_string(RELEASE).with_context(|| format!("reading {RELEASE}"))?;
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|part| part.parse::<u32>());
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => Ok((major, minor) < (5, 13)),
+        _ => bail!("{RELEASE} holds {release:?}, not a kernel release"),
     }
 }
