@@ -107,8 +107,10 @@ pub const EVENT_STATE: &str = "APNS_EVENT_ST";
 pub const IFACES: &str = "APNS_IFACES";
 /// Ifindexes `APNS_IFACES` covers (0 to 16,383): 256 KiB, shared by all CPUs.
 pub const IFACES_MAX_ENTRIES: u32 = 16_384;
-/// `DevMapHash` of egress interfaces for the redirect fast path, keyed and valued by ifindex:
-/// every interface the agent attached. Written by the agent; read by the XDP program.
+/// `BPF_MAP_TYPE_DEVMAP_HASH` of egress interfaces for the redirect fast path, keyed and
+/// valued by ifindex (a bare 4-byte ifindex, never a program: Linux before 5.14 runs no
+/// program in skb mode whose devmap could hold one): every interface the agent attached.
+/// Written by the agent; read by the XDP program.
 pub const TX_PORTS: &str = "APNS_TX_PORTS";
 /// Interfaces one datapath can be attached to.
 pub const MAX_INTERFACES: u32 = 256;
@@ -241,8 +243,9 @@ pub const ALL: [MapLayout; 21] = {
             size_of::<IfaceConfig>(),
             IFACES_MAX_ENTRIES,
         ),
-        // The devmap value is `struct bpf_devmap_val`: ifindex and a program fd/id.
-        MapLayout::new(TX_PORTS, DEVMAP_HASH, 4, 8, MAX_INTERFACES),
+        // The devmap value is a bare ifindex, not `struct bpf_devmap_val` (ifindex and a
+        // program): Linux before 5.14 runs no program in skb mode that uses the latter.
+        MapLayout::new(TX_PORTS, DEVMAP_HASH, 4, 4, MAX_INTERFACES),
         MapLayout::new(META, ARRAY, 4, size_of::<Meta>(), 1),
         MapLayout::new(
             CONNS,

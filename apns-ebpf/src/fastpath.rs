@@ -144,7 +144,7 @@ pub fn redirect<const HAND_OFF_ALL: bool>(
     };
     eth[..ETH_ALEN].copy_from_slice(&route.dmac);
     eth[ETH_ALEN..].copy_from_slice(&route.smac);
-    match APNS_TX_PORTS.redirect(route.egress, 0) {
+    match APNS_TX_PORTS.redirect(route.egress) {
         Ok(action) => Forward::Xdp {
             action,
             egress: route.egress,
@@ -169,7 +169,7 @@ impl Route {
     /// path forwards only between those.
     #[inline(always)]
     pub fn managed(&self) -> bool {
-        APNS_TX_PORTS.get_ifindex(self.egress).is_some()
+        APNS_TX_PORTS.contains(self.egress)
     }
 
     /// Whether the fast path may forward there: a managed egress and, for an inbound packet,

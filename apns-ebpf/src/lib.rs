@@ -3,8 +3,9 @@
 //! The contract is docs/classification.md; the code is split by concern: `parse` reads
 //! headers, `classify` applies the policy maps, `counters` is the only writer of
 //! `APNS_COUNTERS`, `conns` of the connection table (docs/clients.md), `events` reports
-//! policy drops to the ring buffer, `ifaces` reads the interface entries, `flows` admits
-//! inbound packets to the redirect fast path only for flows a device opened, `fastpath`
+//! policy drops to the ring buffer, `ifaces` reads the interface entries, `egress` is the
+//! redirect's egress map, `flows` admits inbound packets to the redirect fast path only for
+//! flows a device opened, `fastpath`
 //! forwards (redirect) or marks APNs packets and counts what it leaves to the stack
 //! (`APNS_FP_PATHS`), `tc` is the TC ingress program of both fast paths (the mark's copy
 //! into `skb->mark`, the redirect's hand-off for unresolved neighbours; it also counts in
@@ -23,6 +24,7 @@
 mod classify;
 mod conns;
 mod counters;
+mod egress;
 mod events;
 mod fastpath;
 mod features;

@@ -16,8 +16,10 @@ use apns_common::{
 };
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
+
+use crate::egress::EgressDevices;
 
 #[map]
 pub static APNS_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
@@ -71,7 +73,7 @@ pub static APNS_EVENT_ST: PerCpuArray<EventState> = PerCpuArray::with_max_entrie
 pub static APNS_IFACES: Array<IfaceConfig> = Array::with_max_entries(IFACES_MAX_ENTRIES, 0);
 
 #[map]
-pub static APNS_TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_INTERFACES, 0);
+pub static APNS_TX_PORTS: EgressDevices = EgressDevices::with_max_entries(MAX_INTERFACES);
 
 /// Never read here; declared so the object carries the map the agent stamps its layout into.
 #[map]

@@ -232,11 +232,7 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         args: &[],
         env: &[],
         timeout_secs: 180,
-        known_failures: &[(
-            "5.10",
-            "prerm_unloads_the_datapath_where_the_config_says",
-            "`attach --xdp-mode skb lan0` fails there with EINVAL from netlink (seen on 2026-12-07; the other attaches of the matrix on 5.10 work): not yet understood",
-        )],
+        known_failures: &[],
     },
     // Migration from the previous release's datapath where it could run (it says, and skips,
     // where its verifier refuses the old programs).

@@ -569,7 +569,7 @@ impl<'a> EbpfLoader<'a> {
             )? {
                 map_obj.set_max_entries(max_entries_val)
             }
-            if let Some(value_size) = value_size_override(map_type) {
+            if let Some(value_size) = value_size_override(map_type, map_obj.value_size()) {
                 map_obj.set_value_size(value_size)
             }
 
@@ -891,9 +891,18 @@ fn max_entries_override(
 
 /// Computes the value which should be used to override the `value_size` value of the map
 /// based on the rules for that map type.
-fn value_size_override(map_type: bpf_map_type) -> Option<u32> {
+///
+/// apns-agent patch: a devmap the object declares with bare 4-byte ifindexes keeps them
+/// (`declared`): Linux before 5.14 runs no program in generic mode that uses a devmap whose
+/// entries could carry programs.
+fn value_size_override(map_type: bpf_map_type, declared: u32) -> Option<u32> {
     match map_type {
         bpf_map_type::BPF_MAP_TYPE_CPUMAP => Some(if FEATURES.cpumap_prog_id() { 8 } else { 4 }),
+        bpf_map_type::BPF_MAP_TYPE_DEVMAP | bpf_map_type::BPF_MAP_TYPE_DEVMAP_HASH
+            if declared == 4 =>
+        {
+            None
+        }
         bpf_map_type::BPF_MAP_TYPE_DEVMAP | bpf_map_type::BPF_MAP_TYPE_DEVMAP_HASH => {
             Some(if FEATURES.devmap_prog_id() { 8 } else { 4 })
         }

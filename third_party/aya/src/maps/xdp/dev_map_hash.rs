@@ -10,7 +10,6 @@ use aya_obj::generated::bpf_devmap_val;
 
 use super::{XdpMapError, dev_map::DevMapValue};
 use crate::{
-    FEATURES,
     maps::{IterableMap, MapData, MapError, MapIter, MapKeys, check_kv_size, hash_map},
     programs::ProgramFd,
     sys::{SyscallError, bpf_map_lookup_elem},
@@ -49,9 +48,9 @@ impl<T: Borrow<MapData>> DevMapHash<T> {
     pub(crate) fn new(map: T) -> Result<Self, MapError> {
         let data = map.borrow();
 
-        if FEATURES.devmap_prog_id() {
-            check_kv_size::<u32, bpf_devmap_val>(data)?;
-        } else {
+        // apns-agent patch: either value layout, whatever the kernel supports: a map of
+        // bare ifindexes is what a program needs to run in generic mode before Linux 5.14.
+        if !carries_programs(data) {
             check_kv_size::<u32, u32>(data)?;
         }
 
@@ -66,7 +65,7 @@ impl<T: Borrow<MapData>> DevMapHash<T> {
     pub fn get(&self, key: u32, flags: u64) -> Result<DevMapValue, MapError> {
         let fd = self.inner.borrow().fd().as_fd();
 
-        let value = if FEATURES.devmap_prog_id() {
+        let value = if carries_programs(self.inner.borrow()) {
             bpf_map_lookup_elem::<_, bpf_devmap_val>(fd, &key, flags).map(|value| {
                 value.map(|value| DevMapValue {
                     if_index: value.ifindex,
@@ -136,7 +135,7 @@ impl<T: BorrowMut<MapData>> DevMapHash<T> {
         program: Option<&ProgramFd>,
         flags: u64,
     ) -> Result<(), XdpMapError> {
-        if FEATURES.devmap_prog_id() {
+        if carries_programs(self.inner.borrow()) {
             let mut value = unsafe { std::mem::zeroed::<bpf_devmap_val>() };
             value.ifindex = target_if_index;
             // Default is valid as the kernel will only consider fd > 0:
@@ -163,6 +162,13 @@ impl<T: BorrowMut<MapData>> DevMapHash<T> {
     pub fn remove(&mut self, key: u32) -> Result<(), MapError> {
         hash_map::remove(self.inner.borrow_mut(), &key)
     }
+}
+
+/// apns-agent patch: whether the map's values are `bpf_devmap_val` (an ifindex and a program,
+/// Linux 5.8+) rather than a bare ifindex, from the map itself instead of the kernel's
+/// features.
+fn carries_programs(data: &MapData) -> bool {
+    check_kv_size::<u32, bpf_devmap_val>(data).is_ok()
 }
 
 impl<T: Borrow<MapData>> IterableMap<u32, DevMapValue> for DevMapHash<T> {
