@@ -3,7 +3,7 @@
 //! depends on it takes its other way or is refused with the feature's name, and the counters
 //! and the connection table stay exact. Needs root; each feature gets a lab of its own.
 
-use std::time::Duration;
+use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use apns_agent::datapath::features::FEATURES_OFF_VAR;
 use apns_common::counters::{Direction, Outcome};
@@ -167,4 +167,42 @@ fn without_xdp_link_nothing_attaches_and_the_refusal_names_it() {
         pins.dir().links().unwrap().is_empty(),
         "a refused attach left a link"
     );
+}
+
+/// Before Linux 5.11 every BPF object counts against RLIMIT_MEMLOCK, over all of a user's
+/// objects: with a datapath pinned (megabytes of maps), a command run from a shell with
+/// Debian 11's 64 KiB limit failed its feature probe with EPERM, as root. The agent lifts
+/// its own limit when a load hits it, as aya does: a second attach and `status` work. (On
+/// later kernels the limit plays no part and this passes either way; the kernel matrix runs
+/// it on 5.10.)
+#[test]
+fn commands_work_under_a_small_memlock_limit_while_a_datapath_is_pinned() {
+    apns_tests::require_root!();
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let pins = TestPins::new();
+    agent::succeed(&mut gw_command(&lab, &pins, &["attach", GW_IF_CLIENT.name])).unwrap();
+    let mut attach = gw_command(&lab, &pins, &["attach", GW_IF_WAN.name]);
+    agent::succeed(with_memlock_limit(&mut attach)).unwrap();
+    assert_eq!(pins.dir().links().unwrap().len(), 2);
+    let mut status = gw_command(&lab, &pins, &["status", "--json"]);
+    let text = agent::succeed(with_memlock_limit(&mut status)).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status["kernel"]["error"], serde_json::Value::Null, "{text}");
+    assert_eq!(status["kernel"]["features"]["xdp_link"], true, "{text}");
+}
+
+/// `cmd` with RLIMIT_MEMLOCK at 64 KiB (soft and hard), Debian 11's default for a shell.
+fn with_memlock_limit(cmd: &mut Command) -> &mut Command {
+    const LIMIT: u64 = 64 * 1024;
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_MEMLOCK,
+                LIMIT,
+                LIMIT,
+            )
+            .map_err(std::io::Error::from)
+        })
+    }
 }

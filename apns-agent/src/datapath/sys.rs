@@ -155,13 +155,44 @@ pub fn load_program(prog_type: u32, insns: &[Insn]) -> Result<OwnedFd, (io::Erro
         prog_ifindex: 0,
         expected_attach_type: 0,
     };
-    match bpf(BPF_PROG_LOAD, &mut attr) {
+    let mut loaded = bpf(BPF_PROG_LOAD, &mut attr);
+    // Before Linux 5.11 a program's memory counts against RLIMIT_MEMLOCK, over every BPF
+    // object the user has (a pinned datapath's maps are megabytes; Debian 11 gives a shell
+    // 64 KiB): EPERM, even as root. aya lifts the limit and tries again for its loads; so
+    // do these.
+    if matches!(&loaded, Err(err) if err.raw_os_error() == Some(libc::EPERM))
+        && lift_memlock_limit()
+    {
+        loaded = bpf(BPF_PROG_LOAD, &mut attr);
+    }
+    match loaded {
         // SAFETY: BPF_PROG_LOAD returned a new file descriptor that nobody else owns.
         Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
         Err(err) => {
             let len = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
             Err((err, String::from_utf8_lossy(&log[..len]).into_owned()))
         }
+    }
+}
+
+/// Raises this process's RLIMIT_MEMLOCK to unlimited; true if it was lower and now is not.
+fn lift_memlock_limit() -> bool {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) != 0
+            || limit.rlim_cur == libc::RLIM_INFINITY
+        {
+            return false;
+        }
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0
     }
 }
 
