@@ -35,8 +35,9 @@ mod parse;
 pub mod tc;
 pub mod tc_conns;
 
+use core::mem::MaybeUninit;
+
 use apns_common::{
-    conns::ConnKey,
     counters::{Direction, Outcome},
     fastpath::{mode as fastpath_mode, Fallback, IfaceConfig},
     features::bits,
@@ -187,10 +188,10 @@ fn passed_apns<const HAND_OFF_ALL: bool>(
             // table would otherwise see them: record them here. (A hand-off goes out through
             // the stack's transmit path, TC egress included.)
             if !outbound && ifaces::faces_devices(ifaces::interface(egress)) {
-                let mut key = ConnKey::default();
-                conns::key(&mut key, tcp, false);
+                let mut slot = MaybeUninit::uninit();
+                let key = conns::key(&mut slot, tcp, false);
                 let ttl = conns::ttl(cursor, tcp);
-                conns::apns_conns_inbound(&key, tcp.flags, ttl, cursor.len() as u64, 1);
+                conns::apns_conns_inbound(key, tcp.flags, ttl, cursor.len() as u64, 1);
             }
             Next::verdict(action)
         }
@@ -208,17 +209,17 @@ fn passed_apns<const HAND_OFF_ALL: bool>(
 /// frames past the 512 bytes Linux 6.1 sums over a call chain.
 #[inline(always)]
 fn record_outbound(cursor: &Cursor, ifindex: u32, tcp: &TcpPacket) {
-    let mut key = ConnKey::default();
-    conns::key(&mut key, tcp, true);
-    conns::record_outbound(&key, tcp.flags, ifindex, cursor.len() as u64);
+    let mut slot = MaybeUninit::uninit();
+    let key = conns::key(&mut slot, tcp, true);
+    conns::record_outbound(key, tcp.flags, ifindex, cursor.len() as u64);
 }
 
 /// [`flows::admit`] for the packet of `tcp` that entered `ifindex` in `direction`.
 #[inline(always)]
 fn admit(ifindex: u32, tcp: &TcpPacket, direction: Direction) -> Result<Option<u32>, Fallback> {
-    let mut key = ConnKey::default();
-    conns::key(&mut key, tcp, direction == Direction::Outbound);
-    flows::admit(&key, direction, ifindex)
+    let mut slot = MaybeUninit::uninit();
+    let key = conns::key(&mut slot, tcp, direction == Direction::Outbound);
+    flows::admit(key, direction, ifindex)
 }
 
 /// Hands a `redirect` packet to the TC program: with its metadata where XDP may write it;

@@ -26,8 +26,9 @@
 //! Either way, what `bpf_redirect_neigh` did is counted in `APNS_FP_PATHS`, a cross-check of
 //! the XDP program's `fastpath_tc` count.
 
+use core::mem::MaybeUninit;
+
 use apns_common::{
-    conns::ConnKey,
     counters::{Direction, Outcome},
     fastpath::{
         flags, mode, HandoffMeta, IfaceConfig, MarkMeta, HANDOFF_META_MAGIC, MARK_META_MAGIC,
@@ -120,9 +121,9 @@ fn classify(ctx: &TcContext) -> i32 {
         return TC_NEXT;
     }
     // The XDP program's flow check, with the same answer (it opened the device's flows).
-    let mut key = ConnKey::default();
-    conns::key(&mut key, &tcp, outbound);
-    let Ok(opened_on) = flows::admit(&key, judgement.direction, ifindex) else {
+    let mut slot = MaybeUninit::uninit();
+    let key = conns::key(&mut slot, &tcp, outbound);
+    let Ok(opened_on) = flows::admit(key, judgement.direction, ifindex) else {
         return TC_NEXT;
     };
     let Ok(route) = fastpath::route(ctx.as_ptr(), &cursor, ifindex, &tcp, 0) else {

@@ -5,10 +5,9 @@
 //! packet, and counts nothing in the counter maps (the XDP program counted the packet where
 //! it entered).
 
-use apns_common::{
-    conns::ConnKey,
-    counters::{Direction, Outcome},
-};
+use core::mem::MaybeUninit;
+
+use apns_common::counters::{Direction, Outcome};
 use aya_ebpf::programs::TcContext;
 
 use crate::{classify, conns, ifaces, parse, tc};
@@ -35,10 +34,10 @@ pub fn handle(ctx: &TcContext) -> i32 {
     if judgement.outcome == Outcome::Pass && judgement.direction == Direction::Inbound {
         // A GSO skb carries several segments; a plain one reports 0.
         let packets = if segments > 1 { u64::from(segments) } else { 1 };
-        let mut key = ConnKey::default();
-        conns::key(&mut key, &tcp, false);
+        let mut slot = MaybeUninit::uninit();
+        let key = conns::key(&mut slot, &tcp, false);
         let ttl = conns::ttl(&cursor, &tcp);
-        conns::apns_conns_inbound(&key, tcp.flags, ttl, u64::from(len), packets);
+        conns::apns_conns_inbound(key, tcp.flags, ttl, u64::from(len), packets);
     }
     tc::TC_NEXT
 }
