@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use apns_common::{
     counters::{DropReason, Outcome},
     events::{DropEvent, EventConfig},
+    ip,
     label::Label,
     maps::{EVENTS, EVENT_CONFIG},
 };
@@ -106,7 +107,7 @@ impl PolicyDrop {
             reason: Outcome::from_u8(event.outcome)
                 .and_then(DropReason::of)
                 .map_or("unknown", DropReason::as_str),
-            protocol: if event.protocol == 6 { "tcp" } else { "other" },
+            protocol: if event.protocol == ip::TCP { "tcp" } else { "other" },
             src: addr(&event.src),
             sport: event.sport,
             dst: addr(&event.dst),
