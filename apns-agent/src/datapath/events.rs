@@ -107,7 +107,11 @@ impl PolicyDrop {
             reason: Outcome::from_u8(event.outcome)
                 .and_then(DropReason::of)
                 .map_or("unknown", DropReason::as_str),
-            protocol: if event.protocol == ip::TCP { "tcp" } else { "other" },
+            protocol: if event.protocol == ip::TCP {
+                "tcp"
+            } else {
+                "other"
+            },
             src: addr(&event.src),
             sport: event.sport,
             dst: addr(&event.dst),
