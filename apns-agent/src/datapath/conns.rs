@@ -1,7 +1,7 @@
 //! The connection table (`APNS_CONNS`, `APNS_CONN_STATS`; `apns_common::conns`): reading it
-//! whole, as one [`Table`] with the datapath's own counts. The agent never writes or removes
+//! whole, as one [`ConnTable`] with the datapath's own counts. The agent never writes or removes
 //! an entry; the kernel's LRU evicts the least recently used when the table is full, and
-//! [`Table::evicted`] counts them exactly.
+//! [`ConnTable::evicted`] counts them exactly.
 
 use anyhow::Context as _;
 use apns_common::{
@@ -24,7 +24,7 @@ pub struct ConnMaps {
 
 /// The connection table at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Table {
+pub struct ConnTable {
     /// CLOCK_MONOTONIC when the table was read: the clock of every time in the entries (which
     /// the datapath reads at the tick's resolution).
     pub now_ns: u64,
@@ -37,7 +37,7 @@ pub struct Table {
     pub stats: ConnStats,
 }
 
-impl Table {
+impl ConnTable {
     /// Connections the kernel evicted to make room: every entry made and no longer present
     /// (the agent never removes one). Exact when no packet made an entry during the read.
     pub fn evicted(&self) -> u64 {
@@ -80,8 +80,8 @@ impl ConnMaps {
 
     /// Reads the whole table and the datapath's counts. The counts are read first: an entry
     /// made during the walk then shows as present but not yet made, which
-    /// [`Table::evicted`] saturates, rather than as evicted.
-    pub fn read(&self) -> anyhow::Result<Table> {
+    /// [`ConnTable::evicted`] saturates, rather than as evicted.
+    pub fn read(&self) -> anyhow::Result<ConnTable> {
         let stats = self.stats()?;
         let now_ns = monotonic_now_ns();
         let entries = match self.read_batches() {
@@ -99,7 +99,7 @@ impl ConnMaps {
             }
             Err(err) => return Err(err).with_context(|| format!("reading map {CONNS}")),
         };
-        Ok(Table {
+        Ok(ConnTable {
             now_ns,
             size: self.size,
             entries,

@@ -50,10 +50,10 @@ pub enum Standing {
 
 /// The table of admitted connections, shared by the accept loop and the connections.
 #[derive(Clone, Default)]
-pub struct Admission(Arc<Mutex<Table>>);
+pub struct Admission(Arc<Mutex<Seats>>);
 
 #[derive(Default)]
-struct Table {
+struct Seats {
     next_id: u64,
     /// Counts standing changes: orders connections within a standing.
     clock: u64,
@@ -62,7 +62,7 @@ struct Table {
 
 struct Seat {
     standing: Standing,
-    /// `Table::clock` when it took this standing.
+    /// `Seats::clock` when it took this standing.
     since: u64,
     /// Fired to cut the connection.
     cut: oneshot::Sender<()>,
@@ -77,7 +77,7 @@ pub struct Admitted {
 }
 
 impl Admission {
-    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Seats> {
         // A panic while holding this lock leaves the table consistent (every change is one
         // statement), so a poisoned lock is still usable.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)

@@ -29,7 +29,7 @@ use serde::Serialize;
 pub use render::{render_json, render_table, SCHEMA};
 pub use tally::Tally;
 
-use crate::datapath::conns::Table;
+use crate::datapath::conns::ConnTable;
 use judge::{ip, judge, AppleTtls};
 
 /// The APNs ports the fallback rule is about: devices use 5223, and 443 only when they cannot
@@ -423,7 +423,11 @@ pub const EVICTED: &str = "evicted";
 
 impl Report {
     /// Applies `rules` to `table`; `interface_name` names an ifindex.
-    pub fn build(table: &Table, rules: &Rules, interface_name: impl Fn(u32) -> String) -> Report {
+    pub fn build(
+        table: &ConnTable,
+        rules: &Rules,
+        interface_name: impl Fn(u32) -> String,
+    ) -> Report {
         let now = table.now_ns;
         let mut names: HashMap<u32, String> = HashMap::new();
         let mut name = |ifindex: u32| {

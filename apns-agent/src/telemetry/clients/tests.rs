@@ -78,7 +78,7 @@ fn refused(value: &mut ConnValue, ttl: u8) {
 }
 
 fn report(entries: Vec<(ConnKey, ConnValue)>) -> Report {
-    let table = Table {
+    let table = ConnTable {
         now_ns: NOW,
         size: 65_536,
         stats: ConnStats {
@@ -315,7 +315,7 @@ fn old_history_stale_and_abandoned_connections() {
 
 #[test]
 fn evictions_and_ends_add_up() {
-    let mut table = Table {
+    let mut table = ConnTable {
         now_ns: NOW,
         size: 256,
         entries: vec![
