@@ -56,7 +56,7 @@ struct Findings<'a> {
 impl Findings<'_> {
     /// The finding of `address`, if the table knows the device. A table that cannot be read
     /// leaves the event as it is (the drop is what matters).
-    fn of(&mut self, address: IpAddr) -> Option<DeviceNote> {
+    fn finding_of(&mut self, address: IpAddr) -> Option<DeviceNote> {
         let stale = self
             .report
             .as_ref()
@@ -125,7 +125,7 @@ pub fn events(global: &Global, json: bool, count: Option<u64>) -> anyhow::Result
     loop {
         for event in maps.drain() {
             let drop = PolicyDrop::from_event(&event, interface_name);
-            let device = findings.of(concerned(&drop));
+            let device = findings.finding_of(concerned(&drop));
             let line = if json {
                 serde_json::to_string(&Event {
                     drop: &drop,

@@ -35,7 +35,7 @@ impl PrefixList {
         }
     }
 
-    fn of(self, policy: &mut Policy) -> &mut BTreeSet<IpNet> {
+    fn prefixes_mut(self, policy: &mut Policy) -> &mut BTreeSet<IpNet> {
         match self {
             PrefixList::Allow => &mut policy.allow,
             PrefixList::Providers => &mut policy.providers,
@@ -48,7 +48,7 @@ pub fn prefixes(global: &Global, list: PrefixList, action: &PrefixAction) -> any
     match action {
         PrefixAction::List => {
             let mut policy = read_policy(&settings)?;
-            for net in list.of(&mut policy).iter() {
+            for net in list.prefixes_mut(&mut policy).iter() {
                 println!("{net}");
             }
             Ok(())
@@ -57,7 +57,7 @@ pub fn prefixes(global: &Global, list: PrefixList, action: &PrefixAction) -> any
             let adding = matches!(action, PrefixAction::Add { .. });
             let nets = parse_unique(prefixes)?;
             change(&settings, |policy| {
-                let set = list.of(policy);
+                let set = list.prefixes_mut(policy);
                 for net in &nets {
                     match (adding, set.contains(net)) {
                         (true, true) => anyhow::bail!("{net} is already in the {}", list.name()),

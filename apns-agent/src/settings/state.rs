@@ -92,7 +92,7 @@ impl Label for Section {
 
 impl Section {
     /// This section of `desired`, as a comparable value.
-    fn of(self, desired: &Desired) -> Value {
+    fn value_in(self, desired: &Desired) -> Value {
         let policy = &desired.policy;
         let value = match self {
             Section::Mode => serde_json::to_value(Labeled(policy.mode)),
@@ -274,7 +274,7 @@ impl State {
         let mut kept = BTreeMap::new();
         for (section, change) in std::mem::take(&mut self.overrides) {
             let section = section.0;
-            let config_now = section.of(config);
+            let config_now = section.value_in(config);
             let config_then = applied
                 .as_ref()
                 .and_then(|applied| applied.sections.get(&Labeled(section)));
@@ -303,7 +303,7 @@ impl State {
             at: rfc3339(now),
             sections: Section::ALL
                 .iter()
-                .map(|&section| (Labeled(section), section.of(config)))
+                .map(|&section| (Labeled(section), section.value_in(config)))
                 .collect(),
         });
         Ok((desired, notes))
@@ -343,8 +343,8 @@ impl State {
     /// Records a live change a subcommand (`command`) made, from `before` to `after`.
     pub fn record(&mut self, before: &Desired, after: &Desired, command: &str, now: SystemTime) {
         for &section in Section::ALL {
-            let value = section.of(after);
-            if section.of(before) == value {
+            let value = section.value_in(after);
+            if section.value_in(before) == value {
                 continue;
             }
             let config_value = self

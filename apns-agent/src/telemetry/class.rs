@@ -73,7 +73,7 @@ impl Label for TcpEvent {
 
 impl TcpEvent {
     /// This event's count in a counter value.
-    pub const fn of(self, value: &CounterValue) -> u64 {
+    pub const fn count_in(self, value: &CounterValue) -> u64 {
         match self {
             TcpEvent::Syn => value.syn,
             TcpEvent::Synack => value.synack,

@@ -183,7 +183,7 @@ impl InterfaceModel {
                 volume.packets += value.packets;
                 volume.bytes += value.bytes;
                 for &event in TcpEvent::ALL {
-                    *flow.tcp.entry(event).or_default() += event.of(value);
+                    *flow.tcp.entry(event).or_default() += event.count_in(value);
                 }
                 if verdict == Verdict::Drop {
                     *self.policy_drops.entry(DropReason::Provider).or_default() += value.packets;
