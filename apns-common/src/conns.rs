@@ -28,7 +28,7 @@
 /// Key of `APNS_CONNS`: the connection as the device sees it. Addresses in network byte
 /// order (IPv4 in the first 4 bytes, the rest zero), ports in host byte order. Aligned to 8
 /// so that the XDP program zeroes a key on its stack with five 8-byte stores, not a call to
-/// a byte loop (`apns-ebpf/src/conns.rs`, [`key`]).
+/// a byte loop (`key` in `apns-ebpf/src/conns.rs`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {

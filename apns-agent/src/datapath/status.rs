@@ -34,7 +34,8 @@ pub struct Status {
 pub struct KernelStatus {
     /// Feature label → usable (present, not switched off).
     pub features: BTreeMap<&'static str, bool>,
-    /// How TC programs are attached ([`TcAttachment`](super::features::TcAttachment)'s words), "unknown" if not probed.
+    /// How TC programs are attached ([`TcAttachment`](super::features::TcAttachment)'s
+    /// words), "unknown" if not probed.
     pub tc_attachment: &'static str,
     /// Fast path (mark, redirect) → the way it takes here, or why it cannot.
     pub fastpaths: BTreeMap<&'static str, String>,
