@@ -9,6 +9,9 @@ fn main() -> anyhow::Result<()> {
         println!("cargo::error=bpf-linker not found on PATH: run `cargo xtask setup` (it installs the nightly-matched build)");
         return Ok(());
     }
+    // aya-build watches the eBPF crate's own folder only; the types it shares with user space
+    // live in apns-common, and a stale object would disagree with them on every layout.
+    println!("cargo::rerun-if-changed=../apns-common");
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "apns-ebpf",
