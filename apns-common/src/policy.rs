@@ -190,7 +190,7 @@ pub const PORT_NUMBERS: usize = 1 << 16;
 
 /// Value of [`crate::maps::TABLES`], one per generation: every table the XDP program reads
 /// for a TCP packet, so that one array lookup serves both ports and the address prefilter.
-/// Written whole by the agent (inactive generation only); 352 KiB.
+/// Written whole by the agent (inactive generation only); about 352 KiB.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct GenerationTables {
@@ -198,8 +198,13 @@ pub struct GenerationTables {
     pub ports: [PortEntry; PORT_NUMBERS],
     /// The address prefilter, indexed by [`crate::prefilter::table`] ids.
     pub prefilter: [crate::prefilter::PrefixTable; crate::prefilter::table::PER_GENERATION],
+    /// Each list's long prefixes when it has few, indexed by [`crate::prefilter::short`] ids.
+    pub short: [crate::prefilter::ShortList; crate::prefilter::short::PER_GENERATION],
 }
-const _: () = assert!(size_of::<GenerationTables>() == 4 * PORT_NUMBERS + 6 * 16 * 1024);
+const _: () = assert!(
+    size_of::<GenerationTables>()
+        == 4 * PORT_NUMBERS + 6 * 16 * 1024 + 4 * size_of::<crate::prefilter::ShortList>()
+);
 
 #[cfg(feature = "user")]
 mod pod {

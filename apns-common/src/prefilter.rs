@@ -1,5 +1,6 @@
 //! The prefix prefilter in front of the LPM tries: most addresses are settled by one array
-//! read, and only those near a long prefix pay for a trie lookup.
+//! read, those near a long prefix of a short list (Apple's IPv6 /48s) by a few compares
+//! ([`ShortList`]), and only those near a long prefix of a longer list pay for a trie lookup.
 //!
 //! For each policy generation and each prefix list (allow-list, provider list) the agent
 //! derives, in the same generation swap as the tries:
@@ -48,6 +49,100 @@ pub mod table {
     pub const PROVIDERS_V6_NEXT: usize = 5;
     /// Tables per generation.
     pub const PER_GENERATION: usize = 6;
+}
+
+/// The short lists of one generation, by their index in
+/// [`crate::policy::GenerationTables::short`].
+pub mod short {
+    pub const ALLOW_V4: usize = 0;
+    pub const PROVIDERS_V4: usize = 1;
+    pub const ALLOW_V6: usize = 2;
+    pub const PROVIDERS_V6: usize = 3;
+    /// Short lists per generation.
+    pub const PER_GENERATION: usize = 4;
+}
+
+/// Prefixes longer than the first level settles (IPv4 and IPv6 alike: /17 and longer), the
+/// ones a bucket's `ASK` stands for.
+pub const FIRST_LEVEL_BITS: u8 = 16;
+
+/// Prefixes a [`ShortList`] holds at most.
+pub const SHORT_LIST_LEN: usize = 8;
+
+/// The long prefixes of one list and family, matched inline where the prefilter asks: when
+/// a list has at most [`SHORT_LIST_LEN`] prefixes longer than /16, all of them within the
+/// leading 64 address bits (every IPv4 prefix; IPv6 up to /64), this is the whole answer and
+/// the trie is never asked. Apple's IPv6 /48s are such a list: their packets pay a few
+/// compares instead of an LPM trie lookup. A list with more, or longer, prefixes leaves the
+/// short list incomplete and asks the trie, as before.
+///
+/// All zeroes (a generation written by nobody yet) is incomplete: the trie decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShortList {
+    /// The leading 64 bits of each prefix's network address, host byte order
+    /// ([`leading_v4`], [`leading_v6`]).
+    pub networks: [u64; SHORT_LIST_LEN],
+    /// Each prefix's mask over those 64 bits.
+    pub masks: [u64; SHORT_LIST_LEN],
+    /// Entries in use.
+    pub count: u32,
+    /// 1 when `networks` holds every prefix of the list longer than /16; 0: ask the trie.
+    pub complete: u32,
+}
+const _: () = assert!(size_of::<ShortList>() == 8 + 16 * SHORT_LIST_LEN);
+
+/// The leading 64 bits of an IPv4 address as [`ShortList`] compares them: the address in
+/// the upper half.
+#[inline(always)]
+pub fn leading_v4(addr: &[u8; 4]) -> u64 {
+    u64::from(u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]])) << 32
+}
+
+/// The leading 64 bits of an IPv6 address as [`ShortList`] compares them.
+#[inline(always)]
+pub fn leading_v6(addr: &[u8; 16]) -> u64 {
+    u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ])
+}
+
+impl ShortList {
+    /// The short list of a list whose prefixes are `(leading 64 bits, length)`: complete if
+    /// its prefixes longer than /16 fit, else empty and incomplete.
+    pub fn of_prefixes(prefixes: impl IntoIterator<Item = (u64, u8)>) -> Self {
+        let mut list = ShortList::default();
+        for (network, len) in prefixes {
+            if len <= FIRST_LEVEL_BITS {
+                continue;
+            }
+            let index = list.count as usize;
+            if len > 64 || index == SHORT_LIST_LEN {
+                return ShortList::default();
+            }
+            let mask = u64::MAX << (64 - u32::from(len));
+            list.networks[index] = network & mask;
+            list.masks[index] = mask;
+            list.count += 1;
+        }
+        list.complete = 1;
+        list
+    }
+
+    /// Whether a prefix of the list covers the address whose leading 64 bits are `leading`
+    /// (meaningful when the list is complete).
+    #[inline(always)]
+    pub fn covers(&self, leading: u64) -> bool {
+        for index in 0..SHORT_LIST_LEN {
+            if index as u32 >= self.count {
+                return false;
+            }
+            if leading & self.masks[index] == self.networks[index] {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// One table of 65,536 2-bit verdicts (part of a generation's tables, `APNS_TABLES`).
@@ -111,7 +206,7 @@ impl PrefixTable {
     pub fn add_v6(first: &mut PrefixTable, next: &mut PrefixTable, addr: [u8; 16], len: u8) {
         let bucket = u16::from_be_bytes([addr[0], addr[1]]) as usize;
         add_first_level(first, bucket, len);
-        if len > 16 {
+        if len > FIRST_LEVEL_BITS {
             let bucket = u16::from_be_bytes([addr[2], addr[3]]) as usize;
             // Bits 16..32 of a prefix longer than /32 are one bucket; of a /17 to /32, a range.
             let covered = 1usize << (32 - u32::from(len.min(32)));
@@ -122,7 +217,7 @@ impl PrefixTable {
 
 /// Marks a prefix of `len` bits whose leading 16 bits are `bucket`.
 fn add_first_level(table: &mut PrefixTable, bucket: usize, len: u8) {
-    if len <= 16 {
+    if len <= FIRST_LEVEL_BITS {
         let covered = 1usize << (16 - u32::from(len));
         table.raise(bucket & !(covered - 1), covered, verdict::ALL);
     } else {
@@ -181,6 +276,91 @@ mod tests {
         assert_eq!(table.get(u16::from_be_bytes([18, 0])), verdict::NONE);
         table.add_v4([203, 0, 113, 0], 24);
         assert_eq!(table.get(u16::from_be_bytes([203, 0])), verdict::ASK);
+    }
+
+    #[test]
+    fn apple_v6_is_a_complete_short_list() {
+        let apple: [([u8; 16], u8); 4] = [
+            (
+                [
+                    0x26, 0x20, 0x01, 0x49, 0x0a, 0x44, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+                48,
+            ),
+            (
+                [
+                    0x24, 0x03, 0x03, 0x00, 0x0a, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+                48,
+            ),
+            (
+                [
+                    0x24, 0x03, 0x03, 0x00, 0x0a, 0x51, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+                48,
+            ),
+            (
+                [
+                    0x2a, 0x01, 0xb7, 0x40, 0x0a, 0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                ],
+                48,
+            ),
+        ];
+        let list = ShortList::of_prefixes(apple.iter().map(|(a, l)| (leading_v6(a), *l)));
+        assert_eq!((list.count, list.complete), (4, 1));
+        let mut inside = apple[1].0;
+        inside[15] = 0x10;
+        inside[7] = 0xff;
+        assert!(list.covers(leading_v6(&inside)));
+        let mut next_door = apple[1].0;
+        next_door[5] = 0x43;
+        assert!(!list.covers(leading_v6(&next_door)));
+    }
+
+    #[test]
+    fn a_list_too_long_or_too_precise_asks_the_trie() {
+        let nine = (0..9u64).map(|i| ((0xcb00_7100 + (i << 8)) << 32, 24));
+        assert_eq!(ShortList::of_prefixes(nine), ShortList::default());
+        let v6_host = [(0x2001_0db8_0000_0000u64, 128u8)];
+        assert_eq!(ShortList::of_prefixes(v6_host), ShortList::default());
+        // Short prefixes are the first level's: they take no entry.
+        let list = ShortList::of_prefixes([(17u64 << 56, 8), (0xcb00_7100u64 << 32, 24)]);
+        assert_eq!((list.count, list.complete), (1, 1));
+        assert!(list.covers(leading_v4(&[203, 0, 113, 9])));
+        assert!(!list.covers(leading_v4(&[203, 0, 112, 9])));
+    }
+
+    /// A complete short list answers exactly as the prefixes do, wherever the first level
+    /// asks (the only addresses it is consulted for).
+    #[test]
+    fn short_list_answers_as_the_prefixes_do() {
+        let mut rng = Lcg(0x5407);
+        for round in 0..200 {
+            let mut table = PrefixTable::default();
+            let mut prefixes = Vec::new();
+            for _ in 0..(1 + round % SHORT_LIST_LEN) {
+                let len = (rng.next() % 33) as u8;
+                let addr = (rng.next() as u32) & if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                table.add_v4(addr.to_be_bytes(), len);
+                prefixes.push((addr, len));
+            }
+            let list = ShortList::of_prefixes(
+                prefixes
+                    .iter()
+                    .map(|&(a, l)| (leading_v4(&a.to_be_bytes()), l)),
+            );
+            assert_eq!(list.complete, 1);
+            for _ in 0..500 {
+                let (near, _) = prefixes[(rng.next() as usize) % prefixes.len()];
+                let addr = near ^ (rng.next() as u32 & 0x3ff);
+                let bytes = addr.to_be_bytes();
+                if table.get(u16::from_be_bytes([bytes[0], bytes[1]])) != verdict::ASK {
+                    continue;
+                }
+                let matched = prefixes.iter().any(|&(p, l)| covers_v4(p, l, addr));
+                assert_eq!(list.covers(leading_v4(&bytes)), matched, "{addr:#x}");
+            }
+        }
     }
 
     /// Whatever the prefixes, `NONE` never hides a match and `ALL` never invents one.

@@ -3,12 +3,14 @@
 //! Only array lookups on the common paths, two of them: the generation, then that
 //! generation's tables (one value): the port table decides whether an address needs to be
 //! judged at all, the prefilter (verdicts by the leading 16 bits) settles most addresses,
-//! and only an address next to a long prefix pays for an LPM trie lookup.
+//! a list's short list settles those next to its long prefixes when it has few of them
+//! (Apple's IPv6 /48s), and only an address next to a prefix of a longer list pays for an
+//! LPM trie lookup.
 
 use apns_common::{
     counters::{usable_slot, Direction, Outcome, OVERFLOW_SLOT},
     policy::{mode, role, GenerationTables, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS},
-    prefilter::{table, verdict},
+    prefilter::{leading_v4, leading_v6, short, table, verdict},
 };
 use aya_ebpf::maps::{lpm_trie::Key, LpmTrie};
 
@@ -173,32 +175,37 @@ fn is_provider(generation: &Generation, addrs: &Addrs) -> bool {
     }
 }
 
-/// One prefix list of one family: its prefilter tables and its trie.
+/// One prefix list of one family: its prefilter tables, its short list and its trie.
 struct List<K: 'static> {
     first: usize,
     /// IPv6's next-level table (unused for IPv4, whose first level is all it has).
     next: usize,
+    short: usize,
     trie: &'static LpmTrie<K, u8>,
 }
 
 const ALLOW_V4: List<PrefixV4> = List {
     first: table::ALLOW_V4,
     next: table::ALLOW_V4,
+    short: short::ALLOW_V4,
     trie: &APNS_ALLOW_V4,
 };
 const PROVIDERS_V4: List<PrefixV4> = List {
     first: table::PROVIDERS_V4,
     next: table::PROVIDERS_V4,
+    short: short::PROVIDERS_V4,
     trie: &APNS_PROV_V4,
 };
 const ALLOW_V6: List<PrefixV6> = List {
     first: table::ALLOW_V6,
     next: table::ALLOW_V6_NEXT,
+    short: short::ALLOW_V6,
     trie: &APNS_ALLOW_V6,
 };
 const PROVIDERS_V6: List<PrefixV6> = List {
     first: table::PROVIDERS_V6,
     next: table::PROVIDERS_V6_NEXT,
+    short: short::PROVIDERS_V6,
     trie: &APNS_PROV_V6,
 };
 
@@ -215,6 +222,10 @@ fn in_v4(list: List<PrefixV4>, generation: &Generation, addr: &[u8; 4]) -> bool 
         verdict::NONE => return false,
         verdict::ALL => return true,
         _ => {}
+    }
+    let short = &generation.tables.short[list.short];
+    if short.complete != 0 {
+        return short.covers(leading_v4(addr));
     }
     let data = PrefixV4 {
         generation: generation.number as u8,
@@ -234,6 +245,10 @@ fn in_v6(list: List<PrefixV6>, generation: &Generation, addr: &[u8; 16]) -> bool
     }
     if prefilter(generation, list.next, addr[2], addr[3]) == verdict::NONE {
         return false;
+    }
+    let short = &generation.tables.short[list.short];
+    if short.complete != 0 {
+        return short.covers(leading_v6(addr));
     }
     let data = PrefixV6 {
         generation: generation.number as u8,

@@ -11,7 +11,7 @@ use apns_common::{
         GenerationTables, PolicyConfig, PortEntry, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS,
         MAX_PORTS, PORT_LIST_DIRTY,
     },
-    prefilter::{table, PrefixTable},
+    prefilter::{leading_v4, leading_v6, short, table, PrefixTable, ShortList},
 };
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData},
@@ -220,7 +220,7 @@ fn listed_ports(config: &PolicyConfig) -> &[u16] {
 /// (`apns_common::prefilter`).
 fn generation_tables(policy: &Policy, slots: &BTreeMap<u16, u8>) -> Box<GenerationTables> {
     // SAFETY: `GenerationTables` is plain integers (it implements `aya::Pod`), for which all
-    // zero bytes are a valid value: no port, no prefix. Built on the heap: it is 352 KiB.
+    // zero bytes are a valid value: no port, no prefix. Built on the heap: it is about 352 KiB.
     let mut tables = unsafe { Box::<GenerationTables>::new_zeroed().assume_init() };
     for (&port, &roles) in &policy.ports {
         tables.ports[usize::from(port)] = PortEntry {
@@ -255,6 +255,12 @@ fn generation_tables(policy: &Policy, slots: &BTreeMap<u16, u8>) -> Box<Generati
             PrefixTable::add_v6(first, next, net.network().octets(), net.prefix_len());
         }
     }
+    let v4 = |net: Ipv4Net| (leading_v4(&net.network().octets()), net.prefix_len());
+    let v6 = |net: Ipv6Net| (leading_v6(&net.network().octets()), net.prefix_len());
+    tables.short[short::ALLOW_V4] = ShortList::of_prefixes(policy.allow_v4().map(v4));
+    tables.short[short::PROVIDERS_V4] = ShortList::of_prefixes(policy.providers_v4().map(v4));
+    tables.short[short::ALLOW_V6] = ShortList::of_prefixes(policy.allow_v6().map(v6));
+    tables.short[short::PROVIDERS_V6] = ShortList::of_prefixes(policy.providers_v6().map(v6));
     tables
 }
 

@@ -1154,7 +1154,8 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
          `PolicyMaps::apply`: IPv4 /24s (the packet matched by 17.249.1.0/24, the others drawn \
          from a fixed seed outside 17.0.0.0/8), IPv6 /64s (matched by 2620:149:a44::/64, the \
          others drawn in 2000::/3 outside 2620::/16). Every prefix is longer than the \
-         prefilter settles, so each size, one prefix included, pays for an LPM trie lookup. \
+         prefilter settles: with one prefix the list's short list answers (a compare), from 100 \
+         on the LPM trie does. \
          The non-Apple HTTPS packet (to 203.0.113.130:443 / 2001:db8:ff::10:443) runs through \
          the same datapaths: whether its address reaches the trie depends on whether a drawn \
          prefix shares its leading bits (column \"non-Apple HTTPS\"). Same method as section 1: \
