@@ -844,3 +844,68 @@ fn run_with_every_interface_missing_starts_and_attaches_each_when_it_appears() {
 fn telemetry_addr() -> SocketAddr {
     apns_agent::telemetry::DEFAULT_METRICS_ADDR.parse().unwrap()
 }
+
+/// Two agents that start together where bpffs is not mounted (a fresh system, the kernel
+/// matrix's guests) mount it once: the first to find it missing mounts it while the other
+/// waits, then finds it mounted. (Both mounting stacked a second bpffs over the first, and
+/// hid what the first had pinned meanwhile: its `BPF_OBJ_PIN` failed with ENOENT.) Here the
+/// first agent is stopped right before its mount, holding the lock, while the second
+/// starts; run in a mount and PID namespace of the test's own, so the host's bpffs is never
+/// touched and whatever the two pin goes with the namespace.
+#[test]
+fn agents_starting_together_mount_bpffs_once() {
+    apns_tests::require_root!();
+    let lab = Lab::new(LabOptions::default()).unwrap();
+    let (first, second) = (TestPins::new(), TestPins::new());
+    let script = format!(
+        "while mountpoint -q {root}; do umount -l {root}; done
+         {pause}={point} \"$0\" attach {lan} --pin-dir {first} & stopped=$!
+         tries=0
+         until grep -q '^State:.*stopped' /proc/$stopped/status; do
+             tries=$((tries + 1)); [ $tries -lt 400 ] || {{ echo 'the first agent never stopped'; exit 1; }}
+             sleep 0.05
+         done
+         \"$0\" attach {wan} --pin-dir {second} & waiting=$!
+         sleep 1
+         kill -CONT $stopped
+         wait $stopped
+         wait $waiting
+         echo \"bpffs mounts: $(grep -c ' {root} ' /proc/self/mountinfo)\"
+         ls {first} {second} >/dev/null
+         echo both pinned",
+        root = datapath::pins::BPFFS_ROOT,
+        pause = hooks::PAUSE_AT,
+        point = hooks::BEFORE_BPFFS_MOUNT,
+        lan = GW_IF_CLIENT.name,
+        wan = GW_IF_WAN.name,
+        first = first.path().display(),
+        second = second.path().display(),
+    );
+    let mut cmd = lab.command(Role::Gw, "unshare");
+    cmd.args([
+        "--mount",
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        "--propagation",
+        "private",
+        "sh",
+        "-ec",
+    ])
+    .arg(&script)
+    .arg(agent::binary());
+    let stdout = agent::succeed(&mut cmd).unwrap();
+    // The two attach in either order.
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "both pinned",
+            "bpffs mounts: 1",
+            &format!("{}: attached (native mode)", GW_IF_CLIENT.name),
+            &format!("{}: attached (native mode)", GW_IF_WAN.name),
+        ],
+        "{stdout}"
+    );
+}

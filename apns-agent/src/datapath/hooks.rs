@@ -11,6 +11,9 @@ pub const BEFORE_POLICY_SWITCH: &str = "before-policy-switch";
 /// After the first of several links runs the new program, before the others do.
 pub const AFTER_FIRST_LINK_SWAP: &str = "after-first-link-swap";
 
+/// Holding the lock of bpffs's mount point, having found bpffs not mounted, before mounting it.
+pub const BEFORE_BPFFS_MOUNT: &str = "before-bpffs-mount";
+
 /// Stops this process (SIGSTOP) when [`PAUSE_AT`] names `point`, after saying so on stderr.
 #[cfg(feature = "test-hooks")]
 pub fn pause_at(point: &str) {

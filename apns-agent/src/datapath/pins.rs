@@ -538,12 +538,27 @@ pub fn is_bpffs(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Mounts bpffs at [`BPFFS_ROOT`] unless it is there. Two agents starting together (the
+/// test suite's, or a unit and an operator's command) must not both mount it: the second
+/// mount would hide the first, and every pin made in between (ENOENT for the agent that
+/// made it). So the check and the mount happen under an exclusive lock of the mount point:
+/// whoever waited finds bpffs mounted when it checks again. (A process that opens the path
+/// only after the mount locks bpffs's root instead of the folder beneath, and finds it
+/// mounted all the same.)
 fn ensure_bpffs() -> anyhow::Result<()> {
     let root = Path::new(BPFFS_ROOT);
     if is_bpffs(root) {
         return Ok(());
     }
     refuse_private_mount_namespace()?;
+    let mount_point = fs::File::open(root).with_context(|| format!("opening {BPFFS_ROOT}"))?;
+    let _lock = Flock::lock(mount_point, FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .with_context(|| format!("locking {BPFFS_ROOT} to mount bpffs there"))?;
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    super::hooks::pause_at(super::hooks::BEFORE_BPFFS_MOUNT);
     tracing::info!("bpffs is not mounted at {BPFFS_ROOT}; mounting it");
     mount(Some("bpf"), root, Some("bpf"), MsFlags::empty(), None::<&str>).with_context(|| {
         format!("mounting bpffs at {BPFFS_ROOT} (needs CAP_SYS_ADMIN; or run `mount -t bpf bpf {BPFFS_ROOT}`)")
