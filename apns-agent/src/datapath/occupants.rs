@@ -3,9 +3,10 @@
 //! `attach` reads it to never clobber someone else's program, and says in one line what is
 //! in the way and how to clear it; `doctor` reports it.
 //!
-//! The agent cannot join a libxdp dispatcher (yet): on this project's kernels extension
-//! programs (freplace), which libxdp chains its components with, cannot be loaded at all
-//! (docs/platform.md, docs/preflight.md). So any program that is not ours is in the way.
+//! The agent does not join libxdp dispatchers (not built yet; docs/preflight.md says where
+//! it could: Debian's 5.10 and 6.1 load its XDP program as a dispatcher component, 6.12
+//! refuses it for its `bpf_xdp_adjust_meta` calls, and the host's kernel refuses every
+//! extension program). So any program that is not ours is in the way.
 
 use std::path::{Path, PathBuf};
 
@@ -93,7 +94,7 @@ impl Occupant {
     pub fn way_out(&self, interface: &str) -> String {
         if self.dispatcher.is_some() {
             return format!(
-                "unload its components first (`xdp-loader unload {interface} --all`; apns-agent cannot join a libxdp dispatcher on this kernel), or run the agent on another interface"
+                "unload its components first (`xdp-loader unload {interface} --all`; apns-agent does not join libxdp dispatchers), or run the agent on another interface"
             );
         }
         if let Some(link) = self.link_id {
