@@ -244,16 +244,6 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         timeout_secs: 420,
         known_failures: &[],
     },
-    // `cargo xtask demo` as its test runs it (the redirect and the mark fast path): every
-    // step with its exact counts and both findings of `clients`, on every kernel.
-    GuestTest {
-        package: "apns-tests",
-        test: "demo",
-        args: &[],
-        env: &[TIME_SCALE],
-        timeout_secs: 600,
-        known_failures: &[],
-    },
 ];
 
 /// The lab tests' waits, four times the host's (`apns_tests::time_scale`): under TCG the
