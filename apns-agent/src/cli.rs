@@ -8,7 +8,10 @@ use apns_common::{fastpath::FastPath, label::Label, policy::Mode};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    datapath::{interfaces::InterfaceRole, links::check_interface_name, EbpfLog, XdpMode},
+    datapath::{
+        interfaces::InterfaceRole, links::check_interface_name, multiprog::Multiprog, EbpfLog,
+        XdpMode,
+    },
     label,
 };
 
@@ -43,6 +46,21 @@ pub struct Global {
     pub verbose: u8,
 }
 
+/// Sharing an interface's XDP hook with other programs (libxdp's multiprog dispatcher).
+#[derive(Args, Clone, Debug, Default)]
+pub struct SharingArgs {
+    /// Overrides the config's xdp_multiprog: auto joins the libxdp dispatcher an interface
+    /// runs (xdp-filter, xdp-loader) and takes a free interface alone; never refuses an
+    /// interface that runs one; always runs as a dispatcher component, so that libxdp
+    /// programs can join later. A shared interface runs the pass fast path.
+    #[arg(long, value_parser = label::value_parser::<Multiprog>())]
+    pub xdp_multiprog: Option<Multiprog>,
+    /// Overrides the config's xdp_priority: our place in a libxdp dispatcher (lower runs
+    /// first; default 50, after xdp-filter's 10).
+    #[arg(long, value_name = "N")]
+    pub xdp_priority: Option<u32>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load (or adopt) the datapath, attach it, apply the config, and stay in the foreground.
@@ -57,6 +75,8 @@ pub enum Command {
     Attach {
         #[arg(long, value_parser = label::value_parser::<XdpMode>(), default_value = "auto")]
         xdp_mode: XdpMode,
+        #[command(flatten)]
+        sharing: SharingArgs,
         #[arg(required = true, value_name = "IFACE")]
         interfaces: Vec<String>,
     },
@@ -205,6 +225,8 @@ pub struct RunArgs {
     /// Overrides the config's xdp_mode.
     #[arg(long, value_parser = label::value_parser::<XdpMode>())]
     pub xdp_mode: Option<XdpMode>,
+    #[command(flatten)]
+    pub sharing: SharingArgs,
     /// Fast path of an interface: IFACE=pass, IFACE=mark or IFACE=redirect (repeatable).
     /// Adds to the config's [fastpath] table.
     #[arg(long = "fastpath", value_name = "IFACE=MODE", value_parser = parse_fastpath)]

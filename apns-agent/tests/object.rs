@@ -7,9 +7,9 @@ mod root_only;
 
 use apns_agent::datapath::{
     features::Features,
-    object::{self, EbpfLog, OBJECT},
+    object::{self, EbpfLog, COMPONENT_OBJECT, OBJECT},
 };
-use apns_common::programs::{TC as TC_PROGRAM, TC_CONNS, XDP as XDP_PROGRAM};
+use apns_common::programs::{TC as TC_PROGRAM, TC_CONNS, XDP as XDP_PROGRAM, XDP_COMPONENT};
 use aya_obj::ProgramSection;
 
 #[test]
@@ -62,10 +62,49 @@ fn object_maps_match_the_shared_layout() {
     }
 }
 
+/// The libxdp component's object declares only maps of the datapath, each exactly as the
+/// main object does (the agent loads it with the datapath's pinned maps), and its one program
+/// is XDP code (loaded as an extension of a dispatcher's slot, a BPF_PROG_TYPE_EXT, by the
+/// agent).
+#[test]
+fn component_object_shares_the_datapaths_maps() {
+    let main = aya_obj::Object::parse(OBJECT).expect("the embedded object parses");
+    let component = aya_obj::Object::parse(COMPONENT_OBJECT).expect("the component object parses");
+    assert!(!component.maps.is_empty());
+    for (name, map) in &component.maps {
+        let ours = main
+            .maps
+            .get(name)
+            .unwrap_or_else(|| panic!("the component's map {name} is not the datapath's"));
+        assert_eq!(
+            (
+                map.map_type(),
+                map.key_size(),
+                map.value_size(),
+                map.max_entries()
+            ),
+            (
+                ours.map_type(),
+                ours.key_size(),
+                ours.value_size(),
+                ours.max_entries()
+            ),
+            "map {name}: (type, key size, value size, max entries)"
+        );
+    }
+    let program = component
+        .programs
+        .get(XDP_COMPONENT)
+        .unwrap_or_else(|| panic!("program {XDP_COMPONENT} missing from the component object"));
+    assert!(matches!(program.section, ProgramSection::Xdp { .. }));
+    assert_eq!(component.programs.len(), 1);
+}
+
 /// Every program loads with every combination of the optional kernel features this kernel
 /// has (`apns_common::features`): the load-time constant switches code off, and the verifier
 /// must accept each way through (the kernel matrix runs this on 5.10, 6.1, 6.12 and the
-/// host's kernel).
+/// host's kernel). The libxdp component is checked here as a plain XDP program; as the
+/// extension it is on a dispatcher, the multiprog lab tests load it in the kernel matrix.
 #[test]
 fn verifier_accepts_every_program_in_every_feature_combination() {
     if root_only::skip() {
@@ -81,17 +120,31 @@ fn verifier_accepts_every_program_in_every_feature_combination() {
     for features in (0..=have).filter(|bits| bits & !have == 0) {
         let constants = object::Constants { log: 0, features };
         let mut ebpf = object::loader(&constants).load(OBJECT).unwrap();
+        let mut component = object::loader(&constants).load(COMPONENT_OBJECT).unwrap();
         for (name, get) in programs {
             let program = get(&mut ebpf).unwrap();
-            let (translated, verified) = program.load_and_count().unwrap_or_else(|err| {
-                panic!("loading {name} with features {features:#x}: {err:?}")
-            });
-            // The baseline the closing notes quote: translated (xlated) instructions, and the
-            // verifier's processed-instruction count.
-            println!(
+            report(name, features, program);
+        }
+        let program: &mut aya::programs::Xdp = component
+            .program_mut(XDP_COMPONENT)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        report(XDP_COMPONENT, features, program);
+    }
+}
+
+/// Loads `program` (`name`, with the `features` bits) and prints its instruction counts.
+fn report(name: &str, features: u32, program: &mut dyn Loadable) {
+    {
+        let (translated, verified) = program
+            .load_and_count()
+            .unwrap_or_else(|err| panic!("loading {name} with features {features:#x}: {err:?}"));
+        // The baseline the closing notes quote: translated (xlated) instructions, and the
+        // verifier's processed-instruction count.
+        println!(
                 "features {features:#x}: {name}: {translated} translated instructions, {verified} instructions processed by the verifier"
             );
-        }
     }
 }
 

@@ -14,3 +14,9 @@ pub const TC: &str = "apns_tc";
 /// The TC egress half of the connection table, on device-facing interfaces: records Apple's
 /// APNs packets as they leave toward a device (after NAT is undone).
 pub const TC_CONNS: &str = "apns_tc_conns";
+
+/// The XDP classifier as a component of libxdp's multiprog dispatcher: the agent loads it as
+/// an extension program (`BPF_PROG_TYPE_EXT`) in place of one of the dispatcher's slots on
+/// interfaces it shares with other XDP programs. Built without `bpf_xdp_adjust_meta` calls,
+/// so it hands no metadata to [`TC`]. At most 15 bytes, the kernel's name length.
+pub const XDP_COMPONENT: &str = "apns_xdp_libxdp";

@@ -9,7 +9,7 @@ use aya_ebpf::{macros::xdp, programs::XdpContext};
 
 #[xdp]
 pub fn apns_xdp(ctx: XdpContext) -> u32 {
-    apns_ebpf::handle_with::<true>(&ctx)
+    apns_ebpf::handle_with::<true, true>(&ctx)
 }
 
 apns_ebpf::tc_programs!();

@@ -56,14 +56,25 @@ use crate::{
 /// written, and a packet the fast path leaves to the stack also has its reason counted.
 #[inline(always)]
 pub fn handle(ctx: &XdpContext) -> u32 {
-    handle_with::<false>(ctx)
+    handle_with::<false, true>(ctx)
+}
+
+/// [`handle`] as a component of libxdp's multiprog dispatcher (`apns_xdp_libxdp`): compiled
+/// without a single `bpf_xdp_adjust_meta` call, so with no XDP metadata for the `mark` and
+/// `redirect` fast paths (the agent runs joined interfaces with the `pass` fast path). Linux
+/// 6.12 refuses to load an extension program that may change packet data in place of a
+/// dispatcher slot that does not, and it judges by the calls in the code, run or not.
+#[inline(always)]
+pub fn handle_component(ctx: &XdpContext) -> u32 {
+    handle_with::<false, false>(ctx)
 }
 
 /// [`handle`]; with `HAND_OFF_ALL`, the `redirect` fast path hands every packet it would
 /// forward to the TC step, as if no next hop were resolved: the `bench-handoff` object
 /// measures the TC step's cost per packet that way. `handle` compiles the branch out.
+/// Without `META_CALLS` the code never calls `bpf_xdp_adjust_meta` ([`handle_component`]).
 #[inline(always)]
-pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
+pub fn handle_with<const HAND_OFF_ALL: bool, const META_CALLS: bool>(ctx: &XdpContext) -> u32 {
     let cursor = Cursor::new(ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
     // One array read per packet gives the counter slot and, for APNs, the fast path.
@@ -78,7 +89,14 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
                 events::report_drop(ctx, ifindex, &judgement, &tcp);
             }
             let next = if judgement.outcome == Outcome::Pass {
-                passed_apns::<HAND_OFF_ALL>(ctx, &cursor, ifindex, iface, &tcp, &mut judgement)
+                passed_apns::<HAND_OFF_ALL, META_CALLS>(
+                    ctx,
+                    &cursor,
+                    ifindex,
+                    iface,
+                    &tcp,
+                    &mut judgement,
+                )
             } else {
                 Next::of(&judgement)
             };
@@ -93,7 +111,7 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
     if let Some(decided) = next.handoff {
         // XDP_PASS either way: the TC program takes over (from the metadata, or by
         // classifying the packet again where XDP has no metadata), or the stack.
-        match hand_off(ctx, &decided) {
+        match hand_off::<META_CALLS>(ctx, &decided) {
             Ok(()) => judgement.outcome = Outcome::FastpathTc,
             Err(reason) => next.fallback = Some(reason),
         }
@@ -102,7 +120,7 @@ pub fn handle_with<const HAND_OFF_ALL: bool>(ctx: &XdpContext) -> u32 {
     if let Some(reason) = next.fallback {
         fastpath::count_fallback(iface_slot, reason);
     }
-    if let Some(config) = next.mark {
+    if let (true, Some(config)) = (META_CALLS, next.mark) {
         fastpath::mark(ctx, config);
     }
     next.action
@@ -152,7 +170,7 @@ impl Next {
 /// marks the device's packets, `redirect` forwards the device's packets and Apple's of the
 /// flows they opened (`flows`). Sets the outcome of what the fast path did.
 #[inline(always)]
-fn passed_apns<const HAND_OFF_ALL: bool>(
+fn passed_apns<const HAND_OFF_ALL: bool, const META_CALLS: bool>(
     ctx: &XdpContext,
     cursor: &Cursor,
     ifindex: u32,
@@ -173,7 +191,7 @@ fn passed_apns<const HAND_OFF_ALL: bool>(
         // which the mark path never bypasses. Without XDP metadata the TC ingress program
         // classifies and marks the packet itself.
         return Next {
-            mark: (outbound && features::has(bits::XDP_META)).then_some(config),
+            mark: (outbound && writes_meta::<META_CALLS>()).then_some(config),
             ..Next::verdict(xdp_action::XDP_PASS)
         };
     }
@@ -225,12 +243,18 @@ fn admit(ifindex: u32, tcp: &TcpPacket, direction: Direction) -> Result<Option<u
 /// Hands a `redirect` packet to the TC program: with its metadata where XDP may write it;
 /// elsewhere the TC program classifies the packet again, and there is nothing to write.
 #[inline(always)]
-fn hand_off(ctx: &XdpContext, decided: &Handoff) -> Result<(), Fallback> {
-    if features::has(bits::XDP_META) {
+fn hand_off<const META_CALLS: bool>(ctx: &XdpContext, decided: &Handoff) -> Result<(), Fallback> {
+    if writes_meta::<META_CALLS>() {
         fastpath::handoff(ctx, decided)
     } else {
         Ok(())
     }
+}
+
+/// Whether this build may and this kernel lets XDP write metadata for the TC program.
+#[inline(always)]
+fn writes_meta<const META_CALLS: bool>() -> bool {
+    META_CALLS && features::has(bits::XDP_META)
 }
 
 /// Defines the TC programs in a binary of this crate: `apns_tc`, the TC ingress program of

@@ -79,6 +79,15 @@ pub struct TestPins {
     pins: PinDir,
 }
 
+/// Mounts bpffs at /sys/fs/bpf where it is not (a guest of the kernel matrix boots without
+/// it), as the agent would, once per test process: tests running in parallel that each saw
+/// it missing would mount it twice, one over the other, hiding what the first had pinned.
+/// For what needs bpffs before an agent runs (other tools' pins, xdp-filter).
+pub fn bpffs_mounted() {
+    static MOUNT: std::sync::Once = std::sync::Once::new();
+    MOUNT.call_once(|| TestPins::new().dir().prepare().expect("mounting bpffs"));
+}
+
 impl TestPins {
     pub fn new() -> TestPins {
         sweep_stale();

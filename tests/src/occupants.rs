@@ -1,6 +1,7 @@
-//! Other XDP programs on a lab interface, for the tests of `attach`'s refusal and `doctor`:
-//! Debian's xdp-filter (through libxdp, which on this kernel falls back to a plain netlink
-//! attachment), a plain program attached by `ip link` (netlink, no libxdp), and the
+//! Other XDP programs on a lab interface, for the tests of `attach`'s refusal, of sharing an
+//! interface (`multiprog`) and of `doctor`: Debian's xdp-filter (through libxdp: its
+//! dispatcher where the kernel loads extension programs, the kernel matrix's guests; a plain
+//! netlink attachment on this project's host kernel, which refuses them), a plain program attached by `ip link` (netlink, no libxdp), and the
 //! benchmarks' floor program attached by a bpf_link. Each is a guard that takes its program
 //! off again on drop.
 //!
@@ -37,6 +38,8 @@ pub struct XdpFilterOn<'lab> {
 
 impl<'lab> XdpFilterOn<'lab> {
     pub fn load(lab: &'lab Lab, interface: &str) -> Result<XdpFilterOn<'lab>> {
+        // libxdp pins its state and dispatchers on bpffs, and mounts none.
+        crate::agent::bpffs_mounted();
         let turn = XDP_FILTER.lock().unwrap_or_else(PoisonError::into_inner);
         let guard = XdpFilterOn {
             lab,

@@ -107,6 +107,14 @@ fn each_check_fails_and_passes_on_purpose() {
     ] {
         healthy.line(check);
     }
+    // Sharing interfaces (xdp_multiprog auto): proven where the kernel loads extension
+    // programs (the kernel matrix's, tests/tests/multiprog.rs), said where it refuses them.
+    let multiprog = healthy.line("multiprog");
+    assert!(
+        multiprog.contains("loads in libxdp's dispatcher")
+            || multiprog.contains("refuses the agent's component as an extension program"),
+        "{multiprog}"
+    );
     assert!(healthy
         .line(&format!("{lan0} xdp programs"))
         .ends_with("none attached"));

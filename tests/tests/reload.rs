@@ -38,6 +38,7 @@ fn expected(text: &str) -> Desired {
             .collect(),
         // The live state does not know how interfaces were attached.
         xdp_mode: XdpMode::Auto,
+        sharing: config.sharing,
         mark: config.mark,
         policy: config.policy,
         events: config.events,

@@ -53,14 +53,6 @@ fn tree(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Mounts bpffs at /sys/fs/bpf where it is not (a guest of the kernel matrix boots without
-/// it), as the agent would, once per test process: tests running in parallel that each saw
-/// it missing would mount it twice, one over the other, hiding what the first had pinned.
-fn bpffs_mounted() {
-    static MOUNT: std::sync::Once = std::sync::Once::new();
-    MOUNT.call_once(|| TestPins::new().dir().prepare().unwrap());
-}
-
 #[test]
 fn unload_of_a_plain_folder_is_refused_and_removes_nothing() {
     apns_tests::require_root!();
@@ -81,7 +73,7 @@ fn unload_of_a_plain_folder_is_refused_and_removes_nothing() {
 fn unload_and_install_at_bpffs_root_are_refused() {
     apns_tests::require_root!();
     let root = Path::new("/sys/fs/bpf");
-    bpffs_mounted();
+    agent::bpffs_mounted();
     let before = tree(root);
     let stderr = refused(agent_at(root, &["unload"]));
     assert!(stderr.contains("root of a bpffs mount"), "{stderr}");
@@ -108,7 +100,7 @@ fn unload_of_a_pin_directory_holding_a_foreign_map_is_refused_and_removes_nothin
     apns_tests::require_root!();
     let pins = TestPins::new();
     // An empty pin directory of ours.
-    bpffs_mounted();
+    agent::bpffs_mounted();
     pins.dir().prepare().unwrap();
     let foreign = pins.path().join("foreign_map");
     let made = Command::new("bpftool")
@@ -144,7 +136,7 @@ fn unload_of_a_pin_directory_holding_a_foreign_map_is_refused_and_removes_nothin
 
 /// Loads a datapath at `pins`, attached nowhere.
 fn load(pins: &TestPins) {
-    bpffs_mounted();
+    agent::bpffs_mounted();
     pins.dir().prepare().unwrap();
     let lock = pins.dir().lock().unwrap();
     Datapath::install(pins.dir(), &lock, None, CONNS_DEFAULT_ENTRIES).unwrap();

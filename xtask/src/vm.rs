@@ -225,6 +225,16 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         timeout_secs: 720,
         known_failures: &[],
     },
+    // Sharing an interface with the real xdp-filter through libxdp's dispatcher: every
+    // guest kernel loads extension programs, so the test may not skip there.
+    GuestTest {
+        package: "apns-tests",
+        test: "multiprog",
+        args: &[],
+        env: &[TIME_SCALE, ("APNS_EXPECT_MULTIPROG", "1")],
+        timeout_secs: 420,
+        known_failures: &[],
+    },
     // unload removes only a datapath's own pins.
     GuestTest {
         package: "apns-tests",

@@ -1,24 +1,36 @@
-//! `apns-agent attach [--xdp-mode M] IFACE...`: attach the datapath (loading it with Apple's
-//! default policy if nothing is pinned yet).
+//! `apns-agent attach [--xdp-mode M] [--xdp-multiprog C] [--xdp-priority N] IFACE...`:
+//! attach the datapath (loading it with Apple's default policy if nothing is pinned yet).
+//! Where an interface runs libxdp's dispatcher (and `xdp_multiprog` is not `never`), the
+//! agent joins it as one more component.
 
 use crate::{
-    cli::Global,
+    cli::{Global, SharingArgs},
     cmd::live,
-    datapath::{self, interfaces::InterfaceRole, links, occupants, Datapath, Installed, XdpMode},
+    datapath::{
+        self, interfaces::InterfaceRole, links, occupants, Datapath, Installed, Sharing, XdpMode,
+    },
     privileges,
     settings::Settings,
 };
 
-pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyhow::Result<()> {
+pub fn attach(
+    global: &Global,
+    xdp_mode: XdpMode,
+    sharing: &SharingArgs,
+    interfaces: &[String],
+) -> anyhow::Result<()> {
     privileges::require(privileges::CHANGE, "apns-agent attach")?;
     let settings = Settings::resolve(&global.into())?;
     let pins = &settings.pins;
+    let multiprog = sharing
+        .xdp_multiprog
+        .unwrap_or(settings.config.sharing.multiprog);
     // Every name first, and what runs there: a typo or someone else's XDP program must not
     // leave a half-made datapath behind.
     for interface in interfaces {
         links::check_interface_name(interface)?;
         let ifindex = links::ifindex(interface)?;
-        occupants::check_free(interface, ifindex, pins)?;
+        occupants::check_free(interface, ifindex, pins, multiprog)?;
     }
     pins.prepare()?;
     let lock = pins.lock()?;
@@ -27,6 +39,12 @@ pub fn attach(global: &Global, xdp_mode: XdpMode, interfaces: &[String]) -> anyh
         Datapath::install(pins, &lock, None, settings.config.clients.table_size)?;
     let attached = live::change_open(&settings, &mut datapath, &lock, |desired| {
         desired.xdp_mode = xdp_mode;
+        desired.sharing = Sharing {
+            multiprog,
+            priority: sharing
+                .xdp_priority
+                .unwrap_or(settings.config.sharing.priority),
+        };
         // As `fastpath` does: a `mark` interface takes the config's mark bits.
         desired.mark = settings.config.mark;
         for interface in interfaces {

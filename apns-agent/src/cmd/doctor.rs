@@ -34,6 +34,7 @@ pub fn doctor(global: &Global, args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     };
     checks.extend([host::kernel()]);
     checks.extend(host::verifier());
+    checks.push(host::multiprog(config.sharing.multiprog));
     checks.extend([
         host::capabilities(),
         host::bpffs(),

@@ -152,6 +152,9 @@ pub fn interface_line(interface: &InterfaceStatus) -> String {
             interface.ifindex.unwrap_or(0)
         ),
         LinkState::Unreadable => "NOT attached (stale pin)".to_owned(),
+        LinkState::LeftDispatcher => {
+            "NOT attached: our component is no longer in the interface's libxdp dispatcher (`detach` removes the record, `attach` joins again)".to_owned()
+        }
         LinkState::Missing => {
             "NOT attached: missing (no such interface here; the config or `attach` wants it, and `run` attaches it when it appears)".to_owned()
         }
@@ -174,6 +177,12 @@ pub fn interface_line(interface: &InterfaceStatus) -> String {
             .map_or("-".to_owned(), |id| id.to_string()),
         interface.link_pin
     );
+    if let Some(slot) = &interface.dispatcher {
+        line.push_str(&format!(
+            ", in libxdp dispatcher {} at slot {} (priority {})",
+            slot.dispatcher_id, slot.slot, slot.priority
+        ));
+    }
     if let Some(paths) = &interface.paths {
         line.push('\n');
         line.push_str(&paths_line(paths));

@@ -27,7 +27,7 @@ use super::{
     layout,
     links::{self, TcHook},
     object::{self, EbpfLog},
-    pins::{restrict, PinDir},
+    pins::{restrict, AttachMode, PinDir},
     sys,
 };
 
@@ -114,7 +114,7 @@ pub fn load_programs(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 /// version, and the connection table's halves share its layout.
 pub fn swap_programs(ebpf: &mut Ebpf, pins: &PinDir) -> anyhow::Result<()> {
     for hook in [TcHook::FastPath, TcHook::Connections] {
-        let program = object::tc_hook_program(ebpf, hook)?;
+        let program = tc_hook_program(ebpf, hook)?;
         let mut tcx_links = Vec::new();
         for (interface, record) in hook.attachments(pins)? {
             if sys::pins_a_link(&record) {
@@ -131,8 +131,28 @@ pub fn swap_programs(ebpf: &mut Ebpf, pins: &PinDir) -> anyhow::Result<()> {
         }
         swap_in(program, tcx_links.into_iter(), &hook.program_pin(pins))?;
     }
-    let xdp_links = pins.links()?.into_iter().map(|link| link.path);
-    swap_in(object::xdp_program(ebpf)?, xdp_links, &pins.program())
+    let (components, xdp_links): (Vec<_>, Vec<_>) = pins
+        .links()?
+        .into_iter()
+        .partition(|link| link.mode == AttachMode::Libxdp);
+    swap_in(
+        object::xdp_program(ebpf)?,
+        xdp_links.into_iter().map(|link| link.path),
+        &pins.program(),
+    )?;
+    // A component cannot be swapped in place: its dispatcher is rebuilt around the new one.
+    for component in &components {
+        links::rejoin(pins, component)?;
+    }
+    Ok(())
+}
+
+/// The TC program of `hook` in a loaded object.
+fn tc_hook_program(ebpf: &mut Ebpf, hook: TcHook) -> anyhow::Result<&mut SchedClassifier> {
+    match hook {
+        TcHook::FastPath => object::tc_program(ebpf),
+        TcHook::Connections => object::tc_conns_program(ebpf),
+    }
 }
 
 /// Which of the datapath's programs.
@@ -187,22 +207,8 @@ pub fn load(
     let mut loader = object::loader(&constants);
     warn_if_resized(maps_at, connections);
     loader.map_max_entries(CONNS, connections);
-    let paths: Vec<(&str, PathBuf)> = apns_common::maps::ALL
-        .iter()
-        .map(|layout| (layout.name, maps_at.map(layout.name)))
-        .collect();
-    for (name, path) in &paths {
-        loader.map_pin_path(name, path.as_path());
-    }
-    let mut ebpf = loader.load(object).with_context(|| {
-        format!(
-            "loading the datapath with its maps pinned in {}",
-            maps_at.maps_dir().display()
-        )
-    })?;
-    for (_, path) in &paths {
-        restrict(path)?;
-    }
+    let paths = object::map_pins(maps_at);
+    let mut ebpf = object::load_with_pinned_maps(loader, &paths, maps_at, object)?;
     stamp(&mut ebpf, version, log)?;
     Ok(ebpf)
 }

@@ -13,7 +13,7 @@ use aya::{
     programs::{
         links::{FdLink, Link as _, LinkOrder, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcAttachType, TcHandle},
-        ProgramInfo, SchedClassifier, Xdp, XdpMode as KernelXdpMode,
+        Extension, ProgramFd, ProgramInfo, SchedClassifier, Xdp, XdpMode as KernelXdpMode,
     },
     sys::NetlinkError,
 };
@@ -21,8 +21,11 @@ use aya_obj::programs::XdpAttachType;
 
 use super::{
     features::{Feature, Features},
-    netdev,
-    pins::{restrict, AttachMode, LinkPin, PinDir},
+    layout,
+    multiprog::{self, Member, Multiprog, Sharing},
+    netdev::{self, XdpAttachMode},
+    object, occupants,
+    pins::{self, restrict, AttachMode, LinkPin, PinDir},
     sys::{self, LinkFacts},
 };
 
@@ -71,28 +74,56 @@ pub fn facts(link: &LinkPin) -> Option<LinkFacts> {
     sys::pinned_link(&link.path).ok()
 }
 
-/// Attaches the pinned XDP program to `interface` (index `ifindex`) and pins the link.
+/// How to attach XDP to a new interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpAttach {
+    pub mode: XdpMode,
+    pub sharing: Sharing,
+}
+
+/// Whether attaching `interface` (index `ifindex`) with `multiprog` makes the agent a
+/// component of libxdp's dispatcher there rather than the interface's only XDP program.
+pub fn joins(ifindex: u32, multiprog: Multiprog) -> anyhow::Result<bool> {
+    Ok(match multiprog {
+        Multiprog::Never => false,
+        Multiprog::Always => true,
+        Multiprog::Auto => occupants::of(ifindex, None)?
+            .iter()
+            .any(occupants::Occupant::joinable),
+    })
+}
+
+/// Attaches XDP to `interface` (index `ifindex`): the pinned program with a pinned link of
+/// its own, or, where [`joins`] says so, our component in libxdp's dispatcher (at `sharing`'s
+/// priority). Returns the mode the record names.
 pub fn attach_xdp(
     pins: &PinDir,
     interface: &str,
     ifindex: u32,
-    choice: XdpMode,
+    how: XdpAttach,
 ) -> anyhow::Result<AttachMode> {
+    let XdpAttach {
+        mode: choice,
+        sharing,
+    } = how;
     if let Some(refusal) = Features::probe()?.attach_refusal() {
         bail!("{interface}: {refusal}");
     }
+    if joins(ifindex, sharing.multiprog)? {
+        join(pins, interface, ifindex, choice, sharing.priority)?;
+        return Ok(AttachMode::Libxdp);
+    }
     let mut program = Xdp::from_pin(pins.program(), XdpAttachType::Interface)
         .with_context(|| format!("opening the pinned program {}", pins.program().display()))?;
-    let attempts: &[AttachMode] = match choice {
-        XdpMode::Auto => &[AttachMode::Native, AttachMode::Skb],
-        XdpMode::Native => &[AttachMode::Native],
-        XdpMode::Skb => &[AttachMode::Skb],
-    };
     let mut last_error = None;
-    for &mode in attempts {
+    for &mode in attempts(choice) {
         let flags = match mode {
-            AttachMode::Native => KernelXdpMode::Driver,
-            AttachMode::Skb => KernelXdpMode::Skb,
+            XdpAttachMode::Native => KernelXdpMode::Driver,
+            _ => KernelXdpMode::Skb,
+        };
+        let mode = match mode {
+            XdpAttachMode::Native => AttachMode::Native,
+            _ => AttachMode::Skb,
         };
         match program.attach_to_if_index(ifindex, flags) {
             Ok(id) => {
@@ -115,8 +146,8 @@ pub fn attach_xdp(
     }
     let (mode, err) = last_error.expect("at least one attach attempt");
     let or_skb = match mode {
-        AttachMode::Skb => "",
         AttachMode::Native => ", or try --xdp-mode skb",
+        _ => "",
     };
     Err(anyhow::Error::new(err)).with_context(|| {
         format!(
@@ -126,10 +157,239 @@ pub fn attach_xdp(
     })
 }
 
-/// Removes a link pin, which detaches the link (its pin held the last reference).
+/// The XDP modes to try for `choice`, in order.
+fn attempts(choice: XdpMode) -> &'static [XdpAttachMode] {
+    match choice {
+        XdpMode::Auto => &[XdpAttachMode::Native, XdpAttachMode::Skb],
+        XdpMode::Native => &[XdpAttachMode::Native],
+        XdpMode::Skb => &[XdpAttachMode::Skb],
+    }
+}
+
+/// Makes our component a member of `interface`'s libxdp dispatcher (a new dispatcher, in
+/// `choice`'s mode, where the interface runs none) at `priority`, and records it in `pins`.
+fn join(
+    pins: &PinDir,
+    interface: &str,
+    ifindex: u32,
+    choice: XdpMode,
+    priority: u32,
+) -> anyhow::Result<()> {
+    let lock = multiprog::lock()?;
+    let built = match multiprog::current(interface, ifindex)? {
+        Some(current) => {
+            let mut members: Vec<Member<'_>> = current
+                .components
+                .into_iter()
+                .map(|component| Member::Existing(Box::new(component)))
+                .collect();
+            let mut load = component_loader(pins, interface);
+            members.push(Member::New {
+                priority,
+                load: &mut load,
+            });
+            let mode = current.dispatcher.mode;
+            multiprog::replace(
+                &lock,
+                interface,
+                ifindex,
+                Some(&current.dispatcher),
+                mode,
+                members,
+            )?
+        }
+        None => {
+            let mut last_error = None;
+            let mut built = None;
+            for &mode in attempts(choice) {
+                let mut load = component_loader(pins, interface);
+                let members = vec![Member::New {
+                    priority,
+                    load: &mut load,
+                }];
+                match multiprog::replace(&lock, interface, ifindex, None, mode, members) {
+                    Ok(done) => {
+                        built = Some(done);
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::debug!(interface, mode = mode.as_str(), error = %format!("{err:#}"), "dispatcher attach attempt failed");
+                        last_error = Some(err);
+                    }
+                }
+            }
+            match (built, last_error) {
+                (Some(built), _) => built,
+                (None, Some(err)) => return Err(err),
+                (None, None) => bail!("{interface}: no XDP mode to try"),
+            }
+        }
+    };
+    let component = built
+        .new_member_pin
+        .context("the new dispatcher has no component of ours")?;
+    record_component(pins, interface, ifindex, &component)
+}
+
+/// Pins our component (pinned by libxdp's layout at `component`) as the record of
+/// `interface` in `pins`.
+fn record_component(
+    pins: &PinDir,
+    interface: &str,
+    ifindex: u32,
+    component: &Path,
+) -> anyhow::Result<()> {
+    let record = pins.link(interface, ifindex, AttachMode::Libxdp);
+    Extension::from_pin(component)
+        .with_context(|| format!("opening our component {}", component.display()))?
+        .pin(&record)
+        .with_context(|| {
+            format!(
+                "recording our component of {interface} at {}",
+                record.display()
+            )
+        })?;
+    restrict(&record)
+}
+
+/// Loads our component for a dispatcher's slot, with the datapath's pinned maps: the
+/// [`multiprog::LoadComponent`] of [`join`] and [`rejoin`].
+fn component_loader<'a>(
+    pins: &'a PinDir,
+    interface: &'a str,
+) -> impl FnMut(&ProgramFd, &str, &Path) -> anyhow::Result<FdLink> + 'a {
+    move |dispatcher, function, pin| {
+        let mut ebpf = object::load_component(pins, layout::ebpf_log(pins)?)?;
+        let program: &mut Extension = ebpf
+            .program_mut(programs::XDP_COMPONENT)
+            .with_context(|| format!("the component object has no {}", programs::XDP_COMPONENT))?
+            .try_into()?;
+        program
+            .load(dispatcher.try_clone()?, function)
+            .with_context(|| {
+                format!(
+                    "{interface}: loading {} as an extension of the dispatcher's {function} (the verifier log follows; a kernel that refuses every extension program says EPERM here)",
+                    programs::XDP_COMPONENT
+                )
+            })?;
+        let link = program
+            .attach()
+            .with_context(|| format!("{interface}: attaching our component to {function}"))?;
+        let link = program.take_link(link)?;
+        program
+            .pin(pin)
+            .with_context(|| format!("pinning {}", pin.display()))?;
+        Ok(FdLink::from(link))
+    }
+}
+
+/// Our component's program id, from its record.
+fn component_id(record: &Path) -> anyhow::Result<u32> {
+    Ok(ProgramInfo::from_pin(record)
+        .with_context(|| format!("reading our component {}", record.display()))?
+        .id())
+}
+
+/// Where our component (recorded by `link`) runs: the dispatcher's program id, its slot
+/// and priority; `None` when the interface's dispatcher no longer runs it.
+pub fn component_slot(link: &LinkPin) -> Option<(u32, usize, u32)> {
+    let ours = component_id(&link.path).ok()?;
+    let current = multiprog::current(&link.interface, link.ifindex?).ok()??;
+    let slot = current.components.iter().position(|c| c.id == ours)?;
+    Some((
+        current.dispatcher.program_id,
+        slot,
+        current.components[slot].config.priority,
+    ))
+}
+
+/// Takes our component out of its dispatcher (detaching the dispatcher when it was the last)
+/// and removes its record `link`. A dispatcher that no longer runs it is left alone.
+fn leave(link: &LinkPin) -> anyhow::Result<()> {
+    let ours = component_id(&link.path)?;
+    if let Some(ifindex) = link.ifindex {
+        let lock = multiprog::lock()?;
+        // A plain program there now, or no device: nothing of ours to take out.
+        if let Ok(Some(current)) = multiprog::current(&link.interface, ifindex) {
+            if current.components.iter().any(|c| c.id == ours) {
+                let members = current
+                    .components
+                    .into_iter()
+                    .filter(|c| c.id != ours)
+                    .map(|component| Member::Existing(Box::new(component)))
+                    .collect();
+                let mode = current.dispatcher.mode;
+                multiprog::replace(
+                    &lock,
+                    &link.interface,
+                    ifindex,
+                    Some(&current.dispatcher),
+                    mode,
+                    members,
+                )?;
+            }
+        }
+    }
+    std::fs::remove_file(&link.path)
+        .with_context(|| format!("removing our component's record {}", link.path.display()))
+}
+
+/// Replaces our component recorded by `link` with this agent's (an upgrade): the dispatcher
+/// is rebuilt with the others as they are and ours, new, at its priority. A dispatcher
+/// that no longer runs ours is left alone.
+pub fn rejoin(pins: &PinDir, link: &LinkPin) -> anyhow::Result<()> {
+    let ours = component_id(&link.path)?;
+    let Some(ifindex) = link.ifindex else {
+        return Ok(());
+    };
+    let lock = multiprog::lock()?;
+    let Ok(Some(current)) = multiprog::current(&link.interface, ifindex) else {
+        return Ok(());
+    };
+    let Some(slot) = current.components.iter().position(|c| c.id == ours) else {
+        return Ok(());
+    };
+    let priority = current.components[slot].config.priority;
+    let mut load = component_loader(pins, &link.interface);
+    let mut members: Vec<Member<'_>> = current
+        .components
+        .into_iter()
+        .filter(|c| c.id != ours)
+        .map(|component| Member::Existing(Box::new(component)))
+        .collect();
+    members.push(Member::New {
+        priority,
+        load: &mut load,
+    });
+    let mode = current.dispatcher.mode;
+    let built = multiprog::replace(
+        &lock,
+        &link.interface,
+        ifindex,
+        Some(&current.dispatcher),
+        mode,
+        members,
+    )?;
+    let component = built
+        .new_member_pin
+        .context("the new dispatcher has no component of ours")?;
+    std::fs::remove_file(&link.path).with_context(|| {
+        format!(
+            "removing our old component's record {}",
+            link.path.display()
+        )
+    })?;
+    record_component(pins, &link.interface, ifindex, &component)
+}
+
+/// Removes a link pin, which detaches the link (its pin held the last reference); the record
+/// of a libxdp component takes it out of its dispatcher.
 pub fn remove(path: &std::path::Path) -> anyhow::Result<()> {
     if !path.exists() {
         return Ok(());
+    }
+    if let Some(link) = pins::link_pin_at(path).filter(|link| link.mode == AttachMode::Libxdp) {
+        return leave(&link);
     }
     let pinned = PinnedLink::from_pin(path)
         .with_context(|| format!("opening link pin {}", path.display()))?;

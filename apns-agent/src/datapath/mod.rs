@@ -33,6 +33,7 @@ pub mod interfaces;
 mod layout;
 pub mod links;
 pub mod migrate;
+pub mod multiprog;
 pub mod netdev;
 pub mod object;
 pub mod occupants;
@@ -56,6 +57,7 @@ use apns_common::{
 
 pub use install::Installed;
 pub use links::{TcHook, XdpMode};
+pub use multiprog::{Multiprog, Sharing};
 pub use object::EbpfLog;
 pub use pins::{Lock, PinDir};
 
@@ -349,6 +351,7 @@ impl Datapath {
             interfaces,
             devices,
             xdp_mode: XdpMode::Auto,
+            sharing: Sharing::default(),
             mark: mark
                 .filter(|bits| bits.validate().is_ok())
                 .unwrap_or_default(),

@@ -12,7 +12,8 @@ use std::{io, os::fd::AsRawFd as _, time::Duration};
 use anyhow::{bail, Context as _};
 use netlink_packet_core::{
     DecodeError, DefaultNla, Emitable, NetlinkDeserializable, NetlinkMessage, NetlinkPayload,
-    NetlinkSerializable, Nla as _, NlasIterator, Parseable, ParseableParametrized, NLM_F_REQUEST,
+    NetlinkSerializable, Nla as _, NlasIterator, Parseable, ParseableParametrized, NLM_F_ACK,
+    NLM_F_REQUEST,
 };
 use netlink_packet_generic::{
     ctrl::{nlas::GenlCtrlAttrs, GenlCtrl, GenlCtrlCmd},
@@ -396,6 +397,31 @@ pub fn tc_filter_program(
     Ok(program)
 }
 
+/// Attaches the XDP program `fd` to device `ifindex` through netlink (`None`: detaches),
+/// with the IFLA_XDP `flags`; `expected`, with `XDP_FLAGS_REPLACE`, is the program that must
+/// be attached now, so that a concurrent change fails instead of being overwritten. libxdp's
+/// dispatchers are attached this way, not with a bpf_link: netlink is the only way libxdp
+/// can swap them.
+pub fn set_xdp(
+    ifindex: u32,
+    fd: Option<i32>,
+    expected: Option<i32>,
+    flags: u32,
+) -> anyhow::Result<()> {
+    let mut request = LinkMessage::default();
+    request.header.index = ifindex;
+    let mut xdp = vec![LinkXdp::Fd(fd.unwrap_or(-1)), LinkXdp::Flags(flags)];
+    xdp.extend(expected.map(|fd| LinkXdp::ExpectedFd(fd as u32)));
+    request.attributes.push(LinkAttribute::Xdp(xdp));
+    exchange(
+        NETLINK_ROUTE,
+        RouteNetlinkMessage::SetLink(request),
+        NLM_F_REQUEST | NLM_F_ACK,
+    )
+    .with_context(|| format!("setting the XDP program of ifindex {ifindex} (RTM_SETLINK)"))?;
+    Ok(())
+}
+
 fn route_request(message: RouteNetlinkMessage) -> io::Result<RouteNetlinkMessage> {
     request_reply(NETLINK_ROUTE, message)
 }
@@ -405,13 +431,23 @@ fn request_reply<T>(protocol: isize, payload: T) -> io::Result<T>
 where
     T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
 {
+    exchange(protocol, payload, NLM_F_REQUEST)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "an acknowledgement, no answer"))
+}
+
+/// Sends one request and waits for the kernel's answer: its message, `None` for an
+/// acknowledgement (`NLM_F_ACK` in `flags`), an error answer as its errno.
+fn exchange<T>(protocol: isize, payload: T, flags: u16) -> io::Result<Option<T>>
+where
+    T: NetlinkSerializable + NetlinkDeserializable + std::fmt::Debug,
+{
     let mut socket = Socket::new(protocol)?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     set_receive_timeout(&socket, REPLY_TIMEOUT)?;
     let mut request =
         NetlinkMessage::new(Default::default(), NetlinkPayload::InnerMessage(payload));
-    request.header.flags = NLM_F_REQUEST;
+    request.header.flags = flags;
     request.header.sequence_number = 1;
     request.finalize();
     let mut buffer = vec![0; request.buffer_len()];
@@ -425,8 +461,9 @@ where
                 .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err.to_string()))?;
             let length = message.header.length as usize;
             match message.payload {
-                NetlinkPayload::InnerMessage(inner) => return Ok(inner),
+                NetlinkPayload::InnerMessage(inner) => return Ok(Some(inner)),
                 NetlinkPayload::Error(error) if error.code.is_some() => return Err(error.to_io()),
+                NetlinkPayload::Error(_) => return Ok(None),
                 _ => {}
             }
             if length == 0 {

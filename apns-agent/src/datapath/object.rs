@@ -1,14 +1,23 @@
 //! The datapath object built from apns-ebpf (by build.rs), and how to load it.
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
-use apns_common::{features, label::Label, programs};
+use apns_common::{features, label::Label, maps::CONNS, programs};
 use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
 
+use super::pins::{restrict, PinDir};
+
 /// The eBPF object, embedded at build time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apns"));
+
+/// The classifier as a component of libxdp's multiprog dispatcher (`apns_xdp_libxdp`, loaded
+/// as an extension program; docs/multiprog.md), with the same maps as [`OBJECT`].
+pub static COMPONENT_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apns-libxdp"));
 
 /// The same classifier with other instructions (another program tag) and identical maps and
 /// behaviour: lets tests exercise an upgrade through the pinned links.
@@ -117,6 +126,53 @@ pub fn loader(constants: &Constants) -> EbpfLoader<'_> {
     loader
 }
 
+/// Loads the libxdp component's object ([`COMPONENT_OBJECT`]) with the maps pinned in `pins`
+/// and aya-log level `log` (the pinned programs'), its program marked as an extension: the
+/// caller loads it against a dispatcher's slot.
+pub fn load_component(pins: &PinDir, log: EbpfLog) -> anyhow::Result<Ebpf> {
+    let constants = Constants::for_this_kernel(log)?;
+    let mut loader = loader(&constants);
+    loader.extension(programs::XDP_COMPONENT);
+    if let Ok(table) = aya::maps::MapInfo::from_pin(pins.map(CONNS)) {
+        loader.map_max_entries(CONNS, table.max_entries());
+    }
+    let paths = map_pins(pins);
+    load_with_pinned_maps(loader, &paths, pins, COMPONENT_OBJECT)
+}
+
+/// Each map of the datapath with its pin path in `maps_at`.
+pub fn map_pins(maps_at: &PinDir) -> Vec<(&'static str, PathBuf)> {
+    apns_common::maps::ALL
+        .iter()
+        .map(|layout| (layout.name, maps_at.map(layout.name)))
+        .collect()
+}
+
+/// Loads `object` with `loader` and every map of the datapath pinned at `paths` in `maps_at`
+/// (reused where pinned, else created and pinned there: aya's `map_pin_path`).
+pub fn load_with_pinned_maps<'a>(
+    mut loader: EbpfLoader<'a>,
+    paths: &'a [(&'static str, PathBuf)],
+    maps_at: &PinDir,
+    object: &[u8],
+) -> anyhow::Result<Ebpf> {
+    for (name, path) in paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let ebpf = loader.load(object).with_context(|| {
+        format!(
+            "loading the datapath with its maps pinned in {}",
+            maps_at.maps_dir().display()
+        )
+    })?;
+    for (_, path) in paths {
+        if path.exists() {
+            restrict(path)?;
+        }
+    }
+    Ok(ebpf)
+}
+
 /// Loads the object with fresh, unpinned maps and loads (verifies) the XDP program, without
 /// attaching it anywhere, logging off, with this kernel's features. Used by tests and
 /// benchmarks that drive the program through BPF_PROG_TEST_RUN.
@@ -158,17 +214,6 @@ pub fn tc_program(ebpf: &mut Ebpf) -> anyhow::Result<&mut SchedClassifier> {
         .with_context(|| format!("program {} is not a TC classifier", programs::TC))
 }
 
-/// The TC program of `hook` in a loaded object.
-pub fn tc_hook_program(
-    ebpf: &mut Ebpf,
-    hook: super::links::TcHook,
-) -> anyhow::Result<&mut SchedClassifier> {
-    match hook {
-        super::links::TcHook::FastPath => tc_program(ebpf),
-        super::links::TcHook::Connections => tc_conns_program(ebpf),
-    }
-}
-
 /// What the verifier said of one program: its size once translated, and how many
 /// instructions the verifier processed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +241,26 @@ pub fn verify_all() -> anyhow::Result<Vec<(&'static str, Result<Verified, String
         verdicts.push((name, verdict(tc.load(), || tc.info())));
     }
     Ok(verdicts)
+}
+
+/// The verifier's verdict on the libxdp component ([`COMPONENT_OBJECT`], fresh maps) as an
+/// extension of a slot of libxdp's dispatcher (`multiprog`), both loaded and attached
+/// nowhere. An error when there is no dispatcher to load (libxdp's object missing).
+pub fn verify_component() -> anyhow::Result<Result<Verified, String>> {
+    let (dispatcher, _, slot) = super::multiprog::unattached_dispatcher(2)?;
+    let constants = Constants::for_this_kernel(EbpfLog::Off)?;
+    let mut loader = loader(&constants);
+    loader.extension(programs::XDP_COMPONENT);
+    let mut ebpf = loader
+        .load(COMPONENT_OBJECT)
+        .context("loading the libxdp component's object (maps and BTF)")?;
+    let component: &mut aya::programs::Extension = ebpf
+        .program_mut(programs::XDP_COMPONENT)
+        .with_context(|| format!("the component object has no {}", programs::XDP_COMPONENT))?
+        .try_into()?;
+    Ok(verdict(component.load(dispatcher, slot), || {
+        component.info()
+    }))
 }
 
 fn verdict(

@@ -3,10 +3,8 @@
 //! `attach` reads it to never clobber someone else's program, and says in one line what is
 //! in the way and how to clear it; `doctor` reports it.
 //!
-//! The agent does not join libxdp dispatchers (not built yet; docs/preflight.md says where
-//! it could: Debian's 5.10 and 6.1 load its XDP program as a dispatcher component, 6.12
-//! refuses it for its `bpf_xdp_adjust_meta` calls, and the host's kernel refuses every
-//! extension program). So any program that is not ours is in the way.
+//! A libxdp dispatcher (with libxdp's pins) is not in the way unless `xdp_multiprog` is
+//! `never`: the agent joins it (`multiprog`). Any other program that is not ours is.
 
 use std::path::{Path, PathBuf};
 
@@ -14,16 +12,11 @@ use anyhow::Context as _;
 use aya::programs::{links::LinkType, loaded_links, loaded_programs, ProgramInfo};
 
 use super::{
+    multiprog::{Multiprog, LIBXDP_DIR, LIBXDP_DISPATCHER},
     netdev::{self, XdpAttachMode},
     pins::{PinDir, BPFFS_ROOT},
     sys,
 };
-
-/// The program name libxdp gives its dispatchers.
-pub const LIBXDP_DISPATCHER: &str = "xdp_dispatcher";
-/// Where libxdp pins dispatchers, relative to bpffs (`$LIBXDP_BPFFS` moves it; we read the
-/// default).
-const LIBXDP_DIR: &str = "xdp";
 
 /// One XDP program on an interface.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -90,11 +83,23 @@ impl Occupant {
         )
     }
 
+    /// Whether the agent can join it: a libxdp dispatcher with libxdp's pins.
+    pub fn joinable(&self) -> bool {
+        self.dispatcher
+            .as_ref()
+            .is_some_and(|dispatcher| dispatcher.pin_dir.is_some())
+    }
+
     /// How an operator clears the interface, in words.
     pub fn way_out(&self, interface: &str) -> String {
+        if self.joinable() {
+            return format!(
+                "set xdp_multiprog = \"auto\" (or --xdp-multiprog auto) to run beside its components, unload them first (`xdp-loader unload {interface} --all`), or run the agent on another interface"
+            );
+        }
         if self.dispatcher.is_some() {
             return format!(
-                "unload its components first (`xdp-loader unload {interface} --all`; apns-agent does not join libxdp dispatchers), or run the agent on another interface"
+                "libxdp cannot change it either: detach it (`ip link set dev {interface} xdp off`) and load its programs again, or run the agent on another interface"
             );
         }
         if let Some(link) = self.link_id {
@@ -162,11 +167,20 @@ pub fn of(ifindex: u32, pins: Option<&PinDir>) -> anyhow::Result<Vec<Occupant>> 
 }
 
 /// Refuses, in one line naming the program and the way out, when `interface` (index
-/// `ifindex`) runs an XDP program that is not the one of `pins`. Changes nothing.
-pub fn check_free(interface: &str, ifindex: u32, pins: &PinDir) -> anyhow::Result<()> {
+/// `ifindex`) runs an XDP program that is not the one of `pins`, nor (unless `multiprog` is
+/// `never`) a libxdp dispatcher the agent can join. Changes nothing.
+pub fn check_free(
+    interface: &str,
+    ifindex: u32,
+    pins: &PinDir,
+    multiprog: Multiprog,
+) -> anyhow::Result<()> {
     let occupants = of(ifindex, Some(pins))
         .with_context(|| format!("reading the XDP programs of {interface}"))?;
-    match occupants.iter().find(|occupant| !occupant.ours) {
+    let in_the_way = |occupant: &&Occupant| {
+        !occupant.ours && (multiprog == Multiprog::Never || !occupant.joinable())
+    };
+    match occupants.iter().find(in_the_way) {
         None => Ok(()),
         Some(other) => anyhow::bail!(
             "{interface} runs {}: {}",
@@ -257,5 +271,8 @@ mod tests {
         assert!(dispatcher
             .way_out("lan0")
             .contains("xdp-loader unload lan0 --all"));
+        assert!(dispatcher
+            .way_out("lan0")
+            .contains("xdp_multiprog = \"auto\""));
     }
 }

@@ -7,7 +7,8 @@
 //! maps/<MAP NAME>       every map of apns_common::maps (pins are 0600)
 //! program               the XDP program the links run (status reads its id and tag)
 //! links/<ifname>:<ifindex>:<mode>
-//!                       one bpf_link per interface; mode is native or skb
+//!                       one bpf_link per interface; mode is native or skb; or, mode
+//!                       libxdp, a pin of our component in libxdp's dispatcher there
 //! tc-program            the fast paths' TC ingress program (mark and redirect)
 //! tc-links/<ifname>     its TCX link, on interfaces whose fast path is `mark` or `redirect`
 //! tc-conns-program      the connection table's TC egress program
@@ -64,6 +65,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub enum AttachMode {
     Native,
     Skb,
+    /// A component of libxdp's dispatcher (`multiprog`); the pin is then our extension
+    /// program, not a link.
+    Libxdp,
 }
 
 impl AttachMode {
@@ -71,6 +75,7 @@ impl AttachMode {
         match self {
             AttachMode::Native => "native",
             AttachMode::Skb => "skb",
+            AttachMode::Libxdp => "libxdp",
         }
     }
 
@@ -78,6 +83,7 @@ impl AttachMode {
         match text {
             "native" => Some(AttachMode::Native),
             "skb" => Some(AttachMode::Skb),
+            "libxdp" => Some(AttachMode::Libxdp),
             _ => None,
         }
     }
@@ -197,7 +203,7 @@ impl PinDir {
         for (name, path) in list(&self.links_dir())? {
             let Some(link) = parse_link_pin(&name, &path) else {
                 bail!(
-                    "{} is not an apns-agent link pin (expected <interface>:<ifindex>:native or ...:skb); remove it or run `apns-agent unload`",
+                    "{} is not an apns-agent link pin (expected <interface>:<ifindex>:native, ...:skb or ...:libxdp); remove it or run `apns-agent unload`",
                     path.display()
                 );
             };
@@ -471,6 +477,11 @@ fn pin_name(interface: &str) -> String {
 /// The interface name a pin name stands for ([`pin_name`] undone).
 fn interface_of(pin_name: &str) -> String {
     pin_name.replace("%2E", ".").replace("%25", "%")
+}
+
+/// The link pin at `path` (a file of `links/`), as its name says.
+pub fn link_pin_at(path: &Path) -> Option<LinkPin> {
+    parse_link_pin(path.file_name()?.to_str()?, path)
 }
 
 /// Reads a link pin's name: `<interface>:<ifindex>:<mode>`, or the first release's

@@ -30,11 +30,12 @@ use apns_common::{events::EventConfig, label::Label};
 use super::{
     features::{Feature, Features},
     interfaces::{FastPath, InterfaceRole, MarkBits},
-    links::{self, TcHook, XdpMode},
+    links::{self, TcHook, XdpAttach, XdpMode},
+    multiprog::Multiprog,
     occupants,
     pins::{AttachMode, Lock},
     policy::Policy,
-    running_on, Datapath,
+    running_on, Datapath, Sharing,
 };
 
 /// The whole state wanted of a datapath.
@@ -48,6 +49,8 @@ pub struct Desired {
     pub devices: BTreeSet<String>,
     /// How to attach interfaces that are not attached yet (those that are keep their mode).
     pub xdp_mode: XdpMode,
+    /// Whether interfaces not attached yet are shared through libxdp's dispatcher.
+    pub sharing: Sharing,
     /// The bits the `mark` fast path sets.
     pub mark: MarkBits,
     pub policy: Policy,
@@ -195,6 +198,21 @@ pub fn policy_summary(old: &Policy, new: &Policy) -> String {
     }
 }
 
+/// Refuses a `mark` or `redirect` fast path on an interface shared through libxdp's
+/// dispatcher where the TC program expects XDP metadata: our component writes none (it is
+/// built without `bpf_xdp_adjust_meta`, which Linux 6.12 refuses in a dispatcher component).
+/// Where the kernel has no XDP metadata at all, the TC program classifies by itself and
+/// both work.
+fn refuse_shared_fastpath(interface: &str, fastpath: FastPath) -> anyhow::Result<()> {
+    if Features::probe()?.has(Feature::XdpMeta) {
+        bail!(
+            "{interface} is shared with other XDP programs (libxdp's dispatcher), where the {} fast path cannot work on this kernel: the agent's component hands no XDP metadata to its TC program. Use the pass fast path there, or give the agent the interface alone (xdp_multiprog = \"never\", after unloading the other programs)",
+            fastpath.as_str()
+        );
+    }
+    Ok(())
+}
+
 /// The changing calls of [`Datapath`]: [`Datapath::reconcile`] and the steps it takes.
 impl Datapath {
     /// Brings the datapath to `desired` and says what changed; see this module's documentation
@@ -219,7 +237,7 @@ impl Datapath {
                     continue;
                 };
                 // Never clobber someone else's XDP program: refuse before anything changes.
-                occupants::check_free(interface, ifindex, &self.pins)?;
+                occupants::check_free(interface, ifindex, &self.pins, desired.sharing.multiprog)?;
                 new.push((interface.as_str(), ifindex, fastpath));
             }
         }
@@ -232,7 +250,10 @@ impl Datapath {
                 fastpath,
                 desired.role(interface),
                 desired.mark,
-                desired.xdp_mode,
+                XdpAttach {
+                    mode: desired.xdp_mode,
+                    sharing: desired.sharing,
+                },
             );
             match attached {
                 Ok((mode, path)) => {
@@ -278,6 +299,9 @@ impl Datapath {
                 && self.fastpath_complete(&link.interface, ifindex, fastpath)?
             {
                 continue;
+            }
+            if link.mode == AttachMode::Libxdp && fastpath != FastPath::Pass {
+                refuse_shared_fastpath(&link.interface, fastpath)?;
             }
             self.set_fastpath(&link.interface, ifindex, fastpath, desired.mark)?;
             let from = current.map_or(FastPath::Pass, |(fastpath, _)| fastpath);
@@ -326,10 +350,24 @@ impl Datapath {
             let Ok(ifindex) = links::ifindex(&link.interface) else {
                 continue;
             };
-            if links::facts(&link).map(|facts| facts.ifindex) == Some(ifindex) {
+            let runs_there = if link.mode == AttachMode::Libxdp {
+                link.ifindex
+            } else {
+                links::facts(&link).map(|facts| facts.ifindex)
+            };
+            if runs_there == Some(ifindex) {
                 continue;
             }
-            occupants::check_free(&link.interface, ifindex, &self.pins)?;
+            // A shared interface stays shared on the device that took its name.
+            let sharing = Sharing {
+                multiprog: if link.mode == AttachMode::Libxdp {
+                    Multiprog::Always
+                } else {
+                    Multiprog::Auto
+                },
+                ..Sharing::default()
+            };
+            occupants::check_free(&link.interface, ifindex, &self.pins, sharing.multiprog)?;
             let (fastpath, mark) = self.fastpath_of(&link)?.unwrap_or_default();
             let role = self.role_of(&link)?;
             self.drop_interface(&link.interface, running_on(&link).unwrap_or(0), &link.path)?;
@@ -344,7 +382,10 @@ impl Datapath {
                 fastpath,
                 role,
                 mark,
-                XdpMode::Auto,
+                XdpAttach {
+                    mode: XdpMode::Auto,
+                    sharing,
+                },
             )?;
             changes.0.push(Change::Reattached {
                 interface: link.interface,
@@ -363,15 +404,18 @@ impl Datapath {
         fastpath: FastPath,
         role: InterfaceRole,
         mark: MarkBits,
-        xdp_mode: XdpMode,
+        how: XdpAttach,
     ) -> anyhow::Result<(AttachMode, std::path::PathBuf)> {
+        if fastpath != FastPath::Pass && links::joins(ifindex, how.sharing.multiprog)? {
+            refuse_shared_fastpath(interface, fastpath)?;
+        }
         // The fast path and role before the link: the first packet already takes them.
         let attached = self
             .interfaces
             .register(ifindex, FastPath::Pass)
             .and_then(|()| self.set_fastpath(interface, ifindex, fastpath, mark))
             .and_then(|()| self.set_role(interface, ifindex, role))
-            .and_then(|()| links::attach_xdp(&self.pins, interface, ifindex, xdp_mode));
+            .and_then(|()| links::attach_xdp(&self.pins, interface, ifindex, how));
         match attached {
             Ok(mode) => Ok((mode, self.pins.link(interface, ifindex, mode))),
             Err(err) => {

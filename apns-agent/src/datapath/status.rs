@@ -12,7 +12,7 @@ use super::{
     features::{Feature, Features},
     interfaces::{FastPath, InterfaceRole},
     links,
-    pins::{LinkPin, PinDir},
+    pins::{AttachMode, LinkPin, PinDir},
     policy::Policy,
 };
 
@@ -112,6 +112,9 @@ pub enum LinkState {
     OtherNamespace,
     /// The pin exists but its link cannot be read.
     Unreadable,
+    /// Our libxdp component is no longer in the interface's dispatcher (another tool took
+    /// it out, e.g. `xdp-loader unload --all`); `detach` removes the record.
+    LeftDispatcher,
     /// No link pin and no device of that name in this network namespace, though the config
     /// (or `attach`) wants the interface: it is attached when it appears. (`run` goes on with
     /// the others rather than leave every interface unenforced.)
@@ -126,6 +129,7 @@ impl Label for LinkState {
         LinkState::InterfaceGone,
         LinkState::OtherNamespace,
         LinkState::Unreadable,
+        LinkState::LeftDispatcher,
         LinkState::Missing,
     ];
     fn as_str(self) -> &'static str {
@@ -135,6 +139,7 @@ impl Label for LinkState {
             LinkState::InterfaceGone => "interface_gone",
             LinkState::OtherNamespace => "other_namespace",
             LinkState::Unreadable => "unreadable",
+            LinkState::LeftDispatcher => "left_dispatcher",
             LinkState::Missing => "missing",
         }
     }
@@ -163,9 +168,20 @@ pub struct InterfaceStatus {
     pub program_id: Option<u32>,
     pub link_id: Option<u32>,
     pub link_pin: String,
+    /// Where our component runs in the interface's libxdp dispatcher (xdp_mode `libxdp`).
+    pub dispatcher: Option<DispatcherSlot>,
     /// For a `redirect` interface, how its APNs packets left it (filled in by
     /// `Datapath::status`).
     pub paths: Option<PathReport>,
+}
+
+/// Our component's place in a libxdp dispatcher.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DispatcherSlot {
+    pub dispatcher_id: u32,
+    /// 0 runs first.
+    pub slot: usize,
+    pub priority: u32,
 }
 
 /// How a `redirect` interface's APNs packets left it, in the JSON of `status` and `stats`
@@ -227,6 +243,9 @@ impl InterfaceStatus {
         link: &LinkPin,
         settings: impl Fn(u32) -> anyhow::Result<(Option<FastPath>, Option<InterfaceRole>)>,
     ) -> anyhow::Result<InterfaceStatus> {
+        if link.mode == AttachMode::Libxdp {
+            return Self::of_component(link, settings);
+        }
         let facts = links::facts(link);
         let ifindex = facts.map(|facts| facts.ifindex);
         let current_name = ifindex
@@ -256,6 +275,49 @@ impl InterfaceStatus {
             program_id: facts.map(|facts| facts.program_id),
             link_id: facts.map(|facts| facts.link_id),
             link_pin: link.path.display().to_string(),
+            dispatcher: None,
+            paths: None,
+        })
+    }
+
+    /// The state of our libxdp component recorded by `link`: attached while the interface's
+    /// dispatcher runs it.
+    fn of_component(
+        link: &LinkPin,
+        settings: impl Fn(u32) -> anyhow::Result<(Option<FastPath>, Option<InterfaceRole>)>,
+    ) -> anyhow::Result<InterfaceStatus> {
+        let slot = links::component_slot(link);
+        let current_name = link.ifindex.and_then(links::interface_name);
+        let state = match (slot, &current_name) {
+            (Some(_), Some(name)) if *name == link.interface => LinkState::Attached,
+            (Some(_), _) => LinkState::Renamed,
+            (None, None) => LinkState::InterfaceGone,
+            (None, Some(_)) => LinkState::LeftDispatcher,
+        };
+        let attached = slot.is_some();
+        let (fastpath, role) = match link.ifindex.filter(|_| attached) {
+            Some(index) => settings(index)?,
+            None => (None, None),
+        };
+        Ok(InterfaceStatus {
+            interface: link.interface.clone(),
+            attached,
+            state,
+            ifindex: link.ifindex,
+            current_name: current_name.filter(|name| *name != link.interface),
+            xdp_mode: link.mode.as_str(),
+            fastpath,
+            role,
+            program_id: aya::programs::ProgramInfo::from_pin(&link.path)
+                .ok()
+                .map(|info| info.id()),
+            link_id: None,
+            link_pin: link.path.display().to_string(),
+            dispatcher: slot.map(|(dispatcher_id, slot, priority)| DispatcherSlot {
+                dispatcher_id,
+                slot,
+                priority,
+            }),
             paths: None,
         })
     }
@@ -275,6 +337,7 @@ impl InterfaceStatus {
             program_id: None,
             link_id: None,
             link_pin: String::new(),
+            dispatcher: None,
             paths: None,
         }
     }

@@ -13,6 +13,7 @@ use apns_common::{fastpath::FastPath, label::Label as _};
 use crate::{
     datapath::{
         features::{Feature, Features, FEATURES_OFF_VAR},
+        multiprog::{self, Multiprog},
         object,
         pins::{self, PinDir, BPFFS_ROOT},
         status, Datapath,
@@ -148,6 +149,53 @@ pub fn verifier() -> Vec<Check> {
             format!("{err:#}"),
             "report it with `apns-agent doctor --json` and `uname -a`",
         )],
+    }
+}
+
+/// Whether the agent can share interfaces with libxdp programs (docs/multiprog.md): its
+/// component loaded as an extension of a slot of libxdp's dispatcher, both attached nowhere.
+/// Where it cannot, `always` fails (every attach would), `auto` only says so: it shares only
+/// interfaces that run a dispatcher, and those are refused by their own check.
+pub fn multiprog(choice: Multiprog) -> Check {
+    const CHECK: &str = "multiprog";
+    if choice == Multiprog::Never {
+        return Check::ok(CHECK, "not used (xdp_multiprog = \"never\")");
+    }
+    if !privileges::missing(privileges::CHANGE).is_empty() {
+        return Check::warn(
+            CHECK,
+            "not asked (loading programs needs the capabilities above)",
+            "run doctor as root",
+        );
+    }
+    let (unavailable, fix) = match object::verify_component() {
+        Ok(Ok(counts)) => {
+            return Check::ok(
+                CHECK,
+                format!(
+                    "the agent's component loads in libxdp's dispatcher ({}): {} instructions, {} processed",
+                    multiprog::dispatcher_object()
+                        .map_or_else(|_| "?".to_owned(), |path| path.display().to_string()),
+                    counts.translated,
+                    counts.processed
+                ),
+            )
+        }
+        Ok(Err(line)) => (
+            format!("this kernel refuses the agent's component as an extension program: {line}"),
+            "a kernel that loads extension programs (Debian 11 to 13 do), or xdp_multiprog = \"auto\"",
+        ),
+        Err(err) => (
+            format!("{err:#}"),
+            "install libxdp1 (xdp-tools), or xdp_multiprog = \"auto\"",
+        ),
+    };
+    match choice {
+        Multiprog::Always => Check::fail(CHECK, unavailable, fix),
+        _ => Check::ok(
+            CHECK,
+            format!("unavailable, so interfaces that run xdp-filter or another libxdp program cannot be shared: {unavailable}"),
+        ),
     }
 }
 

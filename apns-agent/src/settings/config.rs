@@ -22,6 +22,7 @@ use crate::{
     datapath::{
         interfaces::{FastPath, InterfaceRole, MarkBits},
         links::{check_interface_name, XdpMode},
+        multiprog::{Multiprog, Sharing},
         pins::DEFAULT_PIN_DIR,
         policy::{parse_prefix, ApplePreset, Mode, Policy, DEFAULT_PORTS},
     },
@@ -39,6 +40,8 @@ pub struct Config {
     /// The bits the `mark` fast path sets in `skb->mark`.
     pub mark: MarkBits,
     pub xdp_mode: XdpMode,
+    /// `xdp_multiprog` and `xdp_priority`.
+    pub sharing: Sharing,
     pub pin_dir: String,
     pub policy: Policy,
     /// Where the policy's prefix lists came from.
@@ -90,6 +93,7 @@ impl Default for Config {
             fastpath: BTreeMap::new(),
             mark: MarkBits::default(),
             xdp_mode: XdpMode::Auto,
+            sharing: Sharing::default(),
             pin_dir: DEFAULT_PIN_DIR.to_owned(),
             policy: Policy::apple_defaults(),
             sources: PrefixSources::default(),
@@ -112,6 +116,12 @@ struct File {
     /// auto | native | skb; default auto.
     #[serde(default)]
     xdp_mode: Option<Labeled<XdpMode>>,
+    /// auto | never | always; default auto.
+    #[serde(default)]
+    xdp_multiprog: Option<Labeled<Multiprog>>,
+    /// Our component's priority in a libxdp dispatcher; default 50.
+    #[serde(default)]
+    xdp_priority: Option<u32>,
     /// Default /sys/fs/bpf/apns-agent.
     #[serde(default)]
     pin_dir: Option<String>,
@@ -393,6 +403,12 @@ impl Config {
                 .map(|(interface, fastpath)| (interface, fastpath.0))
                 .collect(),
             xdp_mode: file.xdp_mode.map_or(XdpMode::Auto, |mode| mode.0),
+            sharing: Sharing {
+                multiprog: file
+                    .xdp_multiprog
+                    .map_or(defaults.sharing.multiprog, |multiprog| multiprog.0),
+                priority: file.xdp_priority.unwrap_or(defaults.sharing.priority),
+            },
             pin_dir: file.pin_dir.unwrap_or(defaults.pin_dir),
             mark: file.mark.map_or(defaults.mark, |mark| mark.0),
             policy,

@@ -14,7 +14,12 @@ use std::path::{Path, PathBuf};
 use apns_common::{fastpath::FastPath, policy::Mode};
 
 use crate::datapath::{
-    interfaces::InterfaceRole, links::XdpMode, pins::DEFAULT_PIN_DIR, reconcile::Desired, PinDir,
+    interfaces::InterfaceRole,
+    links::XdpMode,
+    multiprog::{Multiprog, Sharing},
+    pins::DEFAULT_PIN_DIR,
+    reconcile::Desired,
+    PinDir,
 };
 
 use self::{
@@ -38,6 +43,8 @@ pub struct RunFlags {
     pub interfaces: Vec<String>,
     pub mode: Option<Mode>,
     pub xdp_mode: Option<XdpMode>,
+    pub xdp_multiprog: Option<Multiprog>,
+    pub xdp_priority: Option<u32>,
     /// Added to the config's `[fastpath]` table.
     pub fastpath: Vec<(String, FastPath)>,
     /// Added to the config's `[roles]` table.
@@ -123,6 +130,10 @@ impl Settings {
                 .cloned()
                 .collect(),
             xdp_mode: run.xdp_mode.unwrap_or(config.xdp_mode),
+            sharing: Sharing {
+                multiprog: run.xdp_multiprog.unwrap_or(config.sharing.multiprog),
+                priority: run.xdp_priority.unwrap_or(config.sharing.priority),
+            },
             mark: config.mark,
             policy,
             events,

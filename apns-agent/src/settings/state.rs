@@ -419,6 +419,7 @@ mod tests {
                 .collect(),
             devices: Default::default(),
             xdp_mode: XdpMode::Auto,
+            sharing: Default::default(),
             mark: MarkBits::default(),
             policy: Policy {
                 mode,

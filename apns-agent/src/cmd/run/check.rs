@@ -101,6 +101,7 @@ pub(super) fn interfaces(
         );
         live.interfaces.extend(lost);
         live.xdp_mode = running.config.xdp_mode;
+        live.sharing = running.config.sharing;
         for change in datapath.reconcile(&lock, &live)?.0 {
             tracing::info!("{change}");
         }
