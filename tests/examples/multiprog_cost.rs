@@ -87,9 +87,12 @@ fn main() -> Result<()> {
         header.join(" | ")
     );
     println!("|---|{}---:|---:|", "---:|".repeat(setups.len()));
+    let (mut lone_ratios, mut slot_ratios) = (Vec::new(), Vec::new());
     for (class, per_setup) in classes.iter().zip(&samples) {
         let medians: Vec<f64> = per_setup.iter().map(|column| median(column)).collect();
         let cells: Vec<String> = medians.iter().map(|ns| format!("{ns:.1} ns")).collect();
+        lone_ratios.push(medians[1] / medians[0]);
+        slot_ratios.push(medians[2] / medians[0]);
         println!(
             "| {} | {} | {:.2}x | {:.2}x |",
             class.label,
@@ -98,6 +101,11 @@ fn main() -> Result<()> {
             medians[2] / medians[0]
         );
     }
+    println!(
+        "| median over the classes | | | | {:.2}x | {:.2}x |",
+        median(&lone_ratios),
+        median(&slot_ratios)
+    );
     drop(datapath);
     apns_agent::datapath::unload(pins.dir(), &lock)?;
     Ok(())
