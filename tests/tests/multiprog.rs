@@ -2,7 +2,8 @@
 //! (docs/multiprog.md): whichever comes first, both run, each doing its job (xdp-filter's
 //! drop rule drops, our counters count APNs exactly), `xdp-loader status` lists both, and
 //! either can leave without disturbing the other; a killed agent's component keeps running
-//! and the next agent adopts it as it is; a plain program on the interface is still refused;
+//! and the next agent adopts it as it is; an upgrade replaces only our component; a
+//! component taken out by another tool is reported, and `detach` clears its record; a plain program on the interface is still refused;
 //! a shared interface refuses the fast paths that need XDP metadata.
 //!
 //! Needs root and a kernel that loads extension programs: the kernel matrix's Debian kernels
@@ -181,12 +182,33 @@ fn xdp_filter_first_then_the_agent_both_run_and_a_killed_agent_is_adopted() {
     );
     assert!(second.stop(TIMEOUT).unwrap().success());
 
+    // An upgrade (another eBPF log level reloads the programs the same way): a new
+    // dispatcher with a new component of ours, xdp-filter's the same program, counters on.
+    let mut third = agent::spawn_run(
+        &lab,
+        &pins,
+        &agent::run_lan_wan(&["--xdp-mode", "skb", "--ebpf-log", "debug"]),
+    )
+    .unwrap();
+    let (dispatcher, components) = dispatcher_ids(&lab, LAN);
+    assert_ne!(dispatcher, before.0, "no new dispatcher");
+    assert_eq!(components[0], before.1[0], "xdp-filter's program changed");
+    assert_ne!(components[1], before.1[1], "our component was not replaced");
+    assert_eq!(
+        loader_status(&lab, LAN),
+        ["xdpfilt_alw_all", "apns_xdp_libxdp"]
+    );
+    lab.echo_ok(Role::Client, apple);
+    lab.refused(Role::Client, other);
+    assert_eq!(syns_seen(&pins, lan), 8);
+    assert!(third.stop(TIMEOUT).unwrap().success());
+
     // The agent leaves: xdp-filter alone again, still dropping; our count stops.
     agent::succeed(&mut gw_command(&lab, &pins, &["detach", LAN])).unwrap();
     assert_eq!(loader_status(&lab, LAN), ["xdpfilt_alw_all"]);
     lab.echo_ok(Role::Client, apple);
     lab.refused(Role::Client, other);
-    assert_eq!(syns_seen(&pins, lan), 7);
+    assert_eq!(syns_seen(&pins, lan), 8);
     drop(filter);
     agent::succeed(&mut gw_command(&lab, &pins, &["unload"])).unwrap();
 }
@@ -300,6 +322,41 @@ fn the_agent_first_then_xdp_filter_both_run_and_either_leaves_alone() {
     lab.echo_ok(Role::Client, other);
     lab.echo_ok(Role::Client, apple);
     assert_eq!(syns_seen(&pins, lan), 4);
+
+    // Another tool takes every component out: `status` says so, `detach` clears the record,
+    // `attach` joins again.
+    run(lab
+        .command(Role::Gw, "xdp-loader")
+        .args(["unload", LAN, "--all"]))
+    .unwrap();
+    let status = status_json(&lab, &pins);
+    let entry = status["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["interface"] == LAN)
+        .unwrap();
+    assert_eq!(
+        (entry["state"].as_str(), entry["attached"].as_bool()),
+        (Some("left_dispatcher"), Some(false)),
+        "{entry}"
+    );
+    agent::succeed(&mut gw_command(&lab, &pins, &["detach", LAN])).unwrap();
+    assert!(pins.dir().links().unwrap().is_empty());
+    agent::succeed(&mut gw_command(
+        &lab,
+        &pins,
+        &[
+            "attach",
+            "--xdp-mode",
+            "skb",
+            "--xdp-multiprog",
+            "always",
+            LAN,
+        ],
+    ))
+    .unwrap();
+    assert_eq!(loader_status(&lab, LAN), ["apns_xdp_libxdp"]);
 
     // Back again, then the agent unloads first: xdp-filter keeps running and dropping.
     let filter = XdpFilterOn::load(&lab, LAN).unwrap();
