@@ -225,6 +225,17 @@ pub const GUEST_TESTS: &[GuestTest] = &[
         timeout_secs: 720,
         known_failures: &[],
     },
+    // `cargo xtask demo` as its test runs it (the redirect and the mark fast path): every
+    // step with its exact counts (the resets as the lab's ISP firewall counted them) and
+    // both findings of `clients`, on every kernel.
+    GuestTest {
+        package: "apns-tests",
+        test: "demo",
+        args: &[],
+        env: &[TIME_SCALE],
+        timeout_secs: 600,
+        known_failures: &[],
+    },
     // Sharing an interface with the real xdp-filter through libxdp's dispatcher: every
     // guest kernel loads extension programs, so the test may not skip there.
     GuestTest {

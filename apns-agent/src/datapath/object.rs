@@ -278,10 +278,16 @@ fn verdict(
         Err(aya::programs::ProgramError::LoadError {
             io_error,
             verifier_log,
-        }) => Err(format!(
-            "{io_error}: {}",
-            refusal_line(&verifier_log.to_string())
-        )),
+        }) => {
+            let log = verifier_log.to_string();
+            if log.trim().is_empty() {
+                // Refused before the verifier ran (an extension program where the kernel
+                // allows none: EPERM).
+                Err(format!("{io_error}, before verification"))
+            } else {
+                Err(format!("{io_error}: {}", refusal_line(&log)))
+            }
+        }
         Err(err) => Err(err.to_string()),
     }
 }

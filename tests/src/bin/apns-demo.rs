@@ -24,7 +24,7 @@ use apns_tests::{
     agent::{self, TestPins},
     lab::{
         self, CaptureMarker, Lab, LabOptions, Role, Tcpdump, APPLE, CLIENT, CLIENT_IF,
-        GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_WAN, MDM, OTHER,
+        GW_IF_CLIENT, GW_IF_MDM, GW_IF_TRUNK, GW_IF_WAN, ISP_IF_GW, MDM, OTHER,
     },
     scratch::Scratch,
 };
@@ -79,7 +79,10 @@ fn config() -> String {
 
 /// The ISP router's firewall: a stateful one that forgets [`IDLE_DEVICE`]'s connections
 /// after [`FIREWALL_IDLE_TIMEOUT`] idle and answers a packet of a connection it no longer
-/// knows with a reset in the peer's name; and a rule that drops [`BLOCKED_DEVICE`]'s 5223.
+/// knows with a reset in the peer's name (those towards the gateway counted: how many it
+/// sends depends on how many segments a device sent into a forgotten connection before the
+/// first reset came back, one each on a fast machine, more in a slow guest); and a rule that
+/// drops [`BLOCKED_DEVICE`]'s 5223.
 fn isp_firewall() -> String {
     format!(
         "table inet isp_firewall {{
@@ -94,11 +97,13 @@ fn isp_firewall() -> String {
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
+        ct state new tcp flags & (syn | rst) == 0 iifname \"{}\" counter reject with tcp reset
         ct state new tcp flags & (syn | rst) == 0 reject with tcp reset
         ip saddr {BLOCKED_DEVICE} tcp dport 5223 drop
     }}
 }}
-"
+",
+        ISP_IF_GW.name
     )
 }
 
@@ -348,6 +353,12 @@ fn demo() -> Result<()> {
 
     step("counters (apns-agent stats; rows of zeros left out, `stats --all` shows them)");
     show(&agent::succeed(&mut gw(&["stats"]))?);
+    // The resets wan0 counted inbound on 5223 are the ISP firewall's, which counts them too.
+    let resets: u64 = lab
+        .nft_counters(Role::Isp, &["chain", "inet", "isp_firewall", "forward"])?
+        .iter()
+        .sum();
+    println!("    the ISP's firewall sent {resets} resets (wan0's inbound 5223 rst above)");
 
     step("an excerpt of /metrics (non-zero series)");
     let metrics = agent::scrape_metrics(&lab, METRICS.parse()?)?;
