@@ -116,6 +116,21 @@ fn dispatcher_ids(lab: &Lab, interface: &str) -> (u32, Vec<u32>) {
     (dispatcher.program_id, components)
 }
 
+/// `attach --xdp-multiprog always lan0` (skb mode, as xdp-filter here), which must succeed.
+fn attach_always(lab: &Lab, pins: &TestPins) {
+    agent::succeed(&mut gw_command(lab, pins, &ALWAYS)).unwrap();
+}
+
+/// The arguments of `attach` that make the agent a dispatcher component on lan0.
+const ALWAYS: [&str; 6] = [
+    "attach",
+    "--xdp-mode",
+    "skb",
+    "--xdp-multiprog",
+    "always",
+    LAN,
+];
+
 #[test]
 fn xdp_filter_first_then_the_agent_both_run_and_a_killed_agent_is_adopted() {
     apns_tests::require_root!();
@@ -228,19 +243,7 @@ fn the_agent_first_then_xdp_filter_both_run_and_either_leaves_alone() {
     drop(probe);
     if !dispatchers {
         // There `always` fails on the kernel's refusal of our component, attaching nothing.
-        let refused = agent::fail(&mut gw_command(
-            &lab,
-            &pins,
-            &[
-                "attach",
-                "--xdp-mode",
-                "skb",
-                "--xdp-multiprog",
-                "always",
-                LAN,
-            ],
-        ))
-        .unwrap();
+        let refused = agent::fail(&mut gw_command(&lab, &pins, &ALWAYS)).unwrap();
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(
             stderr.contains("apns_xdp_libxdp as an extension of the dispatcher"),
@@ -258,19 +261,7 @@ fn the_agent_first_then_xdp_filter_both_run_and_either_leaves_alone() {
     }
 
     // always: a dispatcher of our own, with one component, that libxdp can join.
-    agent::succeed(&mut gw_command(
-        &lab,
-        &pins,
-        &[
-            "attach",
-            "--xdp-mode",
-            "skb",
-            "--xdp-multiprog",
-            "always",
-            LAN,
-        ],
-    ))
-    .unwrap();
+    attach_always(&lab, &pins);
     assert_eq!(loader_status(&lab, LAN), ["apns_xdp_libxdp"]);
     let filter = XdpFilterOn::load(&lab, LAN).unwrap();
     drop_to_other(&lab);
@@ -343,19 +334,7 @@ fn the_agent_first_then_xdp_filter_both_run_and_either_leaves_alone() {
     );
     agent::succeed(&mut gw_command(&lab, &pins, &["detach", LAN])).unwrap();
     assert!(pins.dir().links().unwrap().is_empty());
-    agent::succeed(&mut gw_command(
-        &lab,
-        &pins,
-        &[
-            "attach",
-            "--xdp-mode",
-            "skb",
-            "--xdp-multiprog",
-            "always",
-            LAN,
-        ],
-    ))
-    .unwrap();
+    attach_always(&lab, &pins);
     assert_eq!(loader_status(&lab, LAN), ["apns_xdp_libxdp"]);
 
     // Back again, then the agent unloads first: xdp-filter keeps running and dropping.

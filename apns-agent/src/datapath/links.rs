@@ -293,42 +293,79 @@ fn component_id(record: &Path) -> anyhow::Result<u32> {
 /// Where our component (recorded by `link`) runs: the dispatcher's program id, its slot
 /// and priority; `None` when the interface's dispatcher no longer runs it.
 pub fn component_slot(link: &LinkPin) -> Option<(u32, usize, u32)> {
-    let ours = component_id(&link.path).ok()?;
-    let current = multiprog::current(&link.interface, link.ifindex?).ok()??;
-    let slot = current.components.iter().position(|c| c.id == ours)?;
-    Some((
-        current.dispatcher.program_id,
-        slot,
-        current.components[slot].config.priority,
-    ))
+    let (_, joined) = joined(link).ok()??;
+    Some((joined.dispatcher.program_id, joined.slot, joined.priority))
+}
+
+/// The dispatcher on the interface of `link` (our component's record) while it runs our
+/// component: its ifindex, the dispatcher, and its other components. `None` when there is
+/// no such device, another program runs there, or its dispatcher no longer runs ours.
+fn joined(link: &LinkPin) -> anyhow::Result<Option<(u32, Joined)>> {
+    let ours = component_id(&link.path)?;
+    let Some(ifindex) = link.ifindex else {
+        return Ok(None);
+    };
+    let Ok(Some(current)) = multiprog::current(&link.interface, ifindex) else {
+        return Ok(None);
+    };
+    let Some(slot) = current.components.iter().position(|c| c.id == ours) else {
+        return Ok(None);
+    };
+    let mut others = current.components;
+    let ours = others.remove(slot);
+    Ok(Some((
+        ifindex,
+        Joined {
+            dispatcher: current.dispatcher,
+            slot,
+            priority: ours.config.priority,
+            others,
+        },
+    )))
+}
+
+/// A dispatcher that runs our component, beside `others`.
+struct Joined {
+    dispatcher: multiprog::Attached,
+    /// Our component's slot (0 runs first) and priority.
+    slot: usize,
+    priority: u32,
+    others: Vec<multiprog::Component>,
+}
+
+impl Joined {
+    /// Rebuilds the dispatcher with the others as they are, and `ours` if given.
+    fn rebuild(
+        self,
+        lock: &multiprog::LibxdpLock,
+        interface: &str,
+        ifindex: u32,
+        ours: Option<Member<'_>>,
+    ) -> anyhow::Result<multiprog::Built> {
+        let members = self
+            .others
+            .into_iter()
+            .map(|component| Member::Existing(Box::new(component)))
+            .chain(ours)
+            .collect();
+        let mode = self.dispatcher.mode;
+        multiprog::replace(
+            lock,
+            interface,
+            ifindex,
+            Some(&self.dispatcher),
+            mode,
+            members,
+        )
+    }
 }
 
 /// Takes our component out of its dispatcher (detaching the dispatcher when it was the last)
 /// and removes its record `link`. A dispatcher that no longer runs it is left alone.
 fn leave(link: &LinkPin) -> anyhow::Result<()> {
-    let ours = component_id(&link.path)?;
-    if let Some(ifindex) = link.ifindex {
-        let lock = multiprog::lock()?;
-        // A plain program there now, or no device: nothing of ours to take out.
-        if let Ok(Some(current)) = multiprog::current(&link.interface, ifindex) {
-            if current.components.iter().any(|c| c.id == ours) {
-                let members = current
-                    .components
-                    .into_iter()
-                    .filter(|c| c.id != ours)
-                    .map(|component| Member::Existing(Box::new(component)))
-                    .collect();
-                let mode = current.dispatcher.mode;
-                multiprog::replace(
-                    &lock,
-                    &link.interface,
-                    ifindex,
-                    Some(&current.dispatcher),
-                    mode,
-                    members,
-                )?;
-            }
-        }
+    let lock = multiprog::lock()?;
+    if let Some((ifindex, joined)) = joined(link)? {
+        joined.rebuild(&lock, &link.interface, ifindex, None)?;
     }
     std::fs::remove_file(&link.path)
         .with_context(|| format!("removing our component's record {}", link.path.display()))
@@ -338,38 +375,16 @@ fn leave(link: &LinkPin) -> anyhow::Result<()> {
 /// is rebuilt with the others as they are and ours, new, at its priority. A dispatcher
 /// that no longer runs ours is left alone.
 pub fn rejoin(pins: &PinDir, link: &LinkPin) -> anyhow::Result<()> {
-    let ours = component_id(&link.path)?;
-    let Some(ifindex) = link.ifindex else {
-        return Ok(());
-    };
     let lock = multiprog::lock()?;
-    let Ok(Some(current)) = multiprog::current(&link.interface, ifindex) else {
+    let Some((ifindex, joined)) = joined(link)? else {
         return Ok(());
     };
-    let Some(slot) = current.components.iter().position(|c| c.id == ours) else {
-        return Ok(());
-    };
-    let priority = current.components[slot].config.priority;
     let mut load = component_loader(pins, &link.interface);
-    let mut members: Vec<Member<'_>> = current
-        .components
-        .into_iter()
-        .filter(|c| c.id != ours)
-        .map(|component| Member::Existing(Box::new(component)))
-        .collect();
-    members.push(Member::New {
-        priority,
+    let ours = Member::New {
+        priority: joined.priority,
         load: &mut load,
-    });
-    let mode = current.dispatcher.mode;
-    let built = multiprog::replace(
-        &lock,
-        &link.interface,
-        ifindex,
-        Some(&current.dispatcher),
-        mode,
-        members,
-    )?;
+    };
+    let built = joined.rebuild(&lock, &link.interface, ifindex, Some(ours))?;
     let component = built
         .new_member_pin
         .context("the new dispatcher has no component of ours")?;

@@ -243,81 +243,29 @@ impl InterfaceStatus {
         link: &LinkPin,
         settings: impl Fn(u32) -> anyhow::Result<(Option<FastPath>, Option<InterfaceRole>)>,
     ) -> anyhow::Result<InterfaceStatus> {
-        if link.mode == AttachMode::Libxdp {
-            return Self::of_component(link, settings);
-        }
-        let facts = links::facts(link);
-        let ifindex = facts.map(|facts| facts.ifindex);
-        let current_name = ifindex
-            .filter(|&index| index != 0)
-            .and_then(links::interface_name);
-        let state = match (facts, &current_name) {
-            (None, _) => LinkState::Unreadable,
-            (Some(facts), _) if facts.ifindex == 0 => LinkState::InterfaceGone,
-            (Some(_), Some(name)) if *name == link.interface => LinkState::Attached,
-            (Some(_), Some(_)) => LinkState::Renamed,
-            (Some(_), None) => LinkState::OtherNamespace,
+        let seen = if link.mode == AttachMode::Libxdp {
+            Seen::component(link)
+        } else {
+            Seen::link(link)
         };
-        let attached = matches!(state, LinkState::Attached | LinkState::Renamed);
-        let (fastpath, role) = match ifindex.filter(|_| attached) {
+        let attached = matches!(seen.state, LinkState::Attached | LinkState::Renamed);
+        let (fastpath, role) = match seen.ifindex.filter(|_| attached) {
             Some(index) => settings(index)?,
             None => (None, None),
         };
         Ok(InterfaceStatus {
             interface: link.interface.clone(),
             attached,
-            state,
-            ifindex,
-            current_name: current_name.filter(|name| *name != link.interface),
+            state: seen.state,
+            ifindex: seen.ifindex,
+            current_name: seen.current_name.filter(|name| *name != link.interface),
             xdp_mode: link.mode.as_str(),
             fastpath,
             role,
-            program_id: facts.map(|facts| facts.program_id),
-            link_id: facts.map(|facts| facts.link_id),
+            program_id: seen.program_id,
+            link_id: seen.link_id,
             link_pin: link.path.display().to_string(),
-            dispatcher: None,
-            paths: None,
-        })
-    }
-
-    /// The state of our libxdp component recorded by `link`: attached while the interface's
-    /// dispatcher runs it.
-    fn of_component(
-        link: &LinkPin,
-        settings: impl Fn(u32) -> anyhow::Result<(Option<FastPath>, Option<InterfaceRole>)>,
-    ) -> anyhow::Result<InterfaceStatus> {
-        let slot = links::component_slot(link);
-        let current_name = link.ifindex.and_then(links::interface_name);
-        let state = match (slot, &current_name) {
-            (Some(_), Some(name)) if *name == link.interface => LinkState::Attached,
-            (Some(_), _) => LinkState::Renamed,
-            (None, None) => LinkState::InterfaceGone,
-            (None, Some(_)) => LinkState::LeftDispatcher,
-        };
-        let attached = slot.is_some();
-        let (fastpath, role) = match link.ifindex.filter(|_| attached) {
-            Some(index) => settings(index)?,
-            None => (None, None),
-        };
-        Ok(InterfaceStatus {
-            interface: link.interface.clone(),
-            attached,
-            state,
-            ifindex: link.ifindex,
-            current_name: current_name.filter(|name| *name != link.interface),
-            xdp_mode: link.mode.as_str(),
-            fastpath,
-            role,
-            program_id: aya::programs::ProgramInfo::from_pin(&link.path)
-                .ok()
-                .map(|info| info.id()),
-            link_id: None,
-            link_pin: link.path.display().to_string(),
-            dispatcher: slot.map(|(dispatcher_id, slot, priority)| DispatcherSlot {
-                dispatcher_id,
-                slot,
-                priority,
-            }),
+            dispatcher: seen.dispatcher,
             paths: None,
         })
     }
@@ -339,6 +287,71 @@ impl InterfaceStatus {
             link_pin: String::new(),
             dispatcher: None,
             paths: None,
+        }
+    }
+}
+
+/// What the kernel says of an interface's record: a link of ours, or our component in a
+/// libxdp dispatcher.
+struct Seen {
+    state: LinkState,
+    /// The device it runs on (0 once that was deleted).
+    ifindex: Option<u32>,
+    /// That device's name now.
+    current_name: Option<String>,
+    program_id: Option<u32>,
+    link_id: Option<u32>,
+    dispatcher: Option<DispatcherSlot>,
+}
+
+impl Seen {
+    /// A link of ours: what its link runs on.
+    fn link(link: &LinkPin) -> Seen {
+        let facts = links::facts(link);
+        let ifindex = facts.map(|facts| facts.ifindex);
+        let current_name = ifindex
+            .filter(|&index| index != 0)
+            .and_then(links::interface_name);
+        let state = match (facts, &current_name) {
+            (None, _) => LinkState::Unreadable,
+            (Some(facts), _) if facts.ifindex == 0 => LinkState::InterfaceGone,
+            (Some(_), Some(name)) if *name == link.interface => LinkState::Attached,
+            (Some(_), Some(_)) => LinkState::Renamed,
+            (Some(_), None) => LinkState::OtherNamespace,
+        };
+        Seen {
+            state,
+            ifindex,
+            current_name,
+            program_id: facts.map(|facts| facts.program_id),
+            link_id: facts.map(|facts| facts.link_id),
+            dispatcher: None,
+        }
+    }
+
+    /// Our libxdp component: attached while the interface's dispatcher runs it.
+    fn component(link: &LinkPin) -> Seen {
+        let slot = links::component_slot(link);
+        let current_name = link.ifindex.and_then(links::interface_name);
+        let state = match (slot, &current_name) {
+            (Some(_), Some(name)) if *name == link.interface => LinkState::Attached,
+            (Some(_), _) => LinkState::Renamed,
+            (None, None) => LinkState::InterfaceGone,
+            (None, Some(_)) => LinkState::LeftDispatcher,
+        };
+        Seen {
+            state,
+            ifindex: link.ifindex,
+            current_name,
+            program_id: aya::programs::ProgramInfo::from_pin(&link.path)
+                .ok()
+                .map(|info| info.id()),
+            link_id: None,
+            dispatcher: slot.map(|(dispatcher_id, slot, priority)| DispatcherSlot {
+                dispatcher_id,
+                slot,
+                priority,
+            }),
         }
     }
 }

@@ -359,6 +359,15 @@ fn demo() -> Result<()> {
         .iter()
         .sum();
     println!("    the ISP's firewall sent {resets} resets (wan0's inbound 5223 rst above)");
+    // A handshake answered after the first retransmission timeout (a slow machine) makes
+    // one SYN or SYN-ACK more than the steps above say; the hosts count them.
+    let retransmits =
+        [Role::Client, Role::Mdm, Role::Vlan, Role::Apple].map(|role| lab.syn_retransmits(role));
+    let [devices, mdm, vlan, apple] = retransmits;
+    println!(
+        "    SYN retransmissions: devices {}, MDM server {}, VLAN device {}, Apple {}",
+        devices?, mdm?, vlan?, apple?
+    );
 
     step("an excerpt of /metrics (non-zero series)");
     let metrics = agent::scrape_metrics(&lab, METRICS.parse()?)?;

@@ -49,28 +49,39 @@ impl TcpSegments {
 /// The TCP segment counters of the calling thread's network namespace.
 pub(super) fn tcp_segments() -> Result<TcpSegments> {
     const PATH: &str = "/proc/thread-self/net/snmp";
-    let table = std::fs::read_to_string(PATH).with_context(|| format!("reading {PATH}"))?;
-    // Two `Tcp:` lines: the field names, then the values.
-    let mut lines = table.lines().filter(|line| line.starts_with("Tcp:"));
-    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
-        bail!("{PATH} has no Tcp lines");
-    };
-    let field = |name: &str| -> Result<u64> {
-        let index = names
-            .split_whitespace()
-            .position(|field| field == name)
-            .with_context(|| format!("{PATH}: no Tcp field {name}"))?;
-        values
-            .split_whitespace()
-            .nth(index)
-            .with_context(|| format!("{PATH}: no value for Tcp {name}"))?
-            .parse()
-            .with_context(|| format!("{PATH}: Tcp {name}"))
-    };
     Ok(TcpSegments {
-        out_segs: field("OutSegs")?,
-        retrans_segs: field("RetransSegs")?,
+        out_segs: mib_field(PATH, "Tcp", "OutSegs")?,
+        retrans_segs: mib_field(PATH, "Tcp", "RetransSegs")?,
     })
+}
+
+/// SYN and SYN-ACK retransmissions of the calling thread's network namespace
+/// (`TcpExt: TCPSynRetrans` in /proc/net/netstat: by the timer, and a SYN-ACK sent again for
+/// a duplicate SYN).
+pub(super) fn syn_retransmits() -> Result<u64> {
+    mib_field("/proc/thread-self/net/netstat", "TcpExt", "TCPSynRetrans")
+}
+
+/// Field `name` of table `prefix` of a /proc/net MIB file: two lines start with `prefix:`,
+/// the field names, then the values.
+fn mib_field(path: &str, prefix: &str, name: &str) -> Result<u64> {
+    let table = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let mut lines = table
+        .lines()
+        .filter(|line| line.split(':').next() == Some(prefix));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        bail!("{path} has no {prefix} lines");
+    };
+    let index = names
+        .split_whitespace()
+        .position(|field| field == name)
+        .with_context(|| format!("{path}: no {prefix} field {name}"))?;
+    values
+        .split_whitespace()
+        .nth(index)
+        .with_context(|| format!("{path}: no value for {prefix} {name}"))?
+        .parse()
+        .with_context(|| format!("{path}: {prefix} {name}"))
 }
 
 /// The (interface, address) pairs of the calling thread's network namespace whose

@@ -325,6 +325,14 @@ impl Lab {
             .with_context(|| format!("in namespace {}", self.ns_name(role)))
     }
 
+    /// The SYN and SYN-ACK retransmissions of `role`'s namespace so far (TCPSynRetrans): on
+    /// a slow machine a handshake's answer may come after the first retransmission timeout,
+    /// and the counters then see one SYN (or SYN-ACK) more.
+    pub fn syn_retransmits(&self, role: Role) -> Result<u64> {
+        self.in_ns(role, link::syn_retransmits)?
+            .with_context(|| format!("in namespace {}", self.ns_name(role)))
+    }
+
     /// Waits until `role`'s namespace has settled after the lab was built: every link that
     /// is up has its carrier processed (the kernel's link watch reports a new carrier up to
     /// a second late, and IPv6 starts on the link only then), and every IPv6 address has
