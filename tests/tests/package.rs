@@ -275,6 +275,7 @@ fn check_contents(deb: &Path) {
         "usr/share/doc/apns-agent/operations.md",
         "usr/share/doc/apns-agent/preflight.md",
         "usr/share/doc/apns-agent/clients.md",
+        "usr/share/doc/apns-agent/multiprog.md",
         "usr/share/doc/apns-agent/examples/config.toml",
         "usr/share/lintian/overrides/apns-agent",
     ]
@@ -344,6 +345,8 @@ fn check_control(deb: &Path) {
         "Depends: {}",
         field("Depends")
     );
+    // libxdp's dispatcher object, for sharing an interface with libxdp programs.
+    assert_eq!(field("Suggests"), "libxdp1");
     let name = deb.file_name().unwrap().to_string_lossy();
     assert_eq!(name, format!("{PACKAGE}_{version}_{arch}.deb"));
 

@@ -114,6 +114,7 @@ const CONFIG_SIZE: usize = 4 + 3 * 4 * MAX_COMPONENTS;
 const XDP_FLAGS_UPDATE_IF_NOEXIST: u32 = 1 << 0;
 const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
 const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+const XDP_FLAGS_HW_MODE: u32 = 1 << 3;
 const XDP_FLAGS_REPLACE: u32 = 1 << 4;
 
 /// Where libxdp's packages install the dispatcher object, besides `$LIBXDP_OBJECT_PATH`
@@ -553,7 +554,7 @@ fn flags(mode: XdpAttachMode) -> u32 {
     match mode {
         XdpAttachMode::Native => XDP_FLAGS_DRV_MODE,
         XdpAttachMode::Skb => XDP_FLAGS_SKB_MODE,
-        XdpAttachMode::Hw => 1 << 3,
+        XdpAttachMode::Hw => XDP_FLAGS_HW_MODE,
     }
 }
 
