@@ -10,7 +10,7 @@
 //! do; this project's host kernel refuses them (xdp-filter falls back to a plain program
 //! there), and the tests say so and stop.
 
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use apns_agent::datapath::multiprog::LIBXDP_DISPATCHER;
 use apns_tests::{
@@ -131,14 +131,40 @@ const ALWAYS: [&str; 6] = [
     LAN,
 ];
 
+/// A lab and pin directory of the test's own, lan0's ifindex, and the Apple and non-Apple
+/// hosts' 5223.
+struct Setup {
+    lab: Lab,
+    pins: TestPins,
+    lan: u32,
+    apple: SocketAddr,
+    other: SocketAddr,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let lab = Lab::new(LabOptions::default()).unwrap();
+        let lan = agent::gw_ifindex(&lab, LAN).unwrap();
+        Setup {
+            lab,
+            pins: TestPins::new(),
+            lan,
+            apple: APPLE.socket(false, 5223),
+            other: OTHER.socket(false, 5223),
+        }
+    }
+}
+
 #[test]
 fn xdp_filter_first_then_the_agent_both_run_and_a_killed_agent_is_adopted() {
     apns_tests::require_root!();
-    let lab = Lab::new(LabOptions::default()).unwrap();
-    let pins = TestPins::new();
-    let lan = agent::gw_ifindex(&lab, LAN).unwrap();
-    let apple = APPLE.socket(false, 5223);
-    let other = OTHER.socket(false, 5223);
+    let Setup {
+        lab,
+        pins,
+        lan,
+        apple,
+        other,
+    } = Setup::new();
     let filter = XdpFilterOn::load(&lab, LAN).unwrap();
     if !filter_uses_a_dispatcher(&lab, LAN) {
         return;
@@ -231,11 +257,13 @@ fn xdp_filter_first_then_the_agent_both_run_and_a_killed_agent_is_adopted() {
 #[test]
 fn the_agent_first_then_xdp_filter_both_run_and_either_leaves_alone() {
     apns_tests::require_root!();
-    let lab = Lab::new(LabOptions::default()).unwrap();
-    let pins = TestPins::new();
-    let lan = agent::gw_ifindex(&lab, LAN).unwrap();
-    let apple = APPLE.socket(false, 5223);
-    let other = OTHER.socket(false, 5223);
+    let Setup {
+        lab,
+        pins,
+        lan,
+        apple,
+        other,
+    } = Setup::new();
 
     // Where libxdp's dispatcher cannot run, joining fails before anything is pinned.
     let probe = XdpFilterOn::load(&lab, LAN).unwrap();
