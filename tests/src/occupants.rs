@@ -63,9 +63,14 @@ impl Drop for XdpFilterOn<'_> {
             eprintln!("xdp-filter unload {}: {err:#}", self.interface);
             let _ = xdp_off(self.lab, &self.interface);
         }
-        // Only an empty folder goes: another libxdp user's pins stay where they are.
-        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
+        remove_libxdp_dir();
     }
+}
+
+/// Removes libxdp's folder on bpffs (its lock, made by xdp-filter or by an agent joining a
+/// dispatcher) where it is empty: another libxdp user's pins stay where they are.
+pub fn remove_libxdp_dir() {
+    let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
 }
 
 /// xdp-tools' `xdpdump` XDP program (a plain libbpf object Debian ships), attached in skb

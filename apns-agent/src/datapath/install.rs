@@ -1,7 +1,9 @@
 //! Putting this agent's programs into the pinned datapath: create it when nothing is pinned,
 //! adopt it when the pinned programs are this agent's, and otherwise swap this agent's
 //! programs in behind every pinned link (`bpf_link_update`), keeping the maps and with them
-//! the counters and the policy. XDP and TC programs are swapped by the same code.
+//! the counters and the policy. XDP and TC programs are swapped by the same code; a
+//! component in libxdp's dispatcher cannot be swapped in place, and its dispatcher is
+//! rebuilt around the new one (`links::rejoin`).
 
 use std::path::{Path, PathBuf};
 
@@ -167,10 +169,8 @@ pub enum ProgramKind {
 
 /// Pins the loaded program `id` (of `kind`) at `path`.
 pub fn pin_program_by_id(id: u32, path: &Path, kind: ProgramKind) -> anyhow::Result<()> {
-    let info = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|info| info.id() == id)
-        .with_context(|| format!("program {id} is no longer loaded"))?;
+    let info =
+        sys::program_by_id(id).with_context(|| format!("program {id} is no longer loaded"))?;
     let pinned = match kind {
         ProgramKind::Xdp => {
             Xdp::from_program_info(info, programs::XDP.into(), XdpAttachType::Interface)

@@ -44,6 +44,7 @@ use apns_common::label::Label;
 use super::{
     netdev::{self, XdpAttachMode},
     pins::BPFFS_ROOT,
+    sys,
 };
 
 /// Whether the agent shares an interface's XDP hook with other programs, as a component of
@@ -274,9 +275,7 @@ pub fn current(interface: &str, ifindex: u32) -> anyhow::Result<Option<Current>>
     let Some(&(mode, program_id)) = link.xdp.programs().first() else {
         return Ok(None);
     };
-    let info = aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|info| info.id() == program_id)
+    let info = sys::program_by_id(program_id)
         .with_context(|| format!("{interface}: reading its XDP program {program_id}"))?;
     if info.name_as_str() != Some(LIBXDP_DISPATCHER) {
         bail!(

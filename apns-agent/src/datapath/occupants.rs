@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use aya::programs::{links::LinkType, loaded_links, loaded_programs, ProgramInfo};
+use aya::programs::{links::LinkType, loaded_links, ProgramInfo};
 
 use super::{
     multiprog::{Multiprog, LIBXDP_DIR, LIBXDP_DISPATCHER},
@@ -139,7 +139,7 @@ pub fn of(ifindex: u32, pins: Option<&PinDir>) -> anyhow::Result<Vec<Occupant>> 
     attached
         .into_iter()
         .map(|(mode, program_id)| {
-            let info = program(program_id);
+            let info = sys::program_by_id(program_id);
             let name = info
                 .as_ref()
                 .and_then(|info| info.name_as_str().map(str::to_owned))
@@ -200,13 +200,6 @@ fn xdp_links(ifindex: u32) -> Vec<sys::LinkFacts> {
         .filter_map(|link| sys::link_by_id(link.id()).ok())
         .filter(|facts| facts.ifindex == ifindex)
         .collect()
-}
-
-/// The loaded program `id` (aya 0.14 has no lookup by id: we walk the ids).
-fn program(id: u32) -> Option<ProgramInfo> {
-    loaded_programs()
-        .filter_map(Result::ok)
-        .find(|info| info.id() == id)
 }
 
 /// libxdp's record of the dispatcher `program_id` on `ifindex`: its pin folder

@@ -63,6 +63,14 @@ pub fn pinned_link(path: &Path) -> anyhow::Result<LinkFacts> {
         .with_context(|| format!("reading link {} (BPF_OBJ_GET_INFO_BY_FD)", path.display()))
 }
 
+/// The loaded program `id` (aya 0.14 has no lookup by id: we walk the ids); `None` when no
+/// program of that id is loaded.
+pub fn program_by_id(id: u32) -> Option<aya::programs::ProgramInfo> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|info| info.id() == id)
+}
+
 /// Whether a pin at `path` holds a bpf_link (rather than a program or a map).
 pub fn pins_a_link(path: &Path) -> bool {
     obj_get(path).is_ok_and(|fd| is_link(&fd))
