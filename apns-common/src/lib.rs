@@ -19,6 +19,7 @@ pub mod fastpath;
 pub mod features;
 pub mod ip;
 pub mod label;
+pub mod long_prefixes;
 pub mod maps;
 pub mod policy;
 pub mod prefilter;

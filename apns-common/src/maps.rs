@@ -7,7 +7,9 @@
 //! What the XDP program looks up per packet: every packet `APNS_IFACES` and
 //! `APNS_COUNTERS`; a TCP packet also `APNS_ACTIVE` and its generation's `APNS_TABLES` entry
 //! (both ports and the prefilter in one value) — all arrays, inlined by the verifier. Only an
-//! address the prefilter cannot settle costs an LPM trie lookup; only a provider port toward
+//! address the prefilter cannot settle reads its list's short list in `APNS_TABLES`, or
+//! `APNS_LONG_PFX` (an array too) once per prefix length the list uses, or, for a list whose
+//! long prefixes are too varied, costs an LPM trie lookup; only a provider port toward
 //! Apple, a pinhole port toward anyone else, or a SYN from Apple reads `APNS_POLICY`; only a
 //! passed APNs packet on a `redirect` interface `APNS_TX_PORTS` (and, if it is left to the
 //! stack, `APNS_FP_PATHS`) and the flow table `APNS_FLOWS` (an LRU hash; one lookup); only
@@ -15,9 +17,10 @@
 //! `APNS_CONN_STATS`; only a policy drop the event maps.
 //!
 //! Memory (preallocated, `bytes_memlock`): `APNS_CONNS` 15 MiB at the default 65,536
-//! entries; `APNS_FLOWS` 7 MiB; `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES` 704 KiB (two
-//! generations of 352 KiB); `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the rest a few KiB. The LPM tries
-//! allocate per prefix.
+//! entries; `APNS_FLOWS` 7 MiB; `APNS_LONG_PFX` 4 MiB (two generations of 2 MiB);
+//! `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES` 704 KiB (two generations of 352 KiB);
+//! `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the rest a few KiB. The LPM tries allocate
+//! per prefix.
 
 /// `Array<u32>`, 1 entry: the policy generation (0 or 1) the datapath judges packets by.
 /// Written by the agent as its last step of a policy change (one aligned 4-byte store, so a
@@ -54,6 +57,15 @@ pub const PROVIDERS_V6: &str = "APNS_PROV_V6";
 pub const PROVIDER_PREFIXES_PER_GENERATION: u32 = 4_096;
 pub const PROVIDERS_MAX_ENTRIES: u32 =
     crate::policy::GENERATIONS * PROVIDER_PREFIXES_PER_GENERATION;
+
+/// `Array<LongPrefixTable>` ([`crate::long_prefixes::LongPrefixTable`], 2 MiB each), indexed
+/// by generation: the long prefixes (/17 to /64) of every list too long for a short list
+/// whose generation table says they are hashed ([`crate::prefilter::HashedLengths`]), in a
+/// cuckoo hash the XDP program reads with inlined array accesses. Written whole by the agent
+/// (inactive generation only, beside the tries, which still hold every list); read by the
+/// XDP program for an address the prefilter asks about, once per prefix length the list uses.
+pub const LONG_PREFIXES: &str = "APNS_LONG_PFX";
+pub const LONG_PREFIXES_MAX_ENTRIES: u32 = crate::policy::GENERATIONS;
 
 /// `PerCpuArray<CounterBlock>`, [`crate::counters::COUNTER_BLOCKS`] entries indexed by
 /// [`crate::counters::block_index`]`(interface slot, port slot)`: every packet the XDP
@@ -162,7 +174,7 @@ pub mod map_type {
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 21] = {
+pub const ALL: [MapLayout; 22] = {
     use crate::{
         conns::{ConnKey, ConnStats, ConnValue},
         counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
@@ -216,6 +228,13 @@ pub const ALL: [MapLayout; 21] = {
             LPM_PREFIX_LEN + size_of::<PrefixV6>(),
             1,
             PROVIDERS_MAX_ENTRIES,
+        ),
+        MapLayout::new(
+            LONG_PREFIXES,
+            ARRAY,
+            4,
+            size_of::<crate::long_prefixes::LongPrefixTable>(),
+            LONG_PREFIXES_MAX_ENTRIES,
         ),
         MapLayout::new(
             COUNTERS,

@@ -200,10 +200,15 @@ pub struct GenerationTables {
     pub prefilter: [crate::prefilter::PrefixTable; crate::prefilter::table::PER_GENERATION],
     /// Each list's long prefixes when it has few, indexed by [`crate::prefilter::short`] ids.
     pub short: [crate::prefilter::ShortList; crate::prefilter::short::PER_GENERATION],
+    /// Each list's prefix lengths when its long prefixes are hashed, by the same ids.
+    pub hashed: [crate::prefilter::HashedLengths; crate::prefilter::short::PER_GENERATION],
 }
 const _: () = assert!(
     size_of::<GenerationTables>()
-        == 4 * PORT_NUMBERS + 6 * 16 * 1024 + 4 * size_of::<crate::prefilter::ShortList>()
+        == 4 * PORT_NUMBERS
+            + 6 * 16 * 1024
+            + 4 * size_of::<crate::prefilter::ShortList>()
+            + 4 * size_of::<crate::prefilter::HashedLengths>()
 );
 
 #[cfg(feature = "user")]

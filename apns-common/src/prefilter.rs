@@ -1,6 +1,8 @@
 //! The prefix prefilter in front of the LPM tries: most addresses are settled by one array
 //! read, those near a long prefix of a short list (Apple's IPv6 /48s) by a few compares
-//! ([`ShortList`]), and only those near a long prefix of a longer list pay for a trie lookup.
+//! ([`ShortList`]), those near a long prefix of a longer list by a lookup in the long-prefix
+//! table per prefix length it uses ([`HashedLengths`]), and only lists of many lengths or of prefixes longer
+//! than /64 pay for a trie lookup.
 //!
 //! For each policy generation and each prefix list (allow-list, provider list) the agent
 //! derives, in the same generation swap as the tries:
@@ -51,8 +53,9 @@ pub mod table {
     pub const PER_GENERATION: usize = 6;
 }
 
-/// The short lists of one generation, by their index in
-/// [`crate::policy::GenerationTables::short`].
+/// The lists of one generation by their index in [`crate::policy::GenerationTables::short`]
+/// and [`crate::policy::GenerationTables::hashed`], and in a long-prefix table's
+/// [`crate::long_prefixes::tag`].
 pub mod short {
     pub const ALLOW_V4: usize = 0;
     pub const PROVIDERS_V4: usize = 1;
@@ -120,7 +123,7 @@ impl ShortList {
             if len > 64 || index == SHORT_LIST_LEN {
                 return ShortList::default();
             }
-            let mask = u64::MAX << (64 - u32::from(len));
+            let mask = leading_mask(len);
             list.networks[index] = network & mask;
             list.masks[index] = mask;
             list.count += 1;
@@ -142,6 +145,76 @@ impl ShortList {
             }
         }
         false
+    }
+}
+
+/// Prefix lengths a [`HashedLengths`] holds at most: a hash lookup each for an address the
+/// list does not cover, so few.
+pub const HASHED_LENGTHS: usize = 4;
+
+/// The long prefixes of a list too long for a [`ShortList`], when they use at most
+/// [`HASHED_LENGTHS`] prefix lengths, all within the leading 64 address bits: each prefix is
+/// in the generation's long-prefix table (`APNS_LONG_PFX`, [`crate::long_prefixes`]), and an
+/// address is looked up there once per length in use, whatever the list's size. An
+/// allow-list of 100,000 /24s costs one lookup (two buckets) where the LPM trie walks a path
+/// that grows with the list. A list with more lengths, or longer prefixes, or one the table
+/// has no room for, leaves this incomplete and asks the trie.
+///
+/// All zeroes (a generation written by nobody yet) is incomplete: the trie decides.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HashedLengths {
+    /// The mask over the leading 64 bits of each length in use.
+    pub masks: [u64; HASHED_LENGTHS],
+    /// The lengths in use (17 to 64), longest first.
+    pub lengths: [u8; HASHED_LENGTHS],
+    /// Entries in use.
+    pub count: u32,
+    /// 1 when the generation's long-prefix table holds every prefix of the list longer
+    /// than /16; 0: ask the trie.
+    pub complete: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<HashedLengths>() == 8 * HASHED_LENGTHS + 16);
+
+/// The mask of a prefix of `len` (1 to 64) bits over the leading 64 bits.
+#[inline(always)]
+pub const fn leading_mask(len: u8) -> u64 {
+    u64::MAX << (64 - len as u32)
+}
+
+impl HashedLengths {
+    /// The lengths of a list whose prefixes are `(leading 64 bits, length)`: complete if its
+    /// prefixes longer than /16 are all at most /64 and use at most [`HASHED_LENGTHS`]
+    /// lengths, else empty and incomplete (the table's entries are the agent's to add).
+    pub fn of_prefixes(prefixes: impl IntoIterator<Item = (u64, u8)>) -> Self {
+        // A bit per length 17 to 64.
+        let mut used = 0u64;
+        for (_, len) in prefixes {
+            if len <= FIRST_LEVEL_BITS {
+                continue;
+            }
+            if len > 64 {
+                return HashedLengths::default();
+            }
+            used |= 1 << (len - 1);
+        }
+        if used.count_ones() as usize > HASHED_LENGTHS {
+            return HashedLengths::default();
+        }
+        let mut lengths = HashedLengths {
+            complete: 1,
+            ..HashedLengths::default()
+        };
+        for len in (FIRST_LEVEL_BITS + 1..=64).rev() {
+            if used & (1 << (len - 1)) != 0 {
+                let index = lengths.count as usize;
+                lengths.lengths[index] = len;
+                lengths.masks[index] = leading_mask(len);
+                lengths.count += 1;
+            }
+        }
+        lengths
     }
 }
 
@@ -328,6 +401,35 @@ mod tests {
         assert_eq!((list.count, list.complete), (1, 1));
         assert!(list.covers(leading_v4(&[203, 0, 113, 9])));
         assert!(!list.covers(leading_v4(&[203, 0, 112, 9])));
+    }
+
+    #[test]
+    fn hashed_lengths_take_few_lengths_up_to_64_bits() {
+        // 100 /24s, 9 /25s, a /17 and a host, and prefixes the first level settles.
+        let mut prefixes: Vec<(u64, u8)> = (0..100u64)
+            .map(|i| ((0xcb00_0000 + (i << 8)) << 32, 24))
+            .chain((0..9u64).map(|i| ((0xc000_0080 + (i << 8)) << 32, 25)))
+            .chain([(0x2c80_0000u64 << 32, 17), (0x0a00_0001u64 << 32, 32)])
+            .chain([(17u64 << 56, 8), (0xac10_0000u64 << 32, 16)])
+            .collect();
+        let lengths = HashedLengths::of_prefixes(prefixes.iter().copied());
+        assert_eq!((lengths.count, lengths.complete), (4, 1));
+        assert_eq!(lengths.lengths, [32, 25, 24, 17]);
+        assert_eq!(lengths.masks[2], 0xffff_ff00u64 << 32);
+        // A fifth length, or a prefix past 64 bits, leaves the list to the trie.
+        prefixes.push((0xc633_6440u64 << 32, 26));
+        assert_eq!(
+            HashedLengths::of_prefixes(prefixes.iter().copied()),
+            HashedLengths::default()
+        );
+        let v6_host = [
+            (0x2001_0db8_0000_0000u64, 128u8),
+            (0x2001_0db8_0001_0000, 48),
+        ];
+        assert_eq!(
+            HashedLengths::of_prefixes(v6_host),
+            HashedLengths::default()
+        );
     }
 
     /// A complete short list answers exactly as the prefixes do, wherever the first level

@@ -4,20 +4,22 @@
 //! generation's tables (one value): the port table decides whether an address needs to be
 //! judged at all, the prefilter (verdicts by the leading 16 bits) settles most addresses,
 //! a list's short list settles those next to its long prefixes when it has few of them
-//! (Apple's IPv6 /48s), and only an address next to a prefix of a longer list pays for an
-//! LPM trie lookup.
+//! (Apple's IPv6 /48s), the long-prefix table (two buckets of an array per prefix length)
+//! those of a longer list of few lengths (a list of 100,000 /24s: one length), and only an address next to a prefix of a list of
+//! many lengths, or of prefixes longer than /64, pays for an LPM trie lookup.
 
 use apns_common::{
     counters::{usable_slot, Direction, Outcome, OVERFLOW_SLOT},
+    long_prefixes,
     policy::{mode, role, GenerationTables, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS},
-    prefilter::{leading_v4, leading_v6, short, table, verdict},
+    prefilter::{leading_v4, leading_v6, short, table, verdict, HASHED_LENGTHS},
 };
 use aya_ebpf::maps::{lpm_trie::Key, LpmTrie};
 
 use crate::{
     maps::{
-        APNS_ACTIVE, APNS_ALLOW_V4, APNS_ALLOW_V6, APNS_POLICY, APNS_PROV_V4, APNS_PROV_V6,
-        APNS_TABLES,
+        APNS_ACTIVE, APNS_ALLOW_V4, APNS_ALLOW_V6, APNS_LONG_PFX, APNS_POLICY, APNS_PROV_V4,
+        APNS_PROV_V6, APNS_TABLES,
     },
     parse::{self, tcp_flag, Addrs, TcpPacket},
 };
@@ -175,7 +177,8 @@ fn is_provider(generation: &Generation, addrs: &Addrs) -> bool {
     }
 }
 
-/// One prefix list of one family: its prefilter tables, its short list and its trie.
+/// One prefix list of one family: its prefilter tables, its short list and hashed lengths
+/// (and its `APNS_LONG_PFX` keys) by one id, and its trie.
 struct List<K: 'static> {
     first: usize,
     /// IPv6's next-level table (unused for IPv4, whose first level is all it has).
@@ -216,6 +219,32 @@ fn prefilter(generation: &Generation, table: usize, high: u8, low: u8) -> u8 {
     generation.tables.prefilter[table].get(bucket as u16)
 }
 
+/// Whether a long prefix of list `id` covers the address whose leading 64 bits are
+/// `leading`, from its short list or its hashed lengths; `None` when neither holds the whole
+/// list (the trie decides).
+#[inline(always)]
+fn long_prefix(generation: &Generation, id: usize, leading: u64) -> Option<bool> {
+    let short = &generation.tables.short[id];
+    if short.complete != 0 {
+        return Some(short.covers(leading));
+    }
+    let hashed = &generation.tables.hashed[id];
+    if hashed.complete == 0 {
+        return None;
+    }
+    let table = APNS_LONG_PFX.get(generation.number)?;
+    for index in 0..HASHED_LENGTHS {
+        if index as u32 >= hashed.count {
+            break;
+        }
+        let tag = long_prefixes::tag(id as u8, hashed.lengths[index]);
+        if table.contains(leading & hashed.masks[index], tag) {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
 #[inline(always)]
 fn in_v4(list: List<PrefixV4>, generation: &Generation, addr: &[u8; 4]) -> bool {
     match prefilter(generation, list.first, addr[0], addr[1]) {
@@ -223,9 +252,8 @@ fn in_v4(list: List<PrefixV4>, generation: &Generation, addr: &[u8; 4]) -> bool 
         verdict::ALL => return true,
         _ => {}
     }
-    let short = &generation.tables.short[list.short];
-    if short.complete != 0 {
-        return short.covers(leading_v4(addr));
+    if let Some(covered) = long_prefix(generation, list.short, leading_v4(addr)) {
+        return covered;
     }
     let data = PrefixV4 {
         generation: generation.number as u8,
@@ -246,9 +274,8 @@ fn in_v6(list: List<PrefixV6>, generation: &Generation, addr: &[u8; 16]) -> bool
     if prefilter(generation, list.next, addr[2], addr[3]) == verdict::NONE {
         return false;
     }
-    let short = &generation.tables.short[list.short];
-    if short.complete != 0 {
-        return short.covers(leading_v6(addr));
+    if let Some(covered) = long_prefix(generation, list.short, leading_v6(addr)) {
+        return covered;
     }
     let data = PrefixV6 {
         generation: generation.number as u8,

@@ -7,10 +7,11 @@ use apns_common::{
     counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS, IFACE_SLOTS},
     events::{EventConfig, EventState},
     fastpath::{IfaceConfig, PathCounters},
+    long_prefixes::LongPrefixTable,
     maps::{
         ALLOW_MAX_ENTRIES, CONNS_DEFAULT_ENTRIES, COUNTERS_CARRIED_MAX_ENTRIES, EVENTS_RING_BYTES,
-        FLOWS_MAX_ENTRIES, IFACES_MAX_ENTRIES, MAX_INTERFACES, POLICY_MAX_ENTRIES,
-        PROVIDERS_MAX_ENTRIES, TABLES_MAX_ENTRIES,
+        FLOWS_MAX_ENTRIES, IFACES_MAX_ENTRIES, LONG_PREFIXES_MAX_ENTRIES, MAX_INTERFACES,
+        POLICY_MAX_ENTRIES, PROVIDERS_MAX_ENTRIES, TABLES_MAX_ENTRIES,
     },
     policy::{GenerationTables, PolicyConfig, PrefixV4, PrefixV6},
 };
@@ -43,6 +44,10 @@ pub static APNS_PROV_V4: LpmTrie<PrefixV4, u8> =
 #[map]
 pub static APNS_PROV_V6: LpmTrie<PrefixV6, u8> =
     LpmTrie::with_max_entries(PROVIDERS_MAX_ENTRIES, 0);
+
+#[map]
+pub static APNS_LONG_PFX: Array<LongPrefixTable> =
+    Array::with_max_entries(LONG_PREFIXES_MAX_ENTRIES, 0);
 
 #[map]
 pub static APNS_COUNTERS: PerCpuArray<CounterBlock> =

@@ -6,9 +6,10 @@
 //! The seed is fixed so CI is reproducible; `APNS_DIFF_SEED=<n>` explores others and
 //! `APNS_DIFF_FRAMES=<n>` changes the count.
 //!
-//! A second test aims at the prefix lookups (the prefilter tables in front of the LPM tries):
-//! a policy with prefixes of every length around the prefilter's 16- and 32-bit steps, and TCP
-//! segments whose addresses sit on, next to and near those prefixes.
+//! A second test aims at the prefix lookups (the prefilter tables in front of the short lists,
+//! the long-prefix table and the LPM tries): policies with prefixes of every length around the
+//! prefilter's 16- and 32-bit steps, and TCP segments whose addresses sit on, next to and near
+//! those prefixes.
 
 use std::{
     io::Write as _,
@@ -196,6 +197,62 @@ fn prefix_policy(enforce: bool) -> Policy {
     }
 }
 
+/// `prefix_policy(false)` enforcing, with lists too long for a short list that use at most
+/// four lengths past /16 each, so that the long-prefix table answers for them
+/// (`apns_common::prefilter::HashedLengths`): the IPv4 allow-list (/17, /24, /25, /32), the
+/// IPv6 allow-list (/17, /32, /33, /48) and the IPv4 provider list (/24, /26).
+fn hashed_prefix_policy() -> Policy {
+    let mut policy = prefix_policy(false);
+    policy.enforce = true;
+    for third in 0..24u8 {
+        let len = if third % 2 == 0 { 24 } else { 25 };
+        policy
+            .allow_v4
+            .push((Ipv4Addr::new(192, 168, 10 + third, 0), len));
+    }
+    for third in 0..12u16 {
+        let net = Ipv6Addr::new(0x2001, 0xdb8, 0x100 + third, 0, 0, 0, 0, 0);
+        policy.allow_v6.push((net, 48));
+    }
+    for third in 0..10u8 {
+        policy
+            .providers_v4
+            .push((Ipv4Addr::new(198, 51, 101 + third, 64), 26));
+    }
+    policy
+}
+
+/// Which of `policy`'s lists the long-prefix table answers for, as the agent decides it
+/// (`ShortList` first, then `HashedLengths`): IPv4 allow, IPv6 allow, IPv4 providers, IPv6
+/// providers.
+fn hashed_lists(policy: &Policy) -> [bool; 4] {
+    use apns_common::prefilter::{leading_v4, leading_v6, HashedLengths, ShortList};
+    let hashed = |prefixes: Vec<(u64, u8)>| {
+        ShortList::of_prefixes(prefixes.iter().copied()).complete == 0
+            && HashedLengths::of_prefixes(prefixes).complete == 1
+    };
+    let v4 = |list: &[(Ipv4Addr, u8)]| {
+        hashed(
+            list.iter()
+                .map(|(a, l)| (leading_v4(&a.octets()), *l))
+                .collect(),
+        )
+    };
+    let v6 = |list: &[(Ipv6Addr, u8)]| {
+        hashed(
+            list.iter()
+                .map(|(a, l)| (leading_v6(&a.octets()), *l))
+                .collect(),
+        )
+    };
+    [
+        v4(&policy.allow_v4),
+        v6(&policy.allow_v6),
+        v4(&policy.providers_v4),
+        v6(&policy.providers_v6),
+    ]
+}
+
 /// TCP segments between addresses on, next to and near `policy`'s prefixes (and random ones),
 /// on the policy's ports and others.
 struct PrefixFrames {
@@ -288,17 +345,25 @@ impl PrefixFrames {
 fn kernel_and_reference_agree_on_prefixes_of_every_length() {
     apns_tests::require_root!();
     let seed = env_number("APNS_DIFF_SEED", DEFAULT_SEED) ^ 0x9f;
-    let frames = env_number("APNS_DIFF_FRAMES", DEFAULT_FRAMES as u64) as usize / 2;
+    let frames = env_number("APNS_DIFF_FRAMES", DEFAULT_FRAMES as u64) as usize / 3;
+    let policies = [
+        (prefix_policy(true), seed),
+        (prefix_policy(false), seed ^ 1),
+        (hashed_prefix_policy(), seed ^ 2),
+    ];
+    // Each way of answering for long prefixes is exercised: the tries (the enforcing IPv6
+    // allow-list has a /128), short lists (the rest of the first two) and the long-prefix table.
+    assert_eq!(hashed_lists(&policies[0].0), [false; 4]);
+    assert_eq!(hashed_lists(&policies[2].0), [true, true, true, false]);
     let mut mismatches = 0;
-    for (enforce, seed) in [(true, seed), (false, seed ^ 1)] {
-        let policy = prefix_policy(enforce);
-        let mut source = PrefixFrames::new(&policy, seed);
-        mismatches += compare_frames(&policy, seed, frames, || source.next_frame());
+    for (policy, seed) in &policies {
+        let mut source = PrefixFrames::new(policy, *seed);
+        mismatches += compare_frames(policy, *seed, frames, || source.next_frame());
     }
     writeln!(
         std::io::stderr(),
-        "prefix differential: {} frames (seed {seed:#x}, enforcing and monitoring), {mismatches} mismatches",
-        2 * frames
+        "prefix differential: {} frames (seed {seed:#x}, enforcing, monitoring, hashed), {mismatches} mismatches",
+        policies.len() * frames
     )
     .expect("stderr is writable");
     assert_eq!(

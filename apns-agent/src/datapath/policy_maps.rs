@@ -1,17 +1,22 @@
 //! Typed access to the datapath's policy maps, and the one way policy gets into them:
 //! write the whole policy into the inactive generation (its tables: port entries with
-//! counter slots and the address prefilter; the tries; its config), then flip `APNS_ACTIVE`.
+//! counter slots, the address prefilter and how each list's long prefixes are answered; the
+//! tries; the long-prefix table; its config), then flip `APNS_ACTIVE`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context as _};
 use apns_common::{
-    maps::{ACTIVE, ALLOW_V4, ALLOW_V6, POLICY, PROVIDERS_V4, PROVIDERS_V6, TABLES},
+    long_prefixes::{self, LongPrefixTable},
+    maps::{ACTIVE, ALLOW_V4, ALLOW_V6, LONG_PREFIXES, POLICY, PROVIDERS_V4, PROVIDERS_V6, TABLES},
     policy::{
         GenerationTables, PolicyConfig, PortEntry, PrefixV4, PrefixV6, GENERATION_PREFIX_BITS,
         MAX_PORTS, PORT_LIST_DIRTY,
     },
-    prefilter::{leading_v4, leading_v6, short, table, PrefixTable, ShortList},
+    prefilter::{
+        leading_mask, leading_v4, leading_v6, short, table, HashedLengths, PrefixTable, ShortList,
+        FIRST_LEVEL_BITS,
+    },
 };
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData},
@@ -35,6 +40,7 @@ pub struct PolicyMaps {
     allow_v6: LpmTrie<MapData, PrefixV6, u8>,
     providers_v4: LpmTrie<MapData, PrefixV4, u8>,
     providers_v6: LpmTrie<MapData, PrefixV6, u8>,
+    long_prefixes: Array<MapData, LongPrefixTable>,
 }
 
 /// Value stored in the LPM tries: only presence matters.
@@ -60,6 +66,7 @@ impl PolicyMaps {
             allow_v6: typed(ALLOW_V6, map(ALLOW_V6))?,
             providers_v4: typed(PROVIDERS_V4, map(PROVIDERS_V4))?,
             providers_v6: typed(PROVIDERS_V6, map(PROVIDERS_V6))?,
+            long_prefixes: typed(LONG_PREFIXES, map(LONG_PREFIXES))?,
         })
     }
 
@@ -93,10 +100,13 @@ impl PolicyMaps {
         let keep: BTreeSet<u16> = listed_ports(&in_force).iter().copied().collect();
         let wanted: BTreeSet<u16> = policy.ports.keys().copied().collect();
         let slots = self.slots.assign_ports(&keep, &wanted)?;
-        let tables = generation_tables(policy, &slots);
+        let (tables, long_prefixes) = generation_tables(policy, &slots);
         self.tables
             .set(target, tables, 0)
             .with_context(|| format!("writing generation {target} of map {TABLES}"))?;
+        self.long_prefixes
+            .set(target, *long_prefixes, 0)
+            .with_context(|| format!("writing generation {target} of map {LONG_PREFIXES}"))?;
         sync_trie(
             ALLOW_V4,
             &mut self.allow_v4,
@@ -217,8 +227,11 @@ fn listed_ports(config: &PolicyConfig) -> &[u16] {
 
 /// A generation's tables for `policy`: its ports with their roles and counter slots (`slots`,
 /// 0 for a port without one), and the prefilter derived from its lists
-/// (`apns_common::prefilter`).
-fn generation_tables(policy: &Policy, slots: &BTreeMap<u16, u8>) -> Box<GenerationTables> {
+/// (`apns_common::prefilter`); with its long-prefix table.
+fn generation_tables(
+    policy: &Policy,
+    slots: &BTreeMap<u16, u8>,
+) -> (Box<GenerationTables>, Box<LongPrefixTable>) {
     // SAFETY: `GenerationTables` is plain integers (it implements `aya::Pod`), for which all
     // zero bytes are a valid value: no port, no prefix. Built on the heap: it is about 352 KiB.
     let mut tables = unsafe { Box::<GenerationTables>::new_zeroed().assume_init() };
@@ -255,13 +268,60 @@ fn generation_tables(policy: &Policy, slots: &BTreeMap<u16, u8>) -> Box<Generati
             PrefixTable::add_v6(first, next, net.network().octets(), net.prefix_len());
         }
     }
+    let long_prefixes = long_prefix_lists(policy, &mut tables);
+    (tables, long_prefixes)
+}
+
+/// How each list's long prefixes (longer than /16) are answered: a short list when they are
+/// few, else the long-prefix table when they use few lengths and the table has room for them
+/// (in list order), else the trie. Fills the tables' short lists and hashed lengths and
+/// returns the long-prefix table.
+fn long_prefix_lists(policy: &Policy, tables: &mut GenerationTables) -> Box<LongPrefixTable> {
     let v4 = |net: Ipv4Net| (leading_v4(&net.network().octets()), net.prefix_len());
     let v6 = |net: Ipv6Net| (leading_v6(&net.network().octets()), net.prefix_len());
-    tables.short[short::ALLOW_V4] = ShortList::of_prefixes(policy.allow_v4().map(v4));
-    tables.short[short::PROVIDERS_V4] = ShortList::of_prefixes(policy.providers_v4().map(v4));
-    tables.short[short::ALLOW_V6] = ShortList::of_prefixes(policy.allow_v6().map(v6));
-    tables.short[short::PROVIDERS_V6] = ShortList::of_prefixes(policy.providers_v6().map(v6));
-    tables
+    let lists: [(usize, Vec<(u64, u8)>); short::PER_GENERATION] = [
+        (short::ALLOW_V4, policy.allow_v4().map(v4).collect()),
+        (short::PROVIDERS_V4, policy.providers_v4().map(v4).collect()),
+        (short::ALLOW_V6, policy.allow_v6().map(v6).collect()),
+        (short::PROVIDERS_V6, policy.providers_v6().map(v6).collect()),
+    ];
+    let mut table = empty_long_prefix_table();
+    let mut used = 0;
+    for (id, prefixes) in lists {
+        tables.short[id] = ShortList::of_prefixes(prefixes.iter().copied());
+        if tables.short[id].complete != 0 {
+            continue;
+        }
+        let hashed = HashedLengths::of_prefixes(prefixes.iter().copied());
+        let long: Vec<(u64, u8)> = prefixes
+            .into_iter()
+            .filter(|&(_, len)| len > FIRST_LEVEL_BITS)
+            .collect();
+        if hashed.complete == 0 || used + long.len() > long_prefixes::CAPACITY {
+            continue;
+        }
+        // A list that does not fit is left to its trie, and the lists before it keep theirs.
+        let mut before = empty_long_prefix_table();
+        before.buckets.copy_from_slice(&table.buckets);
+        let fits = long.iter().all(|&(network, len)| {
+            let tag = long_prefixes::tag(id as u8, len);
+            table.insert(network & leading_mask(len), tag).is_none()
+        });
+        if fits {
+            used += long.len();
+            tables.hashed[id] = hashed;
+        } else {
+            table = before;
+        }
+    }
+    table
+}
+
+/// An empty long-prefix table, made on the heap (2 MiB).
+fn empty_long_prefix_table() -> Box<LongPrefixTable> {
+    // SAFETY: `LongPrefixTable` is plain integers (it implements `aya::Pod`), for which all
+    // zero bytes are a valid value: every slot empty.
+    unsafe { Box::<LongPrefixTable>::new_zeroed().assume_init() }
 }
 
 /// Key data of an LPM trie that starts with the generation byte.
@@ -343,4 +403,87 @@ fn sync_trie<K: GenerationKey>(
             .with_context(|| format!("adding a prefix to map {name}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use apns_common::{long_prefixes::tag, prefilter::HASHED_LENGTHS};
+
+    use super::*;
+
+    /// `count` distinct IPv4 /24s outside 17.0.0.0/8, and as many IPv6 /64s in 2001:db8::/32.
+    fn v4_24s(count: u32) -> impl Iterator<Item = IpNet> {
+        (0..count).map(|i| IpNet::V4(Ipv4Net::new((0x2000_0000 + (i << 8)).into(), 24).unwrap()))
+    }
+    fn v6_64s(count: u32) -> impl Iterator<Item = IpNet> {
+        (0..count).map(|i| {
+            let net = (0x2001_0db8_u128 << 96) | (u128::from(i) << 64);
+            IpNet::V6(Ipv6Net::new(net.into(), 64).unwrap())
+        })
+    }
+
+    fn lists_of(policy: &Policy) -> (Box<GenerationTables>, Box<LongPrefixTable>) {
+        generation_tables(policy, &BTreeMap::new())
+    }
+
+    #[test]
+    fn apple_alone_takes_short_lists_and_leaves_the_table_empty() {
+        let (tables, long) = lists_of(&Policy::apple_defaults());
+        assert!(tables.short.iter().all(|list| list.complete == 1));
+        assert!(tables.hashed.iter().all(|list| list.complete == 0));
+        assert!(long
+            .buckets
+            .iter()
+            .all(|b| b.slots.iter().all(|s| s.tag == 0)));
+    }
+
+    #[test]
+    fn a_long_list_of_few_lengths_goes_into_the_table() {
+        let mut policy = Policy::apple_defaults();
+        policy.allow.extend(v4_24s(200));
+        policy.allow.extend(v6_64s(20));
+        let (tables, long) = lists_of(&policy);
+        for id in [short::ALLOW_V4, short::ALLOW_V6] {
+            assert_eq!(tables.short[id].complete, 0, "list {id}");
+            assert_eq!(tables.hashed[id].complete, 1, "list {id}");
+        }
+        assert_eq!(tables.hashed[short::ALLOW_V4].lengths[..1], [24]);
+        // Apple's /48s and the /64s.
+        assert_eq!(tables.hashed[short::ALLOW_V6].lengths[..2], [64, 48]);
+        let v4 = leading_v4(&[32, 0, 199, 0]);
+        assert!(long.contains(v4, tag(short::ALLOW_V4 as u8, 24)));
+        assert!(!long.contains(v4, tag(short::PROVIDERS_V4 as u8, 24)));
+        let past = leading_v4(&[32, 0, 200, 0]);
+        assert!(!long.contains(past, tag(short::ALLOW_V4 as u8, 24)));
+    }
+
+    #[test]
+    fn a_list_past_the_tables_room_or_of_many_lengths_is_left_to_its_trie() {
+        let mut policy = Policy::apple_defaults();
+        policy.allow.extend(v4_24s(100_000));
+        policy.allow.extend(v6_64s(20_000));
+        let (tables, long) = lists_of(&policy);
+        assert_eq!(tables.hashed[short::ALLOW_V4].complete, 1);
+        assert_eq!(tables.hashed[short::ALLOW_V6], HashedLengths::default());
+        let last_v6 = leading_v6(
+            &Ipv6Net::new((0x2001_0db8_0000_4e1f_u128 << 64).into(), 64)
+                .unwrap()
+                .network()
+                .octets(),
+        );
+        assert!(!long.contains(last_v6, tag(short::ALLOW_V6 as u8, 64)));
+        assert!(long.contains(
+            leading_v4(&[33, 134, 159, 0]),
+            tag(short::ALLOW_V4 as u8, 24)
+        ));
+
+        let mut policy = Policy::apple_defaults();
+        policy.allow.extend(v4_24s(20));
+        let lengths = 17..=(17 + HASHED_LENGTHS as u8);
+        policy
+            .allow
+            .extend(lengths.map(|len| IpNet::V4(Ipv4Net::new([44, 0, 0, 0].into(), len).unwrap())));
+        let (tables, _) = lists_of(&policy);
+        assert_eq!(tables.hashed[short::ALLOW_V4], HashedLengths::default());
+    }
 }

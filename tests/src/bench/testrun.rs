@@ -64,7 +64,8 @@ pub const ALLOW_LIST_SIZES: [usize; 4] = [1, 100, 10_000, 100_000];
 
 /// The prefixes that match the APNs SYNs' destinations (17.249.1.10, 2620:149:a44::10) in
 /// section 2: a /24 and a /64, longer than the prefilter settles (16 bits; 32 for IPv6), so
-/// that every list size, one prefix included, needs the LPM trie: like is compared with like.
+/// that every list size, one prefix included, is answered past the prefilter (one prefix by
+/// the list's short list, 100 and more by the long-prefix table).
 const MATCHING_V4: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(17, 249, 1, 0), 24) {
     Ok(net) => net,
     Err(_) => panic!("valid prefix"),
@@ -910,9 +911,10 @@ impl Family {
         }
     }
 
-    /// Whether the prefilter sends the non-Apple host's address to the trie with `list`
-    /// (some prefix longer than the prefilter's reach shares its leading bits).
-    fn other_asks_trie(self, list: &BTreeSet<IpNet>) -> bool {
+    /// Whether the prefilter sends the non-Apple host's address on (to the list's short list
+    /// or long-prefix table) with `list`: some prefix longer than the prefilter's reach shares
+    /// its leading bits.
+    fn other_asks_past_prefilter(self, list: &BTreeSet<IpNet>) -> bool {
         match self {
             Family::V4 => {
                 let other = u32::from(OTHER.v4);
@@ -1003,7 +1005,7 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
                 let mut program = OurProgram::load()?;
                 let list = family.list(n);
                 if instance == 0 {
-                    asks.push(family.other_asks_trie(&list));
+                    asks.push(family.other_asks_past_prefilter(&list));
                 }
                 let took = program
                     .apply(&policy_with(list))
@@ -1136,7 +1138,7 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
                 format!(
                     "{} ({})",
                     num(point.https.median),
-                    if asks[i] { "trie" } else { "prefilter" }
+                    if asks[i] { "table" } else { "prefilter" }
                 ),
                 format!("{} ms", num(apply.as_secs_f64() * 1e3)),
             ]);
@@ -1155,9 +1157,10 @@ pub fn allow_list_scaling(plan: &Plan, cpu: usize) -> Result<(Section, Scaling)>
          from a fixed seed outside 17.0.0.0/8), IPv6 /64s (matched by 2620:149:a44::/64, the \
          others drawn in 2000::/3 outside 2620::/16). Every prefix is longer than the \
          prefilter settles: with one prefix the list's short list answers (a compare), from 100 \
-         on the LPM trie does. \
+         on the long-prefix table does (a cuckoo hash in an array: two buckets, the list uses \
+         one length). \
          The non-Apple HTTPS packet (to 203.0.113.130:443 / 2001:db8:ff::10:443) runs through \
-         the same datapaths: whether its address reaches the trie depends on whether a drawn \
+         the same datapaths: whether its address reaches the table depends on whether a drawn \
          prefix shares its leading bits (column \"non-Apple HTTPS\"). Same method as section 1: \
          per family, rounds of the floor and the four datapaths on both packets in turn \
          (repeat {}, at least {} rounds and until {} s had passed; {:.0} s for both \
