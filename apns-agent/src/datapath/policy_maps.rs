@@ -105,7 +105,7 @@ impl PolicyMaps {
             .set(target, tables, 0)
             .with_context(|| format!("writing generation {target} of map {TABLES}"))?;
         self.long_prefixes
-            .set(target, *long_prefixes, 0)
+            .set(target, long_prefixes, 0)
             .with_context(|| format!("writing generation {target} of map {LONG_PREFIXES}"))?;
         sync_trie(
             ALLOW_V4,
