@@ -6,7 +6,9 @@
 //! and on kernels that mitigate return-address speculation in software (SRSO's return thunk,
 //! retpolines) every call costs about 15 ns (BENCHMARKS.md): a hash map lookup cost 38 ns a
 //! length, more than an LPM trie of 100 prefixes. This table lives in one array map value per
-//! generation, so the lookup is the verifier's inlined array access and arithmetic.
+//! generation, so a lookup is arithmetic and the verifier's inlined array accesses; the XDP
+//! program makes it in one global BPF function (`apns_long_prefix`, apns-ebpf's classify.rs),
+//! a single call whatever the list's lengths.
 //!
 //! It is a bucketized cuckoo hash: [`BUCKETS`] buckets of [`SLOTS`] slots; a prefix sits in
 //! one of two buckets ([`bucket_of`] with [`FIRST`] and [`SECOND`]), so a lookup reads two

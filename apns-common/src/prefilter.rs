@@ -1,8 +1,8 @@
 //! The prefix prefilter in front of the LPM tries: most addresses are settled by one array
 //! read, those near a long prefix of a short list (Apple's IPv6 /48s) by a few compares
 //! ([`ShortList`]), those near a long prefix of a longer list by a lookup in the long-prefix
-//! table per prefix length it uses ([`HashedLengths`]), and only lists of many lengths or of prefixes longer
-//! than /64 pay for a trie lookup.
+//! table per prefix length it uses ([`HashedLengths`]), and only lists of many lengths or of
+//! prefixes longer than /64 pay for a trie lookup.
 //!
 //! For each policy generation and each prefix list (allow-list, provider list) the agent
 //! derives, in the same generation swap as the tries:

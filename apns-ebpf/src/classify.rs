@@ -5,8 +5,9 @@
 //! judged at all, the prefilter (verdicts by the leading 16 bits) settles most addresses,
 //! a list's short list settles those next to its long prefixes when it has few of them
 //! (Apple's IPv6 /48s), the long-prefix table (two buckets of an array per prefix length)
-//! those of a longer list of few lengths (a list of 100,000 /24s: one length), and only an address next to a prefix of a list of
-//! many lengths, or of prefixes longer than /64, pays for an LPM trie lookup.
+//! those of a longer list of few lengths (a list of 100,000 /24s: one length), and only an
+//! address next to a prefix of a list of many lengths, or of prefixes longer than /64, pays
+//! for an LPM trie lookup.
 
 use apns_common::{
     counters::{usable_slot, Direction, Outcome, OVERFLOW_SLOT},
