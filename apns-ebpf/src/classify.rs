@@ -178,39 +178,34 @@ fn is_provider(generation: &Generation, addrs: &Addrs) -> bool {
     }
 }
 
-/// One prefix list of one family: its prefilter tables, its short list and hashed lengths
-/// (and its tag in the long-prefix table) by one id, and its trie.
-struct List<K: 'static> {
+/// One prefix list of one family: its prefilter tables, and its id for its short list,
+/// hashed lengths, long-prefix table tag and trie ([`apns_long_prefix`]).
+struct List {
     first: usize,
     /// IPv6's next-level table (unused for IPv4, whose first level is all it has).
     next: usize,
     short: usize,
-    trie: &'static LpmTrie<K, u8>,
 }
 
-const ALLOW_V4: List<PrefixV4> = List {
+const ALLOW_V4: List = List {
     first: table::ALLOW_V4,
     next: table::ALLOW_V4,
     short: short::ALLOW_V4,
-    trie: &APNS_ALLOW_V4,
 };
-const PROVIDERS_V4: List<PrefixV4> = List {
+const PROVIDERS_V4: List = List {
     first: table::PROVIDERS_V4,
     next: table::PROVIDERS_V4,
     short: short::PROVIDERS_V4,
-    trie: &APNS_PROV_V4,
 };
-const ALLOW_V6: List<PrefixV6> = List {
+const ALLOW_V6: List = List {
     first: table::ALLOW_V6,
     next: table::ALLOW_V6_NEXT,
     short: short::ALLOW_V6,
-    trie: &APNS_ALLOW_V6,
 };
-const PROVIDERS_V6: List<PrefixV6> = List {
+const PROVIDERS_V6: List = List {
     first: table::PROVIDERS_V6,
     next: table::PROVIDERS_V6_NEXT,
     short: short::PROVIDERS_V6,
-    trie: &APNS_PROV_V6,
 };
 
 /// The prefilter's verdict on the 16-bit bucket made of `high` and `low`.
@@ -220,70 +215,97 @@ fn prefilter(generation: &Generation, table: usize, high: u8, low: u8) -> u8 {
     generation.tables.prefilter[table].get(bucket as u16)
 }
 
-/// Whether a long prefix of list `id` covers the address whose leading 64 bits are
-/// `leading`, from its short list or its hashed lengths; `None` when neither holds the whole
-/// list (the trie decides).
+/// Whether a long prefix (longer than /16) of list `id` covers the address whose leading and
+/// trailing 64 bits are `high` and `low`: its short list answers inline when it holds the
+/// whole list, [`apns_long_prefix`] otherwise.
 #[inline(always)]
-fn long_prefix(generation: &Generation, id: usize, leading: u64) -> Option<bool> {
+fn long_prefix(generation: &Generation, id: usize, high: u64, low: u64) -> bool {
     let short = &generation.tables.short[id];
     if short.complete != 0 {
-        return Some(short.covers(leading));
+        return short.covers(high);
     }
-    let hashed = &generation.tables.hashed[id];
-    if hashed.complete == 0 {
-        return None;
-    }
-    Some(apns_long_prefix(generation.number, id as u32, leading) != 0)
+    apns_long_prefix(generation.number, id as u32, high, low) != 0
 }
 
-/// 1 when generation `generation`'s long-prefix table holds a prefix of list `id` (a
-/// [`short`] id), under one of the list's hashed lengths, that covers the address whose
-/// leading 64 bits are `leading`; else 0. A global BPF function: the verifier checks it once,
-/// by itself (its arguments are plain values, all 5.10 takes), where inlined code or a static
-/// function is checked again on every path that reaches it; inlined at every list's lookup,
-/// its compares (two buckets of four slots a length) took Linux 5.10's verifier past its
-/// 1,000,000 instructions with debug logging on.
+/// 1 when a long prefix of list `id` (a [`short`] id) in generation `generation` covers the
+/// address whose leading and trailing 64 bits are `high` and `low` (IPv4: the address in the
+/// upper half of `high`), else 0: from the long-prefix table where the list is hashed, else
+/// from its LPM trie.
+///
+/// A global BPF function: the verifier checks it once, by itself (its arguments are plain
+/// values, all 5.10 takes), where inlined code or a static function is checked again on
+/// every path that reaches it. Inlined at every list's lookup, the table's compares (two
+/// buckets of four slots a length) took Linux 5.10's verifier past its 1,000,000 instructions
+/// with debug logging on, and a separate path for the table beside the trie's did the same
+/// for the libxdp component on 5.10 and 6.1: one call for both leaves the caller one path.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn apns_long_prefix(generation: u32, id: u32, leading: u64) -> u32 {
-    let (Some(tables), Some(table)) = (APNS_TABLES.get(generation), APNS_LONG_PFX.get(generation))
-    else {
+pub extern "C" fn apns_long_prefix(generation: u32, id: u32, high: u64, low: u64) -> u32 {
+    let Some(tables) = APNS_TABLES.get(generation) else {
         return 0;
     };
-    let hashed = &tables.hashed[id as usize & (short::PER_GENERATION - 1)];
-    for index in 0..HASHED_LENGTHS {
-        if index as u32 >= hashed.count {
-            break;
+    let id = id as usize & (short::PER_GENERATION - 1);
+    let hashed = &tables.hashed[id];
+    if hashed.complete != 0 {
+        let Some(table) = APNS_LONG_PFX.get(generation) else {
+            return 0;
+        };
+        for index in 0..HASHED_LENGTHS {
+            if index as u32 >= hashed.count {
+                break;
+            }
+            let tag = long_prefixes::tag(id as u8, hashed.lengths[index]);
+            if table.contains(high & hashed.masks[index], tag) {
+                return 1;
+            }
         }
-        let tag = long_prefixes::tag(id as u8, hashed.lengths[index]);
-        if table.contains(leading & hashed.masks[index], tag) {
-            return 1;
-        }
+        return 0;
     }
-    0
+    let found = match id {
+        short::ALLOW_V4 => in_trie_v4(&APNS_ALLOW_V4, generation, high),
+        short::PROVIDERS_V4 => in_trie_v4(&APNS_PROV_V4, generation, high),
+        short::ALLOW_V6 => in_trie_v6(&APNS_ALLOW_V6, generation, high, low),
+        _ => in_trie_v6(&APNS_PROV_V6, generation, high, low),
+    };
+    u32::from(found)
 }
 
 #[inline(always)]
-fn in_v4(list: List<PrefixV4>, generation: &Generation, addr: &[u8; 4]) -> bool {
+fn in_trie_v4(trie: &LpmTrie<PrefixV4, u8>, generation: u32, high: u64) -> bool {
+    let [a, b, c, d, ..] = high.to_be_bytes();
+    let data = PrefixV4 {
+        generation: generation as u8,
+        addr: [a, b, c, d],
+    };
+    trie.get(Key::new(GENERATION_PREFIX_BITS + 32, data))
+        .is_some()
+}
+
+#[inline(always)]
+fn in_trie_v6(trie: &LpmTrie<PrefixV6, u8>, generation: u32, high: u64, low: u64) -> bool {
+    let mut addr = [0u8; 16];
+    addr[..8].copy_from_slice(&high.to_be_bytes());
+    addr[8..].copy_from_slice(&low.to_be_bytes());
+    let data = PrefixV6 {
+        generation: generation as u8,
+        addr,
+    };
+    trie.get(Key::new(GENERATION_PREFIX_BITS + 128, data))
+        .is_some()
+}
+
+#[inline(always)]
+fn in_v4(list: List, generation: &Generation, addr: &[u8; 4]) -> bool {
     match prefilter(generation, list.first, addr[0], addr[1]) {
         verdict::NONE => return false,
         verdict::ALL => return true,
         _ => {}
     }
-    if let Some(covered) = long_prefix(generation, list.short, leading_v4(addr)) {
-        return covered;
-    }
-    let data = PrefixV4 {
-        generation: generation.number as u8,
-        addr: *addr,
-    };
-    list.trie
-        .get(Key::new(GENERATION_PREFIX_BITS + 32, data))
-        .is_some()
+    long_prefix(generation, list.short, leading_v4(addr), 0)
 }
 
 #[inline(always)]
-fn in_v6(list: List<PrefixV6>, generation: &Generation, addr: &[u8; 16]) -> bool {
+fn in_v6(list: List, generation: &Generation, addr: &[u8; 16]) -> bool {
     match prefilter(generation, list.first, addr[0], addr[1]) {
         verdict::NONE => return false,
         verdict::ALL => return true,
@@ -292,14 +314,8 @@ fn in_v6(list: List<PrefixV6>, generation: &Generation, addr: &[u8; 16]) -> bool
     if prefilter(generation, list.next, addr[2], addr[3]) == verdict::NONE {
         return false;
     }
-    if let Some(covered) = long_prefix(generation, list.short, leading_v6(addr)) {
-        return covered;
-    }
-    let data = PrefixV6 {
-        generation: generation.number as u8,
-        addr: *addr,
-    };
-    list.trie
-        .get(Key::new(GENERATION_PREFIX_BITS + 128, data))
-        .is_some()
+    let low = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    long_prefix(generation, list.short, leading_v6(addr), low)
 }

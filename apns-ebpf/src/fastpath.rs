@@ -41,7 +41,10 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 
-use aya_log_ebpf::debug;
+use aya_log_ebpf::{
+    debug,
+    macro_support::{level_enabled, Level},
+};
 
 use crate::{
     maps::{APNS_FP_PATHS, APNS_TX_PORTS},
@@ -96,6 +99,18 @@ pub fn mark(ctx: &XdpContext, config: &IfaceConfig) {
     }
 }
 
+/// The debug record of a fast-path fallback; a global BPF function for the reason
+/// `events::apns_log_drop` is one.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn apns_log_fallback(reason: u32, ifindex: u32) -> u32 {
+    debug!(
+        (),
+        "fast path: fallback {} on ifindex {}, passing to the stack", reason as u8, ifindex
+    );
+    0
+}
+
 /// Decides what the `redirect` fast path does with `packet` (see the module documentation)
 /// and, for [`Forward::Xdp`], rewrites the frame. `opened_on`: for an inbound packet, the
 /// interface where its flow's device packets enter (`flows::admit`), the only egress it may
@@ -112,10 +127,9 @@ pub fn redirect<const HAND_OFF_ALL: bool>(
     let route = match route(ctx.as_ptr(), cursor, ifindex, packet, packet.ip_len) {
         Ok(route) => route,
         Err(reason) => {
-            debug!(
-                ctx,
-                "fast path: fallback {} on ifindex {}, passing to the stack", reason as u8, ifindex
-            );
+            if level_enabled(Level::Debug) {
+                apns_log_fallback(u32::from(reason as u8), ifindex);
+            }
             return Forward::Stack(reason);
         }
     };

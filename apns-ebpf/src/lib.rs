@@ -86,7 +86,7 @@ pub fn handle_with<const HAND_OFF_ALL: bool, const META_CALLS: bool>(ctx: &XdpCo
         Ok(tcp) => {
             let mut judgement = classify::judge(&tcp);
             if judgement.outcome.is_drop() {
-                events::report_drop(ctx, ifindex, &judgement, &tcp);
+                events::report_drop(ifindex, &judgement, &tcp);
             }
             let next = if judgement.outcome == Outcome::Pass {
                 passed_apns::<HAND_OFF_ALL, META_CALLS>(
