@@ -23,7 +23,15 @@
 //! The table is shared by all CPUs (both halves of a connection must meet in one entry). The
 //! device's packets write only the `out_*` fields and Apple's only the `in_*` fields; the
 //! packet and byte counts are atomic adds, times are plain stores (the last writer wins),
-//! and [`ConnValue::end`] is set once with a compare-and-swap, so each end is counted once.
+//! and [`ConnValue::end`] is set only while it is 0 (not atomically: BPF's compare-and-swap
+//! needs Linux 5.12, and 5.10 refuses a program that holds one; the two halves of one
+//! connection can then both count an end within the same few nanoseconds).
+//!
+//! ## Per tick, not per packet
+//!
+//! A connection's entry is written for the first packet of each scheduler tick per CPU and
+//! side, and for every SYN, FIN and RST; the other packets of the tick only add to per-CPU
+//! counts in `APNS_CONN_PEND` ([`Pending`] says why and how the counts stay exact).
 
 /// Key of `APNS_CONNS`: the connection as the device sees it. Addresses in network byte
 /// order (IPv4 in the first 4 bytes, the rest zero), ports in host byte order. Aligned to 8
@@ -112,6 +120,9 @@ pub struct ConnValue {
     pub first_ns: u64,
     /// The device's latest packet.
     pub out_last_ns: u64,
+    /// The device's packets and frame bytes; plain packets that shared a scheduler tick with
+    /// an earlier one on the same CPU wait in `APNS_CONN_PEND` ([`Pending`]) until a later
+    /// tick's packet or the agent's read adds them.
     pub out_packets: u64,
     pub out_bytes: u64,
     /// The device's latest resume: its first packet after at least [`RESUME_AFTER_NS`] with no
@@ -129,13 +140,14 @@ pub struct ConnValue {
     pub synack_ns: u64,
     /// Apple's latest packet other than a RST (an answer).
     pub in_last_ns: u64,
+    /// Apple's packets and frame bytes, counted as [`ConnValue::out_packets`].
     pub in_packets: u64,
     pub in_bytes: u64,
     /// Apple's first FIN and first RST (as seen from the device: a RST a middlebox sends in
     /// Apple's name counts here too; [`ConnValue::rst_ttl`] tells them apart).
     pub in_fin_ns: u64,
     pub in_rst_ns: u64,
-    /// An [`End`] code: the first FIN or RST from either side. Set once (compare-and-swap).
+    /// An [`End`] code: the first FIN or RST from either side. Set once.
     pub end: u64,
     /// SYNs from the device: 1 plus its retransmissions; 0 for a connection picked up after
     /// its handshake.
@@ -205,11 +217,79 @@ pub fn lifetime_bucket(seconds: u64) -> usize {
     bucket
 }
 
+/// The half of a connection a packet feeds: the device's packets its `out_*` fields, Apple's
+/// its `in_*` fields. Indexes the halves of `APNS_CONN_PEND` ([`pending_index`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Device = 0,
+    Apple = 1,
+}
+
+/// Slots of `APNS_CONN_PEND` per [`Side`] and CPU (a power of two).
+pub const PENDING_SLOTS: u32 = 256;
+/// Entries of `APNS_CONN_PEND`: both sides' slots.
+pub const PENDING_ENTRIES: u32 = 2 * PENDING_SLOTS;
+
+/// The entry of `APNS_CONN_PEND` of `slot` (below [`PENDING_SLOTS`]) on `side`.
+#[inline(always)]
+pub const fn pending_index(side: Side, slot: u32) -> u32 {
+    side as u32 * PENDING_SLOTS + slot % PENDING_SLOTS
+}
+
+/// The side an entry of `APNS_CONN_PEND` belongs to.
+pub const fn pending_side(index: u32) -> Side {
+    if index < PENDING_SLOTS {
+        Side::Device
+    } else {
+        Side::Apple
+    }
+}
+
+/// Value of `APNS_CONN_PEND`, one per CPU, slot and side: the packets of one connection that
+/// this CPU counted here rather than in the connection's entry.
+///
+/// The datapath writes a connection's entry in `APNS_CONNS` (a shared LRU hash: a hashed
+/// lookup, the clock, atomic adds) for the first packet of each scheduler tick on each CPU
+/// and side, and for every SYN, FIN and RST. A plain packet of the same connection in the
+/// same tick on the same CPU would write the same times again, so only its packet and byte
+/// counts are added here, per CPU, with an inlined array lookup and no clock (the tick is
+/// `bpf_jiffies64`, which the verifier inlines). The first packet of a later tick adds them
+/// to the entry; the agent adds what is still here when it reads the table. So every time in
+/// an entry is as exact as the clock's tick resolution allowed before, and every count is
+/// exact once read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// The connection the counts belong to.
+    pub key: ConnKey,
+    /// The tick (`bpf_jiffies64`) in which the datapath last wrote the connection's entry for
+    /// this side on this CPU: a plain packet of the same tick only adds to the counts.
+    pub tick: u64,
+    /// Packets and frame bytes not yet in the entry's counts.
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(size_of::<Pending>() == 64);
+
+impl ConnValue {
+    /// Adds the counts `pending` holds for `side` (the agent's part of [`Pending`]).
+    pub fn add_pending(&mut self, side: Side, pending: &Pending) {
+        let (packets, bytes) = match side {
+            Side::Device => (&mut self.out_packets, &mut self.out_bytes),
+            Side::Apple => (&mut self.in_packets, &mut self.in_bytes),
+        };
+        *packets += pending.packets;
+        *bytes += pending.bytes;
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ConnValue {}
     unsafe impl aya::Pod for super::ConnStats {}
+    unsafe impl aya::Pod for super::Pending {}
 }
 
 #[cfg(test)]
@@ -236,5 +316,45 @@ mod tests {
             assert!((*end as usize) < END_CODES);
         }
         assert_eq!(End::from_code(5), None);
+    }
+
+    #[test]
+    fn pending_slots_split_by_side() {
+        assert_eq!(pending_index(Side::Device, 0), 0);
+        assert_eq!(
+            pending_index(Side::Device, PENDING_SLOTS - 1),
+            PENDING_SLOTS - 1
+        );
+        assert_eq!(pending_index(Side::Apple, 0), PENDING_SLOTS);
+        assert_eq!(pending_index(Side::Apple, PENDING_SLOTS), PENDING_SLOTS);
+        assert_eq!(
+            pending_index(Side::Apple, PENDING_SLOTS - 1),
+            PENDING_ENTRIES - 1
+        );
+        for index in 0..PENDING_ENTRIES {
+            let side = pending_side(index);
+            assert_eq!(pending_index(side, index), index);
+        }
+    }
+
+    #[test]
+    fn pending_counts_go_to_their_side() {
+        let pending = Pending {
+            packets: 3,
+            bytes: 180,
+            ..Pending::default()
+        };
+        let mut value = ConnValue {
+            out_packets: 1,
+            out_bytes: 60,
+            in_packets: 2,
+            in_bytes: 120,
+            ..ConnValue::default()
+        };
+        value.add_pending(Side::Device, &pending);
+        assert_eq!((value.out_packets, value.out_bytes), (4, 240));
+        assert_eq!((value.in_packets, value.in_bytes), (2, 120));
+        value.add_pending(Side::Apple, &pending);
+        assert_eq!((value.in_packets, value.in_bytes), (5, 300));
     }
 }

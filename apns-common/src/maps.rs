@@ -13,13 +13,15 @@
 //! Apple, a pinhole port toward anyone else, or a SYN from Apple reads `APNS_POLICY`; only a
 //! passed APNs packet on a `redirect` interface `APNS_TX_PORTS` (and, if it is left to the
 //! stack, `APNS_FP_PATHS`) and the flow table `APNS_FLOWS` (an LRU hash; one lookup); only
-//! a passed APNs packet entering or XDP-redirected to a device-facing interface the connection table `APNS_CONNS` (an LRU hash) and
-//! `APNS_CONN_STATS`; only a policy drop the event maps.
+//! a passed APNs packet entering or XDP-redirected to a device-facing interface
+//! `APNS_CONN_PEND` (a per-CPU array, inlined on Linux 6.10+), and, for the first packet of
+//! its scheduler tick or a SYN, FIN or RST, the connection table `APNS_CONNS` (an LRU hash)
+//! and `APNS_CONN_STATS`; only a policy drop the event maps.
 //!
 //! Memory (preallocated, `bytes_memlock`): `APNS_CONNS` 15 MiB at the default 65,536
 //! entries; `APNS_FLOWS` 7 MiB; `APNS_LONG_PFX` 4 MiB (two generations of 2 MiB);
 //! `APNS_COUNTERS` 768 KiB per CPU; `APNS_TABLES` 704 KiB (two generations of 352 KiB);
-//! `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; the rest a few KiB. The LPM tries allocate
+//! `APNS_IFACES` 256 KiB; `APNS_EVENTS` 256 KiB; `APNS_CONN_PEND` 32 KiB per CPU; the rest a few KiB. The LPM tries allocate
 //! per prefix.
 
 /// `Array<u32>`, 1 entry: the policy generation (0 or 1) the datapath judges packets by.
@@ -174,9 +176,9 @@ pub mod map_type {
 }
 
 /// Every map above with its type, key and value size, for layout checks in user space.
-pub const ALL: [MapLayout; 22] = {
+pub const ALL: [MapLayout; 23] = {
     use crate::{
-        conns::{ConnKey, ConnStats, ConnValue},
+        conns::{ConnKey, ConnStats, ConnValue, Pending},
         counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS},
         events::{EventConfig, EventState},
         fastpath::IfaceConfig,
@@ -275,6 +277,13 @@ pub const ALL: [MapLayout; 22] = {
         ),
         MapLayout::new(CONN_STATS, PERCPU_ARRAY, 4, size_of::<ConnStats>(), 1),
         MapLayout::new(
+            CONN_PENDING,
+            PERCPU_ARRAY,
+            4,
+            size_of::<Pending>(),
+            crate::conns::PENDING_ENTRIES,
+        ),
+        MapLayout::new(
             FASTPATH_PATHS,
             PERCPU_ARRAY,
             4,
@@ -346,6 +355,15 @@ pub const CONNS_DEFAULT_ENTRIES: u32 = 65_536;
 /// reason, lifetimes, failed updates. Written by the programs that write `APNS_CONNS`; read
 /// by the agent.
 pub const CONN_STATS: &str = "APNS_CONN_STATS";
+
+/// `PerCpuArray<Pending>`, [`crate::conns::PENDING_ENTRIES`] entries
+/// ([`crate::conns::pending_index`]): per CPU, the packet and byte counts of connections
+/// whose entry in `APNS_CONNS` was already written in the same scheduler tick
+/// ([`crate::conns::Pending`]). Written by the programs that write `APNS_CONNS`, which move
+/// a slot's counts into the entry at the connection's next tick (or before the slot takes
+/// another connection); read by the agent, which adds what is still there to the entries it
+/// reads. 32 KiB per CPU.
+pub const CONN_PENDING: &str = "APNS_CONN_PEND";
 
 /// Maps whose size the config sets when the agent creates them: the layout check accepts any
 /// size for these (the entry in [`ALL`] has the default).

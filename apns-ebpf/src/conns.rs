@@ -1,22 +1,29 @@
-//! The only writer of the connection table (`APNS_CONNS`, `APNS_CONN_STATS`;
-//! `apns_common::conns` says who records what where). Called for APNs TCP packets that pass
-//! only: [`record_outbound`] for the device's packets entering a device-facing interface,
-//! [`apns_conns_inbound`] for Apple's packets leaving through one. Nothing here runs for
-//! other traffic.
+//! The only writer of the connection table (`APNS_CONNS`, `APNS_CONN_STATS`,
+//! `APNS_CONN_PEND`; `apns_common::conns` says who records what where). Called for APNs TCP
+//! packets that pass only: [`record_outbound`] for the device's packets entering a
+//! device-facing interface, [`record_inbound`] for Apple's packets leaving through one.
+//! Nothing here runs for other traffic.
+//!
+//! Each records through the connection's pending slot ([`record`]): a plain packet in the
+//! scheduler tick of an earlier one of its connection, side and CPU only adds to the slot's
+//! counts; any other packet writes the entry.
 
 use core::mem::MaybeUninit;
 
-use apns_common::conns::{lifetime_bucket, ConnKey, ConnStats, ConnValue, End, RESUME_AFTER_NS};
+use apns_common::conns::{
+    lifetime_bucket, pending_index, ConnKey, ConnStats, ConnValue, End, Pending, Side,
+    PENDING_SLOTS, RESUME_AFTER_NS,
+};
 use apns_common::features::bits;
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
 };
 
 use crate::{
     events::NS_PER_SEC,
     features,
-    maps::{APNS_CONNS, APNS_CONN_STATS},
+    maps::{APNS_CONNS, APNS_CONN_PEND, APNS_CONN_STATS},
     parse::{tcp_flag, Addrs, Cursor, TcpPacket},
 };
 
@@ -168,17 +175,169 @@ fn ended(value: &mut ConnValue, end: End, now: u64) {
     stats.lifetime_ms += lifetime / NS_PER_MS;
 }
 
+/// Flags that change a connection's state: a packet with one always writes the entry.
+const STATE_FLAGS: u8 = tcp_flag::SYN | tcp_flag::FIN | tcp_flag::RST;
+
+/// The words of a key, read and written one at a time: the key is 8-byte aligned.
+const KEY_WORDS: usize = size_of::<ConnKey>() / size_of::<u64>();
+
+/// Multiplier of the pending slot's hash (2^64 divided by the golden ratio): spreads the
+/// key's bits into the top ones, which pick the slot.
+const SLOT_HASH: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The scheduler tick now: `bpf_jiffies64`, which the verifier turns into a load of the
+/// kernel's `jiffies_64` on 64-bit JITs (not a helper call). It advances together with the
+/// coarse clock the entries' times come from.
+#[inline(always)]
+fn tick() -> u64 {
+    // SAFETY: a helper without arguments or side effects (Linux 5.5+).
+    unsafe { bpf_jiffies64() }
+}
+
+/// This CPU's pending slot for `key` on `side` (`apns_common::conns::Pending`).
+#[inline(always)]
+fn pending_slot(key: &ConnKey, side: Side) -> Option<&'static mut Pending> {
+    let words = (key as *const ConnKey).cast::<u64>();
+    let mut mixed = 0u64;
+    for index in 0..KEY_WORDS {
+        // SAFETY: the key is KEY_WORDS whole words. Volatile, as in `same_key`.
+        mixed ^= unsafe { words.add(index).read_volatile() };
+    }
+    let slot = (mixed.wrapping_mul(SLOT_HASH) >> (64 - PENDING_SLOTS.trailing_zeros())) as u32;
+    // SAFETY: this CPU's copy; XDP and TC run with preemption and bottom halves off, so
+    // nothing else touches it while we do (as `stats`).
+    APNS_CONN_PEND
+        .get_ptr_mut(pending_index(side, slot))
+        .map(|pending| unsafe { &mut *pending })
+}
+
+/// Whether `a` and `b` are the same key, word by word. Volatile reads keep LLVM from merging
+/// the compares into a call of compiler_builtins' `bcmp`, a byte loop (as `copy_address`).
+#[inline(always)]
+fn same_key(a: &ConnKey, b: &ConnKey) -> bool {
+    let (a, b) = (
+        (a as *const ConnKey).cast::<u64>(),
+        (b as *const ConnKey).cast::<u64>(),
+    );
+    let mut index = 0;
+    while index < KEY_WORDS {
+        // SAFETY: both keys are KEY_WORDS whole words.
+        if unsafe { a.add(index).read_volatile() != b.add(index).read_volatile() } {
+            return false;
+        }
+        index += 1;
+    }
+    true
+}
+
+/// Records a packet of `key` on `side` with `flags`, `bytes` and `packets` (a GSO skb
+/// carries several): adds it to the pending slot if the slot holds the connection and the
+/// entry was written in this tick and the packet changes no state; else `write`s the entry
+/// with the slot's counts added, and the slot then holds the connection from this tick on.
+/// A slot that held another connection's counts first hands them to its entry
+/// ([`apns_conns_add`]).
+#[inline(always)]
+fn record(
+    key: &ConnKey,
+    side: Side,
+    flags: u8,
+    bytes: u64,
+    packets: u64,
+    write: impl FnOnce(u64, u64),
+) {
+    let tick = tick();
+    let Some(pending) = pending_slot(key, side) else {
+        // Never: the index is below the map's size. Writing is always right.
+        write(bytes, packets);
+        return;
+    };
+    let same = same_key(&pending.key, key);
+    if same && pending.tick == tick && flags & STATE_FLAGS == 0 {
+        pending.packets += packets;
+        pending.bytes += bytes;
+        return;
+    }
+    let (more_packets, more_bytes) = (pending.packets, pending.bytes);
+    pending.packets = 0;
+    pending.bytes = 0;
+    if same {
+        write(bytes + more_bytes, packets + more_packets);
+    } else {
+        if more_packets != 0 {
+            apns_conns_add(&pending.key, side as u32, more_packets, more_bytes);
+        }
+        write(bytes, packets);
+        let words = (&raw mut pending.key).cast::<u64>();
+        let from = (key as *const ConnKey).cast::<u64>();
+        for index in 0..KEY_WORDS {
+            // SAFETY: both keys are KEY_WORDS whole words. Volatile: no memcpy call.
+            unsafe {
+                words
+                    .add(index)
+                    .write_volatile(from.add(index).read_volatile())
+            };
+        }
+    }
+    pending.tick = tick;
+}
+
+/// Adds a pending slot's counts to the `side` half of `key`'s entry, if the table still holds
+/// it (if not, the kernel's LRU evicted the connection, counts and all). A static BPF
+/// function, as [`apns_conns_outbound`]; `key` points into the slot.
+#[inline(never)]
+fn apns_conns_add(key: &ConnKey, side: u32, packets: u64, bytes: u64) {
+    let Some(value) = APNS_CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a map value pointer stays valid for the whole program run.
+    let value = unsafe { &mut *value };
+    if side == Side::Device as u32 {
+        add(&mut value.out_packets, packets);
+        add(&mut value.out_bytes, bytes);
+    } else {
+        add(&mut value.in_packets, packets);
+        add(&mut value.in_bytes, bytes);
+    }
+}
+
 /// A packet from the device (outbound, passed) that entered interface `ifindex`, which faces
 /// the devices: makes the entry on a SYN (or on the first packet of a connection the table
 /// does not know), else updates the device's half. Called by the XDP program with the key
 /// on its own stack.
 #[inline(always)]
 pub fn record_outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) {
-    match apns_conns_outbound(key, flags, ifindex, bytes) {
-        MAKE => make(key, ifindex, bytes, false),
-        MAKE_SYN => make(key, ifindex, bytes, true),
-        _ => {}
-    }
+    record(
+        key,
+        Side::Device,
+        flags,
+        bytes,
+        1,
+        |all_bytes, all_packets| {
+            match apns_conns_outbound(key, flags, ifindex, all_bytes, all_packets) {
+                MAKE => make(key, ifindex, all_bytes, all_packets, false),
+                // A new connection on the addresses and ports of an earlier one: the counts
+                // pending were the earlier one's, whose entry this replaces.
+                MAKE_SYN => make(key, ifindex, bytes, 1, true),
+                _ => {}
+            }
+        },
+    );
+}
+
+/// A packet from Apple (inbound, passed) on its way out of a device-facing interface, with
+/// its IP `ttl` ([`ttl`]) and the `packets` it carries: updates Apple's half of an entry the
+/// device made ([`apns_conns_inbound`]). Called by the XDP and TC egress programs with the
+/// key on their own stack.
+#[inline(always)]
+pub fn record_inbound(key: &ConnKey, flags: u8, ttl: u8, bytes: u64, packets: u64) {
+    record(
+        key,
+        Side::Apple,
+        flags,
+        bytes,
+        packets,
+        |all_bytes, all_packets| apns_conns_inbound(key, flags, ttl, all_bytes, all_packets),
+    );
 }
 
 /// What [`apns_conns_outbound`] leaves to its caller: nothing, or making the entry (`make`),
@@ -189,14 +348,15 @@ const DONE: u32 = 0;
 const MAKE: u32 = 1;
 const MAKE_SYN: u32 = 2;
 
-/// The device's half of [`record_outbound`], up to making an entry.
+/// The device's half of [`record_outbound`], up to making an entry; `bytes` and `packets`
+/// include the counts that were pending.
 ///
 /// A BPF function of its own (not inlined): it has a stack frame of its own, and non-APNs
 /// packets never pay for the call. Static, not global: a global function is checked once
 /// rather than for every path that reaches the call, but Linux 5.10 takes no pointer
 /// argument to one (the key), and 6.1 takes none as a map key.
 #[inline(never)]
-fn apns_conns_outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) -> u32 {
+fn apns_conns_outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64, packets: u64) -> u32 {
     let syn = flags & (tcp_flag::SYN | tcp_flag::ACK) == tcp_flag::SYN;
     let Some(value) = APNS_CONNS.get_ptr_mut(key) else {
         // A stray FIN or RST of a connection the table does not know makes no entry.
@@ -215,7 +375,7 @@ fn apns_conns_outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) -> u3
         if value.end == End::Open as u64 && only_syns {
             value.syns += 1;
             value.out_last_ns = now;
-            add(&mut value.out_packets, 1);
+            add(&mut value.out_packets, packets);
             add(&mut value.out_bytes, bytes);
             return DONE;
         }
@@ -236,7 +396,7 @@ fn apns_conns_outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) -> u3
     }
     value.out_last_ns = now;
     value.ifindex = ifindex;
-    add(&mut value.out_packets, 1);
+    add(&mut value.out_packets, packets);
     add(&mut value.out_bytes, bytes);
     if flags & tcp_flag::FIN != 0 && value.out_fin_ns == 0 {
         value.out_fin_ns = now;
@@ -249,15 +409,16 @@ fn apns_conns_outbound(key: &ConnKey, flags: u8, ifindex: u32, bytes: u64) -> u3
     DONE
 }
 
-/// Makes (or replaces) the entry of a connection whose first packet from the device this is.
+/// Makes (or replaces) the entry of a connection whose first packet from the device this is
+/// (with `packets` and `bytes`: a connection the table lost may have had some pending).
 /// A function of its own too: the new value's 136 bytes live on its frame only while it runs.
 #[inline(never)]
-fn make(key: &ConnKey, ifindex: u32, bytes: u64, syn: bool) {
+fn make(key: &ConnKey, ifindex: u32, bytes: u64, packets: u64, syn: bool) {
     let now = now();
     let value = ConnValue {
         first_ns: now,
         out_last_ns: now,
-        out_packets: 1,
+        out_packets: packets,
         out_bytes: bytes,
         syns: u32::from(syn),
         ifindex,
@@ -273,12 +434,11 @@ fn make(key: &ConnKey, ifindex: u32, bytes: u64, syn: bool) {
     }
 }
 
-/// A packet from Apple (inbound, passed) on its way out of a device-facing interface, with
-/// its IP `ttl` ([`ttl`]): updates Apple's half of an entry the device made; a packet of a
-/// connection the table does not know is ignored. A static BPF function, as
+/// Apple's half of [`record_inbound`]: updates Apple's half of an entry the device made; a
+/// packet of a connection the table does not know is ignored. A static BPF function, as
 /// [`apns_conns_outbound`].
 #[inline(never)]
-pub fn apns_conns_inbound(key: &ConnKey, flags: u8, ttl: u8, bytes: u64, packets: u64) {
+fn apns_conns_inbound(key: &ConnKey, flags: u8, ttl: u8, bytes: u64, packets: u64) {
     let Some(value) = APNS_CONNS.get_ptr_mut(key) else {
         return;
     };

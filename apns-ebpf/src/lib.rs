@@ -209,7 +209,7 @@ fn passed_apns<const HAND_OFF_ALL: bool, const META_CALLS: bool>(
                 let mut slot = MaybeUninit::uninit();
                 let key = conns::key(&mut slot, tcp, false);
                 let ttl = conns::ttl(cursor, tcp);
-                conns::apns_conns_inbound(key, tcp.flags, ttl, cursor.len() as u64, 1);
+                conns::record_inbound(key, tcp.flags, ttl, cursor.len() as u64, 1);
             }
             Next::verdict(action)
         }

@@ -3,7 +3,7 @@
 //! checks the built object).
 
 use apns_common::{
-    conns::{ConnKey, ConnStats, ConnValue},
+    conns::{ConnKey, ConnStats, ConnValue, Pending, PENDING_ENTRIES},
     counters::{CounterBlock, CounterKey, CounterSlots, CounterValue, COUNTER_BLOCKS, IFACE_SLOTS},
     events::{EventConfig, EventState},
     fastpath::{IfaceConfig, PathCounters},
@@ -91,6 +91,9 @@ pub static APNS_CONNS: LruHashMap<ConnKey, ConnValue> =
 
 #[map]
 pub static APNS_CONN_STATS: PerCpuArray<ConnStats> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static APNS_CONN_PEND: PerCpuArray<Pending> = PerCpuArray::with_max_entries(PENDING_ENTRIES, 0);
 
 /// Written by the XDP program (fallbacks) and the TC program (the hand-off cross-check).
 #[map]

@@ -37,7 +37,7 @@ pub fn handle(ctx: &TcContext) -> i32 {
         let mut slot = MaybeUninit::uninit();
         let key = conns::key(&mut slot, &tcp, false);
         let ttl = conns::ttl(&cursor, &tcp);
-        conns::apns_conns_inbound(key, tcp.flags, ttl, u64::from(len), packets);
+        conns::record_inbound(key, tcp.flags, ttl, u64::from(len), packets);
     }
     tc::TC_NEXT
 }

@@ -6,8 +6,8 @@
 //! device-facing interface and on an upstream one (where it returns at once). Each instance
 //! saw the APNs SYN once before timing, so its connection is in the table and the figures are
 //! those of an update (a new connection's entry is made once, on its SYN). With
-//! `BEFORE=FILE`, another build of the datapath object (the one before the table) runs in the
-//! same turns, for a same-run comparison. Prints markdown tables (BENCHMARKS.md quotes them).
+//! `BEFORE=FILE`, another build of the datapath object runs in the same turns on a
+//! device-facing interface too, for a same-run comparison (its `/ floor` column). Prints markdown tables (BENCHMARKS.md quotes them).
 //! Needs root:
 //!
 //! ```text
@@ -55,7 +55,7 @@ fn datapath(role: InterfaceRole) -> Result<Ebpf> {
 }
 
 /// Another build of the datapath object (`BEFORE`), Apple's default policy, the test-run
-/// interface registered: what the agent did with it.
+/// interface registered and facing the devices, as [`datapath`] does for the new build.
 fn before(path: &str) -> Result<Ebpf> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
     // An older build: it may predate the load-time constants but the log level.
@@ -67,7 +67,9 @@ fn before(path: &str) -> Result<Ebpf> {
     object::xdp_program(&mut ebpf)?.load()?;
     let open = |name: &'static str| map_handle(&ebpf, name);
     PolicyMaps::open(open)?.apply(&Policy::apple_defaults())?;
-    InterfaceMaps::open(open)?.register(TEST_RUN_IFINDEX, FastPath::Pass)?;
+    let mut interfaces = InterfaceMaps::open(open)?;
+    interfaces.register(TEST_RUN_IFINDEX, FastPath::Pass)?;
+    interfaces.set_role(TEST_RUN_IFINDEX, InterfaceRole::Devices)?;
     Ok(ebpf)
 }
 
@@ -105,8 +107,8 @@ fn main() -> Result<()> {
         .ok()
         .map(|path| before(&path))
         .transpose()?;
-    // The connections exist before timing: each SYN once, on both instances.
-    for ebpf in [&upstream, &devices] {
+    // The connections exist before timing: each SYN once, on every instance.
+    for ebpf in [&upstream, &devices].into_iter().chain(previous.as_ref()) {
         for class in classes.iter().filter(|c| c.key.ends_with("_syn")) {
             testrun::test_run(testrun::xdp_program(ebpf)?, &class.frame, 1)?;
         }
@@ -133,7 +135,7 @@ fn main() -> Result<()> {
     }
     println!("BPF_PROG_TEST_RUN, repeat {repeat}, median of {runs} runs, CPU 1\n");
     println!("XDP program, ns per packet:\n");
-    println!("| packet class | floor | before | / floor | upstream interface | / floor | device-facing interface | / floor | added by the table |");
+    println!("| packet class | floor | BEFORE, device-facing | / floor | upstream interface | / floor | device-facing interface | / floor | added by the table |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for (c, class) in classes.iter().enumerate() {
         let [floor, up, dev] = [0, 1, 2].map(|p| median(&samples[c][p]));

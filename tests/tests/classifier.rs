@@ -485,3 +485,154 @@ fn policy_swap_changes_the_next_verdict() {
         agent_policy(&policy)
     );
 }
+
+/// The connection table counts every packet of a connection exactly, both sides, whether the
+/// datapath wrote the connection's entry for it or only added it to its CPU's pending slot
+/// (a plain packet in the scheduler tick of an earlier one): the agent's read adds the slots.
+/// More connections than a CPU has slots per side, each sending two packets per call (the
+/// second one pending), so that connections share slots and hand each other's counts to
+/// their entries; then bursts of one connection per family in one BPF_PROG_TEST_RUN call,
+/// most of whose packets share a tick.
+#[test]
+fn the_connection_table_counts_every_packet_exactly() {
+    apns_tests::require_root!();
+    use apns_agent::datapath::interfaces::InterfaceRole;
+    use apns_common::{
+        conns::{Pending, PENDING_SLOTS},
+        maps::CONN_PENDING,
+    };
+    use apns_tests::packets::PSH;
+    use aya::maps::PerCpuArray;
+    use std::collections::BTreeMap;
+
+    let mut classifier = Classifier::load(&agent_policy(&monitoring())).unwrap();
+    classifier
+        .interfaces
+        .set_role(TEST_RUN_IFINDEX, InterfaceRole::Devices)
+        .unwrap();
+    classifier.load_tc_conns().unwrap();
+    let connections = 2 * PENDING_SLOTS as u16 + 88;
+    const ROUNDS: u64 = 3;
+    const BURST: u32 = 1000;
+    const TC_NEXT: i32 = -1;
+    let ports = EPHEMERAL..EPHEMERAL + connections;
+    let (syn, data, answer) = (
+        |port| tcp4(CLIENT, APPLE, port, 5223, SYN).bytes(),
+        |port| {
+            tcp4(CLIENT, APPLE, port, 5223, ACK | PSH)
+                .payload(100)
+                .bytes()
+        },
+        |port| {
+            tcp4(APPLE, CLIENT, 5223, port, ACK | PSH)
+                .payload(300)
+                .bytes()
+        },
+    );
+    let runner = classifier.runner();
+    for port in ports.clone() {
+        assert_eq!(classifier.run(&syn(port)).unwrap(), XDP_PASS);
+    }
+    const PAIR: u32 = 2;
+    for _ in 0..ROUNDS {
+        for port in ports.clone() {
+            assert_eq!(runner.run_repeated(&data(port), PAIR).unwrap().0, XDP_PASS);
+            assert_eq!(runner.run_tc_conns(&answer(port), PAIR).unwrap(), TC_NEXT);
+        }
+    }
+    // Out (packets, bytes) and in (packets, bytes) each connection must have.
+    let mut expected: BTreeMap<(u8, u16), [u64; 4]> = ports
+        .clone()
+        .map(|port| {
+            let sent = ROUNDS * u64::from(PAIR);
+            let out = syn(port).len() as u64 + sent * data(port).len() as u64;
+            let inbound = sent * answer(port).len() as u64;
+            ((4, port), [1 + sent, out, sent, inbound])
+        })
+        .collect();
+    let six = (
+        tcp6(CLIENT6, APPLE6, EPHEMERAL, 5223, SYN).bytes(),
+        tcp6(CLIENT6, APPLE6, EPHEMERAL, 5223, ACK | PSH)
+            .payload(100)
+            .bytes(),
+        tcp6(APPLE6, CLIENT6, 5223, EPHEMERAL, ACK | PSH)
+            .payload(300)
+            .bytes(),
+    );
+    assert_eq!(classifier.run(&six.0).unwrap(), XDP_PASS);
+    expected.insert((6, EPHEMERAL), [1, six.0.len() as u64, 0, 0]);
+    let pending_map: PerCpuArray<_, Pending> =
+        PerCpuArray::try_from(classifier.map(CONN_PENDING).unwrap()).unwrap();
+    let pending_packets = || -> u64 {
+        (0..2 * PENDING_SLOTS)
+            .flat_map(|index| {
+                pending_map
+                    .get(&index, 0)
+                    .unwrap()
+                    .iter()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .map(|slot| slot.packets)
+            .sum()
+    };
+    // A burst's last packets wait in its slot unless the last one began a tick: a few
+    // bursts make sure the read's adding them is tested.
+    for burst in 1..=3 {
+        let (v4_out, v4_in) = (data(EPHEMERAL), answer(EPHEMERAL));
+        assert_eq!(runner.run_repeated(&v4_out, BURST).unwrap().0, XDP_PASS);
+        assert_eq!(runner.run_tc_conns(&v4_in, BURST).unwrap(), TC_NEXT);
+        assert_eq!(runner.run_repeated(&six.1, BURST).unwrap().0, XDP_PASS);
+        assert_eq!(runner.run_tc_conns(&six.2, BURST).unwrap(), TC_NEXT);
+        let burst_counts = |out: &[u8], inbound: &[u8]| {
+            let n = u64::from(BURST);
+            [n, n * out.len() as u64, n, n * inbound.len() as u64]
+        };
+        for (key, add) in [
+            ((4, EPHEMERAL), burst_counts(&v4_out, &v4_in)),
+            ((6, EPHEMERAL), burst_counts(&six.1, &six.2)),
+        ] {
+            let counts = expected.get_mut(&key).unwrap();
+            for (count, more) in counts.iter_mut().zip(add) {
+                *count += more;
+            }
+        }
+        if pending_packets() > 0 {
+            break;
+        }
+        assert!(
+            burst < 3,
+            "no count was ever left pending: the per-tick path never ran"
+        );
+    }
+    let table = classifier.conns.read().unwrap();
+    let counted: BTreeMap<(u8, u16), [u64; 4]> = table
+        .entries
+        .iter()
+        .map(|(key, value)| {
+            (
+                (key.ip_version, key.device_port),
+                [
+                    value.out_packets,
+                    value.out_bytes,
+                    value.in_packets,
+                    value.in_bytes,
+                ],
+            )
+        })
+        .collect();
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(key, counts)| counted.get(key) != Some(counts))
+        .map(|(key, counts)| (key, counts, counted.get(key)))
+        .collect();
+    assert!(
+        wrong.is_empty() && counted.len() == expected.len(),
+        "{} of {} connections counted wrong ((version, port), expected [out packets, out \
+         bytes, in packets, in bytes], counted), the first: {:?}",
+        wrong.len(),
+        expected.len(),
+        &wrong[..wrong.len().min(3)]
+    );
+    assert_eq!(table.stats.made, u64::from(connections) + 1);
+}

@@ -1,12 +1,13 @@
-//! The connection table (`APNS_CONNS`, `APNS_CONN_STATS`; `apns_common::conns`): reading it
-//! whole, as one [`ConnTable`] with the datapath's own counts. The agent never writes or removes
-//! an entry; the kernel's LRU evicts the least recently used when the table is full, and
-//! [`ConnTable::evicted`] counts them exactly.
+//! The connection table (`APNS_CONNS`, `APNS_CONN_STATS`, `APNS_CONN_PEND`;
+//! `apns_common::conns`): reading it whole, as one [`ConnTable`] with the datapath's own
+//! counts, each entry with the counts still pending for it on any CPU. The agent never writes
+//! or removes an entry; the kernel's LRU evicts the least recently used when the table is
+//! full, and [`ConnTable::evicted`] counts them exactly.
 
 use anyhow::Context as _;
 use apns_common::{
-    conns::{ConnKey, ConnStats, ConnValue},
-    maps::{CONNS, CONN_STATS},
+    conns::{pending_side, ConnKey, ConnStats, ConnValue, Pending, PENDING_ENTRIES},
+    maps::{CONNS, CONN_PENDING, CONN_STATS},
 };
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use nix::time::{clock_gettime, ClockId};
@@ -19,6 +20,7 @@ const BATCH: usize = 4096;
 pub struct ConnMaps {
     conns: HashMap<MapData, ConnKey, ConnValue>,
     stats: PerCpuArray<MapData, ConnStats>,
+    pending: PerCpuArray<MapData, Pending>,
     size: u32,
 }
 
@@ -69,6 +71,8 @@ impl ConnMaps {
                 .with_context(|| format!("map {CONNS} has an unexpected type or layout"))?,
             stats: PerCpuArray::try_from(map(CONN_STATS)?)
                 .with_context(|| format!("map {CONN_STATS} has an unexpected type or layout"))?,
+            pending: PerCpuArray::try_from(map(CONN_PENDING)?)
+                .with_context(|| format!("map {CONN_PENDING} has an unexpected type or layout"))?,
             size,
         })
     }
@@ -80,11 +84,13 @@ impl ConnMaps {
 
     /// Reads the whole table and the datapath's counts. The counts are read first: an entry
     /// made during the walk then shows as present but not yet made, which
-    /// [`ConnTable::evicted`] saturates, rather than as evicted.
+    /// [`ConnTable::evicted`] saturates, rather than as evicted. The pending counts are read
+    /// after the entries: a packet that moves a slot's counts into its entry in between makes
+    /// this read miss them (the next one has them), never count them twice.
     pub fn read(&self) -> anyhow::Result<ConnTable> {
         let stats = self.stats()?;
         let now_ns = monotonic_now_ns();
-        let entries = match self.read_batches() {
+        let mut entries = match self.read_batches() {
             Ok(entries) => entries,
             // A kernel without batch lookups on this map type (EINVAL, EOPNOTSUPP, or 524,
             // the kernel's own ENOTSUPP), or a bucket fuller than a batch (ENOSPC): entry by
@@ -99,6 +105,7 @@ impl ConnMaps {
             }
             Err(err) => return Err(err).with_context(|| format!("reading map {CONNS}")),
         };
+        self.add_pending(&mut entries)?;
         Ok(ConnTable {
             now_ns,
             size: self.size,
@@ -146,6 +153,40 @@ impl ConnMaps {
             entries.insert(key, value);
         }
         Ok(entries.into_iter().collect())
+    }
+
+    /// Adds the counts pending on every CPU (`APNS_CONN_PEND`) to the entries they belong to;
+    /// counts of a connection the table no longer holds are dropped, as the datapath drops
+    /// them.
+    fn add_pending(&self, entries: &mut [(ConnKey, ConnValue)]) -> anyhow::Result<()> {
+        let mut pending = Vec::new();
+        for index in 0..PENDING_ENTRIES {
+            let per_cpu = self
+                .pending
+                .get(&index, 0)
+                .with_context(|| format!("reading entry {index} of map {CONN_PENDING}"))?;
+            let side = pending_side(index);
+            pending.extend(
+                per_cpu
+                    .iter()
+                    .filter(|slot| slot.packets != 0)
+                    .map(|slot| (slot.key, side, *slot)),
+            );
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let at: std::collections::HashMap<ConnKey, usize> = entries
+            .iter()
+            .enumerate()
+            .map(|(index, (key, _))| (*key, index))
+            .collect();
+        for (key, side, slot) in pending {
+            if let Some(&index) = at.get(&key) {
+                entries[index].1.add_pending(side, &slot);
+            }
+        }
+        Ok(())
     }
 
     /// The datapath's counts, summed over CPUs.
