@@ -501,7 +501,7 @@ fn the_connection_table_counts_every_packet_exactly() {
         conns::{Pending, PENDING_SLOTS},
         maps::CONN_PENDING,
     };
-    use apns_tests::packets::PSH;
+    use apns_tests::{bench::testrun, packets::PSH, xdp::map_handle};
     use aya::maps::PerCpuArray;
     use std::collections::BTreeMap;
 
@@ -530,6 +530,9 @@ fn the_connection_table_counts_every_packet_exactly() {
         },
     );
     let runner = classifier.runner();
+    let tc_conns =
+        testrun::tc_program(classifier.object(), apns_common::programs::TC_CONNS).unwrap();
+    let run_tc = |frame: &[u8], repeat| testrun::tc_test_run(tc_conns, frame, repeat).unwrap().0;
     for port in ports.clone() {
         assert_eq!(classifier.run(&syn(port)).unwrap(), XDP_PASS);
     }
@@ -537,7 +540,7 @@ fn the_connection_table_counts_every_packet_exactly() {
     for _ in 0..ROUNDS {
         for port in ports.clone() {
             assert_eq!(runner.run_repeated(&data(port), PAIR).unwrap().0, XDP_PASS);
-            assert_eq!(runner.run_tc_conns(&answer(port), PAIR).unwrap(), TC_NEXT);
+            assert_eq!(run_tc(&answer(port), PAIR), TC_NEXT);
         }
     }
     // Out (packets, bytes) and in (packets, bytes) each connection must have.
@@ -562,7 +565,7 @@ fn the_connection_table_counts_every_packet_exactly() {
     assert_eq!(classifier.run(&six.0).unwrap(), XDP_PASS);
     expected.insert((6, EPHEMERAL), [1, six.0.len() as u64, 0, 0]);
     let pending_map: PerCpuArray<_, Pending> =
-        PerCpuArray::try_from(classifier.map(CONN_PENDING).unwrap()).unwrap();
+        PerCpuArray::try_from(map_handle(classifier.object(), CONN_PENDING).unwrap()).unwrap();
     let pending_packets = || -> u64 {
         (0..2 * PENDING_SLOTS)
             .flat_map(|index| {
@@ -581,9 +584,9 @@ fn the_connection_table_counts_every_packet_exactly() {
     for burst in 1..=3 {
         let (v4_out, v4_in) = (data(EPHEMERAL), answer(EPHEMERAL));
         assert_eq!(runner.run_repeated(&v4_out, BURST).unwrap().0, XDP_PASS);
-        assert_eq!(runner.run_tc_conns(&v4_in, BURST).unwrap(), TC_NEXT);
+        assert_eq!(run_tc(&v4_in, BURST), TC_NEXT);
         assert_eq!(runner.run_repeated(&six.1, BURST).unwrap().0, XDP_PASS);
-        assert_eq!(runner.run_tc_conns(&six.2, BURST).unwrap(), TC_NEXT);
+        assert_eq!(run_tc(&six.2, BURST), TC_NEXT);
         let burst_counts = |out: &[u8], inbound: &[u8]| {
             let n = u64::from(BURST);
             [n, n * out.len() as u64, n, n * inbound.len() as u64]

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use apns_common::{events::EventConfig, programs};
 use aya::{
     maps::{Map, MapData},
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
 
@@ -110,18 +110,18 @@ impl Instance {
         self.counters.snapshot()
     }
 
-    /// Loads (verifies) the connection table's TC egress program too, for
-    /// [`Runner::run_tc_conns`].
+    /// Loads (verifies) the connection table's TC egress program too, which the caller then
+    /// runs through [`Instance::object`].
     pub fn load_tc_conns(&mut self) -> anyhow::Result<()> {
         object::tc_conns_program(&mut self.ebpf)?
             .load()
             .with_context(|| format!("loading TC program {}", programs::TC_CONNS))
     }
 
-    /// A handle of its own on map `name` ([`map_handle`]), for reading what no typed handle
-    /// shows.
-    pub fn map(&self, name: &str) -> anyhow::Result<Map> {
-        map_handle(&self.ebpf, name)
+    /// The loaded object, for tests that run a program other than the XDP one or read a map
+    /// no typed handle shows ([`map_handle`]).
+    pub fn object(&self) -> &Ebpf {
+        &self.ebpf
     }
 }
 
@@ -177,30 +177,6 @@ impl Runner<'_> {
             .test_run(options)
             .with_context(|| format!("BPF_PROG_TEST_RUN on a {}-byte frame", frame.len()))?;
         Ok((result.return_value, result.duration))
-    }
-}
-
-impl Runner<'_> {
-    /// Runs the connection table's TC egress program (loaded by [`Instance::load_tc_conns`])
-    /// `repeat` times on `frame`, as if it left the test-run interface; its verdict.
-    pub fn run_tc_conns(&self, frame: &[u8], repeat: u32) -> anyhow::Result<i32> {
-        let program: &SchedClassifier = self
-            .ebpf
-            .program(programs::TC_CONNS)
-            .with_context(|| format!("the object has no program {}", programs::TC_CONNS))?
-            .try_into()
-            .with_context(|| format!("{} is not a TC program", programs::TC_CONNS))?;
-        let mut options = TestRunOptions::new();
-        options.data_in = Some(frame);
-        options.repeat = repeat;
-        let result = program.test_run(options).with_context(|| {
-            format!(
-                "BPF_PROG_TEST_RUN of {} on a {}-byte frame",
-                programs::TC_CONNS,
-                frame.len()
-            )
-        })?;
-        Ok(result.return_value as i32)
     }
 }
 
