@@ -353,12 +353,17 @@ fn demo() -> Result<()> {
 
     step("counters (apns-agent stats; rows of zeros left out, `stats --all` shows them)");
     show(&agent::succeed(&mut gw(&["stats"]))?);
-    // The resets wan0 counted inbound on 5223 are the ISP firewall's, which counts them too.
+    // The resets wan0 counted inbound are the ISP firewall's, which counts them too, and any
+    // Apple's host sent itself (a slow machine: a segment that reached one of its sockets
+    // after the firewall had reset it), which its stack counts.
     let resets: u64 = lab
         .nft_counters(Role::Isp, &["chain", "inet", "isp_firewall", "forward"])?
         .iter()
         .sum();
-    println!("    the ISP's firewall sent {resets} resets (wan0's inbound 5223 rst above)");
+    let apple_resets = lab.resets_sent(Role::Apple)?;
+    println!(
+        "    the ISP's firewall sent {resets} resets and Apple's host {apple_resets} (wan0's inbound rst above)"
+    );
     // A handshake answered after the first retransmission timeout (a slow machine) makes
     // one SYN or SYN-ACK more than the steps above say; the hosts count them.
     let retransmits =

@@ -62,6 +62,11 @@ pub(super) fn syn_retransmits() -> Result<u64> {
     mib_field("/proc/thread-self/net/netstat", "TcpExt", "TCPSynRetrans")
 }
 
+/// TCP resets this network namespace's stack has sent (`Tcp: OutRsts`).
+pub(super) fn resets_sent() -> Result<u64> {
+    mib_field("/proc/thread-self/net/snmp", "Tcp", "OutRsts")
+}
+
 /// Field `name` of table `prefix` of a /proc/net MIB file: two lines start with `prefix:`,
 /// the field names, then the values.
 fn mib_field(path: &str, prefix: &str, name: &str) -> Result<u64> {

@@ -333,6 +333,12 @@ impl Lab {
             .with_context(|| format!("in namespace {}", self.ns_name(role)))
     }
 
+    /// TCP resets `role`'s host has sent (its stack's, not a firewall's).
+    pub fn resets_sent(&self, role: Role) -> Result<u64> {
+        self.in_ns(role, link::resets_sent)?
+            .with_context(|| format!("in namespace {}", self.ns_name(role)))
+    }
+
     /// Waits until `role`'s namespace has settled after the lab was built: every link that
     /// is up has its carrier processed (the kernel's link watch reports a new carrier up to
     /// a second late, and IPv6 starts on the link only then), and every IPv6 address has
